@@ -1,0 +1,627 @@
+"""Face-model arrays and numpy geometry: codes → vertices, normals and the detailed (displaced) mesh.
+
+This module is the single definition of the face-model file schema (``face_model.npz``). Training reads it
+through :class:`models.face.FaceModel` (torch); the service decodes it here with numpy only. Both must agree
+(``tests/models/test_face_model.py`` checks parity).
+
+Conventions (right-handed, metres): +y up, +z out of the face (the face looks along +z), +x towards the
+subject's left. Pose is axis-angle per joint, applied by linear blend skinning around shape-dependent joint
+centres; the first joint is the root ("global") rotation.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+N_LANDMARKS = 68
+
+# Arrays stored in the npz, with (dtype kind, shape spec); letters are symbolic sizes checked for consistency.
+_ARRAY_SPECS: dict[str, tuple[str, tuple[str | int, ...]]] = {
+    "mean": ("f", ("V", 3)),
+    "shape_basis": ("f", ("K", "V", 3)),
+    "shape_prior_mean": ("f", ("K",)),
+    "shape_prior_chol": ("f", ("K", "K")),
+    "expr_basis": ("f", ("E", "V", 3)),
+    "faces": ("i", ("F", 3)),
+    "face_part": ("i", ("F",)),
+    "uv": ("f", ("T", 2)),
+    "uv_faces": ("i", ("F", 3)),
+    "uv_vertex": ("i", ("T",)),
+    "landmark_faces": ("i", (N_LANDMARKS,)),
+    "landmark_bary": ("f", (N_LANDMARKS, 3)),
+    "joint_parents": ("i", ("J",)),
+    "joint_regressor": ("f", ("J", "V")),
+    "lbs_weights": ("f", ("V", "J")),
+    "joint_limits": ("f", ("J", 3, 2)),
+}
+_NAME_LISTS = ("expr_names", "joint_names", "part_names")
+
+
+@dataclass(frozen=True, eq=False)
+class FaceModelArrays:
+    """All arrays of a linear morphable face model (the ``face_model.npz`` schema).
+
+    Shapes: V vertices, K identity components, E expression blendshapes, F triangles, T UV vertices,
+    J joints.
+
+    Attributes:
+        mean: (V, 3) neutral mean head, metres.
+        shape_basis: (K, V, 3) identity basis; coefficient units are standard deviations of the wide
+            sampling the basis was built from (so the span is wide and a coefficient of 3 is unusual but legal).
+        shape_prior_mean: (K,) mean of the *generation prior* (plausible adult heads) in basis coordinates.
+        shape_prior_chol: (K, K) lower Cholesky factor of the generation prior's covariance.
+        expr_basis: (E, V, 3) expression blendshapes; a weight of 1 is the full action.
+        expr_names: E names (ARKit names where they exist).
+        faces: (F, 3) triangles, counter-clockwise seen from outside.
+        face_part: (F,) index into ``part_names`` (``skin`` is part 0; eyeballs etc. follow).
+        part_names: names of the parts.
+        uv: (T, 2) texture coordinates in [0, 1], v up (OBJ/OpenGL convention).
+        uv_faces: (F, 3) triangles into ``uv``.
+        uv_vertex: (T,) geometry vertex of each UV vertex (seam vertices are duplicated in UV space).
+        landmark_faces: (68,) triangle of each iBUG-68 landmark.
+        landmark_bary: (68, 3) barycentric coordinates of each landmark in its triangle.
+        joint_names: J names; joint 0 is the root ("global").
+        joint_parents: (J,) parent index, -1 for the root; parents precede children.
+        joint_regressor: (J, V) joint centres as linear combinations of the (unposed) vertices.
+        lbs_weights: (V, J) skinning weights, rows sum to 1.
+        joint_limits: (J, 3, 2) lower/upper bound of each axis-angle component.
+        metadata: name, licence, source and build facts.
+    """
+
+    mean: np.ndarray
+    shape_basis: np.ndarray
+    shape_prior_mean: np.ndarray
+    shape_prior_chol: np.ndarray
+    expr_basis: np.ndarray
+    expr_names: tuple[str, ...]
+    faces: np.ndarray
+    face_part: np.ndarray
+    part_names: tuple[str, ...]
+    uv: np.ndarray
+    uv_faces: np.ndarray
+    uv_vertex: np.ndarray
+    landmark_faces: np.ndarray
+    landmark_bary: np.ndarray
+    joint_names: tuple[str, ...]
+    joint_parents: np.ndarray
+    joint_regressor: np.ndarray
+    lbs_weights: np.ndarray
+    joint_limits: np.ndarray
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ sizes
+    @property
+    def n_verts(self) -> int:
+        return int(self.mean.shape[0])
+
+    @property
+    def n_shape(self) -> int:
+        return int(self.shape_basis.shape[0])
+
+    @property
+    def n_expr(self) -> int:
+        return int(self.expr_basis.shape[0])
+
+    @property
+    def n_joints(self) -> int:
+        return len(self.joint_names)
+
+    # ------------------------------------------------------------------ io
+    @classmethod
+    def load(cls, path: str | Path) -> FaceModelArrays:
+        """Load and validate an npz of this schema; raises ``ValueError`` naming the file and field."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"face model file not found: {path}")
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                data = {k: z[k] for k in z.files}
+        except Exception as exc:  # zipfile/format errors carry no file name
+            raise ValueError(f"{path}: not a readable face-model npz ({exc})") from exc
+        try:
+            return cls.from_dict(data)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from exc
+
+    @classmethod
+    def from_dict(cls, data: dict[str, np.ndarray]) -> FaceModelArrays:
+        if "metadata" not in data:
+            raise ValueError("missing field 'metadata'")
+        metadata = json.loads(str(data["metadata"]))
+        version = metadata.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise ValueError(f"field 'metadata.schema_version' is {version!r}, this code reads {SCHEMA_VERSION}")
+        kwargs: dict[str, Any] = {"metadata": metadata}
+        for name in _ARRAY_SPECS:
+            if name not in data:
+                raise ValueError(f"missing field '{name}'")
+            arr = np.asarray(data[name])
+            kwargs[name] = arr.astype(np.float32) if arr.dtype.kind == "f" else arr.astype(np.int64)
+        for name in _NAME_LISTS:
+            if name not in data:
+                raise ValueError(f"missing field '{name}'")
+            kwargs[name] = tuple(str(s) for s in np.asarray(data[name]).tolist())
+        model = cls(**kwargs)
+        model.validate()
+        return model
+
+    def save(self, path: str | Path, *, float16: tuple[str, ...] = ()) -> None:
+        """Write the npz; arrays named in ``float16`` are stored as float16 (others float32)."""
+        self.validate()
+        out: dict[str, np.ndarray] = {}
+        for name in _ARRAY_SPECS:
+            arr = getattr(self, name)
+            if arr.dtype.kind == "f":
+                arr = arr.astype(np.float16 if name in float16 else np.float32)
+            else:
+                arr = arr.astype(np.int32)
+            out[name] = arr
+        for name in _NAME_LISTS:
+            out[name] = np.array(getattr(self, name), dtype=np.str_)
+        meta = dict(self.metadata, schema_version=SCHEMA_VERSION)
+        out["metadata"] = np.array(json.dumps(meta, sort_keys=True))
+        np.savez_compressed(Path(path), **out)
+
+    def validate(self) -> None:
+        """Check every array's dtype, shape and the cross-field invariants; raise ``ValueError`` naming the field."""
+        sizes: dict[str, int] = {}
+        for name, (kind, spec) in _ARRAY_SPECS.items():
+            arr = getattr(self, name)
+            if not isinstance(arr, np.ndarray):
+                raise ValueError(f"field '{name}' must be a numpy array, got {type(arr).__name__}")
+            if arr.dtype.kind not in (("f",) if kind == "f" else ("i", "u")):
+                raise ValueError(f"field '{name}' has dtype {arr.dtype}, expected {'float' if kind == 'f' else 'int'}")
+            if arr.ndim != len(spec):
+                raise ValueError(f"field '{name}' has shape {arr.shape}, expected {len(spec)} dims {spec}")
+            for dim, want in zip(arr.shape, spec, strict=True):
+                if isinstance(want, int):
+                    if dim != want:
+                        raise ValueError(f"field '{name}' has shape {arr.shape}, expected {spec}")
+                elif sizes.setdefault(want, dim) != dim:
+                    raise ValueError(
+                        f"field '{name}' has shape {arr.shape}: size {want}={dim} disagrees with {sizes[want]}"
+                    )
+            if kind == "f" and not np.all(np.isfinite(arr)):
+                raise ValueError(f"field '{name}' contains NaN or inf")
+        lists = {"expr_names": "E", "joint_names": "J"}
+        for name, sym in lists.items():
+            if len(getattr(self, name)) != sizes[sym]:
+                raise ValueError(f"field '{name}' has {len(getattr(self, name))} names, expected {sizes[sym]}")
+        if len(set(self.expr_names)) != len(self.expr_names):
+            raise ValueError("field 'expr_names' has duplicates")
+        V, T = sizes["V"], sizes["T"]
+        for name, hi in (("faces", V), ("uv_faces", T), ("uv_vertex", V)):
+            arr = getattr(self, name)
+            if arr.size and (arr.min() < 0 or arr.max() >= hi):
+                raise ValueError(f"field '{name}' has indices outside [0, {hi})")
+        if not np.array_equal(self.uv_vertex[self.uv_faces], self.faces):
+            raise ValueError("field 'uv_vertex' does not map 'uv_faces' onto 'faces'")
+        if self.face_part.min() < 0 or self.face_part.max() >= len(self.part_names):
+            raise ValueError("field 'face_part' has indices outside 'part_names'")
+        if not self.part_names or self.part_names[0] != "skin":
+            raise ValueError("field 'part_names' must start with 'skin'")
+        if self.landmark_faces.min() < 0 or self.landmark_faces.max() >= sizes["F"]:
+            raise ValueError("field 'landmark_faces' has indices outside the faces")
+        if not np.allclose(self.landmark_bary.sum(1), 1.0, atol=1e-3):
+            raise ValueError("field 'landmark_bary' rows must sum to 1")
+        parents = self.joint_parents
+        if parents[0] != -1 or any(not (0 <= p < j) for j, p in enumerate(parents[1:], start=1)):
+            raise ValueError("field 'joint_parents' must have the root first and parents before children")
+        if not np.allclose(self.lbs_weights.sum(1), 1.0, atol=1e-3):
+            raise ValueError("field 'lbs_weights' rows must sum to 1")
+        if np.any(self.joint_limits[..., 0] > self.joint_limits[..., 1]):
+            raise ValueError("field 'joint_limits' has lower bounds above upper bounds")
+
+    # ------------------------------------------------------------------ helpers
+    def expression_vector(self, weights: dict[str, float]) -> np.ndarray:
+        """(E,) expression weights from a ``{name: weight}`` dict; unknown names raise ``ValueError``."""
+        out = np.zeros(self.n_expr, np.float32)
+        index = {n: i for i, n in enumerate(self.expr_names)}
+        for name, value in weights.items():
+            if name not in index:
+                raise ValueError(f"expression: unknown name {name!r}; known names: {', '.join(self.expr_names)}")
+            if not np.isfinite(value):
+                raise ValueError(f"expression: weight of {name!r} is not finite")
+            out[index[name]] = value
+        return out
+
+    def sample_shape(self, rng: np.random.Generator, n: int = 1, scale: float = 1.0) -> np.ndarray:
+        """(n, K) identity codes drawn from the generation prior (``scale`` multiplies its spread)."""
+        eps = rng.standard_normal((n, self.n_shape)).astype(np.float32)
+        return self.shape_prior_mean[None] + scale * eps @ self.shape_prior_chol.T
+
+
+def fields_of_schema() -> tuple[str, ...]:
+    """Names of all dataclass fields (used by loaders that build the schema from other formats)."""
+    return tuple(f.name for f in fields(FaceModelArrays))
+
+
+# ---------------------------------------------------------------------------------------------- decode
+def _check_codes(name: str, arr: Any, width: int, batch: int | None) -> np.ndarray:
+    try:
+        x = np.asarray(arr, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name}: not a numeric array ({exc})") from exc
+    if x.ndim == 1:
+        x = x[None]
+    if x.ndim != 2:
+        raise ValueError(f"{name}: expected shape (B, <= {width}), got {x.shape}")
+    if x.shape[1] > width:
+        raise ValueError(f"{name}: has {x.shape[1]} coefficients, the model has {width}")
+    if batch is not None and x.shape[0] not in (1, batch):
+        raise ValueError(f"{name}: batch size {x.shape[0]} does not match {batch}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"{name}: contains NaN or inf")
+    if x.shape[1] < width:
+        x = np.pad(x, ((0, 0), (0, width - x.shape[1])))
+    return x
+
+
+def _batch_of(codes: Any | None, batched_ndim: int) -> int:
+    return int(np.shape(codes)[0]) if codes is not None and np.ndim(codes) == batched_ndim else 1
+
+
+def axis_angle_to_matrix(rotvec: np.ndarray) -> np.ndarray:
+    """Rodrigues' formula. rotvec: (..., 3) → (..., 3, 3)."""
+    theta = np.linalg.norm(rotvec, axis=-1, keepdims=True)
+    safe = np.where(theta < 1e-12, 1.0, theta)
+    k = rotvec / safe
+    kx, ky, kz = k[..., 0], k[..., 1], k[..., 2]
+    zero = np.zeros_like(kx)
+    K = np.stack([zero, -kz, ky, kz, zero, -kx, -ky, kx, zero], axis=-1).reshape(*rotvec.shape[:-1], 3, 3)
+    s = np.sin(theta)[..., None]
+    c = np.cos(theta)[..., None]
+    eye = np.broadcast_to(np.eye(3), K.shape)
+    return eye + s * K + (1.0 - c) * (K @ K)
+
+
+def decode_vertices(
+    model: FaceModelArrays,
+    shape: Any | None = None,
+    expression: Any | None = None,
+    pose: Any | None = None,
+) -> np.ndarray:
+    """Codes → posed vertices (float32).
+
+    Args:
+        model: the face model.
+        shape: (B, <=K) or (K,) identity coefficients; fewer than K uses the leading components.
+        expression: (B, <=E) or (E,) expression weights.
+        pose: (B, J, 3) or (J, 3) axis-angle per joint (clamped to ``joint_limits``); None = rest pose.
+
+    Returns:
+        (B, V, 3) vertices in metres.
+    """
+    batch = max(_batch_of(shape, 2), _batch_of(expression, 2), _batch_of(pose, 3))
+    beta = _check_codes("shape", np.zeros(model.n_shape) if shape is None else shape, model.n_shape, batch)
+    psi = _check_codes("expression", np.zeros(model.n_expr) if expression is None else expression, model.n_expr, batch)
+    verts = (
+        model.mean[None].astype(np.float64)
+        + np.einsum("bk,kvc->bvc", beta, model.shape_basis, optimize=True)
+        + np.einsum("be,evc->bvc", psi, model.expr_basis, optimize=True)
+    )
+    verts = np.broadcast_to(verts, (batch, *verts.shape[1:]))
+    if pose is not None:
+        theta = _check_pose(model, pose, batch)
+        verts = skin(model, verts, theta)
+    return verts.astype(np.float32)
+
+
+def _check_pose(model: FaceModelArrays, pose: Any, batch: int) -> np.ndarray:
+    try:
+        theta = np.asarray(pose, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"pose: not a numeric array ({exc})") from exc
+    if theta.ndim == 2:
+        theta = theta[None]
+    if theta.ndim != 3 or theta.shape[1:] != (model.n_joints, 3):
+        raise ValueError(
+            f"pose: expected shape (B, {model.n_joints}, 3) for joints {model.joint_names}, got {theta.shape}"
+        )
+    if theta.shape[0] not in (1, batch):
+        raise ValueError(f"pose: batch size {theta.shape[0]} does not match {batch}")
+    if not np.all(np.isfinite(theta)):
+        raise ValueError("pose: contains NaN or inf")
+    return np.clip(theta, model.joint_limits[..., 0], model.joint_limits[..., 1])
+
+
+def skin(model: FaceModelArrays, verts: np.ndarray, theta: np.ndarray) -> np.ndarray:
+    """Linear blend skinning. verts: (B, V, 3) unposed, theta: (B, J, 3) (already clamped) → (B, V, 3)."""
+    joints = np.einsum("jv,bvc->bjc", model.joint_regressor, verts)  # (B, J, 3)
+    rot = axis_angle_to_matrix(theta)  # (B, J, 3, 3)
+    B, J = joints.shape[:2]
+    rot = np.broadcast_to(rot, (B, J, 3, 3))
+    g_rot = np.empty((B, J, 3, 3))
+    g_t = np.empty((B, J, 3))
+    for j, p in enumerate(model.joint_parents):
+        if p < 0:
+            g_rot[:, j] = rot[:, j]
+            g_t[:, j] = joints[:, j]
+        else:
+            g_rot[:, j] = g_rot[:, p] @ rot[:, j]
+            g_t[:, j] = g_t[:, p] + np.einsum("bij,bj->bi", g_rot[:, p], joints[:, j] - joints[:, p])
+    # Transform relative to the rest pose: x -> G_rot (x - J_rest) + G_t
+    rel_t = g_t - np.einsum("bjik,bjk->bji", g_rot, joints)
+    w = model.lbs_weights.astype(np.float64)
+    a_rot = np.einsum("vj,bjik->bvik", w, g_rot)
+    a_t = np.einsum("vj,bji->bvi", w, rel_t)
+    return np.einsum("bvik,bvk->bvi", a_rot, verts) + a_t
+
+
+def landmarks_3d(model: FaceModelArrays, verts: np.ndarray) -> np.ndarray:
+    """(B, V, 3) → (B, 68, 3) landmark positions from the barycentric embedding."""
+    tri = verts[:, model.faces[model.landmark_faces]]  # (B, 68, 3, 3)
+    return np.einsum("blkc,lk->blc", tri, model.landmark_bary)
+
+
+def vertex_normals(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Area-weighted unit vertex normals. verts: (V, 3) or (B, V, 3) → same shape."""
+    squeeze = verts.ndim == 2
+    v = verts[None] if squeeze else verts
+    tri = v[:, faces]  # (B, F, 3, 3)
+    fn = np.cross(tri[:, :, 1] - tri[:, :, 0], tri[:, :, 2] - tri[:, :, 0])  # (B, F, 3), |fn| = 2·area
+    B, V = v.shape[:2]
+    out = np.zeros((B, V, 3), dtype=np.float64)
+    flat_idx = faces.reshape(-1)
+    for b in range(B):
+        contrib = np.repeat(fn[b], 3, axis=0)  # each face normal to its 3 corners
+        for c in range(3):
+            out[b, :, c] = np.bincount(flat_idx, weights=contrib[:, c], minlength=V)
+    norm = np.linalg.norm(out, axis=-1, keepdims=True)
+    out = out / np.maximum(norm, 1e-12)
+    out = out.astype(verts.dtype if verts.dtype.kind == "f" else np.float32)
+    return out[0] if squeeze else out
+
+
+# ---------------------------------------------------------------------------------------------- detailed mesh
+@dataclass(frozen=True, eq=False)
+class UVSampling:
+    """Where each point of a regular UV grid lies on the coarse surface (topology only, shape-independent).
+
+    The grid has (R+1) × (R+1) points at texel *corners* (u = i/R, v = 1 - r/R), so the u = 0 and u = 1
+    columns both exist and the detailed mesh closes across the cylindrical seam. A point is valid when a
+    skin triangle covers it in UV; where several do (the cylindrical projection folds, e.g. the jaw over
+    the neck), the outermost one from the vertical axis wins, as a camera on the cylinder would see it.
+
+    Attributes:
+        resolution: R.
+        grid: (R+1, R+1) index of the valid point at each grid node, -1 where invalid. Row 0 is v = 1.
+        face: (N,) coarse triangle of each valid point.
+        bary: (N, 3) barycentric coordinates in that triangle.
+        uv: (N, 2) the point's texture coordinates.
+        faces: (M, 3) triangles over the valid points, counter-clockwise seen from outside.
+        hidden_faces: (H,) coarse triangles no grid point landed on (eyeballs, mouth interior, folds); the
+            detailed mesh keeps them as they are so the head stays closed.
+    """
+
+    resolution: int
+    grid: np.ndarray
+    face: np.ndarray
+    bary: np.ndarray
+    uv: np.ndarray
+    faces: np.ndarray
+    hidden_faces: np.ndarray
+
+
+def _barycentric_2d(p: np.ndarray, a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """Barycentric coordinates of points p in triangles (a, b, c); all (N, 2) → (N, 3). Degenerate → -1."""
+    v0, v1, v2 = b - a, c - a, p - a
+    den = v0[:, 0] * v1[:, 1] - v1[:, 0] * v0[:, 1]
+    ok = np.abs(den) > 1e-14
+    den = np.where(ok, den, 1.0)
+    w1 = (v2[:, 0] * v1[:, 1] - v1[:, 0] * v2[:, 1]) / den
+    w2 = (v0[:, 0] * v2[:, 1] - v2[:, 0] * v0[:, 1]) / den
+    out = np.stack([1.0 - w1 - w2, w1, w2], axis=1)
+    out[~ok] = -1.0
+    return out
+
+
+_SAMPLING_CACHE: dict[tuple[int, int], UVSampling] = {}
+
+
+def uv_sampling(model: FaceModelArrays, resolution: int) -> UVSampling:
+    """The (cached) :class:`UVSampling` of ``model`` at ``resolution`` (16..4096)."""
+    if not isinstance(resolution, int | np.integer) or not 16 <= int(resolution) <= 4096:
+        raise ValueError(f"resolution: must be an integer in [16, 4096], got {resolution!r}")
+    key = (id(model), int(resolution))
+    cached = _SAMPLING_CACHE.get(key)
+    if cached is None:
+        cached = _build_uv_sampling(model, int(resolution))
+        if len(_SAMPLING_CACHE) > 32:
+            _SAMPLING_CACHE.clear()
+        _SAMPLING_CACHE[key] = cached
+    return cached
+
+
+def rasterize_nodes(
+    tri_xy: np.ndarray, tri_depth: np.ndarray, width: int, height: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Vectorised z-buffer over the integer nodes of a grid (no Python loop per triangle or per node).
+
+    Every node (x, y) with 0 <= x < width, 0 <= y < height that a triangle covers (boundary inclusive)
+    takes the covering triangle of largest interpolated depth.
+
+    Args:
+        tri_xy: (F, 3, 2) triangle corners in grid units.
+        tri_depth: (F, 3) depth of each corner; larger wins.
+        width, height: grid size in nodes.
+
+    Returns:
+        node: (N,) covered node indices ``y * width + x``, tri: (N,) winning triangle, bary: (N, 3).
+    """
+    eps = 1e-7
+    lo = np.ceil(tri_xy.min(1) - eps).astype(np.int64)
+    hi = np.floor(tri_xy.max(1) + eps).astype(np.int64)
+    lo = np.maximum(lo, 0)
+    hi = np.minimum(hi, [width - 1, height - 1])
+    nx = np.maximum(hi[:, 0] - lo[:, 0] + 1, 0)
+    ny = np.maximum(hi[:, 1] - lo[:, 1] + 1, 0)
+    count = nx * ny
+    cand = np.repeat(np.arange(len(tri_xy)), count)
+    local = np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count)
+    gx = lo[cand, 0] + local % nx[cand]
+    gy = lo[cand, 1] + local // nx[cand]
+    t = tri_xy[cand]
+    bary = _barycentric_2d(np.stack([gx, gy], 1).astype(np.float64), t[:, 0], t[:, 1], t[:, 2])
+    inside = np.all(bary >= -1e-9, axis=1)
+    cand, bary = cand[inside], bary[inside]
+    node = gy[inside] * width + gx[inside]
+    depth = np.einsum("ck,ck->c", bary, tri_depth[cand])
+    order = np.lexsort((-depth, node))
+    first = np.ones(len(order), bool)
+    first[1:] = node[order][1:] != node[order][:-1]
+    pick = order[first]
+    bary = np.clip(bary[pick], 0.0, 1.0)
+    bary /= bary.sum(1, keepdims=True)
+    return node[pick], cand[pick], bary
+
+
+def _build_uv_sampling(model: FaceModelArrays, R: int) -> UVSampling:
+    skin = np.flatnonzero(model.face_part == 0)
+    uv_tri = model.uv[model.uv_faces[skin]].astype(np.float64)
+    # Grid row 0 is v = 1, so the grid y coordinate is (1 - v)·R.
+    tri_xy = np.stack([uv_tri[..., 0] * R, (1.0 - uv_tri[..., 1]) * R], -1)
+    # Outermost candidate wins: distance from the vertical axis on the mean head.
+    mean = model.mean.astype(np.float64)
+    radius = np.hypot(mean[:, 0], mean[:, 2])[model.faces[skin]]
+    node, tri, bary = rasterize_nodes(tri_xy, radius, R + 1, R + 1)
+    grid = np.full((R + 1) * (R + 1), -1, np.int64)
+    grid[node] = np.arange(len(node))
+    grid = grid.reshape(R + 1, R + 1)
+    row, col = np.divmod(node, R + 1)
+    uv = np.stack([col / R, 1.0 - row / R], 1)
+    face = skin[tri]
+    hidden = np.setdiff1d(np.arange(len(model.faces)), np.unique(face))
+    return UVSampling(R, grid, face, bary.astype(np.float32), uv.astype(np.float32), _grid_triangles(grid), hidden)
+
+
+def _grid_triangles(grid: np.ndarray) -> np.ndarray:
+    """Triangulate a grid of point indices (-1 = missing): 2 triangles per full quad, 1 per 3-corner quad.
+
+    Row index grows downwards (v decreasing), column index grows with u; triangles are counter-clockwise
+    in (u, v), which is counter-clockwise seen from outside for our cylindrical layout.
+    """
+    a = grid[:-1, :-1].ravel()  # top-left (u0, v1)
+    b = grid[:-1, 1:].ravel()  # top-right (u1, v1)
+    c = grid[1:, :-1].ravel()  # bottom-left (u0, v0)
+    d = grid[1:, 1:].ravel()  # bottom-right (u1, v0)
+    va, vb, vc, vd = a >= 0, b >= 0, c >= 0, d >= 0
+    full = va & vb & vc & vd
+    tris = [
+        np.stack([c[full], d[full], a[full]], 1),
+        np.stack([a[full], d[full], b[full]], 1),
+    ]
+    three = (va.astype(int) + vb + vc + vd) == 3
+    for keep, tri in (
+        (~va, (c, d, b)),
+        (~vb, (c, d, a)),
+        (~vc, (a, d, b)),
+        (~vd, (c, b, a)),
+    ):
+        m = three & keep
+        tris.append(np.stack([tri[0][m], tri[1][m], tri[2][m]], 1))
+    return np.concatenate(tris).astype(np.int64)
+
+
+@dataclass(frozen=True, eq=False)
+class MeshData:
+    """An engine-ready triangle mesh with one UV set (positions are unique per UV vertex).
+
+    Attributes:
+        positions: (N, 3) float32 metres.
+        normals: (N, 3) float32 unit normals.
+        uv: (N, 2) float32, v up.
+        faces: (M, 3) int64, counter-clockwise seen from outside.
+    """
+
+    positions: np.ndarray
+    normals: np.ndarray
+    uv: np.ndarray
+    faces: np.ndarray
+
+
+def coarse_mesh(model: FaceModelArrays, verts: np.ndarray) -> MeshData:
+    """The coarse mesh split at UV seams (one vertex per UV vertex). verts: (V, 3)."""
+    verts = np.asarray(verts)
+    if verts.shape != (model.n_verts, 3):
+        raise ValueError(f"verts: expected shape ({model.n_verts}, 3), got {verts.shape}")
+    normals = vertex_normals(verts.astype(np.float64), model.faces)
+    idx = model.uv_vertex
+    return MeshData(
+        verts[idx].astype(np.float32),
+        normals[idx].astype(np.float32),
+        model.uv.astype(np.float32),
+        model.uv_faces,
+    )
+
+
+def sample_map(image: np.ndarray, uv: np.ndarray) -> np.ndarray:
+    """Bilinear lookup of a (H, W) or (H, W, C) map at uv (N, 2) (v up, texel centres at half-integers)."""
+    H, W = image.shape[:2]
+    x = np.clip(uv[:, 0] * W - 0.5, 0, W - 1)
+    y = np.clip((1.0 - uv[:, 1]) * H - 0.5, 0, H - 1)
+    x0 = np.floor(x).astype(np.int64).clip(0, W - 2 if W > 1 else 0)
+    y0 = np.floor(y).astype(np.int64).clip(0, H - 2 if H > 1 else 0)
+    x1 = np.minimum(x0 + 1, W - 1)
+    y1 = np.minimum(y0 + 1, H - 1)
+    fx, fy = x - x0, y - y0
+    if image.ndim == 3:
+        fx, fy = fx[:, None], fy[:, None]
+    top = image[y0, x0] * (1 - fx) + image[y0, x1] * fx
+    bot = image[y1, x0] * (1 - fx) + image[y1, x1] * fx
+    return top * (1 - fy) + bot * fy
+
+
+def detailed_mesh(
+    model: FaceModelArrays,
+    verts: np.ndarray,
+    displacement: np.ndarray | None = None,
+    resolution: int = 256,
+) -> MeshData:
+    """The detailed mesh: the coarse surface resampled on a UV grid and offset along its normals.
+
+    Each valid grid point (see :class:`UVSampling`) becomes a vertex at its barycentric position on the
+    coarse surface plus ``displacement(u, v)`` metres along the interpolated vertex normal. Coarse triangles
+    that no grid point reached (eyeballs, mouth interior) are appended unchanged.
+
+    Args:
+        model: the face model.
+        verts: (V, 3) posed coarse vertices.
+        displacement: (H, W) displacement map in metres over the model's UV layout (row 0 is v = 1), or None.
+        resolution: UV grid resolution R; the mesh has up to (R+1)² displaced vertices.
+
+    Returns:
+        A :class:`MeshData` whose normals are recomputed from the displaced surface.
+    """
+    verts = np.asarray(verts, dtype=np.float64)
+    if verts.shape != (model.n_verts, 3):
+        raise ValueError(f"verts: expected shape ({model.n_verts}, 3), got {verts.shape}")
+    if not np.all(np.isfinite(verts)):
+        raise ValueError("verts: contains NaN or inf")
+    s = uv_sampling(model, resolution)
+    vn = vertex_normals(verts, model.faces)
+    tri = model.faces[s.face]  # (N, 3)
+    pos = np.einsum("nk,nkc->nc", s.bary, verts[tri])
+    if displacement is not None:
+        disp = np.asarray(displacement, dtype=np.float64)
+        if disp.ndim != 2 or min(disp.shape) < 2:
+            raise ValueError(f"displacement: expected a (H, W) map, got shape {disp.shape}")
+        if not np.all(np.isfinite(disp)):
+            raise ValueError("displacement: contains NaN or inf")
+        nrm = np.einsum("nk,nkc->nc", s.bary, vn[tri])
+        nrm /= np.maximum(np.linalg.norm(nrm, axis=1, keepdims=True), 1e-12)
+        pos = pos + sample_map(disp, s.uv)[:, None] * nrm
+    # Append the hidden coarse triangles with their own (seam-split) vertices.
+    hid_uv_faces = model.uv_faces[s.hidden_faces]
+    used, inverse = np.unique(hid_uv_faces, return_inverse=True)
+    positions = np.concatenate([pos, verts[model.uv_vertex[used]]])
+    uv = np.concatenate([s.uv, model.uv[used]])
+    faces = np.concatenate([s.faces, inverse.reshape(-1, 3) + len(pos)])
+    normals = vertex_normals(positions, faces)
+    return MeshData(positions.astype(np.float32), normals.astype(np.float32), uv.astype(np.float32), faces)
