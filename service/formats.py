@@ -456,3 +456,30 @@ def glb_bytes(
     out = b"".join(gltf.save_to_bytes())
     logger.debug("glb %r: %d vertices, %d morph targets, %d bytes", name, len(mesh.positions), len(targets), len(out))
     return out
+
+
+TEXTURE_SIZES = (256, 4096)  # smallest and largest output texture edge the formats accept
+
+
+def resample_texture(image: np.ndarray, size: int) -> np.ndarray:
+    """Resample a (H, W) or (H, W, C) float texture to ``size`` × ``size`` texels.
+
+    This is plain resampling (Lanczos when shrinking or enlarging): a texture enlarged beyond the resolution
+    it was generated at gains no detail. ``size`` must lie in :data:`TEXTURE_SIZES`; the output keeps the
+    input's value range and dtype float32.
+    """
+    lo, hi = TEXTURE_SIZES
+    if isinstance(size, bool) or not isinstance(size, int | np.integer) or not lo <= int(size) <= hi:
+        raise ValueError(f"texture_size: must be an integer in [{lo}, {hi}], got {size!r}")
+    arr = np.asarray(image, dtype=np.float32)
+    if arr.ndim not in (2, 3) or min(arr.shape[:2]) < 2:
+        raise ValueError(f"texture: expected a (H, W) or (H, W, C) array, got shape {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError("texture: contains NaN or inf")
+    channels = [arr] if arr.ndim == 2 else [arr[..., c] for c in range(arr.shape[2])]
+    out = [
+        np.asarray(Image.fromarray(ch, mode="F").resize((int(size), int(size)), Image.Resampling.LANCZOS))
+        for ch in channels
+    ]
+    result = out[0] if arr.ndim == 2 else np.stack(out, -1)
+    return np.clip(result, arr.min(), arr.max()).astype(np.float32)

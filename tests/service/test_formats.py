@@ -25,6 +25,7 @@ from service.formats import (
     normal_map_png,
     obj_files,
     read_displacement_png,
+    resample_texture,
     vertex_tangents,
     write_obj_zip,
 )
@@ -462,3 +463,19 @@ def test_glb_rejects_bad_input(mesh: MeshData, albedo: bytes, case: str, match: 
         args["mesh"] = (mesh.positions, mesh.faces)
     with pytest.raises(ValueError, match=match):
         glb_bytes(**args)
+
+
+def test_resample_texture_sizes_and_values():
+    ramp = np.tile(np.linspace(0.0, 1.0, 300, dtype=np.float32), (300, 1))
+    rgb = np.stack([ramp, ramp.T, np.full_like(ramp, 0.25)], -1)
+    up = resample_texture(rgb, 1024)
+    assert up.shape == (1024, 1024, 3) and up.dtype == np.float32
+    assert np.abs(up[..., 2] - 0.25).max() < 1e-5  # a constant stays constant
+    assert np.abs(up[512, :, 0] - np.linspace(0, 1, 1024)).max() < 0.01  # a ramp stays a ramp
+    down = resample_texture(ramp, 256)
+    assert down.shape == (256, 256) and 0.0 <= down.min() and down.max() <= 1.0
+    for bad in (255, 4097, 512.0, True):
+        with pytest.raises(ValueError, match="texture_size"):
+            resample_texture(ramp, bad)
+    with pytest.raises(ValueError, match="texture: contains NaN"):
+        resample_texture(np.full((8, 8), np.nan), 256)
