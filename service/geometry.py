@@ -493,12 +493,21 @@ def _build_uv_sampling(model: FaceModelArrays, R: int) -> UVSampling:
     node, tri, bary = rasterize_nodes(tri_xy, radius, R + 1, R + 1)
     grid = np.full((R + 1) * (R + 1), -1, np.int64)
     grid[node] = np.arange(len(node))
-    grid = grid.reshape(R + 1, R + 1)
+    faces = _grid_triangles(grid.reshape(R + 1, R + 1))
+    # drop covered nodes that no grid triangle uses (isolated points would get no normal)
+    keep = np.zeros(len(node), bool)
+    keep[faces.ravel()] = True
+    renumber = np.cumsum(keep) - 1
+    faces = renumber[faces]
+    node, tri, bary = node[keep], tri[keep], bary[keep]
+    grid[:] = -1
+    grid[node] = np.arange(len(node))
     row, col = np.divmod(node, R + 1)
     uv = np.stack([col / R, 1.0 - row / R], 1)
     face = skin[tri]
     hidden = np.setdiff1d(np.arange(len(model.faces)), np.unique(face))
-    return UVSampling(R, grid, face, bary.astype(np.float32), uv.astype(np.float32), _grid_triangles(grid), hidden)
+    grid = grid.reshape(R + 1, R + 1)
+    return UVSampling(R, grid, face, bary.astype(np.float32), uv.astype(np.float32), faces, hidden)
 
 
 def _grid_triangles(grid: np.ndarray) -> np.ndarray:
@@ -578,6 +587,37 @@ def sample_map(image: np.ndarray, uv: np.ndarray) -> np.ndarray:
     return top * (1 - fy) + bot * fy
 
 
+def detailed_vertex_field(model: FaceModelArrays, field: np.ndarray, resolution: int = 256) -> np.ndarray:
+    """A per-vertex field of the coarse model carried onto the vertices of :func:`detailed_mesh`.
+
+    Grid vertices interpolate it barycentrically, the appended hidden coarse vertices copy it, so e.g. an
+    expression blendshape (V, 3) becomes a morph target of the detailed mesh. (Displacement is not
+    re-applied: a morph target moves the displaced surface by the coarse delta, a good approximation for
+    displacements that are small next to the blendshape's spatial scale.)
+
+    Args:
+        field: (V, C) or (K, V, C) values per coarse vertex.
+
+    Returns:
+        (N, C) or (K, N, C) values per detailed-mesh vertex.
+    """
+    field = np.asarray(field)
+    batched = field.ndim == 3
+    f = field if batched else field[None]
+    if f.ndim != 3 or f.shape[1] != model.n_verts:
+        raise ValueError(f"field: expected shape (V={model.n_verts}, C) or (K, V, C), got {field.shape}")
+    s = uv_sampling(model, resolution)
+    grid_part = np.einsum("nk,bnkc->bnc", s.bary, f[:, model.faces[s.face]])
+    hidden = _hidden_uv_vertices(model, s)
+    out = np.concatenate([grid_part, f[:, model.uv_vertex[hidden]]], axis=1)
+    return out if batched else out[0]
+
+
+def _hidden_uv_vertices(model: FaceModelArrays, s: UVSampling) -> np.ndarray:
+    """UV vertices used by the hidden coarse faces, in the order :func:`detailed_mesh` appends them."""
+    return np.unique(model.uv_faces[s.hidden_faces])
+
+
 def detailed_mesh(
     model: FaceModelArrays,
     verts: np.ndarray,
@@ -618,8 +658,8 @@ def detailed_mesh(
         nrm /= np.maximum(np.linalg.norm(nrm, axis=1, keepdims=True), 1e-12)
         pos = pos + sample_map(disp, s.uv)[:, None] * nrm
     # Append the hidden coarse triangles with their own (seam-split) vertices.
-    hid_uv_faces = model.uv_faces[s.hidden_faces]
-    used, inverse = np.unique(hid_uv_faces, return_inverse=True)
+    used = _hidden_uv_vertices(model, s)
+    inverse = np.searchsorted(used, model.uv_faces[s.hidden_faces])
     positions = np.concatenate([pos, verts[model.uv_vertex[used]]])
     uv = np.concatenate([s.uv, model.uv[used]])
     faces = np.concatenate([s.faces, inverse.reshape(-1, 3) + len(pos)])
