@@ -425,7 +425,7 @@ def glb_bytes(
         pygltflib.Sampler(
             magFilter=pygltflib.LINEAR,
             minFilter=pygltflib.LINEAR_MIPMAP_LINEAR,
-            wrapS=pygltflib.CLAMP_TO_EDGE,
+            wrapS=pygltflib.REPEAT,  # u is periodic in our cylindrical layout (seam copies reach past 0/1)
             wrapT=pygltflib.CLAMP_TO_EDGE,
         )
     )

@@ -485,6 +485,15 @@ def rasterize_nodes(
 def _build_uv_sampling(model: FaceModelArrays, R: int) -> UVSampling:
     skin = np.flatnonzero(model.face_part == 0)
     uv_tri = model.uv[model.uv_faces[skin]].astype(np.float64)
+    # u is periodic: triangles reaching past the seam also cover the other side, shifted by one turn
+    below, above = uv_tri[:, :, 0].min(1) < 0.0, uv_tri[:, :, 0].max(1) > 1.0
+    shifted = [uv_tri]
+    for shift, beyond in ((1.0, below), (-1.0, above)):
+        copy = uv_tri[beyond].copy()
+        copy[:, :, 0] += shift
+        shifted.append(copy)
+    uv_tri = np.concatenate(shifted)
+    skin = np.concatenate([skin, skin[below], skin[above]])
     # Grid row 0 is v = 1, so the grid y coordinate is (1 - v)·R.
     tri_xy = np.stack([uv_tri[..., 0] * R, (1.0 - uv_tri[..., 1]) * R], -1)
     # Outermost candidate wins: distance from the vertical axis on the mean head.

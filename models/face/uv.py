@@ -2,8 +2,8 @@
 
 u is the angle around the head's vertical (+y) axis, with the face (+z) at u = 0.5 and the seam at the back
 (u = 0 ≡ 1, the -z half-plane); v is the height, normalised over the mesh. Triangles that straddle the seam
-get their own copies of the vertices on the seam's far side, so every UV triangle is a proper triangle in
-[0, 1]² and exported meshes texture cleanly.
+get their own copies of the vertices on the seam's far side (u ± 1), so no UV triangle wraps around the
+layout and exported meshes texture cleanly with a repeating sampler in u.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ def cylindrical_uv(
 
     Returns:
         uv: (T, 2) texture coordinates, uv_faces: (F, 3) triangles into ``uv``, uv_vertex: (T,) the geometry
-        vertex of each UV vertex (T > V when the seam duplicates vertices).
+        vertex of each UV vertex (T > V when the seam duplicates vertices). Seam copies may reach slightly
+        outside u ∈ [0, 1] (u is periodic).
     """
     verts = np.asarray(verts, dtype=np.float64)
     faces = np.asarray(faces, dtype=np.int64)
@@ -46,8 +47,8 @@ def cylindrical_uv(
         for k in range(3):
             vid = int(faces[f, k])
             on_high = fu[f, k] > 0.5
-            if on_high == bool(side_high[f]):
-                continue
+            if on_high == bool(side_high[f]) or 0.25 <= fu[f, k] <= 0.75:
+                continue  # already on the triangle's side, or far from the seam (around the crown's pole)
             target = 1 if side_high[f] else 0  # wrap the corner to the triangle's side
             key = (vid, target)
             idx = key_to_index.get(key)
@@ -64,11 +65,8 @@ def cylindrical_uv(
     if extra_uv:
         uv = np.concatenate([uv, np.stack(extra_uv)])
         uv_vertex = np.concatenate([uv_vertex, np.stack(extra_vertex)])
-    # Corners pulled across the seam land slightly outside [0, 1], and vertices on the back midline a hair
-    # inside it: snap both onto the seam lines u = 0 and u = 1 so that the two sides meet exactly.
-    uv[:, 0] = np.clip(uv[:, 0], 0.0, 1.0)
-    uv[uv[:, 0] < 1e-3, 0] = 0.0
-    uv[uv[:, 0] > 1.0 - 1e-3, 0] = 1.0
+    # Corners pulled across the seam land slightly outside [0, 1]: they stay there, undistorted (u wraps
+    # around the cylinder; samplers repeat in u and the UV-grid resampling covers both copies).
     return uv.astype(np.float32), uv_faces, uv_vertex.astype(np.int64)
 
 

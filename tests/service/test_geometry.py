@@ -68,7 +68,9 @@ def test_uv_sampling_covers_the_skin_without_overlap(arrays):
     # each valid grid point lies inside its triangle in UV space
     tri_uv = arrays.uv[arrays.uv_faces[s.face]]
     recon = np.einsum("nk,nkc->nc", s.bary, tri_uv)
-    assert np.abs(recon - s.uv).max() < 1e-5
+    diff = recon - s.uv
+    diff[:, 0] -= np.round(diff[:, 0])  # u is periodic: seam triangles also cover the other side
+    assert np.abs(diff).max() < 1e-5
     assert geo.uv_sampling(arrays, 128) is s  # cached
     with pytest.raises(ValueError, match="resolution"):
         geo.uv_sampling(arrays, 8)
@@ -104,13 +106,10 @@ def test_detailed_mesh_closes_the_seam(arrays):
     mesh = geo.detailed_mesh(arrays, verts, None, resolution=128)
     s = geo.uv_sampling(arrays, 128)
     both = (s.grid[:, 0] >= 0) & (s.grid[:, -1] >= 0)
-    assert both.sum() > 15  # rows where both sides of the seam land on midline edges
+    assert both.sum() > 0.6 * 128
     left = mesh.positions[s.grid[both, 0]]
     right = mesh.positions[s.grid[both, -1]]
-    gap = np.linalg.norm(left - right, axis=1)
-    # u = 0 and u = 1 are the same points on the head where both sides reach the outer surface; at the
-    # nape (where the skull overhangs the neck) one side can still land on the neck behind (known crack)
-    assert np.mean(gap < 1e-5) > 0.5
+    assert np.abs(left - right).max() < 1e-5  # u = 0 and u = 1 are the same points on the head
 
 
 def test_detailed_mesh_rejects_bad_input(arrays):
