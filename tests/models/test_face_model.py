@@ -186,3 +186,20 @@ def test_build_is_reproducible(tmp_path):
     a.save(tmp_path / "m.npz", float16=("shape_basis",))
     c = geo.FaceModelArrays.load(tmp_path / "m.npz")
     assert np.abs(c.shape_basis - a.shape_basis).max() < 1e-5
+
+
+def test_eyeballs_take_the_texels_of_the_lid_opening(arrays):
+    """Each eyeball's pupil samples the texture inside its eye contour (in UV), not on the lids."""
+    lmk_uv = np.einsum("lk,lkc->lc", arrays.landmark_bary, arrays.uv[arrays.uv_faces[arrays.landmark_faces]])
+    for part, contour in ((2, range(36, 42)), (1, range(42, 48))):
+        corners = np.unique(arrays.uv_faces[arrays.face_part == part])
+        vid = arrays.uv_vertex[corners]
+        pupil = corners[np.argmax(arrays.mean[vid, 2])]
+        poly = lmk_uv[list(contour)]
+        # point-in-polygon (ray casting) for the pupil's uv
+        x, y = arrays.uv[pupil]
+        inside = False
+        for (x0, y0), (x1, y1) in zip(poly, np.roll(poly, -1, axis=0), strict=True):
+            if (y0 > y) != (y1 > y) and x < x0 + (y - y0) * (x1 - x0) / (y1 - y0):
+                inside = not inside
+        assert inside, (part, arrays.uv[pupil], poly)
