@@ -1,0 +1,63 @@
+"""`python -m training.run`: config merging, overrides, resolved config, stage dispatch and errors."""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import pytest
+import yaml
+
+from training import run as run_cli
+from training.config import ConfigError, load_config
+
+
+def test_overrides_merge_into_the_yaml(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("albedo:\n  steps: 10\n  lr: 0.002\ndata: {kind: synthetic}\n")
+    cfg = load_config(path, ["albedo.steps=20", "albedo.ema.beta=0.999", "data.kind=folder", "seed=3"])
+    assert cfg == {
+        "albedo": {"steps": 20, "lr": 0.002, "ema": {"beta": 0.999}},
+        "data": {"kind": "folder"},
+        "seed": 3,
+    }
+
+
+@pytest.mark.parametrize(
+    ("text", "overrides", "match"),
+    [
+        ("- a\n- b\n", [], "top level must be a mapping"),
+        ("a: [1,\n", [], "invalid YAML"),
+        ("a: 1\n", ["a.b=2"], "'a' is a value, not a section"),
+        ("a: 1\n", ["novalue"], "expected key.path=value"),
+        ("a: 1\n", ["x..y=1"], "expected key.path=value"),
+    ],
+)
+def test_bad_configs_are_refused(tmp_path, text, overrides, match):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        load_config(path, overrides)
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_stage_dispatch_writes_the_resolved_config(tmp_path, monkeypatch):
+    calls = []
+    fake = types.ModuleType("fake_stage")
+    fake.run = lambda cfg, out: calls.append((cfg, out))
+    monkeypatch.setitem(sys.modules, "fake_stage", fake)
+    monkeypatch.setitem(run_cli.STAGES, "albedo", "fake_stage")
+    code = run_cli.main(["albedo", "--out", str(tmp_path / "run"), "--set", "albedo.steps=7"])
+    assert code == 0
+    assert calls == [({"albedo": {"steps": 7}}, tmp_path / "run" / "albedo")]
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text()) == {"albedo": {"steps": 7}}
+
+
+def test_unavailable_stage_fails_cleanly_before_any_work(tmp_path, monkeypatch, caplog):
+    monkeypatch.setitem(run_cli.STAGES, "shape", "training.no_such_stage_module")
+    assert run_cli.main(["shape", "--out", str(tmp_path / "run")]) == 2
+    assert "stage 'shape' is not available" in caplog.text
+    assert not (tmp_path / "run").exists()
+    assert run_cli.main(["albedo", "--config", str(tmp_path / "nope.yaml")]) == 2
+    assert "config file not found" in caplog.text
