@@ -1,0 +1,51 @@
+"""Request and response bodies (pydantic); bundle-dependent checks happen in the routes."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+OutputKind = Literal["albedo", "displacement", "normal", "obj", "glb"]
+
+
+class GenerateBody(BaseModel):
+    """A random or specified face. Exactly one of ``seed``, ``z`` or ``w`` (default: seed 0)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seed: int | None = Field(None, ge=0, le=2**32 - 1)
+    z: list[Finite] | None = Field(None, max_length=4096, description="latent z (z_dim values)")
+    w: list[Finite] | None = Field(None, max_length=4096, description="intermediate latent w (w_dim values)")
+    truncation: Finite = Field(0.7, ge=0.0, le=1.5, description="ψ toward the mean w (paper: 0.7)")
+    expression: dict[str, Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]] = Field(
+        default_factory=dict, max_length=256, description="ARKit blendshape name → weight in [0, 1]"
+    )
+    identity: list[Annotated[float, Field(ge=-10.0, le=10.0, allow_inf_nan=False)]] | None = Field(
+        None, max_length=4096, description="identity coefficients (leading components; σ units of the wide span)"
+    )
+    texture_size: int = Field(512, description="output texture edge in texels (resampled)")
+    mesh_resolution: int = Field(256, description="UV grid of the detailed mesh")
+    outputs: list[OutputKind] = Field(default_factory=lambda: ["albedo", "displacement", "normal", "obj", "glb"])
+    blendshapes: bool = Field(False, description="embed the ARKit expressions as GLB morph targets (large)")
+
+    @model_validator(mode="after")
+    def _one_latent(self) -> GenerateBody:
+        given = [n for n in ("seed", "z", "w") if getattr(self, n) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give only one of seed, z or w (got {', '.join(given)})")
+        if not given:
+            self.seed = 0
+        if not self.outputs:
+            raise ValueError("outputs must name at least one output")
+        return self
+
+
+class ResultBody(BaseModel):
+    id: str
+    links: dict[str, str]
+    codes: dict
+    bundle: dict
+    timings_ms: dict[str, float]
+    cached: bool = False

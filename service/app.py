@@ -1,0 +1,127 @@
+"""FastAPI application factory: the lifespan loads the bundle once, warms up, then reports ready."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+
+from service import pipeline
+from service.api.routes import router
+from service.engine.batcher import QueueFull
+from service.engine.runtime import Runtime
+from service.metrics import Metrics
+from service.settings import Settings, get_settings
+
+logger = logging.getLogger(__name__)
+
+
+class BodyLimit:
+    """Pure ASGI middleware: 413 for bodies over ``limit`` bytes (declared or streamed)."""
+
+    def __init__(self, app, limit: int):
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers", [])).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            return await _too_large(send, self.limit)
+        seen = 0
+
+        async def limited_receive():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _BodyTooLarge
+            return message
+
+        try:
+            await self.app(scope, limited_receive, send)
+        except _BodyTooLarge:
+            await _too_large(send, self.limit)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+async def _too_large(send, limit: int) -> None:
+    body = JSONResponse({"detail": f"request body larger than {limit} bytes"}, status_code=413).body
+    await send({"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def warmup(runtime: Runtime) -> None:
+    """Run every graph once (allocations, kernel selection) before reporting ready."""
+    bundle = runtime.bundle
+    if bundle.capabilities["generate"]:
+        import numpy as np
+
+        req = pipeline.MeshRequest(
+            seed=0, z=None, w=None, truncation=0.7, expression=np.zeros(bundle.face_model.n_expr, np.float32),
+            identity=None, texture_size=256, mesh_resolution=64, outputs=("glb",), blendshapes=False,
+        )  # fmt: skip
+        await pipeline.generate(bundle, runtime.run_graph, req, pipeline.Timer())
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        runtime = Runtime(settings, metrics)  # BundleError here stops the server with the message
+        await runtime.start()
+        try:
+            if settings.warmup:
+                await warmup(runtime)
+            runtime.ready = True
+            app.state.runtime = runtime
+            logger.info("ready: %s %s", runtime.bundle.manifest.name, runtime.bundle.manifest.version)
+            yield
+        finally:
+            app.state.runtime = None
+            await runtime.stop()
+
+    app = FastAPI(
+        title="AlbedoGAN 3D faces",
+        version="0.1.0",
+        description="Generate or reconstruct realistic 3-D faces: albedo, displacement, detailed meshes.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.runtime = None
+
+    @app.middleware("http")
+    async def count_requests(request: Request, call_next):
+        response = await call_next(request)
+        route = request.scope.get("route")
+        metrics.requests.labels(getattr(route, "path", "unmatched"), str(response.status_code)).inc()
+        return response
+
+    @app.exception_handler(QueueFull)
+    async def queue_full(request: Request, exc: QueueFull):
+        return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "1"})
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):
+        errors = [
+            {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()
+        ]
+        return JSONResponse({"detail": errors}, status_code=422)
+
+    app.include_router(router)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["*"])
+    app.add_middleware(BodyLimit, limit=settings.max_upload_bytes)
+    return app

@@ -1,0 +1,221 @@
+"""The model bundle: the contract between training (``training/export.py``) and the service.
+
+A bundle is a folder (or a .zip of one) with ``manifest.json``, the ONNX graphs it names, the face model
+(``face_model.npz``) and ``w_avg.npy``. :func:`load_bundle` validates everything the service relies on and
+refuses a bundle it cannot serve with a :class:`BundleError` naming the file and the field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from service.geometry import FaceModelArrays
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+# graphs each endpoint needs; a bundle may serve a subset (the other endpoint then answers 503)
+CAPABILITIES: dict[str, tuple[str, ...]] = {
+    "generate": ("mapping", "albedo"),
+    "reconstruct": ("encoder", "displacement"),
+}
+
+
+class BundleError(ValueError):
+    """The bundle cannot be served; the message names the file and the field."""
+
+
+class TensorSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    shape: list[int | None] = Field(description="None for dynamic axes (the batch)")
+    dtype: str = "float32"
+
+
+class GraphSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    file: str
+    inputs: dict[str, TensorSpec]
+    outputs: dict[str, TensorSpec]
+    sha256: str
+    fp16_file: str | None = None
+    parity_max_abs: float | None = Field(None, description="export-time max |onnx - torch|")
+
+
+class FaceModelSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    file: str = "face_model.npz"
+    sha256: str
+
+
+class Codes(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    z_dim: int = Field(gt=0)
+    w_dim: int = Field(gt=0)
+    num_ws: int = Field(gt=0)
+    shape: int = Field(gt=0)
+    expression: int = Field(gt=0)
+    joints: int = Field(gt=0)
+    detail: int = Field(0, ge=0)
+
+
+class Resolutions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    albedo: int = Field(gt=0)
+    displacement: int = Field(0, ge=0)
+    encoder_input: int = Field(0, ge=0)
+
+
+class Manifest(BaseModel):
+    """``manifest.json`` (schema version 1)."""
+
+    model_config = ConfigDict(extra="allow")
+    schema_version: int
+    name: str
+    version: str
+    licence: str
+    git_commit: str = "unknown"
+    created: str = ""
+    face_model: FaceModelSpec
+    w_avg: str = "w_avg.npy"
+    codes: Codes
+    resolutions: Resolutions
+    graphs: dict[str, GraphSpec]
+    displacement_scale_m: float = Field(0.0, ge=0.0, description="displacement graph output units → metres")
+    training: dict[str, Any] = Field(default_factory=dict)
+    metrics: dict[str, Any] = Field(default_factory=dict)
+
+
+@dataclass(frozen=True, eq=False)
+class Bundle:
+    """A validated bundle on disk."""
+
+    root: Path
+    manifest: Manifest
+    face_model: FaceModelArrays
+    w_avg: np.ndarray
+    digest: str  # identifies the bundle's content (manifest + every file hash) for result ids
+
+    @property
+    def capabilities(self) -> dict[str, bool]:
+        return {cap: all(g in self.manifest.graphs for g in graphs) for cap, graphs in CAPABILITIES.items()}
+
+    def graph_path(self, name: str) -> Path:
+        return self.root / self.manifest.graphs[name].file
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _unpack_zip(path: Path) -> Path:
+    """Extract a bundle zip into a content-addressed temporary folder (reused across starts)."""
+    digest = sha256_file(path)[:16]
+    target = Path(tempfile.gettempdir()) / f"albedogan-bundle-{digest}"
+    if (target / MANIFEST).is_file():
+        return target
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+            if any(n.startswith("/") or ".." in Path(n).parts for n in names):
+                raise BundleError(f"{path}: refusing a zip with absolute or parent paths")
+            tmp = Path(tempfile.mkdtemp(prefix="albedogan-bundle-"))
+            zf.extractall(tmp)
+    except zipfile.BadZipFile as exc:
+        raise BundleError(f"{path}: not a readable zip ({exc})") from exc
+    inner = [p.parent for p in tmp.rglob(MANIFEST)]
+    if len(inner) != 1:
+        raise BundleError(f"{path}: expected exactly one {MANIFEST} in the zip, found {len(inner)}")
+    if not target.exists():
+        inner[0].rename(target)
+    return target
+
+
+def load_bundle(path: str | Path) -> Bundle:
+    """Load and validate a bundle folder or zip.
+
+    Raises:
+        BundleError: naming the file and field for anything the service cannot serve.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise BundleError(f"{path}: bundle not found")
+    root = _unpack_zip(path) if path.is_file() else path
+    mpath = root / MANIFEST
+    if not mpath.is_file():
+        raise BundleError(f"{mpath}: missing")
+    try:
+        raw = json.loads(mpath.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{mpath}: not valid JSON ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise BundleError(f"{mpath}: the top level must be an object")
+    if raw.get("schema_version") != SCHEMA_VERSION:
+        raise BundleError(
+            f"{mpath}: field 'schema_version' is {raw.get('schema_version')!r}; this service reads {SCHEMA_VERSION}"
+        )
+    try:
+        manifest = Manifest.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"])
+        raise BundleError(f"{mpath}: field '{field}': {err['msg']}") from exc
+
+    hashes = [hashlib.sha256(mpath.read_bytes()).hexdigest()]
+    fm_path = root / manifest.face_model.file
+    if not fm_path.is_file():
+        raise BundleError(f"{mpath}: field 'face_model.file' names {fm_path.name}, which is missing")
+    fm_hash = sha256_file(fm_path)
+    if fm_hash != manifest.face_model.sha256:
+        raise BundleError(f"{fm_path}: sha256 does not match field 'face_model.sha256' of {MANIFEST}")
+    try:
+        face_model = FaceModelArrays.load(fm_path)
+    except (ValueError, OSError) as exc:
+        raise BundleError(str(exc)) from exc
+    codes = manifest.codes
+    for field, have in (
+        ("shape", face_model.n_shape),
+        ("expression", face_model.n_expr),
+        ("joints", face_model.n_joints),
+    ):
+        if getattr(codes, field) != have:
+            raise BundleError(
+                f"{mpath}: field 'codes.{field}' is {getattr(codes, field)} but {fm_path.name} has {have}"
+            )
+    for name, spec in manifest.graphs.items():
+        gpath = root / spec.file
+        if not gpath.is_file():
+            raise BundleError(f"{mpath}: field 'graphs.{name}.file' names {spec.file}, which is missing")
+        digest = sha256_file(gpath)
+        if digest != spec.sha256:
+            raise BundleError(f"{gpath}: sha256 does not match field 'graphs.{name}.sha256' of {MANIFEST}")
+        hashes.append(digest)
+    wpath = root / manifest.w_avg
+    if not wpath.is_file():
+        raise BundleError(f"{mpath}: field 'w_avg' names {manifest.w_avg}, which is missing")
+    try:
+        w_avg = np.load(wpath, allow_pickle=False).astype(np.float32)
+    except (ValueError, OSError) as exc:
+        raise BundleError(f"{wpath}: not a readable .npy ({exc})") from exc
+    if w_avg.shape != (codes.w_dim,) or not np.all(np.isfinite(w_avg)):
+        raise BundleError(f"{wpath}: expected {codes.w_dim} finite values (field 'codes.w_dim'), got {w_avg.shape}")
+    if not any(all(g in manifest.graphs for g in graphs) for graphs in CAPABILITIES.values()):
+        raise BundleError(f"{mpath}: field 'graphs' serves no endpoint (needs one of {list(CAPABILITIES.values())})")
+    hashes += [fm_hash, sha256_file(wpath)]
+    digest = hashlib.sha256("".join(hashes).encode()).hexdigest()
+    logger.info("bundle %s %s from %s", manifest.name, manifest.version, root)
+    return Bundle(root, manifest, face_model, w_avg, digest)

@@ -1,0 +1,205 @@
+"""What /generate and /reconstruct compute: codes → networks → geometry → files (numpy + onnxruntime).
+
+Model calls go through the app's dynamic batchers (``run_graph``); geometry and encoding are plain numpy and
+run in a worker thread. Everything is deterministic for a given request and bundle, so results are
+content-addressed: the same request gives the same id and the same bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import json
+import time
+import zipfile
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from service import formats
+from service import geometry as geo
+from service.bundle import Bundle
+
+RunGraph = Callable[[str, Mapping[str, np.ndarray]], Awaitable[dict[str, np.ndarray]]]
+OUTPUT_KINDS = ("albedo", "displacement", "normal", "obj", "glb")
+
+
+@dataclass(frozen=True)
+class MeshRequest:
+    """The validated, bundle-checked parameters of a /generate request."""
+
+    seed: int | None
+    z: np.ndarray | None
+    w: np.ndarray | None
+    truncation: float
+    expression: np.ndarray  # (E,)
+    identity: np.ndarray | None  # (K,) or None → from the bundle's codes graph or the face-model prior
+    texture_size: int
+    mesh_resolution: int
+    outputs: tuple[str, ...]
+    blendshapes: bool
+
+    def key(self, bundle: Bundle) -> str:
+        """Content address: sha256 of the bundle digest and the canonical request."""
+        canon = {
+            "seed": self.seed,
+            "z": None if self.z is None else self.z.astype(np.float32).tobytes().hex(),
+            "w": None if self.w is None else self.w.astype(np.float32).tobytes().hex(),
+            "truncation": round(float(self.truncation), 6),
+            "expression": self.expression.astype(np.float32).tobytes().hex(),
+            "identity": None if self.identity is None else self.identity.astype(np.float32).tobytes().hex(),
+            "texture_size": self.texture_size,
+            "mesh_resolution": self.mesh_resolution,
+            "outputs": sorted(self.outputs),
+            "blendshapes": self.blendshapes,
+        }
+        blob = json.dumps(canon, sort_keys=True).encode()
+        return hashlib.sha256(bundle.digest.encode() + b"/generate/" + blob).hexdigest()
+
+
+@dataclass
+class Result:
+    files: dict[str, bytes]
+    meta: dict[str, Any]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class Timer:
+    """Collects per-stage wall times (seconds) and reports them to an optional observer."""
+
+    def __init__(self, observe: Callable[[str, float], None] | None = None):
+        self.timings: dict[str, float] = {}
+        self._observe = observe
+
+    def stage(self, name: str):
+        timer = self
+
+        class _Stage:
+            def __enter__(self):
+                self.t = time.perf_counter()
+
+            def __exit__(self, *exc):
+                dt = time.perf_counter() - self.t
+                timer.timings[name] = timer.timings.get(name, 0.0) + dt
+                if timer._observe is not None:
+                    timer._observe(name, dt)
+
+        return _Stage()
+
+
+def latent_from_seed(seed: int, z_dim: int) -> np.ndarray:
+    """The z of a seed: standard normal from numpy's PCG64 seeded with ``seed`` (stable across versions)."""
+    return np.random.default_rng(seed).standard_normal(z_dim).astype(np.float32)
+
+
+def texel_size(model: geo.FaceModelArrays, resolution: int) -> tuple[float, float]:
+    """Physical size (metres) of one texel of the cylindrical layout in u and v on the mean head."""
+    radius = float(np.median(np.hypot(model.mean[:, 0], model.mean[:, 2])))
+    v_span = (model.uv[:, 1].max() - model.uv[:, 1].min()) / max(float(np.ptp(model.mean[:, 1])), 1e-9)
+    return 2 * np.pi * radius / resolution, 1.0 / (v_span * resolution)
+
+
+async def generate(bundle: Bundle, run_graph: RunGraph, req: MeshRequest, timer: Timer) -> Result:
+    """The /generate pipeline: latent → ws → albedo; codes → coarse + detailed mesh; files."""
+    m = bundle.manifest
+    w_avg = bundle.w_avg
+    with timer.stage("mapping"):
+        if req.w is not None:
+            ws = np.broadcast_to(req.w, (m.codes.num_ws, m.codes.w_dim))[None]
+        else:
+            z = req.z if req.z is not None else latent_from_seed(req.seed or 0, m.codes.z_dim)
+            ws = (await run_graph("mapping", {"z": z[None]}))["ws"]
+        ws = (w_avg + req.truncation * (ws - w_avg)).astype(np.float32)
+    with timer.stage("albedo"):
+        albedo = (await run_graph("albedo", {"ws": ws}))["albedo"][0]
+    with timer.stage("codes"):
+        if req.identity is not None:
+            shape = req.identity
+        elif "codes" in m.graphs:
+            shape = (await run_graph("codes", {"ws": ws}))["shape"][0]
+        else:
+            stream = [req.seed if req.seed is not None else 0, 1]
+            if req.seed is None:  # derive from the latent itself
+                stream = list(np.frombuffer(hashlib.sha256(ws.tobytes()).digest()[:8], dtype=np.uint32))
+            shape = bundle.face_model.sample_shape(np.random.default_rng(stream))[0]
+    disp = None
+    if "displacement" in m.graphs:
+        with timer.stage("displacement"):
+            jaw = np.zeros((1, 3), np.float32)
+            out = await run_graph(
+                "displacement",
+                {
+                    "detail": np.zeros((1, m.codes.detail), np.float32),
+                    "expression": req.expression[None].astype(np.float32),
+                    "jaw_pose": jaw,
+                },
+            )
+            disp = out["displacement"][0, 0].astype(np.float64) * m.displacement_scale_m
+    files = await asyncio.to_thread(_build_files, bundle, req, albedo, disp, shape, timer)
+    meta = {
+        "endpoint": "generate",
+        "bundle": {"name": m.name, "version": m.version},
+        "codes": {
+            "shape": np.asarray(shape, np.float32).round(6).tolist(),
+            "expression": {n: float(v) for n, v in zip(bundle.face_model.expr_names, req.expression, strict=True) if v},
+            "truncation": req.truncation,
+            "seed": req.seed,
+        },
+    }
+    return Result(files, meta, timer.timings)
+
+
+def _build_files(
+    bundle: Bundle,
+    req: MeshRequest,
+    albedo_chw: np.ndarray,
+    disp: np.ndarray | None,
+    shape: np.ndarray,
+    timer: Timer,
+) -> dict[str, bytes]:
+    model = bundle.face_model
+    files: dict[str, bytes] = {}
+    with timer.stage("geometry"):
+        verts = geo.decode_vertices(model, shape[None], req.expression[None])[0]
+        if disp is None:
+            res = max(bundle.manifest.resolutions.displacement, 64)
+            disp = np.zeros((res, res))
+        mesh = geo.detailed_mesh(model, verts, disp, req.mesh_resolution)
+    with timer.stage("encode"):
+        albedo = np.clip((np.transpose(albedo_chw, (1, 2, 0)) + 1.0) / 2.0, 0.0, 1.0)
+        if albedo.shape[0] != req.texture_size:
+            albedo = formats.resample_texture(albedo, req.texture_size)
+        albedo_png = formats.albedo_png(albedo)
+        normals = formats.normal_map_from_displacement(disp, texel_size(model, disp.shape[0]), wrap_u=True)
+        normal_png = formats.normal_map_png(normals)
+        if "albedo" in req.outputs:
+            files["albedo.png"] = albedo_png
+        if "displacement" in req.outputs:
+            png, sidecar = formats.displacement_png(disp)
+            files["displacement.png"] = png
+            files["displacement.json"] = json.dumps(sidecar, sort_keys=True).encode()
+        if "normal" in req.outputs:
+            files["normal.png"] = normal_png
+        if "obj" in req.outputs:
+            files.update(formats.obj_files(mesh, {"albedo": albedo_png, "normal": normal_png}, name="mesh"))
+        if "glb" in req.outputs:
+            morphs = None
+            if req.blendshapes:
+                deltas = geo.detailed_vertex_field(model, model.expr_basis, req.mesh_resolution).astype(np.float32)
+                morphs = dict(zip(model.expr_names, deltas, strict=True))
+            files["mesh.glb"] = formats.glb_bytes(mesh, albedo_png, normal_png, morph_targets=morphs, name="face")
+        files["bundle.zip"] = _zip(files)
+    return files
+
+
+def _zip(files: Mapping[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name in sorted(files):
+            info = zipfile.ZipInfo(name, date_time=(2024, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            zf.writestr(info, files[name])
+    return buf.getvalue()

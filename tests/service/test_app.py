@@ -1,0 +1,194 @@
+"""The FastAPI service end to end on a tiny real bundle: /generate, results, health, metrics, bad input."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+
+import numpy as np
+import pytest
+import trimesh
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from service.app import create_app
+from service.settings import Settings
+
+
+@pytest.fixture(scope="module")
+def client(tiny_bundle, tmp_path_factory):
+    settings = Settings(bundle=tiny_bundle, results_dir=tmp_path_factory.mktemp("results"), max_wait_ms=2.0)
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+def gen(client, **body):
+    return client.post("/generate", json=body)
+
+
+def test_health_models_and_docs(client):
+    assert client.get("/health/live").json() == {"status": "alive"}
+    ready = client.get("/health/ready")
+    assert ready.status_code == 200 and ready.json()["capabilities"] == {"generate": True, "reconstruct": False}
+    models = client.get("/models").json()
+    assert models["manifest"]["name"] == "tiny-untrained" and "jawOpen" in models["expressions"]
+    assert models["providers"]["albedo"][-1] == "CPUExecutionProvider"
+    assert client.get("/openapi.json").json()["paths"]["/generate"]["post"]
+    assert client.get("/docs").status_code == 200
+
+
+def test_generate_returns_linked_artifacts(client):
+    r = gen(client, seed=7, texture_size=256, mesh_resolution=64, expression={"jawOpen": 0.5})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert len(body["id"]) == 64 and body["cached"] is False
+    assert set(body["links"]) >= {"albedo.png", "displacement.png", "normal.png", "mesh.obj", "mesh.mtl", "mesh.glb"}
+    assert body["codes"]["expression"] == {"jawOpen": 0.5} and len(body["codes"]["shape"]) == 150
+    assert body["timings_ms"]["mapping"] >= 0 and body["timings_ms"]["geometry"] > 0
+    albedo = Image.open(io.BytesIO(client.get(body["links"]["albedo.png"]).content))
+    assert albedo.size == (256, 256) and albedo.mode == "RGB"
+    disp = Image.open(io.BytesIO(client.get(body["links"]["displacement.png"]).content))
+    assert disp.mode.startswith("I;16") or disp.mode == "I"
+    glb = client.get(body["links"]["mesh.glb"])
+    assert glb.headers["content-type"] == "model/gltf-binary" and glb.content[:4] == b"glTF"
+    scene = trimesh.load(io.BytesIO(glb.content), file_type="glb", process=False)
+    assert sum(len(g.vertices) for g in scene.geometry.values()) > 3000
+
+
+def test_same_seed_same_id_and_bytes(client):
+    a = gen(client, seed=11, texture_size=256, mesh_resolution=64).json()
+    b = gen(client, seed=11, texture_size=256, mesh_resolution=64).json()
+    assert a["id"] == b["id"] and b["cached"] is True
+    c = gen(client, seed=12, texture_size=256, mesh_resolution=64).json()
+    assert c["id"] != a["id"]
+    glb_a = client.get(a["links"]["mesh.glb"]).content
+    # a fresh computation (different result dir, same bundle) gives the same bytes
+    assert (
+        glb_a
+        == client.post("/generate?format=glb", json={"seed": 11, "texture_size": 256, "mesh_resolution": 64}).content
+    )
+
+
+def test_format_returns_the_file(client):
+    r = client.post("/generate?format=zip", json={"seed": 3, "texture_size": 256, "mesh_resolution": 64})
+    assert r.headers["content-type"] == "application/zip"
+    names = zipfile.ZipFile(io.BytesIO(r.content)).namelist()
+    assert "mesh.obj" in names and "albedo.png" in names
+    png = client.post(
+        "/generate?format=png", json={"seed": 3, "texture_size": 256, "mesh_resolution": 64, "outputs": ["glb"]}
+    )
+    assert png.headers["content-type"] == "image/png"
+
+
+def test_w_and_z_inputs(client):
+    z = np.random.default_rng(0).standard_normal(32).tolist()
+    r = gen(client, z=z, texture_size=256, mesh_resolution=64, outputs=["albedo"])
+    assert r.status_code == 200 and set(r.json()["links"]) == {"albedo.png", "bundle.zip"}
+    r = gen(client, w=[0.1] * 32, truncation=1.0, texture_size=256, mesh_resolution=64, outputs=["albedo"])
+    assert r.status_code == 200
+
+
+BAD_REQUESTS = [
+    ({"seed": "abc"}, 422),
+    ({"seed": -1}, 422),
+    ({"seed": 2**40}, 422),
+    ({"seed": 1.5}, 422),
+    ({"seed": 1, "z": [0.0] * 32}, 422),
+    ({"z": [0.0] * 31}, 422),
+    ({"z": [0.0] * 5000}, 422),
+    ({"z": "zeros"}, 422),
+    ({"z": [None] * 32}, 422),
+    ({"w": [0.0] * 33}, 422),
+    ({"truncation": 5}, 422),
+    ({"truncation": "high"}, 422),
+    ({"expression": {"smile": 1.0}}, 422),
+    ({"expression": {"jawOpen": 2.0}}, 422),
+    ({"expression": {"jawOpen": "wide"}}, 422),
+    ({"expression": ["jawOpen"]}, 422),
+    ({"identity": [0.0] * 151}, 422),
+    ({"identity": [100.0]}, 422),
+    ({"identity": []}, 422),
+    ({"texture_size": 100}, 422),
+    ({"texture_size": 100000}, 422),
+    ({"mesh_resolution": 4}, 422),
+    ({"mesh_resolution": 5000}, 422),
+    ({"outputs": ["fbx"]}, 422),
+    ({"outputs": []}, 422),
+    ({"unknown_field": 1}, 422),
+    ({"blendshapes": "yes please"}, 422),
+]
+
+
+@pytest.mark.parametrize(("body", "status"), BAD_REQUESTS)
+def test_bad_generate_requests_get_4xx_json(client, body, status):
+    r = client.post("/generate", json=body)
+    assert r.status_code == status, r.text
+    assert "detail" in r.json()
+
+
+@pytest.mark.parametrize(
+    ("raw", "headers", "status"),
+    [
+        (b"{not json", {"content-type": "application/json"}, 422),
+        (b'{"z": [NaN' + b", 0.0" * 31 + b"]}", {"content-type": "application/json"}, 422),
+        (b'{"seed": 1e400}', {"content-type": "application/json"}, 422),
+        (b"seed=1", {"content-type": "application/x-www-form-urlencoded"}, 422),
+        (b"[1, 2, 3]", {"content-type": "application/json"}, 422),
+        (b" " * (11 * 1024 * 1024), {"content-type": "application/json"}, 413),
+    ],
+)
+def test_malformed_bodies(client, raw, headers, status):
+    r = client.post("/generate", content=raw, headers=headers)
+    assert r.status_code == status, r.text[:200]
+    assert "detail" in r.json()
+
+
+def test_unknown_results_and_formats(client):
+    assert client.get("/results/" + "0" * 64).status_code == 404
+    assert client.get("/results/../../etc/passwd").status_code == 404
+    assert client.get("/results/" + "0" * 64 + "/mesh.glb").status_code == 404
+    assert client.get("/results/nothex/..%2F..%2Fetc%2Fpasswd").status_code == 404
+    r = client.post("/generate?format=fbx", json={"seed": 1})
+    assert r.status_code == 422 and "detail" in r.json()
+
+
+def test_metrics_count_requests_and_stages(client):
+    gen(client, seed=21, texture_size=256, mesh_resolution=64)
+    text = client.get("/metrics").text
+    assert 'face_requests_total{route="/generate",status="200"}' in text
+    assert 'face_stage_seconds_count{stage="geometry"}' in text
+    assert 'face_batch_size_count{graph="albedo"}' in text
+    assert "face_model_info" in text and 'name="tiny-untrained"' in text
+
+
+def test_manifest_problems_are_refused_at_start(tiny_bundle, tmp_path):
+    import shutil
+
+    from service.bundle import BundleError, load_bundle
+
+    broken = tmp_path / "b"
+    shutil.copytree(tiny_bundle, broken)
+    manifest = json.loads((broken / "manifest.json").read_text())
+    manifest["codes"]["shape"] = 99
+    (broken / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="field 'codes.shape' is 99 but face_model.npz has 150"):
+        load_bundle(broken)
+    manifest["codes"]["shape"] = 150
+    manifest["schema_version"] = 7
+    (broken / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="field 'schema_version' is 7"):
+        load_bundle(broken)
+    manifest["schema_version"] = 1
+    (broken / "manifest.json").write_text(json.dumps(manifest))
+    (broken / "albedo.onnx").write_bytes(b"corrupt")
+    with pytest.raises(BundleError, match=r"albedo.onnx: sha256 does not match field 'graphs.albedo.sha256'"):
+        load_bundle(broken)
+    (broken / "albedo.onnx").unlink()
+    with pytest.raises(BundleError, match="field 'graphs.albedo.file' names albedo.onnx, which is missing"):
+        load_bundle(broken)
+    with pytest.raises(BundleError, match="bundle not found"):
+        load_bundle(tmp_path / "nothing")
+    settings = Settings(bundle=broken, results_dir=tmp_path / "r")
+    with pytest.raises(BundleError), TestClient(create_app(settings)):
+        pass

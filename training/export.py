@@ -1,0 +1,233 @@
+"""Export trained networks into a model bundle (DESIGN §5): ONNX graphs + face model + w_avg + manifest.
+
+Every graph is exported with a dynamic batch axis and checked against its PyTorch module with
+onnxruntime (max |onnx − torch| must stay under ``PARITY_TOL``); the measured difference is written into
+the manifest. StyleGAN2's modulated convolutions are exported in their non-fused form (the fused grouped
+convolution cannot have a dynamic batch axis).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import shutil
+import subprocess
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from models.stylegan2 import Generator
+from service.bundle import MANIFEST, SCHEMA_VERSION, load_bundle
+from service.geometry import FaceModelArrays
+
+logger = logging.getLogger(__name__)
+
+PARITY_TOL = 1e-4
+OPSET = 18
+
+
+class ExportError(RuntimeError):
+    """A graph failed to export or does not match its PyTorch module."""
+
+
+class MappingGraph(nn.Module):
+    """z (B, z_dim) → ws (B, num_ws, w_dim), untruncated (the service truncates toward ``w_avg``)."""
+
+    def __init__(self, generator: Generator):
+        super().__init__()
+        self.mapping = generator.mapping
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.mapping(z, None)
+
+
+class AlbedoGraph(nn.Module):
+    """ws (B, num_ws, w_dim) → albedo (B, 3, R, R) in [-1, 1], constant noise, non-fused modulation."""
+
+    def __init__(self, generator: Generator):
+        super().__init__()
+        self.synthesis = generator.synthesis
+
+    def forward(self, ws: torch.Tensor) -> torch.Tensor:
+        return self.synthesis(ws, noise_mode="const", fused_modconv=False)
+
+
+@dataclass(frozen=True)
+class GraphExport:
+    """A module to export: named inputs (examples with batch 2) and output names."""
+
+    module: nn.Module
+    inputs: Mapping[str, torch.Tensor]
+    outputs: Sequence[str]
+
+
+def export_onnx(graph: GraphExport, path: Path) -> float:
+    """Export one graph with a dynamic batch axis and return max |onnx − torch| over batches 1 and 3."""
+    import onnxruntime as ort
+
+    module = graph.module.eval()
+    names = list(graph.inputs)
+    examples = tuple(graph.inputs.values())
+    try:
+        batch = torch.export.Dim("batch", min=1, max=1024)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                module,
+                examples,
+                str(path),
+                dynamo=True,
+                opset_version=OPSET,
+                input_names=names,
+                output_names=list(graph.outputs),
+                dynamic_shapes={n: {0: batch} for n in _forward_arg_names(module, len(names))},
+                external_data=False,
+            )
+    except Exception as exc:
+        raise ExportError(f"{path.name}: ONNX export failed: {exc}") from exc
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    worst = 0.0
+    gen = torch.Generator().manual_seed(0)
+    for b in (1, 3):
+        feeds = {n: _like(t, b, gen) for n, t in graph.inputs.items()}
+        with torch.no_grad():
+            expected = module(*feeds.values())
+        expected = expected if isinstance(expected, tuple | list) else (expected,)
+        got = session.run(None, {n: v.numpy() for n, v in feeds.items()})
+        for name, e, g in zip(graph.outputs, expected, got, strict=True):
+            if tuple(e.shape) != g.shape:
+                raise ExportError(f"{path.name}: output '{name}' has shape {g.shape}, torch gives {tuple(e.shape)}")
+            worst = max(worst, float(np.abs(e.numpy() - g).max()))
+    if not worst <= PARITY_TOL:
+        raise ExportError(f"{path.name}: max |onnx - torch| = {worst:.2e} exceeds {PARITY_TOL:.0e}")
+    return worst
+
+
+def _like(t: torch.Tensor, batch: int, gen: torch.Generator) -> torch.Tensor:
+    return torch.randn((batch, *t.shape[1:]), generator=gen, dtype=t.dtype)
+
+
+def _forward_arg_names(module: nn.Module, n: int) -> list[str]:
+    import inspect
+
+    params = list(inspect.signature(module.forward).parameters)
+    return params[:n]
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True)
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _spec(graph: GraphExport, path: Path, parity: float, outputs_shapes: Mapping[str, Sequence[int]]) -> dict:
+    return {
+        "file": path.name,
+        "inputs": {n: {"shape": [None, *t.shape[1:]]} for n, t in graph.inputs.items()},
+        "outputs": {n: {"shape": [None, *outputs_shapes[n][1:]]} for n in graph.outputs},
+        "sha256": _sha256(path),
+        "parity_max_abs": parity,
+    }
+
+
+def export_bundle(
+    out: str | Path,
+    *,
+    face_model_path: str | Path,
+    generator: Generator,
+    extra_graphs: Mapping[str, GraphExport] | None = None,
+    name: str = "albedogan",
+    version: str = "0.0.0",
+    licence: str = "see MODEL_CARD.md",
+    training: Mapping[str, Any] | None = None,
+    metrics: Mapping[str, Any] | None = None,
+    resolutions: Mapping[str, int] | None = None,
+    codes: Mapping[str, int] | None = None,
+    displacement_scale_m: float = 0.0,
+    model_card: str | None = None,
+) -> Path:
+    """Write a bundle folder and validate it with the service's own loader.
+
+    Args:
+        out: bundle folder (replaced if it exists).
+        face_model_path: the face-model npz the networks were trained with.
+        generator: AlbedoGAN (its ``mapping.w_avg`` is the truncation centre; compute it with
+            ``Generator.mean_w`` first).
+        extra_graphs: further graphs (``encoder``, ``displacement``, ``codes`` …) by manifest name.
+        codes: extra code sizes for the manifest (e.g. ``{"detail": 128}``).
+        resolutions: extra resolutions (``displacement``, ``encoder_input``).
+    """
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    face = FaceModelArrays.load(face_model_path)
+    shutil.copyfile(face_model_path, tmp / "face_model.npz")
+    generator = generator.eval()
+    G_cfg = generator.config
+    graphs: dict[str, GraphExport] = {
+        "mapping": GraphExport(MappingGraph(generator), {"z": torch.randn(2, G_cfg.z_dim)}, ["ws"]),
+        "albedo": GraphExport(
+            AlbedoGraph(generator), {"ws": torch.randn(2, generator.num_ws, G_cfg.w_dim)}, ["albedo"]
+        ),
+    }
+    graphs.update(extra_graphs or {})
+    specs = {}
+    for gname, graph in graphs.items():
+        path = tmp / f"{gname}.onnx"
+        parity = export_onnx(graph, path)
+        with torch.no_grad():
+            outs = graph.module(*graph.inputs.values())
+        outs = outs if isinstance(outs, tuple | list) else (outs,)
+        shapes = {n: tuple(o.shape) for n, o in zip(graph.outputs, outs, strict=True)}
+        specs[gname] = _spec(graph, path, parity, shapes)
+        logger.info("exported %s (max |onnx - torch| = %.2e)", gname, parity)
+    np.save(tmp / "w_avg.npy", generator.mapping.w_avg.detach().cpu().numpy().astype(np.float32))
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "name": name,
+        "version": version,
+        "licence": licence,
+        "git_commit": _git_commit(),
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "face_model": {"file": "face_model.npz", "sha256": _sha256(tmp / "face_model.npz")},
+        "w_avg": "w_avg.npy",
+        "codes": {
+            "z_dim": G_cfg.z_dim,
+            "w_dim": G_cfg.w_dim,
+            "num_ws": generator.num_ws,
+            "shape": face.n_shape,
+            "expression": face.n_expr,
+            "joints": face.n_joints,
+            **dict(codes or {}),
+        },
+        "resolutions": {"albedo": G_cfg.img_resolution, **dict(resolutions or {})},
+        "graphs": specs,
+        "displacement_scale_m": displacement_scale_m,
+        "generator_config": G_cfg.to_dict(),
+        "training": dict(training or {}),
+        "metrics": dict(metrics or {}),
+    }
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    if model_card is not None:
+        (tmp / "MODEL_CARD.md").write_text(model_card)
+    load_bundle(tmp)  # the service must accept what we wrote
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out
