@@ -1,0 +1,88 @@
+"""Dynamic batcher (batching, bounds, failure isolation) and the result store (atomic, capped, TTL)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+import numpy as np
+import pytest
+
+from service.engine.batcher import DynamicBatcher, QueueFull
+from service.store import ResultStore
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_concurrent_requests_share_batches_and_get_their_own_rows():
+    calls = []
+
+    def fn(batch):
+        calls.append(len(batch["x"]))
+        time.sleep(0.01)
+        return {"y": batch["x"] * 2}
+
+    async def main():
+        b = DynamicBatcher("t", fn, max_batch=8, max_wait_s=0.05, max_queue=100)
+        await b.start()
+        outs = await asyncio.gather(*(b.submit({"x": np.full((1, 2), i, np.float32)}) for i in range(20)))
+        await b.stop()
+        return outs
+
+    outs = run(main())
+    for i, o in enumerate(outs):
+        np.testing.assert_array_equal(o["y"], np.full((1, 2), 2 * i))
+    assert sum(calls) == 20 and max(calls) == 8 and len(calls) <= 4  # 8 + 8 + 4, not 20 calls
+
+
+def test_queue_bound_and_failure_isolation():
+    def fn(batch):
+        if np.any(batch["x"] < 0):
+            raise RuntimeError("bad row")
+        time.sleep(0.05)
+        return {"y": batch["x"]}
+
+    async def main():
+        b = DynamicBatcher("t", fn, max_batch=1, max_wait_s=0.0, max_queue=2)
+        await b.start()
+        first = asyncio.create_task(b.submit({"x": np.ones((1, 1))}))
+        await asyncio.sleep(0.01)  # the worker is busy with the first request
+        queued = [asyncio.create_task(b.submit({"x": np.ones((1, 1))})) for _ in range(2)]
+        await asyncio.sleep(0)
+        with pytest.raises(QueueFull):
+            await b.submit({"x": np.ones((1, 1))})
+        await asyncio.gather(first, *queued)
+        with pytest.raises(RuntimeError, match="bad row"):
+            await b.submit({"x": -np.ones((1, 1))})
+        ok = await b.submit({"x": np.ones((1, 1))})  # the batcher keeps serving after a failure
+        await b.stop()
+        return ok
+
+    assert run(main())["y"].shape == (1, 1)
+
+
+def test_store_is_atomic_capped_and_expires(tmp_path):
+    store = ResultStore(tmp_path, max_bytes=2500, ttl_s=3600)
+    ids = [f"{i:064x}" for i in range(4)]
+    for i, rid in enumerate(ids):
+        store.put(rid, {"a.bin": bytes(1000)}, {"i": i})
+        os.utime(tmp_path / rid, (time.time() - 100 + i, time.time() - 100 + i))
+    store.evict()
+    kept = sorted(p.name for p in tmp_path.iterdir())
+    assert kept == ids[2:]  # least recently used evicted down to the cap
+    assert store.meta(ids[3]) == {"i": 3}
+    assert store.path(ids[3], "a.bin").stat().st_size == 1000
+    assert store.path(ids[3], "../x") is None and store.path("nothex", "a.bin") is None
+    with pytest.raises(ValueError, match="64 hex"):
+        store.put("abc", {}, {})
+    with pytest.raises(ValueError, match="bad result file name"):
+        store.put(f"{9:064x}", {"../evil": b""}, {})
+    assert not any(p.name.startswith(".tmp-") for p in tmp_path.iterdir())  # failed write left nothing
+    old = time.time() - 7200
+    short = ResultStore(tmp_path, max_bytes=10**9, ttl_s=60)
+    os.utime(tmp_path / ids[2], (old, old))
+    short.evict()
+    assert not (tmp_path / ids[2]).exists() and (tmp_path / ids[3]).exists()
