@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 
 from service import pipeline
 from service.api.routes import router
@@ -18,6 +20,9 @@ from service.metrics import Metrics
 from service.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
+
+STATIC = Path(__file__).parent / "static"
+THREE = STATIC / "node_modules" / "three" / "build" / "three.module.js"
 
 
 class BodyLimit:
@@ -121,6 +126,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse({"detail": errors}, status_code=422)
 
     app.include_router(router)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/", include_in_schema=False)
+    async def viewer():
+        if not THREE.is_file():
+            return HTMLResponse(
+                "<h1>Viewer assets missing</h1><p>Run <code>npm ci --prefix service/static</code> "
+                "(three.js) and reload; the API works regardless, see <a href='/docs'>/docs</a>.</p>",
+                status_code=503,
+            )
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["*"])
     app.add_middleware(BodyLimit, limit=settings.max_upload_bytes)

