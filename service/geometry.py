@@ -482,7 +482,12 @@ def rasterize_nodes(
     return node[pick], cand[pick], bary
 
 
-def _build_uv_sampling(model: FaceModelArrays, R: int) -> UVSampling:
+def _skin_raster(
+    model: FaceModelArrays, R: int, nodes: int, offset: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rasterise the skin's UV layout onto a ``nodes``² grid whose node (c, r) sits at uv
+    ((c + offset) / R, 1 - (r + offset) / R); the outermost surface (largest distance from the vertical
+    axis on the mean head) wins where the cylindrical projection folds. Returns (node, face, bary)."""
     skin = np.flatnonzero(model.face_part == 0)
     uv_tri = model.uv[model.uv_faces[skin]].astype(np.float64)
     # u is periodic: triangles reaching past the seam also cover the other side, shifted by one turn
@@ -494,12 +499,36 @@ def _build_uv_sampling(model: FaceModelArrays, R: int) -> UVSampling:
         shifted.append(copy)
     uv_tri = np.concatenate(shifted)
     skin = np.concatenate([skin, skin[below], skin[above]])
-    # Grid row 0 is v = 1, so the grid y coordinate is (1 - v)·R.
-    tri_xy = np.stack([uv_tri[..., 0] * R, (1.0 - uv_tri[..., 1]) * R], -1)
-    # Outermost candidate wins: distance from the vertical axis on the mean head.
+    tri_xy = np.stack([uv_tri[..., 0] * R - offset, (1.0 - uv_tri[..., 1]) * R - offset], -1)
     mean = model.mean.astype(np.float64)
     radius = np.hypot(mean[:, 0], mean[:, 2])[model.faces[skin]]
-    node, tri, bary = rasterize_nodes(tri_xy, radius, R + 1, R + 1)
+    node, tri, bary = rasterize_nodes(tri_xy, radius, nodes, nodes)
+    return node, skin[tri], bary
+
+
+_TEXEL_CACHE: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+
+def texel_sampling(model: FaceModelArrays, resolution: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Where each texel *centre* of an R × R texture lies on the skin (cached).
+
+    Returns:
+        texel: (N,) flat index ``row * R + col`` of the covered texels (row 0 is v = 1), face: (N,) skin
+        triangle, bary: (N, 3) barycentric coordinates.
+    """
+    if not isinstance(resolution, int | np.integer) or not 8 <= int(resolution) <= 4096:
+        raise ValueError(f"resolution: must be an integer in [8, 4096], got {resolution!r}")
+    key = (id(model), int(resolution))
+    if key not in _TEXEL_CACHE:
+        if len(_TEXEL_CACHE) > 32:
+            _TEXEL_CACHE.clear()
+        node, face, bary = _skin_raster(model, int(resolution), int(resolution), 0.5)
+        _TEXEL_CACHE[key] = (node, face, bary.astype(np.float32))
+    return _TEXEL_CACHE[key]
+
+
+def _build_uv_sampling(model: FaceModelArrays, R: int) -> UVSampling:
+    node, face_all, bary = _skin_raster(model, R, R + 1, 0.0)
     grid = np.full((R + 1) * (R + 1), -1, np.int64)
     grid[node] = np.arange(len(node))
     faces = _grid_triangles(grid.reshape(R + 1, R + 1))
@@ -508,12 +537,11 @@ def _build_uv_sampling(model: FaceModelArrays, R: int) -> UVSampling:
     keep[faces.ravel()] = True
     renumber = np.cumsum(keep) - 1
     faces = renumber[faces]
-    node, tri, bary = node[keep], tri[keep], bary[keep]
+    node, face, bary = node[keep], face_all[keep], bary[keep]
     grid[:] = -1
     grid[node] = np.arange(len(node))
     row, col = np.divmod(node, R + 1)
     uv = np.stack([col / R, 1.0 - row / R], 1)
-    face = skin[tri]
     hidden = np.setdiff1d(np.arange(len(model.faces)), np.unique(face))
     grid = grid.reshape(R + 1, R + 1)
     return UVSampling(R, grid, face, bary.astype(np.float32), uv.astype(np.float32), faces, hidden)

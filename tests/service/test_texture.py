@@ -1,0 +1,104 @@
+"""Texture unwrapping: a face rendered from a known albedo (and light) is unwrapped back to that albedo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models.face.preview import render_ortho
+from service import geometry as geo
+from service import texture
+
+DEFAULT = Path(__file__).resolve().parents[2] / "models" / "face" / "data" / "anny_head.npz"
+R = 128
+
+
+@pytest.fixture(scope="module")
+def model():
+    return geo.FaceModelArrays.load(DEFAULT)
+
+
+def known_albedo(res: int) -> np.ndarray:
+    v, u = np.mgrid[0:res, 0:res] / res
+    return np.stack([0.5 + 0.3 * np.sin(6 * u), 0.4 + 0.2 * np.cos(5 * v), 0.3 + 0.2 * u * v], -1)
+
+
+def render(model, verts, albedo, size=256, sh=None):
+    """Orthographic numpy render: each pixel samples the albedo at its surface point's UV (times SH shading)."""
+    lo, hi = verts.min(0), verts.max(0)
+    view = render_ortho(verts, model.faces, size, (lo[:2] + hi[:2]) / 2, float(max(hi[:2] - lo[:2])) * 1.05)
+    mask = view.face >= 0
+    f = view.face[mask]
+    uv = np.einsum("nk,nkc->nc", view.bary[mask], model.uv[model.uv_faces[f]])
+    colour = geo.sample_map(albedo, uv)
+    if sh is not None:
+        vn = geo.vertex_normals(verts, model.faces)
+        n = np.einsum("nk,nkc->nc", view.bary[mask], vn[model.faces[f]])
+        n /= np.linalg.norm(n, axis=1, keepdims=True)
+        colour = colour * (texture.sh_basis(n) @ sh)
+    img = np.zeros((size, size, 3))
+    img[mask] = colour
+    return img, view.to_pixel(verts[:, :2])
+
+
+def test_unwrap_recovers_the_albedo_where_it_was_seen(model):
+    verts = geo.decode_vertices(model)[0]
+    truth = known_albedo(R)
+    img, px = render(model, verts, truth)
+    out = texture.unwrap(model, verts, px, img, resolution=R)
+    seen = out.source == 1
+    assert 0.2 < seen.mean() < 0.6  # the front half of the head
+    err = np.abs(out.albedo[seen] - truth[seen]).mean()
+    assert err < 0.02, err
+    # every skin texel gets a colour: seen, mirrored or mean-filled (the back of the head), never black
+    assert (out.source > 0).sum() == len(geo.texel_sampling(model, R)[0])
+    assert (out.source == 3).sum() > 0 and out.albedo[out.source == 3].min() > 0.1
+
+
+def test_mirror_fills_the_hidden_side_of_a_turned_head(model):
+    pose = np.zeros((model.n_joints, 3))
+    pose[0, 1] = np.deg2rad(50)  # turn the head 50° to its left: its right cheek faces the camera
+    verts = geo.decode_vertices(model, pose=pose)[0]
+    truth = known_albedo(R)
+    truth = (truth + truth[:, ::-1]) / 2  # a left/right symmetric albedo: mirroring is then exact
+    img, px = render(model, verts, truth)
+    out = texture.unwrap(model, verts, px, img, resolution=R)
+    mirrored = out.source == 2
+    assert mirrored.sum() > 0.05 * R * R
+    assert np.abs(out.albedo[mirrored] - truth[mirrored]).mean() < 0.03
+
+
+def test_delighting_with_the_rendering_light(model):
+    verts = geo.decode_vertices(model)[0]
+    truth = known_albedo(R)
+    sh = np.zeros((9, 3))
+    sh[0] = 2.6  # ambient
+    sh[3] = 0.5  # light from the front (+z)
+    sh[2] = 0.3  # and from above
+    img, px = render(model, verts, truth, sh=sh)
+    lit = texture.unwrap(model, verts, px, img, resolution=R)
+    delit = texture.unwrap(model, verts, px, img, resolution=R, sh=sh)
+    seen = delit.source == 1
+    assert np.abs(delit.albedo[seen] - truth[seen]).mean() < 0.03
+    assert np.abs(lit.albedo[seen] - truth[seen]).mean() > 0.05  # without de-lighting it is off
+
+
+def test_sh_basis_matches_the_torch_renderer():
+    torch = pytest.importorskip("torch")
+    from models.render.shading import sh_basis as torch_sh
+
+    n = np.random.default_rng(0).normal(size=(50, 3))
+    n /= np.linalg.norm(n, axis=1, keepdims=True)
+    assert np.abs(texture.sh_basis(n) - torch_sh(torch.from_numpy(n)).numpy()).max() < 1e-12
+
+
+def test_bad_input(model):
+    verts = geo.decode_vertices(model)[0]
+    with pytest.raises(ValueError, match="image: expected"):
+        texture.unwrap(model, verts, verts[:, :2], np.zeros((8, 8)), resolution=R)
+    with pytest.raises(ValueError, match="verts/verts_px"):
+        texture.unwrap(model, verts[:5], verts[:5, :2], np.zeros((8, 8, 3)), resolution=R)
+    with pytest.raises(ValueError, match="sh: expected"):
+        texture.unwrap(model, verts, verts[:, :2], np.zeros((8, 8, 3)), resolution=R, sh=np.zeros(9))
