@@ -60,6 +60,147 @@ class MeshRequest:
         return hashlib.sha256(bundle.digest.encode() + b"/generate/" + blob).hexdigest()
 
 
+@dataclass(frozen=True)
+class ReconstructRequest:
+    """The validated parameters of a /reconstruct request (the photo itself travels separately)."""
+
+    photo_sha256: str
+    texture_size: int
+    mesh_resolution: int
+    outputs: tuple[str, ...]
+    blendshapes: bool
+    detector: str
+
+    def key(self, bundle: Bundle) -> str:
+        canon = json.dumps(
+            {
+                k: getattr(self, k)
+                for k in ("photo_sha256", "texture_size", "mesh_resolution", "blendshapes", "detector")
+            }
+            | {"outputs": sorted(self.outputs)},
+            sort_keys=True,
+        ).encode()
+        return hashlib.sha256(bundle.digest.encode() + b"/reconstruct/" + canon).hexdigest()
+
+
+class PhotoError(ValueError):
+    """The upload is not a usable face photo; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, message: str, status: int = 422):
+        super().__init__(message)
+        self.status = status
+
+
+def decode_photo(data: bytes, max_pixels: int) -> np.ndarray:
+    """Upload bytes → (H, W, 3) uint8 RGB, upright per EXIF; refuses non-images, truncation and pixel bombs."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    if not data:
+        raise PhotoError("image: the upload is empty")
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            if im.format not in ("JPEG", "PNG", "WEBP"):
+                raise PhotoError(f"image: unsupported format {im.format}; send JPEG, PNG or WebP", 415)
+            w, h = im.size
+            if w * h > max_pixels:
+                raise PhotoError(f"image: {w}×{h} pixels exceeds the limit of {max_pixels}", 413)
+            im.load()
+            rgb = ImageOps.exif_transpose(im).convert("RGB")
+    except PhotoError:
+        raise
+    except UnidentifiedImageError as exc:
+        raise PhotoError("image: not a readable JPEG, PNG or WebP file", 415) from exc
+    except Image.DecompressionBombError as exc:
+        raise PhotoError(f"image: too many pixels ({exc})", 413) from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise PhotoError(f"image: corrupt or truncated file ({exc})") from exc
+    return np.asarray(rgb)
+
+
+@dataclass(frozen=True)
+class FaceCrop:
+    crop: np.ndarray  # (S, S, 3) uint8
+    crop_to_image: Callable[[np.ndarray], np.ndarray]
+    box: np.ndarray
+    points: np.ndarray
+    detector: str
+
+
+def find_face(image: np.ndarray, size: int, detector: str) -> FaceCrop:
+    """Detect the largest face (5-point model) and align it into a ``size`` crop; PhotoError without a face."""
+    from service import detect
+
+    try:
+        faces = detect.detect_landmarks5(image, detector=detector)
+        face = detect.largest_face(faces, image.shape)
+    except detect.NoFaceError as exc:
+        raise PhotoError(f"image: {exc}") from exc
+    aligned = detect.align_face(image, face, output_size=size)
+    return FaceCrop(aligned.crop, aligned.crop_to_image, face.box, face.points, face.detector)
+
+
+def project(verts: np.ndarray, camera: np.ndarray, size: int) -> np.ndarray:
+    """Weak perspective (scale, tx, ty) → crop pixels (x right, y down, centres at integers)."""
+    s, tx, ty = camera
+    x_ndc = s * verts[:, 0] + tx
+    y_ndc = s * verts[:, 1] + ty
+    return np.stack([(x_ndc + 1.0) / 2.0 * size - 0.5, (1.0 - y_ndc) / 2.0 * size - 0.5], 1)
+
+
+async def reconstruct(
+    bundle: Bundle, run_graph: RunGraph, req: ReconstructRequest, image: np.ndarray, timer: Timer
+) -> Result:
+    """The /reconstruct pipeline: detect + align → encoder → codes → detailed mesh; albedo from the photo."""
+    from service import texture
+
+    m = bundle.manifest
+    model = bundle.face_model
+    size = m.resolutions.encoder_input
+    with timer.stage("detect"):
+        face = await asyncio.to_thread(find_face, image, size, req.detector)
+    with timer.stage("encoder"):
+        out = await run_graph("encoder", {"image": (face.crop.astype(np.float32) / 255.0).transpose(2, 0, 1)[None]})
+    codes = {k: v[0].astype(np.float64) for k, v in out.items()}
+    expression = np.clip(codes["expression"], 0.0, 1.0)
+    jaw_index = model.joint_names.index("jaw")
+    disp = await _displacement(bundle, run_graph, codes["detail"], expression, codes["pose"][jaw_index], timer)
+
+    def geometry() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        posed = geo.decode_vertices(model, codes["shape"][None], expression[None], codes["pose"][None])[0]
+        # the exported mesh keeps the face's own articulation (jaw, eyes) but not the head's pose in the photo
+        local = np.zeros_like(codes["pose"])
+        for name in ("jaw", "eye_left", "eye_right"):
+            if name in model.joint_names:
+                local[model.joint_names.index(name)] = codes["pose"][model.joint_names.index(name)]
+        verts = geo.decode_vertices(model, codes["shape"][None], expression[None], local[None])[0]
+        px = project(posed, codes["camera"], size)
+        unwrapped = texture.unwrap(model, posed, px, face.crop, m.resolutions.albedo, sh=codes["light"])
+        lmk = face.crop_to_image(project(geo.landmarks_3d(model, posed[None])[0], codes["camera"], size))
+        return verts, unwrapped.albedo, lmk
+
+    with timer.stage("texture"):
+        verts, albedo, landmarks = await asyncio.to_thread(geometry)
+    files = await asyncio.to_thread(_build_files, bundle, req, albedo, disp, verts, timer)
+    meta = {
+        "endpoint": "reconstruct",
+        "bundle": {"name": m.name, "version": m.version},
+        "codes": {
+            "shape": codes["shape"].round(6).tolist(),
+            "expression": _named(bundle, expression),
+            "pose": {n: codes["pose"][i].round(6).tolist() for i, n in enumerate(model.joint_names)},
+            "camera": codes["camera"].round(6).tolist(),
+            "light": codes["light"].round(6).tolist(),
+        },
+        "face": {
+            "box": face.box.round(2).tolist(),
+            "detector": face.detector,
+            "points5": face.points.round(2).tolist(),
+            "landmarks68": landmarks.round(2).tolist(),
+        },
+    }
+    return Result(files, meta, timer.timings)
+
+
 @dataclass
 class Result:
     files: dict[str, bytes]
@@ -125,26 +266,16 @@ async def generate(bundle: Bundle, run_graph: RunGraph, req: MeshRequest, timer:
             if req.seed is None:  # derive from the latent itself
                 stream = list(np.frombuffer(hashlib.sha256(ws.tobytes()).digest()[:8], dtype=np.uint32))
             shape = bundle.face_model.sample_shape(np.random.default_rng(stream))[0]
-    disp = None
-    if "displacement" in m.graphs:
-        with timer.stage("displacement"):
-            jaw = np.zeros((1, 3), np.float32)
-            out = await run_graph(
-                "displacement",
-                {
-                    "detail": np.zeros((1, m.codes.detail), np.float32),
-                    "expression": req.expression[None].astype(np.float32),
-                    "jaw_pose": jaw,
-                },
-            )
-            disp = out["displacement"][0, 0].astype(np.float64) * m.displacement_scale_m
-    files = await asyncio.to_thread(_build_files, bundle, req, albedo, disp, shape, timer)
+    disp = await _displacement(bundle, run_graph, None, req.expression, None, timer)
+    albedo_hw3 = np.clip((np.transpose(albedo, (1, 2, 0)) + 1.0) / 2.0, 0.0, 1.0)
+    verts = geo.decode_vertices(bundle.face_model, shape[None], req.expression[None])[0]
+    files = await asyncio.to_thread(_build_files, bundle, req, albedo_hw3, disp, verts, timer)
     meta = {
         "endpoint": "generate",
         "bundle": {"name": m.name, "version": m.version},
         "codes": {
             "shape": np.asarray(shape, np.float32).round(6).tolist(),
-            "expression": {n: float(v) for n, v in zip(bundle.face_model.expr_names, req.expression, strict=True) if v},
+            "expression": _named(bundle, req.expression),
             "truncation": req.truncation,
             "seed": req.seed,
         },
@@ -152,24 +283,51 @@ async def generate(bundle: Bundle, run_graph: RunGraph, req: MeshRequest, timer:
     return Result(files, meta, timer.timings)
 
 
+def _named(bundle: Bundle, expression: np.ndarray) -> dict[str, float]:
+    return {n: round(float(v), 6) for n, v in zip(bundle.face_model.expr_names, expression, strict=True) if v}
+
+
+async def _displacement(
+    bundle: Bundle,
+    run_graph: RunGraph,
+    detail: np.ndarray | None,
+    expression: np.ndarray,
+    jaw: np.ndarray | None,
+    timer: Timer,
+) -> np.ndarray | None:
+    """The displacement map in metres (None when the bundle has no displacement graph)."""
+    m = bundle.manifest
+    if "displacement" not in m.graphs:
+        return None
+    with timer.stage("displacement"):
+        out = await run_graph(
+            "displacement",
+            {
+                "detail": (np.zeros(m.codes.detail) if detail is None else detail)[None].astype(np.float32),
+                "expression": expression[None].astype(np.float32),
+                "jaw_pose": (np.zeros(3) if jaw is None else jaw)[None].astype(np.float32),
+            },
+        )
+    return out["displacement"][0, 0].astype(np.float64) * m.displacement_scale_m
+
+
 def _build_files(
     bundle: Bundle,
-    req: MeshRequest,
-    albedo_chw: np.ndarray,
+    req: MeshRequest | ReconstructRequest,
+    albedo: np.ndarray,
     disp: np.ndarray | None,
-    shape: np.ndarray,
+    verts: np.ndarray,
     timer: Timer,
 ) -> dict[str, bytes]:
+    """Encode the outputs: albedo (H, W, 3) in [0, 1], displacement (metres) and the coarse vertices."""
     model = bundle.face_model
     files: dict[str, bytes] = {}
     with timer.stage("geometry"):
-        verts = geo.decode_vertices(model, shape[None], req.expression[None])[0]
         if disp is None:
             res = max(bundle.manifest.resolutions.displacement, 64)
             disp = np.zeros((res, res))
         mesh = geo.detailed_mesh(model, verts, disp, req.mesh_resolution)
     with timer.stage("encode"):
-        albedo = np.clip((np.transpose(albedo_chw, (1, 2, 0)) + 1.0) / 2.0, 0.0, 1.0)
         if albedo.shape[0] != req.texture_size:
             albedo = formats.resample_texture(albedo, req.texture_size)
         albedo_png = formats.albedo_png(albedo)

@@ -149,6 +149,8 @@ def export_bundle(
     *,
     face_model_path: str | Path,
     generator: Generator,
+    encoder: nn.Module | None = None,
+    displacement: nn.Module | None = None,
     extra_graphs: Mapping[str, GraphExport] | None = None,
     name: str = "albedogan",
     version: str = "0.0.0",
@@ -167,6 +169,8 @@ def export_bundle(
         face_model_path: the face-model npz the networks were trained with.
         generator: AlbedoGAN (its ``mapping.w_avg`` is the truncation centre; compute it with
             ``Generator.mean_w`` first).
+        encoder: the shape model's :class:`models.encoder.Encoder` (image in [0, 1] → codes), for /reconstruct.
+        displacement: the :class:`models.displacement.DisplacementDecoder` (outputs metres).
         extra_graphs: further graphs (``encoder``, ``displacement``, ``codes`` …) by manifest name.
         codes: extra code sizes for the manifest (e.g. ``{"detail": 128}``).
         resolutions: extra resolutions (``displacement``, ``encoder_input``).
@@ -186,6 +190,31 @@ def export_bundle(
             AlbedoGraph(generator), {"ws": torch.randn(2, generator.num_ws, G_cfg.w_dim)}, ["albedo"]
         ),
     }
+    codes = dict(codes or {})
+    resolutions = dict(resolutions or {})
+    if encoder is not None:
+        cfg = encoder.config
+        graphs["encoder"] = GraphExport(
+            encoder.eval().export_module(),
+            {"image": torch.rand(2, 3, cfg.input_size, cfg.input_size)},
+            list(type(encoder(torch.rand(1, 3, cfg.input_size, cfg.input_size))).names()),
+        )
+        codes["detail"] = cfg.detail_dim
+        resolutions["encoder_input"] = cfg.input_size
+    if displacement is not None:
+        dcfg = displacement.config
+        graphs["displacement"] = GraphExport(
+            displacement.eval(),
+            {
+                "detail": torch.randn(2, dcfg.detail_dim),
+                "expression": torch.rand(2, dcfg.n_expr),
+                "jaw_pose": 0.1 * torch.randn(2, 3),
+            },
+            ["displacement"],
+        )
+        codes["detail"] = dcfg.detail_dim
+        resolutions["displacement"] = dcfg.resolution
+        displacement_scale_m = 1.0  # the decoder outputs metres
     graphs.update(extra_graphs or {})
     specs = {}
     for gname, graph in graphs.items():
@@ -214,9 +243,9 @@ def export_bundle(
             "shape": face.n_shape,
             "expression": face.n_expr,
             "joints": face.n_joints,
-            **dict(codes or {}),
+            **codes,
         },
-        "resolutions": {"albedo": G_cfg.img_resolution, **dict(resolutions or {})},
+        "resolutions": {"albedo": G_cfg.img_resolution, **resolutions},
         "graphs": specs,
         "displacement_scale_m": displacement_scale_m,
         "generator_config": G_cfg.to_dict(),

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from typing import Annotated, Literal
 
 import numpy as np
-from fastapi import APIRouter, HTTPException, Query, Request, Response
+from fastapi import APIRouter, File, Form, HTTPException, Query, Request, Response, UploadFile
 from fastapi.responses import FileResponse, JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -96,6 +97,7 @@ def _respond(runtime, result_id: str, fmt: str | None, cached: bool) -> Response
         bundle=meta["bundle"],
         timings_ms=meta["timings_ms"],
         cached=cached,
+        face=meta.get("face"),
     )
     return JSONResponse(body.model_dump())
 
@@ -122,13 +124,68 @@ async def generate(
             )
         except TimeoutError as exc:
             raise HTTPException(504, detail=f"generation took longer than {settings.request_timeout_s} s") from exc
-        meta = dict(
-            result.meta,
-            files=sorted(result.files),
-            timings_ms={k: round(v * 1000, 2) for k, v in timer.timings.items()},
-        )
-        await asyncio.to_thread(runtime.store.put, result_id, result.files, meta)
+        await asyncio.to_thread(runtime.store.put, result_id, result.files, _stored_meta(result, timer))
     return _respond(runtime, result_id, format, cached)
+
+
+@router.post("/reconstruct", response_model=ResultBody, responses={413: {}, 415: {}, 422: {}, 503: {}, 504: {}})
+async def reconstruct(
+    runtime: RuntimeDep,
+    settings: SettingsDep,
+    image: Annotated[UploadFile, File(description="a face photo: JPEG, PNG or WebP")],
+    texture_size: Annotated[int, Form()] = 512,
+    mesh_resolution: Annotated[int, Form()] = 256,
+    outputs: Annotated[str, Form(description="comma-separated: albedo,displacement,normal,obj,glb")] = (
+        "albedo,displacement,normal,obj,glb"
+    ),
+    blendshapes: Annotated[bool, Form()] = False,
+    detector: Annotated[Literal["auto", "hog", "cnn"], Form()] = "auto",
+    format: Annotated[FormatName | None, Query(description="return this file instead of JSON")] = None,  # noqa: A002
+) -> Response:
+    """A 3-D face from a photo: fitted codes and landmarks, albedo from the photo, detailed OBJ and GLB."""
+    bundle = runtime.bundle
+    if not bundle.capabilities["reconstruct"]:
+        raise HTTPException(503, detail="this bundle has no encoder/displacement graphs: /reconstruct is unavailable")
+    kinds = [k.strip() for k in outputs.split(",") if k.strip()]
+    unknown = sorted(set(kinds) - set(pipeline.OUTPUT_KINDS))
+    if unknown or not kinds:
+        raise HTTPException(
+            422, detail=f"outputs: unknown or empty {unknown or kinds}; use {list(pipeline.OUTPUT_KINDS)}"
+        )
+    body = GenerateBody(seed=0, texture_size=texture_size, mesh_resolution=mesh_resolution, outputs=kinds)
+    checked = mesh_request(body, bundle, settings, format)
+    data = await image.read(settings.max_upload_bytes + 1)
+    if len(data) > settings.max_upload_bytes:
+        raise HTTPException(413, detail=f"image: larger than {settings.max_upload_bytes} bytes")
+    req = pipeline.ReconstructRequest(
+        photo_sha256=hashlib.sha256(data).hexdigest(),
+        texture_size=checked.texture_size,
+        mesh_resolution=checked.mesh_resolution,
+        outputs=checked.outputs,
+        blendshapes=blendshapes,
+        detector=detector,
+    )
+    result_id = req.key(bundle)
+    cached = runtime.store.meta(result_id) is not None
+    if not cached:
+        try:
+            pixels = pipeline.decode_photo(data, settings.max_image_pixels)
+            timer = pipeline.Timer(lambda stage, dt: runtime.metrics.stage_latency.labels(stage).observe(dt))
+            result = await asyncio.wait_for(
+                pipeline.reconstruct(bundle, runtime.run_graph, req, pixels, timer), settings.request_timeout_s
+            )
+        except pipeline.PhotoError as exc:
+            raise HTTPException(exc.status, detail=str(exc)) from exc
+        except TimeoutError as exc:
+            raise HTTPException(504, detail=f"reconstruction took longer than {settings.request_timeout_s} s") from exc
+        await asyncio.to_thread(runtime.store.put, result_id, result.files, _stored_meta(result, timer))
+    return _respond(runtime, result_id, format, cached)
+
+
+def _stored_meta(result: pipeline.Result, timer: pipeline.Timer) -> dict:
+    return dict(
+        result.meta, files=sorted(result.files), timings_ms={k: round(v * 1000, 2) for k, v in timer.timings.items()}
+    )
 
 
 @router.get("/results/{result_id}")

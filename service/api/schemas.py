@@ -49,3 +49,4 @@ class ResultBody(BaseModel):
     bundle: dict
     timings_ms: dict[str, float]
     cached: bool = False
+    face: dict | None = Field(None, description="/reconstruct: detected box, 5 points, fitted 68 landmarks")

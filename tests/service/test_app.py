@@ -30,7 +30,7 @@ def gen(client, **body):
 def test_health_models_and_docs(client):
     assert client.get("/health/live").json() == {"status": "alive"}
     ready = client.get("/health/ready")
-    assert ready.status_code == 200 and ready.json()["capabilities"] == {"generate": True, "reconstruct": False}
+    assert ready.status_code == 200 and ready.json()["capabilities"] == {"generate": True, "reconstruct": True}
     models = client.get("/models").json()
     assert models["manifest"]["name"] == "tiny-untrained" and "jawOpen" in models["expressions"]
     assert models["providers"]["albedo"][-1] == "CPUExecutionProvider"

@@ -1,0 +1,127 @@
+"""/reconstruct end to end on a tiny real bundle: a real photo in, fitted codes + textured meshes out; bad uploads."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from service.app import create_app
+from service.settings import Settings
+
+PHOTOS = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "photos"
+FRONTAL = PHOTOS / "cc0-interfaces-001.jpg"
+
+
+@pytest.fixture(scope="module")
+def client(tiny_bundle, tmp_path_factory):
+    settings = Settings(bundle=tiny_bundle, results_dir=tmp_path_factory.mktemp("results"), max_upload_bytes=2_000_000)
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+def post(client, data: bytes, filename="face.jpg", mime="image/jpeg", **form):
+    form = {k: str(v) for k, v in form.items()}
+    form.setdefault("texture_size", "256")
+    form.setdefault("mesh_resolution", "64")
+    return client.post("/reconstruct", files={"image": (filename, data, mime)}, data=form)
+
+
+@pytest.mark.skipif(not FRONTAL.is_file(), reason="shared fixtures (../shared/fixtures/photos) not present")
+def test_reconstruct_a_real_photo(client):
+    r = post(client, FRONTAL.read_bytes())
+    assert r.status_code == 200, r.text
+    body = r.json()
+    face = body["face"]
+    x0, y0, x1, y1 = face["box"]
+    assert 0 <= x0 < x1 <= 500 and 0 <= y0 < y1 <= 500 and (x1 - x0) > 100
+    lmk = np.array(face["landmarks68"])
+    assert lmk.shape == (68, 2) and np.all(np.isfinite(lmk))
+    assert len(face["points5"]) == 5
+    codes = body["codes"]
+    assert len(codes["shape"]) == 150 and set(codes["pose"]) == {"global", "neck", "jaw", "eye_left", "eye_right"}
+    assert len(codes["camera"]) == 3 and np.array(codes["light"]).shape == (9, 3)
+    assert {"albedo.png", "mesh.glb", "mesh.obj", "displacement.png"} <= set(body["links"])
+    assert body["timings_ms"]["detect"] > 0 and body["timings_ms"]["encoder"] > 0
+    albedo = np.asarray(Image.open(io.BytesIO(client.get(body["links"]["albedo.png"]).content)))
+    assert albedo.shape == (256, 256, 3) and albedo.std() > 5  # photo colours, not a flat fill
+    again = post(client, FRONTAL.read_bytes())
+    assert again.json()["id"] == body["id"] and again.json()["cached"] is True
+    glb = post(client, FRONTAL.read_bytes(), **{"outputs": "glb"}).content
+    assert glb  # JSON here (no format): checked below with ?format
+    r = client.post(
+        "/reconstruct?format=glb",
+        files={"image": ("f.jpg", FRONTAL.read_bytes(), "image/jpeg")},
+        data={"texture_size": "256", "mesh_resolution": "64"},
+    )
+    assert r.headers["content-type"] == "model/gltf-binary" and r.content[:4] == b"glTF"
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims a huge size (decompression-bomb shape)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b"")
+    )
+
+
+def jpeg(image: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def gif() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64)).save(buf, "GIF")
+    return buf.getvalue()
+
+
+BAD_UPLOADS = [
+    ("not an image", lambda: b"hello, this is text", 415),
+    ("empty file", lambda: b"", 422),
+    ("truncated jpeg", lambda: jpeg(np.full((300, 300, 3), 128, np.uint8))[:400], 422),
+    ("pixel bomb", lambda: png_claiming(40000, 40000), 413),
+    ("gif", gif, 415),
+    ("no face: flat", lambda: jpeg(np.full((300, 300, 3), 200, np.uint8)), 422),
+    ("no face: noise", lambda: jpeg(np.random.default_rng(0).integers(0, 255, (300, 300, 3), np.uint8)), 422),
+    ("oversized upload", lambda: b"\xff\xd8" + bytes(2_100_000), 413),
+]
+
+
+@pytest.mark.parametrize(("name", "make", "status"), BAD_UPLOADS, ids=[b[0] for b in BAD_UPLOADS])
+def test_bad_uploads_get_4xx_json(client, name, make, status):
+    r = post(client, make())
+    assert r.status_code == status, (name, r.text[:300])
+    assert "detail" in r.json()
+
+
+@pytest.mark.parametrize(
+    ("form", "match"),
+    [
+        ({"outputs": "fbx"}, "outputs"),
+        ({"outputs": "glb,,fbx"}, "outputs"),
+        ({"texture_size": "99999"}, "texture_size"),
+        ({"texture_size": "big"}, "texture_size"),
+        ({"detector": "yolo"}, "detector"),
+        ({"blendshapes": "maybe"}, "blendshapes"),
+    ],
+)
+def test_bad_form_fields(client, form, match):
+    r = post(client, jpeg(np.zeros((64, 64, 3), np.uint8)), **form)
+    assert r.status_code == 422 and match in r.text
+
+
+def test_missing_file_field(client):
+    r = client.post("/reconstruct", data={"texture_size": "256"})
+    assert r.status_code == 422 and "image" in r.text
