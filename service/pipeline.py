@@ -349,15 +349,18 @@ def _build_files(
                 deltas = geo.detailed_vertex_field(model, model.expr_basis, req.mesh_resolution).astype(np.float32)
                 morphs = dict(zip(model.expr_names, deltas, strict=True))
             files["mesh.glb"] = formats.glb_bytes(mesh, albedo_png, normal_png, morph_targets=morphs, name="face")
-        files["bundle.zip"] = _zip(files)
     return files
 
 
-def _zip(files: Mapping[str, bytes]) -> bytes:
+ZIP_NAME = "bundle.zip"
+
+
+def zip_files(files: Mapping[str, bytes]) -> bytes:
+    """All result files in one deterministic zip (fixed timestamps; PNG/GLB stored, text deflated)."""
     buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+    with zipfile.ZipFile(buf, "w") as zf:
         for name in sorted(files):
             info = zipfile.ZipInfo(name, date_time=(2024, 1, 1, 0, 0, 0))
-            info.compress_type = zipfile.ZIP_DEFLATED
-            zf.writestr(info, files[name])
+            info.compress_type = zipfile.ZIP_STORED if name.endswith((".png", ".glb")) else zipfile.ZIP_DEFLATED
+            zf.writestr(info, files[name], compresslevel=1)
     return buf.getvalue()

@@ -78,6 +78,28 @@ class ResultStore:
         self.evict()
         return final
 
+    def add(self, result_id: str, name: str, data: bytes) -> Path | None:
+        """Add a derived file to an existing result atomically (None if the result is gone)."""
+        folder = self.root / result_id
+        if not (_ID.match(result_id) and _NAME.match(name) and name != META and (folder / META).is_file()):
+            return None
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, folder / name)
+        return folder / name
+
+    def files(self, result_id: str) -> dict[str, bytes]:
+        """Every file of a result except its metadata."""
+        folder = self.root / result_id
+        if not _ID.match(result_id) or not folder.is_dir():
+            return {}
+        return {
+            p.name: p.read_bytes()
+            for p in folder.iterdir()
+            if p.is_file() and p.name != META and not p.name.startswith(".")
+        }
+
     def evict(self) -> None:
         with self._lock:
             now = time.time()

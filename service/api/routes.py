@@ -79,17 +79,26 @@ def mesh_request(body: GenerateBody, bundle: Bundle, settings: Settings, fmt: st
     )
 
 
-def _respond(runtime, result_id: str, fmt: str | None, cached: bool) -> Response:
+def _file(runtime, result_id: str, name: str):
+    """A stored file; the zip of all files is built on first request (most clients never ask for it)."""
+    path = runtime.store.path(result_id, name)
+    if path is None and name == pipeline.ZIP_NAME and runtime.store.meta(result_id) is not None:
+        files = {k: v for k, v in runtime.store.files(result_id).items() if k != pipeline.ZIP_NAME}
+        path = runtime.store.add(result_id, name, pipeline.zip_files(files))
+    return path
+
+
+async def _respond(runtime, result_id: str, fmt: str | None, cached: bool) -> Response:
     meta = runtime.store.meta(result_id)
     if meta is None:  # evicted between storing and answering: extremely unlikely; the client may retry
         raise HTTPException(503, detail="result was evicted; retry", headers={"Retry-After": "1"})
     if fmt is not None:
         name = FORMAT_FILES[fmt][0]
-        path = runtime.store.path(result_id, name)
+        path = await asyncio.to_thread(_file, runtime, result_id, name)
         if path is None:
             raise HTTPException(404, detail=f"this result has no {name}")
         return FileResponse(path, media_type=MEDIA[path.suffix], filename=name)
-    files = sorted(meta["files"])
+    files = sorted({*meta["files"], pipeline.ZIP_NAME})
     body = ResultBody(
         id=result_id,
         links={name: f"/results/{result_id}/{name}" for name in files},
@@ -125,7 +134,7 @@ async def generate(
         except TimeoutError as exc:
             raise HTTPException(504, detail=f"generation took longer than {settings.request_timeout_s} s") from exc
         await asyncio.to_thread(runtime.store.put, result_id, result.files, _stored_meta(result, timer))
-    return _respond(runtime, result_id, format, cached)
+    return await _respond(runtime, result_id, format, cached)
 
 
 @router.post("/reconstruct", response_model=ResultBody, responses={413: {}, 415: {}, 422: {}, 503: {}, 504: {}})
@@ -179,7 +188,7 @@ async def reconstruct(
         except TimeoutError as exc:
             raise HTTPException(504, detail=f"reconstruction took longer than {settings.request_timeout_s} s") from exc
         await asyncio.to_thread(runtime.store.put, result_id, result.files, _stored_meta(result, timer))
-    return _respond(runtime, result_id, format, cached)
+    return await _respond(runtime, result_id, format, cached)
 
 
 def _stored_meta(result: pipeline.Result, timer: pipeline.Timer) -> dict:
@@ -192,12 +201,12 @@ def _stored_meta(result: pipeline.Result, timer: pipeline.Timer) -> dict:
 async def result_info(result_id: str, runtime: RuntimeDep) -> Response:
     if not runtime.store.valid_id(result_id) or runtime.store.meta(result_id) is None:
         raise HTTPException(404, detail="no such result (unknown or expired)")
-    return _respond(runtime, result_id, None, True)
+    return await _respond(runtime, result_id, None, True)
 
 
 @router.get("/results/{result_id}/{name}")
 async def result_file(result_id: str, name: str, runtime: RuntimeDep) -> Response:
-    path = runtime.store.path(result_id, name)
+    path = await asyncio.to_thread(_file, runtime, result_id, name)
     if path is None:
         raise HTTPException(404, detail="no such result file (unknown, expired or not produced)")
     return FileResponse(path, media_type=MEDIA.get(path.suffix, "application/octet-stream"))

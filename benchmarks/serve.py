@@ -1,0 +1,205 @@
+"""Service benchmark over real HTTP on loopback; prints tables.
+
+    python benchmarks/serve.py [--bundle PATH] [--requests 30] [--photos DIR]
+
+* /generate and /reconstruct latency p50/p95 at concurrency 1 (every request distinct: no cache hits),
+  with the mean time per pipeline stage from the responses;
+* /generate throughput at concurrency 1, 4, 16, 64, with dynamic batching (max batch 16) and without
+  (max batch 1), each against a fresh server;
+* ONNX (onnxruntime) vs eager PyTorch for the same graphs at the same batch in this process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+GEN_BODY = {"texture_size": 256, "mesh_resolution": 128, "outputs": ["albedo", "glb"]}
+
+
+@contextmanager
+def server(bundle: Path, max_batch: int):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, FACE_MAX_BATCH=str(max_batch), FACE_MAX_WAIT_MS="4", FACE_MAX_QUEUE="256")
+    env["FACE_RESULTS_DIR"] = tempfile.mkdtemp(prefix="bench-results-")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service", "--port", str(port), "--bundle", str(bundle), "--log-level", "warning"],
+        cwd=ROOT,
+        env=env,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(1200):
+            try:
+                if httpx.get(url + "/health/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q))
+
+
+async def timed_requests(url: str, bodies: list[dict], concurrency: int) -> tuple[list[float], float, list[dict]]:
+    sem = asyncio.Semaphore(concurrency)
+    latencies: list[float] = []
+    answers: list[dict] = []
+    async with httpx.AsyncClient(timeout=300) as client:
+
+        async def one(body: dict) -> None:
+            async with sem:
+                t = time.perf_counter()
+                r = await client.post(url + "/generate", json=body)
+                latencies.append(time.perf_counter() - t)
+                r.raise_for_status()
+                answers.append(r.json())
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one(b) for b in bodies))
+        wall = time.perf_counter() - t0
+    return latencies, wall, answers
+
+
+def stage_means(answers: list[dict]) -> dict[str, float]:
+    stages: dict[str, list[float]] = {}
+    for a in answers:
+        for k, v in a["timings_ms"].items():
+            stages.setdefault(k, []).append(v)
+    return {k: statistics.mean(v) for k, v in stages.items()}
+
+
+def bench_generate(bundle: Path, n: int, seed0: int) -> None:
+    with server(bundle, max_batch=16) as url:
+        bodies = [dict(GEN_BODY, seed=seed0 + i) for i in range(n)]
+        lat, _, answers = asyncio.run(timed_requests(url, bodies, 1))
+    print(f"\n/generate at concurrency 1 ({n} distinct seeds, texture 256, mesh 128):")
+    print(f"  p50 {1000 * pct(lat, 50):.0f} ms   p95 {1000 * pct(lat, 95):.0f} ms")
+    print("  mean per stage (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in stage_means(answers).items()))
+
+
+def bench_throughput(bundle: Path, n: int, seed0: int) -> None:
+    print("\n/generate throughput (requests/s), distinct seeds:")
+    print(f"  {'concurrency':>11} | {'batching (max 16)':>17} | {'no batching (max 1)':>19} | ratio")
+    results: dict[int, dict[int, float]] = {}
+    for max_batch in (16, 1):
+        with server(bundle, max_batch=max_batch) as url:
+            for conc in (1, 4, 16, 64):
+                count = max(n, conc * 2)
+                bodies = [dict(GEN_BODY, seed=seed0 + 100_000 * max_batch + 1000 * conc + i) for i in range(count)]
+                _, wall, _ = asyncio.run(timed_requests(url, bodies, conc))
+                results.setdefault(conc, {})[max_batch] = count / wall
+    for conc, r in results.items():
+        print(f"  {conc:>11} | {r[16]:>17.2f} | {r[1]:>19.2f} | {r[16] / r[1]:.2f}×")
+    base = results[1][1]
+    best = max(r[16] for r in results.values())
+    print(f"  best batched throughput / batch-1 sequential throughput: {best / base:.2f}×")
+
+
+def bench_reconstruct(bundle: Path, photos: Path, n: int) -> None:
+    from PIL import Image
+
+    files = sorted(photos.glob("*.jpg"))
+    if not files:
+        print(f"\n/reconstruct: no photos in {photos}; skipped")
+        return
+    with server(bundle, max_batch=16) as url:
+        lat, answers = [], []
+        with httpx.Client(timeout=300) as client:
+            for i in range(n):
+                img = Image.open(files[i % len(files)]).convert("RGB")
+                px = np.asarray(img).copy()
+                px[0, 0] = (i * 37) % 256  # a distinct upload every time: no cache hits
+                buf = io.BytesIO()
+                Image.fromarray(px).save(buf, "JPEG", quality=92)
+                t = time.perf_counter()
+                r = client.post(
+                    url + "/reconstruct",
+                    files={"image": ("p.jpg", buf.getvalue(), "image/jpeg")},
+                    data={"texture_size": "256", "mesh_resolution": "128", "outputs": "albedo,glb"},
+                )
+                lat.append(time.perf_counter() - t)
+                if r.status_code == 200:
+                    answers.append(r.json())
+    print(f"\n/reconstruct at concurrency 1 ({n} uploads of {len(files)} photos, texture 256, mesh 128):")
+    print(f"  p50 {1000 * pct(lat, 50):.0f} ms   p95 {1000 * pct(lat, 95):.0f} ms   ({len(answers)}/{n} succeeded)")
+    if answers:
+        print("  mean per stage (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in stage_means(answers).items()))
+
+
+def bench_onnx_vs_eager(bundle: Path, repeat: int = 5) -> None:
+    import onnxruntime as ort
+    import torch
+
+    from models.stylegan2 import Generator, GeneratorConfig
+    from training.export import AlbedoGraph
+
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    G = Generator.from_config(GeneratorConfig.from_dict(manifest["generator_config"])).eval()
+    eager = AlbedoGraph(G)
+    sess = ort.InferenceSession(str(bundle / manifest["graphs"]["albedo"]["file"]), providers=["CPUExecutionProvider"])
+    print("\nAlbedoGAN synthesis, ONNX vs eager PyTorch (same config, this process, CPU), ms per call:")
+    print(f"  {'batch':>5} | {'eager':>8} | {'onnxruntime':>11} | speed-up")
+    for batch in (1, 8):
+        ws = torch.randn(batch, G.num_ws, G.w_dim)
+        times_e, times_o = [], []
+        with torch.no_grad():
+            eager(ws)
+            sess.run(None, {"ws": ws.numpy()})
+            for _ in range(repeat):
+                t = time.perf_counter()
+                eager(ws)
+                times_e.append(time.perf_counter() - t)
+                t = time.perf_counter()
+                sess.run(None, {"ws": ws.numpy()})
+                times_o.append(time.perf_counter() - t)
+        e, o = 1000 * min(times_e), 1000 * min(times_o)
+        print(f"  {batch:>5} | {e:>8.1f} | {o:>11.1f} | {e / o:.2f}×")
+
+
+def main() -> None:
+    from service.settings import EMBEDDED_BUNDLE
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--bundle", type=Path, default=EMBEDDED_BUNDLE)
+    parser.add_argument("--requests", type=int, default=30)
+    parser.add_argument("--photos", type=Path, default=ROOT.parent / "shared" / "fixtures" / "photos")
+    parser.add_argument("--skip-throughput", action="store_true")
+    args = parser.parse_args()
+    manifest = json.loads((args.bundle / "manifest.json").read_text())
+    print(f"bundle {manifest['name']} {manifest['version']} ({args.bundle}); CPU cores: {os.cpu_count()}")
+    seed0 = int(time.time()) % 1_000_000 * 1000
+    bench_generate(args.bundle, args.requests, seed0)
+    if "encoder" in manifest["graphs"]:
+        bench_reconstruct(args.bundle, args.photos, max(6, args.requests // 3))
+    else:
+        print("\n/reconstruct: this bundle has no encoder graph; skipped")
+    if not args.skip_throughput:
+        bench_throughput(args.bundle, args.requests, seed0 + 500)
+    bench_onnx_vs_eager(args.bundle)
+
+
+if __name__ == "__main__":
+    main()
