@@ -674,7 +674,8 @@ def detailed_mesh(
         resolution: UV grid resolution R; the mesh has up to (R+1)² displaced vertices.
 
     Returns:
-        A :class:`MeshData` whose normals are recomputed from the displaced surface.
+        A :class:`MeshData` whose normals are the coarse surface's interpolated normals corrected by the
+        change the displacement makes to the grid's normals (smooth shading, displacement detail kept).
     """
     verts = np.asarray(verts, dtype=np.float64)
     if verts.shape != (model.n_verts, 3):
@@ -684,21 +685,28 @@ def detailed_mesh(
     s = uv_sampling(model, resolution)
     vn = vertex_normals(verts, model.faces)
     tri = model.faces[s.face]  # (N, 3)
-    pos = np.einsum("nk,nkc->nc", s.bary, verts[tri])
+    base = np.einsum("nk,nkc->nc", s.bary, verts[tri])
+    nrm = np.einsum("nk,nkc->nc", s.bary, vn[tri])
+    nrm /= np.maximum(np.linalg.norm(nrm, axis=1, keepdims=True), 1e-12)
+    pos = base
     if displacement is not None:
         disp = np.asarray(displacement, dtype=np.float64)
         if disp.ndim != 2 or min(disp.shape) < 2:
             raise ValueError(f"displacement: expected a (H, W) map, got shape {disp.shape}")
         if not np.all(np.isfinite(disp)):
             raise ValueError("displacement: contains NaN or inf")
-        nrm = np.einsum("nk,nkc->nc", s.bary, vn[tri])
-        nrm /= np.maximum(np.linalg.norm(nrm, axis=1, keepdims=True), 1e-12)
-        pos = pos + sample_map(disp, s.uv)[:, None] * nrm
+        pos = base + sample_map(disp, s.uv)[:, None] * nrm
     # Append the hidden coarse triangles with their own (seam-split) vertices.
     used = _hidden_uv_vertices(model, s)
     inverse = np.searchsorted(used, model.uv_faces[s.hidden_faces])
     positions = np.concatenate([pos, verts[model.uv_vertex[used]]])
     uv = np.concatenate([s.uv, model.uv[used]])
     faces = np.concatenate([s.faces, inverse.reshape(-1, 3) + len(pos)])
-    normals = vertex_normals(positions, faces)
+    # Normals: the coarse surface's smooth (interpolated) normals, plus what the displacement changes. Normals
+    # of the resampled grid alone would show the coarse triangles as facets: the grid lies on flat triangles.
+    grid_normals = nrm
+    if pos is not base:
+        grid_normals = nrm + vertex_normals(pos, s.faces) - vertex_normals(base, s.faces)
+        grid_normals /= np.maximum(np.linalg.norm(grid_normals, axis=1, keepdims=True), 1e-12)
+    normals = np.concatenate([grid_normals, vn[model.uv_vertex[used]]])
     return MeshData(positions.astype(np.float32), normals.astype(np.float32), uv.astype(np.float32), faces)

@@ -82,30 +82,28 @@ def interior_vertices(
     ratio: float = 0.85,
     bin_deg: float = 8.0,
     bin_m: float = 0.008,
-    axis_radius: float = 0.02,
 ) -> np.ndarray:
     """(V,) bool: the mouth cavity, i.e. the connected region deepest inside the head.
 
     A vertex is *deep* when its distance from the vertical axis is below ``ratio`` times the largest distance
-    of any vertex in the same (angle, height) bin (something lies well outside it on the same ray), or when
-    it lies within ``axis_radius`` of the axis below mid-height (inside the throat). Deep
-    vertices also occur outside the mouth (behind the ears, under the jaw), so the cavity is the
-    edge-connected set of deep vertices that contains the deepest one, plus the vertices on the axis.
+    of any vertex in the same (angle, height) bin (something lies well outside it on the same ray). Deep
+    vertices also occur outside the mouth (behind the ears, under the jaw), so the cavity is made of the
+    edge-connected sets of deep vertices that reach far inside (below 0.3 of the outer distance): the
+    mouth and throat, not the shallow folds.
     """
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
     angle = np.arctan2(verts[:, 0], verts[:, 2])
     radius = np.hypot(verts[:, 0], verts[:, 2])
-    a_bin = np.floor((angle + np.pi) / np.deg2rad(bin_deg)).astype(np.int64)
+    n_bins = int(np.ceil(360.0 / bin_deg))
+    a_bin = np.floor((angle + np.pi) / np.deg2rad(bin_deg)).astype(np.int64) % n_bins  # ±π share a bin
     h_bin = np.floor((verts[:, 1] - verts[:, 1].min()) / bin_m).astype(np.int64)
     key = a_bin * (h_bin.max() + 1) + h_bin
     outer = np.zeros(key.max() + 1)
     np.maximum.at(outer, key, radius)
     rel = radius / np.maximum(outer[key], 1e-12)
-    # below mid-height nothing on the outer surface comes near the axis (the crown does, above)
-    on_axis = (radius < axis_radius) & (verts[:, 1] < np.median(verts[:, 1]))
-    deep = (rel < ratio) | on_axis
+    deep = rel < ratio
     if not deep.any():
         return deep
     edges = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
@@ -113,5 +111,7 @@ def interior_vertices(
     n = len(verts)
     adj = coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), (n, n))
     labels = connected_components(adj, directed=False)[1]
-    seed = int(np.argmin(np.where(deep, rel, np.inf)))
-    return deep & ((labels == labels[seed]) | on_axis)
+    # components reaching far inside (well within half the outer radius) are cavities; shallow ones are folds
+    # (below mid-height: around the crown's pole every vertex is near the axis and the ratio means nothing)
+    cavities = np.unique(labels[deep & (rel < 0.3) & (verts[:, 1] < np.median(verts[:, 1]))])
+    return deep & np.isin(labels, cavities)
