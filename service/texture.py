@@ -10,23 +10,26 @@ colour. Dividing by the order-2 SH shading at each texel's normal de-lights the 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from service import geometry as geo
 
-# Order-2 SH basis constants (DECA's convention, identical to models/render/shading.py; parity-tested).
-SH_CONSTANTS = (
-    1.0 / np.sqrt(4.0 * np.pi),
-    (2.0 * np.pi / 3.0) * np.sqrt(3.0 / (4.0 * np.pi)),
-    (2.0 * np.pi / 3.0) * np.sqrt(3.0 / (4.0 * np.pi)),
-    (2.0 * np.pi / 3.0) * np.sqrt(3.0 / (4.0 * np.pi)),
-    (np.pi / 4.0) * 3.0 * np.sqrt(5.0 / (12.0 * np.pi)),
-    (np.pi / 4.0) * 3.0 * np.sqrt(5.0 / (12.0 * np.pi)),
-    (np.pi / 4.0) * 3.0 * np.sqrt(5.0 / (12.0 * np.pi)),
-    (np.pi / 4.0) * 1.5 * np.sqrt(5.0 / (12.0 * np.pi)),
-    (np.pi / 4.0) * 0.5 * np.sqrt(5.0 / (4.0 * np.pi)),
+# Order-2 SH basis constants in DECA's convention, the single definition for the torch renderer
+# (models/render/shading.py imports them) and this module: Y_lm with the Lambertian factors 2π/3 (l = 1)
+# and π/4 (l = 2) folded in; the constant term keeps Y_00 without π.
+SH_CONSTANTS: tuple[float, ...] = (
+    1.0 / math.sqrt(4.0 * math.pi),
+    (2.0 * math.pi / 3.0) * math.sqrt(3.0 / (4.0 * math.pi)),
+    (2.0 * math.pi / 3.0) * math.sqrt(3.0 / (4.0 * math.pi)),
+    (2.0 * math.pi / 3.0) * math.sqrt(3.0 / (4.0 * math.pi)),
+    (math.pi / 4.0) * 3.0 * math.sqrt(5.0 / (12.0 * math.pi)),
+    (math.pi / 4.0) * 3.0 * math.sqrt(5.0 / (12.0 * math.pi)),
+    (math.pi / 4.0) * 3.0 * math.sqrt(5.0 / (12.0 * math.pi)),
+    (math.pi / 4.0) * 1.5 * math.sqrt(5.0 / (12.0 * math.pi)),
+    (math.pi / 4.0) * 0.5 * math.sqrt(5.0 / (4.0 * math.pi)),
 )
 
 
@@ -49,11 +52,14 @@ class Unwrapped:
         albedo: (R, R, 3) de-lit colours in [0, 1] (row 0 is v = 1).
         colour: (R, R, 3) colours as seen (before de-lighting).
         source: (R, R) uint8: 0 outside the skin, 1 seen in the photo, 2 mirrored, 3 filled with the mean.
+        shading: (R, R, 3) the SH shading each texel's colour was divided by (a mirrored texel: its mirror's;
+            a mean-filled texel: the shading at its own normal), or None when no light was given.
     """
 
     albedo: np.ndarray
     colour: np.ndarray
     source: np.ndarray
+    shading: np.ndarray | None = None
 
 
 def unwrap(
@@ -126,6 +132,7 @@ def unwrap(
         colour_tex[rest] = colour_tex[seen].mean(0)
 
     albedo_tex = colour_tex.copy()
+    shading = None
     if sh is not None:
         sh = np.asarray(sh, np.float64)
         if sh.shape != (9, 3) or not np.all(np.isfinite(sh)):
@@ -135,8 +142,16 @@ def unwrap(
         # mirrored texels are de-lit with their mirror's shading (where their colour came from)
         shading[texel[take]] = shading[mirror[take]]
         albedo_tex[texel] = colour_tex[texel] / np.maximum(shading[texel], 0.05)
+        # the mean fill stands for unseen skin: it takes the mean de-lit albedo, not the mean colour divided
+        # by the light at its own (often averted) normal
+        if seen.any():
+            albedo_tex[rest] = np.clip(albedo_tex[seen], 0, 1).mean(0)
+        shading = shading.reshape(R, R, 3)
     return Unwrapped(
-        np.clip(albedo_tex, 0, 1).reshape(R, R, 3), np.clip(colour_tex, 0, 1).reshape(R, R, 3), source.reshape(R, R)
+        np.clip(albedo_tex, 0, 1).reshape(R, R, 3),
+        np.clip(colour_tex, 0, 1).reshape(R, R, 3),
+        source.reshape(R, R),
+        shading,
     )
 
 

@@ -22,23 +22,10 @@ coefficient keeps a gradient.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
-SH_CONSTANTS: tuple[float, ...] = (
-    1.0 / math.sqrt(4.0 * math.pi),
-    (2.0 * math.pi / 3.0) * math.sqrt(3.0 / (4.0 * math.pi)),
-    (2.0 * math.pi / 3.0) * math.sqrt(3.0 / (4.0 * math.pi)),
-    (2.0 * math.pi / 3.0) * math.sqrt(3.0 / (4.0 * math.pi)),
-    (math.pi / 4.0) * 3.0 * math.sqrt(5.0 / (12.0 * math.pi)),
-    (math.pi / 4.0) * 3.0 * math.sqrt(5.0 / (12.0 * math.pi)),
-    (math.pi / 4.0) * 3.0 * math.sqrt(5.0 / (12.0 * math.pi)),
-    (math.pi / 4.0) * 1.5 * math.sqrt(5.0 / (12.0 * math.pi)),
-    (math.pi / 4.0) * 0.5 * math.sqrt(5.0 / (4.0 * math.pi)),
-)
-"""Per-term constants of :func:`sh_basis`, in its term order (see the module docstring)."""
+from service.texture import SH_CONSTANTS  # one definition for torch and the torch-free service
 
 
 def sh_basis(normals: torch.Tensor) -> torch.Tensor:
