@@ -51,9 +51,8 @@ def main() -> None:
             med = f"{np.median(errs):.3f}" if errs else "-"
             print(f"  {lo:>4}–{hi:<4}° | {len(sel):>3} | {len(errs) / len(sel):>8.0%} | {mean:>8} | {med:>10}")
     errs = [e for _, e in rows if e is not None]
-    print(
-        f"  all        | {len(rows):>3} | {len(errs) / len(rows):>8.0%} | {np.mean(errs):>8.3f} | {np.median(errs):>10.3f}"
-    )
+    rate = len(errs) / len(rows)
+    print(f"  all        | {len(rows):>3} | {rate:>8.0%} | {np.mean(errs):>8.3f} | {np.median(errs):>10.3f}")
 
 
 if __name__ == "__main__":
