@@ -1,0 +1,1253 @@
+"""AlbedoGAN pretraining: StyleGAN2 on UV albedo maps (stage ``albedo`` of ``python -m training.run``).
+
+``python -m training.run albedo --config training/configs/albedo_default.yaml --out runs/a`` (add
+``--set albedo.data.kind=folder --set albedo.data.path=DIR`` for a folder of PNGs). Several processes:
+``torchrun --nproc_per_node N -m training.run albedo …`` (DistributedDataParallel; gloo on CPU, nccl on CUDA).
+Everything lives in the ``albedo`` section of the configuration (:class:`AlbedoTrainConfig`).
+
+**Procedure** (StyleGAN2 / NVlabs ``stylegan2-ada-pytorch``): phases ``Gmain``, ``Greg``, ``Dmain``, ``Dreg`` per
+step, as NVlabs runs them. Non-saturating logistic loss; lazy R1 on reals every ``r1_interval`` (16) steps
+(``γ/2 · ‖∇D(x)‖²``, times the interval; ``r1_gamma: auto`` is NVlabs' ``0.0002 R² / batch``); optional
+path-length regulariser every ``pl_interval`` (4) steps (``pl_weight`` > 0; batch shrink 2, mean decay 0.01);
+Adam (β = (0, 0.99), lr 0.0025) with lazy-regularisation scaling ``lr·c, β^c, c = k / (k + 1)`` for a network
+that has a lazy regulariser; style mixing with probability 0.9 (:func:`models.stylegan2.mix_styles`, per-sample
+cut-offs); generator EMA with NVlabs' half-life ``ema_kimg`` (``auto`` = ``batch · 10 / 32``) and ramp-up 0.05;
+mixed precision (autocast + GradScaler) on CUDA only. After the last step: ``G_ema.mean_w(4096)`` (the paper's
+truncation centre) and the export files ``generator.safetensors`` + ``generator.json``.
+
+**Augmentation — DiffAugment operations, ADA's non-leaking probability, colour only by default.** UV albedo
+maps are spatially registered: a texel means the same point of the face in every sample, so D can and should
+judge exact placement (eyes, lips, hairline at their UV positions). Translation and cutout break that: a D
+made invariant to shifts stops checking the layout, a translated real is not a valid albedo map, and when
+those ops are applied to every image (DiffAugment's default) they can leak into G. So: the ops are
+DiffAugment's (differentiable, simple, every random number drawn from an explicit ``torch.Generator``, hence
+exactly reproducible — ADA's adaptive pipeline would add an rₜ feedback loop and a 2-D geometric pipeline we
+do not want on registered maps), each applied per sample with a fixed probability ``p`` < 1, which is ADA's
+condition for the augmented distribution to still identify the clean one (non-leaking, Karras et al. 2020);
+the default policy is ``color`` (brightness, saturation, contrast), ``translation`` and ``cutout`` exist for
+experiments. A mirrored UV map (``data.mirror``) is a valid albedo map of the mirrored face (the cylindrical
+layout is symmetric: the skin mask's IoU with its mirror image is 0.995), so it is offered as a data option.
+Augmentation is meant for small folders (< ~5k maps); the synthetic source has as many maps as wanted.
+
+**Exact resume.** Every random draw of step ``s`` on rank ``r`` comes from a ``torch.Generator`` seeded from
+``(seed, s, r, phase)`` (latents, mixing cut-offs, noise inputs, augmentation, path-length noise); the data
+order is a permutation per epoch seeded from ``(data.seed, epoch)``; model init uses ``seed``. A checkpoint
+(``training/checkpoint.py``) holds G, D, G_ema (with ``w_avg``), both Adam states, the step, the data position,
+the path-length mean, the GradScaler states and the metric history, so a run killed at any moment and
+restarted with the same command continues from the last checkpoint with bit-identical losses on CPU (on CUDA
+with ``deterministic: true``). The TensorBoard log is purged past the resume step and ``losses.jsonl`` is cut
+back to it.
+
+**Run folder** (rank 0 writes): ``checkpoints/``, ``tb/`` (losses, R1, PL, D real/fake scores, images/s, sample
+grids of fixed z, KID), ``samples/`` (PNG grids), ``losses.jsonl`` (every step), ``metrics.jsonl``,
+``generator.safetensors`` + ``generator.json`` (G_ema with its ``w_avg`` from 4096 samples; :func:`load_generator`).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from models.stylegan2 import (
+    Discriminator,
+    DiscriminatorConfig,
+    Generator,
+    GeneratorConfig,
+    mix_styles,
+    sample_mixing_cutoff,
+)
+from training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from training.data.images import ImageFolderAlbedos, resize_uv, to_uint8
+
+logger = logging.getLogger(__name__)
+
+EXPORT_WEIGHTS = "generator.safetensors"
+EXPORT_CONFIG = "generator.json"
+AUGMENT_OPS = ("color", "translation", "cutout")
+
+DEFAULT_G: dict[str, Any] = {
+    "z_dim": 256,
+    "w_dim": 256,
+    "mapping": {"num_layers": 4},
+    "synthesis": {"channel_base": 4096, "channel_max": 128},
+}
+"""Generator defaults of this stage (CPU-sized: 1.8 M parameters at 64²); ``albedo.G`` keys override them."""
+DEFAULT_D: dict[str, Any] = {"channel_base": 4096, "channel_max": 128}
+"""Discriminator defaults of this stage; ``albedo.D`` keys override them."""
+
+# ---------------------------------------------------------------------------------------------------------------
+# Configuration
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Training data.
+
+    Attributes:
+        kind: ``synthetic`` (procedural albedo of ``training.data.synthetic``) or ``folder`` (PNG/JPEG files).
+        path: the folder (kind ``folder``).
+        num_samples: synthetic training-set size (indices ``0 … num_samples − 1`` of the stream).
+        seed: synthetic stream seed, and the seed of the data order and of the folder's hold-out split.
+        holdout: maps kept out of training as the metric's reference (synthetic: indices ``num_samples …``;
+            folder: a seeded random subset). 0 = the metric compares against the training maps.
+        mirror: also train on the mirrored maps (doubles the set; the UV layout is left–right symmetric).
+        cache: keep decoded maps in memory (uint8).
+    """
+
+    kind: str = "synthetic"
+    path: str | None = None
+    num_samples: int = 4096
+    seed: int = 0
+    holdout: int = 256
+    mirror: bool = False
+    cache: bool = True
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("synthetic", "folder"):
+            raise ValueError(f"albedo.data.kind: expected 'synthetic' or 'folder', got {self.kind!r}")
+        if self.kind == "folder" and not self.path:
+            raise ValueError("albedo.data.path: set it to the folder of UV albedo PNGs (data.kind=folder)")
+        if self.num_samples < 1 or self.holdout < 0:
+            raise ValueError("albedo.data: num_samples must be >= 1 and holdout >= 0")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Differentiable augmentation of everything D sees (reals and fakes alike).
+
+    Attributes:
+        policy: operations among ``color``, ``translation``, ``cutout``; empty = off.
+        probability: per-sample probability of each operation (< 0.8 keeps it non-leaking).
+        translation: maximum shift as a fraction of the image size.
+        cutout: side of the cut-out square as a fraction of the image size.
+    """
+
+    policy: tuple[str, ...] = ()
+    probability: float = 0.5
+    translation: float = 0.125
+    cutout: float = 0.5
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "policy", tuple(self.policy))
+        unknown = sorted(set(self.policy) - set(AUGMENT_OPS))
+        if unknown:
+            raise ValueError(f"albedo.augment.policy: unknown operations {unknown}; expected {list(AUGMENT_OPS)}")
+        if not 0.0 <= self.probability <= 1.0:
+            raise ValueError(f"albedo.augment.probability must be in [0, 1], got {self.probability}")
+        if self.probability >= 0.8 and self.policy:
+            logger.warning("augment probability %.2f >= 0.8 may leak augmentations into G", self.probability)
+
+
+@dataclass(frozen=True)
+class MetricConfig:
+    """KID against the held-out maps (:mod:`training.metrics`).
+
+    Attributes:
+        every: evaluate every this many steps and at the end; 0 = never.
+        at_start: also evaluate the initial generator (the start of the curve).
+        num_generated: generated maps per evaluation (the same latents every time).
+        num_subsets: KID subsets.
+        subset_size: samples per subset; None = half the smaller set.
+        resolution: feature resolution.
+        seed: latent and subset seed.
+    """
+
+    every: int = 1000
+    at_start: bool = True
+    num_generated: int = 256
+    num_subsets: int = 50
+    subset_size: int | None = None
+    resolution: int = 64
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class AlbedoTrainConfig:
+    """The ``albedo`` section of a training configuration (unknown keys are refused).
+
+    Attributes:
+        resolution: albedo resolution R (power of two, ≥ 8).
+        seed: model initialisation and per-step random streams.
+        batch: global batch (split evenly over the DDP ranks).
+        steps: training length in steps (``kimg = steps · batch / 1000``).
+        max_steps: stop this invocation after this step (time-slicing, tests); the run resumes later.
+        lr: Adam learning rate of G (and of D unless ``lr_d``).
+        lr_d: D's learning rate; None = ``lr``.
+        betas: Adam betas.
+        r1_gamma: R1 weight γ, or ``auto`` (``0.0002 R² / batch``); 0 = off.
+        r1_interval: lazy R1 interval.
+        pl_weight: path-length regulariser weight (StyleGAN2: 2); 0 = off.
+        pl_interval: lazy path-length interval.
+        pl_decay: decay of the path-length running mean.
+        pl_batch_shrink: the path-length pass uses ``batch / shrink`` samples.
+        style_mixing_prob: probability of mixing two latents per sample.
+        ema_kimg: G_ema half-life in thousands of images, or ``auto`` (``batch · 10 / 32``).
+        ema_rampup: half-life ramp-up (``min(ema_kimg, kimg · rampup)``); None = no ramp-up.
+        amp: mixed precision on CUDA (ignored on CPU).
+        deterministic: deterministic CUDA algorithms (bit-exact resume on CUDA; slower). CPU always is.
+        device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
+        G: generator hyperparameters (:class:`models.stylegan2.GeneratorConfig` keys over :data:`DEFAULT_G`;
+            resolution, channels and c_dim are set by the stage).
+        D: discriminator hyperparameters (:class:`models.stylegan2.DiscriminatorConfig` keys over
+            :data:`DEFAULT_D`).
+        data, augment, metric: see :class:`DataConfig`, :class:`AugmentConfig`, :class:`MetricConfig`.
+        log_every: TensorBoard scalars and progress-bar refresh interval (steps).
+        sample_every: sample-grid interval (steps); 0 = only at the end.
+        grid_size: samples in a grid (fixed latents).
+        checkpoint_every: checkpoint interval (steps).
+        checkpoint_on_stop: also checkpoint when ``max_steps`` stops the run.
+        keep_checkpoints: checkpoints kept.
+        mean_w_samples: samples for the final truncation centre (paper: 4096).
+        progress: show the tqdm progress bar (rank 0).
+    """
+
+    resolution: int = 64
+    seed: int = 0
+    batch: int = 16
+    steps: int = 5000
+    max_steps: int | None = None
+    lr: float = 0.0025
+    lr_d: float | None = None
+    betas: tuple[float, float] = (0.0, 0.99)
+    r1_gamma: float | str = "auto"
+    r1_interval: int = 16
+    pl_weight: float = 0.0
+    pl_interval: int = 4
+    pl_decay: float = 0.01
+    pl_batch_shrink: int = 2
+    style_mixing_prob: float = 0.9
+    ema_kimg: float | str = "auto"
+    ema_rampup: float | None = 0.05
+    amp: bool = True
+    deterministic: bool = False
+    device: str = "auto"
+    G: GeneratorConfig = field(default_factory=lambda: _network_config(GeneratorConfig, DEFAULT_G, {}, 64))
+    D: DiscriminatorConfig = field(default_factory=lambda: _network_config(DiscriminatorConfig, DEFAULT_D, {}, 64))
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    metric: MetricConfig = field(default_factory=MetricConfig)
+    log_every: int = 10
+    sample_every: int = 500
+    grid_size: int = 16
+    checkpoint_every: int = 500
+    checkpoint_on_stop: bool = True
+    keep_checkpoints: int = 3
+    mean_w_samples: int = 4096
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        r = self.resolution
+        if r < 8 or r & (r - 1):
+            raise ValueError(f"albedo.resolution must be a power of two >= 8, got {r}")
+        if self.G.img_resolution != r or self.D.img_resolution != r:
+            raise ValueError("G/D img_resolution must equal albedo.resolution (set only albedo.resolution)")
+        if self.batch < 1 or self.steps < 1:
+            raise ValueError("albedo.batch and albedo.steps must be >= 1")
+        if self.max_steps is not None and self.max_steps < 0:
+            raise ValueError("albedo.max_steps must be >= 0")
+        if isinstance(self.r1_gamma, str) and self.r1_gamma != "auto":
+            raise ValueError(f"albedo.r1_gamma: a number or 'auto', got {self.r1_gamma!r}")
+        if isinstance(self.ema_kimg, str) and self.ema_kimg != "auto":
+            raise ValueError(f"albedo.ema_kimg: a number or 'auto', got {self.ema_kimg!r}")
+        for name in ("r1_interval", "pl_interval", "pl_batch_shrink", "log_every", "checkpoint_every", "grid_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"albedo.{name} must be >= 1, got {getattr(self, name)}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"albedo.device: 'auto', 'cpu' or 'cuda', got {self.device!r}")
+        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+
+    @property
+    def gamma(self) -> float:
+        """The R1 weight (``auto`` resolved)."""
+        if self.r1_gamma == "auto":
+            return 0.0002 * self.resolution**2 / self.batch
+        return float(self.r1_gamma)
+
+    @property
+    def ema_half_life_kimg(self) -> float:
+        return self.batch * 10 / 32 if self.ema_kimg == "auto" else float(self.ema_kimg)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> AlbedoTrainConfig:
+        """Build from the YAML ``albedo`` section; unknown keys raise ``ValueError`` naming them."""
+        data = dict(data or {})
+        _check_keys(cls, data, "albedo")
+        r = int(data.get("resolution", cls.resolution))
+        g = dict(data.pop("G", None) or {})
+        d = dict(data.pop("D", None) or {})
+        for key in ("img_resolution", "img_channels", "c_dim"):
+            if key in g or key in d:
+                raise ValueError(f"albedo.G/D.{key} is fixed by the stage (resolution: albedo.resolution)")
+        g_cfg = _network_config(GeneratorConfig, DEFAULT_G, g, r)
+        d_cfg = _network_config(DiscriminatorConfig, DEFAULT_D, d, r)
+        nested = {}
+        for key, sub in (("data", DataConfig), ("augment", AugmentConfig), ("metric", MetricConfig)):
+            section = dict(data.pop(key, None) or {})
+            _check_keys(sub, section, f"albedo.{key}")
+            nested[key] = sub(**section)
+        return cls(**data, G=g_cfg, D=d_cfg, **nested)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-compatible form (what :meth:`from_dict` reads back)."""
+        out = json.loads(json.dumps(dataclasses.asdict(self)))
+        for key in ("G", "D"):
+            section = (self.G if key == "G" else self.D).to_dict()
+            for fixed in ("format_version", "kind", "img_resolution", "img_channels", "c_dim"):
+                section.pop(fixed, None)
+            out[key] = section
+        return out
+
+
+def _network_config(cls: type, defaults: Mapping[str, Any], given: Mapping[str, Any], resolution: int) -> Any:
+    """``defaults`` ← ``given`` (sub-sections merged key by key) at ``resolution``, RGB, unconditional."""
+    merged = {k: dict(v) if isinstance(v, Mapping) else v for k, v in defaults.items()}
+    for key, value in given.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return cls.from_dict({**merged, "img_resolution": resolution, "img_channels": 3, "c_dim": 0})
+
+
+def _check_keys(cls: type, data: Mapping[str, Any], where: str) -> None:
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {unknown}; expected some of {sorted(known)}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Data
+
+
+class AlbedoSource(Protocol):
+    """Index-addressed UV albedo maps: ``load_uint8(i)`` → (3, R, R) uint8 sRGB, deterministic per index."""
+
+    resolution: int
+
+    def __len__(self) -> int: ...
+
+    def load_uint8(self, index: int) -> torch.Tensor: ...
+
+
+class SyntheticAlbedos:
+    """Procedural UV albedo maps (``training.data.synthetic``), sRGB-encoded and quantised like a PNG.
+
+    Map ``i`` is drawn from :meth:`SyntheticFaces.generator` of index ``i`` (a pure function of ``(seed, i)``) by
+    :func:`sample_albedo_params` and rendered by :class:`ProceduralAlbedo` at ``max(R, 64)`` texels (its
+    minimum), then resized to R. The same maps written as PNGs train identically through the folder source.
+
+    Args:
+        resolution: R.
+        seed: stream seed.
+        length: number of maps (``len``); any index ≥ 0 can be loaded.
+        cache: keep generated maps in memory.
+    """
+
+    def __init__(self, resolution: int, seed: int = 0, length: int = 4096, cache: bool = True) -> None:
+        from training.data.synthetic import SyntheticConfig, SyntheticFaces
+
+        self.resolution = resolution
+        self._size = min(max(resolution, 64), 1024)
+        self._faces = SyntheticFaces(SyntheticConfig(image_size=16, albedo_size=self._size, seed=seed, length=length))
+        self._length = length
+        self._cache: dict[int, torch.Tensor] | None = {} if cache else None
+
+    def __len__(self) -> int:
+        return self._length
+
+    def load_uint8(self, index: int) -> torch.Tensor:
+        from training.data.synthetic import linear_to_srgb, sample_albedo_params
+
+        if index < 0:
+            raise IndexError(f"synthetic albedo index must be >= 0, got {index}")
+        if self._cache is not None and index in self._cache:
+            return self._cache[index]
+        params = sample_albedo_params(1, self._faces.generator(index))
+        with torch.no_grad():
+            srgb = linear_to_srgb(self._faces.albedo(params, self._size))
+        out = to_uint8(resize_uv(srgb, self.resolution))[0]
+        if self._cache is not None:
+            self._cache[index] = out
+        return out
+
+
+class AlbedoDataset:
+    """A subset of a source, optionally with mirrored copies: ``batch(indices)`` → (B, 3, R, R) in [-1, 1].
+
+    Args:
+        source: the maps.
+        indices: the source indices that belong to this set.
+        mirror: indices ``len(indices) …`` are the mirrored maps (left–right flip of the UV map).
+    """
+
+    def __init__(self, source: AlbedoSource, indices: Sequence[int], mirror: bool = False) -> None:
+        if len(indices) == 0:
+            raise ValueError("the albedo dataset is empty")
+        self.source = source
+        self.indices = [int(i) for i in indices]
+        self.mirror = mirror
+
+    def __len__(self) -> int:
+        return len(self.indices) * (2 if self.mirror else 1)
+
+    def load_uint8(self, index: int) -> torch.Tensor:
+        n = len(self.indices)
+        img = self.source.load_uint8(self.indices[index % n])
+        return img.flip(-1) if index >= n else img
+
+    def batch(self, indices: Sequence[int]) -> torch.Tensor:
+        imgs = torch.stack([self.load_uint8(int(i)) for i in indices])
+        return imgs.to(torch.float32) / 127.5 - 1.0
+
+
+class EpochSampler:
+    """Sample position ``p`` → dataset index: epoch ``p // n`` visits a permutation seeded by ``(seed, epoch)``."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        if n < 1:
+            raise ValueError("EpochSampler needs a non-empty dataset")
+        self.n = n
+        self.seed = seed
+        self._perm = lru_cache(maxsize=4)(self._permutation)
+
+    def _permutation(self, epoch: int) -> list[int]:
+        g = torch.Generator().manual_seed(derive_seed(self.seed, epoch, 0, 0xDA7A))
+        return torch.randperm(self.n, generator=g).tolist()
+
+    def indices(self, start: int, count: int) -> list[int]:
+        """Dataset indices of positions ``start … start + count − 1``."""
+        return [self._perm(p // self.n)[p % self.n] for p in range(start, start + count)]
+
+
+def build_data(config: AlbedoTrainConfig) -> tuple[AlbedoDataset, AlbedoDataset | None]:
+    """The training set and the metric's reference set (None when ``holdout`` is 0: compare to training)."""
+    d = config.data
+    if d.kind == "synthetic":
+        source: AlbedoSource = SyntheticAlbedos(config.resolution, d.seed, d.num_samples + d.holdout, d.cache)
+        train = AlbedoDataset(source, range(d.num_samples), d.mirror)
+        held = AlbedoDataset(source, range(d.num_samples, d.num_samples + d.holdout)) if d.holdout else None
+        return train, held
+    folder = ImageFolderAlbedos(d.path, config.resolution, cache=d.cache)
+    n = len(folder)
+    if d.holdout >= n:
+        raise ValueError(f"albedo.data.holdout={d.holdout} leaves no training maps of the {n} in {d.path}")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed(d.seed, 0, 0, 0x401D))).tolist()
+    held_idx = sorted(order[n - d.holdout :]) if d.holdout else []
+    train_idx = sorted(order[: n - d.holdout])
+    train = AlbedoDataset(folder, train_idx, d.mirror)
+    return train, (AlbedoDataset(folder, held_idx) if held_idx else None)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Randomness and augmentation
+
+
+def derive_seed(seed: int, step: int, rank: int, stream: int) -> int:
+    """A well-mixed 63-bit seed for ``(seed, step, rank, stream)`` (numpy ``SeedSequence`` hashing)."""
+    words = [int(v) & 0xFFFFFFFF for v in (seed, seed >> 32, step, step >> 32, rank, stream)]
+    state = np.random.SeedSequence(words).generate_state(2, dtype=np.uint32)
+    return ((int(state[1]) << 32) | int(state[0])) & ((1 << 63) - 1)
+
+
+def diff_augment(
+    x: torch.Tensor,
+    policy: Sequence[str],
+    generator: torch.Generator,
+    probability: float = 1.0,
+    translation: float = 0.125,
+    cutout: float = 0.5,
+) -> torch.Tensor:
+    """Differentiable augmentation (DiffAugment's operations), each op applied per sample with ``probability``.
+
+    The same random numbers are drawn whatever the outcome of the per-sample gates (a fixed draw sequence).
+
+    Args:
+        x: (B, C, H, W) images in [-1, 1].
+        policy: operations in order: ``color`` (brightness ±0.5, saturation ×[0, 2], contrast ×[0.5, 1.5]),
+            ``translation`` (integer shift up to ``translation · size``, zero fill), ``cutout`` (a zeroed square
+            of side ``cutout · size``).
+        generator: the RNG, on ``x.device``.
+        probability: per-sample, per-operation probability.
+        translation: maximum shift, fraction of the size.
+        cutout: square side, fraction of the size.
+
+    Returns:
+        (B, C, H, W), differentiable with respect to ``x``.
+    """
+    if not policy:
+        return x
+    B, _, H, W = x.shape
+    dev = x.device
+
+    def rand() -> torch.Tensor:
+        return torch.rand([B, 1, 1, 1], generator=generator, device=dev, dtype=torch.float32)
+
+    def gate() -> torch.Tensor:
+        return (rand() < probability).to(x.dtype)
+
+    for op in policy:
+        if op == "color":
+            g, r = gate(), rand().to(x.dtype)
+            x = x + g * (r - 0.5)
+            g, r = gate(), rand().to(x.dtype)
+            mean = x.mean(dim=1, keepdim=True)
+            x = x + g * (x - mean) * (2 * r - 1)
+            g, r = gate(), rand().to(x.dtype)
+            mean = x.mean(dim=(1, 2, 3), keepdim=True)
+            x = x + g * (x - mean) * (r - 0.5)
+        elif op == "translation":
+            g = gate()[:, 0, 0, 0].to(torch.int64)
+            sx_max, sy_max = int(W * translation + 0.5), int(H * translation + 0.5)
+            sx = torch.randint(-sx_max, sx_max + 1, [B], generator=generator, device=dev) * g
+            sy = torch.randint(-sy_max, sy_max + 1, [B], generator=generator, device=dev) * g
+            rows = torch.arange(H, device=dev)[None, :] - sy[:, None]  # source row of each target row
+            cols = torch.arange(W, device=dev)[None, :] - sx[:, None]
+            valid = ((rows >= 0) & (rows < H))[:, :, None] & ((cols >= 0) & (cols < W))[:, None, :]
+            b = torch.arange(B, device=dev)[:, None, None]
+            moved = x.permute(0, 2, 3, 1)[b, rows.clamp(0, H - 1)[:, :, None], cols.clamp(0, W - 1)[:, None, :]]
+            x = moved.permute(0, 3, 1, 2) * valid[:, None].to(x.dtype)
+        elif op == "cutout":
+            g = gate()
+            cw, ch = int(W * cutout + 0.5), int(H * cutout + 0.5)
+            ox = torch.randint(0, W + (1 - cw % 2), [B, 1, 1], generator=generator, device=dev) - cw // 2
+            oy = torch.randint(0, H + (1 - ch % 2), [B, 1, 1], generator=generator, device=dev) - ch // 2
+            cols = torch.arange(W, device=dev)[None, None, :]
+            rows = torch.arange(H, device=dev)[None, :, None]
+            inside = (cols >= ox) & (cols < ox + cw) & (rows >= oy) & (rows < oy + ch)
+            x = x * (1 - g * inside[:, None].to(x.dtype))
+        else:
+            raise ValueError(f"unknown augmentation {op!r}; expected one of {AUGMENT_OPS}")
+    return x
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Distributed setup
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Process placement: rank, world size, device, and whether this module created the process group."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+    owns_group: bool
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: str = "auto") -> DistInfo:
+    """Read torchrun's environment (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``) and join the process group.
+
+    Backend: nccl on CUDA, gloo on CPU. A single process needs no environment.
+    """
+    want_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("albedo.device=cuda but CUDA is not available")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1)) if want_cuda else torch.device("cpu")
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    owns = False
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        owns = True
+    if dist.is_initialized():
+        return DistInfo(dist.get_rank(), dist.get_world_size(), dev, owns)
+    return DistInfo(0, 1, dev, owns)
+
+
+def _barrier(info: DistInfo) -> None:
+    if info.world_size > 1:
+        dist.barrier()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Training
+
+
+class GeneratorPass(nn.Module):
+    """The generator as the training phases call it: mapping, style mixing, synthesis with random noise.
+
+    A thin wrapper so that DistributedDataParallel sees one forward per phase (training-side logic stays out
+    of :class:`models.stylegan2.Generator`).
+    """
+
+    def __init__(self, G: Generator) -> None:
+        super().__init__()
+        self.G = G
+
+    def forward(
+        self,
+        z: torch.Tensor,
+        z_mix: torch.Tensor,
+        cutoff: torch.Tensor,
+        noise_generator: torch.Generator,
+        update_emas: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """z, z_mix: (B, z_dim); cutoff: (B,) → images (B, 3, R, R) and styles (B, num_ws, w_dim)."""
+        ws = self.G.mapping(z, None, update_emas=update_emas)
+        ws = mix_styles(ws, self.G.mapping(z_mix, None), cutoff)
+        img = self.G.synthesis(ws, noise_mode="random", generator=noise_generator)
+        return img, ws
+
+
+@dataclass
+class StepStats:
+    """Per-step values for logging (floats; None where a phase did not run)."""
+
+    step: int
+    loss_G: float
+    loss_D: float
+    D_real: float
+    D_fake: float
+    r1: float | None = None
+    pl: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns: the step reached, whether training is complete, and the metric history."""
+
+    step: int
+    done: bool
+    metrics: list[dict[str, Any]]
+    export: Path | None
+
+
+class AlbedoTrainer:
+    """One training run (one process of it): data, networks, optimisers, the phases, logging, checkpoints."""
+
+    # phase ids of the per-step random streams
+    _GMAIN, _GREG, _DMAIN, _DREG = 1, 2, 3, 4
+
+    def __init__(self, config: AlbedoTrainConfig, out: Path, info: DistInfo) -> None:
+        self.cfg = config
+        self.out = out
+        self.info = info
+        self.device = info.device
+        if config.batch % info.world_size:
+            raise ValueError(f"albedo.batch={config.batch} must be divisible by the {info.world_size} processes")
+        self.batch_local = config.batch // info.world_size
+        group = config.D.epilogue.mbstd_group_size
+        self.pl_batch = max(1, self.batch_local // config.pl_batch_shrink)
+        g = self.batch_local if group is None else min(group, self.batch_local)
+        if self.batch_local % g:
+            raise ValueError(
+                f"the per-process batch {self.batch_local} must be divisible by D's minibatch-stddev group size {g}"
+            )
+        self.amp = config.amp and self.device.type == "cuda"
+
+        self.train_set, self.held_set = build_data(config)
+        self.sampler = EpochSampler(len(self.train_set), config.data.seed)
+
+        torch.manual_seed(config.seed)
+        self.G = Generator.from_config(config.G).to(self.device).train()
+        self.D = Discriminator.from_config(config.D).to(self.device).train()
+        self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
+        self.G_pass = GeneratorPass(self.G)
+        self.opt_G = self._adam(self.G, config.lr, config.pl_interval if config.pl_weight > 0 else None)
+        self.opt_D = self._adam(self.D, config.lr_d or config.lr, config.r1_interval if config.gamma > 0 else None)
+        self.scaler_G = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.scaler_D = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.pl_mean = torch.zeros([], device=self.device)
+        if info.world_size > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            # a few small parameters get grads with other strides than DDP's buckets (e.g. D.b4.out.weight,
+            # (1, C)): a copy per step, harmless; keep the log readable
+            warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+            self.G_ddp: nn.Module = nn.parallel.DistributedDataParallel(self.G_pass, device_ids=ids)
+            self.D_ddp: nn.Module = nn.parallel.DistributedDataParallel(self.D, device_ids=ids)
+        else:
+            self.G_ddp, self.D_ddp = self.G_pass, self.D
+        self.step = 0
+        self.data_position = 0
+        self.metric_history: list[dict[str, Any]] = []
+        self.reference = None
+        self.writer = None
+
+    def _adam(self, module: nn.Module, lr: float, reg_interval: int | None) -> torch.optim.Adam:
+        b1, b2 = self.cfg.betas
+        if reg_interval is not None:  # lazy regularisation (StyleGAN2, appendix C)
+            ratio = reg_interval / (reg_interval + 1)
+            lr, b1, b2 = lr * ratio, b1**ratio, b2**ratio
+        return torch.optim.Adam(module.parameters(), lr=lr, betas=(b1, b2), eps=1e-8)
+
+    # -- random streams ----------------------------------------------------------------------------------------
+
+    def _rng(self, phase: int) -> torch.Generator:
+        seed = derive_seed(self.cfg.seed, self.step, self.info.rank, phase)
+        return torch.Generator(device=self.device).manual_seed(seed)
+
+    def _latents(self, n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        z_dim = self.G.z_dim
+        z = torch.randn([n, z_dim], generator=g, device=self.device)
+        z_mix = torch.randn([n, z_dim], generator=g, device=self.device)
+        cutoff = sample_mixing_cutoff(self.G.num_ws, n, self.cfg.style_mixing_prob, generator=g, device=self.device)
+        return z, z_mix, cutoff
+
+    def _augment(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        a = self.cfg.augment
+        return diff_augment(x, a.policy, g, a.probability, a.translation, a.cutout)
+
+    def _autocast(self) -> torch.autocast:
+        return torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp)
+
+    # -- one step ------------------------------------------------------------------------------------------------
+
+    def _real_batch(self) -> torch.Tensor:
+        start = self.data_position + self.info.rank * self.batch_local
+        idx = self.sampler.indices(start, self.batch_local)
+        return self.train_set.batch(idx).to(self.device)
+
+    def _opt_step(self, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler, module: nn.Module) -> None:
+        if not self.amp:  # NVlabs: replace NaN/Inf gradients rather than corrupting the weights
+            for p in module.parameters():
+                if p.grad is not None:
+                    torch.nan_to_num_(p.grad, nan=0.0, posinf=1e5, neginf=-1e5)
+        scaler.step(opt)
+        scaler.update()
+
+    def train_step(self) -> StepStats:
+        """Run the phases of step ``self.step`` (Gmain, Greg, Dmain, Dreg) and update G_ema."""
+        cfg, s = self.cfg, self.step
+        reals = self._real_batch()
+
+        # Gmain: maximise D's logit of fakes (non-saturating loss)
+        self.G.requires_grad_(True)
+        self.D.requires_grad_(False)
+        g = self._rng(self._GMAIN)
+        z, z_mix, cut = self._latents(self.batch_local, g)
+        self.opt_G.zero_grad(set_to_none=True)
+        with self._autocast():
+            fake, _ = self.G_ddp(z, z_mix, cut, g)
+            logits = self.D(self._augment(fake, g))
+            loss_G = F.softplus(-logits.float()).mean()
+        self.scaler_G.scale(loss_G).backward()
+        self._opt_step(self.opt_G, self.scaler_G, self.G)
+
+        # Greg: path-length regulariser (lazy)
+        pl_value = None
+        if cfg.pl_weight > 0 and s % cfg.pl_interval == 0:
+            pl_value = self._path_length_phase()
+        self.G.requires_grad_(False)
+
+        # Dmain: logistic loss on fakes (no_sync) and reals (sync)
+        self.D.requires_grad_(True)
+        g = self._rng(self._DMAIN)
+        z, z_mix, cut = self._latents(self.batch_local, g)
+        self.opt_D.zero_grad(set_to_none=True)
+        with torch.no_grad(), self._autocast():
+            fake, _ = self.G_pass(z, z_mix, cut, g, update_emas=True)
+        sync_off = self.D_ddp.no_sync() if self.info.world_size > 1 else _nullcontext()
+        with sync_off:
+            with self._autocast():
+                logits_fake = self.D_ddp(self._augment(fake.detach(), g)).float()
+                loss_fake = F.softplus(logits_fake).mean()
+            self.scaler_D.scale(loss_fake).backward()
+        with self._autocast():
+            logits_real = self.D_ddp(self._augment(reals, g)).float()
+            loss_real = F.softplus(-logits_real).mean()
+        self.scaler_D.scale(loss_real).backward()
+        self._opt_step(self.opt_D, self.scaler_D, self.D)
+
+        # Dreg: R1 on (augmented) reals (lazy)
+        r1_value = None
+        if cfg.gamma > 0 and s % cfg.r1_interval == 0:
+            r1_value = self._r1_phase(reals)
+        self.D.requires_grad_(False)
+
+        self._update_ema()
+        return StepStats(
+            step=s,
+            loss_G=float(loss_G.detach()),
+            loss_D=float(loss_fake.detach()) + float(loss_real.detach()),
+            D_real=float(logits_real.detach().mean()),
+            D_fake=float(logits_fake.detach().mean()),
+            r1=r1_value,
+            pl=pl_value,
+        )
+
+    def _path_length_phase(self) -> float:
+        cfg = self.cfg
+        g = self._rng(self._GREG)
+        z, z_mix, cut = self._latents(self.pl_batch, g)
+        self.opt_G.zero_grad(set_to_none=True)
+        with self._autocast():
+            img, ws = self.G_ddp(z, z_mix, cut, g)
+        res = img.shape[2] * img.shape[3]
+        pl_noise = torch.randn(img.shape, generator=g, device=self.device) / math.sqrt(res)
+        scaled = self.scaler_G.scale((img.float() * pl_noise).sum())
+        (grads,) = torch.autograd.grad(scaled, ws, create_graph=True)
+        grads = grads.float() / self.scaler_G.get_scale()
+        lengths = grads.square().sum(2).mean(1).sqrt()
+        batch_mean = lengths.mean().detach()
+        if self.info.world_size > 1:  # keep pl_mean identical on every rank
+            dist.all_reduce(batch_mean)
+            batch_mean = batch_mean / self.info.world_size
+        self.pl_mean.copy_(self.pl_mean.lerp(batch_mean, cfg.pl_decay))
+        penalty = (lengths - self.pl_mean).square()
+        loss = (img[:, 0, 0, 0].float() * 0 + penalty * cfg.pl_weight).mean() * cfg.pl_interval
+        self.scaler_G.scale(loss).backward()
+        self._opt_step(self.opt_G, self.scaler_G, self.G)
+        return float(penalty.detach().mean())
+
+    def _r1_phase(self, reals: torch.Tensor) -> float:
+        cfg = self.cfg
+        g = self._rng(self._DREG)
+        self.opt_D.zero_grad(set_to_none=True)
+        x = reals.detach().requires_grad_(True)
+        with self._autocast():
+            logits = self.D_ddp(self._augment(x, g)).float()
+        scaled = self.scaler_D.scale(logits.sum())
+        (grads,) = torch.autograd.grad(scaled, x, create_graph=True)
+        grads = grads.float() / self.scaler_D.get_scale()
+        penalty = grads.square().sum(dim=(1, 2, 3))
+        loss = (logits[:, 0] * 0 + penalty * (cfg.gamma / 2)).mean() * cfg.r1_interval
+        self.scaler_D.scale(loss).backward()
+        self._opt_step(self.opt_D, self.scaler_D, self.D)
+        return float(penalty.detach().mean())
+
+    def ema_beta(self) -> float:
+        """NVlabs: half-life ``ema_kimg`` (ramped up to ``kimg · rampup``) → per-step decay."""
+        ema_nimg = self.cfg.ema_half_life_kimg * 1000
+        if self.cfg.ema_rampup is not None:
+            ema_nimg = min(ema_nimg, self.data_position * self.cfg.ema_rampup)
+        return 0.5 ** (self.cfg.batch / max(ema_nimg, 1e-8))
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        beta = self.ema_beta()
+        for p_ema, p in zip(self.G_ema.parameters(), self.G.parameters(), strict=True):
+            p_ema.copy_(p.detach().lerp(p_ema, beta))
+        for b_ema, b in zip(self.G_ema.buffers(), self.G.buffers(), strict=True):
+            b_ema.copy_(b)
+
+    # -- checkpoints ---------------------------------------------------------------------------------------------
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.out / "checkpoints"
+
+    def _extra(self) -> dict[str, Any]:
+        return {
+            "data_position": self.data_position,
+            "batch": self.cfg.batch,
+            "world_size": self.info.world_size,
+            "pl_mean": float(self.pl_mean),
+            "scaler_G": self.scaler_G.state_dict(),
+            "scaler_D": self.scaler_D.state_dict(),
+            "metric_history": self.metric_history,
+            "G_config": self.cfg.G.to_dict(),
+            "D_config": self.cfg.D.to_dict(),
+            "config": self.cfg.to_dict(),
+        }
+
+    def save(self) -> None:
+        if self.info.is_main:
+            save_checkpoint(
+                self.ckpt_dir,
+                self.step,
+                {"G": self.G, "D": self.D, "G_ema": self.G_ema},
+                {"opt_G": self.opt_G, "opt_D": self.opt_D},
+                extra=self._extra(),
+                keep=self.cfg.keep_checkpoints,
+            )
+        _barrier(self.info)
+
+    def resume(self) -> bool:
+        """Load the latest checkpoint of the run folder, if any. Returns whether one was loaded."""
+        path = latest_checkpoint(self.ckpt_dir) if self.ckpt_dir.is_dir() else None
+        if path is None:
+            return False
+        meta = json.loads((path / "meta.json").read_text())["extra"]
+        if meta.get("G_config") != self.cfg.G.to_dict() or meta.get("D_config") != self.cfg.D.to_dict():
+            raise ValueError(
+                f"{path} was trained with other G/D hyperparameters than the configuration; use a new --out "
+                "folder or the original configuration"
+            )
+        step, extra = load_checkpoint(
+            path,
+            {"G": self.G, "D": self.D, "G_ema": self.G_ema},
+            {"opt_G": self.opt_G, "opt_D": self.opt_D},
+            map_location=self.device,
+        )
+        self.step = step
+        self.data_position = int(extra["data_position"])
+        self.pl_mean.fill_(float(extra["pl_mean"]))
+        if extra.get("scaler_G") and self.amp:
+            self.scaler_G.load_state_dict(extra["scaler_G"])
+            self.scaler_D.load_state_dict(extra["scaler_D"])
+        self.metric_history = [m for m in extra.get("metric_history", []) if m["step"] <= step]
+        changed = sorted(
+            k
+            for k in set(_flatten(extra.get("config", {}))) | set(_flatten(self.cfg.to_dict()))
+            if k.split(".")[0] not in _RESUME_FREE
+            and _flatten(extra.get("config", {})).get(k) != _flatten(self.cfg.to_dict()).get(k)
+        )
+        if changed:
+            logger.warning("resuming with changed settings %s: training continues, not bit-exactly", changed)
+        if extra.get("world_size") != self.info.world_size:
+            logger.warning(
+                "resuming on %d processes (checkpoint: %s): the data is the same, the latents per process are not",
+                self.info.world_size,
+                extra.get("world_size"),
+            )
+        logger.info("resumed at step %d (%.1f kimg)", step, self.data_position / 1000)
+        return True
+
+    # -- logging, samples, metric --------------------------------------------------------------------------------
+
+    def _open_logs(self, resumed: bool) -> None:
+        if not self.info.is_main:
+            return
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.writer = SummaryWriter(str(self.out / "tb"), purge_step=self.step if resumed else None)
+        _truncate_jsonl(self.out / "losses.jsonl", self.step)
+        # the metric of step s is computed before checkpoint s: the checkpoint's history is the truth
+        (self.out / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in self.metric_history))
+
+    def _log_step(self, stats: StepStats) -> None:
+        with open(self.out / "losses.jsonl", "a") as fh:
+            fh.write(json.dumps(stats.to_json()) + "\n")
+
+    def _log_scalars(self, window: list[StepStats], images_per_s: float) -> None:
+        w, step = self.writer, self.step
+        if w is None or not window:
+            return
+        for key in ("loss_G", "loss_D", "D_real", "D_fake", "r1", "pl"):
+            vals = [getattr(st, key) for st in window if getattr(st, key) is not None]
+            if vals:
+                tag = {"D_real": "Scores/real", "D_fake": "Scores/fake", "r1": "Loss/r1_penalty",
+                       "pl": "Loss/pl_penalty"}.get(key, f"Loss/{key[5:]}")  # fmt: skip
+                w.add_scalar(tag, sum(vals) / len(vals), step)
+        w.add_scalar("Speed/images_per_s", images_per_s, step)
+        w.add_scalar("Progress/kimg", self.data_position / 1000, step)
+        w.add_scalar("Progress/ema_beta", self.ema_beta(), step)
+        if self.cfg.pl_weight > 0:
+            w.add_scalar("Loss/pl_mean", float(self.pl_mean), step)
+
+    @torch.no_grad()
+    def _grid_latents(self) -> torch.Tensor:
+        g = torch.Generator().manual_seed(derive_seed(self.cfg.seed, 0, 0, 0x6D1D))
+        return torch.randn([self.cfg.grid_size, self.G.z_dim], generator=g)
+
+    @torch.no_grad()
+    def save_samples(self) -> None:
+        if not self.info.is_main:
+            return
+        z = self._grid_latents().to(self.device)
+        imgs = torch.cat([self.G_ema(zb, None, noise_mode="const") for zb in z.split(16)]).float().cpu()
+        grid = make_grid((imgs + 1) / 2)
+        (self.out / "samples").mkdir(parents=True, exist_ok=True)
+        _save_png(grid, self.out / "samples" / f"fakes{self.step:08d}.png")
+        if self.writer is not None:
+            self.writer.add_image("Samples/G_ema", grid, self.step)
+
+    def save_reals(self) -> None:
+        if not self.info.is_main:
+            return
+        n = min(self.cfg.grid_size, len(self.train_set))
+        grid = make_grid(self.train_set.batch(self.sampler.indices(0, n)) * 0.5 + 0.5)
+        (self.out / "samples").mkdir(parents=True, exist_ok=True)
+        _save_png(grid, self.out / "samples" / "reals.png")
+        if self.writer is not None:
+            self.writer.add_image("Samples/reals", grid, 0)
+
+    def _reference(self):
+        from training.metrics import AlbedoFeatures, ReferenceSet
+
+        if self.reference is None:
+            ds = self.held_set or self.train_set
+            n = min(len(ds), 4096)
+            if self.held_set is None:
+                logger.info("metric reference: %d training maps (albedo.data.holdout is 0)", n)
+            extractor = AlbedoFeatures(resolution=self.cfg.metric.resolution).to(self.device)
+            batches = (ds.batch(range(i, min(i + 64, n))) * 0.5 + 0.5 for i in range(0, n, 64))
+            self.reference = ReferenceSet.from_images(extractor, batches)
+        return self.reference
+
+    def evaluate(self) -> dict[str, Any] | None:
+        """KID of G_ema against the reference set (rank 0; other ranks wait)."""
+        from training.metrics import evaluate_generator
+
+        m = self.cfg.metric
+        result = None
+        if self.info.is_main:
+            ref = self._reference()
+            n = m.num_generated
+            size = m.subset_size or max(2, min(n, len(ref)) // 2)
+            t0 = time.perf_counter()
+            kid = evaluate_generator(
+                self.G_ema, ref, n, seed=m.seed, num_subsets=m.num_subsets, subset_size=size, device=self.device
+            )
+            result = {"step": self.step, "kimg": self.data_position / 1000, **kid.to_dict()}
+            self.metric_history.append(result)
+            with open(self.out / "metrics.jsonl", "a") as fh:
+                fh.write(json.dumps(result) + "\n")
+            if self.writer is not None:
+                self.writer.add_scalar("Metric/kid", kid.mean, self.step)
+                self.writer.add_scalar("Metric/kid_std", kid.std, self.step)
+            logger.info("step %d: KID %.5f ± %.5f (%.1f s)", self.step, kid.mean, kid.std, time.perf_counter() - t0)
+        _barrier(self.info)
+        return result
+
+    # -- the loop ------------------------------------------------------------------------------------------------
+
+    def fit(self) -> TrainResult:
+        cfg = self.cfg
+        resumed = self.resume()
+        self._open_logs(resumed)
+        if not resumed:
+            self.save_reals()
+            if cfg.metric.every and cfg.metric.at_start:
+                self.evaluate()
+        stop = cfg.steps if cfg.max_steps is None else min(cfg.steps, cfg.max_steps)
+        from tqdm import tqdm
+
+        bar = tqdm(
+            total=cfg.steps,
+            initial=self.step,
+            disable=not (self.info.is_main and cfg.progress),
+            unit="step",
+            dynamic_ncols=True,
+            desc="albedo",
+        )
+        window: list[StepStats] = []
+        step_time = 0.0  # seconds spent in training steps since the last log (not in samples/metric/saving)
+        try:
+            while self.step < stop:
+                t0 = time.perf_counter()
+                stats = self.train_step()
+                step_time += time.perf_counter() - t0
+                self.step += 1
+                self.data_position += cfg.batch
+                bar.update(1)
+                final = self.step == cfg.steps
+                if self.info.is_main:
+                    self._log_step(stats)
+                    window.append(stats)
+                if self.step % cfg.log_every == 0 or self.step == stop:
+                    ips = len(window) * cfg.batch / step_time if step_time > 0 else 0.0
+                    self._log_scalars(window, ips)
+                    if window:
+                        bar.set_postfix(G=f"{stats.loss_G:.3f}", D=f"{stats.loss_D:.3f}", img_s=f"{ips:.1f}")
+                    window, step_time = [], 0.0
+                if (cfg.sample_every and self.step % cfg.sample_every == 0) or final:
+                    self.save_samples()
+                if cfg.metric.every and (self.step % cfg.metric.every == 0 or final):
+                    self.evaluate()
+                if self.step % cfg.checkpoint_every == 0 or final:
+                    self.save()
+        finally:
+            bar.close()
+        done = self.step >= cfg.steps
+        export = None
+        if done:
+            export = self.export()
+        elif cfg.checkpoint_on_stop and self.step % cfg.checkpoint_every != 0:
+            self.save()
+        if self.writer is not None:
+            self.writer.flush()
+            self.writer.close()
+        return TrainResult(self.step, done, list(self.metric_history), export)
+
+    def export(self) -> Path | None:
+        """Truncation centre from ``mean_w_samples`` latents, then ``generator.safetensors`` + ``.json``."""
+        if self.info.is_main:
+            self.G_ema.mean_w(self.cfg.mean_w_samples)
+            save_generator(self.G_ema, self.out, {"step": self.step, "kimg": self.data_position / 1000,
+                                                   "metric": self.metric_history[-1] if self.metric_history else None,
+                                                   "mean_w_samples": self.cfg.mean_w_samples})  # fmt: skip
+        _barrier(self.info)
+        return self.out / EXPORT_WEIGHTS
+
+
+# settings that may change between a run and its resumption without changing the training trajectory
+_RESUME_FREE = frozenset(
+    {"steps", "max_steps", "progress", "checkpoint_on_stop", "log_every", "sample_every", "grid_size",
+     "checkpoint_every", "keep_checkpoints", "mean_w_samples", "metric", "device"}
+)  # fmt: skip
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _truncate_jsonl(path: Path, step: int) -> None:
+    """Drop the lines of a per-step JSONL log at or past ``step`` (they are rerun after a resume)."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] < step:
+                keep.append(line)
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue  # a line cut by a kill
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in keep))
+    os.replace(tmp, path)
+
+
+def make_grid(images01: torch.Tensor, cols: int | None = None) -> torch.Tensor:
+    """(N, 3, H, W) in [0, 1] → (3, rows·H, cols·W) grid (missing cells black)."""
+    n, c, h, w = images01.shape
+    cols = cols or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    grid = torch.zeros(c, rows * h, cols * w)
+    for i, img in enumerate(images01.clamp(0, 1)):
+        r, k = divmod(i, cols)
+        grid[:, r * h : (r + 1) * h, k * w : (k + 1) * w] = img
+    return grid
+
+
+def _save_png(grid01: torch.Tensor, path: Path) -> None:
+    from PIL import Image
+
+    arr = to_uint8(grid01).permute(1, 2, 0).numpy()
+    Image.fromarray(np.ascontiguousarray(arr)).save(path)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Export
+
+
+def save_generator(G: Generator, directory: str | Path, info: Mapping[str, Any] | None = None) -> Path:
+    """Write ``generator.safetensors`` (state dict, incl. ``mapping.w_avg``) + ``generator.json`` atomically.
+
+    The JSON is :meth:`GeneratorConfig.to_dict` plus ``training`` (step, kimg, metric…).
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    weights, config = directory / EXPORT_WEIGHTS, directory / EXPORT_CONFIG
+    tmp_w = weights.with_name(f".{weights.name}.tmp-{os.getpid()}")
+    tmp_c = config.with_name(f".{config.name}.tmp-{os.getpid()}")
+    save_file({k: v.detach().contiguous().cpu() for k, v in G.state_dict().items()}, str(tmp_w))
+    tmp_c.write_text(json.dumps({**G.config.to_dict(), "training": dict(info or {})}, indent=1))
+    os.replace(tmp_w, weights)
+    os.replace(tmp_c, config)
+    logger.info("exported %s (+ %s)", weights, config.name)
+    return weights
+
+
+def load_generator(path: str | Path, device: torch.device | str = "cpu") -> Generator:
+    """Load an exported generator (a run folder or its ``generator.safetensors``); strict, never random weights.
+
+    Raises:
+        FileNotFoundError: the weights or the JSON config are missing.
+        ValueError: the config is invalid or does not match the weights.
+    """
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    weights, config = folder / EXPORT_WEIGHTS, folder / EXPORT_CONFIG
+    for f in (weights, config):
+        if not f.is_file():
+            raise FileNotFoundError(f"exported generator incomplete: {f} is missing")
+    data = json.loads(config.read_text())
+    data.pop("training", None)
+    G = Generator.from_config(GeneratorConfig.from_dict(data))
+    try:
+        G.load_state_dict(load_file(str(weights)), strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"{weights} does not match {config}: {exc}") from exc
+    return G.to(device).eval()
+
+
+def load_checkpoint_generator(path: str | Path, which: str = "G_ema", device: str = "cpu") -> Generator:
+    """The generator (``G_ema`` or ``G``) of a training checkpoint folder, with its config from ``meta.json``."""
+    path = Path(path)
+    meta_file = path / "meta.json"
+    if not meta_file.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    extra = json.loads(meta_file.read_text())["extra"]
+    G = Generator.from_config(GeneratorConfig.from_dict(extra["G_config"]))
+    load_checkpoint(path, {which: G}, restore_rng=False)
+    return G.to(device).eval()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Entry points
+
+
+def train(config: AlbedoTrainConfig, out: str | Path) -> TrainResult:
+    """Train (or resume) in ``out``; joins the torchrun process group when launched by torchrun."""
+    out = Path(out)
+    info = init_distributed(config.device)
+    try:
+        if info.device.type == "cuda":
+            torch.backends.cudnn.benchmark = not config.deterministic
+            if config.deterministic:
+                torch.backends.cudnn.deterministic = True
+                torch.use_deterministic_algorithms(True, warn_only=True)
+        if info.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "albedo_config.json").write_text(json.dumps(config.to_dict(), indent=1))
+        _barrier(info)
+        logger.info(
+            "albedo: %d² on %s × %d, batch %d, %d steps (%.0f kimg), γ=%.4g, aug %s",
+            config.resolution,
+            info.device,
+            info.world_size,
+            config.batch,
+            config.steps,
+            config.steps * config.batch / 1000,
+            config.gamma,
+            list(config.augment.policy) or "off",
+        )
+        return AlbedoTrainer(config, out, info).fit()
+    finally:
+        if info.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def run(cfg: Mapping[str, Any], out: Path) -> None:
+    """Stage ``albedo`` of ``python -m training.run``: train on ``cfg['albedo']`` in ``out``."""
+    train(AlbedoTrainConfig.from_dict(cfg.get("albedo")), out)
+
+
+def iter_checkpoints(run_dir: str | Path) -> Iterator[Path]:
+    """The checkpoint folders of a run, oldest first."""
+    ckpts = Path(run_dir) / "checkpoints"
+    yield from sorted(p for p in ckpts.glob("ckpt-*") if (p / "meta.json").is_file())
