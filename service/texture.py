@@ -70,6 +70,7 @@ def unwrap(
     resolution: int = 256,
     sh: np.ndarray | None = None,
     depth_tolerance: float = 0.003,
+    min_facing: float = 0.05,
 ) -> Unwrapped:
     """Unwrap ``image`` onto the UV layout.
 
@@ -81,6 +82,9 @@ def unwrap(
         resolution: R of the output maps.
         sh: (9, 3) SH light for de-lighting, or None to keep the seen colours as albedo.
         depth_tolerance: a texel is visible when it is within this many metres of the z-buffer surface.
+        min_facing: and when its normal's z (the cosine of its angle to the viewing direction) exceeds this:
+            texels seen at grazing angles are blurred and easily mis-registered at the silhouette; raising it
+            hands more of the turned-away side to the mirror fill.
     """
     img = np.asarray(image)
     if img.ndim != 3 or img.shape[2] != 3:
@@ -111,7 +115,7 @@ def unwrap(
     inside = (col >= 0) & (col < W) & (row >= 0) & (row < H)
     surface = np.full(len(texel), -np.inf)
     surface[inside] = zbuf[row[inside] * W + col[inside]]
-    visible = inside & (pos[:, 2] >= surface - depth_tolerance) & (nrm[:, 2] > 0.05)
+    visible = inside & (pos[:, 2] >= surface - depth_tolerance) & (nrm[:, 2] > min_facing)
 
     colour_tex = np.zeros((R * R, 3))
     seen = np.zeros(R * R, bool)
