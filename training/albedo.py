@@ -76,6 +76,7 @@ from models.stylegan2 import (
 )
 from training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from training.data.images import ImageFolderAlbedos, resize_uv, to_uint8
+from training.distributed import DistInfo, barrier, init_distributed
 
 logger = logging.getLogger(__name__)
 
@@ -540,51 +541,6 @@ def diff_augment(
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Distributed setup
-
-
-@dataclass(frozen=True)
-class DistInfo:
-    """Process placement: rank, world size, device, and whether this module created the process group."""
-
-    rank: int
-    world_size: int
-    device: torch.device
-    owns_group: bool
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed(device: str = "auto") -> DistInfo:
-    """Read torchrun's environment (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``) and join the process group.
-
-    Backend: nccl on CUDA, gloo on CPU. A single process needs no environment.
-    """
-    want_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("albedo.device=cuda but CUDA is not available")
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    dev = torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1)) if want_cuda else torch.device("cpu")
-    if dev.type == "cuda":
-        torch.cuda.set_device(dev)
-    owns = False
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-        owns = True
-    if dist.is_initialized():
-        return DistInfo(dist.get_rank(), dist.get_world_size(), dev, owns)
-    return DistInfo(0, 1, dev, owns)
-
-
-def _barrier(info: DistInfo) -> None:
-    if info.world_size > 1:
-        dist.barrier()
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # Training
 
 
@@ -878,7 +834,7 @@ class AlbedoTrainer:
                 extra=self._extra(),
                 keep=self.cfg.keep_checkpoints,
             )
-        _barrier(self.info)
+        barrier(self.info)
 
     def resume(self) -> bool:
         """Load the latest checkpoint of the run folder, if any. Returns whether one was loaded."""
@@ -1016,7 +972,7 @@ class AlbedoTrainer:
                 self.writer.add_scalar("Metric/kid", kid.mean, self.step)
                 self.writer.add_scalar("Metric/kid_std", kid.std, self.step)
             logger.info("step %d: KID %.5f ± %.5f (%.1f s)", self.step, kid.mean, kid.std, time.perf_counter() - t0)
-        _barrier(self.info)
+        barrier(self.info)
         return result
 
     # -- the loop ------------------------------------------------------------------------------------------------
@@ -1086,7 +1042,7 @@ class AlbedoTrainer:
             save_generator(self.G_ema, self.out, {"step": self.step, "kimg": self.data_position / 1000,
                                                    "metric": self.metric_history[-1] if self.metric_history else None,
                                                    "mean_w_samples": self.cfg.mean_w_samples})  # fmt: skip
-        _barrier(self.info)
+        barrier(self.info)
         return self.out / EXPORT_WEIGHTS
 
 
@@ -1224,7 +1180,7 @@ def train(config: AlbedoTrainConfig, out: str | Path) -> TrainResult:
         if info.is_main:
             out.mkdir(parents=True, exist_ok=True)
             (out / "albedo_config.json").write_text(json.dumps(config.to_dict(), indent=1))
-        _barrier(info)
+        barrier(info)
         logger.info(
             "albedo: %d² on %s × %d, batch %d, %d steps (%.0f kimg), γ=%.4g, aug %s",
             config.resolution,

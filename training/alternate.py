@@ -57,6 +57,7 @@ from torch import nn
 from training import losses as L
 from training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from training.config import merge
+from training.distributed import DistInfo, barrier, init_distributed
 from training.shape import (
     EVAL_FILE,
     FINAL_DIR,
@@ -85,49 +86,6 @@ from training.shape import (
 )
 
 logger = logging.getLogger(__name__)
-
-
-# =============================================================================================================
-# Distributed setup
-# =============================================================================================================
-
-
-@dataclass(frozen=True)
-class DistInfo:
-    """Process placement: rank, world size, device, and whether this run created the process group."""
-
-    rank: int
-    world_size: int
-    device: torch.device
-    owns_group: bool
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed(device: str = "auto") -> DistInfo:
-    """Join torchrun's process group (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``): nccl on CUDA, gloo on CPU."""
-    want_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device=cuda but CUDA is not available")
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    dev = torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1)) if want_cuda else torch.device("cpu")
-    if dev.type == "cuda":
-        torch.cuda.set_device(dev)
-    owns = False
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-        owns = True
-    if dist.is_initialized():
-        return DistInfo(dist.get_rank(), dist.get_world_size(), dev, owns)
-    return DistInfo(0, 1, dev, owns)
-
-
-def _barrier(info: DistInfo) -> None:
-    if info.world_size > 1:
-        dist.barrier()
 
 
 class SynthesisPass(nn.Module):
@@ -292,7 +250,7 @@ class Trainer:
         cache = Path(d.landmark_cache) if d.landmark_cache else self.out / "photo_landmarks.json"
         if self.info.is_main:
             PhotoGroups(d, e.input_size, chip, e.crop_scale, cache, detect=True)
-        _barrier(self.info)
+        barrier(self.info)
         return PhotoGroups(d, e.input_size, chip, e.crop_scale, cache, detect=False)
 
     # -- the two steps -------------------------------------------------------------------------------------------
@@ -400,7 +358,7 @@ class Trainer:
             save_checkpoint(
                 self.ckpt_dir, self.step, self._modules(), self._optimizers(), extra, self.cfg.keep_checkpoints
             )
-        _barrier(self.info)
+        barrier(self.info)
 
     def resume(self) -> bool:
         """Load the latest checkpoint of the run folder, if any."""
@@ -490,7 +448,7 @@ class Trainer:
                 metrics["landmark_nme"],
                 metrics["albedo_rmse"],
             )
-        _barrier(self.info)
+        barrier(self.info)
         return result
 
     def _write_eval(self) -> None:
@@ -596,7 +554,7 @@ class Trainer:
             }
             save_final(self.out / FINAL_DIR, self.model, self.G, face_model_path(self.cfg.model), info)
             logger.info("final weights in %s", self.out / FINAL_DIR)
-        _barrier(self.info)
+        barrier(self.info)
 
 
 # =============================================================================================================
@@ -676,7 +634,7 @@ def train(config: ShapeTrainConfig, out: str | Path, stage: str = "alternate") -
         if info.is_main:
             out.mkdir(parents=True, exist_ok=True)
             (out / "train_config.json").write_text(json.dumps({"stage": stage, **config.to_dict()}, indent=1))
-        _barrier(info)
+        barrier(info)
         trainer = Trainer(config, out, info, stage)
         sched = trainer.schedule
         logger.info(
