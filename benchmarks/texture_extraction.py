@@ -186,6 +186,7 @@ def photos(args: argparse.Namespace, fm: FaceModel) -> None:
             f"{path.name}: detector {face.detector}, landmark error {fit.landmark_error:.3f}, yaw {yaw:.0f}°, "
             f"seen {np.mean(tex.source == 1):.2f} / mirrored {np.mean(tex.source == 2):.2f} of the map, "
             f"skin colour (linear) {np.round(fit.skin_colour, 3).tolist()}, fit {dt:.1f} s"
+            + (" — the CLI rejects this fit" if fit.landmark_error > MAX_LANDMARK_ERROR else "")
         )
         crop = np.asarray(Image.fromarray(face.crop).resize((256, 256), Image.Resampling.BILINEAR))
         flat = render_fit(fit, fm, face.crop, None)

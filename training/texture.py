@@ -80,8 +80,9 @@ JAW_CONTOUR = slice(0, 17)
 """iBUG indices of the jaw contour (detectors place it on the silhouette)."""
 SHADING_PNG_SCALE = 2.0
 """``shading/*.png`` stores linear shading / SHADING_PNG_SCALE in 8 bits (shading can exceed 1)."""
-MASK_PNG_STEP = 85
-"""``mask/*.png`` stores the texel source (0 none, 1 seen, 2 mirrored, 3 mean-filled) × MASK_PNG_STEP."""
+MASK_PNG_VALUES = {"outside": 0, "mean_filled": 64, "mirrored": 128, "seen_invalid": 192, "seen_valid": 255}
+"""``mask/*.png`` (8-bit grey) per texel: outside the skin, mean-filled, mirrored, seen but not valid (shadow or
+clipping, corrected), seen and valid (:attr:`ExtractedTexture.valid`)."""
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
@@ -938,11 +939,21 @@ def _save_png(array: np.ndarray, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def mask_png(tex: ExtractedTexture) -> np.ndarray:
+    """(R, R) uint8 texel source and validity in the :data:`MASK_PNG_VALUES` encoding."""
+    v = MASK_PNG_VALUES
+    lut = np.array([v["outside"], v["seen_invalid"], v["mirrored"], v["mean_filled"]], np.uint8)
+    out = lut[tex.source]
+    out[tex.valid] = v["seen_valid"]
+    return out
+
+
 def save_texture(tex: ExtractedTexture, out: Path, name: str) -> None:
-    """``albedo/NAME.png`` (sRGB 8-bit), ``shading/NAME.png`` (linear / SHADING_PNG_SCALE), ``mask/NAME.png``."""
+    """``albedo/NAME.png`` (sRGB 8-bit), ``shading/NAME.png`` (linear / SHADING_PNG_SCALE), ``mask/NAME.png``
+    (:data:`MASK_PNG_VALUES`); the albedo is written last, so its presence marks a finished face."""
     _save_png(to_uint8(tex.shading / SHADING_PNG_SCALE), out / "shading" / f"{name}.png")
-    _save_png((tex.source * MASK_PNG_STEP).astype(np.uint8), out / "mask" / f"{name}.png")
-    _save_png(to_uint8(linear_to_srgb(tex.albedo)), out / "albedo" / f"{name}.png")  # last: marks completion
+    _save_png(mask_png(tex), out / "mask" / f"{name}.png")
+    _save_png(to_uint8(linear_to_srgb(tex.albedo)), out / "albedo" / f"{name}.png")
 
 
 def _load_image(path: Path) -> np.ndarray:

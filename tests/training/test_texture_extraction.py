@@ -221,7 +221,10 @@ def test_cli_extracts_a_folder_and_resumes(tmp_path, fm, monkeypatch, caplog):
     for i in (0, 1):
         img = np.asarray(Image.open(stage / "albedo" / f"{i:06d}.png"))
         assert img.shape == (64, 64, 3) and img.dtype == np.uint8 and img.max() > 0
-        assert (stage / "shading" / f"{i:06d}.png").exists() and (stage / "mask" / f"{i:06d}.png").exists()
+        assert (stage / "shading" / f"{i:06d}.png").exists()
+        mask = np.asarray(Image.open(stage / "mask" / f"{i:06d}.png"))
+        assert mask.shape == (64, 64) and set(np.unique(mask)) <= set(T.MASK_PNG_VALUES.values())
+        assert (mask == T.MASK_PNG_VALUES["seen_valid"]).any()
         assert set(by_index[i]) >= {"shape", "expression", "pose", "camera", "sh", "landmark_error"}
     assert not (stage / "albedo" / "000002.png").exists()
     summary = json.loads((stage / "summary.json").read_text())
