@@ -174,9 +174,11 @@ async def reconstruct(
                 local[model.joint_names.index(name)] = codes["pose"][model.joint_names.index(name)]
         verts = geo.decode_vertices(model, codes["shape"][None], expression[None], local[None])[0]
         px = project(posed, codes["camera"], size)
-        unwrapped = texture.unwrap(model, posed, px, face.crop, m.resolutions.albedo, sh=codes["light"])
+        # shading multiplies linear light: de-light in linear space, store the albedo sRGB-encoded like the PNGs
+        linear = texture.srgb_to_linear(face.crop / 255.0)
+        unwrapped = texture.unwrap(model, posed, px, linear, m.resolutions.albedo, sh=codes["light"])
         lmk = face.crop_to_image(project(geo.landmarks_3d(model, posed[None])[0], codes["camera"], size))
-        return verts, unwrapped.albedo, lmk
+        return verts, texture.linear_to_srgb(unwrapped.albedo), lmk
 
     with timer.stage("texture"):
         verts, albedo, landmarks = await asyncio.to_thread(geometry)

@@ -33,6 +33,18 @@ SH_CONSTANTS: tuple[float, ...] = (
 )
 
 
+def srgb_to_linear(x: np.ndarray) -> np.ndarray:
+    """sRGB-encoded values in [0, 1] → linear (IEC 61966-2-1)."""
+    x = np.clip(np.asarray(x, np.float64), 0.0, 1.0)
+    return np.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4)
+
+
+def linear_to_srgb(x: np.ndarray) -> np.ndarray:
+    """Linear values in [0, 1] → sRGB encoding (IEC 61966-2-1)."""
+    x = np.clip(np.asarray(x, np.float64), 0.0, 1.0)
+    return np.where(x <= 0.0031308, 12.92 * x, 1.055 * x ** (1 / 2.4) - 0.055)
+
+
 def sh_basis(normals: np.ndarray) -> np.ndarray:
     """(..., 3) unit normals → (..., 9) basis in the order 1, x, y, z, xy, xz, yz, x² − y², 3z² − 1."""
     x, y, z = normals[..., 0], normals[..., 1], normals[..., 2]

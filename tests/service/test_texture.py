@@ -102,3 +102,9 @@ def test_bad_input(model):
         texture.unwrap(model, verts[:5], verts[:5, :2], np.zeros((8, 8, 3)), resolution=R)
     with pytest.raises(ValueError, match="sh: expected"):
         texture.unwrap(model, verts, verts[:, :2], np.zeros((8, 8, 3)), resolution=R, sh=np.zeros(9))
+
+
+def test_srgb_transfer_round_trip():
+    x = np.linspace(0, 1, 101)
+    assert np.abs(texture.linear_to_srgb(texture.srgb_to_linear(x)) - x).max() < 1e-12
+    assert abs(texture.srgb_to_linear(np.array(0.5)) - 0.21404) < 1e-4  # the standard curve's mid-grey
