@@ -291,14 +291,46 @@ def export_untrained(out: str | Path, resolution: int = 64, seed: int = 0) -> Pa
     )
 
 
+def export_trained(out: str | Path, final_dir: str | Path, name: str, version: str, licence: str) -> Path:
+    """A bundle from a shape/alternate run's ``final/`` folder (encoder, displacement, fine-tuned AlbedoGAN)."""
+    from models.face.model import DEFAULT_FACE_MODEL
+    from training.shape import load_final
+
+    shape_model, generator = load_final(final_dir)
+    if generator.mapping.w_avg.abs().sum() == 0:
+        generator.mean_w(4096)  # the paper's truncation mean
+    return export_bundle(
+        out,
+        face_model_path=DEFAULT_FACE_MODEL,
+        generator=generator,
+        encoder=shape_model.encoder,
+        displacement=shape_model.displacement,
+        name=name,
+        version=version,
+        licence=licence,
+        training={"final_dir": str(final_dir)},
+    )
+
+
 def run(cfg: Mapping[str, Any], out: Path) -> None:
-    """The ``export`` stage of ``training.run`` (``export.untrained: true`` → a labelled random bundle)."""
+    """The ``export`` stage of ``training.run``.
+
+    ``export.untrained: true`` writes a labelled random bundle; otherwise ``export.final`` (default: the
+    ``alternate/final`` folder beside ``out``) names the trained weights to export.
+    """
     section = dict(cfg.get("export", {}))
     if section.get("untrained"):
         export_untrained(out, int(section.get("resolution", 64)), int(section.get("seed", 0)))
         return
-    raise ValueError(
-        "export: set export.untrained=true, or export from training checkpoints once the training stages exist"
+    final = Path(section.get("final", out.parent / "alternate" / "final"))
+    if not final.is_dir():
+        raise FileNotFoundError(f"export: no trained weights at {final} (run the alternate stage, or set export.final)")
+    export_trained(
+        out,
+        final,
+        str(section.get("name", "albedogan")),
+        str(section.get("version", "0.1.0")),
+        str(section.get("licence", "Apache-2.0 (code); see MODEL_CARD.md for the data")),
     )
 
 
