@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from timing import best_seconds
 
 from models.face.model import DEFAULT_FACE_MODEL, FaceModel
 from models.face.preview import image_grid, shaded_image
@@ -19,12 +20,7 @@ from service import geometry as geo
 
 
 def best_ms(fn, repeat: int = 5) -> float:
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return 1000 * min(times)
+    return 1000 * best_seconds(fn, repeat)
 
 
 def main() -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from timing import best_seconds
 
 from models.identity import DLIB_FILE, FaceEmbedder, extract_dlib_chip
 from service import detect
@@ -30,13 +31,7 @@ DEFAULT_PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "
 
 
 def best_s(fn, repeat: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
+    return best_seconds(fn, repeat, warmup=True)
 
 
 def to_tensor(chips: list[np.ndarray]) -> torch.Tensor:

@@ -13,11 +13,11 @@ the photos). Ground-truth error on synthetic renders: ``models.landmarks.landmar
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+from timing import best_seconds
 
 from models import landmarks as lm
 from service import detect
@@ -56,12 +56,7 @@ def consistency(image: np.ndarray, points: np.ndarray) -> dict[str, float]:
 
 
 def best_ms(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return 1000 * min(times)
+    return 1000 * best_seconds(fn, repeat)
 
 
 def draw(image: np.ndarray, face: lm.FaceLandmarks, label: str) -> Image.Image:

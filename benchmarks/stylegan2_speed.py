@@ -14,23 +14,17 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from timing import best_seconds
 
 from models.stylegan2 import Discriminator, Generator
 
 
 def best_s(fn, repeat: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
+    return best_seconds(fn, repeat, warmup=True)
 
 
 def bench_inference(args: argparse.Namespace) -> None:

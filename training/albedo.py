@@ -74,7 +74,7 @@ from models.stylegan2 import (
     mix_styles,
     sample_mixing_cutoff,
 )
-from training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, truncate_step_log
 from training.data.images import ImageFolderAlbedos, resize_uv, to_uint8
 from training.distributed import DistInfo, barrier, init_distributed
 
@@ -886,7 +886,7 @@ class AlbedoTrainer:
 
         self.out.mkdir(parents=True, exist_ok=True)
         self.writer = SummaryWriter(str(self.out / "tb"), purge_step=self.step if resumed else None)
-        _truncate_jsonl(self.out / "losses.jsonl", self.step)
+        truncate_step_log(self.out / "losses.jsonl", self.step)
         # the metric of step s is computed before checkpoint s: the checkpoint's history is the truth
         (self.out / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in self.metric_history))
 
@@ -1069,22 +1069,6 @@ class _nullcontext:
 
     def __exit__(self, *exc: object) -> None:
         return None
-
-
-def _truncate_jsonl(path: Path, step: int) -> None:
-    """Drop the lines of a per-step JSONL log at or past ``step`` (they are rerun after a resume)."""
-    if not path.is_file():
-        return
-    keep = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line)["step"] < step:
-                keep.append(line)
-        except (json.JSONDecodeError, KeyError, TypeError):
-            continue  # a line cut by a kill
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in keep))
-    os.replace(tmp, path)
 
 
 def make_grid(images01: torch.Tensor, cols: int | None = None) -> torch.Tensor:

@@ -41,7 +41,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
 import time
 import warnings
 from collections.abc import Mapping
@@ -55,7 +54,7 @@ import torch.distributed as dist
 from torch import nn
 
 from training import losses as L
-from training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, truncate_step_log
 from training.config import merge
 from training.distributed import DistInfo, barrier, init_distributed
 from training.shape import (
@@ -395,7 +394,7 @@ class Trainer:
 
         self.out.mkdir(parents=True, exist_ok=True)
         self.writer = SummaryWriter(str(self.out / "tb"), purge_step=self.step if resumed else None)
-        _truncate_jsonl(self.out / "losses.jsonl", self.step)
+        truncate_step_log(self.out / "losses.jsonl", self.step)
 
     def _log_scalars(self, window: list[dict[str, Any]], seconds: float) -> None:
         if self.writer is None or not window:
@@ -595,22 +594,6 @@ def _save_png(grid01: torch.Tensor, path: Path) -> None:
 
     arr = (grid01.clamp(0, 1) * 255 + 0.5).floor().to(torch.uint8).permute(1, 2, 0).numpy()
     Image.fromarray(np.ascontiguousarray(arr)).save(path)
-
-
-def _truncate_jsonl(path: Path, step: int) -> None:
-    """Drop the lines of a per-step JSONL log at or past ``step`` (they are rerun after a resume)."""
-    if not path.is_file():
-        return
-    keep = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line)["step"] < step:
-                keep.append(line)
-        except (json.JSONDecodeError, KeyError, TypeError):
-            continue
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in keep))
-    os.replace(tmp, path)
 
 
 # =============================================================================================================

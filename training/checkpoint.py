@@ -233,3 +233,18 @@ def load_checkpoint(
         set_rng_state(load_file(str(path / "rng.safetensors")), meta["rng"])
     logger.info("resumed from %s (step %d)", path, meta["step"])
     return int(meta["step"]), dict(meta["extra"])
+
+
+def truncate_step_log(path: str | Path, step: int) -> None:
+    """Drop the lines of a per-step JSONL log at or past ``step`` (they are rerun after a resume)."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] < step:
+                keep.append(line)
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue  # a line cut by a kill
+    _atomic_write_text(path, "".join(line + "\n" for line in keep))
