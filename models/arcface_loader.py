@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from models.encoder import IRESNET_LAYERS, Encoder, IResNet
+from models.encoder import FC_GRID, IRESNET_LAYERS, Encoder, IResNet
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +91,11 @@ def load_arcface_weights(encoder: Encoder | IResNet, path: str | Path) -> None:
     backbone = encoder.backbone if isinstance(encoder, Encoder) else encoder
     if not isinstance(backbone, IResNet):
         raise TypeError(f"encoder: expected an Encoder or IResNet, got {type(encoder).__name__}")
+    if backbone.fc_grid != FC_GRID:
+        raise ValueError(
+            f"ArcFace weights need the encoder's fc to see a {FC_GRID}x{FC_GRID} grid; this one has "
+            f"fc_grid={backbone.fc_grid} (set model.encoder.fc_grid: {FC_GRID})"
+        )
     state = read_arcface_state_dict(path)
     expected = backbone.state_dict()
     optional = {k for k in expected if k.endswith("num_batches_tracked")}

@@ -8,7 +8,9 @@ ArcFace ``.pth`` loads with :func:`models.arcface_loader.load_arcface_weights`):
 
 At the ArcFace input size 112×112 the last feature map is 7×7 and feeds ``fc`` directly. Other input sizes
 (any multiple of 16, e.g. 224) are reduced to 7×7 by average pooling (``adaptive_avg_pool2d``; for 224 an exact
-2×2 average) before ``fc``, so the same weights serve every size.
+2×2 average) before ``fc``, so the same weights serve every size. ``fc_grid`` < 7 pools to a smaller grid first
+(1 = global average pooling, DECA's choice): a much smaller ``fc`` for encoders that need not load ArcFace
+weights (the shipped bundle's encoder uses 2: 1 M instead of 12.8 M ``fc`` weights).
 
 Heads: ``features (512) → Linear → LeakyReLU(0.2) → Linear`` to every code at once, split into
 :class:`EncoderOutputs`. The last linear layer starts at zero weight and its bias holds the initial
@@ -88,15 +90,23 @@ class IResNet(nn.Module):
         depth: 18, 34, 50 or 100.
         dropout: dropout probability before ``fc`` (insightface default 0; active only in training mode).
         embedding_dim: output features (ArcFace: 512).
+        fc_grid: side of the pooled feature map that feeds ``fc``: 7 is ArcFace's (its weights load only
+            then); smaller grids shrink ``fc`` (512·g² × 512 weights: 12.8 M at 7, 1 M at 2, 0.26 M at 1 = global
+            average pooling as in DECA's ResNet encoder).
     """
 
-    def __init__(self, depth: int = 50, dropout: float = 0.0, embedding_dim: int = EMBEDDING_DIM):
+    def __init__(
+        self, depth: int = 50, dropout: float = 0.0, embedding_dim: int = EMBEDDING_DIM, fc_grid: int = FC_GRID
+    ):
         super().__init__()
         if depth not in IRESNET_LAYERS:
             raise ValueError(f"depth: expected one of {sorted(IRESNET_LAYERS)}, got {depth!r}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout: expected a probability in [0, 1), got {dropout!r}")
+        if not 1 <= fc_grid <= FC_GRID:
+            raise ValueError(f"fc_grid: expected 1 to {FC_GRID}, got {fc_grid!r}")
         self.depth = depth
+        self.fc_grid = fc_grid
         self.conv1 = _conv3x3(3, 64)
         self.bn1 = nn.BatchNorm2d(64, eps=1e-5)
         self.prelu = nn.PReLU(64)
@@ -112,7 +122,7 @@ class IResNet(nn.Module):
             inplanes = planes
         self.bn2 = nn.BatchNorm2d(widths[-1], eps=1e-5)
         self.dropout = nn.Dropout(p=dropout)
-        self.fc = nn.Linear(widths[-1] * FC_GRID * FC_GRID, embedding_dim)
+        self.fc = nn.Linear(widths[-1] * fc_grid * fc_grid, embedding_dim)
         self.features = nn.BatchNorm1d(embedding_dim, eps=1e-5)
         nn.init.constant_(self.features.weight, 1.0)
         self.features.weight.requires_grad = False  # as in insightface: a fixed-scale feature normalisation
@@ -132,8 +142,8 @@ class IResNet(nn.Module):
         x = self.prelu(self.bn1(self.conv1(x)))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         x = self.bn2(x)
-        if tuple(x.shape[-2:]) != (FC_GRID, FC_GRID):
-            x = F.adaptive_avg_pool2d(x, FC_GRID)
+        if tuple(x.shape[-2:]) != (self.fc_grid, self.fc_grid):
+            x = F.adaptive_avg_pool2d(x, self.fc_grid)
         x = self.dropout(torch.flatten(x, 1))
         return self.features(self.fc(x))
 
@@ -226,6 +236,7 @@ class EncoderConfig:
             (ArcFace: 112); ``forward`` accepts any multiple of 16 (pooled to 7×7 before ``fc``).
         head_hidden: width of the heads' hidden layer.
         dropout: backbone dropout before ``fc`` (insightface default 0).
+        fc_grid: pooled grid side before the backbone's ``fc`` (see :class:`IResNet`); 7 loads ArcFace weights.
     """
 
     n_shape: int
@@ -238,6 +249,7 @@ class EncoderConfig:
     input_size: int = ARCFACE_INPUT_SIZE
     head_hidden: int = 512
     dropout: float = 0.0
+    fc_grid: int = FC_GRID
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "pose_joints", tuple(int(j) for j in self.pose_joints))
@@ -256,6 +268,8 @@ class EncoderConfig:
             raise ValueError(f"input_size: expected a positive multiple of 16, got {self.input_size}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout: expected a probability in [0, 1), got {self.dropout}")
+        if not 1 <= self.fc_grid <= FC_GRID:
+            raise ValueError(f"fc_grid: expected 1 to {FC_GRID}, got {self.fc_grid}")
 
     @classmethod
     def for_face_model(
@@ -333,6 +347,7 @@ class Encoder(nn.Module):
         input_size: int = ARCFACE_INPUT_SIZE,
         head_hidden: int = 512,
         dropout: float = 0.0,
+        fc_grid: int = FC_GRID,
     ):
         super().__init__()
         cfg = EncoderConfig(
@@ -346,9 +361,10 @@ class Encoder(nn.Module):
             input_size=input_size,
             head_hidden=head_hidden,
             dropout=dropout,
+            fc_grid=fc_grid,
         )
         self._config = cfg
-        self.backbone = IResNet(depth, dropout)
+        self.backbone = IResNet(depth, dropout, fc_grid=fc_grid)
         P = len(cfg.pose_joints)
         self._sizes = {
             "shape": n_shape,

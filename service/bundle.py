@@ -14,7 +14,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -49,6 +49,9 @@ class GraphSpec(BaseModel):
     outputs: dict[str, TensorSpec]
     sha256: str
     fp16_file: str | None = None
+    weights_dtype: Literal["float32", "float16"] = Field(
+        "float32", description="storage type of the graph's large weights (computation is float32 either way)"
+    )
     parity_max_abs: float | None = Field(None, description="export-time max |onnx - torch|")
 
 

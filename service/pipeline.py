@@ -124,10 +124,15 @@ class FaceCrop:
     box: np.ndarray
     points: np.ndarray
     detector: str
+    texture_crop: np.ndarray | None = None  # (T, T, 3) uint8: the same framing at the texture's resolution
 
 
-def find_face(image: np.ndarray, size: int, detector: str) -> FaceCrop:
-    """Detect the largest face (5-point model) and align it into a ``size`` crop; PhotoError without a face."""
+def find_face(image: np.ndarray, size: int, detector: str, texture_size: int | None = None) -> FaceCrop:
+    """Detect the largest face (5-point model) and align it into a ``size`` crop; PhotoError without a face.
+
+    With ``texture_size`` the same alignment is also sampled at that size from the original photo (the
+    texture is unwrapped from it: the encoder's crop is small, the photo usually is not).
+    """
     from service import detect
 
     try:
@@ -136,7 +141,8 @@ def find_face(image: np.ndarray, size: int, detector: str) -> FaceCrop:
     except detect.NoFaceError as exc:
         raise PhotoError(f"image: {exc}") from exc
     aligned = detect.align_face(image, face, output_size=size)
-    return FaceCrop(aligned.crop, aligned.crop_to_image, face.box, face.points, face.detector)
+    texture_crop = detect.align_face(image, face, output_size=texture_size).crop if texture_size else None
+    return FaceCrop(aligned.crop, aligned.crop_to_image, face.box, face.points, face.detector, texture_crop)
 
 
 def project(verts: np.ndarray, camera: np.ndarray, size: int) -> np.ndarray:
@@ -145,6 +151,15 @@ def project(verts: np.ndarray, camera: np.ndarray, size: int) -> np.ndarray:
     x_ndc = s * verts[:, 0] + tx
     y_ndc = s * verts[:, 1] + ty
     return np.stack([(x_ndc + 1.0) / 2.0 * size - 0.5, (1.0 - y_ndc) / 2.0 * size - 0.5], 1)
+
+
+MAX_UNWRAP_RESOLUTION = 512
+
+
+def unwrap_resolution(texture_size: int, albedo_resolution: int) -> int:
+    """The side of the photo texture /reconstruct unwraps: the requested texture size, at least the bundle's
+    albedo resolution and at most ``MAX_UNWRAP_RESOLUTION`` (beyond it the maps are resampled)."""
+    return int(min(max(texture_size, albedo_resolution), MAX_UNWRAP_RESOLUTION))
 
 
 async def reconstruct(
@@ -156,8 +171,9 @@ async def reconstruct(
     m = bundle.manifest
     model = bundle.face_model
     size = m.resolutions.encoder_input
+    tex_size = unwrap_resolution(req.texture_size, m.resolutions.albedo)
     with timer.stage("detect"):
-        face = await asyncio.to_thread(find_face, image, size, req.detector)
+        face = await asyncio.to_thread(find_face, image, size, req.detector, tex_size)
     with timer.stage("encoder"):
         out = await run_graph("encoder", {"image": (face.crop.astype(np.float32) / 255.0).transpose(2, 0, 1)[None]})
     codes = {k: v[0].astype(np.float64) for k, v in out.items()}
@@ -173,10 +189,11 @@ async def reconstruct(
             if name in model.joint_names:
                 local[model.joint_names.index(name)] = codes["pose"][model.joint_names.index(name)]
         verts = geo.decode_vertices(model, codes["shape"][None], expression[None], local[None])[0]
-        px = project(posed, codes["camera"], size)
+        # the texture crop frames the face like the encoder's crop, so the camera projects into it at its size
+        px = project(posed, codes["camera"], tex_size)
         # shading multiplies linear light: de-light in linear space, store the albedo sRGB-encoded like the PNGs
-        linear = texture.srgb_to_linear(face.crop / 255.0)
-        unwrapped = texture.unwrap(model, posed, px, linear, m.resolutions.albedo, sh=codes["light"])
+        linear = texture.srgb_to_linear(face.texture_crop / 255.0)
+        unwrapped = texture.unwrap(model, posed, px, linear, tex_size, sh=codes["light"])
         lmk = face.crop_to_image(project(geo.landmarks_3d(model, posed[None])[0], codes["camera"], size))
         return verts, texture.linear_to_srgb(unwrapped.albedo), lmk
 
@@ -192,6 +209,7 @@ async def reconstruct(
             "pose": {n: codes["pose"][i].round(6).tolist() for i, n in enumerate(model.joint_names)},
             "camera": codes["camera"].round(6).tolist(),
             "light": codes["light"].round(6).tolist(),
+            "detail": codes["detail"].round(6).tolist(),
         },
         "face": {
             "box": face.box.round(2).tolist(),

@@ -1183,8 +1183,19 @@ def train(config: AlbedoTrainConfig, out: str | Path) -> TrainResult:
 
 
 def run(cfg: Mapping[str, Any], out: Path) -> None:
-    """Stage ``albedo`` of ``python -m training.run``: train on ``cfg['albedo']`` in ``out``."""
-    train(AlbedoTrainConfig.from_dict(cfg.get("albedo")), out)
+    """Stage ``albedo`` of ``python -m training.run``: train on ``cfg['albedo']`` in ``out``.
+
+    ``data.path: auto`` (with ``data.kind: folder``) is the albedo folder of the same run's ``extract`` stage,
+    ``OUT/extract/albedo``: the paper's recipe, AlbedoGAN trained on extracted textures.
+    """
+    section = dict(cfg.get("albedo") or {})
+    data = dict(section.get("data") or {})
+    if data.get("kind") == "folder" and data.get("path") == "auto":
+        extracted = Path(out).parent / "extract" / "albedo"
+        if not extracted.is_dir():
+            raise FileNotFoundError(f"albedo.data.path: auto needs the extract stage's output {extracted} (run it)")
+        section["data"] = {**data, "path": str(extracted)}
+    train(AlbedoTrainConfig.from_dict(section), out)
 
 
 def iter_checkpoints(run_dir: str | Path) -> Iterator[Path]:

@@ -31,6 +31,8 @@ from service.geometry import FaceModelArrays
 logger = logging.getLogger(__name__)
 
 PARITY_TOL = 1e-4
+FP16_PARITY_TOL = 1e-2  # fp16 weights: max |onnx − torch| relative to the output's largest magnitude (≥ 1)
+FP16_MIN_ELEMENTS = 256  # smaller tensors (biases, norms) stay float32: no size to gain, all precision to lose
 OPSET = 18
 
 
@@ -69,8 +71,49 @@ class GraphExport:
     outputs: Sequence[str]
 
 
-def export_onnx(graph: GraphExport, path: Path) -> float:
-    """Export one graph with a dynamic batch axis and return max |onnx − torch| over batches 1 and 3."""
+def store_weights_fp16(path: Path, min_elements: int = FP16_MIN_ELEMENTS) -> int:
+    """Rewrite an ONNX file so its large float32 weights are stored as float16 (the file roughly halves).
+
+    Each such initializer ``W`` becomes ``W__fp16`` (float16) plus a ``Cast(to=float)`` node producing ``W``:
+    the graph's inputs, outputs and arithmetic stay float32 (onnxruntime folds the casts when the session
+    loads, so inference runs at float32 speed on any execution provider); only the stored weights lose
+    precision (relative 2⁻¹¹). Tensors whose values overflow float16 are left as they are.
+
+    Returns:
+        The number of initializers converted.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    kept, casts = [], []
+    for init in graph.initializer:
+        if init.data_type == TensorProto.FLOAT and int(np.prod(init.dims)) >= min_elements:
+            value = numpy_helper.to_array(init)
+            if np.abs(value).max(initial=0.0) <= np.finfo(np.float16).max:
+                half = value.astype(np.float16)
+                kept.append(numpy_helper.from_array(half, init.name + "__fp16"))
+                casts.append(helper.make_node("Cast", [init.name + "__fp16"], [init.name], to=TensorProto.FLOAT))
+                continue
+        kept.append(init)
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    nodes = casts + list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return len(casts)
+
+
+def export_onnx(graph: GraphExport, path: Path, fp16_weights: bool = False) -> float:
+    """Export one graph with a dynamic batch axis and return max |onnx − torch| over batches 1 and 3.
+
+    With ``fp16_weights`` the file stores its weights in float16 (:func:`store_weights_fp16`) and the parity
+    bound is ``FP16_PARITY_TOL`` relative to each output's largest magnitude (at least 1) instead of
+    ``PARITY_TOL``.
+    """
     import onnxruntime as ort
 
     module = graph.module.eval()
@@ -93,8 +136,11 @@ def export_onnx(graph: GraphExport, path: Path) -> float:
             )
     except Exception as exc:
         raise ExportError(f"{path.name}: ONNX export failed: {exc}") from exc
+    if fp16_weights:
+        store_weights_fp16(path)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     worst = 0.0
+    scale = 1.0
     gen = torch.Generator().manual_seed(0)
     for b in (1, 3):
         feeds = {n: _like(t, b, gen) for n, t in graph.inputs.items()}
@@ -106,8 +152,10 @@ def export_onnx(graph: GraphExport, path: Path) -> float:
             if tuple(e.shape) != g.shape:
                 raise ExportError(f"{path.name}: output '{name}' has shape {g.shape}, torch gives {tuple(e.shape)}")
             worst = max(worst, float(np.abs(e.numpy() - g).max()))
-    if not worst <= PARITY_TOL:
-        raise ExportError(f"{path.name}: max |onnx - torch| = {worst:.2e} exceeds {PARITY_TOL:.0e}")
+            scale = max(scale, float(np.abs(e.numpy()).max()))
+    tol = FP16_PARITY_TOL * scale if fp16_weights else PARITY_TOL
+    if not worst <= tol:
+        raise ExportError(f"{path.name}: max |onnx - torch| = {worst:.2e} exceeds {tol:.1e}")
     return worst
 
 
@@ -134,12 +182,15 @@ def _git_commit() -> str:
         return "unknown"
 
 
-def _spec(graph: GraphExport, path: Path, parity: float, outputs_shapes: Mapping[str, Sequence[int]]) -> dict:
+def _spec(
+    graph: GraphExport, path: Path, parity: float, outputs_shapes: Mapping[str, Sequence[int]], fp16: bool
+) -> dict:
     return {
         "file": path.name,
         "inputs": {n: {"shape": [None, *t.shape[1:]]} for n, t in graph.inputs.items()},
         "outputs": {n: {"shape": [None, *outputs_shapes[n][1:]]} for n in graph.outputs},
         "sha256": _sha256(path),
+        "weights_dtype": "float16" if fp16 else "float32",
         "parity_max_abs": parity,
     }
 
@@ -161,6 +212,7 @@ def export_bundle(
     codes: Mapping[str, int] | None = None,
     displacement_scale_m: float = 0.0,
     model_card: str | None = None,
+    fp16_weights: bool = False,
 ) -> Path:
     """Write a bundle folder and validate it with the service's own loader.
 
@@ -174,6 +226,8 @@ def export_bundle(
         extra_graphs: further graphs (``encoder``, ``displacement``, ``codes`` …) by manifest name.
         codes: extra code sizes for the manifest (e.g. ``{"detail": 128}``).
         resolutions: extra resolutions (``displacement``, ``encoder_input``).
+        fp16_weights: store the graphs' large weights in float16 (:func:`store_weights_fp16`; about half the
+            size, computation stays float32; parity checked against ``FP16_PARITY_TOL``).
     """
     out = Path(out)
     tmp = out.with_name(out.name + ".tmp")
@@ -219,13 +273,16 @@ def export_bundle(
     specs = {}
     for gname, graph in graphs.items():
         path = tmp / f"{gname}.onnx"
-        parity = export_onnx(graph, path)
+        parity = export_onnx(graph, path, fp16_weights)
         with torch.no_grad():
             outs = graph.module(*graph.inputs.values())
         outs = outs if isinstance(outs, tuple | list) else (outs,)
         shapes = {n: tuple(o.shape) for n, o in zip(graph.outputs, outs, strict=True)}
-        specs[gname] = _spec(graph, path, parity, shapes)
-        logger.info("exported %s (max |onnx - torch| = %.2e)", gname, parity)
+        specs[gname] = _spec(graph, path, parity, shapes, fp16_weights)
+        logger.info(
+            "exported %s (%s weights, %.1f MB, max |onnx - torch| = %.2e)",
+            gname, specs[gname]["weights_dtype"], path.stat().st_size / 1e6, parity,
+        )  # fmt: skip
     np.save(tmp / "w_avg.npy", generator.mapping.w_avg.detach().cpu().numpy().astype(np.float32))
     manifest = {
         "schema_version": SCHEMA_VERSION,
@@ -291,7 +348,15 @@ def export_untrained(out: str | Path, resolution: int = 64, seed: int = 0) -> Pa
     )
 
 
-def export_trained(out: str | Path, final_dir: str | Path, name: str, version: str, licence: str) -> Path:
+def export_trained(
+    out: str | Path,
+    final_dir: str | Path,
+    name: str,
+    version: str,
+    licence: str,
+    fp16_weights: bool = False,
+    model_card: str | None = None,
+) -> Path:
     """A bundle from a shape/alternate run's ``final/`` folder (encoder, displacement, fine-tuned AlbedoGAN)."""
     from models.face.model import DEFAULT_FACE_MODEL
     from training.shape import load_final
@@ -309,6 +374,8 @@ def export_trained(out: str | Path, final_dir: str | Path, name: str, version: s
         version=version,
         licence=licence,
         training={"final_dir": str(final_dir)},
+        fp16_weights=fp16_weights,
+        model_card=model_card,
     )
 
 
@@ -316,7 +383,8 @@ def run(cfg: Mapping[str, Any], out: Path) -> None:
     """The ``export`` stage of ``training.run``.
 
     ``export.untrained: true`` writes a labelled random bundle; otherwise ``export.final`` (default: the
-    ``alternate/final`` folder beside ``out``) names the trained weights to export.
+    ``alternate/final`` folder beside ``out``) names the trained weights to export; ``export.fp16: true`` stores
+    the weights in float16 and ``export.model_card`` names a Markdown file copied in as ``MODEL_CARD.md``.
     """
     section = dict(cfg.get("export", {}))
     if section.get("untrained"):
@@ -331,6 +399,8 @@ def run(cfg: Mapping[str, Any], out: Path) -> None:
         str(section.get("name", "albedogan")),
         str(section.get("version", "0.1.0")),
         str(section.get("licence", "Apache-2.0 (code); see MODEL_CARD.md for the data")),
+        fp16_weights=bool(section.get("fp16", False)),
+        model_card=Path(section["model_card"]).read_text() if section.get("model_card") else None,
     )
 
 

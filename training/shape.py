@@ -158,6 +158,8 @@ class EncoderSection:
         detail_dim: detail-code size (shared with the displacement decoder).
         head_hidden: width of the code heads' hidden layer.
         dropout: backbone dropout.
+        fc_grid: pooled grid side before the backbone's ``fc`` (7 = ArcFace's, needed for ``arcface_weights``;
+            smaller grids shrink the exported encoder, see :class:`models.encoder.IResNet`).
         crop_scale: face-alignment zoom of the crops (1 = the service's framing); sets the initial camera and the
             alignment of photo / recipe images.
         predicted_joints: face-model joints whose rotation is predicted.
@@ -170,6 +172,7 @@ class EncoderSection:
     detail_dim: int = 64
     head_hidden: int = 512
     dropout: float = 0.0
+    fc_grid: int = 7
     crop_scale: float = 1.0
     predicted_joints: tuple[str, ...] = ("global", "jaw")
     arcface_weights: str | None = None
@@ -1066,6 +1069,7 @@ def build_shape_model(cfg: ModelSection, face_model: FaceModel, generator: nn.Mo
         input_size=e.input_size,
         head_hidden=e.head_hidden,
         dropout=e.dropout,
+        fc_grid=e.fc_grid,
     )
     disp_cfg = DisplacementConfig.for_face_model(face_model, detail_dim=e.detail_dim, **cfg.displacement)
     h = cfg.albedo_head
@@ -1494,28 +1498,56 @@ def build_eval_set(cfg: ShapeTrainConfig, face_model: FaceModel, albedo_resoluti
     source = SyntheticGroups(data, enc.input_size, cfg.loss.chip_size, face_model, "cpu", enc.crop_scale)
     fm = source.faces.face_model
     scanner = DetailedMesh(fm, e.scan_resolution)
-    texel_face = uv_fragments(fm.uv, fm.uv_faces, albedo_resolution).face_id[0]  # (Ra, Ra)
-    vis_renderer = MeshRenderer.from_face_model(fm, 256)
-    n_faces = fm.faces.shape[0]
+    seen_texels = SeenTexels(fm, albedo_resolution)
     out = EvalSet([], [], [], [])
     for start in range(0, e.num_samples, e.batch):
         batch = source.groups_batch(range(start, min(start + e.batch, e.num_samples)))
         out.batches.append(batch)
         gt = batch.gt
-        with torch.no_grad():
-            neutral = fm(gt.codes.shape)
-            lm = fm.landmarks(neutral)
-            surface = scanner(neutral)  # (B, N, 3) the outer skin surface, densely sampled
-            fid = vis_renderer.rasterize(gt.camera.project(gt.verts_world)).face_id.flatten(1)  # (B, H·W)
-        for i in range(len(batch)):
-            near = (surface[i] - lm[i, NOSE_TIP]).norm(dim=-1) < e.face_radius_mm / 1000.0
-            out.scans.append(surface[i][near])
-            out.scan_landmarks.append(lm[i, list(NOW_LANDMARKS)])
-        visible = torch.zeros(len(batch), n_faces + 1, dtype=torch.bool)
-        visible.scatter_(1, fid + 1, True)
-        seen = visible[:, 1:][:, texel_face.clamp_min(0)] & (texel_face >= 0)
-        out.seen.append(seen[:, None].float())
+        for scan, scan_lm in now_scans(fm, scanner, gt.codes.shape, e.face_radius_mm):
+            out.scans.append(scan)
+            out.scan_landmarks.append(scan_lm)
+        out.seen.append(seen_texels(gt.camera, gt.verts_world))
     return out
+
+
+@torch.no_grad()
+def now_scans(
+    face_model: FaceModel, scanner: DetailedMesh, shape: torch.Tensor, radius_mm: float
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """NoW-style "scans" of true identities: per row of ``shape`` (B, K), the neutral outer skin surface sampled
+    densely (``scanner``) within ``radius_mm`` of the nose tip, (P, 3) metres, and its 7 NoW landmarks (7, 3)."""
+    neutral = face_model(shape)
+    lm = face_model.landmarks(neutral)
+    surface = scanner(neutral)  # (B, N, 3)
+    out = []
+    for i in range(len(shape)):
+        near = (surface[i] - lm[i, NOSE_TIP]).norm(dim=-1) < radius_mm / 1000.0
+        out.append((surface[i][near], lm[i, list(NOW_LANDMARKS)]))
+    return out
+
+
+class SeenTexels:
+    """Which albedo texels a render shows: texels whose triangle is visible (z-buffer at 256 px).
+
+    Args:
+        face_model: the rendered model (topology and UV layout).
+        resolution: the albedo map's side.
+    """
+
+    def __init__(self, face_model: FaceModel, resolution: int):
+        self.texel_face = uv_fragments(face_model.uv, face_model.uv_faces, resolution).face_id[0]  # (R, R)
+        self.renderer = MeshRenderer.from_face_model(face_model, 256)
+        self.n_faces = face_model.faces.shape[0]
+
+    @torch.no_grad()
+    def __call__(self, camera: WeakPerspectiveCamera, verts_world: torch.Tensor) -> torch.Tensor:
+        """(B, V, 3) posed vertices seen through ``camera`` → (B, 1, R, R) float mask of the seen texels."""
+        fid = self.renderer.rasterize(camera.project(verts_world)).face_id.flatten(1)  # (B, H·W)
+        visible = torch.zeros(len(verts_world), self.n_faces + 1, dtype=torch.bool)
+        visible.scatter_(1, fid.cpu() + 1, True)
+        seen = visible[:, 1:][:, self.texel_face.clamp_min(0)] & (self.texel_face >= 0)
+        return seen[:, None].float()
 
 
 def _summary(values: torch.Tensor) -> dict[str, float]:

@@ -187,3 +187,40 @@ def test_arcface_loader_rejects_mismatched_files(arcface_file, encoder18, face_m
     enc34 = Encoder.from_config(EncoderConfig.for_face_model(face_model, depth=34))
     with pytest.raises(ValueError, match="looks like IResNet-18"):
         load_arcface_weights(enc34, path)
+
+
+# ---------------------------------------------------------------------------------------------- pooled fc grid
+def test_fc_grid_shrinks_fc_and_keeps_outputs_and_config_round_trip(face_model):
+    torch.manual_seed(0)
+    small = Encoder.from_config(EncoderConfig.for_face_model(face_model, depth=18, input_size=64, fc_grid=2))
+    assert tuple(small.backbone.fc.weight.shape) == (512, 512 * 2 * 2)  # 1 M weights instead of 12.8 M
+    assert EncoderConfig.from_dict(small.config.to_dict()).fc_grid == 2
+    x = torch.rand(3, 3, 64, 64)
+    out = small.eval()(x)
+    assert out.shape.shape == (3, face_model.n_shape) and torch.isfinite(out.detail).all()
+    # the pooled grid is the 4×4 feature map averaged in 2×2 blocks: fc sees exactly that
+    backbone = small.backbone
+    seen = {}
+
+    def keep_input(_module, inputs, _output) -> None:  # a hook returning a value would replace the output
+        seen["x"] = inputs[0]
+
+    backbone.fc.register_forward_hook(keep_input)
+    with torch.no_grad():
+        backbone(x * 2 - 1)
+        feats = backbone.bn2(backbone.layer4(backbone.layer3(backbone.layer2(backbone.layer1(
+            backbone.prelu(backbone.bn1(backbone.conv1(x * 2 - 1))))))))  # fmt: skip
+    assert feats.shape[-1] == 4
+    pooled = feats.reshape(3, 512, 2, 2, 2, 2).mean((3, 5)).flatten(1)
+    torch.testing.assert_close(seen["x"], pooled, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="fc_grid: expected 1 to 7, got 8"):
+        EncoderConfig.for_face_model(face_model, fc_grid=8)
+    with pytest.raises(ValueError, match="fc_grid"):
+        IResNet(18, fc_grid=0)
+
+
+def test_arcface_weights_need_the_7x7_grid(arcface_file, face_model):
+    path, _ = arcface_file
+    enc = Encoder.from_config(EncoderConfig.for_face_model(face_model, depth=18, fc_grid=2))
+    with pytest.raises(ValueError, match=r"fc_grid=2 \(set model.encoder.fc_grid: 7\)"):
+        load_arcface_weights(enc, path)

@@ -47,6 +47,7 @@ def test_reconstruct_a_real_photo(client):
     codes = body["codes"]
     assert len(codes["shape"]) == 150 and set(codes["pose"]) == {"global", "neck", "jaw", "eye_left", "eye_right"}
     assert len(codes["camera"]) == 3 and np.array(codes["light"]).shape == (9, 3)
+    assert len(codes["detail"]) == 16  # the tiny bundle's detail code
     assert {"albedo.png", "mesh.glb", "mesh.obj", "displacement.png"} <= set(body["links"])
     assert body["timings_ms"]["detect"] > 0 and body["timings_ms"]["encoder"] > 0
     albedo = np.asarray(Image.open(io.BytesIO(client.get(body["links"]["albedo.png"]).content)))

@@ -1,0 +1,314 @@
+"""A model bundle's metrics as the service runs it (onnxruntime, the /reconstruct pipeline), on unseen data.
+    python benchmarks/bundle_metrics.py [--bundle service/bundled/default] [--synthetic 48] [--seed 20261125]
+        [--photos ../shared/fixtures/photos] [--kid-samples 512] [--extracted runs/default/extract/albedo]
+        [--json metrics.json] [--threads N]
+
+1. Synthetic held-out faces (``training.data.synthetic`` stream ``--seed``: the default recipe trains on streams 0
+   and 7 and evaluates on 1000003, so this one is unseen), rendered at 224 px like photos and sent through
+   ``service.pipeline.reconstruct`` as PNG uploads (dlib detection, alignment, ONNX encoder):
+   * shape error by the NoW protocol (mm): the neutral reconstructed mesh (coarse; detailed = + the neutral
+     displacement) aligned to the true neutral skin surface within 95 mm of the nose tip by the 7 NoW landmarks
+     (similarity) + rigid ICP, then scan-to-mesh distances: median / mean / std over all scan points; beside it
+     the same for the prior's mean identity (what predicting nothing scores);
+   * landmark error: the reconstruction's 68 projected landmarks vs the renders' true ones, mean distance /
+     outer-eye-corner distance (300-W convention), visible points;
+   * albedo error: the /reconstruct albedo map (linear) vs the true albedo on the texels the render shows:
+     MAE, and RMSE after one least-squares gain per channel (the albedo/light scale is a convention).
+2. Real photos (``--photos``, no ground truth): landmark error of the reconstruction vs dlib's 68-point detector
+   (same normalisation), and identity similarity: cosine between dlib face-recognition embeddings
+   (``models.identity.FaceEmbedder``) of the photo and of the reconstruction rendered over it (same chip
+   alignment for both), against the same cosine for the renders of the *other* photos' reconstructions
+   (impostors): a useful reconstruction resembles its own photo more than the others'.
+3. AlbedoGAN: KID ×10³ (``training.metrics``, download-free albedo features) of ``--kid-samples`` generated maps
+   (truncation 1, through the bundle's mapping + albedo graphs) against the procedural ground-truth albedos
+   (unseen seed) and, with ``--extracted``, against that folder's maps (e.g. the extracted training maps).
+Latency of /generate and /reconstruct over HTTP: ``benchmarks/serve.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from service import geometry as geo
+from service import pipeline as P
+from service import texture as tex
+from service.bundle import Bundle, load_bundle
+from service.engine.sessions import open_sessions
+from service.settings import EMBEDDED_BUNDLE
+
+PHOTOS = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "photos"
+IDENTITY_SIZE = 256  # the aligned crop the identity renders are made in
+
+
+class BundleRunner:
+    """The bundle's ONNX graphs behind the pipeline's ``run_graph`` interface (no batching, one process)."""
+
+    def __init__(self, bundle: Bundle, threads: int, texture_size: int = 512):
+        self.bundle = bundle
+        self.texture_size = texture_size  # the API's default
+        self.sessions = open_sessions(bundle, ["CPUExecutionProvider"], threads)
+
+    async def run_graph(self, name: str, inputs):
+        return self.sessions[name].run(inputs)
+
+    def reconstruct(self, image: np.ndarray) -> dict:
+        req = P.ReconstructRequest("bench", self.texture_size, 64, ("albedo",), False, "auto")
+        result = asyncio.run(P.reconstruct(self.bundle, self.run_graph, req, image, P.Timer()))
+        albedo = np.asarray(Image.open(io.BytesIO(result.files["albedo.png"])).convert("RGB"), np.float64) / 255.0
+        return {**result.meta, "albedo_srgb": albedo}
+
+
+def codes_arrays(meta: dict, model: geo.FaceModelArrays) -> dict[str, np.ndarray]:
+    c = meta["codes"]
+    expression = np.array([c["expression"].get(n, 0.0) for n in model.expr_names])  # zeros are left out
+    pose = np.array([c["pose"][n] for n in model.joint_names])
+    return {
+        "shape": np.array(c["shape"]),
+        "expression": expression,
+        "pose": pose,
+        "camera": np.array(c["camera"]),
+        "light": np.array(c["light"]),
+        "detail": np.array(c["detail"]),
+    }
+
+
+def summary(values: np.ndarray) -> dict[str, float]:
+    return {"median": float(np.median(values)), "mean": float(values.mean()), "std": float(values.std())}
+
+
+# ----------------------------------------------------------------------------------------------------- synthetic
+def synthetic_metrics(runner: BundleRunner, count: int, seed: int) -> dict:
+    from models.displacement import DetailedMesh
+    from models.face.model import FaceModel
+    from training.data.images import resize_uv
+    from training.data.synthetic import SyntheticConfig, SyntheticFaces
+    from training.shape import NOW_LANDMARKS, MeshDistance, SeenTexels, now_scan_to_mesh, now_scans
+
+    bundle = runner.bundle
+    model = bundle.face_model
+    fm = FaceModel.from_file(bundle.root / bundle.manifest.face_model.file)
+    faces = SyntheticFaces(SyntheticConfig(image_size=224, albedo_size=256, seed=seed), face_model=FaceModel(fm.arrays))
+    scanner = DetailedMesh(fm, 128)
+    res = P.unwrap_resolution(runner.texture_size, bundle.manifest.resolutions.albedo)
+    seen_texels = SeenTexels(fm, res)
+    coarse_dist = MeshDistance(fm.faces, fm.n_verts)
+    mean_neutral = fm(torch.as_tensor(model.shape_prior_mean, dtype=torch.float32)[None])[0]
+    mean_lm = fm.landmarks(mean_neutral[None])[0, list(NOW_LANDMARKS)]
+    coarse, detailed, mean_face, nme, mae, gain_rmse, failed = [], [], [], [], [], [], []
+    detailed_dist = None
+    for i in range(count):
+        item = faces.batch([i])
+        image = (item.image_srgb[0].permute(1, 2, 0).numpy() * 255.0 + 0.5).clip(0, 255).astype(np.uint8)
+        png = io.BytesIO()
+        Image.fromarray(image).save(png, format="PNG")
+        try:
+            meta = runner.reconstruct(P.decode_photo(png.getvalue(), 50_000_000))
+        except P.PhotoError as exc:
+            failed.append(f"{i}: {exc}")
+            continue
+        codes = codes_arrays(meta, model)
+        # shape: NoW protocol against the true neutral surface
+        scan, scan_lm = now_scans(fm, scanner, item.codes.shape, 95.0)[0]
+        shape = torch.as_tensor(codes["shape"], dtype=torch.float32)[None]
+        neutral = fm(shape)[0]
+        lm = fm.landmarks(neutral[None])[0, list(NOW_LANDMARKS)]
+        coarse.append(now_scan_to_mesh(scan, scan_lm, neutral, lm, coarse_dist).numpy())
+        disp = runner.sessions["displacement"].run(
+            {"detail": codes["detail"][None], "expression": np.zeros((1, model.n_expr)), "jaw_pose": np.zeros((1, 3))}
+        )["displacement"][0, 0]
+        mesh = geo.detailed_mesh(model, neutral.numpy(), disp * bundle.manifest.displacement_scale_m, 128)
+        if detailed_dist is None:
+            detailed_dist = MeshDistance(torch.as_tensor(mesh.faces), len(mesh.positions))
+        detailed.append(now_scan_to_mesh(scan, scan_lm, torch.as_tensor(mesh.positions), lm, detailed_dist).numpy())
+        mean_face.append(now_scan_to_mesh(scan, scan_lm, mean_neutral, mean_lm, coarse_dist).numpy())
+        # landmarks against the render's truth
+        pred = np.array(meta["face"]["landmarks68"])
+        vis = item.landmarks_visible[0].numpy()
+        gt = item.landmarks_px[0].numpy()
+        iod = np.linalg.norm(gt[36] - gt[45])
+        nme.append(float(np.linalg.norm(pred - gt, axis=1)[vis].mean() / iod))
+        # albedo on the seen texels
+        seen = seen_texels(item.camera, item.verts_world)[0, 0].numpy() > 0.5
+        truth = resize_uv(item.albedo_uv, res)[0].permute(1, 2, 0).numpy()[seen]
+        got = tex.srgb_to_linear(meta["albedo_srgb"])[seen]
+        mae.append(float(np.abs(got - truth).mean()))
+        gain = (got * truth).sum(0) / np.maximum((got * got).sum(0), 1e-12)
+        gain_rmse.append(float(np.sqrt(((gain * got - truth) ** 2).mean())))
+    out = {
+        "num_samples": count,
+        "num_reconstructed": len(nme),
+        "failures": failed,
+        "seed": seed,
+        "now_coarse_mm": summary(1000.0 * np.concatenate(coarse)),
+        "now_detailed_mm": summary(1000.0 * np.concatenate(detailed)),
+        "landmark_nme": float(np.mean(nme)),
+        "albedo_mae": float(np.mean(mae)),
+        "albedo_rmse_gain_corrected": float(np.mean(gain_rmse)),
+    }
+    out["now_prior_mean_mm"] = summary(1000.0 * np.concatenate(mean_face))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------- photos
+def render_over(bundle: Bundle, meta: dict, crop: np.ndarray) -> np.ndarray:
+    """The reconstruction rendered (albedo × SH shading, torch renderer) over the aligned crop it came from."""
+    from models.face.model import FaceModel
+    from models.render import MeshRenderer, WeakPerspectiveCamera
+
+    model = bundle.face_model
+    codes = codes_arrays(meta, model)
+    fm = FaceModel.from_file(bundle.root / bundle.manifest.face_model.file)
+    expression = np.clip(codes["expression"], 0.0, 1.0)
+    verts = geo.decode_vertices(model, codes["shape"][None], expression[None], codes["pose"][None])
+    size = crop.shape[0]
+    renderer = MeshRenderer.from_face_model(fm, size)
+    s, tx, ty = codes["camera"]
+    camera = WeakPerspectiveCamera(torch.tensor([s]).float(), torch.tensor([[tx, ty]]).float())
+    albedo = torch.as_tensor(tex.srgb_to_linear(meta["albedo_srgb"]), dtype=torch.float32).permute(2, 0, 1)[None]
+    background = torch.as_tensor(tex.srgb_to_linear(crop / 255.0), dtype=torch.float32).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        out = renderer(
+            torch.as_tensor(verts, dtype=torch.float32),
+            camera,
+            albedo,
+            torch.as_tensor(codes["light"], dtype=torch.float32)[None],
+            background=background,
+        )
+    img = tex.linear_to_srgb(out.image[0].permute(1, 2, 0).clamp(0, 1).numpy())
+    return (img * 255.0 + 0.5).clip(0, 255).astype(np.uint8)
+
+
+def photo_metrics(runner: BundleRunner, photos: Path) -> tuple[dict, list[tuple[str, np.ndarray, np.ndarray]]]:
+    from models.identity import FaceEmbedder, extract_dlib_chip
+    from models.landmarks import landmarks68
+
+    bundle = runner.bundle
+    embedder = FaceEmbedder.from_dlib_dat().eval()
+    rows, crops = [], []
+    for path in sorted(photos.glob("*.jpg")):
+        image = P.decode_photo(path.read_bytes(), 50_000_000)
+        meta = runner.reconstruct(image)
+        detected = landmarks68(image)
+        pred = np.array(meta["face"]["landmarks68"])
+        iod = np.linalg.norm(detected[36] - detected[45])
+        face = P.find_face(image, IDENTITY_SIZE, "auto")
+        render = render_over(bundle, meta, face.crop)
+        crop_lmk = landmarks68(face.crop)
+        chips = [extract_dlib_chip(img, crop_lmk) for img in (face.crop, render)]
+        with torch.no_grad():
+            emb = embedder(torch.as_tensor(np.stack(chips), dtype=torch.float32).permute(0, 3, 1, 2) / 255.0)
+        rows.append({"photo": path.name, "landmark_nme_vs_detector": float(
+            np.linalg.norm(pred - detected, axis=1).mean() / iod)})  # fmt: skip
+        crops.append((path.name, face.crop, render, emb.numpy(), meta["albedo_srgb"]))
+    emb_photo = np.stack([c[3][0] for c in crops])
+    emb_render = np.stack([c[3][1] for c in crops])
+    sim = emb_photo @ emb_render.T  # photo i vs render j
+    for i, row in enumerate(rows):
+        row["identity_cosine_own_render"] = float(sim[i, i])
+        others = np.delete(sim[i], i)
+        row["identity_cosine_other_renders"] = float(others.mean())
+    n = len(rows)
+    own = float(np.mean(np.diag(sim)))
+    other = float((sim.sum() - np.trace(sim)) / max(n * (n - 1), 1))
+    rank1 = float(np.mean(np.argmax(sim, axis=1) == np.arange(n)))
+    summary_ = {
+        "num_photos": n,
+        "landmark_nme_vs_detector": float(np.mean([r["landmark_nme_vs_detector"] for r in rows])),
+        "identity_cosine_own_render": own,
+        "identity_cosine_other_renders": other,
+        "identity_rank1": rank1,
+        "per_photo": rows,
+    }
+    return summary_, [(c[0], c[1], c[2], c[4]) for c in crops]
+
+
+# ----------------------------------------------------------------------------------------------------- KID
+def kid_metrics(runner: BundleRunner, samples: int, seed: int, extracted: Path | None) -> dict:
+    from training.albedo import SyntheticAlbedos
+    from training.metrics import AlbedoFeatures, ReferenceSet
+
+    bundle = runner.bundle
+    m = bundle.manifest
+    res = m.resolutions.albedo
+    rng = np.random.default_rng(seed)
+    generated = []
+    for start in range(0, samples, 32):
+        z = rng.standard_normal((min(32, samples - start), m.codes.z_dim)).astype(np.float32)
+        ws = runner.sessions["mapping"].run({"z": z})["ws"]
+        img = runner.sessions["albedo"].run({"ws": ws})["albedo"]
+        generated.append(torch.as_tensor((img + 1.0) * 0.5).clamp(0, 1))
+    generated_t = torch.cat(generated)
+    extractor = AlbedoFeatures()
+    feats = extractor.extract(generated_t)
+    source = SyntheticAlbedos(res, seed, samples, cache=False)
+    truth = torch.stack([source.load_uint8(i) for i in range(samples)]).float() / 255.0
+    out = {"num_generated": samples, "kid_x1e3_vs_procedural_truth": 1e3 * ReferenceSet.from_images(
+        extractor, truth.clamp(0, 1)).kid_features(feats, 50, None).mean}  # fmt: skip
+    if extracted is not None:
+        files = sorted(extracted.glob("*.png"))[:samples]
+        maps = torch.stack(
+            [torch.as_tensor(np.asarray(Image.open(f).convert("RGB").resize((res, res), Image.LANCZOS)) / 255.0,
+                             dtype=torch.float32).permute(2, 0, 1) for f in files]
+        )  # fmt: skip
+        reference = ReferenceSet.from_images(extractor, maps)
+        out["kid_x1e3_vs_extracted"] = 1e3 * reference.kid_features(feats, 50, None).mean
+        out["extracted_maps"] = len(files)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--bundle", type=Path, default=EMBEDDED_BUNDLE)
+    ap.add_argument("--synthetic", type=int, default=48)
+    ap.add_argument("--seed", type=int, default=20261125)
+    ap.add_argument("--photos", type=Path, default=PHOTOS)
+    ap.add_argument("--kid-samples", type=int, default=512)
+    ap.add_argument("--extracted", type=Path, default=None)
+    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    bundle = load_bundle(args.bundle)
+    runner = BundleRunner(bundle, args.threads or 0)
+    report: dict = {"bundle": {"name": bundle.manifest.name, "version": bundle.manifest.version}}
+    t0 = time.perf_counter()
+    if args.synthetic:
+        report["synthetic"] = synthetic_metrics(runner, args.synthetic, args.seed)
+        s = report["synthetic"]
+        print(f"synthetic held-out (seed {args.seed}): {s['num_reconstructed']}/{s['num_samples']} reconstructed")
+        for key in ("now_coarse_mm", "now_detailed_mm", "now_prior_mean_mm"):
+            if key in s:
+                v = s[key]
+                print(f"  {key:<20} median {v['median']:.2f}  mean {v['mean']:.2f}  std {v['std']:.2f}")
+        print(f"  landmark NME {s['landmark_nme']:.4f}   albedo MAE {s['albedo_mae']:.4f}   "
+              f"albedo RMSE (gain-corrected) {s['albedo_rmse_gain_corrected']:.4f}")  # fmt: skip
+    if args.photos.is_dir():
+        report["photos"], _ = photo_metrics(runner, args.photos)
+        p = report["photos"]
+        print(f"real photos ({p['num_photos']}): landmark NME vs detector {p['landmark_nme_vs_detector']:.4f}")
+        for r in p["per_photo"]:
+            print(f"  {r['photo']:<24} NME {r['landmark_nme_vs_detector']:.4f}  "
+                  f"cos own {r['identity_cosine_own_render']:.3f}  "
+                  f"cos others {r['identity_cosine_other_renders']:.3f}")  # fmt: skip
+        print(f"  identity cosine own render {p['identity_cosine_own_render']:.3f} vs other renders "
+              f"{p['identity_cosine_other_renders']:.3f}; rank-1 {p['identity_rank1']:.2f}")  # fmt: skip
+    if args.kid_samples:
+        report["albedogan"] = kid_metrics(runner, args.kid_samples, args.seed, args.extracted)
+        print("AlbedoGAN " + "  ".join(f"{k} {v:.2f}" for k, v in report["albedogan"].items() if "kid" in k))
+    report["seconds"] = round(time.perf_counter() - t0, 1)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
