@@ -1,9 +1,19 @@
 """Training entry point: ``python -m training.run STAGE [--config FILE] [--out DIR] [--set key=value …]``.
 
-Stages (each a module with ``run(cfg: dict, out: Path) -> None``): ``extract`` (texture extraction),
-``albedo`` (AlbedoGAN pretraining), ``shape`` and ``alternate`` (shape model, alternate descent),
-``export`` (model bundle) and ``all`` (every stage in order, each resuming from its own checkpoints).
-The resolved configuration is written into the output folder; runs resume from their latest checkpoint.
+Stages (each a module with ``run(cfg: dict, out: Path) -> None``): ``recipe`` (the paper's StyleGAN2 shape
+data, only with a ``recipe`` section), ``extract`` (texture extraction), ``albedo`` (AlbedoGAN pretraining),
+``shape`` and ``alternate`` (shape model, alternate descent), ``export`` (model bundle) and ``all`` (every stage
+in order, each resuming from its own checkpoints). The resolved configuration is written into the output
+folder; runs resume from their latest checkpoint.
+
+Real data instead of the synthetic source (applied on top of ``--config``):
+
+* ``--images DIR``: a folder of face photos (e.g. FFHQ): textures are extracted from them (AlbedoGAN's
+  training maps) and the shape model trains on them (``shape.data.kind=photos``);
+* ``--stylegan2 PKL``: the paper's recipe: a StyleGAN2 (e.g. NVlabs' FFHQ pickle) generates identities × pose and
+  expression edits (the ``recipe`` stage, paper numbers by default, ``--set recipe.n_identities=…``); textures
+  are extracted from the identities' images and the shape model trains on the edits
+  (``shape.data.kind=stylegan2_recipe``).
 """
 
 from __future__ import annotations
@@ -20,13 +30,14 @@ logger = logging.getLogger("training")
 
 # stage → module implementing ``run(cfg, out)``; the config section of a stage is ``cfg[stage]``.
 STAGES: dict[str, str] = {
+    "recipe": "training.data.stylegan_recipe",
     "extract": "training.texture",
     "albedo": "training.albedo",
     "shape": "training.shape",
     "alternate": "training.alternate",
     "export": "training.export",
 }
-ORDER = ("extract", "albedo", "shape", "alternate", "export")
+ORDER = ("recipe", "extract", "albedo", "shape", "alternate", "export")
 
 
 class StageUnavailable(RuntimeError):
@@ -45,19 +56,48 @@ def stage_runner(stage: str):
     return module.run
 
 
+def real_data(cfg: dict, out: Path, images: Path | None, stylegan2: Path | None) -> dict:
+    """``cfg`` with its data sources switched to ``--images DIR`` or ``--stylegan2 PKL`` (see the module doc)."""
+    if images is None and stylegan2 is None:
+        return cfg
+    cfg = {k: dict(v) if isinstance(v, dict) else v for k, v in cfg.items()}
+    extract = {k: v for k, v in (cfg.get("extract") or {}).items() if k not in ("images", "synthetic")}
+    shape = cfg.setdefault("shape", {})
+    data = {k: v for k, v in (shape.get("data") or {}).items() if k in ("seed", "groups", "views", "detector")}
+    if images is not None:
+        if not images.is_dir():
+            raise FileNotFoundError(f"--images: {images} is not a folder")
+        extract["images"] = str(images)
+        data.update(kind="photos", path=str(images))
+    else:
+        if not stylegan2.is_file():
+            raise FileNotFoundError(f"--stylegan2: no file {stylegan2}")
+        cfg["recipe"] = {**(cfg.get("recipe") or {}), "stylegan2": str(stylegan2)}
+        extract["images"] = str(out / "recipe" / "images")
+        data.update(kind="stylegan2_recipe", path=str(out / "recipe"))
+    cfg["extract"] = extract
+    shape["data"] = data
+    albedo = cfg.setdefault("albedo", {})
+    albedo["data"] = {**(albedo.get("data") or {}), "kind": "folder", "path": "auto"}
+    return cfg
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.run", description=__doc__.split("\n\n")[0])
     parser.add_argument("stage", choices=[*STAGES, "all"])
     parser.add_argument("--config", type=Path, help="YAML configuration")
     parser.add_argument("--out", type=Path, default=Path("runs/default"), help="run folder (resumed if it exists)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--images", type=Path, metavar="DIR", help="train on a folder of face photos")
+    source.add_argument("--stylegan2", type=Path, metavar="PKL", help="train on the paper's StyleGAN2 recipe")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg = real_data(load_config(args.config, args.overrides), args.out, args.images, args.stylegan2)
         stages = ORDER if args.stage == "all" else (args.stage,)
         runners = [(stage, stage_runner(stage)) for stage in stages]  # fail before any work starts
         args.out.mkdir(parents=True, exist_ok=True)

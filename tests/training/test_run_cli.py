@@ -61,3 +61,31 @@ def test_unavailable_stage_fails_cleanly_before_any_work(tmp_path, monkeypatch, 
     assert not (tmp_path / "run").exists()
     assert run_cli.main(["albedo", "--config", str(tmp_path / "nope.yaml")]) == 2
     assert "config file not found" in caplog.text
+
+
+def test_images_and_stylegan2_switch_every_data_source(tmp_path):
+    base = load_config(run_cli.Path(__file__).resolve().parents[2] / "training" / "configs" / "default.yaml", [])
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    cfg = run_cli.real_data(base, tmp_path / "run", photos, None)
+    assert cfg["extract"]["images"] == str(photos) and "synthetic" not in cfg["extract"]
+    assert cfg["shape"]["data"] == {"kind": "photos", "path": str(photos), "seed": 0, "groups": 4, "views": 2}
+    assert cfg["albedo"]["data"]["kind"] == "folder" and cfg["albedo"]["data"]["path"] == "auto"
+    assert "synthetic" in base["extract"]  # the loaded config is not modified
+    pkl = tmp_path / "ffhq.pkl"
+    pkl.write_bytes(b"x")
+    cfg = run_cli.real_data(base, tmp_path / "run", None, pkl)
+    assert cfg["recipe"] == {"stylegan2": str(pkl)}
+    assert cfg["extract"]["images"] == str(tmp_path / "run" / "recipe" / "images")
+    assert cfg["shape"]["data"]["kind"] == "stylegan2_recipe"
+    assert cfg["shape"]["data"]["path"] == str(tmp_path / "run" / "recipe")
+    assert run_cli.real_data(base, tmp_path, None, None) is base
+
+
+def test_missing_real_data_fails_cleanly(tmp_path, caplog):
+    assert run_cli.main(["extract", "--images", str(tmp_path / "nope"), "--out", str(tmp_path / "run")]) == 2
+    assert "is not a folder" in caplog.text
+    assert run_cli.main(["all", "--stylegan2", str(tmp_path / "ffhq.pkl"), "--out", str(tmp_path / "run")]) == 2
+    assert "--stylegan2: no file" in caplog.text
+    with pytest.raises(SystemExit):  # argparse: the two sources exclude each other
+        run_cli.main(["all", "--images", str(tmp_path), "--stylegan2", str(tmp_path / "a.pkl")])

@@ -101,3 +101,37 @@ def test_build_dataset_with_a_tiny_generator(model, tmp_path):
     assert (out / "shards" / "shard_00000.npz").stat().st_mtime == mtime
     with pytest.raises(ValueError, match="different configuration"):
         build_dataset(G, out, RecipeConfig(**{**cfg.__dict__, "psi": 0.5}), model, fake_landmarks)
+
+
+def test_recipe_stage_builds_from_the_pickle_and_exports_identity_images(model, tmp_path, monkeypatch):
+    import models.landmarks
+    import models.stylegan2_pickle
+    from training.data import stylegan_recipe
+
+    torch.manual_seed(0)
+    G = Generator(16, 0, 16, 32, 3, {"num_layers": 2}, {"channel_base": 256, "channel_max": 16})
+    pkl = tmp_path / "ffhq.pkl"
+    pkl.write_bytes(b"stand-in")
+    seen = {}
+
+    def fake_load(path, *, which, device):
+        seen.update(path=Path(path), which=which, device=device)
+        return G, None
+
+    monkeypatch.setattr(models.stylegan2_pickle, "load_stylegan2_pickle", fake_load)
+    yaw_from_red = lambda img: project(model, 120 * (img[..., 0].mean() / 255 - 0.5))  # noqa: E731
+    monkeypatch.setattr(models.landmarks, "landmarks68", yaw_from_red)
+    recipe = {"stylegan2": str(pkl), "n_samples": 8, "n_identities": 3, "truncation_samples": 32,
+              "direction_samples": 32, "image_size": 32, "shard_size": 22, "device": "cpu"}  # fmt: skip
+    stylegan_recipe.run({"recipe": dict(recipe)}, tmp_path / "recipe")
+    assert seen == {"path": pkl, "which": "G_ema", "device": "cpu"}
+    assert len(ShardDataset(tmp_path / "recipe")) == 3 * 11
+    images = sorted((tmp_path / "recipe" / "images").glob("*.png"))
+    assert [p.name for p in images] == ["000000.png", "000001.png", "000002.png"]
+    from PIL import Image
+
+    np.testing.assert_array_equal(np.asarray(Image.open(images[1])), ShardDataset(tmp_path / "recipe")[11]["image"])
+    stylegan_recipe.run({}, tmp_path / "nothing")  # no recipe section: nothing to do
+    assert not (tmp_path / "nothing").exists()
+    with pytest.raises(ValueError, match="recipe.stylegan2"):
+        stylegan_recipe.run({"recipe": {"n_identities": 3}}, tmp_path / "x")

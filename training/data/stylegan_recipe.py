@@ -245,3 +245,51 @@ class ShardDataset:
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         for i in range(len(self)):
             yield self[i]
+
+
+# ---------------------------------------------------------------------------------------------- stage
+def export_identity_images(root: str | Path) -> Path:
+    """Write each identity's unedited image (edit 0) of a built dataset as ``images/<identity>.png`` (idempotent):
+    the photo folder the texture-extraction stage reads (the paper extracts AlbedoGAN's training textures from
+    the StyleGAN2 faces)."""
+    from PIL import Image
+
+    folder = Path(root) / "images"
+    folder.mkdir(parents=True, exist_ok=True)
+    for shard in sorted((Path(root) / "shards").glob("shard_*.npz")):
+        with np.load(shard) as z:
+            for img, ident, edit in zip(z["image"], z["identity"], z["edit"], strict=True):
+                path = folder / f"{int(ident):06d}.png"
+                if int(edit) == 0 and not path.exists():
+                    tmp = path.with_suffix(".tmp.png")
+                    Image.fromarray(img).save(tmp)
+                    tmp.replace(path)
+    return folder
+
+
+def run(cfg: dict[str, Any], out: Path) -> None:
+    """Stage ``recipe`` of ``python -m training.run``: build the dataset from ``cfg['recipe']['stylegan2']``.
+
+    ``recipe``: ``stylegan2`` (the NVlabs pickle, required), ``which`` (default ``G_ema``), ``device``
+    (default ``cuda`` when available) and :class:`RecipeConfig` fields (the paper's numbers by default).
+    Without a ``recipe`` section the stage has nothing to do and returns.
+    """
+    from models.face.model import DEFAULT_FACE_MODEL
+    from models.landmarks import landmarks68
+    from models.stylegan2_pickle import load_stylegan2_pickle
+
+    section = dict(cfg.get("recipe") or {})
+    if not section:
+        logger.info("recipe: no `recipe` section (no --stylegan2 pickle given): nothing to build")
+        return
+    if "stylegan2" not in section:
+        raise ValueError("recipe.stylegan2: give the StyleGAN2 pickle to build the dataset from (--stylegan2 PKL)")
+    pkl = Path(section.pop("stylegan2"))
+    which = str(section.pop("which", "G_ema"))
+    device = str(section.pop("device", "cuda" if torch.cuda.is_available() else "cpu"))
+    config = RecipeConfig.from_dict(section)
+    G, info = load_stylegan2_pickle(pkl, which=which, device=device)
+    logger.info("recipe: %s from %s (%s), %d identities x %d images", which, pkl, device, config.n_identities,
+                config.images_per_identity)  # fmt: skip
+    build_dataset(G, out, config, geo.FaceModelArrays.load(DEFAULT_FACE_MODEL), landmarks68)
+    export_identity_images(out)
