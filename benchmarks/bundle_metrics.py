@@ -60,8 +60,12 @@ class BundleRunner:
     async def run_graph(self, name: str, inputs):
         return self.sessions[name].run(inputs)
 
-    def reconstruct(self, image: np.ndarray) -> dict:
-        req = P.ReconstructRequest("bench", self.texture_size, 64, ("albedo",), False, "auto")
+    @property
+    def has_generated_albedo(self) -> bool:
+        return "ws" in self.bundle.manifest.graphs["encoder"].outputs
+
+    def reconstruct(self, image: np.ndarray, albedo: str = "photo") -> dict:
+        req = P.ReconstructRequest("bench", self.texture_size, 64, ("albedo",), False, "auto", albedo)
         result = asyncio.run(P.reconstruct(self.bundle, self.run_graph, req, image, P.Timer()))
         albedo = np.asarray(Image.open(io.BytesIO(result.files["albedo.png"])).convert("RGB"), np.float64) / 255.0
         return {**result.meta, "albedo_srgb": albedo}
@@ -103,7 +107,10 @@ def synthetic_metrics(runner: BundleRunner, count: int, seed: int) -> dict:
     coarse_dist = MeshDistance(fm.faces, fm.n_verts)
     mean_neutral = fm(torch.as_tensor(model.shape_prior_mean, dtype=torch.float32)[None])[0]
     mean_lm = fm.landmarks(mean_neutral[None])[0, list(NOW_LANDMARKS)]
-    coarse, detailed, mean_face, nme, mae, gain_rmse, failed = [], [], [], [], [], [], []
+    coarse, detailed, mean_face, nme, failed = [], [], [], [], []
+    modes = ("photo", "generated") if runner.has_generated_albedo else ("photo",)
+    mae: dict[str, list[float]] = {m: [] for m in modes}
+    gain_rmse: dict[str, list[float]] = {m: [] for m in modes}
     detailed_dist = None
     for i in range(count):
         item = faces.batch([i])
@@ -139,10 +146,15 @@ def synthetic_metrics(runner: BundleRunner, count: int, seed: int) -> dict:
         # albedo on the seen texels
         seen = seen_texels(item.camera, item.verts_world)[0, 0].numpy() > 0.5
         truth = resize_uv(item.albedo_uv, res)[0].permute(1, 2, 0).numpy()[seen]
-        got = tex.srgb_to_linear(meta["albedo_srgb"])[seen]
-        mae.append(float(np.abs(got - truth).mean()))
-        gain = (got * truth).sum(0) / np.maximum((got * got).sum(0), 1e-12)
-        gain_rmse.append(float(np.sqrt(((gain * got - truth) ** 2).mean())))
+        for mode in modes:
+            albedo = meta["albedo_srgb"] if mode == "photo" else runner.reconstruct(image, mode)["albedo_srgb"]
+            albedo = np.asarray(
+                Image.fromarray((albedo * 255 + 0.5).astype(np.uint8)).resize((res, res), Image.BICUBIC)
+            )
+            got = tex.srgb_to_linear(albedo / 255.0)[seen]
+            mae[mode].append(float(np.abs(got - truth).mean()))
+            gain = (got * truth).sum(0) / np.maximum((got * got).sum(0), 1e-12)
+            gain_rmse[mode].append(float(np.sqrt(((gain * got - truth) ** 2).mean())))
     out = {
         "num_samples": count,
         "num_reconstructed": len(nme),
@@ -151,8 +163,8 @@ def synthetic_metrics(runner: BundleRunner, count: int, seed: int) -> dict:
         "now_coarse_mm": summary(1000.0 * np.concatenate(coarse)),
         "now_detailed_mm": summary(1000.0 * np.concatenate(detailed)),
         "landmark_nme": float(np.mean(nme)),
-        "albedo_mae": float(np.mean(mae)),
-        "albedo_rmse_gain_corrected": float(np.mean(gain_rmse)),
+        "albedo_mae": {m: float(np.mean(v)) for m, v in mae.items()},
+        "albedo_rmse_gain_corrected": {m: float(np.mean(v)) for m, v in gain_rmse.items()},
     }
     out["now_prior_mean_mm"] = summary(1000.0 * np.concatenate(mean_face))
     return out
@@ -290,8 +302,10 @@ def main() -> None:
             if key in s:
                 v = s[key]
                 print(f"  {key:<20} median {v['median']:.2f}  mean {v['mean']:.2f}  std {v['std']:.2f}")
-        print(f"  landmark NME {s['landmark_nme']:.4f}   albedo MAE {s['albedo_mae']:.4f}   "
-              f"albedo RMSE (gain-corrected) {s['albedo_rmse_gain_corrected']:.4f}")  # fmt: skip
+        print(f"  landmark NME {s['landmark_nme']:.4f}")
+        for mode, value in s["albedo_mae"].items():
+            print(f"  albedo ({mode}): MAE {value:.4f}   RMSE (gain-corrected) "
+                  f"{s['albedo_rmse_gain_corrected'][mode]:.4f}")  # fmt: skip
     if args.photos.is_dir():
         report["photos"], _ = photo_metrics(runner, args.photos)
         p = report["photos"]

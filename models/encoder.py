@@ -410,7 +410,10 @@ class Encoder(nn.Module):
             raise ValueError(f"image: expected shape (B, 3, H, W), got {tuple(image.shape)}")
         if image.shape[-2] % 16 or image.shape[-1] % 16:
             raise ValueError(f"image: height and width must be multiples of 16, got {tuple(image.shape[-2:])}")
-        feats = self.backbone(image * 2.0 - 1.0)
+        return self.codes_from_features(self.backbone(image * 2.0 - 1.0))
+
+    def codes_from_features(self, feats: torch.Tensor) -> EncoderOutputs:
+        """The heads alone: backbone features (B, 512) → :class:`EncoderOutputs`."""
         raw = self.out(self.head(feats))
         shape, expr, pose, cam, light, detail = torch.split(raw, list(self._sizes.values()), dim=1)
         B = raw.shape[0]
@@ -424,17 +427,25 @@ class Encoder(nn.Module):
             detail=detail,
         )
 
-    def export_module(self) -> EncoderForExport:
-        """A module returning the outputs as a tuple (ONNX export; names: :meth:`EncoderOutputs.names`)."""
-        return EncoderForExport(self)
+    def export_module(self, albedo_head: nn.Module | None = None) -> EncoderForExport:
+        """A module returning the outputs as a tuple (ONNX export; names: :meth:`EncoderOutputs.names`, then
+        ``ws`` when an albedo head (backbone features → AlbedoGAN ws) is given)."""
+        return EncoderForExport(self, albedo_head)
 
 
 class EncoderForExport(nn.Module):
-    """Wraps an :class:`Encoder` so ``forward`` returns ``EncoderOutputs.as_tuple()`` (for ONNX)."""
+    """Wraps an :class:`Encoder` so ``forward`` returns ``EncoderOutputs.as_tuple()`` (for ONNX), plus the
+    albedo head's ``ws`` (B, num_ws, w_dim) from the same backbone features when one is given."""
 
-    def __init__(self, encoder: Encoder):
+    def __init__(self, encoder: Encoder, albedo_head: nn.Module | None = None):
         super().__init__()
         self.encoder = encoder
+        self.albedo_head = albedo_head
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return self.encoder(image).as_tuple()
+        if self.albedo_head is None:
+            return self.encoder(image).as_tuple()
+        if image.dim() != 4 or image.shape[1] != 3:
+            raise ValueError(f"image: expected shape (B, 3, H, W), got {tuple(image.shape)}")
+        feats = self.encoder.backbone(image * 2.0 - 1.0)
+        return (*self.encoder.codes_from_features(feats).as_tuple(), self.albedo_head(feats))

@@ -70,12 +70,13 @@ class ReconstructRequest:
     outputs: tuple[str, ...]
     blendshapes: bool
     detector: str
+    albedo: str = "photo"  # "photo": unwrapped from the photo and de-lit; "generated": AlbedoGAN(encoder's ws)
 
     def key(self, bundle: Bundle) -> str:
         canon = json.dumps(
             {
                 k: getattr(self, k)
-                for k in ("photo_sha256", "texture_size", "mesh_resolution", "blendshapes", "detector")
+                for k in ("photo_sha256", "texture_size", "mesh_resolution", "blendshapes", "detector", "albedo")
             }
             | {"outputs": sorted(self.outputs)},
             sort_keys=True,
@@ -165,18 +166,25 @@ def unwrap_resolution(texture_size: int, albedo_resolution: int) -> int:
 async def reconstruct(
     bundle: Bundle, run_graph: RunGraph, req: ReconstructRequest, image: np.ndarray, timer: Timer
 ) -> Result:
-    """The /reconstruct pipeline: detect + align → encoder → codes → detailed mesh; albedo from the photo."""
+    """The /reconstruct pipeline: detect + align → encoder → codes → detailed mesh; albedo from the photo
+    (``req.albedo == "photo"``) or from AlbedoGAN at the encoder's latent (``"generated"``, the paper's)."""
     from service import texture
 
     m = bundle.manifest
     model = bundle.face_model
     size = m.resolutions.encoder_input
+    generated = req.albedo == "generated"
     tex_size = unwrap_resolution(req.texture_size, m.resolutions.albedo)
     with timer.stage("detect"):
-        face = await asyncio.to_thread(find_face, image, size, req.detector, tex_size)
+        face = await asyncio.to_thread(find_face, image, size, req.detector, None if generated else tex_size)
     with timer.stage("encoder"):
         out = await run_graph("encoder", {"image": (face.crop.astype(np.float32) / 255.0).transpose(2, 0, 1)[None]})
-    codes = {k: v[0].astype(np.float64) for k, v in out.items()}
+    gan_albedo = None
+    if generated:
+        with timer.stage("albedo"):
+            img = (await run_graph("albedo", {"ws": out.pop("ws")}))["albedo"][0]
+        gan_albedo = np.clip((np.transpose(img, (1, 2, 0)) + 1.0) / 2.0, 0.0, 1.0)  # sRGB-encoded, like /generate
+    codes = {k: v[0].astype(np.float64) for k, v in out.items() if k != "ws"}
     expression = np.clip(codes["expression"], 0.0, 1.0)
     jaw_index = model.joint_names.index("jaw")
     disp = await _displacement(bundle, run_graph, codes["detail"], expression, codes["pose"][jaw_index], timer)
@@ -189,12 +197,14 @@ async def reconstruct(
             if name in model.joint_names:
                 local[model.joint_names.index(name)] = codes["pose"][model.joint_names.index(name)]
         verts = geo.decode_vertices(model, codes["shape"][None], expression[None], local[None])[0]
+        lmk = face.crop_to_image(project(geo.landmarks_3d(model, posed[None])[0], codes["camera"], size))
+        if gan_albedo is not None:
+            return verts, gan_albedo, lmk
         # the texture crop frames the face like the encoder's crop, so the camera projects into it at its size
         px = project(posed, codes["camera"], tex_size)
         # shading multiplies linear light: de-light in linear space, store the albedo sRGB-encoded like the PNGs
         linear = texture.srgb_to_linear(face.texture_crop / 255.0)
         unwrapped = texture.unwrap(model, posed, px, linear, tex_size, sh=codes["light"])
-        lmk = face.crop_to_image(project(geo.landmarks_3d(model, posed[None])[0], codes["camera"], size))
         return verts, texture.linear_to_srgb(unwrapped.albedo), lmk
 
     with timer.stage("texture"):
@@ -203,6 +213,7 @@ async def reconstruct(
     meta = {
         "endpoint": "reconstruct",
         "bundle": {"name": m.name, "version": m.version},
+        "albedo": req.albedo,
         "codes": {
             "shape": codes["shape"].round(6).tolist(),
             "expression": _named(bundle, expression),

@@ -202,6 +202,7 @@ def export_bundle(
     generator: Generator,
     encoder: nn.Module | None = None,
     displacement: nn.Module | None = None,
+    albedo_head: nn.Module | None = None,
     extra_graphs: Mapping[str, GraphExport] | None = None,
     name: str = "albedogan",
     version: str = "0.0.0",
@@ -222,6 +223,8 @@ def export_bundle(
         generator: AlbedoGAN (its ``mapping.w_avg`` is the truncation centre; compute it with
             ``Generator.mean_w`` first).
         encoder: the shape model's :class:`models.encoder.Encoder` (image in [0, 1] → codes), for /reconstruct.
+        albedo_head: the shape model's :class:`models.albedo_head.AlbedoHead`; the encoder graph then also
+            outputs ``ws`` (the AlbedoGAN latent of the face: /reconstruct's ``albedo=generated``).
         displacement: the :class:`models.displacement.DisplacementDecoder` (outputs metres).
         extra_graphs: further graphs (``encoder``, ``displacement``, ``codes`` …) by manifest name.
         codes: extra code sizes for the manifest (e.g. ``{"detail": 128}``).
@@ -248,10 +251,11 @@ def export_bundle(
     resolutions = dict(resolutions or {})
     if encoder is not None:
         cfg = encoder.config
+        names = list(type(encoder.eval()(torch.rand(1, 3, cfg.input_size, cfg.input_size))).names())
         graphs["encoder"] = GraphExport(
-            encoder.eval().export_module(),
+            encoder.export_module(None if albedo_head is None else albedo_head.eval()),
             {"image": torch.rand(2, 3, cfg.input_size, cfg.input_size)},
-            list(type(encoder(torch.rand(1, 3, cfg.input_size, cfg.input_size))).names()),
+            names if albedo_head is None else [*names, "ws"],
         )
         codes["detail"] = cfg.detail_dim
         resolutions["encoder_input"] = cfg.input_size
@@ -370,6 +374,7 @@ def export_trained(
         generator=generator,
         encoder=shape_model.encoder,
         displacement=shape_model.displacement,
+        albedo_head=shape_model.albedo_head,
         name=name,
         version=version,
         licence=licence,

@@ -107,6 +107,7 @@ async def _respond(runtime, result_id: str, fmt: str | None, cached: bool) -> Re
         timings_ms=meta["timings_ms"],
         cached=cached,
         face=meta.get("face"),
+        albedo=meta.get("albedo"),
     )
     return JSONResponse(body.model_dump())
 
@@ -149,12 +150,20 @@ async def reconstruct(
     ),
     blendshapes: Annotated[bool, Form()] = False,
     detector: Annotated[Literal["auto", "hog", "cnn"], Form()] = "auto",
+    albedo: Annotated[
+        Literal["photo", "generated"],
+        Form(description="photo: unwrapped from the photo and de-lit; generated: AlbedoGAN at the face's latent"),
+    ] = "photo",
     format: Annotated[FormatName | None, Query(description="return this file instead of JSON")] = None,  # noqa: A002
 ) -> Response:
-    """A 3-D face from a photo: fitted codes and landmarks, albedo from the photo, detailed OBJ and GLB."""
+    """A 3-D face from a photo: fitted codes and landmarks, albedo (from the photo or AlbedoGAN), OBJ and GLB."""
     bundle = runtime.bundle
     if not bundle.capabilities["reconstruct"]:
         raise HTTPException(503, detail="this bundle has no encoder/displacement graphs: /reconstruct is unavailable")
+    if albedo == "generated" and "ws" not in bundle.manifest.graphs["encoder"].outputs:
+        raise HTTPException(
+            422, detail="albedo: 'generated' needs an encoder graph with a 'ws' output; this bundle has none"
+        )
     kinds = [k.strip() for k in outputs.split(",") if k.strip()]
     unknown = sorted(set(kinds) - set(pipeline.OUTPUT_KINDS))
     if unknown or not kinds:
@@ -173,6 +182,7 @@ async def reconstruct(
         outputs=checked.outputs,
         blendshapes=blendshapes,
         detector=detector,
+        albedo=albedo,
     )
     result_id = req.key(bundle)
     cached = runtime.store.meta(result_id) is not None

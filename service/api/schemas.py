@@ -50,3 +50,4 @@ class ResultBody(BaseModel):
     timings_ms: dict[str, float]
     cached: bool = False
     face: dict | None = Field(None, description="/reconstruct: detected box, 5 points, fitted 68 landmarks")
+    albedo: str | None = Field(None, description="/reconstruct: where the albedo came from, photo or generated")

@@ -12,6 +12,7 @@ DEFAULT_FACE_MODEL = Path(__file__).resolve().parents[2] / "models" / "face" / "
 
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory) -> Path:
+    from models.albedo_head import AlbedoHead
     from models.displacement import DisplacementConfig, DisplacementDecoder
     from models.encoder import Encoder, EncoderConfig
     from models.face.model import FaceModel
@@ -27,8 +28,11 @@ def tiny_bundle(tmp_path_factory) -> Path:
         DisplacementConfig.for_face_model(fm, detail_dim=16, resolution=32, coarse_resolution=8, channel_base=256,
                                           channel_max=16, max_mm=2.0)
     )  # fmt: skip
+    head = AlbedoHead.from_generator(G, n_samples=256, hidden=32)
+    with torch.no_grad():
+        head.out.weight.normal_(0.0, 0.1)  # a zero-initialised head would give every face the same w
     out = tmp_path_factory.mktemp("bundle") / "tiny"
     return export_bundle(
-        out, face_model_path=DEFAULT_FACE_MODEL, generator=G, encoder=enc, displacement=disp,
+        out, face_model_path=DEFAULT_FACE_MODEL, generator=G, encoder=enc, displacement=disp, albedo_head=head,
         name="tiny-untrained", version="0.0.1", licence="test", training={"note": "random initialisation, for tests"},
     )  # fmt: skip

@@ -116,6 +116,7 @@ def test_bad_uploads_get_4xx_json(client, name, make, status):
         ({"texture_size": "big"}, "texture_size"),
         ({"detector": "yolo"}, "detector"),
         ({"blendshapes": "maybe"}, "blendshapes"),
+        ({"albedo": "painted"}, "albedo"),
     ],
 )
 def test_bad_form_fields(client, form, match):
@@ -126,3 +127,33 @@ def test_bad_form_fields(client, form, match):
 def test_missing_file_field(client):
     r = client.post("/reconstruct", data={"texture_size": "256"})
     assert r.status_code == 422 and "image" in r.text
+
+
+@pytest.mark.skipif(not FRONTAL.is_file(), reason="shared fixtures (../shared/fixtures/photos) not present")
+def test_generated_albedo_is_albedogan_at_the_encoders_latent(client, tiny_bundle):
+    import onnxruntime as ort
+
+    from service.pipeline import find_face
+
+    r = post(client, FRONTAL.read_bytes(), albedo="generated", outputs="albedo")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["albedo"] == "generated"
+    got = np.asarray(Image.open(io.BytesIO(client.get(body["links"]["albedo.png"]).content)))
+    # the same computation by hand: encoder ws → the albedo graph, resampled 32 → 256 like every map
+    crop = find_face(np.asarray(Image.open(FRONTAL).convert("RGB")), 64, "auto").crop
+    enc = ort.InferenceSession(str(tiny_bundle / "encoder.onnx"), providers=["CPUExecutionProvider"])
+    ws = enc.run(["ws"], {"image": (crop.astype(np.float32) / 255.0).transpose(2, 0, 1)[None]})[0]
+    alb = ort.InferenceSession(str(tiny_bundle / "albedo.onnx"), providers=["CPUExecutionProvider"])
+    img = np.clip((alb.run(None, {"ws": ws})[0][0].transpose(1, 2, 0) + 1) / 2, 0, 1)
+    small = np.asarray(Image.fromarray(got).resize((32, 32), Image.BOX), np.float64) / 255.0
+    assert got.shape == (256, 256, 3) and np.abs(small - img).mean() < 0.03
+    photo = post(client, FRONTAL.read_bytes(), outputs="albedo").json()
+    assert photo["albedo"] == "photo" and photo["id"] != body["id"]  # different results, cached apart
+
+
+def test_generated_albedo_needs_an_encoder_with_ws(client, monkeypatch):
+    outputs = client.app.state.runtime.bundle.manifest.graphs["encoder"].outputs
+    monkeypatch.delitem(outputs, "ws")  # a bundle exported without the albedo head
+    r = post(client, jpeg(np.zeros((64, 64, 3), np.uint8)), albedo="generated")
+    assert r.status_code == 422 and "'ws' output" in r.json()["detail"]
