@@ -119,6 +119,7 @@ $("reconstruct-form").addEventListener("submit", async (event) => {
   try {
     const form = new FormData();
     form.append("image", file);
+    form.append("albedo", $("albedo-source").value);
     await showResult(await request("/reconstruct", { method: "POST", body: form }));
   } catch (err) { setStatus(`Could not reconstruct: ${err.message}`, true); }
 });
