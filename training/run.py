@@ -10,6 +10,7 @@ Real data instead of the synthetic source (applied on top of ``--config``):
 
 * ``--images DIR``: a folder of face photos (e.g. FFHQ): textures are extracted from them (AlbedoGAN's
   training maps) and the shape model trains on them (``shape.data.kind=photos``);
+* ``--data DIR``: AlbedoGAN (stage ``albedo``) on a folder of UV albedo PNGs, e.g. another run's extracted maps;
 * ``--stylegan2 PKL``: the paper's recipe: a StyleGAN2 (e.g. NVlabs' FFHQ pickle) generates identities × pose and
   expression edits (the ``recipe`` stage, paper numbers by default, ``--set recipe.n_identities=…``); textures
   are extracted from the identities' images and the shape model trains on the edits
@@ -91,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--images", type=Path, metavar="DIR", help="train on a folder of face photos")
     source.add_argument("--stylegan2", type=Path, metavar="PKL", help="train on the paper's StyleGAN2 recipe")
+    source.add_argument("--data", type=Path, metavar="DIR", help="AlbedoGAN on a folder of UV albedo PNGs")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -98,6 +100,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         cfg = real_data(load_config(args.config, args.overrides), args.out, args.images, args.stylegan2)
+        if args.data is not None:
+            if not args.data.is_dir():
+                raise FileNotFoundError(f"--data: {args.data} is not a folder")
+            albedo = dict(cfg.get("albedo") or {})
+            albedo["data"] = {**(albedo.get("data") or {}), "kind": "folder", "path": str(args.data)}
+            cfg = {**cfg, "albedo": albedo}
         stages = ORDER if args.stage == "all" else (args.stage,)
         runners = [(stage, stage_runner(stage)) for stage in stages]  # fail before any work starts
         args.out.mkdir(parents=True, exist_ok=True)

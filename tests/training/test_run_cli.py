@@ -89,3 +89,17 @@ def test_missing_real_data_fails_cleanly(tmp_path, caplog):
     assert "--stylegan2: no file" in caplog.text
     with pytest.raises(SystemExit):  # argparse: the two sources exclude each other
         run_cli.main(["all", "--images", str(tmp_path), "--stylegan2", str(tmp_path / "a.pkl")])
+
+
+def test_data_flag_points_the_albedo_stage_at_a_folder(tmp_path, monkeypatch):
+    seen = {}
+    monkeypatch.setitem(run_cli.STAGES, "albedo", "fake_albedo_stage")
+    fake = types.ModuleType("fake_albedo_stage")
+    fake.run = lambda cfg, out: seen.update(cfg=cfg, out=out)
+    monkeypatch.setitem(sys.modules, "fake_albedo_stage", fake)
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    argv = ["albedo", "--data", str(maps), "--out", str(tmp_path / "run"), "--set", "albedo.data.mirror=true"]
+    assert run_cli.main(argv) == 0
+    assert seen["cfg"]["albedo"]["data"] == {"kind": "folder", "path": str(maps), "mirror": True}
+    assert run_cli.main(["albedo", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "run")]) == 2
