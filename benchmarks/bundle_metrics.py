@@ -19,9 +19,10 @@
    (``models.identity.FaceEmbedder``) of the photo and of the reconstruction rendered over it (same chip
    alignment for both), against the same cosine for the renders of the *other* photos' reconstructions
    (impostors): a useful reconstruction resembles its own photo more than the others'.
-3. AlbedoGAN: KID ×10³ (``training.metrics``, download-free albedo features) of ``--kid-samples`` generated maps
-   (truncation 1, through the bundle's mapping + albedo graphs) against the procedural ground-truth albedos
-   (unseen seed) and, with ``--extracted``, against that folder's maps (e.g. the extracted training maps).
+3. AlbedoGAN: KID (``training.metrics``, download-free albedo features, the units of the training log) of
+   ``--kid-samples`` generated maps (truncation 1, through the bundle's mapping + albedo graphs) against the
+   procedural ground-truth albedos (unseen seed) and, with ``--extracted``, against that folder's maps (e.g.
+   the extracted training maps).
 Latency of /generate and /reconstruct over HTTP: ``benchmarks/serve.py``.
 """
 
@@ -263,7 +264,7 @@ def kid_metrics(runner: BundleRunner, samples: int, seed: int, extracted: Path |
     feats = extractor.extract(generated_t)
     source = SyntheticAlbedos(res, seed, samples, cache=False)
     truth = torch.stack([source.load_uint8(i) for i in range(samples)]).float() / 255.0
-    out = {"num_generated": samples, "kid_x1e3_vs_procedural_truth": 1e3 * ReferenceSet.from_images(
+    out = {"num_generated": samples, "kid_vs_procedural_truth": ReferenceSet.from_images(
         extractor, truth.clamp(0, 1)).kid_features(feats, 50, None).mean}  # fmt: skip
     if extracted is not None:
         files = sorted(extracted.glob("*.png"))[:samples]
@@ -272,7 +273,7 @@ def kid_metrics(runner: BundleRunner, samples: int, seed: int, extracted: Path |
                              dtype=torch.float32).permute(2, 0, 1) for f in files]
         )  # fmt: skip
         reference = ReferenceSet.from_images(extractor, maps)
-        out["kid_x1e3_vs_extracted"] = 1e3 * reference.kid_features(feats, 50, None).mean
+        out["kid_vs_extracted"] = reference.kid_features(feats, 50, None).mean
         out["extracted_maps"] = len(files)
     return out
 

@@ -1,0 +1,66 @@
+"""The bundle that ships in the package: trained, small, documented, and what a fresh install serves."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from service.app import create_app
+from service.bundle import load_bundle
+from service.settings import EMBEDDED_BUNDLE, Settings
+
+PHOTOS = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "photos"
+FRONTAL = PHOTOS / "cc0-interfaces-001.jpg"
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    settings = Settings(results_dir=tmp_path_factory.mktemp("results"))  # no FACE_BUNDLE: the embedded one
+    assert Path(settings.bundle) == EMBEDDED_BUNDLE
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+def test_the_embedded_bundle_is_the_trained_default_and_small():
+    bundle = load_bundle(EMBEDDED_BUNDLE)
+    m = bundle.manifest
+    assert m.name == "albedogan-default" and not m.training.get("untrained")
+    assert m.training["final_dir"].endswith("alternate/final")
+    assert bundle.capabilities == {"generate": True, "reconstruct": True}
+    assert "ws" in m.graphs["encoder"].outputs  # /reconstruct albedo=generated
+    assert all(g.weights_dtype == "float16" for g in m.graphs.values())
+    size = sum(p.stat().st_size for p in EMBEDDED_BUNDLE.iterdir())
+    assert size <= 50e6, f"{size / 1e6:.1f} MB"
+    card = (EMBEDDED_BUNDLE / "MODEL_CARD.md").read_text()
+    for needed in ("synthetic", "NoW", "licen", "CC0", "iBUG", "real photo", "benchmarks/bundle_metrics.py"):
+        assert needed.lower() in card.lower(), needed
+
+
+def test_generated_albedos_are_skin_not_noise(client):
+    for seed in (0, 1, 2):
+        r = client.post("/generate?format=png", json={"seed": seed, "texture_size": 256, "outputs": ["albedo"]})
+        assert r.status_code == 200
+        img = np.asarray(Image.open(io.BytesIO(r.content)).convert("RGB"), np.float64)
+        face = img[77:179, 77:179]  # the centre of the cylindrical layout: forehead to chin, cheek to cheek
+        r_, g_, b_ = face.reshape(-1, 3).mean(0)
+        assert r_ > g_ > b_ and 40 < r_ < 250, (seed, r_, g_, b_)  # skin reflects red most, blue least
+        # smooth skin, not per-pixel noise: neighbouring texels differ far less than the map varies
+        assert np.abs(np.diff(face, axis=1)).mean() < 0.25 * face.std()
+
+
+@pytest.mark.skipif(not FRONTAL.is_file(), reason="shared fixtures (../shared/fixtures/photos) not present")
+def test_reconstruct_fits_the_frontal_fixture(client):
+    from models.landmarks import inter_ocular_distance, landmarks68
+
+    r = client.post("/reconstruct", files={"image": ("f.jpg", FRONTAL.read_bytes(), "image/jpeg")},
+                    data={"texture_size": "256", "mesh_resolution": "64", "outputs": "albedo"})  # fmt: skip
+    assert r.status_code == 200, r.text
+    fitted = np.array(r.json()["face"]["landmarks68"])
+    detected = landmarks68(np.asarray(Image.open(FRONTAL).convert("RGB")))
+    nme = np.linalg.norm(fitted - detected, axis=1).mean() / inter_ocular_distance(detected)
+    assert nme < 0.1, nme  # the trained encoder places the 68 landmarks on the face it was shown
