@@ -57,8 +57,17 @@ def stage_runner(stage: str):
     return module.run
 
 
-def real_data(cfg: dict, out: Path, images: Path | None, stylegan2: Path | None) -> dict:
-    """``cfg`` with its data sources switched to ``--images DIR`` or ``--stylegan2 PKL`` (see the module doc)."""
+def real_data(
+    cfg: dict, out: Path, images: Path | None, stylegan2: Path | None, albedo_maps: Path | None = None
+) -> dict:
+    """``cfg`` with its data sources switched to ``--images DIR``, ``--stylegan2 PKL`` or ``--data DIR`` (see
+    the module doc); the given ``cfg`` is not modified."""
+    if albedo_maps is not None:
+        if not albedo_maps.is_dir():
+            raise FileNotFoundError(f"--data: {albedo_maps} is not a folder")
+        albedo = dict(cfg.get("albedo") or {})
+        albedo["data"] = {**(albedo.get("data") or {}), "kind": "folder", "path": str(albedo_maps)}
+        cfg = {**cfg, "albedo": albedo}
     if images is None and stylegan2 is None:
         return cfg
     cfg = {k: dict(v) if isinstance(v, dict) else v for k, v in cfg.items()}
@@ -99,13 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
-        cfg = real_data(load_config(args.config, args.overrides), args.out, args.images, args.stylegan2)
-        if args.data is not None:
-            if not args.data.is_dir():
-                raise FileNotFoundError(f"--data: {args.data} is not a folder")
-            albedo = dict(cfg.get("albedo") or {})
-            albedo["data"] = {**(albedo.get("data") or {}), "kind": "folder", "path": str(args.data)}
-            cfg = {**cfg, "albedo": albedo}
+        cfg = real_data(load_config(args.config, args.overrides), args.out, args.images, args.stylegan2, args.data)
         stages = ORDER if args.stage == "all" else (args.stage,)
         runners = [(stage, stage_runner(stage)) for stage in stages]  # fail before any work starts
         args.out.mkdir(parents=True, exist_ok=True)
