@@ -99,14 +99,7 @@ def face_model() -> FaceModel:
     return FaceModel.from_file()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These renders are tiny: intra-op threads only add synchronisation, which on a shared 2-core machine
-    (other processes running) costs milliseconds per op (e.g. 1 ms → 60 ms per 16 px render)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ---------------------------------------------------------------------------------------------- rasterisation

@@ -30,13 +30,7 @@ Z_DIM = W_DIM = 32
 TINY_SYNTHESIS = {"channel_base": 256, "channel_max": 32}
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Tiny models gain nothing from threads; one thread keeps them fast when the CPU is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_generator(resolution: int = 16, seed: int = 0, c_dim: int = 0, **synthesis) -> Generator:

@@ -85,13 +85,7 @@ def losses(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "losses.jsonl").read_text().splitlines()]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny networks run fastest on one thread; on a shared 2-core machine, two threads mostly spin-wait."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -327,7 +321,7 @@ def _tb_tags(folder: Path) -> set[str]:
 def _env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    env["OMP_NUM_THREADS"] = "1"  # as in-process (see one_thread); every run of a comparison uses the same
+    env["OMP_NUM_THREADS"] = "1"  # as in-process (see one_torch_thread); every run of a comparison uses the same
     return env
 
 

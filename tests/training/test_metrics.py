@@ -35,13 +35,7 @@ def albedo_like(n: int, seed: int, size: int = 32, red_shift: float = 0.0) -> to
     return x.clamp(0.0, 1.0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensors: one thread is fastest (two mostly spin-wait on a shared 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -26,13 +26,7 @@ INDICES = [0, 1, 2]  # yaw −44°, 21°, −10°
 FIT = T.FitConfig(steps=80, render_size=64)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The fit's tensors are small: one torch thread is several times faster on a shared 2-core CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
