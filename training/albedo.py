@@ -74,7 +74,7 @@ from models.stylegan2 import (
     mix_styles,
     sample_mixing_cutoff,
 )
-from training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, truncate_step_log
+from training.checkpoint import latest_checkpoint, load_checkpoint, open_run_logs, save_checkpoint
 from training.data.images import ImageFolderAlbedos, resize_uv, to_uint8
 from training.distributed import DistInfo, barrier, init_distributed
 
@@ -882,11 +882,7 @@ class AlbedoTrainer:
     def _open_logs(self, resumed: bool) -> None:
         if not self.info.is_main:
             return
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.writer = SummaryWriter(str(self.out / "tb"), purge_step=self.step if resumed else None)
-        truncate_step_log(self.out / "losses.jsonl", self.step)
+        self.writer = open_run_logs(self.out, self.step, resumed)
         # the metric of step s is computed before checkpoint s: the checkpoint's history is the truth
         (self.out / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in self.metric_history))
 

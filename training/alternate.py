@@ -54,7 +54,7 @@ import torch.distributed as dist
 from torch import nn
 
 from training import losses as L
-from training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, truncate_step_log
+from training.checkpoint import latest_checkpoint, load_checkpoint, open_run_logs, save_checkpoint
 from training.config import merge
 from training.distributed import DistInfo, barrier, init_distributed
 from training.shape import (
@@ -390,11 +390,7 @@ class Trainer:
     def _open_logs(self, resumed: bool) -> None:
         if not self.info.is_main:
             return
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.writer = SummaryWriter(str(self.out / "tb"), purge_step=self.step if resumed else None)
-        truncate_step_log(self.out / "losses.jsonl", self.step)
+        self.writer = open_run_logs(self.out, self.step, resumed)
 
     def _log_scalars(self, window: list[dict[str, Any]], seconds: float) -> None:
         if self.writer is None or not window:

@@ -248,3 +248,17 @@ def truncate_step_log(path: str | Path, step: int) -> None:
         except (json.JSONDecodeError, KeyError, TypeError):
             continue  # a line cut by a kill
     _atomic_write_text(path, "".join(line + "\n" for line in keep))
+
+
+def open_run_logs(out: str | Path, step: int, resumed: bool):
+    """The run's TensorBoard writer (``out/tb``) and per-step log (``out/losses.jsonl``) for a run at ``step``.
+
+    After a resume, the events and log lines at or past ``step`` are dropped (those steps are rerun).
+    """
+    from torch.utils.tensorboard import SummaryWriter
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    writer = SummaryWriter(str(out / "tb"), purge_step=step if resumed else None)
+    truncate_step_log(out / "losses.jsonl", step)
+    return writer
