@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import io
 import json
 import time
@@ -100,7 +101,7 @@ def synthetic_metrics(runner: BundleRunner, count: int, seed: int) -> dict:
 
     bundle = runner.bundle
     model = bundle.face_model
-    fm = FaceModel.from_file(bundle.root / bundle.manifest.face_model.file)
+    fm = torch_face_model(face_model_path(bundle))
     faces = SyntheticFaces(SyntheticConfig(image_size=224, albedo_size=256, seed=seed), face_model=FaceModel(fm.arrays))
     scanner = DetailedMesh(fm, 128)
     res = P.unwrap_resolution(runner.texture_size, bundle.manifest.resolutions.albedo)
@@ -172,32 +173,51 @@ def synthetic_metrics(runner: BundleRunner, count: int, seed: int) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------------- photos
-def render_over(bundle: Bundle, meta: dict, crop: np.ndarray) -> np.ndarray:
-    """The reconstruction rendered (albedo × SH shading, torch renderer) over the aligned crop it came from."""
+@functools.lru_cache(maxsize=2)
+def torch_face_model(path: Path):
+    """A bundle's face-model file as a torch :class:`models.face.model.FaceModel` (loaded once)."""
     from models.face.model import FaceModel
-    from models.render import MeshRenderer, WeakPerspectiveCamera
 
-    model = bundle.face_model
-    codes = codes_arrays(meta, model)
-    fm = FaceModel.from_file(bundle.root / bundle.manifest.face_model.file)
-    expression = np.clip(codes["expression"], 0.0, 1.0)
-    verts = geo.decode_vertices(model, codes["shape"][None], expression[None], codes["pose"][None])
-    size = crop.shape[0]
-    renderer = MeshRenderer.from_face_model(fm, size)
-    s, tx, ty = codes["camera"]
-    camera = WeakPerspectiveCamera(torch.tensor([s]).float(), torch.tensor([[tx, ty]]).float())
-    albedo = torch.as_tensor(tex.srgb_to_linear(meta["albedo_srgb"]), dtype=torch.float32).permute(2, 0, 1)[None]
-    background = torch.as_tensor(tex.srgb_to_linear(crop / 255.0), dtype=torch.float32).permute(2, 0, 1)[None]
+    return FaceModel.from_file(path)
+
+
+def face_model_path(bundle: Bundle) -> Path:
+    return bundle.root / bundle.manifest.face_model.file
+
+
+@functools.lru_cache(maxsize=4)
+def _renderer(path: Path, size: int):
+    from models.render import MeshRenderer
+
+    return MeshRenderer.from_face_model(torch_face_model(path), size)
+
+
+def render(
+    bundle: Bundle, verts: np.ndarray, camera: np.ndarray, albedo_srgb: np.ndarray, sh, background: np.ndarray
+) -> np.ndarray:
+    """(V, 3) posed vertices seen by the weak-perspective ``camera`` (s, tx, ty), textured with an sRGB albedo map
+    and lit by ``sh`` (9, 3), over an sRGB ``background`` (S, S, 3) in [0, 1] → (S, S, 3) uint8 (torch renderer)."""
+    from models.render import WeakPerspectiveCamera
+
+    s, tx, ty = camera
+    cam = WeakPerspectiveCamera(torch.tensor([s]).float(), torch.tensor([[tx, ty]]).float())
+    albedo = torch.as_tensor(tex.srgb_to_linear(albedo_srgb), dtype=torch.float32).permute(2, 0, 1)[None]
+    back = torch.as_tensor(tex.srgb_to_linear(background), dtype=torch.float32).permute(2, 0, 1)[None]
     with torch.no_grad():
-        out = renderer(
-            torch.as_tensor(verts, dtype=torch.float32),
-            camera,
-            albedo,
-            torch.as_tensor(codes["light"], dtype=torch.float32)[None],
-            background=background,
-        )
+        out = _renderer(face_model_path(bundle), background.shape[0])(
+            torch.as_tensor(verts, dtype=torch.float32)[None], cam, albedo,
+            torch.as_tensor(sh, dtype=torch.float32).reshape(1, 9, 3), background=back,
+        )  # fmt: skip
     img = tex.linear_to_srgb(out.image[0].permute(1, 2, 0).clamp(0, 1).numpy())
     return (img * 255.0 + 0.5).clip(0, 255).astype(np.uint8)
+
+
+def render_over(bundle: Bundle, meta: dict, crop: np.ndarray) -> np.ndarray:
+    """The reconstruction rendered (albedo × the predicted SH shading) over the aligned crop it came from."""
+    codes = codes_arrays(meta, bundle.face_model)
+    expression = np.clip(codes["expression"], 0.0, 1.0)
+    verts = geo.decode_vertices(bundle.face_model, codes["shape"][None], expression[None], codes["pose"][None])[0]
+    return render(bundle, verts, codes["camera"], meta["albedo_srgb"], codes["light"], crop / 255.0)
 
 
 def photo_metrics(runner: BundleRunner, photos: Path) -> tuple[dict, list[tuple[str, np.ndarray, np.ndarray]]]:

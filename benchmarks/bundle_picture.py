@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import io
 import math
 from pathlib import Path
 
 import numpy as np
 import torch
-from bundle_metrics import PHOTOS, BundleRunner, codes_arrays, render_over
+from bundle_metrics import PHOTOS, BundleRunner, codes_arrays, render, render_over
 from PIL import Image, ImageDraw
 
 from service import geometry as geo
@@ -31,15 +32,16 @@ from service.settings import EMBEDDED_BUNDLE
 YAWS_DEG = (0.0, 35.0, 70.0)
 
 
-def display_light(direction=(0.35, 0.45, 1.0), ambient: float = 0.55, strength: float = 0.6) -> torch.Tensor:
-    """(1, 9, 3) SH coefficients approximating ``ambient + strength · max(0, n·d)`` (fitted, any SH ordering)."""
+@functools.lru_cache(maxsize=1)
+def display_light(direction=(0.35, 0.45, 1.0), ambient: float = 0.55, strength: float = 0.6) -> np.ndarray:
+    """(9, 3) SH coefficients approximating ``ambient + strength · max(0, n·d)`` (fitted, any SH ordering)."""
     from models.render.shading import sh_basis
 
     n = torch.nn.functional.normalize(torch.randn(4096, 3, generator=torch.Generator().manual_seed(0)), dim=1)
     d = torch.nn.functional.normalize(torch.tensor(direction, dtype=torch.float32), dim=0)
     target = ambient + strength * (n @ d).clamp_min(0.0)
     coeff = torch.linalg.lstsq(sh_basis(n), target[:, None]).solution  # (9, 1)
-    return coeff.T.expand(3, 9).T[None].contiguous()
+    return np.repeat(coeff.numpy(), 3, axis=1)
 
 
 def render_head(
@@ -47,25 +49,14 @@ def render_head(
 ) -> np.ndarray:
     """A head rendered at ``yaw_deg`` on grey, framed like the service's face crop (zoomed out)."""
     from models.encoder import alignment_camera
-    from models.face.model import FaceModel
-    from models.render import MeshRenderer, WeakPerspectiveCamera
 
     model = bundle.face_model
-    fm = FaceModel.from_file(bundle.root / bundle.manifest.face_model.file)
     pose = np.zeros((model.n_joints, 3)) if pose is None else pose.copy()
     pose[0] = [0.0, math.radians(yaw_deg), 0.0]
     expression = np.zeros(model.n_expr) if expression is None else expression
-    verts = geo.decode_vertices(model, shape[None], expression[None], pose[None])
-    s, tx, ty = alignment_camera(model, 1.6)
-    camera = WeakPerspectiveCamera(torch.tensor([s]).float(), torch.tensor([[tx, ty]]).float())
-    albedo = torch.as_tensor(tex.srgb_to_linear(albedo_srgb), dtype=torch.float32).permute(2, 0, 1)[None]
-    grey = torch.full((1, 3, size, size), 0.18)
-    with torch.no_grad():
-        out = MeshRenderer.from_face_model(fm, size)(
-            torch.as_tensor(verts, dtype=torch.float32), camera, albedo, display_light(), background=grey
-        )
-    img = tex.linear_to_srgb(out.image[0].permute(1, 2, 0).clamp(0, 1).numpy())
-    return (img * 255.0 + 0.5).clip(0, 255).astype(np.uint8)
+    verts = geo.decode_vertices(model, shape[None], expression[None], pose[None])[0]
+    grey = np.full((size, size, 3), float(tex.linear_to_srgb(np.array(0.18))))  # 18 % linear grey, sRGB-encoded
+    return render(bundle, verts, np.array(alignment_camera(model, 1.6)), albedo_srgb, display_light(), grey)
 
 
 def generate(runner: BundleRunner, seed: int) -> tuple[np.ndarray, np.ndarray]:
