@@ -40,10 +40,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from service import geometry as geo
+from facecore import color
+from facecore import geometry as geo
+from facecore.bundle import Bundle, load_bundle
 from service import pipeline as P
-from service import texture as tex
-from service.bundle import Bundle, load_bundle
 from service.engine.sessions import open_sessions
 from service.settings import EMBEDDED_BUNDLE
 
@@ -153,7 +153,7 @@ def synthetic_metrics(runner: BundleRunner, count: int, seed: int) -> dict:
             albedo = np.asarray(
                 Image.fromarray((albedo * 255 + 0.5).astype(np.uint8)).resize((res, res), Image.BICUBIC)
             )
-            got = tex.srgb_to_linear(albedo / 255.0)[seen]
+            got = color.srgb_to_linear(albedo / 255.0)[seen]
             mae[mode].append(float(np.abs(got - truth).mean()))
             gain = (got * truth).sum(0) / np.maximum((got * got).sum(0), 1e-12)
             gain_rmse[mode].append(float(np.sqrt(((gain * got - truth) ** 2).mean())))
@@ -201,14 +201,14 @@ def render(
 
     s, tx, ty = camera
     cam = WeakPerspectiveCamera(torch.tensor([s]).float(), torch.tensor([[tx, ty]]).float())
-    albedo = torch.as_tensor(tex.srgb_to_linear(albedo_srgb), dtype=torch.float32).permute(2, 0, 1)[None]
-    back = torch.as_tensor(tex.srgb_to_linear(background), dtype=torch.float32).permute(2, 0, 1)[None]
+    albedo = torch.as_tensor(color.srgb_to_linear(albedo_srgb), dtype=torch.float32).permute(2, 0, 1)[None]
+    back = torch.as_tensor(color.srgb_to_linear(background), dtype=torch.float32).permute(2, 0, 1)[None]
     with torch.no_grad():
         out = _renderer(face_model_path(bundle), background.shape[0])(
             torch.as_tensor(verts, dtype=torch.float32)[None], cam, albedo,
             torch.as_tensor(sh, dtype=torch.float32).reshape(1, 9, 3), background=back,
         )  # fmt: skip
-    img = tex.linear_to_srgb(out.image[0].permute(1, 2, 0).clamp(0, 1).numpy())
+    img = color.linear_to_srgb(out.image[0].permute(1, 2, 0).clamp(0, 1).numpy())
     return (img * 255.0 + 0.5).clip(0, 255).astype(np.uint8)
 
 

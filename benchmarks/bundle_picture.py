@@ -23,10 +23,10 @@ import torch
 from bundle_metrics import PHOTOS, BundleRunner, codes_arrays, render, render_over
 from PIL import Image, ImageDraw
 
-from service import geometry as geo
+from facecore import color
+from facecore import geometry as geo
+from facecore.bundle import Bundle, load_bundle
 from service import pipeline as P
-from service import texture as tex
-from service.bundle import Bundle, load_bundle
 from service.settings import EMBEDDED_BUNDLE
 
 YAWS_DEG = (0.0, 35.0, 70.0)
@@ -55,7 +55,7 @@ def render_head(
     pose[0] = [0.0, math.radians(yaw_deg), 0.0]
     expression = np.zeros(model.n_expr) if expression is None else expression
     verts = geo.decode_vertices(model, shape[None], expression[None], pose[None])[0]
-    grey = np.full((size, size, 3), float(tex.linear_to_srgb(np.array(0.18))))  # 18 % linear grey, sRGB-encoded
+    grey = np.full((size, size, 3), float(color.linear_to_srgb(np.array(0.18))))  # 18 % linear grey, sRGB-encoded
     return render(bundle, verts, np.array(alignment_camera(model, 1.6)), albedo_srgb, display_light(), grey)
 
 

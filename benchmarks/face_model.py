@@ -14,9 +14,9 @@ import torch
 from PIL import Image
 from timing import best_seconds
 
+from facecore import geometry as geo
 from models.face.model import DEFAULT_FACE_MODEL, FaceModel
 from models.face.preview import image_grid, shaded_image
-from service import geometry as geo
 
 
 def best_ms(fn, repeat: int = 5) -> float:

@@ -2,7 +2,7 @@
 
 python benchmarks/identity_parity.py [--photos ../shared/fixtures/photos] [--repeat 10] [--threads N]
 
-Per fixture photo: the face found (service.detect 5-point landmarks), then dlib's chip
+Per fixture photo: the face found (facecore.detect 5-point landmarks), then dlib's chip
 (``dlib.get_face_chip(img, shape, 150, 0.25)``) fed to both dlib (``compute_face_descriptor(chip)``) and our
 module: the cosine between the two descriptors, the max abs difference of the raw descriptors and their
 norms, and how far our numpy chip (``extract_dlib_chip``) is from dlib's (max abs grey-level difference).
@@ -24,8 +24,8 @@ import torch
 from PIL import Image
 from timing import best_seconds
 
+from facecore import detect
 from models.identity import DLIB_FILE, FaceEmbedder, extract_dlib_chip
-from service import detect
 
 DEFAULT_PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "photos"
 

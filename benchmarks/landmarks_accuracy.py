@@ -19,8 +19,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from timing import best_seconds
 
+from facecore import detect
 from models import landmarks as lm
-from service import detect
 
 DEFAULT_PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "photos"
 

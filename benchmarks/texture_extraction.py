@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from facecore import color
 from models.face.model import FaceModel
 from models.render import MeshRenderer, WeakPerspectiveCamera
 from training import texture as T
@@ -61,7 +62,7 @@ def synthetic_table(args: argparse.Namespace, fm: FaceModel) -> None:
     t_detect = time.perf_counter()
     for i in indices:
         item = ds.batch([i])
-        image = T.to_uint8(item.image_srgb[0].permute(1, 2, 0).numpy())
+        image = color.to_uint8(item.image_srgb[0].permute(1, 2, 0).numpy())
         given = item.landmarks_px[0].double().numpy() if args.landmarks == "truth" else None
         try:
             prepared.append((i, item, T.prepare_face(image, given)))
@@ -155,9 +156,9 @@ def render_fit(fit: T.FitResult, fm: FaceModel, crop: np.ndarray, albedo_lin: np
         else:
             tex = torch.tensor(albedo_lin).float().permute(2, 0, 1)[None]
         out = renderer(verts, cam, tex, torch.tensor(fit.sh).float()[None])
-    img = T.linear_to_srgb(out.image[0].permute(1, 2, 0).numpy())
+    img = color.linear_to_srgb(out.image[0].permute(1, 2, 0).numpy())
     mask = out.mask[0, 0].numpy()[..., None]
-    return T.to_uint8(img * mask + crop / 255.0 * (1 - mask))
+    return color.to_uint8(img * mask + crop / 255.0 * (1 - mask))
 
 
 def photos(args: argparse.Namespace, fm: FaceModel) -> None:
@@ -198,7 +199,7 @@ def photos(args: argparse.Namespace, fm: FaceModel) -> None:
             draw.ellipse((x - 1.5, y - 1.5, x + 1.5, y + 1.5), fill=(0, 255, 0))
         for x, y in face.landmarks * k:
             draw.ellipse((x - 1, y - 1, x + 1, y + 1), fill=(255, 0, 0))
-        albedo = T.to_uint8(T.linear_to_srgb(tex.albedo))
+        albedo = color.to_uint8(color.linear_to_srgb(tex.albedo))
         textured = np.asarray(Image.fromarray(textured).resize((256, 256), Image.Resampling.BILINEAR))
         rows.append(np.concatenate([crop, np.asarray(flat_img), textured, albedo], 1))
     print("\nReal photos (input | fit: flat skin colour under the fitted light, dlib points red, fitted green | "

@@ -15,8 +15,8 @@ Regularise with :func:`displacement_smoothness` and :func:`displacement_magnitud
 frequencies.
 
 **Detailed mesh.** :class:`DetailedMesh` holds the face model's UV grid sampling
-(:func:`service.geometry.uv_sampling`, grid nodes at texel *corners*) as buffers; :func:`detailed_vertices`
-is the torch twin of :func:`service.geometry.detailed_mesh` (its first N positions): barycentric position
+(:func:`facecore.geometry.uv_sampling`, grid nodes at texel *corners*) as buffers; :func:`detailed_vertices`
+is the torch twin of :func:`facecore.geometry.detailed_mesh` (its first N positions): barycentric position
 on the coarse surface + displacement (bilinear, texel centres at half-integers, clamped at the border) along
 the normalised, barycentrically interpolated vertex normal. :func:`detail_normal_map` differentiates the
 displaced grid into a per-texel normal map for shading.
@@ -37,8 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from facecore.geometry import FaceModelArrays, uv_sampling
 from models.render.shading import vertex_normals
-from service.geometry import FaceModelArrays, uv_sampling
 
 CONFIG_FORMAT_VERSION = 1
 JAW_POSE_DIM = 3  # axis-angle
@@ -316,7 +316,7 @@ def uv_texel_mask(face_model: Any, resolution: int, require: Literal["any", "all
     """(1, 1, R, R) float mask of the texels of an R × R UV map that lie on the skin surface.
 
     A texel is bounded by four nodes of the face model's UV grid sampling
-    (:func:`service.geometry.uv_sampling` at the same R). ``any``: at least one corner is a valid surface
+    (:func:`facecore.geometry.uv_sampling` at the same R). ``any``: at least one corner is a valid surface
     point, i.e. the texel influences the detailed mesh (use it for regularisers); ``all``: all four are, i.e.
     the detailed surface covers the texel (where :func:`detail_normal_map` is defined).
     """
@@ -336,7 +336,7 @@ class DetailedMesh(nn.Module):
     """The face model's UV grid sampling at resolution R, as buffers (non-persistent: derived data).
 
     Args:
-        face_model: :class:`models.face.FaceModel` or :class:`service.geometry.FaceModelArrays`.
+        face_model: :class:`models.face.FaceModel` or :class:`facecore.geometry.FaceModelArrays`.
         resolution: R; the grid has up to (R+1)² points (texel corners), the normal map is R × R.
 
     Buffers:
@@ -345,7 +345,7 @@ class DetailedMesh(nn.Module):
         uv: (N, 2) its texture coordinates (v up).
         node: (N,) its flat index ``row · (R+1) + col`` in the grid (row 0 is v = 1).
         faces: (F, 3) coarse triangles (for the vertex normals).
-        grid_faces: (M, 3) triangles over the N grid points (as in :func:`service.geometry.detailed_mesh`).
+        grid_faces: (M, 3) triangles over the N grid points (as in :func:`facecore.geometry.detailed_mesh`).
         texel_mask: (1, 1, R, R) 1 where all four corners of a texel are grid points.
     """
 
@@ -392,7 +392,7 @@ def detailed_vertices(
     sampling: DetailedMesh,
     normals: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The displaced UV-grid points: torch twin of ``service.geometry.detailed_mesh(...).positions[:N]``.
+    """The displaced UV-grid points: torch twin of ``facecore.geometry.detailed_mesh(...).positions[:N]``.
 
     ``p = Σ_k b_k·v_k + d(uv) · normalize(Σ_k b_k·n_k)`` with (b, v, n) the barycentrics, corner positions and
     area-weighted unit vertex normals of the point's coarse triangle and ``d(uv)`` the bilinear lookup of the
@@ -421,7 +421,7 @@ def detailed_vertices(
     vn = vertex_normals(verts, sampling.faces) if normals is None else normals
     nrm = F.normalize((vn[:, sampling.tri] * bary).sum(2), dim=-1, eps=1e-12)
     # grid_sample coordinates: x = 2u − 1, y = 1 − 2v (row 0 is v = 1); with align_corners=False texel
-    # centres sit at half-integers and 'border' clamps to the outer texel centres, as service.geometry.sample_map
+    # centres sit at half-integers and 'border' clamps to the outer texel centres, as facecore.geometry.sample_map
     u, v = sampling.uv.to(verts.dtype).unbind(-1)
     grid = torch.stack([2.0 * u - 1.0, 1.0 - 2.0 * v], dim=-1)[None, None].expand(B, -1, -1, -1)  # (B, 1, N, 2)
     disp = displacement.to(verts.dtype).expand(B, -1, -1, -1)

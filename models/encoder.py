@@ -36,10 +36,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from facecore.geometry import FaceModelArrays, landmarks_3d
 from models.face.model import FaceCodes
 from models.render.camera import WeakPerspectiveCamera
 from models.render.shading import SH_CONSTANTS
-from service.geometry import FaceModelArrays, landmarks_3d
 
 CONFIG_FORMAT_VERSION = 1
 
@@ -200,11 +200,11 @@ def alignment_camera(arrays: FaceModelArrays, crop_scale: float = 1.0) -> tuple[
     """The weak-perspective camera ``(s, tx, ty)`` that frames the mean face like the service's face crops.
 
     Least-squares scale and translation (no rotation) taking the frontal projection of the mean face's
-    alignment anchors (eye centres, bottom of the nose; :func:`service.detect.alignment_anchors`) onto
-    :data:`service.detect.ALIGN_TEMPLATE`, zoomed out by ``crop_scale`` as in
-    :func:`service.detect.alignment_matrix`. Crop units map to NDC as ``x = 2·x_crop − 1``, ``y = 1 − 2·y_crop``.
+    alignment anchors (eye centres, bottom of the nose; :func:`facecore.detect.alignment_anchors`) onto
+    :data:`facecore.detect.ALIGN_TEMPLATE`, zoomed out by ``crop_scale`` as in
+    :func:`facecore.detect.alignment_matrix`. Crop units map to NDC as ``x = 2·x_crop − 1``, ``y = 1 − 2·y_crop``.
     """
-    from service.detect import ALIGN_TEMPLATE, alignment_anchors
+    from facecore.detect import ALIGN_TEMPLATE, alignment_anchors
 
     if not (math.isfinite(crop_scale) and 0.1 <= crop_scale <= 10):
         raise ValueError(f"crop_scale: expected a number in [0.1, 10], got {crop_scale!r}")
@@ -283,7 +283,7 @@ class EncoderConfig:
         """Sizes, predicted joints and initial camera from a face model (``FaceModel`` or its arrays).
 
         Args:
-            face_model: :class:`models.face.FaceModel` or :class:`service.geometry.FaceModelArrays`.
+            face_model: :class:`models.face.FaceModel` or :class:`facecore.geometry.FaceModelArrays`.
             predicted_joints: names of the joints to predict.
             crop_scale: the ``scale`` of the face alignment that makes the encoder's input crops.
             **kwargs: the remaining fields (depth, detail_dim, …).

@@ -61,8 +61,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from facecore.detect import model_path, similarity_transform
 from models.dlib_dat import DlibFormatError, DlibLayer, DlibNet, read_dlib_net
-from service.detect import model_path, similarity_transform
 
 logger = logging.getLogger(__name__)
 
@@ -269,7 +269,7 @@ class FaceEmbedder(_Frozen):
 
         Args:
             path: the file; None: the one shipped in ``face-recognition-models`` (located on disk without
-                importing that package, see :func:`service.detect.model_path`).
+                importing that package, see :func:`facecore.detect.model_path`).
 
         Raises:
             FileNotFoundError: no file (and, for the default, a hint to install the package).

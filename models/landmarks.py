@@ -1,12 +1,12 @@
 """Face detection and 68 landmarks (iBUG 300-W order) for real photos: training-time ground truth.
 
-A thin layer over :mod:`service.detect` (dlib detectors, numpy + pillow, no torch) that adds dlib's 68-point
+A thin layer over :mod:`facecore.detect` (dlib detectors, numpy + pillow, no torch) that adds dlib's 68-point
 shape predictor (``shape_predictor_68_face_landmarks.dat`` from PyPI ``face-recognition-models`` 0.3.0).
 
 **Licence of the 68-point model: non-commercial.** It was trained on the iBUG 300-W dataset, whose licence
 excludes commercial use; one of the dataset's creators asked that the model not be used in commercial
 products (dlib-models README). Use it for research and for producing training data under those terms; the
-service's path (:func:`service.detect.detect_landmarks5` + :func:`service.detect.align_face`) uses only the
+service's path (:func:`facecore.detect.detect_landmarks5` + :func:`facecore.detect.align_face`) uses only the
 public-domain 5-point model and detectors. Every model's licence is in :data:`MODEL_LICENCES`.
 
 Points: (68, 2) float64 image pixels, x right, y down, pixel centres at integers (a horizontal flip maps x
@@ -25,8 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.face.landmarks68 import MIRROR_PAIRS
-from service.detect import (
+from facecore.detect import (
     ALIGN_TEMPLATE,
     DETECTORS,
     AlignedFace,
@@ -41,7 +40,8 @@ from service.detect import (
     get_predictor,
     largest_face,
 )
-from service.detect import MODEL_LICENCES as _SERVICE_LICENCES
+from facecore.detect import MODEL_LICENCES as _CORE_LICENCES
+from models.face.landmarks68 import MIRROR_PAIRS
 
 __all__ = [
     "ALIGN_TEMPLATE",
@@ -65,7 +65,7 @@ __all__ = [
 PREDICTOR68_FILE = "shape_predictor_68_face_landmarks.dat"
 
 MODEL_LICENCES: dict[str, str] = {
-    **_SERVICE_LICENCES,
+    **_CORE_LICENCES,
     PREDICTOR68_FILE: (
         "dlib 68-point landmark model by Davis King (PyPI face-recognition-models 0.3.0), trained on the iBUG "
         "300-W dataset (Sagonas et al. 2016) whose licence excludes commercial use; the dataset's creators ask "

@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from service.bundle import BundleError, load_bundle
+from facecore.bundle import BundleError, load_bundle
 from service.settings import Settings
 
 

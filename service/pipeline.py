@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from service import formats
-from service import geometry as geo
-from service.bundle import Bundle
+from facecore import color, formats
+from facecore import geometry as geo
+from facecore.bundle import Bundle
 
 RunGraph = Callable[[str, Mapping[str, np.ndarray]], Awaitable[dict[str, np.ndarray]]]
 OUTPUT_KINDS = ("albedo", "displacement", "normal", "obj", "glb")
@@ -134,7 +134,7 @@ def find_face(image: np.ndarray, size: int, detector: str, texture_size: int | N
     With ``texture_size`` the same alignment is also sampled at that size from the original photo (the
     texture is unwrapped from it: the encoder's crop is small, the photo usually is not).
     """
-    from service import detect
+    from facecore import detect
 
     try:
         faces = detect.detect_landmarks5(image, detector=detector)
@@ -168,7 +168,7 @@ async def reconstruct(
 ) -> Result:
     """The /reconstruct pipeline: detect + align → encoder → codes → detailed mesh; albedo from the photo
     (``req.albedo == "photo"``) or from AlbedoGAN at the encoder's latent (``"generated"``, the paper's)."""
-    from service import texture
+    from facecore import texture
 
     m = bundle.manifest
     model = bundle.face_model
@@ -203,9 +203,9 @@ async def reconstruct(
         # the texture crop frames the face like the encoder's crop, so the camera projects into it at its size
         px = project(posed, codes["camera"], tex_size)
         # shading multiplies linear light: de-light in linear space, store the albedo sRGB-encoded like the PNGs
-        linear = texture.srgb_to_linear(face.texture_crop / 255.0)
+        linear = color.srgb_to_linear(face.texture_crop / 255.0)
         unwrapped = texture.unwrap(model, posed, px, linear, tex_size, sh=codes["light"])
-        return verts, texture.linear_to_srgb(unwrapped.albedo), lmk
+        return verts, color.linear_to_srgb(unwrapped.albedo), lmk
 
     with timer.stage("texture"):
         verts, albedo, landmarks = await asyncio.to_thread(geometry)

@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from facecore.bundle import MANIFEST, SCHEMA_VERSION, load_bundle
+from facecore.geometry import FaceModelArrays
 from models.stylegan2 import Generator
-from service.bundle import MANIFEST, SCHEMA_VERSION, load_bundle
-from service.geometry import FaceModelArrays
 
 logger = logging.getLogger(__name__)
 

@@ -68,8 +68,8 @@ _OPPONENT = (
 
 @lru_cache(maxsize=8)
 def _skin_mask_np(resolution: int, face_model_path: str | None) -> np.ndarray:
+    from facecore.geometry import FaceModelArrays, texel_sampling
     from models.face.model import DEFAULT_FACE_MODEL
-    from service.geometry import FaceModelArrays, texel_sampling
 
     arrays = FaceModelArrays.load(face_model_path or DEFAULT_FACE_MODEL)
     texel, _, _ = texel_sampling(arrays, resolution)

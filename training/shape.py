@@ -65,7 +65,7 @@ ground-truth render; linear RGB): MAE, RMSE and the RMSE after a per-image, per-
 ``stylegan2_recipe`` (:class:`RecipeGroups`, the paper's sharded StyleGAN2 recipe) and ``photos``
 (:class:`PhotoGroups`, a folder; 68 landmarks detected once and cached in a JSON file; identity = sub-folder).
 Every source feeds the encoder the crops ``/reconstruct`` will feed it: aligned on the eye centres and the nose
-(:func:`service.detect.alignment_matrix`, from the true or detected landmarks; synthetic faces are rendered
+(:func:`facecore.detect.alignment_matrix`, from the true or detected landmarks; synthetic faces are rendered
 larger and cropped, :func:`align_to_template`). Measured: on unaligned synthetic renders (random framing, offsets
 up to 0.4 NDC) the encoder stayed at the constant-prediction landmark error (0.20 NDC) for 150 steps; on aligned
 crops it starts at 0.07 and improves from the first steps. Every batch is a deterministic function of
@@ -640,7 +640,7 @@ def align_to_template(
     out_size: int,
     crop_scale: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Crop and align images like the service's face alignment (:func:`service.detect.alignment_matrix`: eye
+    """Crop and align images like the service's face alignment (:func:`facecore.detect.alignment_matrix`: eye
     centres and nose bottom onto the template, zoomed out by ``crop_scale``), in torch (bilinear, black outside).
 
     Args:
@@ -654,7 +654,7 @@ def align_to_template(
     Returns:
         (images (B, C, S, S), landmarks (B, 68, 2) in crop pixels, visibility, mask).
     """
-    from service.detect import alignment_matrix, invert_affine
+    from facecore.detect import alignment_matrix, invert_affine
 
     pts = landmarks_px.detach().cpu().double().numpy()
     to_crop = np.stack([alignment_matrix(p, out_size, crop_scale) for p in pts])  # image → crop pixels
@@ -870,7 +870,7 @@ class _AlignedGroups(GroupSource):
         raise NotImplementedError
 
     def groups_batch(self, positions: Sequence[int]) -> ShapeBatch:
-        from service.detect import align_face, transform_points
+        from facecore.detect import align_face, transform_points
 
         images, points, ids, ws = [], [], [], []
         for p in positions:

@@ -29,7 +29,7 @@ The recipe, step by step:
    follows the photo; accuracy is reported both as it is and after one least-squares gain per channel (see
    ``benchmarks/texture_extraction.py``).
 
-2. **Extract** (:func:`extract_texture`): :func:`service.texture.unwrap` with the fitted posed mesh, camera and
+2. **Extract** (:func:`extract_texture`): :func:`facecore.texture.unwrap` with the fitted posed mesh, camera and
    light. It colours each texel that is visible from the camera (z-buffer), i.e. per-vertex colours mapped to the
    cylindrical UV and filled by 2-D barycentric interpolation inside each triangle; texels on the hidden side take
    the colour of their mirror texel (u → 1 − u: the flipped image projected onto the same mesh; which side is
@@ -69,10 +69,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from facecore import texture as uv_texture
+from facecore.color import linear_to_srgb, srgb_to_linear, to_uint8
+from facecore.geometry import FaceModelArrays
 from models.face.model import FaceCodes, FaceModel
 from models.render import MeshRenderer, WeakPerspectiveCamera, rasterize
-from service import texture as uv_texture
-from service.geometry import FaceModelArrays
 
 logger = logging.getLogger(__name__)
 
@@ -84,28 +85,6 @@ MASK_PNG_VALUES = {"outside": 0, "mean_filled": 64, "mirrored": 128, "seen_inval
 """``mask/*.png`` (8-bit grey) per texel: outside the skin, mean-filled, mirrored, seen but not valid (shadow or
 clipping, corrected), seen and valid (:attr:`ExtractedTexture.valid`)."""
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Colour helpers (numpy twins of training.data.synthetic's torch functions)
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def srgb_to_linear(x: np.ndarray) -> np.ndarray:
-    """sRGB-encoded [0, 1] → linear [0, 1] (IEC 61966-2-1)."""
-    x = np.clip(np.asarray(x, np.float64), 0.0, 1.0)
-    return np.where(x <= 0.04045, x / 12.92, ((np.maximum(x, 0.04045) + 0.055) / 1.055) ** 2.4)
-
-
-def linear_to_srgb(x: np.ndarray) -> np.ndarray:
-    """Linear [0, 1] → sRGB-encoded [0, 1] (input clamped)."""
-    x = np.clip(np.asarray(x, np.float64), 0.0, 1.0)
-    return np.where(x <= 0.0031308, 12.92 * x, 1.055 * np.maximum(x, 0.0031308) ** (1.0 / 2.4) - 0.055)
-
-
-def to_uint8(x01: np.ndarray) -> np.ndarray:
-    """[0, 1] floats → uint8 (round half up)."""
-    return np.floor(np.clip(x01, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
 def _image_float(image: np.ndarray, name: str = "image") -> np.ndarray:
@@ -403,7 +382,7 @@ def fit_faces(
         images: B images (H, W, 3), sRGB-encoded, uint8 or float in [0, 1]; square (the camera's NDC spans the
             image on both axes).
         landmarks: (B, 68, 2) iBUG landmarks in pixels (x right, y down, centres at integers), or None: then the
-            image must be an aligned crop (``service.detect.align_face`` framing) and the fit starts from
+            image must be an aligned crop (``facecore.detect.align_face`` framing) and the fit starts from
             ``init_camera`` and a frontal pose, driven by the photometric term alone (weak on pose).
         face_model: the face model (CPU or CUDA; everything runs on its device).
         renderer: a :class:`MeshRenderer` for the face model at the photometric resolution, or None to build one
@@ -425,7 +404,7 @@ def fit_faces(
         raise ValueError(f"images: expected images of one size, got {sorted(shapes)}")
     H, W = next(iter(shapes))[:2]
     if H != W:
-        raise ValueError(f"images: expected square images (crop them, e.g. service.detect.align_face), got {W}×{H}")
+        raise ValueError(f"images: expected square images (crop them, e.g. facecore.detect.align_face), got {W}×{H}")
     B = len(images)
     device = face_model.mean.device
     if renderer is None:
@@ -733,7 +712,7 @@ def extract_texture(
         min_shading: texels lit less than this (linear irradiance) are not valid (attached shadows).
         clip_level: texels whose photo colour reaches this in a channel are not valid (clipped highlights).
         min_facing: texels whose normal makes a cosine below this with the viewing direction count as hidden
-            (``service.texture.unwrap``); the mirror fill takes them over.
+            (``facecore.texture.unwrap``); the mirror fill takes them over.
 
     Returns:
         :class:`ExtractedTexture`.
@@ -742,7 +721,7 @@ def extract_texture(
     verts = fit.posed_vertices(face_model)
     px = fit.to_pixels(verts)
     if matrix is not None:
-        from service.detect import transform_points
+        from facecore.detect import transform_points
 
         matrix = np.asarray(matrix, np.float64)
         if matrix.shape != (2, 3):
@@ -909,12 +888,12 @@ def prepare_face(
     Raises:
         models.landmarks.NoFaceError: no face was found.
     """
-    from service.detect import align_face, invert_affine
+    from facecore.detect import align_face, invert_affine
 
     detected = "given"
     if landmarks is None:
+        from facecore.detect import check_image
         from models.landmarks import detect_landmarks, largest_face
-        from service.detect import check_image
 
         image = check_image(image)
         face = largest_face(detect_landmarks(image, detector=detector), image.shape)  # type: ignore[arg-type]
@@ -1214,7 +1193,7 @@ def synthetic_accuracy(
     fitted / the prior-mean neutral identity vs the true one, per-vertex RMS over the facial-skin vertices after
     the best rigid alignment; albedo errors from :func:`albedo_errors` (``R`` of the extraction).
     """
-    from service.detect import transform_points
+    from facecore.detect import transform_points
 
     to_crop = np.asarray(truth.landmarks_px[0].double().cpu().numpy())
     matrix = _invert(face.crop_to_image)
@@ -1242,6 +1221,6 @@ def synthetic_accuracy(
 
 
 def _invert(matrix: np.ndarray) -> np.ndarray:
-    from service.detect import invert_affine
+    from facecore.detect import invert_affine
 
     return invert_affine(matrix)

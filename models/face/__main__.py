@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from facecore import formats
+from facecore.geometry import FaceModelArrays, coarse_mesh, decode_vertices
 from models.face.model import DEFAULT_FACE_MODEL
 from models.face.preview import image_grid, shaded_image
-from service import formats
-from service.geometry import FaceModelArrays, coarse_mesh, decode_vertices
 
 logger = logging.getLogger("models.face")
 

@@ -38,9 +38,9 @@ from pathlib import Path
 
 import numpy as np
 
+from facecore.geometry import FaceModelArrays
 from models.face.landmarks68 import derive_landmark_embedding
 from models.face.uv import cylinder_coordinates, cylindrical_uv, interior_vertices
-from service.geometry import FaceModelArrays
 
 logger = logging.getLogger(__name__)
 

@@ -28,8 +28,8 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from facecore.geometry import N_LANDMARKS, FaceModelArrays
 from models.face.uv import cylindrical_uv
-from service.geometry import N_LANDMARKS, FaceModelArrays
 
 logger = logging.getLogger(__name__)
 

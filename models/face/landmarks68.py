@@ -38,8 +38,8 @@ import logging
 import numpy as np
 from scipy import ndimage
 
+from facecore.geometry import vertex_normals
 from models.face.preview import OrthoView, render_ortho
-from service.geometry import vertex_normals
 
 logger = logging.getLogger(__name__)
 

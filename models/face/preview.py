@@ -1,7 +1,7 @@
 """Orthographic numpy preview renders of face-model meshes (build scripts, pictures for notes and tests).
 
 Not the training renderer (that is ``models.render``, differentiable torch); this is a small, exact z-buffer
-over pixel centres built on :func:`service.geometry.rasterize_nodes`.
+over pixel centres built on :func:`facecore.geometry.rasterize_nodes`.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.geometry import axis_angle_to_matrix, rasterize_nodes, vertex_normals
+from facecore.geometry import axis_angle_to_matrix, rasterize_nodes, vertex_normals
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from service.texture import SH_CONSTANTS  # one definition for torch and the torch-free service
+from facecore.texture import SH_CONSTANTS  # one definition for torch and the torch-free service
 
 
 def sh_basis(normals: torch.Tensor) -> torch.Tensor:
@@ -111,7 +111,7 @@ def vertex_tangents(
     """UV-area-weighted surface derivatives dP/du and dP/dv accumulated at the vertices.
 
     The frame of tangent-space normal maps (OpenGL / glTF "green up", as written by
-    ``service.formats.normal_map_from_displacement``): +X along +u, +Y along +v (v up), +Z the normal.
+    ``facecore.formats.normal_map_from_displacement``): +X along +u, +Y along +v (v up), +Z the normal.
     Orthonormalise per pixel with :func:`normal_map_to_world`.
 
     Args:

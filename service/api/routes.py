@@ -11,10 +11,10 @@ from fastapi import APIRouter, File, Form, HTTPException, Query, Request, Respon
 from fastapi.responses import FileResponse, JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from facecore.bundle import Bundle
 from service import pipeline
 from service.api.deps import RuntimeDep, SettingsDep
 from service.api.schemas import GenerateBody, ResultBody
-from service.bundle import Bundle
 from service.settings import Settings
 
 router = APIRouter()

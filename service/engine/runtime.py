@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from service.bundle import Bundle, load_bundle
+from facecore.bundle import Bundle, load_bundle
 from service.engine.batcher import DynamicBatcher
 from service.engine.sessions import GraphSession, open_sessions
 from service.metrics import Metrics

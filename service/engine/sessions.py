@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from service.bundle import Bundle, BundleError, GraphSpec
+from facecore.bundle import Bundle, BundleError, GraphSpec
 
 logger = logging.getLogger(__name__)
 

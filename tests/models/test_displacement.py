@@ -1,4 +1,4 @@
-"""Displacement decoder, its regularisers, and the torch detailed mesh (parity with service.geometry)."""
+"""Displacement decoder, its regularisers, and the torch detailed mesh (parity with facecore.geometry)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from facecore import geometry as geo
 from models.displacement import (
     DetailedMesh,
     DisplacementConfig,
@@ -19,7 +20,6 @@ from models.displacement import (
     uv_texel_mask,
 )
 from models.face.model import FaceModel
-from service import geometry as geo
 
 
 @pytest.fixture(scope="module")

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from facecore.detect import ALIGN_TEMPLATE, alignment_anchors
 from models.arcface_loader import load_arcface_weights
 from models.encoder import IRESNET_LAYERS, Encoder, EncoderConfig, EncoderOutputs, IResNet, alignment_camera
 from models.face.model import FaceModel
 from models.render.shading import sh_shading
-from service.detect import ALIGN_TEMPLATE, alignment_anchors
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from facecore import geometry as geo
 from models.face.landmarks68 import MIDLINE, MIRROR_PAIRS
 from models.face.model import DEFAULT_FACE_MODEL, FaceModel
-from service import geometry as geo
 
 
 @pytest.fixture(scope="module")

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import scipy.sparse
 
+from facecore.geometry import decode_vertices
 from models.face.flame import FLAME_IDENTITY_COMPONENTS, JOINT_NAMES, load_flame
 from models.face.loaders import load_face_model
 from models.face.uv import cylindrical_uv
-from service.geometry import decode_vertices
 
 N_EXPR_FILE = 10
 CENTRE = np.array([0.02, 0.0, -0.03])  # the head is off the vertical axis, as a real scan may be

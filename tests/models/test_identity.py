@@ -193,7 +193,7 @@ def test_parser_checks_params_against_their_aliases():
 
 @needs_models
 def test_the_shipped_dat_is_dlibs_29_conv_resnet():
-    from service.detect import model_path
+    from facecore.detect import model_path
 
     net = read_dlib_net(model_path(idm.DLIB_FILE), idm.dlib_resnet_spec())
     convs = net.of_kind("con")
@@ -209,7 +209,7 @@ def test_the_shipped_dat_is_dlibs_29_conv_resnet():
 
 @needs_models
 def test_other_dlib_files_and_bad_files_are_refused(tmp_path):
-    from service.detect import CNN_DETECTOR_FILE, model_path
+    from facecore.detect import CNN_DETECTOR_FILE, model_path
 
     with pytest.raises(DlibFormatError, match="loss_metric"):
         idm.FaceEmbedder.from_dlib_dat(model_path(CNN_DETECTOR_FILE))  # dlib's MMOD detector: another network
@@ -224,7 +224,7 @@ def test_other_dlib_files_and_bad_files_are_refused(tmp_path):
 
 @needs_models
 def test_loader_checks_every_layer_against_the_network():
-    from service.detect import model_path
+    from facecore.detect import model_path
 
     net = read_dlib_net(model_path(idm.DLIB_FILE), idm.dlib_resnet_spec())
 
@@ -304,7 +304,7 @@ def dlib_faces():
         pytest.skip(f"fixture photos not found at {PHOTOS}")
     import dlib
 
-    from service import detect
+    from facecore import detect
 
     rec = dlib.face_recognition_model_v1(str(detect.model_path(idm.DLIB_FILE)))
     predictor = dlib.shape_predictor(str(detect.model_path(detect.PREDICTOR5_FILE)))

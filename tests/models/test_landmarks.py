@@ -1,4 +1,4 @@
-"""Face detection, 68/5-point landmarks and alignment (models.landmarks, service.detect) on real photos."""
+"""Face detection, 68/5-point landmarks and alignment (models.landmarks, facecore.detect) on real photos."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from facecore import detect
+from facecore import geometry as geo
 from models import landmarks as lm
-from service import detect
-from service import geometry as geo
 
 ROOT = Path(__file__).resolve().parents[2]
 PHOTOS = ROOT.parent / "shared" / "fixtures" / "photos"
@@ -178,7 +178,7 @@ def test_align_face_rejects_bad_arguments():
 
 def test_service_path_does_not_import_torch():
     code = (
-        "import sys, numpy as np; from service import detect; "
+        "import sys, numpy as np; from facecore import detect; "
         "detect.align_face(np.zeros((64, 64, 3), np.uint8), "
         "np.array([[40., 20], [36, 20], [20, 20], [24, 20], [30, 35]])); "
         "assert 'torch' not in sys.modules, 'torch imported'"

@@ -165,7 +165,7 @@ def test_metrics_count_requests_and_stages(client):
 def test_manifest_problems_are_refused_at_start(tiny_bundle, tmp_path):
     import shutil
 
-    from service.bundle import BundleError, load_bundle
+    from facecore.bundle import BundleError, load_bundle
 
     broken = tmp_path / "b"
     shutil.copytree(tiny_bundle, broken)

@@ -10,8 +10,8 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from facecore.bundle import load_bundle
 from service.app import create_app
-from service.bundle import load_bundle
 from service.settings import EMBEDDED_BUNDLE, Settings
 
 PHOTOS = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "photos"

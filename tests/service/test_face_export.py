@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import trimesh
 
-from service import formats
-from service import geometry as geo
+from facecore import formats
+from facecore import geometry as geo
 from tests.helpers.gltf import assert_valid_gltf
 
 DEFAULT = Path(__file__).resolve().parents[2] / "models" / "face" / "data" / "anny_head.npz"

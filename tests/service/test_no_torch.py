@@ -15,10 +15,11 @@ def test_service_imports_and_serves_without_torch(tiny_bundle, tmp_path):
         f"""
         import sys
         sys.modules["torch"] = None  # any `import torch` now raises ImportError
-        import pkgutil, importlib, service
-        for mod in pkgutil.walk_packages(service.__path__, "service."):
-            if not mod.name.endswith("__main__"):
-                importlib.import_module(mod.name)
+        import pkgutil, importlib, facecore, service
+        for pkg in (facecore, service):
+            for mod in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + "."):
+                if not mod.name.endswith("__main__"):
+                    importlib.import_module(mod.name)
         from fastapi.testclient import TestClient
         from service.app import create_app
         from service.settings import Settings

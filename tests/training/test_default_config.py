@@ -8,7 +8,7 @@ from pathlib import Path
 import onnx
 import pytest
 
-from service.bundle import load_bundle
+from facecore.bundle import load_bundle
 from training import run as run_cli
 
 DEFAULT = Path(__file__).resolve().parents[2] / "training" / "configs" / "default.yaml"

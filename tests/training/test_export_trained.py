@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from service.bundle import load_bundle
+from facecore.bundle import load_bundle
 from training import run as run_cli
 
 CONFIGS = Path(__file__).resolve().parents[2] / "training" / "configs"

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
+from facecore import geometry as geo
 from models.albedo_head import AlbedoHead, AlbedoHeadConfig, w_statistics
 from models.face.model import FaceModel
 from models.stylegan2 import Generator
-from service import geometry as geo
 from training.alternate import DistInfo, Trainer
 from training.config import load_config
 from training.shape import (

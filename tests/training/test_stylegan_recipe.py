@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from facecore import geometry as geo
 from models.stylegan2 import Generator
-from service import geometry as geo
 from training.data.stylegan_recipe import (
     RecipeConfig,
     ShardDataset,

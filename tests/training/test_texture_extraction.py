@@ -16,8 +16,8 @@ import torch
 import yaml
 from PIL import Image
 
+from facecore import texture as uv_texture
 from models.face.model import FaceModel, axis_angle_to_matrix
-from service import texture as uv_texture
 from training import run as run_cli
 from training import texture as T
 from training.data.synthetic import SyntheticConfig, SyntheticFaces

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from service import geometry as geo
+from facecore import geometry as geo
 
 logger = logging.getLogger(__name__)
 

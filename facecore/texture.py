@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service import geometry as geo
+from facecore import geometry as geo
 
 # Order-2 SH basis constants in DECA's convention, the single definition for the torch renderer
 # (models/render/shading.py imports them) and this module: Y_lm with the Lambertian factors 2π/3 (l = 1)
@@ -31,18 +31,6 @@ SH_CONSTANTS: tuple[float, ...] = (
     (math.pi / 4.0) * 1.5 * math.sqrt(5.0 / (12.0 * math.pi)),
     (math.pi / 4.0) * 0.5 * math.sqrt(5.0 / (4.0 * math.pi)),
 )
-
-
-def srgb_to_linear(x: np.ndarray) -> np.ndarray:
-    """sRGB-encoded values in [0, 1] → linear (IEC 61966-2-1)."""
-    x = np.clip(np.asarray(x, np.float64), 0.0, 1.0)
-    return np.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4)
-
-
-def linear_to_srgb(x: np.ndarray) -> np.ndarray:
-    """Linear values in [0, 1] → sRGB encoding (IEC 61966-2-1)."""
-    x = np.clip(np.asarray(x, np.float64), 0.0, 1.0)
-    return np.where(x <= 0.0031308, 12.92 * x, 1.055 * x ** (1 / 2.4) - 0.055)
 
 
 def sh_basis(normals: np.ndarray) -> np.ndarray:

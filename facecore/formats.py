@@ -20,7 +20,8 @@ import numpy as np
 import pygltflib
 from PIL import Image, PngImagePlugin
 
-from service.geometry import MeshData
+from facecore.color import to_uint8
+from facecore.geometry import MeshData
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +123,7 @@ def albedo_png(albedo: np.ndarray) -> bytes:
     if albedo.dtype.kind == "u" and albedo.dtype != np.uint8:
         raise ValueError(f"albedo: integer input must be uint8, got {albedo.dtype}")
     if albedo.dtype.kind == "f":
-        albedo = np.floor(np.clip(albedo, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+        albedo = to_uint8(albedo)
     return _png_bytes(Image.fromarray(np.ascontiguousarray(albedo)), srgb=True)
 
 
@@ -404,7 +405,7 @@ def glb_bytes(
             raise ValueError(f"morph_targets: names must be non-empty strings, got {target_name!r}")
         _check_array(f"morph_targets[{target_name!r}]", delta, (len(mesh.positions), 3))
 
-    gltf = pygltflib.GLTF2(asset=pygltflib.Asset(version="2.0", generator="albedogan3d service.formats"))
+    gltf = pygltflib.GLTF2(asset=pygltflib.Asset(version="2.0", generator="albedogan3d facecore.formats"))
     blob = bytearray()
     vertex_buffer = pygltflib.ARRAY_BUFFER
     uv_gltf = np.stack([mesh.uv[:, 0], 1.0 - mesh.uv[:, 1]], axis=1)  # glTF's t runs downwards

@@ -19,7 +19,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from service.geometry import FaceModelArrays
+from facecore.geometry import FaceModelArrays
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Tests for service.formats: PNG encodings, normal maps, OBJ zip, GLB (checked by the Khronos validator)."""
+"""Tests for facecore.formats: PNG encodings, normal maps, OBJ zip, GLB (checked by the Khronos validator)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 import trimesh
 from PIL import Image
 
-from service.formats import (
+from facecore.formats import (
     albedo_png,
     displacement_png,
     glb_bytes,
@@ -26,7 +26,7 @@ from service.formats import (
     vertex_tangents,
     write_obj_zip,
 )
-from service.geometry import MeshData
+from facecore.geometry import MeshData
 from tests.helpers.gltf import assert_valid_gltf, run_gltf_validator
 
 
@@ -35,7 +35,7 @@ def band_mesh(n_lat: int = 16, n_lon: int = 24, radius: float = 0.1) -> MeshData
     """A sphere band (latitude ±60°) with a duplicated seam: (n_lat+1)·(n_lon+1) vertices, v up.
 
     u follows longitude (seam at the back, u = 0.5 faces +z), v follows latitude; triangles are
-    counter-clockwise seen from outside, as in ``service.geometry``.
+    counter-clockwise seen from outside, as in ``facecore.geometry``.
     """
     v = np.linspace(1.0, 0.0, n_lat + 1)  # row 0 is v = 1 (top)
     u = np.linspace(0.0, 1.0, n_lon + 1)

