@@ -1,0 +1,122 @@
+"""``albedogan`` batch CLI: the service's bytes without a server, per-file errors, resumable runs."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from service.app import create_app
+from service.cli import main, parse_seeds
+from service.settings import EMBEDDED_BUNDLE, Settings
+
+PHOTO = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "photos" / "cc0-interfaces-001.jpg"
+SMALL = ["--texture-size", "256", "--mesh-resolution", "64", "-q"]
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    settings = Settings(bundle=EMBEDDED_BUNDLE, results_dir=tmp_path_factory.mktemp("results"), max_wait_ms=0.0)
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+def service_files(client, body: dict) -> tuple[str, dict[str, bytes]]:
+    result = body["id"]
+    names = [n for n in body["links"] if n != "bundle.zip"]  # the zip is made on request, not stored by the CLI
+    return result, {n: client.get(f"/results/{result}/{n}").content for n in names}
+
+
+def cli_files(folder: Path) -> tuple[str, dict[str, bytes]]:
+    record = json.loads((folder / "result.json").read_text())
+    return record["id"], {p.name: p.read_bytes() for p in folder.iterdir() if p.name != "result.json"}
+
+
+def test_parse_seeds():
+    assert parse_seeds("0-3") == [0, 1, 2, 3]
+    assert parse_seeds("7, 2,3-4,3") == [2, 3, 4, 7]
+    for bad in ("", "a", "5-2", "-1"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_seeds(bad)
+
+
+def test_generate_matches_the_service_and_resumes(client, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["generate", "--seeds", "3-4", "--out", str(out), *SMALL]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["seed_0003", "seed_0004"]
+    for seed in (3, 4):
+        r = client.post("/generate", json={"seed": seed, "texture_size": 256, "mesh_resolution": 64})
+        assert r.status_code == 200, r.text
+        want_id, want = service_files(client, r.json())
+        got_id, got = cli_files(out / f"seed_{seed:04d}")
+        assert got_id == want_id and got.keys() == want.keys()
+        for name in want:
+            assert got[name] == want[name], name  # byte-identical to what the service stores
+    record = json.loads((out / "seed_0003" / "result.json").read_text())
+    assert record["request"]["seed"] == 3 and len(record["codes"]["shape"]) == 150
+    assert "2 done" in capsys.readouterr().out
+
+    # a second run skips the finished folders without touching them; a new seed and an interrupted one are made
+    stamp = (out / "seed_0003" / "mesh.glb").stat().st_mtime_ns
+    (out / ".tmp-seed_0005-leftover").mkdir()  # what a killed run leaves: not a result
+    assert main(["generate", "--seeds", "3-5", "--out", str(out), *SMALL]) == 0
+    assert "1 done, 2 already done, 0 failed" in capsys.readouterr().out
+    assert (out / "seed_0003" / "mesh.glb").stat().st_mtime_ns == stamp
+    assert (out / "seed_0005" / "result.json").is_file()
+
+    # other options make another result: the folder is redone, not skipped
+    assert (
+        main(["generate", "--seeds", "3", "--out", str(out), "--texture-size", "512", "--mesh-resolution", "64"]) == 0
+    )
+    assert Image.open(out / "seed_0003" / "albedo.png").size == (512, 512)
+
+
+def test_generate_rejects_what_the_service_rejects(tmp_path, capsys):
+    rc = main(["generate", "--seeds", "0", "--out", str(tmp_path), "--texture-size", "100000", "-q"])
+    assert rc == 1 and "texture_size" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.skipif(not PHOTO.is_file(), reason="shared fixtures (../shared/fixtures/photos) not present")
+def test_reconstruct_a_folder_skips_bad_files_and_matches_the_service(client, tmp_path, capsys):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "portrait.jpg").write_bytes(PHOTO.read_bytes())
+    (photos / "broken.jpg").write_bytes(b"not an image")
+    buf = io.BytesIO()
+    Image.new("RGB", (200, 200), (128, 128, 128)).save(buf, "PNG")
+    (photos / "blank.png").write_bytes(buf.getvalue())  # an image without a face
+    (photos / "notes.txt").write_text("ignored: not a photo suffix")
+    out = tmp_path / "out"
+
+    assert main(["reconstruct", str(photos), "--out", str(out), *SMALL]) == 1  # some inputs failed
+    err = capsys.readouterr().err
+    assert "broken.jpg: image: not a readable" in err and "blank.png: image:" in err
+    assert sorted(p.name for p in out.iterdir()) == ["portrait"]
+
+    r = client.post(
+        "/reconstruct",
+        files={"image": ("face.jpg", PHOTO.read_bytes(), "image/jpeg")},
+        data={"texture_size": "256", "mesh_resolution": "64"},
+    )
+    assert r.status_code == 200, r.text
+    want_id, want = service_files(client, r.json())
+    got_id, got = cli_files(out / "portrait")
+    assert got_id == want_id and got == want
+    record = json.loads((out / "portrait" / "result.json").read_text())
+    assert record["face"] == r.json()["face"] and record["request"]["photo"] == "portrait.jpg"
+
+    assert main(["reconstruct", str(photos / "portrait.jpg"), "--out", str(out), *SMALL]) == 0
+    assert "0 done, 1 already done, 0 failed" in capsys.readouterr().out
+
+
+def test_missing_input_and_bad_bundle(tmp_path, capsys):
+    assert main(["reconstruct", str(tmp_path / "nope"), "--out", str(tmp_path / "o"), "-q"]) == 2
+    assert "no such file or folder" in capsys.readouterr().err
+    rc = main(["generate", "--seeds", "0", "--out", str(tmp_path / "o"), "--bundle", str(tmp_path), "-q"])
+    assert rc == 2 and "error:" in capsys.readouterr().err
