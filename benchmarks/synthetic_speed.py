@@ -27,7 +27,7 @@ def save_grid(batch, path: Path, cols: int = 8) -> None:
     """Images with their landmarks (green visible, red hidden) over their UV albedos."""
     from PIL import Image, ImageDraw
 
-    from training.data.synthetic import linear_to_srgb
+    from training.data.skin import linear_to_srgb
 
     tiles = []
     S = batch.image_srgb.shape[-1]
@@ -62,7 +62,8 @@ def main() -> None:
     parser.add_argument("--grid", type=Path, default=None, help="save a picture of the first timed batch here")
     args = parser.parse_args()
 
-    from training.data.synthetic import SyntheticConfig, SyntheticFaces, individual_typology_angle
+    from training.data.skin import individual_typology_angle
+    from training.data.synthetic import SyntheticConfig, SyntheticFaces
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -10,27 +10,31 @@ import torch
 
 from models.face.model import FaceModel
 from models.render import MeshRenderer, WeakPerspectiveCamera, sample_texture, sh_basis
-from training.data.synthetic import (
+from training.data.procedural_albedo import (
     MELANIN_RANGE,
     AlbedoParams,
-    PoseRanges,
     ProceduralAlbedo,
-    SyntheticConfig,
-    SyntheticFaces,
     _inside_polygon,
-    euler_to_axis_angle,
+    sample_albedo_params,
+)
+from training.data.skin import (
     hair_linear_rgb,
-    head_angles_deg,
     individual_typology_angle,
     linear_to_srgb,
-    render_background,
-    sample_albedo_params,
-    sample_background_params,
-    sample_face_codes,
-    sample_sh,
     skin_linear_rgb,
     spectrum_to_linear_srgb,
     srgb_to_linear,
+)
+from training.data.synthetic import (
+    PoseRanges,
+    SyntheticConfig,
+    SyntheticFaces,
+    euler_to_axis_angle,
+    head_angles_deg,
+    render_background,
+    sample_background_params,
+    sample_face_codes,
+    sample_sh,
 )
 
 
