@@ -29,6 +29,7 @@ import torch
 from facecore import color
 from models.face.model import FaceModel
 from models.render import MeshRenderer, WeakPerspectiveCamera
+from training import face_fit
 from training import texture as T
 from training.data.synthetic import SyntheticConfig, SyntheticFaces, head_angles_deg
 
@@ -56,7 +57,7 @@ def synthetic_table(args: argparse.Namespace, fm: FaceModel) -> None:
     config = SyntheticConfig(image_size=224, albedo_size=256, seed=args.seed)
     ds = SyntheticFaces(config, face_model=FaceModel(fm.arrays))
     indices = pick_indices(ds, args.count)
-    cfg = T.FitConfig(steps=args.steps)
+    cfg = face_fit.FitConfig(steps=args.steps)
     renderer = MeshRenderer.from_face_model(fm, cfg.render_size)
     prepared, skipped = [], []
     t_detect = time.perf_counter()
@@ -73,7 +74,7 @@ def synthetic_table(args: argparse.Namespace, fm: FaceModel) -> None:
     wall, cpu = time.perf_counter(), time.process_time()
     for s in range(0, len(prepared), args.batch):
         chunk = prepared[s : s + args.batch]
-        fits += T.fit_faces(
+        fits += face_fit.fit_faces(
             [p.crop for _, _, p in chunk], np.stack([p.landmarks for _, _, p in chunk]), fm, renderer, config=cfg
         )
     wall = (time.perf_counter() - wall) / max(len(prepared), 1)
@@ -143,7 +144,7 @@ def synthetic_table(args: argparse.Namespace, fm: FaceModel) -> None:
     )
 
 
-def render_fit(fit: T.FitResult, fm: FaceModel, crop: np.ndarray, albedo_lin: np.ndarray | None) -> np.ndarray:
+def render_fit(fit: face_fit.FitResult, fm: FaceModel, crop: np.ndarray, albedo_lin: np.ndarray | None) -> np.ndarray:
     """The fitted head over the crop: flat skin colour (albedo None) or the extracted albedo, under the fitted light."""
     size = crop.shape[0]
     renderer = MeshRenderer.from_face_model(fm, size)
@@ -169,7 +170,7 @@ def photos(args: argparse.Namespace, fm: FaceModel) -> None:
     if not files:
         print(f"\nReal photos: none in {folder}, skipped")
         return
-    cfg = T.FitConfig(steps=args.steps)
+    cfg = face_fit.FitConfig(steps=args.steps)
     rows, lines = [], []
     for path in files:
         image = T._load_image(path)
@@ -179,7 +180,7 @@ def photos(args: argparse.Namespace, fm: FaceModel) -> None:
             lines.append(f"{path.name}: skipped ({type(exc).__name__}: {exc})")
             continue
         t0 = time.perf_counter()
-        fit = T.fit_face(face.crop, face.landmarks, fm, config=cfg)
+        fit = face_fit.fit_face(face.crop, face.landmarks, fm, config=cfg)
         dt = time.perf_counter() - t0
         tex = T.extract_texture(face.image, fit, fm, 256, matrix=face.crop_to_image)
         yaw = float(head_angles_deg(torch.tensor(fit.pose)[None])[0, 0])
@@ -216,7 +217,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=16)
     parser.add_argument("--seed", type=int, default=2024)
-    parser.add_argument("--steps", type=int, default=T.FitConfig().steps)
+    parser.add_argument("--steps", type=int, default=face_fit.FitConfig().steps)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--landmarks", choices=("detect", "truth"), default="detect")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core CPU)")

@@ -18,6 +18,7 @@ from PIL import Image
 
 from facecore import texture as uv_texture
 from models.face.model import FaceModel, axis_angle_to_matrix
+from training import face_fit
 from training import run as run_cli
 from training import texture as T
 from training.data.synthetic import SyntheticConfig, SyntheticFaces
@@ -95,8 +96,8 @@ def test_fit_light_convention(fits):
 def test_fit_is_deterministic_and_batch_independent(fm, batch, images):
     cfg = T.FitConfig(steps=12, render_size=48)
     lms = batch.landmarks_px.double().numpy()
-    a = T.fit_face(images[0], lms[0], fm, config=cfg)
-    b = T.fit_face(images[0], lms[0], fm, config=cfg)
+    a = face_fit.fit_face(images[0], lms[0], fm, config=cfg)
+    b = face_fit.fit_face(images[0], lms[0], fm, config=cfg)
     for name in ("shape", "expression", "pose", "camera", "sh", "skin_colour"):
         assert np.array_equal(getattr(a, name), getattr(b, name)), name
     # batched fits are independent: another image in the batch changes only float rounding, which Adam's
@@ -109,16 +110,16 @@ def test_fit_is_deterministic_and_batch_independent(fm, batch, images):
 
 
 def test_fit_without_landmarks_runs_photometric_only(fm, images):
-    fit = T.fit_face(images[2], None, fm, config=T.FitConfig(steps=6, render_size=48))
+    fit = face_fit.fit_face(images[2], None, fm, config=T.FitConfig(steps=6, render_size=48))
     assert np.isnan(fit.landmark_error) and np.all(np.isnan(fit.losses["landmark"]))
     assert np.all(np.isfinite(fit.losses["photo"]))
 
 
 def test_fit_rejects_bad_input(fm, images):
     with pytest.raises(ValueError, match="square"):
-        T.fit_face(images[0][:, :100], None, fm, steps=1)
+        face_fit.fit_face(images[0][:, :100], None, fm, steps=1)
     with pytest.raises(ValueError, match="landmarks"):
-        T.fit_face(images[0], np.zeros((5, 2)), fm, steps=1)
+        face_fit.fit_face(images[0], np.zeros((5, 2)), fm, steps=1)
     with pytest.raises(ValueError, match="unknown keys"):
         T.FitConfig.from_dict({"stpes": 3})
     with pytest.raises(ValueError, match="rigid_fraction"):
