@@ -66,6 +66,8 @@ from typing import IO, Any
 import numpy as np
 import torch
 
+from models.safe_pickle import PicklePolicy, RestrictedUnpickler
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -379,7 +381,7 @@ def _load_from_bytes(blob: Any) -> Any:
     if not isinstance(blob, bytes | bytearray):
         raise UnsafePickleError(f"_load_from_bytes: expected bytes, got {type(blob).__name__}")
     with io.BytesIO(blob) as f:
-        first = _RestrictedUnpickler(f).load()
+        first = _unpickler(f).load()
         return _read_legacy_after_magic(f, first, what="embedded storage", max_bytes=len(blob))
 
 
@@ -423,52 +425,53 @@ ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
 _PY2_MODULES = {"__builtin__": "builtins", "copy_reg": "copyreg"}
 
 
-def _stand_in_class(module: str, name: str, cache: dict[str, type[CapturedModule]]) -> type[CapturedModule]:
-    qualname = f"{module}.{name}"
-    if qualname not in cache:
-        cache[qualname] = type(name, (CapturedModule,), {"_foreign_name": qualname, "__module__": __name__})
-    return cache[qualname]
+def _stand_in_class(module: str, name: str) -> type[CapturedModule] | None:
+    """A fresh inert class for a network class of the NVlabs code (memoised per file by the unpickler)."""
+    if name.isidentifier() and (
+        module in STAND_IN_MODULES or re.fullmatch(rf"{STAND_IN_MODULE_PREFIX}[0-9a-f]+", module)
+    ):
+        return type(name, (CapturedModule,), {"_foreign_name": f"{module}.{name}", "__module__": __name__})
+    return None
 
 
-def _refusal_hint(module: str) -> str:
+def _refusal(module: str, name: str) -> str:
     if module.startswith("dnnlib.tflib"):
-        return (
+        hint = (
             " (this is a TensorFlow-era StyleGAN2 pickle: convert it with NVlabs' stylegan2-ada-pytorch legacy.py "
             "or use the PyTorch re-release of the network)"
         )
-    return " (not part of an NVlabs StyleGAN2 network pickle; the file may be malicious)"
+    else:
+        hint = " (not part of an NVlabs StyleGAN2 network pickle; the file may be malicious)"
+    return f"refusing to load global {module}.{name}{hint}"
+
+
+_POLICY = PicklePolicy(
+    allowed={
+        **{("torch", name): marker for name, marker in _TORCH_DTYPES.items()},
+        **{("torch", name): marker for name, marker in _STORAGE_TYPES.items()},
+        **ALLOWED_GLOBALS,
+    },
+    refusal=_refusal,
+    error=UnsafePickleError,
+    stand_in=_stand_in_class,
+    module_aliases=_PY2_MODULES,  # protocol <= 2 pickles spell builtins the Python 2 way
+)
+"""The allow-list (:data:`ALLOWED_GLOBALS`, torch storage types and dtypes) and NVlabs network stand-ins."""
 
 
 # ============================================================================================ unpickling
-class _RestrictedUnpickler(pickle.Unpickler):
-    """``find_class`` through the allow-list; persistent ids resolved by ``storage_loader`` (torch.save files)."""
+def _unpickler(f: IO[bytes], storage_loader: Callable[[tuple[Any, ...]], Any] | None = None) -> RestrictedUnpickler:
+    """The restricted unpickler of this format; persistent ids resolved by ``storage_loader`` (torch.save files)."""
+    if storage_loader is None:
+        return RestrictedUnpickler(f, _POLICY)
 
-    def __init__(self, f: IO[bytes], storage_loader: Callable[[tuple[Any, ...]], Any] | None = None) -> None:
-        super().__init__(f, encoding="latin1")
-        self._storage_loader = storage_loader
-        self._stand_ins: dict[str, type[CapturedModule]] = {}
-
-    def find_class(self, module: str, name: str) -> Any:
-        module = _PY2_MODULES.get(module, module)  # protocol <= 2 pickles spell builtins the Python 2 way
-        if (module, name) in ALLOWED_GLOBALS:
-            return ALLOWED_GLOBALS[module, name]
-        if module == "torch" and name in _STORAGE_TYPES:
-            return _STORAGE_TYPES[name]
-        if module == "torch" and name in _TORCH_DTYPES:
-            return _TORCH_DTYPES[name]
-        if name.isidentifier() and (
-            module in STAND_IN_MODULES or re.fullmatch(rf"{STAND_IN_MODULE_PREFIX}[0-9a-f]+", module)
-        ):
-            return _stand_in_class(module, name, self._stand_ins)
-        raise UnsafePickleError(f"refusing to load global {module}.{name}{_refusal_hint(module)}")
-
-    def persistent_load(self, pid: Any) -> Any:
-        if self._storage_loader is None:
-            raise UnsafePickleError(f"unexpected persistent id {pid!r} in a plain pickle")
+    def storage(pid: Any) -> Any:
         if not (isinstance(pid, tuple) and pid and pid[0] == "storage"):
             kind = pid[0] if isinstance(pid, tuple) and pid else pid
             raise UnsafePickleError(f"unsupported persistent id {kind!r} (only tensor storages are read)")
-        return self._storage_loader(pid)
+        return storage_loader(pid)
+
+    return RestrictedUnpickler(f, _POLICY, persistent_load=storage)
 
 
 def _new_storage(stype: _Marker, numel: int) -> tuple[Any, torch.Tensor]:
@@ -494,10 +497,10 @@ def _read_legacy_after_magic(f: IO[bytes], magic: Any, what: str, max_bytes: int
     """
     if isinstance(magic, bool) or magic != LEGACY_MAGIC:
         raise StyleGAN2PickleError(f"{what}: not a torch legacy-format stream (magic {magic!r})")
-    protocol = _RestrictedUnpickler(f).load()
+    protocol = _unpickler(f).load()
     if protocol != LEGACY_PROTOCOL:
         raise StyleGAN2PickleError(f"{what}: unsupported torch legacy protocol {protocol!r}")
-    sys_info = _RestrictedUnpickler(f).load()
+    sys_info = _unpickler(f).load()
     little_endian = bool(sys_info.get("little_endian", True)) if isinstance(sys_info, dict) else True
     pending: dict[str, tuple[torch.Tensor, int]] = {}
     declared = [0]  # bytes of storages declared so far
@@ -523,8 +526,8 @@ def _read_legacy_after_magic(f: IO[bytes], magic: Any, what: str, max_bytes: int
             return flat.untyped_storage()
         return torch.storage.TypedStorage(wrap_storage=flat.untyped_storage(), dtype=flat.dtype, _internal=True)
 
-    result = _RestrictedUnpickler(f, storage_loader=storage).load()
-    keys = _RestrictedUnpickler(f).load()
+    result = _unpickler(f, storage_loader=storage).load()
+    keys = _unpickler(f).load()
     if not isinstance(keys, list) or sorted(map(str, keys)) != sorted(pending):
         raise StyleGAN2PickleError(f"{what}: storage key list does not match the storages referenced")
     for key in keys:
@@ -580,7 +583,7 @@ def _read_zip(path: Path) -> Any:
             return torch.storage.TypedStorage(wrap_storage=flat.untyped_storage(), dtype=flat.dtype, _internal=True)
 
         with archive.open(pickles[0]) as f:
-            return _RestrictedUnpickler(f, storage_loader=storage).load()
+            return _unpickler(f, storage_loader=storage).load()
 
 
 @dataclass(frozen=True)
@@ -627,7 +630,7 @@ def read_stylegan2_pickle(path: str | Path) -> NVlabsPickle:
             if head == b"PK\x03\x04":
                 container, data = "torch-zip", _read_zip(path)
             else:
-                first = _RestrictedUnpickler(f).load()
+                first = _unpickler(f).load()
                 if isinstance(first, int) and not isinstance(first, bool) and first == LEGACY_MAGIC:
                     size = path.stat().st_size
                     container, data = "torch-legacy", _read_legacy_after_magic(f, first, str(path), size)

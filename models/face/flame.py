@@ -30,6 +30,7 @@ import numpy as np
 
 from facecore.geometry import N_LANDMARKS, FaceModelArrays
 from models.face.uv import cylindrical_uv
+from models.safe_pickle import PicklePolicy, RestrictedUnpickler
 
 logger = logging.getLogger(__name__)
 
@@ -129,26 +130,28 @@ def _safe_globals() -> dict[tuple[str, str], Any]:
     return allowed
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-    _allowed = _safe_globals()
+def _foreign_stand_in(module: str, name: str) -> type[_Captured] | None:
+    """chumpy values and scipy.sparse matrices become inert stand-ins; anything else is not one."""
+    if module.split(".")[0] == "chumpy":
+        return _stand_in(_Chumpy, f"{module}.{name}")
+    if module.startswith("scipy.sparse") and name in _SPARSE_NAMES:
+        return _stand_in(_Sparse, f"{module}.{name}")
+    return None
 
-    def find_class(self, module: str, name: str) -> Any:
-        qualname = f"{module}.{name}"
-        if module.split(".")[0] == "chumpy":
-            return _stand_in(_Chumpy, qualname)
-        if module.startswith("scipy.sparse") and name in _SPARSE_NAMES:
-            return _stand_in(_Sparse, qualname)
-        if (module, name) in self._allowed:
-            return self._allowed[module, name]
-        raise pickle.UnpicklingError(
-            f"refusing to load global {qualname!r}: only numpy arrays, scipy.sparse matrices and chumpy "
-            "values are allowed in a FLAME file"
-        )
+
+def _refusal(module: str, name: str) -> str:
+    return (
+        f"refusing to load global {f'{module}.{name}'!r}: only numpy arrays, scipy.sparse matrices and chumpy "
+        "values are allowed in a FLAME file"
+    )
+
+
+_POLICY = PicklePolicy(allowed=_safe_globals(), refusal=_refusal, stand_in=_foreign_stand_in)
 
 
 def _unpickle(f: BinaryIO, path: Path) -> Any:
     try:
-        return _RestrictedUnpickler(f, encoding="latin1").load()
+        return RestrictedUnpickler(f, _POLICY, encoding="latin1").load()
     except Exception as exc:  # refused globals, truncated or foreign files: name the file
         raise ValueError(f"{path}: cannot read the pickle ({exc})") from exc
 
