@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import tomllib
@@ -137,3 +138,31 @@ def test_replicas_share_one_store_behind_a_readiness_gated_balancer():
     assert re.search(r"server-template \w+ \d+ api:8000", cfg) and "resolvers docker" in cfg
     assert re.search(r"retry-on [^\n]*\bempty-response\b[^\n]*\b503\b", cfg) and "option redispatch" in cfg
     assert "haproxy" in (ROOT / "docker" / "lb.Dockerfile").read_text()
+    # with no replica ready the balancer sheds like the api does: 503 + Retry-After, a JSON detail
+    errorfile = re.search(r"errorfile 503 (\S+)", cfg).group(1)
+    assert f"COPY docker/haproxy-503.http {errorfile}" in (ROOT / "docker" / "lb.Dockerfile").read_text()
+    head, body = (ROOT / "docker" / "haproxy-503.http").read_bytes().split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 503") and b"retry-after:" in head.lower()
+    assert f"content-length: {len(body)}".encode() in head and "detail" in json.loads(body)
+
+
+def test_kubernetes_manifests_validate_offline():
+    import kubernetes_validate
+
+    docs = [d for f in sorted((ROOT / "docker" / "k8s").glob("*.yaml")) for d in yaml.safe_load_all(f.read_text())]
+    for doc in docs:
+        kubernetes_validate.validate(doc, "1.30.0", strict=True)  # raises on any unknown or mistyped field
+    kinds = {d["kind"]: d for d in docs}
+    assert {"Deployment", "Service", "PersistentVolumeClaim"} <= set(kinds)
+    pod = kinds["Deployment"]["spec"]["template"]["spec"]
+    api = pod["containers"][0]
+    assert kinds["Deployment"]["spec"]["replicas"] >= 2
+    assert api["readinessProbe"]["httpGet"]["path"] == "/health/ready"
+    assert api["livenessProbe"]["httpGet"]["path"] == "/health/live"
+    assert api["resources"]["limits"]["nvidia.com/gpu"] == 1
+    claim = kinds["PersistentVolumeClaim"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]  # one store shared by every replica
+    (volume,) = pod["volumes"]
+    assert volume["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+    assert api["volumeMounts"][0]["mountPath"] == "/data/results"
+    assert kinds["Service"]["spec"]["selector"] == kinds["Deployment"]["spec"]["selector"]["matchLabels"]
