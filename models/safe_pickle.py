@@ -3,8 +3,8 @@
 A pickle can name any importable global and call it while loading, so a file from elsewhere is arbitrary code.
 :class:`RestrictedUnpickler` never imports: every global a pickle names is looked up in a
 :class:`PicklePolicy`, which each loader module defines for its own format (``models/face/flame.py``: numpy
-arrays, scipy.sparse and chumpy stand-ins; ``models/stylegan2_pickle.py``: torch tensors and storages, NVlabs
-network stand-ins). What the policy does not allow is refused with the policy's own error, before anything from
+arrays, scipy.sparse and chumpy stand-ins; ``models/stylegan2/nvlabs_pickle.py``: torch tensors and storages,
+NVlabs network stand-ins). What the policy does not allow is refused with the policy's own error, before anything from
 the file runs; persistent ids (torch storages) are refused unless the caller resolves them.
 """
 

@@ -25,12 +25,11 @@ import pytest
 import torch
 
 from models.stylegan2 import Discriminator, Generator
-from models.stylegan2_pickle import (
-    NAME_MAP,
+from models.stylegan2.nvlabs_load import NAME_MAP, load_stylegan2_pickle
+from models.stylegan2.nvlabs_pickle import (
     CapturedModule,
     StyleGAN2PickleError,
     UnsafePickleError,
-    load_stylegan2_pickle,
     read_stylegan2_pickle,
 )
 

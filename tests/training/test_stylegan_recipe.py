@@ -105,7 +105,7 @@ def test_build_dataset_with_a_tiny_generator(model, tmp_path):
 
 def test_recipe_stage_builds_from_the_pickle_and_exports_identity_images(model, tmp_path, monkeypatch):
     import models.landmarks
-    import models.stylegan2_pickle
+    import models.stylegan2.nvlabs_load
     from training.data import stylegan_recipe
 
     torch.manual_seed(0)
@@ -118,7 +118,7 @@ def test_recipe_stage_builds_from_the_pickle_and_exports_identity_images(model, 
         seen.update(path=Path(path), which=which, device=device)
         return G, None
 
-    monkeypatch.setattr(models.stylegan2_pickle, "load_stylegan2_pickle", fake_load)
+    monkeypatch.setattr(models.stylegan2.nvlabs_load, "load_stylegan2_pickle", fake_load)
     yaw_from_red = lambda img: project(model, 120 * (img[..., 0].mean() / 255 - 0.5))  # noqa: E731
     monkeypatch.setattr(models.landmarks, "landmarks68", yaw_from_red)
     recipe = {"stylegan2": str(pkl), "n_samples": 8, "n_identities": 3, "truncation_samples": 32,
