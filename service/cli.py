@@ -3,8 +3,9 @@
     albedogan reconstruct PHOTOS/ --out OUT/        # one OUT/<photo stem>/ per face photo
     albedogan generate --seeds 0-99 --out OUT/      # one OUT/seed_<n>/ per seed
 
-Every output folder holds exactly the files the service stores for the same request (same bytes, same result
-id) plus ``result.json`` (the id, the request and the fitted codes). Folders are written atomically, so a run
+Every output folder holds exactly the files the service stores for the same request (same bytes) plus
+``result.json``: the request, its content address (``key``: sha256 of the bundle digest and the canonical
+request, what the service's result id is a keyed hash of) and the fitted codes. Folders are written atomically, so a run
 that is interrupted and started again skips what is done; a folder made with other options is redone. A photo
 that fails (no face, not an image, …) is reported and skipped; the exit status is 1 when any input failed.
 """
@@ -95,10 +96,10 @@ def seed_jobs(seeds: Sequence[int]) -> list[Job]:
     return [Job(f"seed_{s:0{width}d}", f"seed {s}", s) for s in seeds]
 
 
-def done_id(folder: Path) -> str | None:
-    """The result id of a finished output folder, or None."""
+def done_key(folder: Path) -> str | None:
+    """The request key of a finished output folder, or None."""
     try:
-        return json.loads((folder / RESULT_JSON).read_text())["id"]
+        return json.loads((folder / RESULT_JSON).read_text())["key"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -195,9 +196,9 @@ async def run_job(args: argparse.Namespace, runner: Runner, job: Job) -> str:
             raise InputError(f"cannot read: {exc.strerror}") from exc
         req = reconstruct_request(args, runner, data)
         request = {"endpoint": "reconstruct", "photo": Path(job.payload).name, "photo_sha256": req.photo_sha256}
-    result_id = req.key(bundle)
+    key = req.key(bundle)
     folder = args.out / job.name
-    if done_id(folder) == result_id:
+    if done_key(folder) == key:
         return "skipped"
     try:
         if isinstance(req, pipeline.MeshRequest):
@@ -205,10 +206,10 @@ async def run_job(args: argparse.Namespace, runner: Runner, job: Job) -> str:
         else:
             pixels = pipeline.decode_photo(data, runner.settings.max_image_pixels)
             result = await pipeline.reconstruct(bundle, runner.run_graph, req, pixels, timer)
-    except pipeline.PhotoError as exc:
+    except ValueError as exc:  # pipeline.PhotoError and the like: this input cannot be made into a face
         raise InputError(str(exc)) from exc
     options = {k: getattr(req, k) for k in ("texture_size", "mesh_resolution", "outputs", "blendshapes")}
-    record = {"id": result_id, "request": request | options, **result.meta, "files": sorted(result.files)}
+    record = {"key": key, "request": request | options, **result.meta, "files": sorted(result.files)}
     if isinstance(req, pipeline.ReconstructRequest):
         record["request"] |= {"detector": req.detector, "albedo": req.albedo}
     else:

@@ -26,15 +26,13 @@ def client(tmp_path_factory):
         yield c
 
 
-def service_files(client, body: dict) -> tuple[str, dict[str, bytes]]:
-    result = body["id"]
+def service_files(client, body: dict) -> dict[str, bytes]:
     names = [n for n in body["links"] if n != "bundle.zip"]  # the zip is made on request, not stored by the CLI
-    return result, {n: client.get(f"/results/{result}/{n}").content for n in names}
+    return {n: client.get(f"/results/{body['id']}/{n}").content for n in names}
 
 
-def cli_files(folder: Path) -> tuple[str, dict[str, bytes]]:
-    record = json.loads((folder / "result.json").read_text())
-    return record["id"], {p.name: p.read_bytes() for p in folder.iterdir() if p.name != "result.json"}
+def cli_files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.name != "result.json"}
 
 
 def test_parse_seeds():
@@ -52,13 +50,13 @@ def test_generate_matches_the_service_and_resumes(client, tmp_path, capsys):
     for seed in (3, 4):
         r = client.post("/generate", json={"seed": seed, "texture_size": 256, "mesh_resolution": 64})
         assert r.status_code == 200, r.text
-        want_id, want = service_files(client, r.json())
-        got_id, got = cli_files(out / f"seed_{seed:04d}")
-        assert got_id == want_id and got.keys() == want.keys()
+        want = service_files(client, r.json())
+        got = cli_files(out / f"seed_{seed:04d}")
+        assert got.keys() == want.keys()
         for name in want:
             assert got[name] == want[name], name  # byte-identical to what the service stores
     record = json.loads((out / "seed_0003" / "result.json").read_text())
-    assert record["request"]["seed"] == 3 and len(record["codes"]["shape"]) == 150
+    assert record["request"]["seed"] == 3 and len(record["codes"]["shape"]) == 150 and len(record["key"]) == 64
     assert "2 done" in capsys.readouterr().out
 
     # a second run skips the finished folders without touching them; a new seed and an interrupted one are made
@@ -105,9 +103,7 @@ def test_reconstruct_a_folder_skips_bad_files_and_matches_the_service(client, tm
         data={"texture_size": "256", "mesh_resolution": "64"},
     )
     assert r.status_code == 200, r.text
-    want_id, want = service_files(client, r.json())
-    got_id, got = cli_files(out / "portrait")
-    assert got_id == want_id and got == want
+    assert cli_files(out / "portrait") == service_files(client, r.json())
     record = json.loads((out / "portrait" / "result.json").read_text())
     assert record["face"] == r.json()["face"] and record["request"]["photo"] == "portrait.jpg"
 
