@@ -272,17 +272,18 @@ def check_replicas(compose: list[str], port: int, args: argparse.Namespace, summ
             raise SmokeFailure("a result made by one replica is not served identically by the other")
 
         # latency of the same (stored) request: direct to each replica vs through the balancer
-        n = args.latency_samples
-        lat = {}
-        for name, base in [*(("direct " + c[:12], u) for c, u in direct.items()), ("balancer", st.base)]:
+        # (interleaved, so that drift in what else this machine runs hits every target alike)
+        targets = {**{"direct " + c[:12]: u for c, u in direct.items()}, "balancer": st.base}
+        samples: dict[str, list[float]] = {name: [] for name in targets}
+        for base in targets.values():
             post_generate(base, 1)
-            samples = []
-            for _ in range(n):
+        for _ in range(args.latency_samples):
+            for name, base in targets.items():
                 t = time.perf_counter()
                 if post_generate(base, 1)[0] != 200:
                     raise SmokeFailure(f"{name}: a stored /generate did not answer 200")
-                samples.append(time.perf_counter() - t)
-            lat[name] = p50_ms(samples)
+                samples[name].append(time.perf_counter() - t)
+        lat = {name: p50_ms(v) for name, v in samples.items()}
         direct_p50 = statistics.median(v for k, v in lat.items() if k.startswith("direct"))
         summary["latency_p50_ms"] = lat
         summary["balancer_overhead_p50_ms"] = round(lat["balancer"] - direct_p50, 2)
@@ -341,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--before-kill", type=int, default=8, help="completed results before the kill")
     parser.add_argument("--after-kill", type=int, default=16, help="completed results after the kill")
-    parser.add_argument("--latency-samples", type=int, default=40)
+    parser.add_argument("--latency-samples", type=int, default=100)
     parser.add_argument("--port", type=int, default=0, help="host port of the stacks (default: a free one)")
     args = parser.parse_args(argv)
     t0 = time.monotonic()
