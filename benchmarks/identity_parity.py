@@ -27,7 +27,7 @@ from timing import best_seconds
 from facecore import detect
 from models.identity import DLIB_FILE, FaceEmbedder, extract_dlib_chip
 
-DEFAULT_PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "photos"
+DEFAULT_PHOTOS = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "photos"
 
 
 def best_s(fn, repeat: int) -> float:

@@ -22,7 +22,7 @@ from timing import best_seconds
 from facecore import detect
 from models import landmarks as lm
 
-DEFAULT_PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "photos"
+DEFAULT_PHOTOS = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "photos"
 
 
 def rotate(image: np.ndarray, points: np.ndarray, degrees: float) -> tuple[np.ndarray, np.ndarray]:

@@ -185,7 +185,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--bundle", type=Path, default=EMBEDDED_BUNDLE)
     parser.add_argument("--requests", type=int, default=30)
-    parser.add_argument("--photos", type=Path, default=ROOT.parent / "shared" / "fixtures" / "photos")
+    parser.add_argument("--photos", type=Path, default=ROOT / "tests" / "fixtures" / "photos")
     parser.add_argument("--skip-throughput", action="store_true")
     args = parser.parse_args()
     manifest = json.loads((args.bundle / "manifest.json").read_text())

@@ -33,7 +33,7 @@ from training import face_fit
 from training import texture as T
 from training.data.synthetic import SyntheticConfig, SyntheticFaces, head_angles_deg
 
-PHOTOS = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "photos"
+PHOTOS = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "photos"
 YAW_BINS = ((0.0, 20.0), (20.0, 40.0), (40.0, 90.0))
 MAX_LANDMARK_ERROR = 0.25  # the CLI's default extract.max_landmark_error
 

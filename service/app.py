@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -23,6 +25,8 @@ logger = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
 THREE = STATIC / "node_modules" / "three" / "build" / "three.module.js"
+#: paths that never need an API key: liveness/readiness probes, Prometheus, the viewer and the API docs
+PUBLIC = ("/health/", "/metrics", "/static/", "/docs", "/redoc", "/openapi.json")
 
 
 class BodyLimit:
@@ -38,6 +42,26 @@ class BodyLimit:
         declared = dict(scope.get("headers", [])).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
             return await _too_large(send, self.limit)
+        if declared is None and scope.get("method") in ("POST", "PUT", "PATCH"):
+            # chunked (no declared length): read it whole first, so an oversize body is a 413 here and not
+            # whatever the form parser makes of an exception raised in the middle of its stream (a 400)
+            chunks, size = [], 0
+            while True:
+                message = await receive()
+                if message["type"] != "http.request":
+                    return  # client gone
+                size += len(message.get("body", b""))
+                if size > self.limit:
+                    return await _too_large(send, self.limit)
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    break
+            replay = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
+
+            async def replay_receive():
+                return replay.pop() if replay else await receive()
+
+            return await self.app(scope, replay_receive, send)
         seen = 0
 
         async def limited_receive():
@@ -107,16 +131,41 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics
     app.state.runtime = None
 
+    keys = {hashlib.sha256(k.get_secret_value().encode()).hexdigest(): k for k in settings.api_keys}
+
     @app.middleware("http")
     async def count_requests(request: Request, call_next):
-        response = await call_next(request)
+        public = request.url.path == "/" or request.url.path.startswith(PUBLIC)
+        if keys and not public and request.method != "OPTIONS":
+            given = request.headers.get("x-api-key") or ""
+            auth = request.headers.get("authorization", "")
+            if auth.lower().startswith("bearer "):
+                given = auth[7:].strip()
+            digest = hashlib.sha256(given.encode()).hexdigest()
+            known = next((d for d in keys if hmac.compare_digest(d, digest)), None)
+            if not given or known is None:
+                metrics.requests.labels("unauthorised", "401").inc()
+                return JSONResponse(
+                    {"detail": "missing or unknown API key (Authorization: Bearer KEY or X-API-Key: KEY)"},
+                    status_code=401,
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+            request.state.client_scope = known[:32]  # each key sees (and is cached against) only its own results
+        try:
+            response = await call_next(request)
+        except Exception:  # counted like any other answer, and a JSON body like every other error
+            logger.exception("unhandled error in %s %s", request.method, request.url.path)
+            response = JSONResponse({"detail": "internal server error"}, status_code=500)
         route = request.scope.get("route")
         metrics.requests.labels(getattr(route, "path", "unmatched"), str(response.status_code)).inc()
         return response
 
     @app.exception_handler(QueueFull)
     async def queue_full(request: Request, exc: QueueFull):
-        return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "1"})
+        runtime = getattr(request.app.state, "runtime", None)
+        retry = runtime.stages.retry_after_s() if runtime is not None else 1
+        metrics.refused.labels(str(exc).split("'")[1] if "'" in str(exc) else "queue").inc()
+        return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": str(retry)})
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
@@ -139,6 +188,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return FileResponse(STATIC / "index.html", media_type="text/html")
 
     if settings.cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["*"])
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type"],
+            expose_headers=["Retry-After", "Content-Disposition"],
+        )
     app.add_middleware(BodyLimit, limit=settings.max_upload_bytes)
     return app

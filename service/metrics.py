@@ -29,6 +29,15 @@ class Metrics:
         )
         self.queue_depth = Gauge("face_queue_depth", "Requests waiting per graph", ["graph"], registry=self.registry)
         self.model = Info("face_model", "The served bundle", registry=self.registry)
+        self.refused = Counter(
+            "face_refused", "Requests refused at admission (503) by stage or graph", ["stage"], registry=self.registry
+        )
+        self.worker_restarts = Counter(
+            "face_worker_restarts", "Dynamic-batcher workers restarted after dying", ["graph"], registry=self.registry
+        )
+        self.tmp_removed = Counter(
+            "face_store_tmp_removed", "Abandoned temporary result folders removed", registry=self.registry
+        )
 
     def on_batch(self, graph: str, rows: int, waiting: int) -> None:
         self.batch_size.labels(graph).observe(rows)

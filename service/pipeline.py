@@ -24,6 +24,16 @@ from facecore import geometry as geo
 from facecore.bundle import Bundle
 
 RunGraph = Callable[[str, Mapping[str, np.ndarray]], Awaitable[dict[str, np.ndarray]]]
+#: ``await run_stage(stage_name, fn, *args)``: run blocking CPU work off the event loop (the service's version
+#: adds admission control per stage: detect, texture, geometry, encode)
+RunStage = Callable[..., Awaitable[Any]]
+
+
+async def in_thread(stage: str, fn: Callable[..., Any], *args: Any) -> Any:
+    """The default ``run_stage``: a plain worker thread."""
+    return await asyncio.to_thread(fn, *args)
+
+
 OUTPUT_KINDS = ("albedo", "displacement", "normal", "obj", "glb")
 
 
@@ -42,8 +52,8 @@ class MeshRequest:
     outputs: tuple[str, ...]
     blendshapes: bool
 
-    def key(self, bundle: Bundle) -> str:
-        """Content address: sha256 of the bundle digest and the canonical request."""
+    def canonical(self, bundle: Bundle) -> bytes:
+        """The bundle digest and the canonical request: what the result depends on."""
         canon = {
             "seed": self.seed,
             "z": None if self.z is None else self.z.astype(np.float32).tobytes().hex(),
@@ -56,8 +66,11 @@ class MeshRequest:
             "outputs": sorted(self.outputs),
             "blendshapes": self.blendshapes,
         }
-        blob = json.dumps(canon, sort_keys=True).encode()
-        return hashlib.sha256(bundle.digest.encode() + b"/generate/" + blob).hexdigest()
+        return bundle.digest.encode() + b"/generate/" + json.dumps(canon, sort_keys=True).encode()
+
+    def key(self, bundle: Bundle) -> str:
+        """Content address: sha256 of the bundle digest and the canonical request (the service keys it)."""
+        return hashlib.sha256(self.canonical(bundle)).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -73,6 +86,9 @@ class ReconstructRequest:
     albedo: str = "photo"  # "photo": unwrapped from the photo and de-lit; "generated": AlbedoGAN(encoder's ws)
 
     def key(self, bundle: Bundle) -> str:
+        return hashlib.sha256(self.canonical(bundle)).hexdigest()
+
+    def canonical(self, bundle: Bundle) -> bytes:
         canon = json.dumps(
             {
                 k: getattr(self, k)
@@ -81,15 +97,23 @@ class ReconstructRequest:
             | {"outputs": sorted(self.outputs)},
             sort_keys=True,
         ).encode()
-        return hashlib.sha256(bundle.digest.encode() + b"/reconstruct/" + canon).hexdigest()
+        return bundle.digest.encode() + b"/reconstruct/" + canon
 
 
-class PhotoError(ValueError):
-    """The upload is not a usable face photo; ``status`` is the HTTP status to answer with."""
+class RequestError(ValueError):
+    """The request cannot be served as asked; ``status`` is the HTTP status (4xx) to answer with."""
 
     def __init__(self, message: str, status: int = 422):
         super().__init__(message)
         self.status = status
+
+
+class PhotoError(RequestError):
+    """The upload is not a usable face photo."""
+
+
+MIN_PHOTO_SIDE = 32  # facecore.detect refuses smaller images
+MAX_PHOTO_ASPECT = 16.0  # a face photo is not a strip; past this the detector's downscaled copy degenerates
 
 
 def decode_photo(data: bytes, max_pixels: int) -> np.ndarray:
@@ -105,8 +129,19 @@ def decode_photo(data: bytes, max_pixels: int) -> np.ndarray:
             w, h = im.size
             if w * h > max_pixels:
                 raise PhotoError(f"image: {w}×{h} pixels exceeds the limit of {max_pixels}", 413)
+            if min(w, h) < MIN_PHOTO_SIDE:
+                raise PhotoError(f"image: {w}×{h} is too small, need ≥ {MIN_PHOTO_SIDE} px a side")
+            if max(w, h) > MAX_PHOTO_ASPECT * min(w, h):
+                raise PhotoError(f"image: {w}×{h} is not a face photo (aspect ratio over {MAX_PHOTO_ASPECT:g}:1)")
             im.load()
-            rgb = ImageOps.exif_transpose(im).convert("RGB")
+            upright = ImageOps.exif_transpose(im)
+            if upright.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+                # 16-bit greyscale: PIL's convert("RGB") clips to 255 (all white); keep the top 8 bits
+                grey = np.asarray(upright).astype(np.int64)
+                top = 65535 if upright.mode != "I" or grey.max(initial=0) > 255 else 255
+                grey8 = np.clip(np.round(grey * (255.0 / top)), 0, 255).astype(np.uint8)
+                return np.ascontiguousarray(np.repeat(grey8[..., None], 3, axis=2))
+            rgb = upright.convert("RGB")
     except PhotoError:
         raise
     except UnidentifiedImageError as exc:
@@ -141,6 +176,8 @@ def find_face(image: np.ndarray, size: int, detector: str, texture_size: int | N
         face = detect.largest_face(faces, image.shape)
     except detect.NoFaceError as exc:
         raise PhotoError(f"image: {exc}") from exc
+    except ValueError as exc:  # facecore.detect.check_image: too small, degenerate after downscaling, …
+        raise PhotoError(str(exc) if str(exc).startswith("image:") else f"image: {exc}") from exc
     aligned = detect.align_face(image, face, output_size=size)
     texture_crop = detect.align_face(image, face, output_size=texture_size).crop if texture_size else None
     return FaceCrop(aligned.crop, aligned.crop_to_image, face.box, face.points, face.detector, texture_crop)
@@ -164,7 +201,12 @@ def unwrap_resolution(texture_size: int, albedo_resolution: int) -> int:
 
 
 async def reconstruct(
-    bundle: Bundle, run_graph: RunGraph, req: ReconstructRequest, image: np.ndarray, timer: Timer
+    bundle: Bundle,
+    run_graph: RunGraph,
+    req: ReconstructRequest,
+    image: np.ndarray,
+    timer: Timer,
+    run_stage: RunStage = in_thread,
 ) -> Result:
     """The /reconstruct pipeline: detect + align → encoder → codes → detailed mesh; albedo from the photo
     (``req.albedo == "photo"``) or from AlbedoGAN at the encoder's latent (``"generated"``, the paper's)."""
@@ -176,7 +218,7 @@ async def reconstruct(
     generated = req.albedo == "generated"
     tex_size = unwrap_resolution(req.texture_size, m.resolutions.albedo)
     with timer.stage("detect"):
-        face = await asyncio.to_thread(find_face, image, size, req.detector, None if generated else tex_size)
+        face = await run_stage("detect", find_face, image, size, req.detector, None if generated else tex_size)
     with timer.stage("encoder"):
         out = await run_graph("encoder", {"image": (face.crop.astype(np.float32) / 255.0).transpose(2, 0, 1)[None]})
     gan_albedo = None
@@ -208,8 +250,9 @@ async def reconstruct(
         return verts, color.linear_to_srgb(unwrapped.albedo), lmk
 
     with timer.stage("texture"):
-        verts, albedo, landmarks = await asyncio.to_thread(geometry)
-    files = await asyncio.to_thread(_build_files, bundle, req, albedo, disp, verts, timer)
+        verts, albedo, landmarks = await run_stage("texture", geometry)
+    _check_finite(albedo, verts)
+    files = await _files(bundle, req, albedo, disp, verts, timer, run_stage)
     meta = {
         "endpoint": "reconstruct",
         "bundle": {"name": m.name, "version": m.version},
@@ -274,7 +317,9 @@ def texel_size(model: geo.FaceModelArrays, resolution: int) -> tuple[float, floa
     return 2 * np.pi * radius / resolution, 1.0 / (v_span * resolution)
 
 
-async def generate(bundle: Bundle, run_graph: RunGraph, req: MeshRequest, timer: Timer) -> Result:
+async def generate(
+    bundle: Bundle, run_graph: RunGraph, req: MeshRequest, timer: Timer, run_stage: RunStage = in_thread
+) -> Result:
     """The /generate pipeline: latent → ws → albedo; codes → coarse + detailed mesh; files."""
     m = bundle.manifest
     w_avg = bundle.w_avg
@@ -299,8 +344,11 @@ async def generate(bundle: Bundle, run_graph: RunGraph, req: MeshRequest, timer:
             shape = bundle.face_model.sample_shape(np.random.default_rng(stream))[0]
     disp = await _displacement(bundle, run_graph, None, req.expression, None, timer)
     albedo_hw3 = np.clip((np.transpose(albedo, (1, 2, 0)) + 1.0) / 2.0, 0.0, 1.0)
-    verts = geo.decode_vertices(bundle.face_model, shape[None], req.expression[None])[0]
-    files = await asyncio.to_thread(_build_files, bundle, req, albedo_hw3, disp, verts, timer)
+    verts = await run_stage(
+        "geometry", lambda: geo.decode_vertices(bundle.face_model, shape[None], req.expression[None])[0]
+    )
+    _check_finite(albedo_hw3, verts)
+    files = await _files(bundle, req, albedo_hw3, disp, verts, timer, run_stage)
     meta = {
         "endpoint": "generate",
         "bundle": {"name": m.name, "version": m.version},
@@ -342,6 +390,36 @@ async def _displacement(
     return out["displacement"][0, 0].astype(np.float64) * m.displacement_scale_m
 
 
+def _check_finite(albedo: np.ndarray, verts: np.ndarray) -> None:
+    """Refuse (422) what float32 cannot represent: e.g. latents of ±3e38 overflow to inf/NaN in the networks."""
+    if not (np.isfinite(albedo).all() and np.isfinite(verts).all()):
+        raise RequestError("the request's latent or codes overflow float32 (non-finite outputs); use smaller values")
+
+
+async def _files(
+    bundle: Bundle,
+    req: MeshRequest | ReconstructRequest,
+    albedo: np.ndarray,
+    disp: np.ndarray | None,
+    verts: np.ndarray,
+    timer: Timer,
+    run_stage: RunStage,
+) -> dict[str, bytes]:
+    """:func:`_build_files` as two stages: geometry (the detailed mesh), then encoding."""
+    disp, mesh = await run_stage("geometry", _detailed, bundle, req, disp, verts, timer)
+    return await run_stage("encode", _encode, bundle, req, albedo, disp, mesh, timer)
+
+
+def _detailed(
+    bundle: Bundle, req: MeshRequest | ReconstructRequest, disp: np.ndarray | None, verts: np.ndarray, timer: Timer
+) -> tuple[np.ndarray, geo.MeshData]:
+    with timer.stage("geometry"):
+        if disp is None:
+            res = max(bundle.manifest.resolutions.displacement, 64)
+            disp = np.zeros((res, res))
+        return disp, geo.detailed_mesh(bundle.face_model, verts, disp, req.mesh_resolution)
+
+
 def _build_files(
     bundle: Bundle,
     req: MeshRequest | ReconstructRequest,
@@ -351,13 +429,20 @@ def _build_files(
     timer: Timer,
 ) -> dict[str, bytes]:
     """Encode the outputs: albedo (H, W, 3) in [0, 1], displacement (metres) and the coarse vertices."""
+    disp, mesh = _detailed(bundle, req, disp, verts, timer)
+    return _encode(bundle, req, albedo, disp, mesh, timer)
+
+
+def _encode(
+    bundle: Bundle,
+    req: MeshRequest | ReconstructRequest,
+    albedo: np.ndarray,
+    disp: np.ndarray,
+    mesh: geo.MeshData,
+    timer: Timer,
+) -> dict[str, bytes]:
     model = bundle.face_model
     files: dict[str, bytes] = {}
-    with timer.stage("geometry"):
-        if disp is None:
-            res = max(bundle.manifest.resolutions.displacement, 64)
-            disp = np.zeros((res, res))
-        mesh = geo.detailed_mesh(model, verts, disp, req.mesh_resolution)
     with timer.stage("encode"):
         if albedo.shape[0] != req.texture_size:
             albedo = formats.resample_texture(albedo, req.texture_size)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 EMBEDDED_BUNDLE = Path(__file__).parent / "bundled" / "default"
 
@@ -28,10 +29,21 @@ class Settings(BaseSettings):
     max_batch: int = Field(8, ge=1, le=256)
     max_wait_ms: float = Field(5.0, ge=0)
     max_queue: int = Field(64, ge=1)
+    # admission control of the CPU stages (threads each; a request waits for at most max_stage_queue others)
+    detect_concurrency: int = Field(1, ge=1, le=64, description="face detections at once")
+    texture_concurrency: int = Field(1, ge=1, le=64, description="photo texture unwraps at once")
+    geometry_concurrency: int = Field(2, ge=1, le=64, description="mesh decodes at once")
+    encode_concurrency: int = Field(2, ge=1, le=64, description="file encodings (PNG/OBJ/GLB) at once; bounds memory")
+    max_stage_queue: int = Field(32, ge=0, description="requests waiting per stage beyond those running")
     # results
     results_dir: Path = Path("/tmp/albedogan-results")
     results_max_bytes: int = Field(2 * 1024**3, ge=1024 * 1024)
-    results_ttl_s: float = Field(24 * 3600, gt=0)
+    results_ttl_s: float = Field(24 * 3600, gt=0, description="results are deleted this long after last use")
+    result_secret: SecretStr | None = Field(
+        None,
+        description="key of the result ids (HMAC); default: generated once into results_dir/.secret, so restarts "
+        "and replicas sharing the folder agree",
+    )
     # execution
     providers: tuple[str, ...] = Field(
         ("CUDAExecutionProvider", "CPUExecutionProvider"),
@@ -39,7 +51,27 @@ class Settings(BaseSettings):
     )
     intra_op_threads: int = Field(0, ge=0, description="0 = onnxruntime's default")
     warmup: bool = True
-    cors_origins: tuple[str, ...] = ()
+    # access
+    cors_origins: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), description="origins allowed by CORS, comma-separated (e.g. https://a.example,https://b.example); '*' all"
+    )
+    api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = Field(
+        (),
+        description="comma-separated; when set, every route but /, /static, /docs, /health and /metrics needs "
+        "'Authorization: Bearer KEY' or 'X-API-Key: KEY', and each key sees only its own results",
+    )
+
+    @field_validator("cors_origins", "api_keys", mode="before")
+    @classmethod
+    def _comma_separated(cls, value):
+        if isinstance(value, str):
+            value = value.strip()
+            if value.startswith("["):  # JSON list, as before
+                import json
+
+                return tuple(json.loads(value))
+            return tuple(v.strip() for v in value.split(",") if v.strip())
+        return value
 
 
 @lru_cache

@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
+from pathlib import Path
 from typing import Annotated, Literal
 
 import numpy as np
 from fastapi import APIRouter, File, Form, HTTPException, Query, Request, Response, UploadFile
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from facecore.bundle import Bundle
 from service import pipeline
 from service.api.deps import RuntimeDep, SettingsDep
-from service.api.schemas import GenerateBody, ResultBody
+from service.api.schemas import ErrorBody, GenerateBody, ResultBody
+from service.engine import admission
 from service.settings import Settings
+from service.store import ResultTooLarge
 
+logger = logging.getLogger(__name__)
 router = APIRouter()
 
 FormatName = Literal["glb", "obj", "zip", "png"]
@@ -79,25 +84,71 @@ def mesh_request(body: GenerateBody, bundle: Bundle, settings: Settings, fmt: st
     )
 
 
-def _file(runtime, result_id: str, name: str):
-    """A stored file; the zip of all files is built on first request (most clients never ask for it)."""
-    path = runtime.store.path(result_id, name)
-    if path is None and name == pipeline.ZIP_NAME and runtime.store.meta(result_id) is not None:
+META_KEYS = {"files": list, "codes": dict, "bundle": dict, "timings_ms": dict}
+CHUNK = 1 << 20
+
+
+def _valid_meta(meta: dict | None) -> dict | None:
+    """A stored result's metadata if it has what a response needs (a damaged meta.json counts as absent)."""
+    if meta is None or not all(isinstance(meta.get(k), t) for k, t in META_KEYS.items()):
+        return None
+    return meta
+
+
+class OpenFileResponse(Response):
+    """A file streamed from a handle opened *before* the response starts: a result evicted (or replaced)
+    meanwhile cannot truncate the body, because the open handle keeps the file's bytes alive."""
+
+    def __init__(self, file, size: int, media_type: str, filename: str | None = None):
+        headers = {"content-length": str(size)}
+        if filename is not None:
+            headers["content-disposition"] = f'attachment; filename="{filename}"'
+        super().__init__(media_type=media_type, headers=headers)
+        self.file = file
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+            if scope.get("method") != "HEAD":
+                while chunk := await asyncio.to_thread(self.file.read, CHUNK):
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            self.file.close()
+
+
+def _file_response(found, name: str, attachment: bool) -> Response:
+    media = MEDIA.get(Path(name).suffix, "application/octet-stream")
+    filename = name if attachment else None
+    if isinstance(found, bytes):
+        headers = {"content-disposition": f'attachment; filename="{name}"'} if attachment else None
+        return Response(found, media_type=media, headers=headers)
+    return OpenFileResponse(found[0], found[1], media, filename)
+
+
+def _stored_file(runtime, result_id: str, name: str):
+    """A stored file as (open handle, size), or bytes for a zip built now; None if absent.
+
+    The zip of all files is built on first request (most clients never ask for it); it is stored when it fits
+    under the cap and answered from memory otherwise.
+    """
+    found = runtime.store.open(result_id, name)
+    if found is None and name == pipeline.ZIP_NAME and _valid_meta(runtime.store.meta(result_id)) is not None:
         files = {k: v for k, v in runtime.store.files(result_id).items() if k != pipeline.ZIP_NAME}
-        path = runtime.store.add(result_id, name, pipeline.zip_files(files))
-    return path
+        data = pipeline.zip_files(files)
+        runtime.store.add(result_id, name, data)
+        return data
+    return found
 
 
-async def _respond(runtime, result_id: str, fmt: str | None, cached: bool) -> Response:
-    meta = runtime.store.meta(result_id)
-    if meta is None:  # evicted between storing and answering: extremely unlikely; the client may retry
-        raise HTTPException(503, detail="result was evicted; retry", headers={"Retry-After": "1"})
-    if fmt is not None:
-        name = FORMAT_FILES[fmt][0]
-        path = await asyncio.to_thread(_file, runtime, result_id, name)
-        if path is None:
-            raise HTTPException(404, detail=f"this result has no {name}")
-        return FileResponse(path, media_type=MEDIA[path.suffix], filename=name)
+def _lookup(runtime, result_id: str, fmt: str | None):
+    """What the store holds for a request: its metadata (JSON answer) or its file (``?format=``); None if absent."""
+    if fmt is None:
+        return _valid_meta(runtime.store.meta(result_id))
+    return _stored_file(runtime, result_id, FORMAT_FILES[fmt][0])
+
+
+def _json(result_id: str, meta: dict, cached: bool) -> Response:
     files = sorted({*meta["files"], pipeline.ZIP_NAME})
     body = ResultBody(
         id=result_id,
@@ -112,8 +163,87 @@ async def _respond(runtime, result_id: str, fmt: str | None, cached: bool) -> Re
     return JSONResponse(body.model_dump())
 
 
-@router.post("/generate", response_model=ResultBody, responses={422: {}, 503: {}, 504: {}})
+def _scope(request: Request) -> str:
+    """The client's result scope: its API key's fingerprint when keys are configured, else shared."""
+    return getattr(request.state, "client_scope", "")
+
+
+async def _serve(request: Request, runtime, settings: Settings, canonical: bytes, fmt: str | None, compute) -> Response:
+    """Answer from the store if it holds the result, else compute it (under the request's deadline), store it
+    (unless it alone exceeds the cap) and answer from memory: never a second read that eviction could lose."""
+    scope = _scope(request)
+    result_id = runtime.result_id(canonical, scope)
+    found = await asyncio.to_thread(_lookup, runtime, result_id, fmt)
+    # `cached` tells a client that *someone* asked this before: only said where ids are per client (API keys)
+    reveal = bool(scope)
+    if found is not None:
+        if fmt is None:
+            return _json(result_id, found, cached=reveal)
+        return _file_response(found, FORMAT_FILES[fmt][0], attachment=True)
+    loop = asyncio.get_running_loop()
+    token = admission.deadline.set(loop.time() + settings.request_timeout_s)
+    try:
+        timer = pipeline.Timer(lambda stage, dt: runtime.metrics.stage_latency.labels(stage).observe(dt))
+        try:
+            result = await asyncio.wait_for(compute(timer), settings.request_timeout_s)
+        except pipeline.RequestError as exc:
+            raise HTTPException(exc.status, detail=str(exc)) from exc
+        except TimeoutError as exc:
+            raise HTTPException(
+                503,
+                detail=f"the request did not finish within {settings.request_timeout_s} s; the service is busy",
+                headers={"Retry-After": str(runtime.stages.retry_after_s())},
+            ) from exc
+    finally:
+        admission.deadline.reset(token)
+    meta = _stored_meta(result, timer)
+    try:
+        await asyncio.to_thread(runtime.store.put, result_id, result.files, meta)
+    except ResultTooLarge as exc:
+        if fmt is None:  # links to files that were never stored would be dead
+            raise HTTPException(
+                413,
+                detail=f"{exc}; ask for one file with ?format=glb|obj|zip|png, or lower mesh_resolution, "
+                "texture_size or blendshapes",
+            ) from exc
+    except OSError as exc:
+        logger.error("cannot store result %s: %s", result_id, exc)
+        raise HTTPException(
+            503, detail="the results folder is not writable; retry later", headers={"Retry-After": "5"}
+        ) from exc
+    if fmt is None:
+        return _json(result_id, meta, cached=False)
+    name = FORMAT_FILES[fmt][0]
+    if name == pipeline.ZIP_NAME:
+        data = await runtime.run_stage("encode", pipeline.zip_files, result.files)
+        await asyncio.to_thread(runtime.store.add, result_id, name, data)
+    else:
+        data = result.files[name]
+    return _file_response(data, name, attachment=True)
+
+
+FILE_RESPONSES = {
+    200: {
+        "description": "JSON with links, or with `?format=` the file itself",
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/ResultBody"}},
+            "model/gltf-binary": {"schema": {"type": "string", "format": "binary"}},
+            "model/obj": {"schema": {"type": "string", "format": "binary"}},
+            "application/zip": {"schema": {"type": "string", "format": "binary"}},
+            "image/png": {"schema": {"type": "string", "format": "binary"}},
+        },
+    },
+    400: {"model": ErrorBody, "description": "malformed request body"},
+    401: {"model": ErrorBody, "description": "missing or unknown API key (when FACE_API_KEYS is set)"},
+    413: {"model": ErrorBody, "description": "body, image or result too large"},
+    422: {"model": ErrorBody, "description": "invalid parameters for this bundle"},
+    503: {"model": ErrorBody, "description": "busy or not ready: retry after Retry-After seconds"},
+}
+
+
+@router.post("/generate", response_model=ResultBody, responses=FILE_RESPONSES)
 async def generate(
+    request: Request,
     body: GenerateBody,
     runtime: RuntimeDep,
     settings: SettingsDep,
@@ -124,22 +254,16 @@ async def generate(
     if not bundle.capabilities["generate"]:
         raise HTTPException(503, detail="this bundle has no mapping/albedo graphs: /generate is unavailable")
     req = mesh_request(body, bundle, settings, format)
-    result_id = req.key(bundle)
-    cached = runtime.store.meta(result_id) is not None
-    if not cached:
-        timer = pipeline.Timer(lambda stage, dt: runtime.metrics.stage_latency.labels(stage).observe(dt))
-        try:
-            result = await asyncio.wait_for(
-                pipeline.generate(bundle, runtime.run_graph, req, timer), settings.request_timeout_s
-            )
-        except TimeoutError as exc:
-            raise HTTPException(504, detail=f"generation took longer than {settings.request_timeout_s} s") from exc
-        await asyncio.to_thread(runtime.store.put, result_id, result.files, _stored_meta(result, timer))
-    return await _respond(runtime, result_id, format, cached)
+
+    def compute(timer):
+        return pipeline.generate(bundle, runtime.run_graph, req, timer, runtime.run_stage)
+
+    return await _serve(request, runtime, settings, req.canonical(bundle), format, compute)
 
 
-@router.post("/reconstruct", response_model=ResultBody, responses={413: {}, 415: {}, 422: {}, 503: {}, 504: {}})
+@router.post("/reconstruct", response_model=ResultBody, responses={**FILE_RESPONSES, 415: {"model": ErrorBody}})
 async def reconstruct(
+    request: Request,
     runtime: RuntimeDep,
     settings: SettingsDep,
     image: Annotated[UploadFile, File(description="a face photo: JPEG, PNG or WebP")],
@@ -156,7 +280,11 @@ async def reconstruct(
     ] = "photo",
     format: Annotated[FormatName | None, Query(description="return this file instead of JSON")] = None,  # noqa: A002
 ) -> Response:
-    """A 3-D face from a photo: fitted codes and landmarks, albedo (from the photo or AlbedoGAN), OBJ and GLB."""
+    """A 3-D face from a photo: fitted codes and landmarks, albedo (from the photo or AlbedoGAN), OBJ and GLB.
+
+    The photo is used for this request only and never stored; the result (codes, landmarks, texture) is kept
+    under an unguessable id for ``FACE_RESULTS_TTL_S`` after its last use, or until ``DELETE /results/{id}``.
+    """
     bundle = runtime.bundle
     if not bundle.capabilities["reconstruct"]:
         raise HTTPException(503, detail="this bundle has no encoder/displacement graphs: /reconstruct is unavailable")
@@ -184,21 +312,12 @@ async def reconstruct(
         detector=detector,
         albedo=albedo,
     )
-    result_id = req.key(bundle)
-    cached = runtime.store.meta(result_id) is not None
-    if not cached:
-        try:
-            pixels = pipeline.decode_photo(data, settings.max_image_pixels)
-            timer = pipeline.Timer(lambda stage, dt: runtime.metrics.stage_latency.labels(stage).observe(dt))
-            result = await asyncio.wait_for(
-                pipeline.reconstruct(bundle, runtime.run_graph, req, pixels, timer), settings.request_timeout_s
-            )
-        except pipeline.PhotoError as exc:
-            raise HTTPException(exc.status, detail=str(exc)) from exc
-        except TimeoutError as exc:
-            raise HTTPException(504, detail=f"reconstruction took longer than {settings.request_timeout_s} s") from exc
-        await asyncio.to_thread(runtime.store.put, result_id, result.files, _stored_meta(result, timer))
-    return await _respond(runtime, result_id, format, cached)
+
+    async def compute(timer):
+        pixels = await runtime.run_stage("detect", pipeline.decode_photo, data, settings.max_image_pixels)
+        return await pipeline.reconstruct(bundle, runtime.run_graph, req, pixels, timer, runtime.run_stage)
+
+    return await _serve(request, runtime, settings, req.canonical(bundle), format, compute)
 
 
 def _stored_meta(result: pipeline.Result, timer: pipeline.Timer) -> dict:
@@ -207,19 +326,43 @@ def _stored_meta(result: pipeline.Result, timer: pipeline.Timer) -> dict:
     )
 
 
-@router.get("/results/{result_id}")
+NOT_FOUND = {404: {"model": ErrorBody, "description": "unknown, expired or deleted"}}
+
+
+@router.get("/results/{result_id}", response_model=ResultBody, responses=NOT_FOUND)
 async def result_info(result_id: str, runtime: RuntimeDep) -> Response:
-    if not runtime.store.valid_id(result_id) or runtime.store.meta(result_id) is None:
+    """A stored result's JSON (links, codes, landmarks)."""
+    meta = await asyncio.to_thread(_lookup, runtime, result_id, None) if runtime.store.valid_id(result_id) else None
+    if meta is None:
         raise HTTPException(404, detail="no such result (unknown or expired)")
-    return await _respond(runtime, result_id, None, True)
+    return _json(result_id, meta, cached=False)
 
 
-@router.get("/results/{result_id}/{name}")
+@router.delete("/results/{result_id}", status_code=204, responses=NOT_FOUND)
+async def delete_result(result_id: str, runtime: RuntimeDep) -> Response:
+    """Delete a result and all its files now (whoever holds the id may; ids are unguessable)."""
+    if not await asyncio.to_thread(runtime.store.delete, result_id):
+        raise HTTPException(404, detail="no such result (unknown or expired)")
+    return Response(status_code=204)
+
+
+@router.get(
+    "/results/{result_id}/{name}",
+    responses={
+        200: {
+            "description": "the file",
+            "content": {m: {"schema": {"type": "string", "format": "binary"}} for m in sorted(set(MEDIA.values()))},
+        },
+        **NOT_FOUND,
+    },
+    response_class=Response,
+)
 async def result_file(result_id: str, name: str, runtime: RuntimeDep) -> Response:
-    path = await asyncio.to_thread(_file, runtime, result_id, name)
-    if path is None:
+    """One file of a result (``bundle.zip``: all of them)."""
+    found = await asyncio.to_thread(_stored_file, runtime, result_id, name)
+    if found is None:
         raise HTTPException(404, detail="no such result file (unknown, expired or not produced)")
-    return FileResponse(path, media_type=MEDIA.get(path.suffix, "application/octet-stream"))
+    return _file_response(found, name, attachment=False)
 
 
 @router.get("/health/live")
@@ -227,11 +370,17 @@ async def live() -> dict:
     return {"status": "alive"}
 
 
-@router.get("/health/ready")
+@router.get("/health/ready", responses={503: {"description": "loading, a worker restarting, or results not writable"}})
 async def ready(request: Request) -> Response:
+    """200 once the bundle is loaded and warmed up, while every batcher worker runs and results can be written."""
     runtime = getattr(request.app.state, "runtime", None)
     if runtime is None or not runtime.ready:
         return JSONResponse({"status": "loading"}, status_code=503, headers={"Retry-After": "2"})
+    problems = await runtime.problems()
+    if problems:
+        return JSONResponse(
+            {"status": "unavailable", "detail": problems}, status_code=503, headers={"Retry-After": "2"}
+        )
     return JSONResponse(
         {"status": "ready", "bundle": runtime.bundle.manifest.name, "capabilities": runtime.bundle.capabilities}
     )
@@ -249,6 +398,12 @@ async def models(runtime: RuntimeDep) -> dict:
     }
 
 
-@router.get("/metrics")
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={
+        200: {"description": "Prometheus text format", "content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}
+    },
+)
 async def metrics(request: Request) -> Response:
     return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -7,17 +7,21 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Finite = Annotated[float, Field(allow_inf_nan=False)]
+#: a latent value: finite and small enough that the networks' float32 arithmetic cannot overflow (a standard
+#: normal z or a w lies within ±10; ±3e38 used to overflow into a NaN texture and a 500)
+Latent = Annotated[float, Field(ge=-1e4, le=1e4, allow_inf_nan=False)]
 OutputKind = Literal["albedo", "displacement", "normal", "obj", "glb"]
 
 
 class GenerateBody(BaseModel):
     """A random or specified face. Exactly one of ``seed``, ``z`` or ``w`` (default: seed 0)."""
 
-    model_config = ConfigDict(extra="forbid")
+    # strict: `"seed": true` or `"7"` is a 422, not seed 1 or 7 (JSON integers still count as numbers)
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     seed: int | None = Field(None, ge=0, le=2**32 - 1)
-    z: list[Finite] | None = Field(None, max_length=4096, description="latent z (z_dim values)")
-    w: list[Finite] | None = Field(None, max_length=4096, description="intermediate latent w (w_dim values)")
+    z: list[Latent] | None = Field(None, max_length=4096, description="latent z (z_dim values)")
+    w: list[Latent] | None = Field(None, max_length=4096, description="intermediate latent w (w_dim values)")
     truncation: Finite = Field(0.7, ge=0.0, le=1.5, description="ψ toward the mean w (paper: 0.7)")
     expression: dict[str, Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]] = Field(
         default_factory=dict, max_length=256, description="ARKit blendshape name → weight in [0, 1]"
@@ -40,6 +44,12 @@ class GenerateBody(BaseModel):
         if not self.outputs:
             raise ValueError("outputs must name at least one output")
         return self
+
+
+class ErrorBody(BaseModel):
+    """Every error: a message, or for 422 on a body field the list of pydantic errors."""
+
+    detail: str | list[dict]
 
 
 class ResultBody(BaseModel):

@@ -24,7 +24,8 @@ class DynamicBatcher:
     ``fn`` takes and returns dicts of arrays whose first axis is the batch; requests submit arrays with
     their own leading batch (usually 1). The worker waits for the first request, then up to ``max_wait_s``
     for more, until ``max_batch`` rows; it runs ``fn`` in a thread so the event loop stays free, and splits
-    the outputs back. An exception in ``fn`` fails only the requests of that batch.
+    the outputs back. An exception in ``fn`` (or in concatenating or splitting a batch) fails only the
+    requests of that batch; a worker that dies anyway is restarted by :meth:`ensure_running`.
     """
 
     def __init__(
@@ -45,6 +46,9 @@ class DynamicBatcher:
         self._queue: asyncio.Queue | None = None
         self._task: asyncio.Task | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"batch-{name}")
+        self._stopping = False
+        self.restarts = 0
+        self.batch_s = 0.0  # moving average of one call of ``fn``
 
     @property
     def depth(self) -> int:
@@ -55,6 +59,7 @@ class DynamicBatcher:
         self._task = asyncio.create_task(self._worker(), name=f"batcher-{self.name}")
 
     async def stop(self) -> None:
+        self._stopping = True
         if self._task is not None:
             self._task.cancel()
             try:
@@ -63,55 +68,91 @@ class DynamicBatcher:
                 pass
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    async def submit(self, inputs: Arrays) -> dict[str, np.ndarray]:
+    async def submit(self, inputs: Arrays, deadline: float | None = None) -> dict[str, np.ndarray]:
+        """The outputs of ``fn`` for ``inputs``; :class:`QueueFull` when the queue is at its bound or, given a
+        ``deadline`` (event-loop time), when the batches ahead would not finish before it."""
         if self._queue is None:
             raise RuntimeError(f"batcher '{self.name}' is not started")
+        self.ensure_running()
         if self._queue.qsize() >= self.max_queue:
             raise QueueFull(f"queue of '{self.name}' is full ({self.max_queue} waiting)")
+        if deadline is not None and self._queue.qsize() >= self.max_batch:
+            left = deadline - asyncio.get_running_loop().time()
+            rounds = self._queue.qsize() // self.max_batch + 1
+            if rounds * self.batch_s > left:
+                raise QueueFull(f"queue of '{self.name}' would not reach this request within its deadline")
         future = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((dict(inputs), future))
         return await future
 
+    @property
+    def alive(self) -> bool:
+        """Whether the worker task is running (False before start and after it died or stopped)."""
+        return self._task is not None and not self._task.done()
+
+    def ensure_running(self) -> bool:
+        """Restart a dead worker (the queue and its waiting requests are kept); True if it was restarted."""
+        if self._queue is None or self.alive or self._stopping:
+            return False
+        if self._task is not None and not self._task.cancelled() and self._task.exception() is not None:
+            logger.error("worker of '%s' died (%r); restarting it", self.name, self._task.exception())
+        self.restarts += 1
+        self._task = asyncio.create_task(self._worker(), name=f"batcher-{self.name}")
+        return True
+
     async def _worker(self) -> None:
-        loop = asyncio.get_running_loop()
         assert self._queue is not None
         while True:
             items = [await self._queue.get()]
-            rows = _rows(items[0][0])
-            deadline = loop.time() + self.max_wait_s
-            while rows < self.max_batch:
-                if self._queue.empty():
-                    remaining = deadline - loop.time()
-                    if remaining <= 0:
-                        break
-                    try:
-                        item = await asyncio.wait_for(self._queue.get(), remaining)
-                    except TimeoutError:
-                        break
-                else:
-                    item = self._queue.get_nowait()
-                items.append(item)
-                rows += _rows(item[0])
-            live = [(inp, fut) for inp, fut in items if not fut.done()]
-            if not live:
-                continue
-            batch = {k: np.concatenate([inp[k] for inp, _ in live]) for k in live[0][0]}
-            if self._on_batch is not None:
-                self._on_batch(self.name, rows, self._queue.qsize())
             try:
-                out = await loop.run_in_executor(self._executor, self._fn, batch)
-            except Exception as exc:  # fail this batch's requests, keep serving
+                await self._run(items)
+            except asyncio.CancelledError:
+                _fail(items, RuntimeError(f"batcher '{self.name}' stopped"))
+                raise
+            except Exception as exc:  # concatenation, callback, splitting: fail this batch, keep serving
                 logger.exception("batch of '%s' failed", self.name)
-                for _, fut in live:
-                    if not fut.done():
-                        fut.set_exception(exc)
-                continue
-            start = 0
-            for inp, fut in live:
-                n = _rows(inp)
-                if not fut.done():
-                    fut.set_result({k: v[start : start + n] for k, v in out.items()})
-                start += n
+                _fail(items, exc)
+
+    async def _run(self, items: list) -> None:
+        loop = asyncio.get_running_loop()
+        assert self._queue is not None
+        rows = _rows(items[0][0])
+        deadline = loop.time() + self.max_wait_s
+        while rows < self.max_batch:
+            if self._queue.empty():
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    item = await asyncio.wait_for(self._queue.get(), remaining)
+                except TimeoutError:
+                    break
+            else:
+                item = self._queue.get_nowait()
+            items.append(item)
+            rows += _rows(item[0])
+        live = [(inp, fut) for inp, fut in items if not fut.done()]
+        if not live:
+            return
+        batch = {k: np.concatenate([inp[k] for inp, _ in live]) for k in live[0][0]}
+        if self._on_batch is not None:
+            self._on_batch(self.name, rows, self._queue.qsize())
+        t = loop.time()
+        out = await loop.run_in_executor(self._executor, self._fn, batch)
+        dt = loop.time() - t
+        self.batch_s = dt if self.batch_s == 0.0 else 0.8 * self.batch_s + 0.2 * dt
+        start = 0
+        for inp, fut in live:
+            n = _rows(inp)
+            if not fut.done():
+                fut.set_result({k: v[start : start + n] for k, v in out.items()})
+            start += n
+
+
+def _fail(items: list, exc: BaseException) -> None:
+    for _, fut in items:
+        if not fut.done():
+            fut.set_exception(exc)
 
 
 def _rows(inputs: Arrays) -> int:

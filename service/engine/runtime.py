@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import hmac
 import logging
+import time
 from collections.abc import Mapping
 
 import numpy as np
 
 from facecore.bundle import Bundle, load_bundle
+from service.engine import admission
+from service.engine.admission import Stages
 from service.engine.batcher import DynamicBatcher
 from service.engine.sessions import GraphSession, open_sessions
 from service.metrics import Metrics
 from service.settings import Settings
-from service.store import ResultStore
+from service.store import ResultStore, load_or_create_secret
 
 logger = logging.getLogger(__name__)
 
@@ -37,17 +43,70 @@ class Runtime:
             for name, session in self.sessions.items()
         }
         self.store = ResultStore(settings.results_dir, settings.results_max_bytes, settings.results_ttl_s)
+        metrics.tmp_removed.inc(self.store.removed_tmp)
+        secret = settings.result_secret
+        self.secret: bytes = (
+            secret.get_secret_value().encode() if secret is not None else load_or_create_secret(settings.results_dir)
+        )
+        self.stages = Stages(
+            {
+                "detect": settings.detect_concurrency,
+                "texture": settings.texture_concurrency,
+                "geometry": settings.geometry_concurrency,
+                "encode": settings.encode_concurrency,
+            },
+            settings.max_stage_queue,
+        )
         self.ready = False
+        self._writable = (0.0, True)
+        self._watchdog: asyncio.Task | None = None
         m = self.bundle.manifest
         metrics.model.info({"name": m.name, "version": m.version, "digest": self.bundle.digest[:16]})
 
     async def start(self) -> None:
         for b in self.batchers.values():
             await b.start()
+        self._watchdog = asyncio.create_task(self._watch(), name="batcher-watchdog")
 
     async def stop(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         for b in self.batchers.values():
             await b.stop()
+        self.stages.shutdown()
+
+    async def _watch(self, period_s: float = 1.0) -> None:
+        """Restart dead batcher workers (readiness reports them until then)."""
+        while True:
+            await asyncio.sleep(period_s)
+            for b in self.batchers.values():
+                if b.ensure_running():
+                    self.metrics.worker_restarts.labels(b.name).inc()
 
     async def run_graph(self, name: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return await self.batchers[name].submit(inputs)
+        return await self.batchers[name].submit(inputs, admission.deadline.get())
+
+    async def run_stage(self, name: str, fn, *args):
+        """A CPU stage of the pipeline under admission control (see :mod:`service.engine.admission`)."""
+        return await self.stages.run(name, fn, *args)
+
+    def result_id(self, canonical: bytes, scope: str = "") -> str:
+        """The id of a result: HMAC-SHA256 of the canonical request under the server secret (and the client's
+        scope, e.g. its API key), so that nobody without the secret can predict another client's ids."""
+        return hmac.new(self.secret, scope.encode() + b"\0" + canonical, hashlib.sha256).hexdigest()
+
+    async def problems(self) -> list[str]:
+        """Why the service cannot serve right now (empty when it can): dead batcher workers, unwritable store."""
+        out = []
+        for b in self.batchers.values():
+            if not b.alive:
+                out.append(f"worker of graph '{b.name}' is not running (restarting)")
+                if b.ensure_running():
+                    self.metrics.worker_restarts.labels(b.name).inc()
+        checked, ok = self._writable
+        if time.monotonic() - checked > 1.0:
+            ok = await asyncio.to_thread(self.store.writable)
+            self._writable = (time.monotonic(), ok)
+        if not ok:
+            out.append(f"results folder {self.store.root} is not writable")
+        return out

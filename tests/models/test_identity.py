@@ -21,7 +21,7 @@ from models.dlib_dat import DlibFormatError, DlibLayer, DlibNet, parse_dlib_net,
 from models.encoder import IResNet
 
 ROOT = Path(__file__).resolve().parents[2]
-PHOTOS = ROOT.parent / "shared" / "fixtures" / "photos"
+PHOTOS = ROOT / "tests" / "fixtures" / "photos"  # CC0, shipped in the repository
 NAMES = ("001", "002", "006", "013", "018", "028")
 
 HAS_DLIB = importlib.util.find_spec("dlib") is not None

