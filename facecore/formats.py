@@ -14,7 +14,8 @@ import io
 import logging
 import re
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pygltflib
@@ -227,8 +228,44 @@ def normal_map_png(normals: np.ndarray) -> bytes:
     return _png_bytes(Image.fromarray(rgb))
 
 
+# ---------------------------------------------------------------------------------------------- parts
+@dataclass(frozen=True, eq=False)
+class MaterialPart:
+    """An extra primitive with its own material, e.g. the eyes and the mouth (``facecore.assets``).
+
+    Attributes:
+        name: material suffix (``eyes`` → OBJ material ``mesh_eyes``, GLB material ``face_eyes``).
+        mesh: its mesh (own vertices and texture coordinates).
+        albedo_png: PNG bytes of its base-colour texture (sRGB).
+        roughness: glTF roughness (the MTL's ``Ns`` follows it).
+        morph_targets: name → (N, 3) position deltas, the same names and order as the main mesh's (glTF
+            needs every primitive of a mesh to have the same targets), or None.
+    """
+
+    name: str
+    mesh: MeshData
+    albedo_png: bytes
+    roughness: float = 0.5
+    morph_targets: Mapping[str, np.ndarray] | None = None
+
+
+def _check_parts(parts: Sequence[MaterialPart]) -> list[MaterialPart]:
+    out = []
+    for i, part in enumerate(parts):
+        if not isinstance(part, MaterialPart):
+            raise ValueError(f"parts[{i}]: expected MaterialPart, got {type(part).__name__}")
+        _check_name(part.name)
+        _check_png(f"parts[{i}].albedo_png", part.albedo_png)
+        if not 0.0 <= float(part.roughness) <= 1.0:
+            raise ValueError(f"parts[{i}].roughness: must lie in [0, 1], got {part.roughness!r}")
+        out.append(MaterialPart(part.name, _check_mesh(part.mesh), part.albedo_png, part.roughness, part.morph_targets))
+    if len({p.name for p in out}) != len(out):
+        raise ValueError(f"parts: names must be unique, got {[p.name for p in out]}")
+    return out
+
+
 # ---------------------------------------------------------------------------------------------- OBJ
-def obj_bytes(mesh: MeshData, name: str = "mesh") -> bytes:
+def obj_bytes(mesh: MeshData, name: str = "mesh", parts: Sequence[MaterialPart] = ()) -> bytes:
     """Wavefront OBJ text: ``mtllib {name}.mtl``, ``usemtl {name}``, v / vt (v up) / vn and ``f a/a/a ...``.
 
     Floats are written with 9 significant digits, which round-trips float32 exactly.
@@ -236,9 +273,11 @@ def obj_bytes(mesh: MeshData, name: str = "mesh") -> bytes:
     Args:
         mesh: the mesh (N vertices shared by position, UV and normal indices; M triangles).
         name: base name of the MTL file and the material.
+        parts: extra primitives, each written as its own group with material ``{name}_{part.name}``.
     """
     mesh = _check_mesh(mesh)
     name = _check_name(name)
+    extra = _check_parts(parts)
     n, m = len(mesh.positions), len(mesh.faces)
     parts = [
         f"# albedogan3d: {n} vertices, {m} triangles, metres, +y up\nmtllib {name}.mtl\no {name}\n",
@@ -248,19 +287,38 @@ def obj_bytes(mesh: MeshData, name: str = "mesh") -> bytes:
         f"usemtl {name}\ns off\n",
         ("f %d/%d/%d %d/%d/%d %d/%d/%d\n" * m) % tuple(np.repeat(mesh.faces.ravel() + 1, 3).tolist()),
     ]
+    offset = n
+    for part in extra:
+        k, f = len(part.mesh.positions), len(part.mesh.faces)
+        parts += [
+            f"o {name}_{part.name}\n",
+            ("v %.9g %.9g %.9g\n" * k) % tuple(part.mesh.positions.ravel().tolist()),
+            ("vt %.9g %.9g\n" * k) % tuple(part.mesh.uv.ravel().tolist()),
+            ("vn %.9g %.9g %.9g\n" * k) % tuple(part.mesh.normals.ravel().tolist()),
+            f"usemtl {name}_{part.name}\ns off\n",
+            ("f %d/%d/%d %d/%d/%d %d/%d/%d\n" * f) % tuple(np.repeat(part.mesh.faces.ravel() + 1 + offset, 3).tolist()),
+        ]
+        offset += k
     return "".join(parts).encode("ascii")
 
 
-def _mtl_bytes(name: str, texture_files: Mapping[str, str]) -> bytes:
+def _mtl_bytes(name: str, texture_files: Mapping[str, str], parts: Sequence[MaterialPart] = ()) -> bytes:
     lines = [f"newmtl {name}", "Ka 0 0 0", "Kd 1 1 1", "Ks 0.04 0.04 0.04", "Ns 20", "d 1", "illum 2"]
     lines.append(f"map_Kd {texture_files['albedo']}")
     if "normal" in texture_files:
         # `norm` is the PBR-extension keyword; many importers (Blender's) read normal maps from map_Bump
         lines += [f"norm {texture_files['normal']}", f"map_Bump {texture_files['normal']}"]
+    for part in parts:
+        shininess = round(1000.0 * (1.0 - float(part.roughness)) ** 2 + 1.0)  # glossier parts, higher Ns
+        lines += ["", f"newmtl {name}_{part.name}", "Ka 0 0 0", "Kd 1 1 1", "Ks 0.1 0.1 0.1", f"Ns {shininess}",
+                  "d 1", "illum 2", f"map_Kd {name}_{part.name}.png"]  # fmt: skip
+        lines.append(f"Pr {float(part.roughness):g}")
     return ("\n".join(lines) + "\n").encode("ascii")
 
 
-def obj_files(mesh: MeshData, textures: Mapping[str, bytes], name: str = "mesh") -> dict[str, bytes]:
+def obj_files(
+    mesh: MeshData, textures: Mapping[str, bytes], name: str = "mesh", parts: Sequence[MaterialPart] = ()
+) -> dict[str, bytes]:
     """The files of a textured OBJ: ``{name}.obj``, ``{name}.mtl`` and ``{name}_{role}.png`` per texture.
 
     Args:
@@ -268,26 +326,33 @@ def obj_files(mesh: MeshData, textures: Mapping[str, bytes], name: str = "mesh")
         textures: PNG bytes by role: ``albedo`` (required, ``map_Kd``), ``normal`` (optional, tangent
             space, OpenGL convention; ``norm`` and ``map_Bump``).
         name: base name of the files and the material.
+        parts: extra primitives (eyes, mouth), each with material ``{name}_{part}`` and texture
+            ``{name}_{part}.png``.
 
     Returns:
-        File name → bytes, in a fixed order (obj, mtl, textures in :data:`OBJ_TEXTURE_ROLES` order).
+        File name → bytes, in a fixed order (obj, mtl, textures in :data:`OBJ_TEXTURE_ROLES` order, parts).
     """
     name = _check_name(name)
     unknown = set(textures) - set(OBJ_TEXTURE_ROLES)
     if unknown or "albedo" not in textures:
         raise ValueError(f"textures: roles must be {OBJ_TEXTURE_ROLES} with 'albedo' required, got {sorted(textures)}")
     texture_files = {role: f"{name}_{role}.png" for role in OBJ_TEXTURE_ROLES if role in textures}
-    files = {f"{name}.obj": obj_bytes(mesh, name), f"{name}.mtl": _mtl_bytes(name, texture_files)}
+    extra = _check_parts(parts)
+    files = {f"{name}.obj": obj_bytes(mesh, name, extra), f"{name}.mtl": _mtl_bytes(name, texture_files, extra)}
     for role, file_name in texture_files.items():
         files[file_name] = _check_png(f"textures[{role!r}]", textures[role])
+    for part in extra:
+        files[f"{name}_{part.name}.png"] = part.albedo_png
     return files
 
 
-def write_obj_zip(mesh: MeshData, textures: Mapping[str, bytes], name: str = "mesh") -> bytes:
+def write_obj_zip(
+    mesh: MeshData, textures: Mapping[str, bytes], name: str = "mesh", parts: Sequence[MaterialPart] = ()
+) -> bytes:
     """:func:`obj_files` as a deflated zip with fixed timestamps (same input → same bytes)."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
-        for file_name, data in obj_files(mesh, textures, name).items():
+        for file_name, data in obj_files(mesh, textures, name, parts).items():
             info = zipfile.ZipInfo(file_name, date_time=_ZIP_DATE)
             info.compress_type = zipfile.ZIP_DEFLATED
             info.create_system = 3  # unix, whatever the host
@@ -373,8 +438,10 @@ def glb_bytes(
     normal_png: bytes | None = None,
     morph_targets: Mapping[str, np.ndarray] | None = None,
     name: str = "face",
+    parts: Sequence[MaterialPart] = (),
 ) -> bytes:
-    """Binary glTF 2.0: one node, one mesh, one triangle primitive with an embedded PBR material.
+    """Binary glTF 2.0: one node, one mesh, one triangle primitive with an embedded PBR material (and one
+    more primitive with its own material and texture per extra part, e.g. the eyes and the mouth).
 
     The primitive has POSITION (with min/max), NORMAL, TEXCOORD_0 = (u, 1 - v) (glTF is v down) and
     uint32 indices; the material a ``baseColorTexture`` (sRGB albedo) and, when given, a
@@ -390,6 +457,8 @@ def glb_bytes(
             (POSITION with min/max), ``mesh.weights`` all 0 and ``mesh.extras.targetNames`` (use ARKit
             names such as ``jawOpen`` so engines bind them), in the mapping's order.
         name: name of the node, mesh and material.
+        parts: extra primitives (material ``{name}_{part}``, own base-colour texture, no normal map); with
+            ``morph_targets`` each part needs deltas for the same names.
 
     Returns:
         The GLB bytes (same input → same bytes).
@@ -404,6 +473,13 @@ def glb_bytes(
         if not isinstance(target_name, str) or not target_name:
             raise ValueError(f"morph_targets: names must be non-empty strings, got {target_name!r}")
         _check_array(f"morph_targets[{target_name!r}]", delta, (len(mesh.positions), 3))
+    extra = _check_parts(parts)
+    for part in extra:
+        part_targets = dict(part.morph_targets or {})
+        if list(part_targets) != list(targets):
+            raise ValueError(f"parts[{part.name!r}].morph_targets: must have the main mesh's names in its order")
+        for target_name, delta in part_targets.items():
+            _check_array(f"parts[{part.name!r}].morph_targets[{target_name!r}]", delta, (len(part.mesh.positions), 3))
 
     gltf = pygltflib.GLTF2(asset=pygltflib.Asset(version="2.0", generator="albedogan3d facecore.formats"))
     blob = bytearray()
@@ -430,6 +506,26 @@ def glb_bytes(
             wrapT=pygltflib.CLAMP_TO_EDGE,
         )
     )
+    primitives = [primitive]
+    for part in extra:
+        part_uv = np.stack([part.mesh.uv[:, 0], 1.0 - part.mesh.uv[:, 1]], axis=1)
+        prim = pygltflib.Primitive(
+            attributes=pygltflib.Attributes(
+                POSITION=_append_accessor(gltf, blob, part.mesh.positions, vertex_buffer, with_bounds=True),
+                NORMAL=_append_accessor(gltf, blob, part.mesh.normals, vertex_buffer),
+                TEXCOORD_0=_append_accessor(gltf, blob, part_uv, vertex_buffer),
+            ),
+            indices=_append_accessor(
+                gltf, blob, part.mesh.faces.ravel().astype(np.uint32), pygltflib.ELEMENT_ARRAY_BUFFER
+            ),
+            material=len(primitives),
+            mode=pygltflib.TRIANGLES,
+        )
+        for delta in (part.morph_targets or {}).values():
+            delta32 = np.ascontiguousarray(delta, dtype=np.float32)
+            prim.targets.append({"POSITION": _append_accessor(gltf, blob, delta32, vertex_buffer, with_bounds=True)})
+        primitives.append(prim)
+        images.append(part.albedo_png)
     for i, png in enumerate(images):
         gltf.images.append(pygltflib.Image(bufferView=_append_view(gltf, blob, png), mimeType="image/png"))
         gltf.textures.append(pygltflib.Texture(sampler=0, source=i))
@@ -442,7 +538,19 @@ def glb_bytes(
             normalTexture=pygltflib.NormalMaterialTexture(index=1) if normal_png is not None else None,
         )
     )
-    gltf_mesh = pygltflib.Mesh(name=name, primitives=[primitive])
+    first_part_image = 2 if normal_png is not None else 1
+    for i, part in enumerate(extra):
+        gltf.materials.append(
+            pygltflib.Material(
+                name=f"{name}_{part.name}",
+                pbrMetallicRoughness=pygltflib.PbrMetallicRoughness(
+                    baseColorTexture=pygltflib.TextureInfo(index=first_part_image + i),
+                    metallicFactor=0.0,
+                    roughnessFactor=float(part.roughness),
+                ),
+            )
+        )
+    gltf_mesh = pygltflib.Mesh(name=name, primitives=primitives)
     if targets:
         gltf_mesh.weights = [0.0] * len(targets)
         gltf_mesh.extras = {"targetNames": list(targets)}

@@ -149,7 +149,7 @@ class FaceModelArrays:
             kwargs[name] = tuple(str(s) for s in np.asarray(data[name]).tolist())
         model = cls(**kwargs)
         model.validate()
-        return model
+        return reattach_neck_band(model)
 
     def save(self, path: str | Path, *, float16: tuple[str, ...] = ()) -> None:
         """Write the npz; arrays named in ``float16`` are stored as float16 (others float32)."""
@@ -235,6 +235,83 @@ class FaceModelArrays:
         """(n, K) identity codes drawn from the generation prior (``scale`` multiplies its spread)."""
         eps = rng.standard_normal((n, self.n_shape)).astype(np.float32)
         return self.shape_prior_mean[None] + scale * eps @ self.shape_prior_chol.T
+
+
+def reattach_neck_band(model: FaceModelArrays) -> FaceModelArrays:
+    """Give back to the skin the outer neck faces a face-model build labelled ``mouth_interior``.
+
+    Default face models built before the fix (``models.face.build_default``) took every skin face touching a
+    vertex deep inside the head for the mouth cavity; besides the mouth and throat that caught a band of outer
+    neck skin under the chin, which then sampled the cavity's one texel (a pink band with skin-coloured
+    notches in every render). The cavity is the ``mouth_interior`` component that holds its front-most vertex
+    (the lip line); faces of that part in any other component become skin again, with the cylindrical
+    coordinates every other skin vertex has (u from the angle about +y, face at 0.5; v from height over the
+    whole mean mesh, 1 % margins). Idempotent; a model without such faces is returned unchanged.
+    """
+    if "mouth_interior" not in model.part_names:
+        return model
+    part = model.part_names.index("mouth_interior")
+    cav = np.flatnonzero(model.face_part == part)
+    if len(cav) == 0:
+        return model
+    faces = model.faces[cav]
+    # connected components of the part's faces over shared vertices: propagate the smallest vertex label
+    label = np.arange(model.n_verts)
+    for _ in range(len(faces)):
+        low = label[faces].min(1)
+        before = label.copy()
+        np.minimum.at(label, faces.ravel(), np.repeat(low, 3))
+        if np.array_equal(before, label):
+            break
+    comp = label[faces[:, 0]]
+    front = faces.ravel()[np.argmax(model.mean[faces.ravel(), 2])]
+    stray = cav[comp != label[front]]
+    if len(stray) == 0:
+        return model
+    mean = model.mean.astype(np.float64)
+    lo, hi = float(mean[:, 1].min()), float(mean[:, 1].max())
+    corner_v = model.faces[stray]  # (S, 3)
+    p = mean[corner_v]
+    u = np.arctan2(p[..., 0], p[..., 2]) / (2.0 * np.pi) + 0.5
+    v = 0.01 + 0.98 * (p[..., 1] - lo) / max(hi - lo, 1e-12)
+    # a triangle straddling the seam gets its corners on the majority's side, except corners far from the
+    # seam (near the vertical axis), exactly as the layout's builder (models.face.uv.cylindrical_uv) does
+    wrap = (np.ptp(u, axis=1) > 0.5)[:, None]
+    high = ((u > 0.5).sum(1) >= 2)[:, None]
+    far = (u >= 0.25) & (u <= 0.75)
+    u = np.where(wrap & high & (u < 0.5) & ~far, u + 1.0, u)
+    u = np.where(wrap & ~high & (u > 0.5) & ~far, u - 1.0, u)
+    corner_uv = np.stack([u, v], -1).reshape(-1, 2).astype(np.float32)
+    # reuse a UV vertex of the same geometry vertex at the same place, else append one
+    uv, uv_vertex = model.uv, model.uv_vertex
+    rounded = np.round(uv, 5)
+    known = {(int(g), float(c[0]), float(c[1])): t for t, (g, c) in enumerate(zip(uv_vertex, rounded, strict=True))}
+    new_uv: list[np.ndarray] = []
+    new_vertex: list[int] = []
+    index = np.empty(len(corner_uv), np.int64)
+    for k, (g, c) in enumerate(zip(corner_v.ravel(), corner_uv, strict=True)):
+        key = (int(g), *map(float, np.round(c, 5)))
+        t = known.get(key)
+        if t is None:
+            t = len(uv) + len(new_uv)
+            known[key] = t
+            new_uv.append(c)
+            new_vertex.append(int(g))
+        index[k] = t
+    uv_faces = model.uv_faces.copy()
+    uv_faces[stray] = index.reshape(-1, 3)
+    face_part = model.face_part.copy()
+    face_part[stray] = model.part_names.index("skin")
+    if new_uv:
+        uv = np.concatenate([uv, np.stack(new_uv)])
+        uv_vertex = np.concatenate([uv_vertex, np.array(new_vertex, dtype=uv_vertex.dtype)])
+    used, inverse = np.unique(uv_faces, return_inverse=True)  # drop UV points no face uses any more
+    kwargs = {f.name: getattr(model, f.name) for f in fields(FaceModelArrays)}
+    kwargs.update(face_part=face_part, uv=uv[used], uv_vertex=uv_vertex[used], uv_faces=inverse.reshape(-1, 3))
+    kwargs["metadata"] = dict(model.metadata, neck_band_reattached=len(stray))
+    repaired = FaceModelArrays(**kwargs)
+    repaired.validate()
+    return repaired
 
 
 def fields_of_schema() -> tuple[str, ...]:

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from facecore import color, formats
+from facecore import assets, color, formats
 from facecore import geometry as geo
 from facecore.bundle import Bundle
 
@@ -444,6 +444,7 @@ def _encode(
     model = bundle.face_model
     files: dict[str, bytes] = {}
     with timer.stage("encode"):
+        albedo = assets.fill_neck(model, albedo)  # the neck ends cleanly (no unseen / unlearned band)
         if albedo.shape[0] != req.texture_size:
             albedo = formats.resample_texture(albedo, req.texture_size)
         albedo_png = formats.albedo_png(albedo)
@@ -457,14 +458,20 @@ def _encode(
             files["displacement.json"] = json.dumps(sidecar, sort_keys=True).encode()
         if "normal" in req.outputs:
             files["normal.png"] = normal_png
+        morphs = None
+        if req.blendshapes and "glb" in req.outputs:
+            deltas = geo.detailed_vertex_field(model, model.expr_basis, req.mesh_resolution).astype(np.float32)
+            morphs = dict(zip(model.expr_names, deltas, strict=True))
+        # eyes and mouth: their own primitives and materials (facecore.assets), the iris colour from the albedo
+        if "obj" in req.outputs or "glb" in req.outputs:
+            skin, morphs, parts, _ = assets.export_primitives(model, mesh, req.mesh_resolution, albedo, morphs)
         if "obj" in req.outputs:
-            files.update(formats.obj_files(mesh, {"albedo": albedo_png, "normal": normal_png}, name="mesh"))
+            textures = {"albedo": albedo_png, "normal": normal_png}
+            files.update(formats.obj_files(skin, textures, name="mesh", parts=parts))
         if "glb" in req.outputs:
-            morphs = None
-            if req.blendshapes:
-                deltas = geo.detailed_vertex_field(model, model.expr_basis, req.mesh_resolution).astype(np.float32)
-                morphs = dict(zip(model.expr_names, deltas, strict=True))
-            files["mesh.glb"] = formats.glb_bytes(mesh, albedo_png, normal_png, morph_targets=morphs, name="face")
+            files["mesh.glb"] = formats.glb_bytes(
+                skin, albedo_png, normal_png, morph_targets=morphs, name="face", parts=parts
+            )
     return files
 
 

@@ -11,9 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from facecore import assets as fa
+from facecore import color
 
 from .camera import PerspectiveCamera, WeakPerspectiveCamera
 from .rasterizer import Fragments, _image_size, interpolate_packed, rasterize, scatter_packed
@@ -64,12 +68,19 @@ class MeshRenderer(nn.Module):
             ImportError where it is not installed).
         cull_backfaces: skip triangles facing away from the camera (off by default: the z-buffer alone
             decides, so the inner side of open surfaces, e.g. the neck opening seen from below, is drawn).
+        material: (F,) long, 0 where a triangle takes its colour from the albedo map, > 0 where it takes it
+            from the asset texture (eyes, mouth: :mod:`facecore.assets`), or None (all albedo).
+        asset_uv_corners: (F, 3, 2) coordinates of each triangle's corners in the asset texture (v up).
+        asset_texture: (3, Ht, Wt) default asset texture, linear (``forward`` may pass one per sample).
     """
 
     faces: torch.Tensor
     uv: torch.Tensor
     uv_faces: torch.Tensor
     uv_corners: torch.Tensor
+    material: torch.Tensor | None
+    asset_uv_corners: torch.Tensor | None
+    asset_texture: torch.Tensor | None
 
     def __init__(
         self,
@@ -80,6 +91,9 @@ class MeshRenderer(nn.Module):
         *,
         backend: Backend = "torch",
         cull_backfaces: bool = False,
+        material: torch.Tensor | None = None,
+        asset_uv_corners: torch.Tensor | None = None,
+        asset_texture: torch.Tensor | None = None,
     ):
         super().__init__()
         faces, uv, uv_faces = (torch.as_tensor(t) for t in (faces, uv, uv_faces))
@@ -104,11 +118,54 @@ class MeshRenderer(nn.Module):
         self.register_buffer("uv", uv.float().contiguous(), persistent=False)
         self.register_buffer("uv_faces", uv_faces.long().contiguous(), persistent=False)
         self.register_buffer("uv_corners", uv.float()[uv_faces.long()].contiguous(), persistent=False)
+        if (material is None) != (asset_uv_corners is None) or (material is None) != (asset_texture is None):
+            raise ValueError("material, asset_uv_corners and asset_texture: give all three or none")
+        if material is not None:
+            material, asset_uv_corners, asset_texture = (
+                torch.as_tensor(t) for t in (material, asset_uv_corners, asset_texture)
+            )
+            if material.shape != faces.shape[:1] or asset_uv_corners.shape != (faces.shape[0], 3, 2):
+                raise ValueError(
+                    f"material / asset_uv_corners: expected ({faces.shape[0]},) and ({faces.shape[0]}, 3, 2), "
+                    f"got {tuple(material.shape)} and {tuple(asset_uv_corners.shape)}"
+                )
+            if asset_texture.dim() != 3 or asset_texture.shape[0] != 3:
+                raise ValueError(f"asset_texture: expected (3, Ht, Wt), got {tuple(asset_texture.shape)}")
+            material, asset_uv_corners, asset_texture = material.long(), asset_uv_corners.float(), asset_texture.float()
+        self.register_buffer("material", material, persistent=False)
+        self.register_buffer("asset_uv_corners", asset_uv_corners, persistent=False)
+        self.register_buffer("asset_texture", asset_texture, persistent=False)
 
     @classmethod
-    def from_face_model(cls, face_model: FaceModel, image_size: int | tuple[int, int], **kwargs) -> MeshRenderer:
-        """From a :class:`models.face.model.FaceModel` (its ``faces``, ``uv``, ``uv_faces`` buffers)."""
+    def from_face_model(
+        cls, face_model: FaceModel, image_size: int | tuple[int, int], *, assets: bool = True, **kwargs
+    ) -> MeshRenderer:
+        """From a :class:`models.face.model.FaceModel` (its ``faces``, ``uv``, ``uv_faces`` buffers).
+
+        With ``assets`` (default) and a model that has eyeballs, the eyes and the mouth cavity take their
+        colour from :func:`facecore.assets.asset_atlas` (sclera, iris, pupil; dark oral interior) instead of
+        the albedo map: the one definition the service's exports use too.
+        """
+        if assets and all(p in face_model.arrays.part_names for p in fa.EYE_PARTS):
+            material, corner_uv = fa.atlas_corner_uv(face_model.arrays)
+            kwargs.setdefault("material", torch.as_tensor(material))
+            kwargs.setdefault("asset_uv_corners", torch.as_tensor(corner_uv))
+            kwargs.setdefault("asset_texture", cls.asset_textures(face_model, None)[0])
         return cls(face_model.faces, face_model.uv, face_model.uv_faces, image_size, **kwargs)
+
+    @staticmethod
+    def asset_textures(face_model: FaceModel, iris_srgb=None, size: int = 256) -> torch.Tensor:
+        """(B, 3, size, 2·size) linear asset atlases, one per iris colour in ``iris_srgb`` (B, 3) sRGB, or the
+        default iris (B = 1) when None: pass as ``forward(..., asset_texture=...)``."""
+        assets = fa.face_assets(face_model.arrays)
+        irises = [fa.DEFAULT_IRIS_SRGB] if iris_srgb is None else [tuple(map(float, c)) for c in iris_srgb]
+        cache: dict[tuple[float, ...], np.ndarray] = {}
+        out = []
+        for iris in irises:
+            if iris not in cache:
+                cache[iris] = color.srgb_to_linear(fa.asset_atlas(assets, iris, size)).transpose(2, 0, 1)
+            out.append(cache[iris])
+        return torch.as_tensor(np.stack(out), dtype=torch.float32)
 
     def rasterize(self, verts_ndc: torch.Tensor, *, perspective_correct: bool = False) -> Fragments:
         """Visibility and barycentrics of projected vertices (B, V, 3) with this renderer's settings."""
@@ -160,6 +217,7 @@ class MeshRenderer(nn.Module):
         sh: torch.Tensor,
         background: torch.Tensor | None = None,
         normal_map_uv: torch.Tensor | None = None,
+        asset_texture: torch.Tensor | None = None,
     ) -> RenderOutputs:
         """Render a batch.
 
@@ -171,6 +229,8 @@ class MeshRenderer(nn.Module):
             background: (B, 3, H, W) image behind the mesh, or None for black.
             normal_map_uv: (B, 3, Ht', Wt') decoded tangent-space normals in [-1, 1] (OpenGL "green up",
                 see :func:`~.shading.normal_map_to_world`) for displacement detail, or None.
+            asset_texture: (B or 1, 3, Ht, Wt) linear asset atlas for the eyes and mouth (e.g. per-sample iris
+                colours from :meth:`asset_textures`), or None for the renderer's default.
 
         Returns:
             :class:`RenderOutputs`.
@@ -184,6 +244,14 @@ class MeshRenderer(nn.Module):
         uv = interpolate_packed(frags, self.uv_corners.to(dtype), kind="corner")
         batch = frags.batch_packed
         albedo = sample_texture_packed(albedo_uv.to(dtype), uv, batch)
+        if self.material is not None:
+            tex = self.asset_texture[None] if asset_texture is None else asset_texture
+            if tex.dim() != 4 or tex.shape[1] != 3 or tex.shape[0] not in (1, B):
+                raise ValueError(f"asset_texture: expected (B or 1, 3, Ht, Wt), got {tuple(tex.shape)}")
+            is_asset = self.material[frags.face_packed] > 0
+            asset_uv = interpolate_packed(frags, self.asset_uv_corners.to(dtype), kind="corner")
+            asset = sample_texture_packed(tex.to(dtype).expand(B, -1, -1, -1), asset_uv, batch)
+            albedo = torch.where(is_asset[:, None], asset, albedo)
 
         if normal_map_uv is None:
             normal = F.normalize(normal, dim=-1, eps=1e-12)

@@ -48,7 +48,13 @@ function applyMode() {
   const material = materials[mode];
   if (materials.textured) materials.textured.normalMap = detail ? materials.normalMap : null;
   if (materials.shading) materials.shading.normalMap = detail ? materials.normalMap : null;
-  head.traverse((o) => { if (o.isMesh) { o.material = material; o.material.needsUpdate = true; } });
+  // the eyes and the mouth are their own primitives with their own materials: each mesh keeps its own
+  // textured / albedo material; the shading mode shows them all in grey
+  head.traverse((o) => {
+    if (!o.isMesh) return;
+    o.material = mode === "shading" ? material : o.userData[mode] || material;
+    o.material.needsUpdate = true;
+  });
 }
 
 function showDownloads(links) {
@@ -68,7 +74,13 @@ async function showResult(result) {
   head = gltf.scene;
   let vertices = 0;
   let original = null;
-  head.traverse((o) => { if (o.isMesh) { vertices += o.geometry.attributes.position.count; original = o.material; } });
+  head.traverse((o) => {
+    if (!o.isMesh) return;
+    vertices += o.geometry.attributes.position.count;
+    o.userData.textured = o.material;
+    o.userData.albedo = new THREE.MeshBasicMaterial({ map: o.material.map });
+    if (!original || o.material.normalMap) original = o.material; // the skin: the material with the normal map
+  });
   materials.textured = original;
   materials.normalMap = original.normalMap;
   materials.albedo = new THREE.MeshBasicMaterial({ map: original.map });

@@ -120,10 +120,13 @@ def test_uv_layout_is_cylindrical_with_split_seam(arrays):
     assert -0.25 < uv[:, 0].min() and uv[:, 0].max() < 1.25  # seam copies may reach past the seam (periodic u)
     assert len(uv) > arrays.n_verts  # seam vertices duplicated
     span = np.ptp(uv[uvf][..., 0], axis=1)
-    # no triangle wraps around the cylinder, except the few around the crown's pole (on the axis)
+    # no triangle wraps around the cylinder, except the few around the crown's pole (on the axis) and the few
+    # of the neck's front that pass the axis under the chin (facecore.assets.fill_neck makes that area uniform)
     radius = np.hypot(arrays.mean[:, 0], arrays.mean[:, 2])[arrays.faces].max(1)
     wide = span > 0.25
-    assert wide.sum() <= 8 and np.all(radius[wide] < 0.015) and np.all(arrays.mean[arrays.faces[wide], 1] > 0.1)
+    height = arrays.mean[arrays.faces[wide], 1]
+    assert wide.sum() <= 16 and np.all(radius[wide] < 0.015)
+    assert np.all((height > 0.1) | (height < -0.07))
     assert np.all(span[arrays.face_part == 3] == 0)  # the mouth cavity samples one texel
     np.testing.assert_array_equal(arrays.uv_vertex[uvf], arrays.faces)
     # the face is centred: nose tip at u = 0.5, the back of the head on the seam
