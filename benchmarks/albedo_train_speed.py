@@ -24,8 +24,9 @@ from pathlib import Path
 
 import torch
 
-from training.albedo import AlbedoTrainConfig, AlbedoTrainer, DistInfo, iter_checkpoints, load_checkpoint_generator
+from training.albedo import AlbedoTrainConfig, AlbedoTrainer, DistInfo, iter_checkpoints
 from training.config import load_config
+from training.weights import load_checkpoint_generator
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -45,12 +46,10 @@ def bench_training(cfg: AlbedoTrainConfig, steps: int, warmup: int) -> None:
         for _ in range(warmup):
             trainer.train_step()
             trainer.step += 1
-            trainer.data_position += cfg.batch
         t0, c0 = time.perf_counter(), time.process_time()
         for _ in range(steps):
             trainer.train_step()
             trainer.step += 1
-            trainer.data_position += cfg.batch
         dt = (time.perf_counter() - t0) / steps
         cpu = (time.process_time() - c0) / steps
         ips = cfg.batch / dt
@@ -87,7 +86,7 @@ def bench_run(run_dir: Path) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         trainer = AlbedoTrainer(cfg, Path(tmp), DistInfo(0, 1, torch.device("cpu"), False))
         ref = trainer._reference()
-    from training.metrics import evaluate_generator
+    from training.evaluation import evaluate_generator
 
     m = cfg.metric
     size = m.subset_size or max(2, min(m.num_generated, len(ref)) // 2)

@@ -19,7 +19,7 @@
    (``models.identity.FaceEmbedder``) of the photo and of the reconstruction rendered over it (same chip
    alignment for both), against the same cosine for the renders of the *other* photos' reconstructions
    (impostors): a useful reconstruction resembles its own photo more than the others'.
-3. AlbedoGAN: KID (``training.metrics``, download-free albedo features, the units of the training log) of
+3. AlbedoGAN: KID (``training.evaluation``, download-free albedo features, the units of the training log) of
    ``--kid-samples`` generated maps (truncation 1, through the bundle's mapping + albedo graphs) against the
    procedural ground-truth albedos (unseen seed) and, with ``--extracted``, against that folder's maps (e.g.
    the extracted training maps).
@@ -97,7 +97,8 @@ def synthetic_metrics(runner: BundleRunner, count: int, seed: int) -> dict:
     from models.face.model import FaceModel
     from training.data.images import resize_uv
     from training.data.synthetic import SyntheticConfig, SyntheticFaces
-    from training.shape import NOW_LANDMARKS, MeshDistance, SeenTexels, now_scan_to_mesh, now_scans
+    from training.evaluation import MeshDistance, SeenTexels, now_scan_to_mesh, now_scans
+    from training.shape import NOW_LANDMARKS
 
     bundle = runner.bundle
     model = bundle.face_model
@@ -266,8 +267,8 @@ def photo_metrics(runner: BundleRunner, photos: Path) -> tuple[dict, list[tuple[
 
 # ----------------------------------------------------------------------------------------------------- KID
 def kid_metrics(runner: BundleRunner, samples: int, seed: int, extracted: Path | None) -> dict:
-    from training.albedo import SyntheticAlbedos
-    from training.metrics import AlbedoFeatures, ReferenceSet
+    from training.data.albedo_maps import SyntheticAlbedos
+    from training.evaluation import AlbedoFeatures, ReferenceSet
 
     bundle = runner.bundle
     m = bundle.manifest

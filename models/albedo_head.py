@@ -23,19 +23,17 @@ Features are those of :class:`models.encoder.IResNet` (``encoder.backbone(2·ima
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-CONFIG_FORMAT_VERSION = 1
-KIND = "albedo_head.AlbedoHead"
+from facecore.config import VersionedConfig
 
 
 @dataclass(frozen=True)
-class AlbedoHeadConfig:
+class AlbedoHeadConfig(VersionedConfig):
     """Everything needed to rebuild an :class:`AlbedoHead`; saved as JSON beside its weights.
 
     Attributes:
@@ -46,6 +44,8 @@ class AlbedoHeadConfig:
         hidden: width of the hidden layers.
         num_layers: linear layers (≥ 1; 1 = a linear map).
     """
+
+    KIND: ClassVar[str] = "albedo_head.AlbedoHead"
 
     in_features: int
     w_dim: int
@@ -61,22 +61,6 @@ class AlbedoHeadConfig:
     @property
     def out_features(self) -> int:
         return self.w_dim * (self.num_ws if self.per_layer else 1)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-compatible dict with ``format_version`` and ``kind``."""
-        return {"format_version": CONFIG_FORMAT_VERSION, "kind": KIND, **dataclasses.asdict(self)}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> AlbedoHeadConfig:
-        """Inverse of :meth:`to_dict`; another kind/format version or unknown keys raise ``ValueError``."""
-        data = dict(data)
-        kind, version = data.pop("kind", None), data.pop("format_version", None)
-        if kind != KIND or version != CONFIG_FORMAT_VERSION:
-            raise ValueError(f"not an {KIND} config of format version {CONFIG_FORMAT_VERSION}: {kind!r} {version!r}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        if set(data) - known:
-            raise ValueError(f"AlbedoHeadConfig: unknown keys {sorted(set(data) - known)}")
-        return cls(**data)
 
 
 class AlbedoHead(nn.Module):

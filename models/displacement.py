@@ -28,19 +28,18 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from facecore.config import VersionedConfig
 from facecore.geometry import FaceModelArrays, uv_sampling
 from models.render.shading import vertex_normals
 
-CONFIG_FORMAT_VERSION = 1
 JAW_POSE_DIM = 3  # axis-angle
 UpsampleMode = Literal["bilinear", "bicubic"]
 
@@ -54,7 +53,7 @@ def _arrays_of(face_model: Any) -> FaceModelArrays:
 
 # ---------------------------------------------------------------------------------------------- config
 @dataclass(frozen=True)
-class DisplacementConfig:
+class DisplacementConfig(VersionedConfig):
     """Everything needed to rebuild a :class:`DisplacementDecoder`; saved as JSON beside its weights.
 
     Attributes:
@@ -68,6 +67,8 @@ class DisplacementConfig:
         channel_base, channel_max, channel_min: fine-path channels at side r are
             ``clamp(channel_base // r, channel_min, channel_max)``.
     """
+
+    KIND: ClassVar[str] = "displacement.DisplacementDecoder"
 
     detail_dim: int
     n_expr: int
@@ -102,24 +103,6 @@ class DisplacementConfig:
 
     def channels(self, side: int) -> int:
         return int(min(max(self.channel_base // side, self.channel_min), self.channel_max))
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-compatible dict with ``format_version`` and ``kind``."""
-        out: dict[str, Any] = {"format_version": CONFIG_FORMAT_VERSION, "kind": "displacement.DisplacementDecoder"}
-        out.update(dataclasses.asdict(self))
-        return out
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> DisplacementConfig:
-        """Inverse of :meth:`to_dict`; another kind/format version or unknown keys raise ``ValueError``."""
-        data = dict(data)
-        kind, version = data.pop("kind", None), data.pop("format_version", None)
-        if kind != "displacement.DisplacementDecoder" or version != CONFIG_FORMAT_VERSION:
-            raise ValueError(f"not a displacement.DisplacementDecoder config of format version {CONFIG_FORMAT_VERSION}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        if set(data) - known:
-            raise ValueError(f"DisplacementConfig: unknown keys {sorted(set(data) - known)}")
-        return cls(**data)
 
 
 # ---------------------------------------------------------------------------------------------- decoder

@@ -27,21 +27,20 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from facecore.config import VersionedConfig
 from facecore.geometry import FaceModelArrays, landmarks_3d
 from models.face.model import FaceCodes
 from models.render.camera import WeakPerspectiveCamera
 from models.render.shading import SH_CONSTANTS
-
-CONFIG_FORMAT_VERSION = 1
 
 IRESNET_LAYERS: dict[int, tuple[int, int, int, int]] = {
     18: (2, 2, 2, 2),
@@ -219,7 +218,7 @@ def alignment_camera(arrays: FaceModelArrays, crop_scale: float = 1.0) -> tuple[
 
 
 @dataclass(frozen=True)
-class EncoderConfig:
+class EncoderConfig(VersionedConfig):
     """Everything needed to rebuild an :class:`Encoder`; saved as JSON beside its weights.
 
     Build it with :meth:`for_face_model` so the code sizes come from the face model.
@@ -238,6 +237,8 @@ class EncoderConfig:
         dropout: backbone dropout before ``fc`` (insightface default 0).
         fc_grid: pooled grid side before the backbone's ``fc`` (see :class:`IResNet`); 7 loads ArcFace weights.
     """
+
+    KIND: ClassVar[str] = "encoder.Encoder"
 
     n_shape: int
     n_expr: int
@@ -302,25 +303,6 @@ class EncoderConfig:
             init_camera=alignment_camera(arrays, crop_scale),
             **kwargs,
         )
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-compatible dict with ``format_version`` and ``kind``."""
-        out: dict[str, Any] = {"format_version": CONFIG_FORMAT_VERSION, "kind": "encoder.Encoder"}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            out[f.name] = list(value) if isinstance(value, tuple) else value
-        return out
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> EncoderConfig:
-        """Inverse of :meth:`to_dict`; another kind/format version or unknown keys raise ``ValueError``."""
-        data = dict(data)
-        if data.pop("kind", None) != "encoder.Encoder" or data.pop("format_version", None) != CONFIG_FORMAT_VERSION:
-            raise ValueError(f"not an encoder.Encoder config of format version {CONFIG_FORMAT_VERSION}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        if set(data) - known:
-            raise ValueError(f"EncoderConfig: unknown keys {sorted(set(data) - known)}")
-        return cls(**data)
 
 
 # ---------------------------------------------------------------------------------------------- encoder

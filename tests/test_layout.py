@@ -1,4 +1,4 @@
-"""The package layout's rules (DESIGN §2), checked on the source: who may import whom.
+"""The package layout's rules (DESIGN §2), checked on the source: who may import whom, and no import cycles.
 
 Every ``import`` statement counts, also those inside functions: a lazy import is still a dependency.
 """
@@ -67,3 +67,27 @@ def test_import_rules():
     )
     assert not broken, "\n".join(broken)
     assert {top(m) for m in everything} == set(PACKAGES)  # the walk found every package
+
+
+def test_no_import_cycles():
+    everything = source_graph()
+    graph = {m: {i for i in imps if i in everything and i != m} for m, imps in everything.items()}
+    state: dict[str, int] = {}
+    stack: list[str] = []
+    cycles: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                cycles.append(stack[stack.index(nxt) :] + [nxt])
+            elif nxt not in state:
+                visit(nxt)
+        stack.pop()
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node)
+    assert not cycles, "\n".join(" -> ".join(c) for c in cycles)

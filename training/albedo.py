@@ -45,27 +45,25 @@ grids of fixed z, KID), ``samples/`` (PNG grids), ``losses.jsonl`` (every step),
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
 import logging
 import math
-import os
 import time
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
 
+from facecore.config import ConfigError, check_keys, parse_section, section_dict
 from models.stylegan2 import (
     Discriminator,
     DiscriminatorConfig,
@@ -74,15 +72,17 @@ from models.stylegan2 import (
     mix_styles,
     sample_mixing_cutoff,
 )
-from training.checkpoint import latest_checkpoint, load_checkpoint, open_run_logs, save_checkpoint
-from training.data.images import ImageFolderAlbedos, resize_uv, to_uint8
+from training.augment import AugmentConfig, diff_augment
+from training.config import merge
+from training.data.albedo_maps import DataConfig, EpochSampler, build_data
+from training.data.images import to_uint8
 from training.distributed import DistInfo, barrier, init_distributed
+from training.images import save_png
+from training.loop import LoopSchedule, TrainingLoop, derive_seed
+from training.weights import EXPORT_WEIGHTS, save_generator
 
 logger = logging.getLogger(__name__)
 
-EXPORT_WEIGHTS = "generator.safetensors"
-EXPORT_CONFIG = "generator.json"
-AUGMENT_OPS = ("color", "translation", "cutout")
 
 DEFAULT_G: dict[str, Any] = {
     "z_dim": 256,
@@ -99,67 +99,8 @@ DEFAULT_D: dict[str, Any] = {"channel_base": 4096, "channel_max": 128}
 
 
 @dataclass(frozen=True)
-class DataConfig:
-    """Training data.
-
-    Attributes:
-        kind: ``synthetic`` (procedural albedo of ``training.data.synthetic``) or ``folder`` (PNG/JPEG files).
-        path: the folder (kind ``folder``).
-        num_samples: synthetic training-set size (indices ``0 … num_samples − 1`` of the stream).
-        seed: synthetic stream seed, and the seed of the data order and of the folder's hold-out split.
-        holdout: maps kept out of training as the metric's reference (synthetic: indices ``num_samples …``;
-            folder: a seeded random subset). 0 = the metric compares against the training maps.
-        mirror: also train on the mirrored maps (doubles the set; the UV layout is left–right symmetric).
-        cache: keep decoded maps in memory (uint8).
-    """
-
-    kind: str = "synthetic"
-    path: str | None = None
-    num_samples: int = 4096
-    seed: int = 0
-    holdout: int = 256
-    mirror: bool = False
-    cache: bool = True
-
-    def __post_init__(self) -> None:
-        if self.kind not in ("synthetic", "folder"):
-            raise ValueError(f"albedo.data.kind: expected 'synthetic' or 'folder', got {self.kind!r}")
-        if self.kind == "folder" and not self.path:
-            raise ValueError("albedo.data.path: set it to the folder of UV albedo PNGs (data.kind=folder)")
-        if self.num_samples < 1 or self.holdout < 0:
-            raise ValueError("albedo.data: num_samples must be >= 1 and holdout >= 0")
-
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    """Differentiable augmentation of everything D sees (reals and fakes alike).
-
-    Attributes:
-        policy: operations among ``color``, ``translation``, ``cutout``; empty = off.
-        probability: per-sample probability of each operation (< 0.8 keeps it non-leaking).
-        translation: maximum shift as a fraction of the image size.
-        cutout: side of the cut-out square as a fraction of the image size.
-    """
-
-    policy: tuple[str, ...] = ()
-    probability: float = 0.5
-    translation: float = 0.125
-    cutout: float = 0.5
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "policy", tuple(self.policy))
-        unknown = sorted(set(self.policy) - set(AUGMENT_OPS))
-        if unknown:
-            raise ValueError(f"albedo.augment.policy: unknown operations {unknown}; expected {list(AUGMENT_OPS)}")
-        if not 0.0 <= self.probability <= 1.0:
-            raise ValueError(f"albedo.augment.probability must be in [0, 1], got {self.probability}")
-        if self.probability >= 0.8 and self.policy:
-            logger.warning("augment probability %.2f >= 0.8 may leak augmentations into G", self.probability)
-
-
-@dataclass(frozen=True)
 class MetricConfig:
-    """KID against the held-out maps (:mod:`training.metrics`).
+    """KID against the held-out maps (:mod:`training.evaluation`).
 
     Attributes:
         every: evaluate every this many steps and at the end; 0 = never.
@@ -288,27 +229,23 @@ class AlbedoTrainConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> AlbedoTrainConfig:
-        """Build from the YAML ``albedo`` section; unknown keys raise ``ValueError`` naming them."""
+        """Build from the YAML ``albedo`` section (:func:`training.config.parse_section`); ``G``/``D`` update
+        :data:`DEFAULT_G`/:data:`DEFAULT_D` key by key at ``resolution``; errors name the key."""
         data = dict(data or {})
-        _check_keys(cls, data, "albedo")
-        r = int(data.get("resolution", cls.resolution))
         g = dict(data.pop("G", None) or {})
         d = dict(data.pop("D", None) or {})
         for key in ("img_resolution", "img_channels", "c_dim"):
             if key in g or key in d:
-                raise ValueError(f"albedo.G/D.{key} is fixed by the stage (resolution: albedo.resolution)")
-        g_cfg = _network_config(GeneratorConfig, DEFAULT_G, g, r)
-        d_cfg = _network_config(DiscriminatorConfig, DEFAULT_D, d, r)
-        nested = {}
-        for key, sub in (("data", DataConfig), ("augment", AugmentConfig), ("metric", MetricConfig)):
-            section = dict(data.pop(key, None) or {})
-            _check_keys(sub, section, f"albedo.{key}")
-            nested[key] = sub(**section)
-        return cls(**data, G=g_cfg, D=d_cfg, **nested)
+                raise ConfigError(f"albedo.G/D.{key} is fixed by the stage (resolution: albedo.resolution)")
+        check_keys(cls, data, "albedo")
+        r = parse_section(_Resolution, {"resolution": data.get("resolution", cls.resolution)}, "albedo").resolution
+        data["G"] = _network_config(GeneratorConfig, DEFAULT_G, g, r)
+        data["D"] = _network_config(DiscriminatorConfig, DEFAULT_D, d, r)
+        return parse_section(cls, data, "albedo")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-compatible form (what :meth:`from_dict` reads back)."""
-        out = json.loads(json.dumps(dataclasses.asdict(self)))
+        out = section_dict(self)
         for key in ("G", "D"):
             section = (self.G if key == "G" else self.D).to_dict()
             for fixed in ("format_version", "kind", "img_resolution", "img_channels", "c_dim"):
@@ -317,227 +254,25 @@ class AlbedoTrainConfig:
         return out
 
 
+@dataclass(frozen=True)
+class _Resolution:
+    resolution: int
+
+
 def _network_config(cls: type, defaults: Mapping[str, Any], given: Mapping[str, Any], resolution: int) -> Any:
     """``defaults`` ← ``given`` (sub-sections merged key by key) at ``resolution``, RGB, unconditional."""
-    merged = {k: dict(v) if isinstance(v, Mapping) else v for k, v in defaults.items()}
-    for key, value in given.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = {**merged[key], **value}
-        else:
-            merged[key] = value
-    return cls.from_dict({**merged, "img_resolution": resolution, "img_channels": 3, "c_dim": 0})
-
-
-def _check_keys(cls: type, data: Mapping[str, Any], where: str) -> None:
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(f"{where}: unknown keys {unknown}; expected some of {sorted(known)}")
+    merged = merge(defaults, given)
+    return parse_section(
+        cls, {**merged, "img_resolution": resolution, "img_channels": 3, "c_dim": 0}, f"albedo.{cls.__name__[0]}"
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Data
 
 
-class AlbedoSource(Protocol):
-    """Index-addressed UV albedo maps: ``load_uint8(i)`` → (3, R, R) uint8 sRGB, deterministic per index."""
-
-    resolution: int
-
-    def __len__(self) -> int: ...
-
-    def load_uint8(self, index: int) -> torch.Tensor: ...
-
-
-class SyntheticAlbedos:
-    """Procedural UV albedo maps (``training.data.synthetic``), sRGB-encoded and quantised like a PNG.
-
-    Map ``i`` is drawn from :meth:`SyntheticFaces.generator` of index ``i`` (a pure function of ``(seed, i)``) by
-    :func:`sample_albedo_params` and rendered by :class:`ProceduralAlbedo` at ``max(R, 64)`` texels (its
-    minimum), then resized to R. The same maps written as PNGs train identically through the folder source.
-
-    Args:
-        resolution: R.
-        seed: stream seed.
-        length: number of maps (``len``); any index ≥ 0 can be loaded.
-        cache: keep generated maps in memory.
-    """
-
-    def __init__(self, resolution: int, seed: int = 0, length: int = 4096, cache: bool = True) -> None:
-        from training.data.synthetic import SyntheticConfig, SyntheticFaces
-
-        self.resolution = resolution
-        self._size = min(max(resolution, 64), 1024)
-        self._faces = SyntheticFaces(SyntheticConfig(image_size=16, albedo_size=self._size, seed=seed, length=length))
-        self._length = length
-        self._cache: dict[int, torch.Tensor] | None = {} if cache else None
-
-    def __len__(self) -> int:
-        return self._length
-
-    def load_uint8(self, index: int) -> torch.Tensor:
-        from training.data.synthetic import linear_to_srgb, sample_albedo_params
-
-        if index < 0:
-            raise IndexError(f"synthetic albedo index must be >= 0, got {index}")
-        if self._cache is not None and index in self._cache:
-            return self._cache[index]
-        params = sample_albedo_params(1, self._faces.generator(index))
-        with torch.no_grad():
-            srgb = linear_to_srgb(self._faces.albedo(params, self._size))
-        out = to_uint8(resize_uv(srgb, self.resolution))[0]
-        if self._cache is not None:
-            self._cache[index] = out
-        return out
-
-
-class AlbedoDataset:
-    """A subset of a source, optionally with mirrored copies: ``batch(indices)`` → (B, 3, R, R) in [-1, 1].
-
-    Args:
-        source: the maps.
-        indices: the source indices that belong to this set.
-        mirror: indices ``len(indices) …`` are the mirrored maps (left–right flip of the UV map).
-    """
-
-    def __init__(self, source: AlbedoSource, indices: Sequence[int], mirror: bool = False) -> None:
-        if len(indices) == 0:
-            raise ValueError("the albedo dataset is empty")
-        self.source = source
-        self.indices = [int(i) for i in indices]
-        self.mirror = mirror
-
-    def __len__(self) -> int:
-        return len(self.indices) * (2 if self.mirror else 1)
-
-    def load_uint8(self, index: int) -> torch.Tensor:
-        n = len(self.indices)
-        img = self.source.load_uint8(self.indices[index % n])
-        return img.flip(-1) if index >= n else img
-
-    def batch(self, indices: Sequence[int]) -> torch.Tensor:
-        imgs = torch.stack([self.load_uint8(int(i)) for i in indices])
-        return imgs.to(torch.float32) / 127.5 - 1.0
-
-
-class EpochSampler:
-    """Sample position ``p`` → dataset index: epoch ``p // n`` visits a permutation seeded by ``(seed, epoch)``."""
-
-    def __init__(self, n: int, seed: int) -> None:
-        if n < 1:
-            raise ValueError("EpochSampler needs a non-empty dataset")
-        self.n = n
-        self.seed = seed
-        self._perm = lru_cache(maxsize=4)(self._permutation)
-
-    def _permutation(self, epoch: int) -> list[int]:
-        g = torch.Generator().manual_seed(derive_seed(self.seed, epoch, 0, 0xDA7A))
-        return torch.randperm(self.n, generator=g).tolist()
-
-    def indices(self, start: int, count: int) -> list[int]:
-        """Dataset indices of positions ``start … start + count − 1``."""
-        return [self._perm(p // self.n)[p % self.n] for p in range(start, start + count)]
-
-
-def build_data(config: AlbedoTrainConfig) -> tuple[AlbedoDataset, AlbedoDataset | None]:
-    """The training set and the metric's reference set (None when ``holdout`` is 0: compare to training)."""
-    d = config.data
-    if d.kind == "synthetic":
-        source: AlbedoSource = SyntheticAlbedos(config.resolution, d.seed, d.num_samples + d.holdout, d.cache)
-        train = AlbedoDataset(source, range(d.num_samples), d.mirror)
-        held = AlbedoDataset(source, range(d.num_samples, d.num_samples + d.holdout)) if d.holdout else None
-        return train, held
-    folder = ImageFolderAlbedos(d.path, config.resolution, cache=d.cache)
-    n = len(folder)
-    if d.holdout >= n:
-        raise ValueError(f"albedo.data.holdout={d.holdout} leaves no training maps of the {n} in {d.path}")
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed(d.seed, 0, 0, 0x401D))).tolist()
-    held_idx = sorted(order[n - d.holdout :]) if d.holdout else []
-    train_idx = sorted(order[: n - d.holdout])
-    train = AlbedoDataset(folder, train_idx, d.mirror)
-    return train, (AlbedoDataset(folder, held_idx) if held_idx else None)
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Randomness and augmentation
-
-
-def derive_seed(seed: int, step: int, rank: int, stream: int) -> int:
-    """A well-mixed 63-bit seed for ``(seed, step, rank, stream)`` (numpy ``SeedSequence`` hashing)."""
-    words = [int(v) & 0xFFFFFFFF for v in (seed, seed >> 32, step, step >> 32, rank, stream)]
-    state = np.random.SeedSequence(words).generate_state(2, dtype=np.uint32)
-    return ((int(state[1]) << 32) | int(state[0])) & ((1 << 63) - 1)
-
-
-def diff_augment(
-    x: torch.Tensor,
-    policy: Sequence[str],
-    generator: torch.Generator,
-    probability: float = 1.0,
-    translation: float = 0.125,
-    cutout: float = 0.5,
-) -> torch.Tensor:
-    """Differentiable augmentation (DiffAugment's operations), each op applied per sample with ``probability``.
-
-    The same random numbers are drawn whatever the outcome of the per-sample gates (a fixed draw sequence).
-
-    Args:
-        x: (B, C, H, W) images in [-1, 1].
-        policy: operations in order: ``color`` (brightness ±0.5, saturation ×[0, 2], contrast ×[0.5, 1.5]),
-            ``translation`` (integer shift up to ``translation · size``, zero fill), ``cutout`` (a zeroed square
-            of side ``cutout · size``).
-        generator: the RNG, on ``x.device``.
-        probability: per-sample, per-operation probability.
-        translation: maximum shift, fraction of the size.
-        cutout: square side, fraction of the size.
-
-    Returns:
-        (B, C, H, W), differentiable with respect to ``x``.
-    """
-    if not policy:
-        return x
-    B, _, H, W = x.shape
-    dev = x.device
-
-    def rand() -> torch.Tensor:
-        return torch.rand([B, 1, 1, 1], generator=generator, device=dev, dtype=torch.float32)
-
-    def gate() -> torch.Tensor:
-        return (rand() < probability).to(x.dtype)
-
-    for op in policy:
-        if op == "color":
-            g, r = gate(), rand().to(x.dtype)
-            x = x + g * (r - 0.5)
-            g, r = gate(), rand().to(x.dtype)
-            mean = x.mean(dim=1, keepdim=True)
-            x = x + g * (x - mean) * (2 * r - 1)
-            g, r = gate(), rand().to(x.dtype)
-            mean = x.mean(dim=(1, 2, 3), keepdim=True)
-            x = x + g * (x - mean) * (r - 0.5)
-        elif op == "translation":
-            g = gate()[:, 0, 0, 0].to(torch.int64)
-            sx_max, sy_max = int(W * translation + 0.5), int(H * translation + 0.5)
-            sx = torch.randint(-sx_max, sx_max + 1, [B], generator=generator, device=dev) * g
-            sy = torch.randint(-sy_max, sy_max + 1, [B], generator=generator, device=dev) * g
-            rows = torch.arange(H, device=dev)[None, :] - sy[:, None]  # source row of each target row
-            cols = torch.arange(W, device=dev)[None, :] - sx[:, None]
-            valid = ((rows >= 0) & (rows < H))[:, :, None] & ((cols >= 0) & (cols < W))[:, None, :]
-            b = torch.arange(B, device=dev)[:, None, None]
-            moved = x.permute(0, 2, 3, 1)[b, rows.clamp(0, H - 1)[:, :, None], cols.clamp(0, W - 1)[:, None, :]]
-            x = moved.permute(0, 3, 1, 2) * valid[:, None].to(x.dtype)
-        elif op == "cutout":
-            g = gate()
-            cw, ch = int(W * cutout + 0.5), int(H * cutout + 0.5)
-            ox = torch.randint(0, W + (1 - cw % 2), [B, 1, 1], generator=generator, device=dev) - cw // 2
-            oy = torch.randint(0, H + (1 - ch % 2), [B, 1, 1], generator=generator, device=dev) - ch // 2
-            cols = torch.arange(W, device=dev)[None, None, :]
-            rows = torch.arange(H, device=dev)[None, :, None]
-            inside = (cols >= ox) & (cols < ox + cw) & (rows >= oy) & (rows < oy + ch)
-            x = x * (1 - g * inside[:, None].to(x.dtype))
-        else:
-            raise ValueError(f"unknown augmentation {op!r}; expected one of {AUGMENT_OPS}")
-    return x
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -596,8 +331,8 @@ class TrainResult:
     export: Path | None
 
 
-class AlbedoTrainer:
-    """One training run (one process of it): data, networks, optimisers, the phases, logging, checkpoints."""
+class AlbedoTrainer(TrainingLoop):
+    """One training run (one process of it): data, networks, optimisers, the phases, samples, the metric."""
 
     # phase ids of the per-step random streams
     _GMAIN, _GREG, _DMAIN, _DREG = 1, 2, 3, 4
@@ -618,8 +353,18 @@ class AlbedoTrainer:
                 f"the per-process batch {self.batch_local} must be divisible by D's minibatch-stddev group size {g}"
             )
         self.amp = config.amp and self.device.type == "cuda"
+        self.loop = LoopSchedule(
+            total=config.steps,
+            max_steps=config.max_steps,
+            log_every=config.log_every,
+            checkpoint_every=config.checkpoint_every,
+            checkpoint_on_stop=config.checkpoint_on_stop,
+            keep_checkpoints=config.keep_checkpoints,
+            progress=config.progress,
+            desc="albedo",
+        )
 
-        self.train_set, self.held_set = build_data(config)
+        self.train_set, self.held_set = build_data(config.data, config.resolution)
         self.sampler = EpochSampler(len(self.train_set), config.data.seed)
 
         torch.manual_seed(config.seed)
@@ -689,8 +434,8 @@ class AlbedoTrainer:
         scaler.step(opt)
         scaler.update()
 
-    def train_step(self) -> StepStats:
-        """Run the phases of step ``self.step`` (Gmain, Greg, Dmain, Dreg) and update G_ema."""
+    def train_step(self) -> dict[str, Any]:
+        """Run the phases of step ``self.step`` (Gmain, Greg, Dmain, Dreg), update G_ema, advance the data."""
         cfg, s = self.cfg, self.step
         reals = self._real_batch()
 
@@ -720,7 +465,7 @@ class AlbedoTrainer:
         self.opt_D.zero_grad(set_to_none=True)
         with torch.no_grad(), self._autocast():
             fake, _ = self.G_pass(z, z_mix, cut, g, update_emas=True)
-        sync_off = self.D_ddp.no_sync() if self.info.world_size > 1 else _nullcontext()
+        sync_off = self.D_ddp.no_sync() if self.info.world_size > 1 else contextlib.nullcontext()
         with sync_off:
             with self._autocast():
                 logits_fake = self.D_ddp(self._augment(fake.detach(), g)).float()
@@ -739,6 +484,7 @@ class AlbedoTrainer:
         self.D.requires_grad_(False)
 
         self._update_ema()
+        self.data_position += cfg.batch
         return StepStats(
             step=s,
             loss_G=float(loss_G.detach()),
@@ -747,7 +493,7 @@ class AlbedoTrainer:
             D_fake=float(logits_fake.detach().mean()),
             r1=r1_value,
             pl=pl_value,
-        )
+        ).to_json()
 
     def _path_length_phase(self) -> float:
         cfg = self.cfg
@@ -806,11 +552,13 @@ class AlbedoTrainer:
 
     # -- checkpoints ---------------------------------------------------------------------------------------------
 
-    @property
-    def ckpt_dir(self) -> Path:
-        return self.out / "checkpoints"
+    def modules(self) -> dict[str, nn.Module]:
+        return {"G": self.G, "D": self.D, "G_ema": self.G_ema}
 
-    def _extra(self) -> dict[str, Any]:
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"opt_G": self.opt_G, "opt_D": self.opt_D}
+
+    def checkpoint_extra(self) -> dict[str, Any]:
         return {
             "data_position": self.data_position,
             "batch": self.cfg.batch,
@@ -824,36 +572,15 @@ class AlbedoTrainer:
             "config": self.cfg.to_dict(),
         }
 
-    def save(self) -> None:
-        if self.info.is_main:
-            save_checkpoint(
-                self.ckpt_dir,
-                self.step,
-                {"G": self.G, "D": self.D, "G_ema": self.G_ema},
-                {"opt_G": self.opt_G, "opt_D": self.opt_D},
-                extra=self._extra(),
-                keep=self.cfg.keep_checkpoints,
-            )
-        barrier(self.info)
-
-    def resume(self) -> bool:
-        """Load the latest checkpoint of the run folder, if any. Returns whether one was loaded."""
-        path = latest_checkpoint(self.ckpt_dir) if self.ckpt_dir.is_dir() else None
-        if path is None:
-            return False
-        meta = json.loads((path / "meta.json").read_text())["extra"]
-        if meta.get("G_config") != self.cfg.G.to_dict() or meta.get("D_config") != self.cfg.D.to_dict():
+    def check_resumable(self, path: Path, extra: Mapping[str, Any]) -> None:
+        if extra.get("G_config") != self.cfg.G.to_dict() or extra.get("D_config") != self.cfg.D.to_dict():
             raise ValueError(
                 f"{path} was trained with other G/D hyperparameters than the configuration; use a new --out "
                 "folder or the original configuration"
             )
-        step, extra = load_checkpoint(
-            path,
-            {"G": self.G, "D": self.D, "G_ema": self.G_ema},
-            {"opt_G": self.opt_G, "opt_D": self.opt_D},
-            map_location=self.device,
-        )
-        self.step = step
+
+    def restore(self, extra: Mapping[str, Any]) -> None:
+        step = self.step
         self.data_position = int(extra["data_position"])
         self.pl_mean.fill_(float(extra["pl_mean"]))
         if extra.get("scaler_G") and self.amp:
@@ -875,27 +602,38 @@ class AlbedoTrainer:
                 extra.get("world_size"),
             )
         logger.info("resumed at step %d (%.1f kimg)", step, self.data_position / 1000)
-        return True
 
     # -- logging, samples, metric --------------------------------------------------------------------------------
 
-    def _open_logs(self, resumed: bool) -> None:
-        if not self.info.is_main:
-            return
-        self.writer = open_run_logs(self.out, self.step, resumed)
+    def on_logs_open(self) -> None:
         # the metric of step s is computed before checkpoint s: the checkpoint's history is the truth
         (self.out / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in self.metric_history))
 
-    def _log_step(self, stats: StepStats) -> None:
-        with open(self.out / "losses.jsonl", "a") as fh:
-            fh.write(json.dumps(stats.to_json()) + "\n")
+    def on_start(self) -> None:
+        self.save_reals()
+        if self.cfg.metric.every and self.cfg.metric.at_start:
+            self.evaluate()
 
-    def _log_scalars(self, window: list[StepStats], images_per_s: float) -> None:
+    def progress_postfix(self, log: Mapping[str, Any]) -> dict[str, str]:
+        return {"G": f"{log['loss_G']:.3f}", "D": f"{log['loss_D']:.3f}"}
+
+    def after_step(self, log: Mapping[str, Any], final: bool) -> None:
+        cfg = self.cfg
+        if (cfg.sample_every and self.step % cfg.sample_every == 0) or final:
+            self.save_samples()
+        if cfg.metric.every and (self.step % cfg.metric.every == 0 or final):
+            self.evaluate()
+
+    def on_schedule_end(self) -> None:
+        self.export()
+
+    def log_scalars(self, window: list[dict[str, Any]], seconds: float) -> None:
         w, step = self.writer, self.step
         if w is None or not window:
             return
+        images_per_s = len(window) * self.cfg.batch / seconds if seconds > 0 else 0.0
         for key in ("loss_G", "loss_D", "D_real", "D_fake", "r1", "pl"):
-            vals = [getattr(st, key) for st in window if getattr(st, key) is not None]
+            vals = [st[key] for st in window if st.get(key) is not None]
             if vals:
                 tag = {"D_real": "Scores/real", "D_fake": "Scores/fake", "r1": "Loss/r1_penalty",
                        "pl": "Loss/pl_penalty"}.get(key, f"Loss/{key[5:]}")  # fmt: skip
@@ -919,7 +657,7 @@ class AlbedoTrainer:
         imgs = torch.cat([self.G_ema(zb, None, noise_mode="const") for zb in z.split(16)]).float().cpu()
         grid = make_grid((imgs + 1) / 2)
         (self.out / "samples").mkdir(parents=True, exist_ok=True)
-        _save_png(grid, self.out / "samples" / f"fakes{self.step:08d}.png")
+        save_png(to_uint8(grid).permute(1, 2, 0).numpy(), self.out / "samples" / f"fakes{self.step:08d}.png")
         if self.writer is not None:
             self.writer.add_image("Samples/G_ema", grid, self.step)
 
@@ -929,12 +667,12 @@ class AlbedoTrainer:
         n = min(self.cfg.grid_size, len(self.train_set))
         grid = make_grid(self.train_set.batch(self.sampler.indices(0, n)) * 0.5 + 0.5)
         (self.out / "samples").mkdir(parents=True, exist_ok=True)
-        _save_png(grid, self.out / "samples" / "reals.png")
+        save_png(to_uint8(grid).permute(1, 2, 0).numpy(), self.out / "samples" / "reals.png")
         if self.writer is not None:
             self.writer.add_image("Samples/reals", grid, 0)
 
     def _reference(self):
-        from training.metrics import AlbedoFeatures, ReferenceSet
+        from training.evaluation import AlbedoFeatures, ReferenceSet
 
         if self.reference is None:
             ds = self.held_set or self.train_set
@@ -948,7 +686,7 @@ class AlbedoTrainer:
 
     def evaluate(self) -> dict[str, Any] | None:
         """KID of G_ema against the reference set (rank 0; other ranks wait)."""
-        from training.metrics import evaluate_generator
+        from training.evaluation import evaluate_generator
 
         m = self.cfg.metric
         result = None
@@ -974,64 +712,10 @@ class AlbedoTrainer:
     # -- the loop ------------------------------------------------------------------------------------------------
 
     def fit(self) -> TrainResult:
-        cfg = self.cfg
-        resumed = self.resume()
-        self._open_logs(resumed)
-        if not resumed:
-            self.save_reals()
-            if cfg.metric.every and cfg.metric.at_start:
-                self.evaluate()
-        stop = cfg.steps if cfg.max_steps is None else min(cfg.steps, cfg.max_steps)
-        from tqdm import tqdm
+        done, _ = self.run_loop()
+        return TrainResult(self.step, done, list(self.metric_history), self.out / EXPORT_WEIGHTS if done else None)
 
-        bar = tqdm(
-            total=cfg.steps,
-            initial=self.step,
-            disable=not (self.info.is_main and cfg.progress),
-            unit="step",
-            dynamic_ncols=True,
-            desc="albedo",
-        )
-        window: list[StepStats] = []
-        step_time = 0.0  # seconds spent in training steps since the last log (not in samples/metric/saving)
-        try:
-            while self.step < stop:
-                t0 = time.perf_counter()
-                stats = self.train_step()
-                step_time += time.perf_counter() - t0
-                self.step += 1
-                self.data_position += cfg.batch
-                bar.update(1)
-                final = self.step == cfg.steps
-                if self.info.is_main:
-                    self._log_step(stats)
-                    window.append(stats)
-                if self.step % cfg.log_every == 0 or self.step == stop:
-                    ips = len(window) * cfg.batch / step_time if step_time > 0 else 0.0
-                    self._log_scalars(window, ips)
-                    if window:
-                        bar.set_postfix(G=f"{stats.loss_G:.3f}", D=f"{stats.loss_D:.3f}", img_s=f"{ips:.1f}")
-                    window, step_time = [], 0.0
-                if (cfg.sample_every and self.step % cfg.sample_every == 0) or final:
-                    self.save_samples()
-                if cfg.metric.every and (self.step % cfg.metric.every == 0 or final):
-                    self.evaluate()
-                if self.step % cfg.checkpoint_every == 0 or final:
-                    self.save()
-        finally:
-            bar.close()
-        done = self.step >= cfg.steps
-        export = None
-        if done:
-            export = self.export()
-        elif cfg.checkpoint_on_stop and self.step % cfg.checkpoint_every != 0:
-            self.save()
-        if self.writer is not None:
-            self.writer.flush()
-            self.writer.close()
-        return TrainResult(self.step, done, list(self.metric_history), export)
-
-    def export(self) -> Path | None:
+    def export(self) -> None:
         """Truncation centre from ``mean_w_samples`` latents, then ``generator.safetensors`` + ``.json``."""
         if self.info.is_main:
             self.G_ema.mean_w(self.cfg.mean_w_samples)
@@ -1039,7 +723,6 @@ class AlbedoTrainer:
                                                    "metric": self.metric_history[-1] if self.metric_history else None,
                                                    "mean_w_samples": self.cfg.mean_w_samples})  # fmt: skip
         barrier(self.info)
-        return self.out / EXPORT_WEIGHTS
 
 
 # settings that may change between a run and its resumption without changing the training trajectory
@@ -1059,14 +742,6 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
 def make_grid(images01: torch.Tensor, cols: int | None = None) -> torch.Tensor:
     """(N, 3, H, W) in [0, 1] → (3, rows·H, cols·W) grid (missing cells black)."""
     n, c, h, w = images01.shape
@@ -1079,68 +754,8 @@ def make_grid(images01: torch.Tensor, cols: int | None = None) -> torch.Tensor:
     return grid
 
 
-def _save_png(grid01: torch.Tensor, path: Path) -> None:
-    from PIL import Image
-
-    arr = to_uint8(grid01).permute(1, 2, 0).numpy()
-    Image.fromarray(np.ascontiguousarray(arr)).save(path)
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Export
-
-
-def save_generator(G: Generator, directory: str | Path, info: Mapping[str, Any] | None = None) -> Path:
-    """Write ``generator.safetensors`` (state dict, incl. ``mapping.w_avg``) + ``generator.json`` atomically.
-
-    The JSON is :meth:`GeneratorConfig.to_dict` plus ``training`` (step, kimg, metric…).
-    """
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    weights, config = directory / EXPORT_WEIGHTS, directory / EXPORT_CONFIG
-    tmp_w = weights.with_name(f".{weights.name}.tmp-{os.getpid()}")
-    tmp_c = config.with_name(f".{config.name}.tmp-{os.getpid()}")
-    save_file({k: v.detach().contiguous().cpu() for k, v in G.state_dict().items()}, str(tmp_w))
-    tmp_c.write_text(json.dumps({**G.config.to_dict(), "training": dict(info or {})}, indent=1))
-    os.replace(tmp_w, weights)
-    os.replace(tmp_c, config)
-    logger.info("exported %s (+ %s)", weights, config.name)
-    return weights
-
-
-def load_generator(path: str | Path, device: torch.device | str = "cpu") -> Generator:
-    """Load an exported generator (a run folder or its ``generator.safetensors``); strict, never random weights.
-
-    Raises:
-        FileNotFoundError: the weights or the JSON config are missing.
-        ValueError: the config is invalid or does not match the weights.
-    """
-    path = Path(path)
-    folder = path if path.is_dir() else path.parent
-    weights, config = folder / EXPORT_WEIGHTS, folder / EXPORT_CONFIG
-    for f in (weights, config):
-        if not f.is_file():
-            raise FileNotFoundError(f"exported generator incomplete: {f} is missing")
-    data = json.loads(config.read_text())
-    data.pop("training", None)
-    G = Generator.from_config(GeneratorConfig.from_dict(data))
-    try:
-        G.load_state_dict(load_file(str(weights)), strict=True)
-    except RuntimeError as exc:
-        raise ValueError(f"{weights} does not match {config}: {exc}") from exc
-    return G.to(device).eval()
-
-
-def load_checkpoint_generator(path: str | Path, which: str = "G_ema", device: str = "cpu") -> Generator:
-    """The generator (``G_ema`` or ``G``) of a training checkpoint folder, with its config from ``meta.json``."""
-    path = Path(path)
-    meta_file = path / "meta.json"
-    if not meta_file.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    extra = json.loads(meta_file.read_text())["extra"]
-    G = Generator.from_config(GeneratorConfig.from_dict(extra["G_config"]))
-    load_checkpoint(path, {which: G}, restore_rng=False)
-    return G.to(device).eval()
 
 
 # ---------------------------------------------------------------------------------------------------------------

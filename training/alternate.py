@@ -48,41 +48,39 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from training import losses as L
-from training.checkpoint import latest_checkpoint, load_checkpoint, open_run_logs, save_checkpoint
 from training.config import merge
+from training.data.groups import PhotoGroups, RecipeGroups, ShapeBatch, SyntheticGroups
+from training.data.images import to_uint8
+from training.data.skin import linear_to_srgb
 from training.distributed import DistInfo, barrier, init_distributed
+from training.evaluation import build_eval_set, evaluate
+from training.images import save_png
+from training.loop import LoopSchedule, TrainingLoop
+from training.objectives import (
+    FacePipeline,
+    LossContext,
+    StepOutputs,
+    albedo_from_generator,
+    gt_albedo_error,
+    photometric_terms,
+    shape_terms,
+)
 from training.shape import (
     EVAL_FILE,
     FINAL_DIR,
-    FacePipeline,
-    LossContext,
-    PhotoGroups,
-    RecipeGroups,
     ScheduleSection,
-    ShapeBatch,
     ShapeTrainConfig,
-    StepOutputs,
-    SyntheticGroups,
-    albedo_from_generator,
-    build_eval_set,
     build_shape_model,
-    evaluate,
     face_model_path,
-    gt_albedo_error,
-    linear_to_srgb,
     load_albedogan,
     load_face_model,
-    load_final,
-    photometric_terms,
-    save_final,
-    shape_terms,
 )
+from training.weights import load_final, save_final
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +130,7 @@ def stage_schedule(config: ShapeTrainConfig, stage: str) -> ScheduleSection:
     return ScheduleSection(shape_steps=total, albedo_steps=0, cycles=1)
 
 
-class Trainer:
+class Trainer(TrainingLoop):
     """One process of a shape / alternate training run."""
 
     def __init__(self, config: ShapeTrainConfig, out: Path, info: DistInfo, stage: str = "alternate"):
@@ -143,6 +141,16 @@ class Trainer:
         self.device = info.device
         self.schedule = stage_schedule(config, stage)
         self.total = self.schedule.total
+        self.loop = LoopSchedule(
+            total=self.total,
+            max_steps=config.max_steps,
+            log_every=config.log_every,
+            checkpoint_every=config.checkpoint_every,
+            checkpoint_on_stop=config.checkpoint_on_stop,
+            keep_checkpoints=config.keep_checkpoints,
+            progress=config.progress,
+            desc=stage,
+        )
         has_albedo = self.schedule.albedo_steps > 0
 
         torch.manual_seed(config.seed)
@@ -306,13 +314,13 @@ class Trainer:
             self.G.synthesis.requires_grad_(False)
         return log, StepOutputs(render, composite, albedo, verts, normal_map, out.codes.camera)
 
-    def train_step(self) -> tuple[dict[str, Any], ShapeBatch, Any]:
-        """Run step ``self.step`` (its phase from the schedule). Returns (log, batch, step outputs)."""
+    def train_step(self) -> dict[str, Any]:
+        """Run step ``self.step`` (its phase from the schedule); keeps its batch and outputs for the images."""
         phase = self.schedule.phase(self.step)
         batch = self.batch(self.step)
         log, aux = self.shape_step(batch) if phase == "shape" else self.albedo_step(batch)
-        log = self._reduce_log(log)
-        return {"step": self.step, "phase": phase, **log}, batch, aux
+        self.last = (batch, aux)
+        return {"step": self.step, "phase": phase, **self._reduce_log(log)}
 
     def _reduce_log(self, log: dict[str, float]) -> dict[str, float]:
         if self.info.world_size == 1:
@@ -324,14 +332,10 @@ class Trainer:
 
     # -- checkpoints ---------------------------------------------------------------------------------------------
 
-    @property
-    def ckpt_dir(self) -> Path:
-        return self.out / "checkpoints"
-
-    def _modules(self) -> dict[str, nn.Module]:
+    def modules(self) -> dict[str, nn.Module]:
         return {"shape_model": self.model, "G": self.G, "G_init": self.G_init}
 
-    def _optimizers(self) -> dict[str, torch.optim.Optimizer]:
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"opt_shape": self.opt_shape, "opt_albedo": self.opt_albedo}
 
     def _fingerprint(self) -> dict[str, Any]:
@@ -344,37 +348,26 @@ class Trainer:
             "generator": self.G.config.to_dict(),
         }
 
-    def save(self) -> None:
-        if self.info.is_main:
-            extra = {
-                **self._fingerprint(),
-                "world_size": self.info.world_size,
-                "eval_history": self.eval_history,
-                "config": self.cfg.to_dict(),
-                "generator_source": self.G_source,
-                "init_from": self.init_source,
-            }
-            save_checkpoint(
-                self.ckpt_dir, self.step, self._modules(), self._optimizers(), extra, self.cfg.keep_checkpoints
-            )
-        barrier(self.info)
+    def checkpoint_extra(self) -> dict[str, Any]:
+        return {
+            **self._fingerprint(),
+            "world_size": self.info.world_size,
+            "eval_history": self.eval_history,
+            "config": self.cfg.to_dict(),
+            "generator_source": self.G_source,
+            "init_from": self.init_source,
+        }
 
-    def resume(self) -> bool:
-        """Load the latest checkpoint of the run folder, if any."""
-        path = latest_checkpoint(self.ckpt_dir) if self.ckpt_dir.is_dir() else None
-        if path is None:
-            return False
-        saved = json.loads((path / "meta.json").read_text())["extra"]
-        mine = self._fingerprint()
-        for key, value in mine.items():
-            if saved.get(key) != value:
+    def check_resumable(self, path: Path, extra: Mapping[str, Any]) -> None:
+        for key, value in self._fingerprint().items():
+            if extra.get(key) != value:
                 raise ValueError(
                     f"{path}: its {key} differs from this run's configuration; use a new --out folder or the original "
                     "configuration"
                 )
-        step, extra = load_checkpoint(path, self._modules(), self._optimizers(), map_location=self.device)
-        self.step = step
-        self.eval_history = [e for e in extra.get("eval_history", []) if e["step"] <= step]
+
+    def restore(self, extra: Mapping[str, Any]) -> None:
+        self.eval_history = [e for e in extra.get("eval_history", []) if e["step"] <= self.step]
         self.init_source = extra.get("init_from")
         if extra.get("world_size") != self.info.world_size:
             logger.warning(
@@ -382,17 +375,11 @@ class Trainer:
                 self.info.world_size,
                 extra.get("world_size"),
             )
-        logger.info("resumed at step %d of %d", step, self.total)
-        return True
+        logger.info("resumed at step %d of %d", self.step, self.total)
 
     # -- logging ---------------------------------------------------------------------------------------------
 
-    def _open_logs(self, resumed: bool) -> None:
-        if not self.info.is_main:
-            return
-        self.writer = open_run_logs(self.out, self.step, resumed)
-
-    def _log_scalars(self, window: list[dict[str, Any]], seconds: float) -> None:
+    def log_scalars(self, window: list[dict[str, Any]], seconds: float) -> None:
         if self.writer is None or not window:
             return
         for phase in ("shape", "albedo"):
@@ -405,6 +392,16 @@ class Trainer:
             batch = self.cfg.data.groups * self.cfg.data.views
             self.writer.add_scalar("Speed/images_per_s", len(window) * batch / seconds, self.step)
 
+    def progress_postfix(self, log: Mapping[str, Any]) -> dict[str, str]:
+        return {"phase": log["phase"], "loss": f"{log['total']:.4f}"}
+
+    def after_step(self, log: Mapping[str, Any], final: bool) -> None:
+        cfg = self.cfg
+        if (cfg.image_every and self.step % cfg.image_every == 0) or final:
+            self._log_images(*self.last, log["phase"])
+        if cfg.eval.every and self.step % cfg.eval.every == 0 and not final:
+            self.evaluate()
+
     @torch.no_grad()
     def _log_images(self, batch: ShapeBatch, aux: Any, phase: str) -> None:
         if self.writer is None:
@@ -413,7 +410,7 @@ class Trainer:
         grid = image_grid(self.pipeline, batch, aux, n)
         self.writer.add_image(f"images/{phase}", grid, self.step)
         (self.out / "samples").mkdir(parents=True, exist_ok=True)
-        _save_png(grid, self.out / "samples" / f"{phase}_{self.step:08d}.png")
+        save_png(to_uint8(grid).permute(1, 2, 0).numpy(), self.out / "samples" / f"{phase}_{self.step:08d}.png")
 
     # -- evaluation ------------------------------------------------------------------------------------------
 
@@ -472,66 +469,20 @@ class Trainer:
 
     # -- the loop --------------------------------------------------------------------------------------------
 
-    def fit(self) -> TrainResult:
-        cfg = self.cfg
-        resumed = self.resume()
-        self._open_logs(resumed)
-        if not resumed and cfg.eval.at_start and cfg.eval.num_samples > 0:
+    def on_start(self) -> None:
+        if self.cfg.eval.at_start and self.cfg.eval.num_samples > 0:
             self.evaluate()
-        stop = self.total if cfg.max_steps is None else min(self.total, cfg.max_steps)
-        from tqdm import tqdm
 
-        bar = tqdm(
-            total=self.total,
-            initial=self.step,
-            disable=not (self.info.is_main and cfg.progress),
-            unit="step",
-            dynamic_ncols=True,
-            desc=self.stage,
-        )
-        logs: list[dict[str, Any]] = []
-        window: list[dict[str, Any]] = []
-        seconds = 0.0
-        try:
-            while self.step < stop:
-                t0 = time.perf_counter()
-                log, batch, aux = self.train_step()
-                dt = time.perf_counter() - t0
-                seconds += dt
-                log["seconds"] = dt
-                logs.append(log)
-                window.append(log)
-                if self.info.is_main:
-                    with open(self.out / "losses.jsonl", "a") as fh:
-                        fh.write(json.dumps(log) + "\n")
-                self.step += 1
-                bar.update(1)
-                bar.set_postfix(phase=log["phase"], loss=f"{log['total']:.4f}")
-                final = self.step == self.total
-                if self.step % cfg.log_every == 0 or self.step == stop:
-                    self._log_scalars(window, seconds)
-                    window, seconds = [], 0.0
-                if (cfg.image_every and self.step % cfg.image_every == 0) or final:
-                    self._log_images(batch, aux, log["phase"])
-                if cfg.eval.every and self.step % cfg.eval.every == 0 and not final:
-                    self.evaluate()
-                if self.step % cfg.checkpoint_every == 0 or final:
-                    self.save()
-        finally:
-            bar.close()
-        done = self.step >= self.total
-        result = None
-        if done:
-            if cfg.eval.num_samples > 0:
-                result = self.evaluate()
-            self.export()
-            self._write_eval()
-        elif cfg.checkpoint_on_stop and self.step % cfg.checkpoint_every != 0:
-            self.save()
-        if self.writer is not None:
-            self.writer.flush()
-            self.writer.close()
-        return TrainResult(self.step, done, logs, result)
+    def on_schedule_end(self) -> None:
+        if self.cfg.eval.num_samples > 0:
+            self.final_eval = self.evaluate()
+        self.export()
+        self._write_eval()
+
+    def fit(self) -> TrainResult:
+        self.final_eval = None
+        done, logs = self.run_loop()
+        return TrainResult(self.step, done, logs, self.final_eval)
 
     def export(self) -> None:
         if self.info.is_main:
@@ -585,13 +536,6 @@ def image_grid(pipeline: FacePipeline, batch: ShapeBatch, aux: Any, n: int) -> t
     return torch.cat([torch.cat(list(r.clamp(0, 1).float().cpu()), dim=2) for r in rows], dim=1)
 
 
-def _save_png(grid01: torch.Tensor, path: Path) -> None:
-    from PIL import Image
-
-    arr = (grid01.clamp(0, 1) * 255 + 0.5).floor().to(torch.uint8).permute(1, 2, 0).numpy()
-    Image.fromarray(np.ascontiguousarray(arr)).save(path)
-
-
 # =============================================================================================================
 # Entry points
 # =============================================================================================================
@@ -643,3 +587,12 @@ def config_from(cfg: Mapping[str, Any]) -> ShapeTrainConfig:
 def run(cfg: Mapping[str, Any], out: Path) -> None:
     """Stage ``alternate`` of ``python -m training.run``."""
     train(config_from(cfg), out, stage="alternate")
+
+
+def run_shape(cfg: Mapping[str, Any], out: Path) -> None:
+    """Stage ``shape`` of ``python -m training.run``: the shape model alone on ``cfg['shape']`` in ``out``.
+
+    Runs ``schedule.cycles × schedule.shape_steps`` shape steps (no albedo steps: AlbedoGAN stays at its
+    pretrained weights), with the same loop, checkpoints, DDP and logging as the alternate stage.
+    """
+    train(ShapeTrainConfig.from_dict(cfg.get("shape"), "shape"), out, stage="shape")

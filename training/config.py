@@ -1,7 +1,8 @@
-"""Training configuration: YAML files + ``key.path=value`` overrides, resolved config saved in the run.
+"""Training configuration: YAML files + ``key.path=value`` overrides, typed sections, resolved config saved in the run.
 
-Model hyperparameters live in frozen dataclasses beside the weights (see the model modules); this module
-only handles the procedure-level YAML (stages, data, schedules, paths).
+Every section of a stage's configuration is a frozen dataclass built by :func:`facecore.config.parse_section`
+(values coerced to the annotated types, unknown keys refused, errors naming the full key). Model
+hyperparameters live in frozen dataclasses beside the weights (:class:`facecore.config.VersionedConfig`).
 """
 
 from __future__ import annotations
@@ -13,9 +14,7 @@ from typing import Any
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A configuration file or override is invalid."""
+from facecore.config import ConfigError
 
 
 def load_config(

@@ -9,7 +9,6 @@ convolution cannot have a dynamic batch axis).
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import logging
 import shutil
@@ -24,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from facecore.bundle import MANIFEST, SCHEMA_VERSION, load_bundle
+from facecore.bundle import MANIFEST, SCHEMA_VERSION, load_bundle, sha256_file
 from facecore.geometry import FaceModelArrays
 from models.stylegan2 import Generator
 
@@ -170,10 +169,6 @@ def _forward_arg_names(module: nn.Module, n: int) -> list[str]:
     return params[:n]
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _git_commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True)
@@ -189,7 +184,7 @@ def _spec(
         "file": path.name,
         "inputs": {n: {"shape": [None, *t.shape[1:]]} for n, t in graph.inputs.items()},
         "outputs": {n: {"shape": [None, *outputs_shapes[n][1:]]} for n in graph.outputs},
-        "sha256": _sha256(path),
+        "sha256": sha256_file(path),
         "weights_dtype": "float16" if fp16 else "float32",
         "parity_max_abs": parity,
     }
@@ -295,7 +290,7 @@ def export_bundle(
         "licence": licence,
         "git_commit": _git_commit(),
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "face_model": {"file": "face_model.npz", "sha256": _sha256(tmp / "face_model.npz")},
+        "face_model": {"file": "face_model.npz", "sha256": sha256_file(tmp / "face_model.npz")},
         "w_avg": "w_avg.npy",
         "codes": {
             "z_dim": G_cfg.z_dim,
@@ -363,7 +358,7 @@ def export_trained(
 ) -> Path:
     """A bundle from a shape/alternate run's ``final/`` folder (encoder, displacement, fine-tuned AlbedoGAN)."""
     from models.face.model import DEFAULT_FACE_MODEL
-    from training.shape import load_final
+    from training.weights import load_final
 
     shape_model, generator = load_final(final_dir)
     if generator.mapping.w_avg.abs().sum() == 0:

@@ -45,6 +45,7 @@ import torch.nn.functional as F
 
 from facecore import texture as uv_texture
 from facecore.color import srgb_to_linear
+from facecore.config import parse_section
 from facecore.geometry import FaceModelArrays
 from models.face.model import FaceCodes, FaceModel
 from models.render import MeshRenderer, WeakPerspectiveCamera, rasterize
@@ -195,13 +196,8 @@ class FitConfig:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any] | None) -> FitConfig:
-        """From a config section; unknown keys raise ValueError naming the known ones."""
-        values = dict(values or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"fit: unknown keys {unknown}; known: {sorted(known)}")
-        return cls(**values)
+        """From a config section (typed, unknown keys refused; :func:`facecore.config.parse_section`)."""
+        return parse_section(cls, values, "extract.fit")
 
 
 @dataclass(frozen=True)

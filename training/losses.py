@@ -51,6 +51,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from facecore.config import parse_section
 from models.displacement import displacement_magnitude, displacement_smoothness
 
 __all__ = [
@@ -615,11 +616,7 @@ class LossWeights:
     @classmethod
     def from_dict(cls, data: Mapping[str, float]) -> LossWeights:
         """Defaults overridden by ``data`` (e.g. a YAML ``weights:`` section); unknown names raise ValueError."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown loss weights {unknown}; known: {sorted(known)}")
-        return cls(**dict(data))
+        return parse_section(cls, data, "weights")
 
 
 def combine(

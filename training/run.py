@@ -1,6 +1,6 @@
 """Training entry point: ``python -m training.run STAGE [--config FILE] [--out DIR] [--set key=value …]``.
 
-Stages (each a module with ``run(cfg: dict, out: Path) -> None``): ``recipe`` (the paper's StyleGAN2 shape
+Stages (each a function ``run(cfg: dict, out: Path) -> None`` of a module): ``recipe`` (the paper's StyleGAN2 shape
 data, only with a ``recipe`` section), ``extract`` (texture extraction), ``albedo`` (AlbedoGAN pretraining),
 ``shape`` and ``alternate`` (shape model, alternate descent), ``export`` (model bundle) and ``all`` (every stage
 in order, each resuming from its own checkpoints). The resolved configuration is written into the output
@@ -29,12 +29,12 @@ from training.config import ConfigError, load_config, save_resolved
 
 logger = logging.getLogger("training")
 
-# stage → module implementing ``run(cfg, out)``; the config section of a stage is ``cfg[stage]``.
+# stage → ``module`` (its ``run(cfg, out)``) or ``module:function``; the config section of a stage is ``cfg[stage]``.
 STAGES: dict[str, str] = {
     "recipe": "training.data.stylegan_recipe",
     "extract": "training.texture",
     "albedo": "training.albedo",
-    "shape": "training.shape",
+    "shape": "training.alternate:run_shape",
     "alternate": "training.alternate",
     "export": "training.export",
 }
@@ -47,14 +47,14 @@ class StageUnavailable(RuntimeError):
 
 def stage_runner(stage: str):
     """The ``run`` function of a stage; raises :class:`StageUnavailable` if its module does not exist."""
-    module_name = STAGES[stage]
+    module_name, _, function = STAGES[stage].partition(":")
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if exc.name != module_name:
             raise  # a real missing dependency inside the stage: let it surface
         raise StageUnavailable(f"stage '{stage}' is not available in this version ({module_name} is missing)") from exc
-    return module.run
+    return getattr(module, function or "run")
 
 
 def real_data(

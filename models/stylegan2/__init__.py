@@ -33,7 +33,6 @@ inference difference; NVlabs likewise trains non-fused on GPU and uses the fused
 from __future__ import annotations
 
 from models.stylegan2.config import (
-    CONFIG_FORMAT_VERSION,
     DiscriminatorConfig,
     EpilogueConfig,
     GeneratorConfig,
@@ -66,7 +65,6 @@ from models.stylegan2.ops import (
 )
 
 __all__ = [
-    "CONFIG_FORMAT_VERSION",
     "Conv2dLayer",
     "Discriminator",
     "DiscriminatorBlock",

@@ -1,32 +1,14 @@
 """StyleGAN2 hyperparameters: frozen dataclasses with the keys of NVlabs' constructor kwargs, saved beside the
-weights as versioned JSON (``to_dict`` / ``from_dict``)."""
+weights as versioned JSON (:class:`facecore.config.VersionedConfig`)."""
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
+from facecore.config import VersionedConfig, parse_section
 from models.stylegan2.ops import _ACTIVATIONS
-
-CONFIG_FORMAT_VERSION = 1
-
-
-def _check_keys(cls: type, data: Mapping[str, Any], where: str) -> None:
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(f"{where}: unknown keys {unknown}; expected a subset of {sorted(known)}")
-
-
-def _plain(value: Any) -> Any:
-    """Dataclass fields → JSON-compatible values (tuples become lists)."""
-    if isinstance(value, tuple | list):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
 
 
 @dataclass(frozen=True)
@@ -92,7 +74,7 @@ class SynthesisConfig:
 
 
 @dataclass(frozen=True)
-class GeneratorConfig:
+class GeneratorConfig(VersionedConfig):
     """Everything needed to rebuild a :class:`Generator`; saved as JSON beside the safetensors weights.
 
     Attributes:
@@ -104,6 +86,8 @@ class GeneratorConfig:
         mapping: mapping-network hyperparameters.
         synthesis: synthesis-network hyperparameters.
     """
+
+    KIND: ClassVar[str] = "stylegan2.Generator"
 
     z_dim: int = 512
     c_dim: int = 0
@@ -121,24 +105,6 @@ class GeneratorConfig:
             raise ValueError("w_dim and img_channels must be positive, z_dim and c_dim non-negative")
         if self.z_dim == 0 and self.c_dim == 0:
             raise ValueError("a generator needs z_dim > 0 or c_dim > 0")
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-compatible dict with ``format_version`` and ``kind``."""
-        out = {"format_version": CONFIG_FORMAT_VERSION, "kind": "stylegan2.Generator"}
-        out.update(_plain(dataclasses.asdict(self)))
-        return out
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> GeneratorConfig:
-        """Inverse of :meth:`to_dict`; unknown keys or another format version raise ``ValueError``."""
-        data = dict(data)
-        _check_format(data, "stylegan2.Generator")
-        _check_keys(cls, data, "GeneratorConfig")
-        mapping = data.pop("mapping", {})
-        synthesis = data.pop("synthesis", {})
-        _check_keys(MappingConfig, mapping, "GeneratorConfig.mapping")
-        _check_keys(SynthesisConfig, synthesis, "GeneratorConfig.synthesis")
-        return cls(**data, mapping=MappingConfig(**mapping), synthesis=SynthesisConfig(**synthesis))
 
 
 @dataclass(frozen=True)
@@ -158,7 +124,7 @@ class EpilogueConfig:
 
 
 @dataclass(frozen=True)
-class DiscriminatorConfig:
+class DiscriminatorConfig(VersionedConfig):
     """Everything needed to rebuild a :class:`Discriminator`.
 
     Attributes:
@@ -176,6 +142,8 @@ class DiscriminatorConfig:
         mapping: label-mapping hyperparameters (used when c_dim > 0; ``w_avg_beta`` is ignored).
         epilogue: epilogue hyperparameters.
     """
+
+    KIND: ClassVar[str] = "stylegan2.Discriminator"
 
     c_dim: int = 0
     img_resolution: int = 256
@@ -199,40 +167,11 @@ class DiscriminatorConfig:
         if self.architecture != "resnet":
             raise ValueError(f"discriminator architecture {self.architecture!r} is not implemented; only 'resnet'")
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-compatible dict with ``format_version`` and ``kind``."""
-        out = {"format_version": CONFIG_FORMAT_VERSION, "kind": "stylegan2.Discriminator"}
-        out.update(_plain(dataclasses.asdict(self)))
-        return out
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> DiscriminatorConfig:
-        """Inverse of :meth:`to_dict`; unknown keys or another format version raise ``ValueError``."""
-        data = dict(data)
-        _check_format(data, "stylegan2.Discriminator")
-        _check_keys(cls, data, "DiscriminatorConfig")
-        mapping = data.pop("mapping", {})
-        epilogue = data.pop("epilogue", {})
-        _check_keys(MappingConfig, mapping, "DiscriminatorConfig.mapping")
-        _check_keys(EpilogueConfig, epilogue, "DiscriminatorConfig.epilogue")
-        return cls(**data, mapping=MappingConfig(**mapping), epilogue=EpilogueConfig(**epilogue))
-
-
-def _check_format(data: dict[str, Any], kind: str) -> None:
-    version = data.pop("format_version", CONFIG_FORMAT_VERSION)
-    got_kind = data.pop("kind", kind)
-    if version != CONFIG_FORMAT_VERSION:
-        raise ValueError(f"config format_version {version} is not supported (this code reads {CONFIG_FORMAT_VERSION})")
-    if got_kind != kind:
-        raise ValueError(f"config is for {got_kind!r}, expected {kind!r}")
-
 
 def _as_config(cls: type, kwargs: Mapping[str, Any] | None, where: str) -> Any:
     if isinstance(kwargs, cls):
         return kwargs
-    kwargs = dict(kwargs or {})
-    _check_keys(cls, kwargs, where)
-    return cls(**kwargs)
+    return parse_section(cls, kwargs, where)
 
 
 def _channels(channel_base: int, channel_max: int, resolutions: Sequence[int]) -> dict[int, int]:

@@ -16,7 +16,8 @@ from training import run as run_cli
 from training.alternate import DistInfo, Trainer, config_from, train
 from training.checkpoint import latest_checkpoint
 from training.config import load_config
-from training.shape import EVAL_FILE, FINAL_DIR, load_final
+from training.shape import EVAL_FILE, FINAL_DIR
+from training.weights import load_final
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "training" / "configs"

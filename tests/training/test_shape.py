@@ -16,20 +16,9 @@ from models.face.model import FaceModel
 from models.stylegan2 import Generator
 from training.alternate import DistInfo, Trainer
 from training.config import load_config
-from training.shape import (
-    NOW_LANDMARKS,
-    DataSection,
-    MeshDistance,
-    PhotoGroups,
-    RecipeGroups,
-    ShapeTrainConfig,
-    SyntheticGroups,
-    chip_theta,
-    closest_point_on_triangle,
-    now_scan_to_mesh,
-    pixels_to_ndc,
-    umeyama,
-)
+from training.data.groups import PhotoGroups, RecipeGroups, SyntheticGroups, chip_theta, pixels_to_ndc
+from training.evaluation import MeshDistance, closest_point_on_triangle, now_scan_to_mesh, umeyama
+from training.shape import NOW_LANDMARKS, DataSection, ShapeTrainConfig
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "training" / "configs"

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from facecore import geometry as geo
+from facecore.config import parse_section
 
 logger = logging.getLogger(__name__)
 
@@ -69,14 +70,9 @@ class RecipeConfig:
             raise ValueError("n_identities must lie in (0, n_samples]")
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> RecipeConfig:
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"recipe: unknown keys {sorted(unknown)}")
-        data = dict(data)
-        if "edits" in data:
-            data["edits"] = tuple(tuple(float(x) for x in e) for e in data["edits"])
-        return cls(**data)
+    def from_dict(cls, data: Mapping[str, Any] | None) -> RecipeConfig:
+        """Build from the YAML ``recipe`` section (typed, unknown keys refused)."""
+        return parse_section(cls, data, "recipe")
 
 
 # ---------------------------------------------------------------------------------------------- attributes
@@ -276,7 +272,7 @@ def run(cfg: dict[str, Any], out: Path) -> None:
     """
     from models.face.model import DEFAULT_FACE_MODEL
     from models.landmarks import landmarks68
-    from models.stylegan2_pickle import load_stylegan2_pickle
+    from models.stylegan2.nvlabs_load import load_stylegan2_pickle
 
     section = dict(cfg.get("recipe") or {})
     if not section:

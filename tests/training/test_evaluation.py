@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from models.stylegan2 import Generator
-from training.metrics import (
+from training.evaluation import (
     AlbedoFeatures,
     ReferenceSet,
     evaluate_generator,

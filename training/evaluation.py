@@ -45,13 +45,22 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.displacement import DetailedMesh
+from models.face.model import FaceModel
+from models.render import MeshRenderer, WeakPerspectiveCamera, uv_fragments
+from models.shape_model import ShapeModel
+from training import losses as L
+from training.data.groups import ShapeBatch, SyntheticGroups, ndc_to_pixels
 from training.data.images import resize_uv
+from training.objectives import FacePipeline, albedo_from_generator, gt_shape_error_mm
+from training.shape import NOSE_TIP, NOW_LANDMARKS, DataSection, ShapeTrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -442,3 +451,297 @@ def evaluate_checkpoints(
 ) -> Mapping[Path, KIDResult]:
     """KID of the generator of each checkpoint (``load_generator(path)``) against ``reference``."""
     return {Path(p): evaluate_generator(load_generator(Path(p)), reference, **kwargs) for p in checkpoints}
+
+
+def _safe(x: torch.Tensor) -> torch.Tensor:
+    return torch.where(x.abs() > 1e-30, x, torch.full_like(x, 1e-30))
+
+
+def closest_point_on_triangle(p: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """Closest point of triangle (a, b, c) to p; all (…, 3). Voronoi-region test of the triangle's vertices,
+    edges and face (Ericson, *Real-Time Collision Detection* §5.1.5), vectorised with ``where`` in reverse
+    priority order."""
+    ab, ac = b - a, c - a
+    ap, bp, cp = p - a, p - b, p - c
+    d1, d2 = (ab * ap).sum(-1), (ac * ap).sum(-1)
+    d3, d4 = (ab * bp).sum(-1), (ac * bp).sum(-1)
+    d5, d6 = (ab * cp).sum(-1), (ac * cp).sum(-1)
+    va, vb, vc = d3 * d6 - d5 * d4, d5 * d2 - d1 * d6, d1 * d4 - d3 * d2
+    denom = _safe(va + vb + vc)
+    out = a + ab * (vb / denom)[..., None] + ac * (vc / denom)[..., None]  # inside the face
+    e = (d4 - d3) / _safe((d4 - d3) + (d5 - d6))
+    out = torch.where(((va <= 0) & (d4 - d3 >= 0) & (d5 - d6 >= 0))[..., None], b + (c - b) * e[..., None], out)
+    out = torch.where(((vb <= 0) & (d2 >= 0) & (d6 <= 0))[..., None], a + ac * (d2 / _safe(d2 - d6))[..., None], out)
+    out = torch.where(((d6 >= 0) & (d5 <= d6))[..., None], c, out)
+    out = torch.where(((vc <= 0) & (d1 >= 0) & (d3 <= 0))[..., None], a + ab * (d1 / _safe(d1 - d3))[..., None], out)
+    out = torch.where(((d3 >= 0) & (d4 <= d3))[..., None], b, out)
+    return torch.where(((d1 <= 0) & (d2 <= 0))[..., None], a, out)
+
+
+class MeshDistance:
+    """Point-to-surface distance for one triangle topology.
+
+    For every query point the ``k`` nearest vertices are found and the exact closest point is taken over their
+    incident triangles (exact whenever the closest triangle touches one of those vertices — always the case for
+    points near a reasonably even mesh).
+
+    Args:
+        faces: (F, 3) long triangles.
+        n_verts: V.
+        k: nearest vertices per query point.
+    """
+
+    def __init__(self, faces: torch.Tensor, n_verts: int, k: int = 8):
+        f = faces.detach().cpu().long().numpy()
+        incident: list[list[int]] = [[] for _ in range(n_verts)]
+        for i, tri in enumerate(f):
+            for v in tri:
+                incident[v].append(i)
+        width = max(1, max(len(x) for x in incident))
+        adj = np.full((n_verts, width), -1, np.int64)
+        for v, lst in enumerate(incident):
+            adj[v, : len(lst)] = lst
+        self.faces = torch.from_numpy(f)
+        self.adjacency = torch.from_numpy(adj)
+        self.k = k
+
+    def closest(
+        self, points: torch.Tensor, verts: torch.Tensor, chunk: int = 2048
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """points (P, 3), verts (V, 3) → closest surface points (P, 3) and distances (P,)."""
+        faces, adj = self.faces.to(verts.device), self.adjacency.to(verts.device)
+        best_pts, best_d = [], []
+        k = min(self.k, verts.shape[0])
+        for start in range(0, points.shape[0], chunk):
+            p = points[start : start + chunk]
+            knn = torch.cdist(p, verts).topk(k, largest=False).indices  # (P, k)
+            cand = adj[knn].flatten(1)  # (P, k·D), −1 = none
+            valid = cand >= 0
+            tri = verts[faces[cand.clamp_min(0)]]  # (P, C, 3, 3)
+            q = closest_point_on_triangle(p[:, None], tri[..., 0, :], tri[..., 1, :], tri[..., 2, :])
+            d = (q - p[:, None]).norm(dim=-1).masked_fill(~valid, float("inf"))
+            i = d.argmin(1)
+            best_pts.append(q[torch.arange(len(p)), i])
+            best_d.append(d[torch.arange(len(p)), i])
+        return torch.cat(best_pts), torch.cat(best_d)
+
+
+def umeyama(
+    src: torch.Tensor, dst: torch.Tensor, with_scale: bool = True
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Least-squares similarity (or rigid, ``with_scale=False``) ``dst ≈ s·R·src + t`` for (N, 3) point sets.
+
+    Returns:
+        (s, R (3, 3), t (3,)), no reflection (Umeyama 1991).
+    """
+    src64, dst64 = src.double(), dst.double()
+    mu_s, mu_d = src64.mean(0), dst64.mean(0)
+    xs, xd = src64 - mu_s, dst64 - mu_d
+    cov = xd.T @ xs / len(src64)
+    U, S, Vt = torch.linalg.svd(cov)
+    d = torch.ones(3, dtype=torch.float64, device=src.device)
+    if torch.det(U) * torch.det(Vt) < 0:
+        d[2] = -1.0
+    R = U @ torch.diag(d) @ Vt
+    var_s = xs.square().sum() / len(src64)
+    s = (S * d).sum() / var_s if with_scale else torch.ones((), dtype=torch.float64, device=src.device)
+    t = mu_d - s * R @ mu_s
+    return s.to(src.dtype), R.to(src.dtype), t.to(src.dtype)
+
+
+def now_scan_to_mesh(
+    scan: torch.Tensor,
+    scan_landmarks: torch.Tensor,
+    verts: torch.Tensor,
+    landmarks: torch.Tensor,
+    distance: MeshDistance,
+    icp_iterations: int = 5,
+    icp_points: int = 1500,
+) -> torch.Tensor:
+    """NoW-style error of one predicted mesh against one scan: (P,) distances in the units of the inputs.
+
+    The mesh is aligned to the scan by the similarity that maps its landmarks onto the scan's (7 NoW
+    landmarks), then by ``icp_iterations`` rigid refinements (closest mesh points of the scan points → rigid
+    Umeyama); the result is the distance of every scan point to the aligned mesh surface.
+
+    Args:
+        scan: (P, 3) scan points.
+        scan_landmarks: (L, 3) the scan's landmarks.
+        verts: (V, 3) predicted mesh vertices (topology of ``distance``).
+        landmarks: (L, 3) the predicted mesh's landmarks.
+        distance: the :class:`MeshDistance` of the predicted topology.
+        icp_iterations: rigid refinements.
+        icp_points: the refinements use an even subset of at most this many scan points.
+    """
+    s, R, t = umeyama(landmarks, scan_landmarks, with_scale=True)
+    v = s * verts @ R.T + t
+    subset = scan[:: max(1, -(-scan.shape[0] // icp_points))]  # the rigid fits need no more points
+    for _ in range(icp_iterations):
+        closest, _ = distance.closest(subset, v)
+        _, R, t = umeyama(closest, subset, with_scale=False)
+        v = v @ R.T + t
+    return distance.closest(scan, v)[1]
+
+
+@dataclass
+class EvalSet:
+    """Held-out synthetic renders and what the metrics need of their ground truth (built once per run)."""
+
+    batches: list[ShapeBatch]  # the encoder's inputs (aligned like the training data) + ground truth, on CPU
+    scans: list[torch.Tensor]  # per sample (P_i, 3) true neutral outer skin surface near the nose tip
+    scan_landmarks: list[torch.Tensor]  # per sample (7, 3)
+    seen: list[torch.Tensor]  # per batch (B, 1, Ra, Ra) seen-texel masks
+
+
+def build_eval_set(cfg: ShapeTrainConfig, face_model: FaceModel, albedo_resolution: int) -> EvalSet:
+    """Render ``eval.num_samples`` held-out faces (stream ``eval.seed``, framed and aligned like the synthetic
+    training data) and precompute their scans and seen texels."""
+    e, d = cfg.eval, cfg.data
+    data = DataSection(
+        kind="synthetic",
+        seed=e.seed,
+        groups=e.batch,
+        views=1,
+        albedo_size=e.albedo_size,
+        align=d.align if d.kind == "synthetic" else True,
+        render_scale=d.render_scale,
+        face_fill=d.face_fill if d.kind == "synthetic" else None,
+    )
+    enc = cfg.model.encoder
+    source = SyntheticGroups(data, enc.input_size, cfg.loss.chip_size, face_model, "cpu", enc.crop_scale)
+    fm = source.faces.face_model
+    scanner = DetailedMesh(fm, e.scan_resolution)
+    seen_texels = SeenTexels(fm, albedo_resolution)
+    out = EvalSet([], [], [], [])
+    for start in range(0, e.num_samples, e.batch):
+        batch = source.groups_batch(range(start, min(start + e.batch, e.num_samples)))
+        out.batches.append(batch)
+        gt = batch.gt
+        for scan, scan_lm in now_scans(fm, scanner, gt.codes.shape, e.face_radius_mm):
+            out.scans.append(scan)
+            out.scan_landmarks.append(scan_lm)
+        out.seen.append(seen_texels(gt.camera, gt.verts_world))
+    return out
+
+
+@torch.no_grad()
+def now_scans(
+    face_model: FaceModel, scanner: DetailedMesh, shape: torch.Tensor, radius_mm: float
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """NoW-style "scans" of true identities: per row of ``shape`` (B, K), the neutral outer skin surface sampled
+    densely (``scanner``) within ``radius_mm`` of the nose tip, (P, 3) metres, and its 7 NoW landmarks (7, 3)."""
+    neutral = face_model(shape)
+    lm = face_model.landmarks(neutral)
+    surface = scanner(neutral)  # (B, N, 3)
+    out = []
+    for i in range(len(shape)):
+        near = (surface[i] - lm[i, NOSE_TIP]).norm(dim=-1) < radius_mm / 1000.0
+        out.append((surface[i][near], lm[i, list(NOW_LANDMARKS)]))
+    return out
+
+
+class SeenTexels:
+    """Which albedo texels a render shows: texels whose triangle is visible (z-buffer at 256 px).
+
+    Args:
+        face_model: the rendered model (topology and UV layout).
+        resolution: the albedo map's side.
+    """
+
+    def __init__(self, face_model: FaceModel, resolution: int):
+        self.texel_face = uv_fragments(face_model.uv, face_model.uv_faces, resolution).face_id[0]  # (R, R)
+        self.renderer = MeshRenderer.from_face_model(face_model, 256)
+        self.n_faces = face_model.faces.shape[0]
+
+    @torch.no_grad()
+    def __call__(self, camera: WeakPerspectiveCamera, verts_world: torch.Tensor) -> torch.Tensor:
+        """(B, V, 3) posed vertices seen through ``camera`` → (B, 1, R, R) float mask of the seen texels."""
+        fid = self.renderer.rasterize(camera.project(verts_world)).face_id.flatten(1)  # (B, H·W)
+        visible = torch.zeros(len(verts_world), self.n_faces + 1, dtype=torch.bool)
+        visible.scatter_(1, fid.cpu() + 1, True)
+        seen = visible[:, 1:][:, self.texel_face.clamp_min(0)] & (self.texel_face >= 0)
+        return seen[:, None].float()
+
+
+def _summary(values: torch.Tensor) -> dict[str, float]:
+    v = values.double()
+    return {"median": float(v.median()), "mean": float(v.mean()), "std": float(v.std()) if v.numel() > 1 else 0.0}
+
+
+@torch.no_grad()
+def evaluate(
+    model: ShapeModel,
+    generator: nn.Module,
+    pipeline: FacePipeline,
+    data: EvalSet,
+    icp_iterations: int = 5,
+) -> dict[str, Any]:
+    """The held-out metrics (see the module docstring). The model is put in eval mode and restored.
+
+    Returns:
+        ``{"now_coarse_mm": {median, mean, std}, "now_detailed_mm": {…}, "landmark_nme": float,
+        "albedo_mae", "albedo_rmse", "albedo_rmse_scale_invariant": float, "gt_shape_mm": float,
+        "num_samples": int}``.
+    """
+
+    was_training = model.training
+    model.eval()
+    fm = pipeline.face_model
+    device = pipeline.disp_mask.device
+    coarse_dist = MeshDistance(fm.faces, fm.n_verts)
+    sampling = pipeline.sampling
+    detailed_dist = MeshDistance(sampling.grid_faces, sampling.n_points)
+    coarse_all, detailed_all, nme, gt_shape = [], [], [], []
+    abs_err, sq_err, si_err, texels = 0.0, 0.0, 0.0, 0.0
+    sample = 0
+    S = pipeline.image_size
+    try:
+        for bi, batch in enumerate(data.batches):
+            batch = batch.to(device)
+            gt = batch.gt
+            out = model(batch.image)
+            codes = out.codes
+            verts = fm(codes.shape, codes.expression, codes.pose)
+            lm_px = ndc_to_pixels(pipeline.landmarks_ndc(verts, codes.camera), S)
+            nme.append(L.normalised_landmark_error(lm_px, batch.landmarks_px, batch.visibility, reduction="none"))
+            gt_shape.append(
+                torch.stack(
+                    [gt_shape_error_mm(fm, codes.shape[i : i + 1], gt.codes.shape[i : i + 1]) for i in range(len(gt))]
+                )
+            )
+            neutral = fm(codes.shape)
+            zeros_e = torch.zeros_like(codes.expression)
+            disp0 = model.displacement(codes.detail, zeros_e, torch.zeros_like(codes.pose[:, 0]))
+            detailed = sampling(neutral, disp0)
+            lm = fm.landmarks(neutral)[:, list(NOW_LANDMARKS)]
+            for i in range(len(gt)):
+                scan, scan_lm = data.scans[sample].to(device), data.scan_landmarks[sample].to(device)
+                coarse_all.append(now_scan_to_mesh(scan, scan_lm, neutral[i], lm[i], coarse_dist, icp_iterations))
+                detailed_all.append(now_scan_to_mesh(scan, scan_lm, detailed[i], lm[i], detailed_dist, icp_iterations))
+                sample += 1
+            albedo = albedo_from_generator(generator.synthesis(out.ws, noise_mode="const"))
+            target = resize_uv(gt.albedo_uv, albedo.shape[-1])
+            seen = data.seen[bi].to(device)
+            diff = (albedo - target) * seen
+            abs_err += float(diff.abs().sum())
+            sq_err += float(diff.square().sum())
+            texels += float(seen.sum()) * 3
+            scale = (albedo * target * seen).sum((2, 3), keepdim=True) / _safe(
+                (albedo.square() * seen).sum((2, 3), keepdim=True)
+            )
+            si_err += float(((scale * albedo - target) * seen).square().sum())
+    finally:
+        model.train(was_training)
+    coarse = 1000.0 * torch.cat(coarse_all)
+    detailed = 1000.0 * torch.cat(detailed_all)
+    n = max(texels, 1.0)
+    return {
+        "num_samples": sample,
+        "now_coarse_mm": _summary(coarse),
+        "now_detailed_mm": _summary(detailed),
+        "landmark_nme": float(torch.cat(nme).mean()),
+        "gt_shape_mm": float(torch.cat(gt_shape).mean()),
+        "albedo_mae": abs_err / n,
+        "albedo_rmse": math.sqrt(sq_err / n),
+        "albedo_rmse_scale_invariant": math.sqrt(si_err / n),
+    }
