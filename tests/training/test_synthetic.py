@@ -30,6 +30,7 @@ from training.data.synthetic import (
     SyntheticConfig,
     SyntheticFaces,
     euler_to_axis_angle,
+    eye_atlases,
     head_angles_deg,
     render_background,
     sample_background_params,
@@ -166,7 +167,8 @@ def test_lips_are_redder_than_cheeks(albedo_gen: ProceduralAlbedo) -> None:
 
 
 def test_eyeballs_sample_the_eye_colours(fm: FaceModel, albedo_gen: ProceduralAlbedo) -> None:
-    """The eyeballs' UVs land in the lid openings of the layout, which the albedo paints as eyes."""
+    """The eyeballs' UVs land in the lid openings of the layout, which the albedo paints as eyes; the eyes render
+    from the eye assets with the sample's iris colour (as the synthetic source renders them)."""
     p = sample_albedo_params(1, torch.Generator().manual_seed(2))
     p = type(p)(**{**p.__dict__, "melanin": torch.tensor([0.5]), "iris_melanin": torch.tensor([3.0])})
     a = albedo_gen(p, 256)
@@ -177,7 +179,7 @@ def test_eyeballs_sample_the_eye_colours(fm: FaceModel, albedo_gen: ProceduralAl
     outlines = albedo_gen.layout.eye_outline_uv
     for yaw in (0.0, 0.7):
         verts = fm(pose=torch.tensor([[[0.0, yaw, 0.0]] + [[0.0, 0.0, 0.0]] * (len(fm.joint_names) - 1)]))
-        out = renderer(verts, WeakPerspectiveCamera.framing(verts, 0.02), a, sh)
+        out = renderer(verts, WeakPerspectiveCamera.framing(verts, 0.02), a, sh, asset_texture=eye_atlases(fm, p))
         frags = out.fragments
         part = torch.as_tensor(fm.arrays.face_part)[frags.face_packed]
         uv = torch.einsum("nk,nkc->nc", frags.bary_packed, renderer.uv_corners[frags.face_packed]).numpy()
@@ -344,6 +346,7 @@ def test_image_is_the_srgb_encoded_render(batch, dataset: SyntheticFaces) -> Non
 
     p_alb, scene = dataset.sample_params(batch.index.tolist())
     bg = render_background(scene.background, dataset.config.image_size)
-    out = dataset.renderer(batch.verts_world, batch.camera, batch.albedo_uv, batch.sh, bg)
+    eyes = eye_atlases(dataset.face_model, p_alb)
+    out = dataset.renderer(batch.verts_world, batch.camera, batch.albedo_uv, batch.sh, bg, asset_texture=eyes)
     assert torch.allclose(linear_to_srgb(out.image), batch.image_srgb, atol=1e-5)
     assert math.isclose(float(out.mask.mean()), float(batch.mask.mean()))

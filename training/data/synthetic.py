@@ -27,10 +27,10 @@ import torch
 import torch.nn.functional as F
 
 from models.face.model import FaceCodes, FaceModel, axis_angle_to_matrix
-from models.render import SH_CONSTANTS, WeakPerspectiveCamera, sh_basis
+from models.render import SH_CONSTANTS, MeshRenderer, WeakPerspectiveCamera, sh_basis
 from training.data.procedural_albedo import AlbedoParams, ProceduralAlbedo, sample_albedo_params
 from training.data.sampling import Batched, bernoulli, log_uniform, uniform
-from training.data.skin import linear_to_srgb
+from training.data.skin import iris_linear_rgb, linear_to_srgb
 
 
 def _index_seed(seed: int, index: int) -> int:
@@ -452,6 +452,13 @@ class SyntheticBatch(Batched):
         return int(self.index.shape[0])
 
 
+def eye_atlases(face_model: FaceModel, albedo_params: AlbedoParams) -> torch.Tensor:
+    """(B, 3, H, W) linear eye-and-mouth atlases (:meth:`models.render.MeshRenderer.asset_textures`) with each
+    sample's iris colour (its ``iris_melanin``): the eyes render from the same assets as the service's exports."""
+    iris_srgb = linear_to_srgb(iris_linear_rgb(albedo_params.iris_melanin.float().cpu()))
+    return MeshRenderer.asset_textures(face_model, iris_srgb.numpy())
+
+
 class SyntheticFaces:
     """Rendered synthetic faces with full ground truth; sample ``i`` is a pure function of ``(seed, i)``.
 
@@ -470,8 +477,6 @@ class SyntheticFaces:
         face_model: FaceModel | None = None,
         device: torch.device | str = "cpu",
     ):
-        from models.render import MeshRenderer
-
         self.config = config
         self.device = torch.device(device)
         fm = face_model if face_model is not None else FaceModel.from_file()
@@ -528,7 +533,8 @@ class SyntheticFaces:
         lm_world = fm.landmarks(verts)
         camera = frame_camera(lm_world, scene.face_fill, scene.face_offset)
         background = render_background(scene.background, cfg.image_size)
-        out = self.renderer(verts, camera, albedo, scene.sh, background)
+        eyes = eye_atlases(fm, albedo_params).to(verts.device)
+        out = self.renderer(verts, camera, albedo, scene.sh, background, asset_texture=eyes)
         H = W = cfg.image_size
         lm = camera.project(lm_world)
         px = torch.stack([(lm[..., 0] + 1) * 0.5 * W - 0.5, (1 - lm[..., 1]) * 0.5 * H - 0.5], -1)
