@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 import tempfile
 import zipfile
 from dataclasses import dataclass
@@ -131,20 +132,27 @@ def _unpack_zip(path: Path) -> Path:
     target = Path(tempfile.gettempdir()) / f"albedogan-bundle-{digest}"
     if (target / MANIFEST).is_file():
         return target
-    try:
-        with zipfile.ZipFile(path) as zf:
-            names = zf.namelist()
-            if any(n.startswith("/") or ".." in Path(n).parts for n in names):
-                raise BundleError(f"{path}: refusing a zip with absolute or parent paths")
-            tmp = Path(tempfile.mkdtemp(prefix="albedogan-bundle-"))
-            zf.extractall(tmp)
-    except zipfile.BadZipFile as exc:
-        raise BundleError(f"{path}: not a readable zip ({exc})") from exc
-    inner = [p.parent for p in tmp.rglob(MANIFEST)]
-    if len(inner) != 1:
-        raise BundleError(f"{path}: expected exactly one {MANIFEST} in the zip, found {len(inner)}")
-    if not target.exists():
-        inner[0].rename(target)
+    tmp = Path(tempfile.mkdtemp(prefix="albedogan-bundle-"))
+    try:  # whatever happens, nothing is left behind but ``target`` (the extraction folder used to leak)
+        try:
+            with zipfile.ZipFile(path) as zf:
+                names = zf.namelist()
+                if any(n.startswith("/") or ".." in Path(n).parts for n in names):
+                    raise BundleError(f"{path}: refusing a zip with absolute or parent paths")
+                zf.extractall(tmp)
+        except zipfile.BadZipFile as exc:
+            raise BundleError(f"{path}: not a readable zip ({exc})") from exc
+        inner = [p.parent for p in tmp.rglob(MANIFEST)]
+        if len(inner) != 1:
+            raise BundleError(f"{path}: expected exactly one {MANIFEST} in the zip, found {len(inner)}")
+        if not target.exists():
+            try:
+                inner[0].rename(target)
+            except OSError:  # another process unpacked the same bundle first
+                if not (target / MANIFEST).is_file():
+                    raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

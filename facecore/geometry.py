@@ -499,7 +499,10 @@ def _barycentric_2d(p: np.ndarray, a: np.ndarray, b: np.ndarray, c: np.ndarray) 
     return out
 
 
-_SAMPLING_CACHE: dict[tuple[int, int], UVSampling] = {}
+# keyed by id(model) *and* holding the model: an entry keeps its model alive, so a collected model's id, reused
+# by another model, can never return the first one's entry; at most _CACHE_ENTRIES resolutions are kept
+_SAMPLING_CACHE: dict[tuple[int, int], tuple[FaceModelArrays, UVSampling]] = {}
+_CACHE_ENTRIES = 8
 
 
 def uv_sampling(model: FaceModelArrays, resolution: int) -> UVSampling:
@@ -507,13 +510,12 @@ def uv_sampling(model: FaceModelArrays, resolution: int) -> UVSampling:
     if not isinstance(resolution, int | np.integer) or not 16 <= int(resolution) <= 4096:
         raise ValueError(f"resolution: must be an integer in [16, 4096], got {resolution!r}")
     key = (id(model), int(resolution))
-    cached = _SAMPLING_CACHE.get(key)
-    if cached is None:
-        cached = _build_uv_sampling(model, int(resolution))
-        if len(_SAMPLING_CACHE) > 32:
+    hit = _SAMPLING_CACHE.get(key)
+    if hit is None or hit[0] is not model:
+        if len(_SAMPLING_CACHE) >= _CACHE_ENTRIES:
             _SAMPLING_CACHE.clear()
-        _SAMPLING_CACHE[key] = cached
-    return cached
+        hit = _SAMPLING_CACHE[key] = (model, _build_uv_sampling(model, int(resolution)))
+    return hit[1]
 
 
 def rasterize_nodes(
@@ -583,7 +585,7 @@ def _skin_raster(
     return node, skin[tri], bary
 
 
-_TEXEL_CACHE: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+_TEXEL_CACHE: dict[tuple[int, int], tuple[FaceModelArrays, tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
 
 
 def texel_sampling(model: FaceModelArrays, resolution: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -596,12 +598,13 @@ def texel_sampling(model: FaceModelArrays, resolution: int) -> tuple[np.ndarray,
     if not isinstance(resolution, int | np.integer) or not 8 <= int(resolution) <= 4096:
         raise ValueError(f"resolution: must be an integer in [8, 4096], got {resolution!r}")
     key = (id(model), int(resolution))
-    if key not in _TEXEL_CACHE:
-        if len(_TEXEL_CACHE) > 32:
+    hit = _TEXEL_CACHE.get(key)
+    if hit is None or hit[0] is not model:  # see _SAMPLING_CACHE
+        if len(_TEXEL_CACHE) >= _CACHE_ENTRIES:
             _TEXEL_CACHE.clear()
         node, face, bary = _skin_raster(model, int(resolution), int(resolution), 0.5)
-        _TEXEL_CACHE[key] = (node, face, bary.astype(np.float32))
-    return _TEXEL_CACHE[key]
+        hit = _TEXEL_CACHE[key] = (model, (node, face, bary.astype(np.float32)))
+    return hit[1]
 
 
 def _build_uv_sampling(model: FaceModelArrays, R: int) -> UVSampling:

@@ -9,12 +9,17 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service import pipeline
+from service.api import contract
 from service.api.routes import router
 from service.engine.batcher import QueueFull
 from service.engine.runtime import Runtime
@@ -167,6 +172,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics.refused.labels(str(exc).split("'")[1] if "'" in str(exc) else "queue").inc()
         return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": str(retry)})
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 405:  # Allow: every method of every route on this path, not just the first's
+            methods = set()
+            for route in (*app.router.routes, *router.routes):  # the API's routes sit in an included router
+                if isinstance(route, APIRoute) and route.path_regex.match(request.url.path):
+                    methods |= route.methods
+            exc.headers = {**(exc.headers or {}), "Allow": ", ".join(sorted(methods))}
+        return await http_exception_handler(request, exc)
+
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
         errors = [
@@ -175,6 +190,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse({"detail": errors}, status_code=422)
 
     app.include_router(router)
+
+    def openapi() -> dict:
+        """FastAPI's document, refined with the served bundle's sizes and the settings' limits once loaded."""
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        runtime = app.state.runtime
+        if runtime is not None:
+            app.openapi_schema = contract.refine(schema, runtime.bundle, settings)
+        return schema
+
+    app.openapi = openapi
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/", include_in_schema=False)

@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import io
 import json
+import math
 import time
 import zipfile
 from collections.abc import Awaitable, Callable, Mapping
@@ -114,6 +115,9 @@ class PhotoError(RequestError):
 
 MIN_PHOTO_SIDE = 32  # facecore.detect refuses smaller images
 MAX_PHOTO_ASPECT = 16.0  # a face photo is not a strip; past this the detector's downscaled copy degenerates
+#: photos are reduced to this longer side on decoding: detection runs at ≤ 1024 px and the unwrapped texture at
+#: ≤ 512 px, so the rest of a 5000² upload only cost time (seconds of decode, resize and alignment) and memory
+MAX_PHOTO_SIDE = 2048
 
 
 def decode_photo(data: bytes, max_pixels: int) -> np.ndarray:
@@ -133,6 +137,9 @@ def decode_photo(data: bytes, max_pixels: int) -> np.ndarray:
                 raise PhotoError(f"image: {w}×{h} is too small, need ≥ {MIN_PHOTO_SIDE} px a side")
             if max(w, h) > MAX_PHOTO_ASPECT * min(w, h):
                 raise PhotoError(f"image: {w}×{h} is not a face photo (aspect ratio over {MAX_PHOTO_ASPECT:g}:1)")
+            if im.format == "JPEG" and max(w, h) > MAX_PHOTO_SIDE:  # DCT scaling: decode 1/2, 1/4 or 1/8 size
+                f = MAX_PHOTO_SIDE / max(w, h)
+                im.draft(None, (math.ceil(w * f), math.ceil(h * f)))
             im.load()
             upright = ImageOps.exif_transpose(im)
             if upright.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
@@ -142,6 +149,8 @@ def decode_photo(data: bytes, max_pixels: int) -> np.ndarray:
                 grey8 = np.clip(np.round(grey * (255.0 / top)), 0, 255).astype(np.uint8)
                 return np.ascontiguousarray(np.repeat(grey8[..., None], 3, axis=2))
             rgb = upright.convert("RGB")
+            if max(rgb.size) > MAX_PHOTO_SIDE:
+                rgb.thumbnail((MAX_PHOTO_SIDE, MAX_PHOTO_SIDE), Image.Resampling.BILINEAR)
     except PhotoError:
         raise
     except UnidentifiedImageError as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -15,6 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from facecore.bundle import Bundle
 from service import pipeline
+from service.api.contract import MIN_MESH_RESOLUTION, MIN_Z_MAGNITUDE, OUTPUTS_PATTERN
 from service.api.deps import RuntimeDep, SettingsDep
 from service.api.schemas import ErrorBody, GenerateBody, ResultBody
 from service.engine import admission
@@ -51,14 +53,16 @@ def mesh_request(body: GenerateBody, bundle: Bundle, settings: Settings, fmt: st
 
     if body.z is not None and len(body.z) != codes.z_dim:
         raise fail(f"z: expected {codes.z_dim} values, got {len(body.z)}")
+    if body.z is not None and max(map(abs, body.z)) <= MIN_Z_MAGNITUDE:
+        raise fail(f"z: every value is within ±{MIN_Z_MAGNITUDE:g}; a latent z needs a direction (it is normalised)")
     if body.w is not None and len(body.w) != codes.w_dim:
         raise fail(f"w: expected {codes.w_dim} values, got {len(body.w)}")
     if body.identity is not None and not 1 <= len(body.identity) <= model.n_shape:
         raise fail(f"identity: expected 1 to {model.n_shape} values, got {len(body.identity)}")
     if not settings.min_texture_size <= body.texture_size <= settings.max_texture_size:
         raise fail(f"texture_size: must lie in [{settings.min_texture_size}, {settings.max_texture_size}]")
-    if not 32 <= body.mesh_resolution <= settings.max_mesh_resolution:
-        raise fail(f"mesh_resolution: must lie in [32, {settings.max_mesh_resolution}]")
+    if not MIN_MESH_RESOLUTION <= body.mesh_resolution <= settings.max_mesh_resolution:
+        raise fail(f"mesh_resolution: must lie in [{MIN_MESH_RESOLUTION}, {settings.max_mesh_resolution}]")
     try:
         expression = model.expression_vector(body.expression)
     except ValueError as exc:
@@ -292,12 +296,11 @@ async def reconstruct(
         raise HTTPException(
             422, detail="albedo: 'generated' needs an encoder graph with a 'ws' output; this bundle has none"
         )
-    kinds = [k.strip() for k in outputs.split(",") if k.strip()]
-    unknown = sorted(set(kinds) - set(pipeline.OUTPUT_KINDS))
-    if unknown or not kinds:
+    if not re.fullmatch(OUTPUTS_PATTERN, outputs):
         raise HTTPException(
-            422, detail=f"outputs: unknown or empty {unknown or kinds}; use {list(pipeline.OUTPUT_KINDS)}"
+            422, detail=f"outputs: {outputs[:100]!r} is not a comma-separated list of {list(pipeline.OUTPUT_KINDS)}"
         )
+    kinds = [k.strip() for k in outputs.split(",")]
     body = GenerateBody(seed=0, texture_size=texture_size, mesh_resolution=mesh_resolution, outputs=kinds)
     checked = mesh_request(body, bundle, settings, format)
     data = await image.read(settings.max_upload_bytes + 1)

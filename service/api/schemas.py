@@ -4,12 +4,21 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 Finite = Annotated[float, Field(allow_inf_nan=False)]
 #: a latent value: finite and small enough that the networks' float32 arithmetic cannot overflow (a standard
 #: normal z or a w lies within ±10; ±3e38 used to overflow into a NaN texture and a 500)
 Latent = Annotated[float, Field(ge=-1e4, le=1e4, allow_inf_nan=False)]
+
+
+def _integral(value):
+    """JSON Schema counts 46.0 as an integer; so does the service (strict mode alone would refuse it)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+#: an integer as JSON Schema means it: 7 or 7.0, never "7" or true
+Integer = Annotated[int, BeforeValidator(_integral)]
 OutputKind = Literal["albedo", "displacement", "normal", "obj", "glb"]
 
 
@@ -19,7 +28,7 @@ class GenerateBody(BaseModel):
     # strict: `"seed": true` or `"7"` is a 422, not seed 1 or 7 (JSON integers still count as numbers)
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    seed: int | None = Field(None, ge=0, le=2**32 - 1)
+    seed: Integer | None = Field(None, ge=0, le=2**32 - 1)
     z: list[Latent] | None = Field(None, max_length=4096, description="latent z (z_dim values)")
     w: list[Latent] | None = Field(None, max_length=4096, description="intermediate latent w (w_dim values)")
     truncation: Finite = Field(0.7, ge=0.0, le=1.5, description="ψ toward the mean w (paper: 0.7)")
@@ -29,8 +38,8 @@ class GenerateBody(BaseModel):
     identity: list[Annotated[float, Field(ge=-10.0, le=10.0, allow_inf_nan=False)]] | None = Field(
         None, max_length=4096, description="identity coefficients (leading components; σ units of the wide span)"
     )
-    texture_size: int = Field(512, description="output texture edge in texels (resampled)")
-    mesh_resolution: int = Field(256, description="UV grid of the detailed mesh")
+    texture_size: Integer = Field(512, description="output texture edge in texels (resampled)")
+    mesh_resolution: Integer = Field(256, description="UV grid of the detailed mesh")
     outputs: list[OutputKind] = Field(default_factory=lambda: ["albedo", "displacement", "normal", "obj", "glb"])
     blendshapes: bool = Field(False, description="embed the ARKit expressions as GLB morph targets (large)")
 

@@ -99,9 +99,10 @@ BODIES = [
     {"w": [-3e38] * 32},
     {"z": [1e39] * 32},
     {"z": [1e4] * 31 + [-1e4], "truncation": 1.5},  # the largest accepted: must still be 200, checked below
+    {"seed": 7.0, "mesh_resolution": 64.0},  # integers as JSON Schema counts them: accepted, checked below
     {"seed": True},
     {"seed": "7"},
-    {"seed": 7.0},
+    {"seed": 7.5},
     {"texture_size": "512"},
     {"blendshapes": 1},
     {"z": [], "w": [], "outputs": []},
@@ -112,8 +113,8 @@ BODIES = [
 @pytest.mark.parametrize("body", BODIES, ids=[json.dumps(b)[:40] for b in BODIES])
 def test_hostile_bodies(client, body):
     r = client.post("/generate", json={**SMALL, **body})
-    if body.get("z", [0])[:1] == [1e4]:
-        assert r.status_code == 200, r.text  # extreme but representable latents still work
+    if body.get("z", [0])[:1] == [1e4] or body.get("seed") == 7.0:
+        assert r.status_code == 200, r.text  # extreme but representable latents, integral floats: accepted
     else:
         assert_refused(r)
     assert_ready(client)
@@ -397,3 +398,59 @@ def test_real_photo_still_reconstructs_after_the_probes(client):
     )
     assert r.status_code == 200, r.text
     assert_ready(client)
+
+
+def test_large_photos_are_reduced_on_decoding():
+    image = Image.open(PHOTO).convert("RGB").resize((5000, 3000))
+    for fmt in ("JPEG", "PNG"):
+        buf = io.BytesIO()
+        image.save(buf, fmt)
+        rgb = pipeline.decode_photo(buf.getvalue(), 50_000_000)
+        assert rgb.shape == (1229, 2048, 3), (fmt, rgb.shape)  # 3000 · 2048 / 5000, aspect kept
+
+
+def test_a_zipped_bundle_leaves_no_temporary_folder(tiny_bundle, tmp_path, monkeypatch):
+    import tempfile
+    import zipfile
+
+    from facecore.bundle import BundleError, load_bundle
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    archive = tmp_path / "b.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for f in Path(tiny_bundle).iterdir():
+            zf.write(f, f"nested/tiny/{f.name}")
+    for _ in range(2):
+        assert load_bundle(archive).manifest.name == "tiny-untrained"
+    assert len(list((tmp_path / "tmp").iterdir())) == 1  # the content-addressed folder only
+    broken = tmp_path / "two.zip"
+    with zipfile.ZipFile(broken, "w") as zf:
+        zf.writestr("a/manifest.json", "{}")
+        zf.writestr("b/manifest.json", "{}")
+    with pytest.raises(BundleError, match="exactly one"):
+        load_bundle(broken)
+    assert len(list((tmp_path / "tmp").iterdir())) == 1
+
+
+def test_openapi_states_the_bundles_limits(client):
+    doc = client.get("/openapi.json").json()
+    runtime = client.app.state.runtime
+    body = doc["components"]["schemas"]["GenerateBody"]
+    z = next(o for o in body["properties"]["z"]["anyOf"] if o.get("type") == "array")
+    assert z["minItems"] == z["maxItems"] == runtime.bundle.manifest.codes.z_dim
+    assert set(body["properties"]["expression"]["propertyNames"]["enum"]) == set(runtime.bundle.face_model.expr_names)
+    assert body["properties"]["texture_size"]["maximum"] == runtime.settings.max_texture_size
+    assert "not" in body  # one latent at most
+    ops = doc["paths"]
+    assert "model/gltf-binary" in ops["/generate"]["post"]["responses"]["200"]["content"]
+    assert {"400", "413", "422", "503"} <= set(ops["/generate"]["post"]["responses"])
+    assert "text/plain" in next(iter(ops["/metrics"]["get"]["responses"]["200"]["content"]))
+    assert "delete" in ops["/results/{result_id}"]
+    r = client.request("OPTIONS", "/results/" + "0" * 64)
+    assert r.status_code == 405 and r.headers["allow"] == "DELETE, GET"
+    r = client.post("/generate", json={"z": [0.0] * z["minItems"], **SMALL})
+    assert r.status_code == 422 and "direction" in r.json()["detail"]  # ruled out by the schema too
+    form = {"outputs": " glb , obj", **SMALL}
+    assert upload(client, Image.open(PHOTO).tobytes()[:10], **form).status_code in (415, 422)
+    assert upload(client, b"x", outputs="glb,,obj").json()["detail"].startswith("outputs")
