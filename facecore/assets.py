@@ -358,7 +358,8 @@ def fill_neck(model: geo.FaceModelArrays, albedo: np.ndarray) -> np.ndarray:
     u = (np.arange(W) + 0.5) / W
     ref = out[ref_rows][:, (u > 0.3) & (u < 0.7)].reshape(-1, *out.shape[2:]).astype(np.float64)
     lum = ref.mean(-1) if ref.ndim == 2 else ref
-    ref = ref[lum > np.percentile(lum, 10)]  # leave out texels outside the skin (black in generated maps)
+    skin = lum > np.percentile(lum, 10)  # leave out texels outside the skin (black in generated maps)
+    ref = ref[skin] if skin.any() else ref  # a uniform map has no darker tenth: its median is its colour
     colour = np.median(ref, axis=0)
     weight = np.clip((fade_top - v) / (fade_top - a.neck_v), 0.0, 1.0)  # 1 at and below the line
     weight = weight * weight * (3.0 - 2.0 * weight)
