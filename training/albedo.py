@@ -61,6 +61,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch import nn
 
 from facecore.config import ConfigError, check_keys, parse_section, section_dict
@@ -73,6 +74,7 @@ from models.stylegan2 import (
     sample_mixing_cutoff,
 )
 from training.augment import AugmentConfig, diff_augment
+from training.checkpoint import latest_checkpoint
 from training.config import merge
 from training.data.albedo_maps import DataConfig, EpochSampler, build_data
 from training.data.images import to_uint8
@@ -159,6 +161,11 @@ class AlbedoTrainConfig:
         keep_checkpoints: checkpoints kept.
         mean_w_samples: samples for the final truncation centre (paper: 4096).
         progress: show the tqdm progress bar (rank 0).
+        init_from: progressive growing: an albedo run folder (or one of its checkpoints) at this or a lower
+            resolution; G, G_ema and D start from its weights wherever names and shapes match (with equal
+            ``channel_base``/``channel_max`` every lower block does), the new blocks start fresh, and the new
+            blocks' toRGB weights start at zero so the grown generator starts as the upsampled small one. Train
+            most of the images cheaply at 64², then a short run at 256². Ignored when the run resumes.
     """
 
     resolution: int = 64
@@ -194,6 +201,7 @@ class AlbedoTrainConfig:
     keep_checkpoints: int = 3
     mean_w_samples: int = 4096
     progress: bool = True
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         r = self.resolution
@@ -370,6 +378,8 @@ class AlbedoTrainer(TrainingLoop):
         torch.manual_seed(config.seed)
         self.G = Generator.from_config(config.G).to(self.device).train()
         self.D = Discriminator.from_config(config.D).to(self.device).train()
+        if config.init_from:
+            grow_from(config.init_from, self.G, self.D)
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
         self.G_pass = GeneratorPass(self.G)
         self.opt_G = self._adam(self.G, config.lr, config.pl_interval if config.pl_weight > 0 else None)
@@ -725,10 +735,41 @@ class AlbedoTrainer(TrainingLoop):
         barrier(self.info)
 
 
+def grow_from(source: str | Path, G: Generator, D: Discriminator) -> None:
+    """Start ``G`` and ``D`` from the G_ema and D of a (lower-resolution) albedo run (see ``init_from``).
+
+    Raises:
+        FileNotFoundError: no checkpoint at ``source``.
+        ValueError: nothing of the source fits (other widths), which would silently be a fresh start.
+    """
+    path = Path(source)
+    ckpt = path if (path / "meta.json").is_file() else None
+    for folder in (path / "checkpoints", path):
+        if ckpt is None and folder.is_dir():
+            ckpt = latest_checkpoint(folder)
+    if ckpt is None:
+        raise FileNotFoundError(f"albedo.init_from: no albedo checkpoint at {source}")
+    for name, module in (("G_ema", G), ("D", D)):
+        state = load_file(str(ckpt / f"{name}.safetensors"))
+        own = module.state_dict()
+        taken = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+        if len(taken) < len(state) // 2:
+            raise ValueError(f"albedo.init_from: {ckpt}/{name} does not fit (other channel widths?)")
+        module.load_state_dict(taken, strict=False)
+        new = sorted(set(own) - set(taken))
+        if name == "G_ema":
+            with torch.no_grad():
+                for key in new:
+                    if ".torgb." in key and not key.split(".")[-2].startswith("affine"):
+                        module.get_parameter(key).zero_()
+        logger.info("%s from %s: %d tensors taken, %d new (%s)", "G" if name == "G_ema" else name, ckpt,
+                    len(taken), len(new), ", ".join(sorted({".".join(k.split(".")[:2]) for k in new})))  # fmt: skip
+
+
 # settings that may change between a run and its resumption without changing the training trajectory
 _RESUME_FREE = frozenset(
     {"steps", "max_steps", "progress", "checkpoint_on_stop", "log_every", "sample_every", "grid_size",
-     "checkpoint_every", "keep_checkpoints", "mean_w_samples", "metric", "device"}
+     "checkpoint_every", "keep_checkpoints", "mean_w_samples", "metric", "device", "init_from"}
 )  # fmt: skip
 
 
