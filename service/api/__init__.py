@@ -1,0 +1,1 @@
+"""The HTTP surface: routes, pydantic request/response schemas, dependencies (settings, runtime)."""

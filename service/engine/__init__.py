@@ -1,0 +1,1 @@
+"""Inference machinery: onnxruntime sessions (CUDA EP → CPU EP fallback), dynamic batchers, stage admission."""
