@@ -1,7 +1,7 @@
 """A model bundle's metrics as the service runs it (onnxruntime, the /reconstruct pipeline), on unseen data.
     python benchmarks/bundle_metrics.py [--bundle service/bundled/default] [--synthetic 48] [--seed 20261125]
-        [--photos ../shared/fixtures/photos] [--kid-samples 512] [--extracted runs/default/extract/albedo]
-        [--json metrics.json] [--threads N]
+        [--photos ../shared/fixtures/photos] [--kid-samples 512]
+        [--extracted runs/default/extract/albedo --holdout-seed 0 --holdout 64] [--json metrics.json] [--threads N]
 
 1. Synthetic held-out faces (``training.data.synthetic`` stream ``--seed``: the default recipe trains on streams 0
    and 7 and evaluates on 1000003, so this one is unseen), rendered at 224 px like photos and sent through
@@ -21,8 +21,10 @@
    (impostors): a useful reconstruction resembles its own photo more than the others'.
 3. AlbedoGAN: KID (``training.evaluation``, download-free albedo features, the units of the training log) of
    ``--kid-samples`` generated maps (truncation 1, through the bundle's mapping + albedo graphs) against the
-   procedural ground-truth albedos (unseen seed) and, with ``--extracted``, against that folder's maps (e.g.
-   the extracted training maps).
+   procedural ground-truth albedos (a stream seed the training never drew from) and, with ``--extracted``,
+   against the held-out maps of that folder: the split AlbedoGAN's folder source makes with ``--holdout-seed``
+   and ``--holdout`` (its ``albedo.data.seed`` / ``holdout``), so the reference never trained the generator.
+   Each KID is printed with its standard deviation over the subsets.
 Latency of /generate and /reconstruct over HTTP: ``benchmarks/serve.py``.
 """
 
@@ -266,8 +268,10 @@ def photo_metrics(runner: BundleRunner, photos: Path) -> tuple[dict, list[tuple[
 
 
 # ----------------------------------------------------------------------------------------------------- KID
-def kid_metrics(runner: BundleRunner, samples: int, seed: int, extracted: Path | None) -> dict:
-    from training.data.albedo_maps import SyntheticAlbedos
+def kid_metrics(
+    runner: BundleRunner, samples: int, seed: int, extracted: Path | None, holdout_seed: int = 0, holdout: int = 64
+) -> dict:
+    from training.data.albedo_maps import DataConfig, SyntheticAlbedos, build_data
     from training.evaluation import AlbedoFeatures, ReferenceSet
 
     bundle = runner.bundle
@@ -285,17 +289,18 @@ def kid_metrics(runner: BundleRunner, samples: int, seed: int, extracted: Path |
     feats = extractor.extract(generated_t)
     source = SyntheticAlbedos(res, seed, samples, cache=False)
     truth = torch.stack([source.load_uint8(i) for i in range(samples)]).float() / 255.0
-    out = {"num_generated": samples, "kid_vs_procedural_truth": ReferenceSet.from_images(
-        extractor, truth.clamp(0, 1)).kid_features(feats, 50, None).mean}  # fmt: skip
+    def half(n_ref: int) -> int:  # subsets of half the smaller set: the spread over subsets is the uncertainty
+        return max(2, min(len(feats), n_ref) // 2)
+
+    kid = ReferenceSet.from_images(extractor, truth.clamp(0, 1)).kid_features(feats, 50, half(len(truth)))
+    out = {"num_generated": samples, "kid_vs_procedural_truth": kid.mean, "kid_vs_procedural_truth_std": kid.std}
     if extracted is not None:
-        files = sorted(extracted.glob("*.png"))[:samples]
-        maps = torch.stack(
-            [torch.as_tensor(np.asarray(Image.open(f).convert("RGB").resize((res, res), Image.LANCZOS)) / 255.0,
-                             dtype=torch.float32).permute(2, 0, 1) for f in files]
-        )  # fmt: skip
-        reference = ReferenceSet.from_images(extractor, maps)
-        out["kid_vs_extracted"] = reference.kid_features(feats, 50, None).mean
-        out["extracted_maps"] = len(files)
+        _, held = build_data(DataConfig(kind="folder", path=str(extracted), seed=holdout_seed, holdout=holdout), res)
+        if held is None:
+            raise SystemExit("--extracted: --holdout must be > 0 (the reference must be maps the GAN never saw)")
+        maps = held.batch(range(len(held))) * 0.5 + 0.5
+        kid = ReferenceSet.from_images(extractor, maps.clamp(0, 1)).kid_features(feats, 50, half(len(held)))
+        out.update(kid_vs_extracted_heldout=kid.mean, kid_vs_extracted_heldout_std=kid.std, extracted_heldout=len(held))
     return out
 
 
@@ -307,6 +312,8 @@ def main() -> None:
     ap.add_argument("--photos", type=Path, default=PHOTOS)
     ap.add_argument("--kid-samples", type=int, default=512)
     ap.add_argument("--extracted", type=Path, default=None)
+    ap.add_argument("--holdout-seed", type=int, default=0, help="albedo.data.seed of the run that used --extracted")
+    ap.add_argument("--holdout", type=int, default=64, help="albedo.data.holdout of that run")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
@@ -339,8 +346,10 @@ def main() -> None:
         print(f"  identity cosine own render {p['identity_cosine_own_render']:.3f} vs other renders "
               f"{p['identity_cosine_other_renders']:.3f}; rank-1 {p['identity_rank1']:.2f}")  # fmt: skip
     if args.kid_samples:
-        report["albedogan"] = kid_metrics(runner, args.kid_samples, args.seed, args.extracted)
-        print("AlbedoGAN " + "  ".join(f"{k} {v:.2f}" for k, v in report["albedogan"].items() if "kid" in k))
+        a = kid_metrics(runner, args.kid_samples, args.seed, args.extracted, args.holdout_seed, args.holdout)
+        report["albedogan"] = a
+        print("AlbedoGAN KID " + "  ".join(f"{k[4:]} {a[k]:.2f} ± {a[k + '_std']:.2f}" for k in a
+                                           if k.startswith("kid_") and not k.endswith("_std")))  # fmt: skip
     report["seconds"] = round(time.perf_counter() - t0, 1)
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
