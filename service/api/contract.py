@@ -9,6 +9,7 @@ schema-valid request is accepted and every 422 answers a request the schema itse
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from facecore.bundle import Bundle
@@ -41,19 +42,26 @@ def refine(schema: dict[str, Any], bundle: Bundle, settings: Settings) -> dict[s
     props = body["properties"]
     for name, width in (("z", codes.z_dim), ("w", codes.w_dim)):
         _non_null(props[name]).update(minItems=width, maxItems=width)
-    _non_null(props["z"])["not"] = {"items": {"minimum": -MIN_Z_MAGNITUDE, "maximum": MIN_Z_MAGNITUDE}}
+    _non_null(props["z"])["contains"] = {
+        "anyOf": [{"exclusiveMinimum": MIN_Z_MAGNITUDE}, {"exclusiveMaximum": -MIN_Z_MAGNITUDE}]
+    }
     _non_null(props["identity"]).update(minItems=1, maxItems=model.n_shape)
     props["expression"].update(propertyNames={"enum": list(model.expr_names)}, maxProperties=model.n_expr)
     for target in (props, comps["Body_reconstruct_reconstruct_post"]["properties"]):
         target["texture_size"].update(minimum=settings.min_texture_size, maximum=settings.max_texture_size)
         target["mesh_resolution"].update(minimum=MIN_MESH_RESOLUTION, maximum=settings.max_mesh_resolution)
     props["outputs"].update(minItems=1)
-    # only one latent: seed, z and w are exclusive when not null
-    typed = {"seed": {"type": "integer"}, "z": {"type": "array"}, "w": {"type": "array"}}
-    pairs = [("seed", "z"), ("seed", "w"), ("z", "w")]
-    body["not"] = {
-        "anyOf": [{"required": list(p), "properties": {k: typed[k] for k in p}} for p in pairs],
-    }
+    # one latent at most: of seed, z and w, any two are null or absent. Written as complete alternatives (not
+    # with `not`, nor branches that name only the two nulls): fuzzers generate from one branch at a time
+    null = {"type": "null"}
+    body["anyOf"] = [
+        {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {**copy.deepcopy(props), a: null, b: null},
+        }
+        for a, b in (("z", "w"), ("seed", "w"), ("seed", "z"))
+    ]
     form = comps["Body_reconstruct_reconstruct_post"]["properties"]
     form["outputs"]["pattern"] = OUTPUTS_PATTERN
     form["image"].update(format="binary")
