@@ -216,6 +216,7 @@ async def reconstruct(
     image: np.ndarray,
     timer: Timer,
     run_stage: RunStage = in_thread,
+    defer_obj: bool = False,
 ) -> Result:
     """The /reconstruct pipeline: detect + align → encoder → codes → detailed mesh; albedo from the photo
     (``req.albedo == "photo"``) or from AlbedoGAN at the encoder's latent (``"generated"``, the paper's)."""
@@ -261,7 +262,7 @@ async def reconstruct(
     with timer.stage("texture"):
         verts, albedo, landmarks = await run_stage("texture", geometry)
     _check_finite(albedo, verts)
-    files = await _files(bundle, req, albedo, disp, verts, timer, run_stage)
+    files = await _files(bundle, req, albedo, disp, verts, timer, run_stage, defer_obj)
     meta = {
         "endpoint": "reconstruct",
         "bundle": {"name": m.name, "version": m.version},
@@ -327,7 +328,12 @@ def texel_size(model: geo.FaceModelArrays, resolution: int) -> tuple[float, floa
 
 
 async def generate(
-    bundle: Bundle, run_graph: RunGraph, req: MeshRequest, timer: Timer, run_stage: RunStage = in_thread
+    bundle: Bundle,
+    run_graph: RunGraph,
+    req: MeshRequest,
+    timer: Timer,
+    run_stage: RunStage = in_thread,
+    defer_obj: bool = False,
 ) -> Result:
     """The /generate pipeline: latent → ws → albedo; codes → coarse + detailed mesh; files."""
     m = bundle.manifest
@@ -357,7 +363,7 @@ async def generate(
         "geometry", lambda: geo.decode_vertices(bundle.face_model, shape[None], req.expression[None])[0]
     )
     _check_finite(albedo_hw3, verts)
-    files = await _files(bundle, req, albedo_hw3, disp, verts, timer, run_stage)
+    files = await _files(bundle, req, albedo_hw3, disp, verts, timer, run_stage, defer_obj)
     meta = {
         "endpoint": "generate",
         "bundle": {"name": m.name, "version": m.version},
@@ -413,10 +419,11 @@ async def _files(
     verts: np.ndarray,
     timer: Timer,
     run_stage: RunStage,
+    defer_obj: bool = False,
 ) -> dict[str, bytes]:
     """:func:`_build_files` as two stages: geometry (the detailed mesh), then encoding."""
     disp, mesh = await run_stage("geometry", _detailed, bundle, req, disp, verts, timer)
-    return await run_stage("encode", _encode, bundle, req, albedo, disp, mesh, timer)
+    return await run_stage("encode", _encode, bundle, req, albedo, disp, mesh, timer, defer_obj)
 
 
 def _detailed(
@@ -449,7 +456,10 @@ def _encode(
     disp: np.ndarray,
     mesh: geo.MeshData,
     timer: Timer,
+    defer_obj: bool = False,
 ) -> dict[str, bytes]:
+    """The output files; with ``defer_obj`` the OBJ files are replaced by :data:`OBJ_SOURCE` (see
+    :func:`materialize_obj`): writing 12 MB of OBJ text is the largest encoding cost, for files few fetch."""
     model = bundle.face_model
     files: dict[str, bytes] = {}
     with timer.stage("encode"):
@@ -476,7 +486,10 @@ def _encode(
             skin, morphs, parts, _ = assets.export_primitives(model, mesh, req.mesh_resolution, albedo, morphs)
         if "obj" in req.outputs:
             textures = {"albedo": albedo_png, "normal": normal_png}
-            files.update(formats.obj_files(skin, textures, name="mesh", parts=parts))
+            if defer_obj:  # the arrays, a fraction of the OBJ text's size and time; see materialize_obj
+                files[OBJ_SOURCE] = _obj_source(skin, textures, parts)
+            else:
+                files.update(formats.obj_files(skin, textures, name="mesh", parts=parts))
         if "glb" in req.outputs:
             files["mesh.glb"] = formats.glb_bytes(
                 skin, albedo_png, normal_png, morph_targets=morphs, name="face", parts=parts
@@ -485,6 +498,50 @@ def _encode(
 
 
 ZIP_NAME = "bundle.zip"
+#: a hidden result file: the arrays the OBJ files are written from, when their writing was deferred
+OBJ_SOURCE = ".obj-source.npz"
+_MESH_FIELDS = ("positions", "normals", "uv", "faces")
+
+
+def _obj_source(skin: geo.MeshData, textures: Mapping[str, bytes], parts) -> bytes:
+    arrays = {f"skin_{k}": getattr(skin, k) for k in _MESH_FIELDS}
+    arrays |= {f"texture_{role}": np.frombuffer(png, np.uint8) for role, png in textures.items()}
+    for i, part in enumerate(parts):
+        arrays |= {f"part{i}_{k}": getattr(part.mesh, k) for k in _MESH_FIELDS}
+        arrays[f"part{i}_png"] = np.frombuffer(part.albedo_png, np.uint8)
+        arrays[f"part{i}_roughness"] = np.float64(part.roughness)
+    header = {"parts": [p.name for p in parts], "textures": list(textures)}
+    arrays["header"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def materialize_obj(source: bytes) -> dict[str, bytes]:
+    """The OBJ files (``mesh.obj``, ``mesh.mtl``, their textures) from :data:`OBJ_SOURCE` bytes: the same
+    bytes an eager encoding writes."""
+    with np.load(io.BytesIO(source), allow_pickle=False) as npz:
+        header = json.loads(npz["header"].tobytes())
+
+        def mesh(prefix: str) -> geo.MeshData:
+            return geo.MeshData(*(npz[f"{prefix}_{k}"] for k in _MESH_FIELDS))
+
+        textures = {role: npz[f"texture_{role}"].tobytes() for role in header["textures"]}
+        parts = [
+            formats.MaterialPart(
+                name, mesh(f"part{i}"), npz[f"part{i}_png"].tobytes(), float(npz[f"part{i}_roughness"])
+            )
+            for i, name in enumerate(header["parts"])
+        ]
+        return formats.obj_files(mesh("skin"), textures, name="mesh", parts=parts)
+
+
+def obj_names(source: bytes) -> list[str]:
+    """The names :func:`materialize_obj` will produce (for the links of a result whose OBJ is deferred)."""
+    with np.load(io.BytesIO(source), allow_pickle=False) as npz:
+        header = json.loads(npz["header"].tobytes())
+    roles = [r for r in formats.OBJ_TEXTURE_ROLES if r in header["textures"]]
+    return ["mesh.obj", "mesh.mtl", *(f"mesh_{r}.png" for r in roles), *(f"mesh_{n}.png" for n in header["parts"])]
 
 
 def zip_files(files: Mapping[str, bytes]) -> bytes:

@@ -131,18 +131,40 @@ def _file_response(found, name: str, attachment: bool) -> Response:
 
 
 def _stored_file(runtime, result_id: str, name: str):
-    """A stored file as (open handle, size), or bytes for a zip built now; None if absent.
+    """A stored file as (open handle, size), or bytes for a file written now; None if absent.
 
-    The zip of all files is built on first request (most clients never ask for it); it is stored when it fits
-    under the cap and answered from memory otherwise.
+    Files few clients fetch are written on their first request: the zip of all files, and the OBJ files of a
+    result stored with :data:`pipeline.OBJ_SOURCE`. They are stored when they fit under the cap and answered
+    from memory otherwise.
     """
+    if name.startswith("."):  # internal files are not part of the result
+        return None
     found = runtime.store.open(result_id, name)
-    if found is None and name == pipeline.ZIP_NAME and _valid_meta(runtime.store.meta(result_id)) is not None:
-        files = {k: v for k, v in runtime.store.files(result_id).items() if k != pipeline.ZIP_NAME}
+    if found is not None:
+        return found
+    meta = _valid_meta(runtime.store.meta(result_id))
+    if meta is None or (name not in meta["files"] and name != pipeline.ZIP_NAME):
+        return None
+    objs = _materialize_obj(runtime, result_id)
+    if name == pipeline.ZIP_NAME:
+        files = {k: v for k, v in (runtime.store.files(result_id) | objs).items() if k != pipeline.ZIP_NAME}
         data = pipeline.zip_files(files)
         runtime.store.add(result_id, name, data)
         return data
-    return found
+    return objs.get(name)
+
+
+def _materialize_obj(runtime, result_id: str) -> dict[str, bytes]:
+    """Write (and store) the deferred OBJ files of a result; {} when there are none to write."""
+    if runtime.store.open(result_id, "mesh.obj") is not None:
+        return {}
+    source = runtime.store.read(result_id, pipeline.OBJ_SOURCE)
+    if source is None:
+        return {}
+    files = pipeline.materialize_obj(source)
+    for name, data in files.items():
+        runtime.store.add(result_id, name, data)
+    return files
 
 
 def _lookup(runtime, result_id: str, fmt: str | None):
@@ -189,7 +211,8 @@ async def _serve(request: Request, runtime, settings: Settings, canonical: bytes
     try:
         timer = pipeline.Timer(lambda stage, dt: runtime.metrics.stage_latency.labels(stage).observe(dt))
         try:
-            result = await asyncio.wait_for(compute(timer), settings.request_timeout_s)
+            # JSON answers give links: the OBJ files are written when first fetched (format answers: now)
+            result = await asyncio.wait_for(compute(timer, fmt is None), settings.request_timeout_s)
         except pipeline.RequestError as exc:
             raise HTTPException(exc.status, detail=str(exc)) from exc
         except TimeoutError as exc:
@@ -259,8 +282,8 @@ async def generate(
         raise HTTPException(503, detail="this bundle has no mapping/albedo graphs: /generate is unavailable")
     req = mesh_request(body, bundle, settings, format)
 
-    def compute(timer):
-        return pipeline.generate(bundle, runtime.run_graph, req, timer, runtime.run_stage)
+    def compute(timer, defer_obj):
+        return pipeline.generate(bundle, runtime.run_graph, req, timer, runtime.run_stage, defer_obj)
 
     return await _serve(request, runtime, settings, req.canonical(bundle), format, compute)
 
@@ -316,17 +339,18 @@ async def reconstruct(
         albedo=albedo,
     )
 
-    async def compute(timer):
+    async def compute(timer, defer_obj):
         pixels = await runtime.run_stage("detect", pipeline.decode_photo, data, settings.max_image_pixels)
-        return await pipeline.reconstruct(bundle, runtime.run_graph, req, pixels, timer, runtime.run_stage)
+        return await pipeline.reconstruct(bundle, runtime.run_graph, req, pixels, timer, runtime.run_stage, defer_obj)
 
     return await _serve(request, runtime, settings, req.canonical(bundle), format, compute)
 
 
 def _stored_meta(result: pipeline.Result, timer: pipeline.Timer) -> dict:
-    return dict(
-        result.meta, files=sorted(result.files), timings_ms={k: round(v * 1000, 2) for k, v in timer.timings.items()}
-    )
+    names = set(result.files)
+    if pipeline.OBJ_SOURCE in result.files:  # deferred OBJ files: linked now, written on first fetch
+        names = (names - {pipeline.OBJ_SOURCE}) | set(pipeline.obj_names(result.files[pipeline.OBJ_SOURCE]))
+    return dict(result.meta, files=sorted(names), timings_ms={k: round(v * 1000, 2) for k, v in timer.timings.items()})
 
 
 NOT_FOUND = {404: {"model": ErrorBody, "description": "unknown, expired or deleted"}}
@@ -362,7 +386,9 @@ async def delete_result(result_id: str, runtime: RuntimeDep) -> Response:
 )
 async def result_file(result_id: str, name: str, runtime: RuntimeDep) -> Response:
     """One file of a result (``bundle.zip``: all of them)."""
-    found = await asyncio.to_thread(_stored_file, runtime, result_id, name)
+    found = None if name.startswith(".") else await asyncio.to_thread(runtime.store.open, result_id, name)
+    if found is None:  # not stored (yet): written now if it is a deferred file, under the encoding stage's bounds
+        found = await runtime.run_stage("encode", _stored_file, runtime, result_id, name)
     if found is None:
         raise HTTPException(404, detail="no such result file (unknown, expired or not produced)")
     return _file_response(found, name, attachment=False)

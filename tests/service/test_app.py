@@ -237,3 +237,25 @@ def test_manifest_problems_are_refused_at_start(tiny_bundle, tmp_path):
     settings = Settings(bundle=broken, results_dir=tmp_path / "r")
     with pytest.raises(BundleError), TestClient(create_app(settings)):
         pass
+
+
+def test_deferred_obj_files_are_the_eager_bytes(tiny_bundle, tmp_path):
+    """A JSON answer links the OBJ files but writes them on first fetch; they, and the zip, are byte-identical
+    to an eager encoding (``?format=zip`` computes everything at once)."""
+    body = {"seed": 77, "texture_size": 256, "mesh_resolution": 64}
+    settings = Settings(bundle=tiny_bundle, results_dir=tmp_path / "lazy", max_wait_ms=2.0)
+    with TestClient(create_app(settings)) as c:
+        r = c.post("/generate", json=body).json()
+        folder = tmp_path / "lazy" / r["id"]
+        assert {"mesh.obj", "mesh.mtl", "mesh_albedo.png"} <= set(r["links"]) and not (folder / "mesh.obj").exists()
+        assert c.get(f"/results/{r['id']}/.obj-source.npz").status_code == 404  # internal, never served
+        lazy = {name: c.get(url).content for name, url in r["links"].items() if name != "bundle.zip"}
+        lazy_zip = c.get(r["links"]["bundle.zip"]).content
+        assert (folder / "mesh.obj").is_file()
+    settings = Settings(bundle=tiny_bundle, results_dir=tmp_path / "eager", max_wait_ms=2.0)
+    with TestClient(create_app(settings)) as c:
+        eager_zip = c.post("/generate?format=zip", json=body).content
+    eager = {
+        n: zipfile.ZipFile(io.BytesIO(eager_zip)).read(n) for n in zipfile.ZipFile(io.BytesIO(eager_zip)).namelist()
+    }
+    assert lazy == eager and lazy_zip == eager_zip
