@@ -1,6 +1,6 @@
 """A model bundle's metrics as the service runs it (onnxruntime, the /reconstruct pipeline), on unseen data.
     python benchmarks/bundle_metrics.py [--bundle service/bundled/default] [--synthetic 48] [--seed 20261125]
-        [--photos ../shared/fixtures/photos] [--kid-samples 512]
+        [--photos tests/fixtures/photos] [--kid-samples 512]
         [--extracted runs/default/extract/albedo --holdout-seed 0 --holdout 64] [--json metrics.json] [--threads N]
 
 1. Synthetic held-out faces (``training.data.synthetic`` stream ``--seed``: the default recipe trains on streams 0
@@ -49,7 +49,7 @@ from service import pipeline as P
 from service.engine.sessions import open_sessions
 from service.settings import EMBEDDED_BUNDLE
 
-PHOTOS = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "photos"
+PHOTOS = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "photos"
 IDENTITY_SIZE = 256  # the aligned crop the identity renders are made in
 
 

@@ -1,6 +1,6 @@
 """The README picture of a bundle: generated heads from 3 angles, and /reconstruct on real photos.
     python benchmarks/bundle_picture.py [--bundle service/bundled/default] [--out docs/default_bundle.jpg]
-        [--seeds 0 1 2 3] [--photos ../shared/fixtures/photos] [--pick 001 006 013] [--size 192]
+        [--seeds 0 1 2 3] [--photos tests/fixtures/photos] [--pick 001 006 013] [--size 192]
 
 Top rows: /generate for each seed (the bundle's AlbedoGAN albedo on the identity /generate pairs with it),
 rendered by ``models.render`` at yaw 0°, 35° and 70° under one fixed light, then the albedo map itself.

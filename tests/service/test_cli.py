@@ -15,7 +15,7 @@ from service.app import create_app
 from service.cli import main, parse_seeds
 from service.settings import EMBEDDED_BUNDLE, Settings
 
-PHOTO = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "photos" / "cc0-interfaces-001.jpg"
+PHOTO = Path(__file__).resolve().parents[1] / "fixtures" / "photos" / "cc0-interfaces-001.jpg"
 SMALL = ["--texture-size", "256", "--mesh-resolution", "64", "-q"]
 
 
@@ -80,7 +80,6 @@ def test_generate_rejects_what_the_service_rejects(tmp_path, capsys):
     assert not any(tmp_path.iterdir())
 
 
-@pytest.mark.skipif(not PHOTO.is_file(), reason="shared fixtures (../shared/fixtures/photos) not present")
 def test_reconstruct_a_folder_skips_bad_files_and_matches_the_service(client, tmp_path, capsys):
     photos = tmp_path / "photos"
     photos.mkdir()

@@ -22,7 +22,7 @@ from training.shape import NOW_LANDMARKS, DataSection, ShapeTrainConfig
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "training" / "configs"
-PHOTOS = REPO.parent / "shared" / "fixtures" / "photos"
+PHOTOS = REPO / "tests" / "fixtures" / "photos"  # CC0, shipped in the repository
 
 
 def tiny_config(section: str = "shape", *overrides: str) -> ShapeTrainConfig:
@@ -172,7 +172,6 @@ def test_recipe_shape_step_trains_the_head_on_the_known_w(tmp_path):
     assert "gt_shape" not in logs[0]
 
 
-@pytest.mark.skipif(not PHOTOS.is_dir(), reason="shared photo fixtures are absent")
 def test_photo_groups_detect_once_and_cache(tmp_path, monkeypatch):
     root = tmp_path / "photos"
     (root / "person_a").mkdir(parents=True)
