@@ -52,6 +52,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from facecore import geometry as geo
+from facecore.geometry import FaceModelArrays
 from models.displacement import DetailedMesh
 from models.face.model import FaceModel
 from models.render import MeshRenderer, WeakPerspectiveCamera, uv_fragments
@@ -77,7 +79,7 @@ _OPPONENT = (
 
 @lru_cache(maxsize=8)
 def _skin_mask_np(resolution: int, face_model_path: str | None) -> np.ndarray:
-    from facecore.geometry import FaceModelArrays, texel_sampling
+    from facecore.geometry import texel_sampling
     from models.face.model import DEFAULT_FACE_MODEL
 
     arrays = FaceModelArrays.load(face_model_path or DEFAULT_FACE_MODEL)
@@ -745,3 +747,68 @@ def evaluate(
         "albedo_rmse": math.sqrt(sq_err / n),
         "albedo_rmse_scale_invariant": math.sqrt(si_err / n),
     }
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Identity: how far two predicted identities are, and the mirror of one (numpy; the service path's codes)
+# ---------------------------------------------------------------------------------------------------------------
+
+IDENTITY_RADIUS_MM = 85.0
+"""The identity metrics' face region: skin vertices of the mean head within this distance of the nose tip."""
+
+
+def identity_region(model: FaceModelArrays, radius_mm: float = IDENTITY_RADIUS_MM) -> np.ndarray:
+    """(V,) bool: the skin vertices of the mean head within ``radius_mm`` of its nose tip (the NoW-like crop)."""
+    mean = np.asarray(model.mean, np.float64)
+    tip = geo.landmarks_3d(model, mean[None])[0, NOSE_TIP]
+    skin = np.zeros(len(mean), bool)
+    skin[np.unique(model.faces[np.asarray(model.face_part) == 0])] = True
+    return skin & (np.linalg.norm(mean - tip, axis=1) < radius_mm / 1000.0)
+
+
+def neutral_vertices(model: FaceModelArrays, shape: np.ndarray) -> np.ndarray:
+    """(N, V, 3) identity-only meshes (no expression, rest pose) of (N, K) or (K,) shape codes, metres."""
+    shape = np.atleast_2d(np.asarray(shape, np.float64))
+    zeros = np.zeros((len(shape), model.n_expr))
+    return geo.decode_vertices(model, shape, zeros, np.zeros((len(shape), model.n_joints, 3)))
+
+
+def mirror_vertex_index(model: FaceModelArrays) -> np.ndarray:
+    """(V,) index of each mean-head vertex's left–right mirror (x → −x, nearest vertex)."""
+    mean = np.asarray(model.mean, np.float64)
+    flipped = mean * np.array([-1.0, 1.0, 1.0])
+    index = np.empty(len(mean), np.int64)
+    for start in range(0, len(mean), 512):  # chunks keep the distance matrix small
+        d = ((flipped[start : start + 512, None] - mean[None]) ** 2).sum(-1)
+        index[start : start + 512] = d.argmin(1)
+    return index
+
+
+def mirror_vertices(verts: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """(…, V, 3) meshes mirrored left–right in the model frame (x → −x, vertices re-indexed by ``index``)."""
+    return verts[..., index, :] * np.array([-1.0, 1.0, 1.0])
+
+
+def identity_distance_mm(a: np.ndarray, b: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """Mean vertex distance in mm over ``region`` between (…, V, 3) meshes ``a`` and ``b`` (model frame, metres)."""
+    return 1000.0 * np.linalg.norm(a[..., region, :] - b[..., region, :], axis=-1).mean(-1)
+
+
+def identity_stability(
+    base: np.ndarray, variants: Mapping[str, np.ndarray], region: np.ndarray
+) -> tuple[dict[str, float], float]:
+    """How much the identity predicted from photos changes under nuisances, against how much people differ.
+
+    Args:
+        base: (P, V, 3) neutral meshes predicted from P photos of P different people.
+        variants: name → (P, V, 3) neutral meshes predicted from the same photos altered (mirror results must
+            already be mirrored back with :func:`mirror_vertices`).
+        region: (V,) bool face region.
+
+    Returns:
+        ``({variant: mean distance to base, mm}, mean distance between different people's base meshes, mm)``.
+    """
+    changes = {name: float(identity_distance_mm(base, v, region).mean()) for name, v in variants.items()}
+    P = len(base)
+    pairs = [identity_distance_mm(base[i], base[j], region) for i in range(P) for j in range(i + 1, P)]
+    return changes, float(np.mean(pairs)) if pairs else float("nan")

@@ -129,3 +129,38 @@ def test_evaluate_generator_is_deterministic(reference):
     b = evaluate_generator(G, reference, 24, batch_size=12, num_subsets=5, subset_size=12)
     assert a == b and np.isfinite(a.mean) and a.mean > 0  # an untrained G is far from the albedos
     assert a.to_dict()["kid"] == a.mean and G.training
+
+
+# ---------------------------------------------------------------------------------------------- identity metrics
+def test_identity_stability_metric_on_known_meshes():
+    from facecore.geometry import FaceModelArrays
+    from models.face.model import DEFAULT_FACE_MODEL
+    from training.evaluation import (
+        identity_distance_mm,
+        identity_region,
+        identity_stability,
+        mirror_vertex_index,
+        mirror_vertices,
+        neutral_vertices,
+    )
+
+    model = FaceModelArrays.load(DEFAULT_FACE_MODEL)
+    region = identity_region(model)
+    mean = np.asarray(model.mean, np.float64)
+    assert 1000 < region.sum() < 0.8 * len(mean)  # the face, not the whole head
+    nose = mean[region][:, 2].max()
+    assert mean[region][:, 2].min() > nose - 0.1  # nothing from the back of the head
+
+    index = mirror_vertex_index(model)
+    assert (index[index] == np.arange(len(index))).mean() > 0.95  # mirroring twice is (nearly) the identity
+    base = neutral_vertices(model, np.zeros(model.n_shape))
+    assert identity_distance_mm(mirror_vertices(base, index), base, region)[0] < 0.5  # the mean head is symmetric
+
+    rng = np.random.default_rng(0)
+    codes = rng.standard_normal((3, model.n_shape)) * 2.0
+    people = neutral_vertices(model, codes)
+    shifted = people + np.array([0.0, 0.002, 0.0])  # every vertex 2 mm up
+    changes, between = identity_stability(people, {"same": people.copy(), "up_2mm": shifted}, region)
+    assert changes["same"] == 0.0 and abs(changes["up_2mm"] - 2.0) < 1e-9
+    pairs = [identity_distance_mm(people[i], people[j], region) for i, j in ((0, 1), (0, 2), (1, 2))]
+    assert abs(between - float(np.mean(pairs))) < 1e-12 and between > 1.0  # different codes, different heads
