@@ -144,6 +144,193 @@ def synthetic_table(args: argparse.Namespace, fm: FaceModel) -> None:
     )
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Clean extraction (issue 14): per-region PSNR, contamination by hair / background, holes — before and after
+# ---------------------------------------------------------------------------------------------------------------
+
+REGIONS = ("forehead", "cheeks", "nose", "lips", "eyes")
+HAIR_THRESHOLD = 0.02  # linear albedo change that marks a texel as scalp hair (vs the same face made bald)
+
+
+def hair_truth(ds: SyntheticFaces, item) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Where the synthetic render shows scalp hair or background, from its own parameters (never seen by the fit).
+
+    The procedural albedo paints scalp hair onto the head; the same face with ``hair_cover = 0`` differs exactly
+    where hair was painted, so ``hair_uv`` (R, R) is that difference > :data:`HAIR_THRESHOLD` (brows and stubble
+    are the face's own features and stay out of it). Rendering ``hair_uv`` as a texture with unit light through
+    the render's own mesh and camera gives ``hair_px`` (H, W) and ``background_px`` = outside the head's mask.
+    """
+    import dataclasses
+
+    from facecore.texture import SH_CONSTANTS
+
+    p = item.albedo_params
+    bald = ds.albedo(dataclasses.replace(p, hair_cover=torch.zeros_like(p.hair_cover)), item.albedo_uv.shape[-1])
+    hair_uv = ((item.albedo_uv - bald).abs().amax(1, keepdim=True) > HAIR_THRESHOLD).float()
+    sh = torch.zeros(1, 9, 3)
+    sh[0, 0] = 1.0 / SH_CONSTANTS[0]  # irradiance 1 everywhere: the render is the texture
+    with torch.no_grad():
+        out = ds.renderer(item.verts_world, item.camera, hair_uv.expand(-1, 3, -1, -1), sh, None,
+                          asset_texture=torch.zeros(1, 3, 8, 8))  # fmt: skip
+    return hair_uv[0, 0].numpy() > 0.5, out.image[0, 0].numpy() > 0.5, item.mask[0, 0].numpy() < 0.5
+
+
+def texel_pixels(fit, face, fm: FaceModel, R: int, min_facing: float) -> np.ndarray:
+    """(R, R, 2) photo pixel each texel would sample (NaN where not visible): for the legacy extraction, which does
+    not record it (the synthetic renders are small enough that extraction never reduces the photo)."""
+    from facecore import texture as ft
+    from facecore.detect import transform_points
+
+    verts = fit.posed_vertices(fm)
+    px = transform_points(fit.to_pixels(verts), face.crop_to_image)
+    H, W = face.image.shape[:2]
+    texel, tpx, nrm, visible, _ = ft._project_texels(fm.arrays, verts, px, W, H, R, 0.003)
+    out = np.full((R * R, 2), np.nan)
+    ok = visible & (nrm[:, 2] > min_facing)
+    out[texel[ok]] = tpx[ok]
+    return out.reshape(R, R, 2)
+
+
+def clean_scores(tex: T.ExtractedTexture, truth: np.ndarray, hair_uv: np.ndarray, bad_px: np.ndarray,
+                 pixel: np.ndarray, regions: dict[str, np.ndarray]) -> dict[str, float]:  # fmt: skip
+    """Per-region PSNR, contamination and holes of one extracted map vs the synthetic truth.
+
+    PSNR (dB, linear albedo) after one least-squares gain per channel fitted on the texels seen and kept (the
+    albedo/light scale is a convention, as in :func:`training.texture.albedo_errors`), per region of
+    ``facecore.texture.uv_regions`` and over their union (``face``: forehead, cheeks, nose, lips, eyes, brows);
+    the eye region leaves out the lid openings (every render shows the eyeball asset there, never the albedo).
+    ``contaminated``: of the texels whose colour comes mostly from the photo (own sample or mirrored: weight ≥
+    0.5) and whose true albedo is skin, the fraction whose photo share came mostly from a pixel that shows scalp
+    hair or background in the render. ``holes``: texels anywhere in the R × R map that are not finite or black
+    (every sRGB channel < 2/255); ``white``: texels of the eye regions whose every sRGB channel is > 0.95.
+    """
+    R = truth.shape[0]
+    seen = tex.source == 1
+    if tex.weight is None:  # legacy: seen texels count fully, mirrored ones take their mirror's pixel
+        w = seen.astype(np.float64)
+        w_m = (tex.source == 2).astype(np.float64)
+    else:
+        w = np.where(tex.valid, np.clip(tex.weight, 0, 1), 0.0)  # upper bound of the own share
+        w_m = np.clip(tex.weight - w, 0, 1)
+    H, W = bad_px.shape
+    bad_t = np.zeros((R, R))
+    ok = np.isfinite(pixel[..., 0])
+    col = np.clip(np.rint(pixel[..., 0][ok]).astype(int), 0, W - 1)
+    row = np.clip(np.rint(pixel[..., 1][ok]).astype(int), 0, H - 1)
+    bad_t[ok] = bad_px[row, col]
+    share = w * bad_t + w_m * bad_t[:, ::-1]
+    written = ((w + w_m) >= 0.5) & ~hair_uv
+    out = {"contaminated": float((share[written] >= 0.5 * (w + w_m)[written]).mean()) if written.any() else 0.0}
+    a = tex.albedo
+    gain = (a[seen] * truth[seen]).sum(0) / np.maximum((a[seen] ** 2).sum(0), 1e-12) if seen.any() else np.ones(3)
+    ag = np.clip(a * gain, 0, 1)
+
+    def psnr(mask: np.ndarray) -> float:
+        mse = float(((ag[mask] - truth[mask]) ** 2).mean())
+        return 10.0 * np.log10(1.0 / max(mse, 1e-12))
+
+    face = np.zeros((R, R), bool)
+    for name in (*REGIONS, "brows"):
+        face |= regions[name]
+    face &= ~regions["eye_openings"]
+    out["face"] = psnr(face)
+    for name in REGIONS:
+        # the lid openings show the eyeball asset in every render, never the albedo: their truth is unobservable
+        out[name] = psnr(regions[name] & ~regions["eye_openings"] if name == "eyes" else regions[name])
+    srgb = color.linear_to_srgb(np.nan_to_num(a, nan=0.0))
+    out["holes"] = int((~np.all(np.isfinite(a), -1)).sum() + (srgb.max(-1) < 2 / 255).sum())
+    out["white"] = int((srgb[regions["eyes"]].min(-1) > 0.95).sum())
+    return out
+
+
+def clean_table(args: argparse.Namespace, fm: FaceModel) -> None:
+    """Before (legacy) / after (clean) extraction on held-out synthetic faces with hair, brows, stubble and
+    backgrounds: per-region PSNR, contamination, holes, per face for small runs and as means."""
+    import pickle
+
+    config = SyntheticConfig(image_size=224, albedo_size=256, seed=args.seed)
+    ds = SyntheticFaces(config, face_model=FaceModel(fm.arrays))
+    cache = Path(args.cache) if args.cache else None
+    if cache is not None and cache.exists():
+        recs = pickle.loads(cache.read_bytes())
+    else:
+        cfg = face_fit.FitConfig(steps=args.steps)
+        renderer = MeshRenderer.from_face_model(fm, cfg.render_size)
+        recs = []
+        for i in pick_indices(ds, args.count):
+            item = ds.batch([i])
+            image = color.to_uint8(item.image_srgb[0].permute(1, 2, 0).numpy())
+            given = item.landmarks_px[0].double().numpy() if args.landmarks == "truth" else None
+            try:
+                face = T.prepare_face(image, given)
+            except Exception as exc:
+                print(f"skipped {i}: {type(exc).__name__}: {exc}")
+                continue
+            hair_uv, hair_px, bg_px = hair_truth(ds, item)
+            recs.append({"index": i, "face": face, "yaw": float(head_angles_deg(item.codes.pose)[0, 0]),
+                         "albedo": item.albedo_uv[0].permute(1, 2, 0).double().numpy(), "hair_uv": hair_uv,
+                         "bad_px": hair_px | bg_px})  # fmt: skip
+        for s in range(0, len(recs), args.batch):
+            chunk = recs[s : s + args.batch]
+            crops, lms = [r["face"].crop for r in chunk], np.stack([r["face"].landmarks for r in chunk])
+            for r, fit in zip(chunk, face_fit.fit_faces(crops, lms, fm, renderer, config=cfg), strict=True):
+                r["fit"] = fit
+        if cache is not None:
+            cache.write_bytes(pickle.dumps(recs))
+    R = 256
+    from facecore.texture import uv_regions
+
+    regions = uv_regions(fm.arrays, R)
+    rows: dict[str, list[dict]] = {"before": [], "after": []}
+    seconds = {"before": 0.0, "after": 0.0}
+    for r in recs:
+        fit, face = r["fit"], r["face"]
+        if fit.landmark_error > MAX_LANDMARK_ERROR:
+            continue  # the CLI rejects the fit: no map is written
+        for label, legacy in (("before", True), ("after", False)):
+            t0 = time.perf_counter()
+            tex = T.extract_texture(face.image, fit, fm, R, matrix=face.crop_to_image, legacy=legacy)
+            seconds[label] += time.perf_counter() - t0
+            pixel = texel_pixels(fit, face, fm, R, 0.35) if legacy else tex.pixel
+            sc = clean_scores(tex, r["albedo"], r["hair_uv"], r["bad_px"], pixel, regions)
+            rows[label].append({"index": r["index"], "yaw": r["yaw"], "flags": ",".join(tex.flags), **sc})
+    n = len(rows["after"])
+    print(f"\nClean extraction, {n} synthetic faces (seed {args.seed}, landmarks {args.landmarks}; "
+          f"{len(recs) - n} fit(s) the CLI rejects left out): gain-corrected PSNR (dB) per region")  # fmt: skip
+    keys = ("face", *REGIONS)
+    header = (
+        f"{'':>7} {'idx':>5} {'yaw':>6} "
+        + " ".join(f"{k:>8}" for k in keys)
+        + f" {'contam%':>8} {'holes':>6} {'white':>6}"
+    )
+    print(header)
+    print("-" * len(header))
+    for label in ("before", "after"):
+        for r in rows[label] if n <= 16 else []:
+            print(f"{label:>7} {r['index']:>5} {r['yaw']:>6.1f} " + " ".join(f"{r[k]:>8.1f}" for k in keys)
+                  + f" {100 * r['contaminated']:>8.2f} {r['holes']:>6d} {r['white']:>6d} {r['flags']}")  # fmt: skip
+    print("-" * len(header))
+    for label in ("before", "after"):
+        sel = rows[label]
+        if not sel:
+            continue
+        for lo, hi in (*YAW_BINS, (0.0, 90.0)):
+            part = [r for r in sel if lo <= abs(r["yaw"]) < hi]
+            if not part:
+                continue
+            span = "all" if (lo, hi) == (0.0, 90.0) else f"{lo:.0f}-{hi:.0f}"
+            print(f"{label:>7} {'n=' + str(len(part)):>5} {span:>6} "
+                  + " ".join(f"{np.mean([r[k] for r in part]):>8.1f}" for k in keys)
+                  + f" {100 * np.mean([r['contaminated'] for r in part]):>8.2f}"
+                  f" {int(np.sum([r['holes'] for r in part])):>6d}"
+                  f" {int(np.sum([r['white'] for r in part])):>6d}")  # fmt: skip
+        worst = {k: min(r[k] for r in sel) for k in keys}
+        print(f"{label:>7} {'min':>5} {'':>6} " + " ".join(f"{worst[k]:>8.1f}" for k in keys)
+              + f" {100 * max(r['contaminated'] for r in sel):>8.2f} (max)")  # fmt: skip
+    print(f"extraction time per face: before {seconds['before'] / max(n, 1):.2f} s, "
+          f"after {seconds['after'] / max(n, 1):.2f} s (R = {R})")  # fmt: skip
+
+
 def render_fit(fit: face_fit.FitResult, fm: FaceModel, crop: np.ndarray, albedo_lin: np.ndarray | None) -> np.ndarray:
     """The fitted head over the crop: flat skin colour (albedo None) or the extracted albedo, under the fitted light."""
     size = crop.shape[0]
@@ -183,12 +370,14 @@ def photos(args: argparse.Namespace, fm: FaceModel) -> None:
         fit = face_fit.fit_face(face.crop, face.landmarks, fm, config=cfg)
         dt = time.perf_counter() - t0
         tex = T.extract_texture(face.image, fit, fm, 256, matrix=face.crop_to_image)
+        before = T.extract_texture(face.image, fit, fm, 256, matrix=face.crop_to_image, legacy=True)
         yaw = float(head_angles_deg(torch.tensor(fit.pose)[None])[0, 0])
         lines.append(
             f"{path.name}: detector {face.detector}, landmark error {fit.landmark_error:.3f}, yaw {yaw:.0f}°, "
             f"seen {np.mean(tex.source == 1):.2f} / mirrored {np.mean(tex.source == 2):.2f} of the map, "
             f"skin colour (linear) {np.round(fit.skin_colour, 3).tolist()}, fit {dt:.1f} s"
             + (" — the CLI rejects this fit" if fit.landmark_error > MAX_LANDMARK_ERROR else "")
+            + (f", flagged {', '.join(tex.flags)}" if tex.flags else "")
         )
         crop = np.asarray(Image.fromarray(face.crop).resize((256, 256), Image.Resampling.BILINEAR))
         flat = render_fit(fit, fm, face.crop, None)
@@ -202,14 +391,20 @@ def photos(args: argparse.Namespace, fm: FaceModel) -> None:
             draw.ellipse((x - 1, y - 1, x + 1, y + 1), fill=(255, 0, 0))
         albedo = color.to_uint8(color.linear_to_srgb(tex.albedo))
         textured = np.asarray(Image.fromarray(textured).resize((256, 256), Image.Resampling.BILINEAR))
-        rows.append(np.concatenate([crop, np.asarray(flat_img), textured, albedo], 1))
+        old_albedo = color.to_uint8(color.linear_to_srgb(before.albedo))
+        rows.append(np.concatenate([crop, np.asarray(flat_img), textured, old_albedo, albedo], 1))
     print("\nReal photos (input | fit: flat skin colour under the fitted light, dlib points red, fitted green | "
-          "re-rendered with the extracted albedo | UV albedo):")  # fmt: skip
+          "re-rendered with the clean albedo | UV albedo before (legacy extraction) | after (clean)):")  # fmt: skip
     for ln in lines:
         print("  " + ln)
     if args.sheet and rows:
         Path(args.sheet).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.concatenate(rows, 0)).save(args.sheet)
+        sheet = Image.fromarray(np.concatenate(rows, 0))
+        if Path(args.sheet).suffix.lower() in (".jpg", ".jpeg"):  # small: half size, JPEG
+            sheet = sheet.resize((sheet.width // 2, sheet.height // 2), Image.Resampling.LANCZOS)
+            sheet.save(args.sheet, quality=85, optimize=True)
+        else:
+            sheet.save(args.sheet)
         print(f"contact sheet: {args.sheet}")
 
 
@@ -224,12 +419,16 @@ def main() -> None:
     parser.add_argument("--photos", default=str(PHOTOS))
     parser.add_argument("--sheet", default="", help="write the real-photo contact sheet (PNG) here")
     parser.add_argument("--no-synthetic", action="store_true")
+    parser.add_argument("--no-clean", action="store_true", help="skip the before/after clean-extraction table")
+    parser.add_argument("--cache", default="", help="pickle of the clean table's renders + fits (reused if present)")
     parser.add_argument("--no-photos", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     fm = FaceModel.from_file()
     if not args.no_synthetic:
         synthetic_table(args, fm)
+    if not args.no_clean:
+        clean_table(args, fm)
     if not args.no_photos:
         photos(args, fm)
 

@@ -162,3 +162,442 @@ def unwrap(
 def _uv_of_pixels(px: np.ndarray, W: int, H: int) -> np.ndarray:
     """Pixel positions (x right, y down, centres at integers) → the (u, v up) convention of ``sample_map``."""
     return np.stack([(px[:, 0] + 0.5) / W, 1.0 - (px[:, 1] + 0.5) / H], 1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Clean extraction: only the face's skin, seen well; the rest filled without seams
+# ---------------------------------------------------------------------------------------------------------------
+
+SOURCE_OUTSIDE, SOURCE_SEEN, SOURCE_MIRRORED, SOURCE_FILLED, SOURCE_REJECTED = 0, 1, 2, 3, 4
+""":attr:`CleanTexture.source` codes: outside the skin layout (filled), seen and accepted, mirrored from the other
+side, filled from the smooth prior (unseen), seen but rejected (not skin, shadowed, clipped, at the silhouette;
+filled like the unseen ones)."""
+
+REGION_NAMES = ("forehead", "cheeks", "nose", "lips", "eyes", "brows", "eye_openings", "nostrils")
+
+
+def landmark_uv(model: geo.FaceModelArrays) -> np.ndarray:
+    """(68, 2) UV position (v up) of each landmark of the face model's embedding."""
+    corners = model.uv[model.uv_faces[model.landmark_faces]].astype(np.float64)  # (68, 3, 2)
+    return np.einsum("lk,lkc->lc", model.landmark_bary.astype(np.float64), corners)
+
+
+_REGIONS_CACHE: dict[tuple[int, int], tuple[geo.FaceModelArrays, dict[str, np.ndarray]]] = {}
+
+
+def uv_regions(model: geo.FaceModelArrays, resolution: int) -> dict[str, np.ndarray]:
+    """(R, R) bool masks of the face's regions in the UV layout, drawn from the model's own 68 landmarks (cached).
+
+    ``forehead``: from just above the brows up to 1.3 brow-to-eye distances above them (below the lowest
+    hairline of the synthetic source); ``cheeks``: below the eyes, between the jaw contour and the nose and
+    mouth; ``nose``: bridge (27) to the nostrils (31–35), widened to the alae; ``lips``: the outer lip contour
+    scaled 1.15×; ``eyes``: each eye contour scaled 2× (lids and surroundings, brows excluded); ``brows``: a
+    band along each brow; ``eye_openings``: each eye contour scaled 1.1×; ``nostrils``: 31–35 scaled 1.4×. The
+    named regions are disjoint except that ``eye_openings`` ⊂ ``eyes`` and ``nostrils`` overlaps ``nose``.
+    Only texels of the skin layout (:func:`facecore.geometry.texel_sampling`) are in a region.
+    """
+    R = int(resolution)
+    key = (id(model), R)
+    hit = _REGIONS_CACHE.get(key)
+    if hit is not None and hit[0] is model:
+        return hit[1]
+    from PIL import Image, ImageDraw
+
+    lm = landmark_uv(model)
+
+    def px(points: np.ndarray) -> list[tuple[float, float]]:
+        return [(float(u * R - 0.5), float((1.0 - v) * R - 0.5)) for u, v in points]
+
+    def scaled(idx, fx: float, fy: float | None = None) -> np.ndarray:
+        p = lm[list(idx)]
+        c = p.mean(0)
+        return c + (p - c) * np.array([fx, fx if fy is None else fy])
+
+    def draw(shapes) -> np.ndarray:
+        img = Image.new("L", (R, R), 0)
+        d = ImageDraw.Draw(img)
+        for kind, pts, *width in shapes:
+            if kind == "poly":
+                d.polygon(px(pts), fill=255)
+            else:
+                d.line(px(pts), fill=255, width=max(1, int(round(width[0] * R))), joint="curve")
+        return np.asarray(img) > 0
+
+    b2e = float(lm[17:27, 1].mean() - lm[36:48, 1].mean())  # brow-to-eye distance in v
+    brows = draw([("line", lm[17:22], 0.5 * b2e), ("line", lm[22:27], 0.5 * b2e)])
+    lower = lm[17:27].copy()
+    lower[:, 1] += 0.3 * b2e
+    upper = lm[26:16:-1].copy()
+    upper[:, 1] += 1.3 * b2e
+    forehead = draw([("poly", np.concatenate([lower, upper]))]) & ~brows
+    eyes = draw([("poly", scaled(range(36, 42), 2.0, 2.6)), ("poly", scaled(range(42, 48), 2.0, 2.6))]) & ~brows
+    openings = draw([("poly", scaled(range(36, 42), 1.1)), ("poly", scaled(range(42, 48), 1.1))])
+    lips = draw([("poly", scaled(range(48, 60), 1.15))])
+    nostrils = draw([("poly", scaled(range(31, 36), 1.4))])
+    nose_pts = np.concatenate([lm[[27]], scaled([31, 32, 33, 34, 35], 1.5, 1.0), lm[[27]]])
+    bridge_l, bridge_r = lm[[39]] * 0.3 + lm[[27]] * 0.7, lm[[42]] * 0.3 + lm[[27]] * 0.7
+    nose = draw([("poly", np.concatenate([bridge_l, nose_pts[1:-1], bridge_r]))])
+    cheeks = draw([
+        ("poly", np.concatenate([lm[[36, 41, 40, 39]] - [0, 0.35 * b2e], lm[[31, 48]], lm[[5, 4, 3, 2, 1]]])),
+        ("poly", np.concatenate([lm[[45, 46, 47, 42]] - [0, 0.35 * b2e], lm[[35, 54]], lm[[11, 12, 13, 14, 15]]])),
+    ])  # fmt: skip
+    nose &= ~eyes & ~lips
+    cheeks &= ~eyes & ~nose & ~lips & ~nostrils
+    texel = geo.texel_sampling(model, R)[0]
+    layout = np.zeros(R * R, bool)
+    layout[texel] = True
+    layout = layout.reshape(R, R)
+    out = {
+        "forehead": forehead, "cheeks": cheeks, "nose": nose, "lips": lips, "eyes": eyes, "brows": brows,
+        "eye_openings": openings, "nostrils": nostrils,
+    }  # fmt: skip
+    out = {k: v & layout for k, v in out.items()}
+    for v in out.values():
+        v.setflags(write=False)
+    if len(_REGIONS_CACHE) >= 8:
+        _REGIONS_CACHE.clear()
+    _REGIONS_CACHE[key] = (model, out)
+    return out
+
+
+@dataclass(frozen=True)
+class SkinModel:
+    """A photo's skin colour model over de-lit albedo: a robust Gaussian in log-chroma (log R/G, log B/G) and a
+    median log-luminance, estimated from the well-seen cheek, nose and forehead texels.
+
+    Attributes:
+        mean: (2,) log-chroma mean; cov: (2, 2) its covariance (with a floor); log_y: median log-luminance;
+        log_y_std: robust spread of the log-luminance; count: texels it was estimated from.
+    """
+
+    mean: np.ndarray
+    cov: np.ndarray
+    log_y: float
+    log_y_std: float
+    count: int
+
+    def distances(self, albedo: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(N, 3) linear albedo → (chroma Mahalanobis distance², log-luminance minus the model's), each (N,)."""
+        chroma, log_y = _chroma(albedo)
+        d = chroma - self.mean
+        d2 = np.einsum("ni,ij,nj->n", d, np.linalg.inv(self.cov), d)
+        return d2, log_y - self.log_y
+
+
+LUMA = np.array([0.2126, 0.7152, 0.0722])
+_CHROMA_FLOOR = 0.04  # log-chroma std floor: a very uniform skin must not make the model reject its own shading
+
+
+def _chroma(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    lg = np.log(np.maximum(rgb, 1e-3))
+    return np.stack([lg[:, 0] - lg[:, 1], lg[:, 2] - lg[:, 1]], 1), np.log(np.maximum(rgb @ LUMA, 1e-4))
+
+
+def fit_skin_model(albedo: np.ndarray, iterations: int = 4) -> SkinModel | None:
+    """Robust :class:`SkinModel` of (N, 3) linear albedo samples (trimmed re-estimation), None under 30 samples.
+
+    Starts from the median and MAD, then re-estimates mean and covariance from the samples within the 90 % chroma
+    ellipse and ±2.5 robust σ of luminance, so hair, brows, background or highlights among the seeds (a fringe on
+    the forehead, a badly fitted cheek) do not pull the model towards them as long as skin is the majority.
+    """
+    if len(albedo) < 30:
+        return None
+    chroma, log_y = _chroma(albedo)
+    mean = np.median(chroma, 0)
+    mad = np.median(np.abs(chroma - mean), 0) * 1.4826
+    cov = np.diag(np.maximum(mad, _CHROMA_FLOOR) ** 2)
+    ly = float(np.median(log_y))
+    ly_std = max(float(np.median(np.abs(log_y - ly)) * 1.4826), 0.05)
+    keep = np.ones(len(albedo), bool)
+    for _ in range(iterations):
+        d = chroma - mean
+        d2 = np.einsum("ni,ij,nj->n", d, np.linalg.inv(cov), d)
+        keep = (d2 < 4.6) & (np.abs(log_y - ly) < 2.5 * ly_std)
+        if keep.sum() < 30:
+            break
+        mean = chroma[keep].mean(0)
+        # the trimmed (90 %) Gaussian under-estimates the spread: 1 / 0.62 restores it for a 2-D normal
+        cov = np.cov(chroma[keep].T) / 0.62 + np.eye(2) * _CHROMA_FLOOR**2
+        ly = float(np.median(log_y[keep]))
+        ly_std = max(float(np.std(log_y[keep])) * 1.2, 0.05)
+    return SkinModel(mean, cov, ly, ly_std, int(keep.sum()))
+
+
+def colour_flags(colours: np.ndarray) -> tuple[str, ...]:
+    """Flags for a photo whose skin colours (N, 3, linear, as seen) cannot give a trustworthy albedo.
+
+    ``greyscale``: the channels agree (median |log R/G| and |log B/G| < 0.03 and the 90th percentile of the
+    chroma spread < 0.06): a monochrome photo or a desaturated one. ``colour_cast``: the median skin colour lies
+    outside what skin under roughly white light looks like: skin has R > G > B in linear RGB (log R/G from
+    ~0.1 (very fair, cool light) to ~1.3 (deeply pigmented, warm light), log B/G from ~−1.4 to ~0): a
+    blue/green/magenta cast or a strong red/orange one breaks those bounds.
+    """
+    if len(colours) < 30:
+        return ()
+    chroma, _ = _chroma(np.asarray(colours, np.float64))
+    med = np.median(chroma, 0)
+    spread = np.percentile(np.abs(chroma).max(1), 90)
+    if abs(med[0]) < 0.03 and abs(med[1]) < 0.03 and spread < 0.06:
+        return ("greyscale",)
+    if not (0.08 <= med[0] <= 1.4 and -1.6 <= med[1] <= 0.02):
+        return ("colour_cast",)
+    return ()
+
+
+@dataclass(frozen=True)
+class CleanTexture:
+    """A clean UV albedo extracted from a photo (row 0 is v = 1; linear values).
+
+    Attributes:
+        albedo: (R, R, 3) de-lit albedo in [0, 1], every texel filled (the layout's gaps too).
+        colour: (R, R, 3) the photo's colour at each seen texel (0 elsewhere).
+        shading: (R, R, 3) the SH shading at each texel's normal (1 where no light was given; 0 off the layout).
+        source: (R, R) uint8 :data:`SOURCE_OUTSIDE` … :data:`SOURCE_REJECTED`.
+        weight: (R, R) the photo's share of each texel's albedo (its own sample and its mirror's), in [0, 1].
+        accepted: (R, R) bool: seen texels accepted as well-seen skin (or eye/brow/lip feature).
+        pixel: (R, R, 2) the photo pixel (x, y) each seen texel sampled (NaN where not seen).
+        skin: the photo's :class:`SkinModel`, or None when too little skin was seen to build one.
+        flags: ``greyscale`` / ``colour_cast`` (:func:`colour_flags`), ``no_skin_model``.
+    """
+
+    albedo: np.ndarray
+    colour: np.ndarray
+    shading: np.ndarray
+    source: np.ndarray
+    weight: np.ndarray
+    accepted: np.ndarray
+    pixel: np.ndarray
+    skin: SkinModel | None
+    flags: tuple[str, ...]
+
+
+def extract(
+    model: geo.FaceModelArrays,
+    verts: np.ndarray,
+    verts_px: np.ndarray,
+    image: np.ndarray,
+    resolution: int = 256,
+    sh: np.ndarray | None = None,
+    *,
+    depth_tolerance: float = 0.003,
+    min_facing: float = 0.35,
+    min_shading: float = 0.15,
+    clip_level: float = 0.995,
+    silhouette_margin: float = 0.03,
+    chroma_limit: float = 9.0,
+    luminance_range: tuple[float, float] = (-0.6, 0.45),
+) -> CleanTexture:
+    """Unwrap ``image`` (linear) onto the UV layout keeping only the face's skin, seen well; fill the rest.
+
+    1. Every texel centre is placed on the posed mesh and projected; it is *seen* when it passes the z-buffer,
+       faces the camera (normal·view ≥ ``min_facing``) and lies at least ``silhouette_margin`` × the head's
+       projected size inside the head's silhouette (a fit a few pixels off puts background there).
+    2. De-lighting divides by the SH shading; a seen texel is *accepted* when it is lit (shading ≥
+       ``min_shading``), not clipped (< ``clip_level``) and looks like this photo's skin: a :class:`SkinModel`
+       is fitted to the seen cheeks, nose and forehead, and a texel is kept when its chroma Mahalanobis
+       distance² is below ``chroma_limit`` and its log-luminance is within ``luminance_range`` of the skin's
+       (hair, eyewear, hands, background fail; specular highlights fail the upper bound). Brows, eye openings,
+       lips and nostrils are kept as seen (the face's own features, whose colours are not skin's; an eye
+       opening's colour is capped at 0.8 so a de-lit sclera never turns white). Rejected areas grow by ~1 % of
+       the map (mixed pixels at their edges).
+    3. Each accepted texel's weight fades in with its facing angle and away from rejected areas (feathering);
+       what is missing takes its mirror texel (u → 1 − u) with the mirror's weight, the rest a pull-push fill
+       of everything accepted (a smooth prior: local averages that widen until they reach data), blended by
+       weight, so there are no seams, holes, or black texels anywhere in the map.
+
+    Args:
+        model, verts, verts_px, image, resolution, sh, depth_tolerance: as :func:`unwrap` (``image`` linear).
+        min_facing, min_shading, clip_level, silhouette_margin, chroma_limit, luminance_range: see above.
+
+    Returns:
+        :class:`CleanTexture`.
+    """
+    img = np.asarray(image)
+    if img.ndim != 3 or img.shape[2] != 3:
+        raise ValueError(f"image: expected (H, W, 3), got {img.shape}")
+    img = img.astype(np.float64) / 255.0 if img.dtype == np.uint8 else img.astype(np.float64)
+    H, W = img.shape[:2]
+    R = int(resolution)
+    texel, px, nrm, visible, covered = _project_texels(model, verts, verts_px, W, H, R, depth_tolerance)
+    # the head's silhouette, shrunk by the margin: texels projecting closer to it than that are not trusted
+    size = math.sqrt(max(float(covered.sum()), 1.0))
+    margin = max(1, int(round(silhouette_margin * size)))
+    inner = _box_mean(covered.astype(np.float64), margin) > 1.0 - 1e-6
+    col = np.clip(np.rint(px[:, 0]).astype(np.int64), 0, W - 1)
+    row = np.clip(np.rint(px[:, 1]).astype(np.int64), 0, H - 1)
+    seen = visible & (nrm[:, 2] >= min_facing) & inner[row, col]
+
+    N = R * R
+    colour = np.zeros((N, 3))
+    colour[texel[seen]] = geo.sample_map(img, _uv_of_pixels(px[seen], W, H))
+    pixel = np.full((N, 2), np.nan)
+    pixel[texel[seen]] = px[seen]
+    shading = np.zeros((N, 3))
+    shading[texel] = 1.0
+    if sh is not None:
+        sh = np.asarray(sh, np.float64)
+        if sh.shape != (9, 3) or not np.all(np.isfinite(sh)):
+            raise ValueError(f"sh: expected finite (9, 3), got {sh.shape}")
+        shading[texel] = sh_basis(nrm) @ sh
+    seen_map = np.zeros(N, bool)
+    seen_map[texel[seen]] = True
+    # clipped per texel, as the map stores it: an over-bright texel must not lift its neighbours' fill
+    raw = np.where(seen_map[:, None], colour / np.maximum(shading, 0.05), 0.0)
+    delit = np.clip(raw, 0.0, 1.0)
+    # the skin model's features: the photo's own chroma (clipping the de-lit values would distort it) at the
+    # de-lit luminance
+    y_colour = np.maximum(colour @ LUMA, 1e-6)
+    feature = colour * ((raw @ LUMA) / y_colour)[:, None]
+    ok = seen_map & (shading.min(1) >= min_shading) & (colour.max(1) < clip_level)
+
+    regions = {k: v.reshape(-1) for k, v in uv_regions(model, R).items()}
+    keep_as_seen = regions["brows"] | regions["eye_openings"] | regions["lips"] | regions["nostrils"]
+    # the eye openings show the eyeball (iris, sclera): kept, but a sclera de-lit to white is toned down
+    opening = regions["eye_openings"] & seen_map
+    delit[opening] *= np.minimum(1.0, 0.8 / np.maximum(delit[opening].max(1), 1e-6))[:, None]
+    facing = np.zeros(N)
+    facing[texel] = nrm[:, 2]
+    seeds = ok & (regions["cheeks"] | regions["forehead"] | regions["nose"]) & (facing > 0.5)
+    skin = fit_skin_model(feature[seeds])
+    flags = colour_flags(colour[seeds])
+    accepted = ok.copy()
+    if skin is None:
+        flags = (*flags, "no_skin_model")
+    else:
+        idx = np.flatnonzero(ok)
+        d2, dy = skin.distances(feature[idx])
+        lo, hi = luminance_range
+        lo = min(lo, -2.5 * skin.log_y_std)
+        hi = max(hi, 2.5 * skin.log_y_std)
+        good = (d2 < chroma_limit) & (dy < hi) & (dy > lo)
+        good |= keep_as_seen[idx]
+        rejected = np.zeros(N, bool)
+        rejected[idx[~good]] = True
+        grow = max(1, int(round(R / 128)))
+        rejected = (_box_mean(rejected.reshape(R, R).astype(np.float64), grow) > 0).reshape(-1) & ~keep_as_seen
+        accepted = ok & ~rejected
+    # weights: facing fade-in and feathering away from everything not accepted
+    feather = max(1, int(round(R / 96)))
+    inside = _box_mean(_box_mean(accepted.reshape(R, R).astype(np.float64), feather), feather).reshape(-1)
+    w = accepted * np.clip((facing - min_facing) / 0.2, 0.0, 1.0) * np.clip(2.0 * inside - 0.5, 0.0, 1.0)
+    w = np.where(keep_as_seen & accepted, np.maximum(w, 0.8 * accepted), w)
+    rows, cols = np.divmod(np.arange(N), R)
+    mirror = rows * R + (R - 1 - cols)
+    w_m = (1.0 - w) * w[mirror]
+    weight = w + w_m
+    mixed = w[:, None] * delit + w_m[:, None] * delit[mirror]
+    value = np.where(weight[:, None] > 0, mixed / np.maximum(weight, 1e-12)[:, None], 0.0)
+    # weight · value + (1 − weight) · (the pyramid's smooth completion): seamless by construction
+    albedo = _pull_push(value.reshape(R, R, 3), weight.reshape(R, R)).reshape(N, 3)
+
+    source = np.zeros(N, np.uint8)
+    source[texel] = SOURCE_FILLED
+    source[seen_map & ~accepted] = SOURCE_REJECTED
+    source[(w_m > 0.5 * weight) & (weight > 0.25) & (source > 0)] = SOURCE_MIRRORED
+    source[accepted & (w >= 0.5 * weight)] = SOURCE_SEEN
+    return CleanTexture(
+        albedo=np.clip(albedo, 0.0, 1.0).reshape(R, R, 3),
+        colour=np.clip(colour, 0.0, 1.0).reshape(R, R, 3),
+        shading=shading.reshape(R, R, 3),
+        source=source.reshape(R, R),
+        weight=weight.reshape(R, R),
+        accepted=accepted.reshape(R, R),
+        pixel=pixel.reshape(R, R, 2),
+        skin=skin,
+        flags=flags,
+    )
+
+
+def _project_texels(
+    model: geo.FaceModelArrays, verts: np.ndarray, verts_px: np.ndarray, W: int, H: int, R: int, depth_tolerance: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Texel centres on the posed mesh: (texel, px (N, 2), unit normal (N, 3), z-buffer-visible (N,), and the
+    (H, W) bool image of the pixels the mesh covers)."""
+    verts = np.asarray(verts, np.float64)
+    verts_px = np.asarray(verts_px, np.float64)
+    if verts.shape != (model.n_verts, 3) or verts_px.shape != (model.n_verts, 2):
+        raise ValueError(f"verts/verts_px: expected ({model.n_verts}, 3) and ({model.n_verts}, 2)")
+    if not (np.all(np.isfinite(verts)) and np.all(np.isfinite(verts_px))):
+        raise ValueError("verts/verts_px: contain NaN or inf")
+    texel, face, bary = geo.texel_sampling(model, R)
+    tri = model.faces[face]
+    pos = np.einsum("nk,nkc->nc", bary, verts[tri])
+    px = np.einsum("nk,nkc->nc", bary, verts_px[tri])
+    normals = geo.vertex_normals(verts, model.faces)
+    nrm = np.einsum("nk,nkc->nc", bary, normals[tri])
+    nrm /= np.maximum(np.linalg.norm(nrm, axis=1, keepdims=True), 1e-12)
+    node, ztri, zbary = geo.rasterize_nodes(verts_px[model.faces], verts[model.faces, 2], W, H)
+    zbuf = np.full(H * W, -np.inf)
+    zbuf[node] = np.einsum("nk,nk->n", zbary, verts[model.faces[ztri], 2])
+    col = np.rint(px[:, 0]).astype(np.int64)
+    row = np.rint(px[:, 1]).astype(np.int64)
+    inside = (col >= 0) & (col < W) & (row >= 0) & (row < H)
+    surface = np.full(len(texel), -np.inf)
+    surface[inside] = zbuf[row[inside] * W + col[inside]]
+    visible = inside & (pos[:, 2] >= surface - depth_tolerance)
+    return texel, px, nrm, visible, np.isfinite(zbuf).reshape(H, W)
+
+
+def _box_mean(a: np.ndarray, radius: int) -> np.ndarray:
+    """Mean of (H, W) ``a`` over the (2r+1)² box around each element (zero padding: borders count as 0)."""
+    r = int(radius)
+    if r <= 0:
+        return a.astype(np.float64)
+    k = 2 * r + 1
+    p = np.pad(a.astype(np.float64), r + 1)
+    c = p.cumsum(0).cumsum(1)
+    s = c[k:, k:] - c[:-k, k:] - c[k:, :-k] + c[:-k, :-k]
+    return s[: a.shape[0], : a.shape[1]] / (k * k)
+
+
+def _pull_push(value: np.ndarray, weight: np.ndarray, levels: int = 12) -> np.ndarray:
+    """Smooth fill of (R, R, C) ``value`` with (R, R) ``weight`` in [0, 1] (pull-push, Gortler et al. 1996).
+
+    Pull: 2 × 2 weighted averages up a pyramid (weights saturate at 1); push: each level is completed from the
+    coarser one, bilinearly upsampled, by its missing weight. Where there is data the result is a local average
+    of it; far from any data it is a wide average, so large unseen areas get the surrounding skin's colour.
+    """
+    vals, wts = [value * weight[..., None]], [weight]
+    for _ in range(levels):
+        v, w = vals[-1], wts[-1]
+        if min(w.shape) <= 1:
+            break
+        h2, w2 = -(-w.shape[0] // 2), -(-w.shape[1] // 2)
+        pv = np.zeros((2 * h2, 2 * w2, v.shape[2]))
+        pw = np.zeros((2 * h2, 2 * w2))
+        pv[: v.shape[0], : v.shape[1]] = v
+        pw[: w.shape[0], : w.shape[1]] = w
+        sw = pw.reshape(h2, 2, w2, 2).sum((1, 3))
+        sv = pv.reshape(h2, 2, w2, 2, -1).sum((1, 3))
+        # normalise to a mean colour with a weight of at most 1 (premultiplied)
+        norm = np.maximum(sw, 1e-12)
+        wn = np.minimum(sw, 1.0)
+        vals.append(sv / norm[..., None] * wn[..., None])
+        wts.append(wn)
+    # push: complete from coarse to fine
+    filled = vals[-1] / np.maximum(wts[-1], 1e-12)[..., None]
+    if wts[-1].max() <= 0:
+        filled = np.zeros_like(filled)
+    for v, w in zip(vals[-2::-1], wts[-2::-1], strict=True):
+        up = _upsample(filled, w.shape)
+        filled = v + (1.0 - w)[..., None] * up
+    return filled
+
+
+def _upsample(a: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Bilinear ×2 upsampling of (h, w, C) to ``shape`` (≤ 2h × 2w), texel centres aligned, edges clamped."""
+    h, w = a.shape[:2]
+
+    def axis(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        x = (np.arange(n_out) + 0.5) / 2.0 - 0.5
+        i0 = np.clip(np.floor(x).astype(np.int64), 0, n_in - 1)
+        i1 = np.clip(i0 + 1, 0, n_in - 1)
+        t = np.clip(x - np.floor(x), 0.0, 1.0)
+        t = np.where(x < 0, 0.0, t)
+        return i0, i1, t
+
+    r0, r1, tr = axis(shape[0], h)
+    c0, c1, tc = axis(shape[1], w)
+    top = a[r0][:, c0] * (1 - tc)[None, :, None] + a[r0][:, c1] * tc[None, :, None]
+    bot = a[r1][:, c0] * (1 - tc)[None, :, None] + a[r1][:, c1] * tc[None, :, None]
+    return top * (1 - tr)[:, None, None] + bot * tr[:, None, None]

@@ -256,8 +256,10 @@ async def reconstruct(
         px = project(posed, codes["camera"], tex_size)
         # shading multiplies linear light: de-light in linear space, store the albedo sRGB-encoded like the PNGs
         linear = color.srgb_to_linear(face.texture_crop / 255.0)
-        unwrapped = texture.unwrap(model, posed, px, linear, tex_size, sh=codes["light"])
-        return verts, color.linear_to_srgb(unwrapped.albedo), lmk
+        # only the face's skin, seen well (no hair, background, highlights); the rest mirrored or filled smoothly:
+        # the same extraction as the training set's (training.texture.extract_texture)
+        clean = texture.extract(model, posed, px, linear, tex_size, sh=codes["light"])
+        return verts, color.linear_to_srgb(clean.albedo), lmk
 
     with timer.stage("texture"):
         verts, albedo, landmarks = await run_stage("texture", geometry)

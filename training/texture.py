@@ -56,6 +56,10 @@ MASK_PNG_VALUES = {"outside": 0, "mean_filled": 64, "mirrored": 128, "seen_inval
 """``mask/*.png`` (8-bit grey) per texel: outside the skin, mean-filled, mirrored, seen but not valid (shadow or
 clipping, corrected), seen and valid (:attr:`ExtractedTexture.valid`)."""
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+FLAGGED_DIR = "flagged"
+FLAG_NAMES = ("greyscale", "colour_cast", "no_skin_model")
+"""Maps of photos flagged by the extraction (greyscale, colour cast, no skin model: ``ExtractedTexture.flags``)
+are written under ``OUT/flagged/`` (same layout), outside ``OUT/albedo/``, AlbedoGAN's training folder."""
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -70,9 +74,16 @@ class ExtractedTexture:
     Attributes:
         albedo: (R, R, 3) de-lit linear albedo in [0, 1], corrected (see the module docstring).
         colour: (R, R, 3) linear colours as seen in the photo (seen, mirrored or mean-filled).
-        source: (R, R) uint8: 0 outside the skin, 1 seen, 2 mirrored, 3 mean-filled.
-        shading: (R, R, 3) the fitted SH shading each texel's colour was divided by.
-        valid: (R, R) bool, seen texels whose albedo is a trustworthy measurement (lit enough, not clipped).
+        source: (R, R) uint8 (``facecore.texture.SOURCE_*``): 0 outside the skin layout, 1 seen (accepted),
+            2 mirrored, 3 filled from the smooth prior, 4 seen but rejected (not skin, shadowed, clipped, at the
+            silhouette) and filled.
+        shading: (R, R, 3) the fitted SH shading at each texel.
+        valid: (R, R) bool, seen texels whose albedo is a trustworthy measurement (lit enough, not clipped, skin
+            or the face's own features).
+        weight: (R, R) the photo's share of each texel's albedo (own sample + mirror), or None (legacy).
+        pixel: (R, R, 2) photo pixel (x, y) each seen texel sampled, NaN elsewhere, or None (legacy).
+        flags: ``greyscale`` / ``colour_cast`` / ``no_skin_model`` (``facecore.texture.extract``): the map is
+            written but kept out of AlbedoGAN's training set.
     """
 
     albedo: np.ndarray
@@ -80,6 +91,9 @@ class ExtractedTexture:
     source: np.ndarray
     shading: np.ndarray
     valid: np.ndarray
+    weight: np.ndarray | None = None
+    pixel: np.ndarray | None = None
+    flags: tuple[str, ...] = ()
 
 
 def extract_texture(
@@ -92,6 +106,7 @@ def extract_texture(
     min_shading: float = 0.15,
     clip_level: float = 0.995,
     min_facing: float = 0.35,
+    legacy: bool = False,
 ) -> ExtractedTexture:
     """Unwrap ``image`` with the fitted mesh and light into a de-lit UV albedo.
 
@@ -107,7 +122,9 @@ def extract_texture(
         min_shading: texels lit less than this (linear irradiance) are not valid (attached shadows).
         clip_level: texels whose photo colour reaches this in a channel are not valid (clipped highlights).
         min_facing: texels whose normal makes a cosine below this with the viewing direction count as hidden
-            (``facecore.texture.unwrap``); the mirror fill takes them over.
+            (``facecore.texture.extract``); the mirror fill takes them over.
+        legacy: the extraction before issue 14 (``facecore.texture.unwrap`` + :func:`_correct`: every visible
+            texel, hair and background included), kept for the benchmark's before/after comparison.
 
     Returns:
         :class:`ExtractedTexture`.
@@ -131,8 +148,23 @@ def extract_texture(
             img = np.asarray(Image.fromarray(to_uint8(img)).reduce(factor), np.float64)[:h, :w] / 255.0
             px = (px - (factor - 1) / 2.0) / factor
     lin = srgb_to_linear(img)
-    un = uv_texture.unwrap(face_model.arrays, verts, px, lin, resolution, sh=fit.sh, min_facing=min_facing)
-    return _correct(un, min_shading, clip_level)
+    if legacy:
+        un = uv_texture.unwrap(face_model.arrays, verts, px, lin, resolution, sh=fit.sh, min_facing=min_facing)
+        return _correct(un, min_shading, clip_level)
+    clean = uv_texture.extract(
+        face_model.arrays, verts, px, lin, resolution, sh=fit.sh,
+        min_facing=min_facing, min_shading=min_shading, clip_level=clip_level,
+    )  # fmt: skip
+    return ExtractedTexture(
+        albedo=clean.albedo,
+        colour=clean.colour,
+        source=clean.source,
+        shading=clean.shading,
+        valid=clean.accepted & (clean.source == uv_texture.SOURCE_SEEN),
+        weight=clean.weight,
+        pixel=clean.pixel,
+        flags=clean.flags,
+    )
 
 
 def _correct(un: uv_texture.Unwrapped, min_shading: float, clip_level: float) -> ExtractedTexture:
@@ -306,7 +338,7 @@ def prepare_face(
 def mask_png(tex: ExtractedTexture) -> np.ndarray:
     """(R, R) uint8 texel source and validity in the :data:`MASK_PNG_VALUES` encoding."""
     v = MASK_PNG_VALUES
-    lut = np.array([v["outside"], v["seen_invalid"], v["mirrored"], v["mean_filled"]], np.uint8)
+    lut = np.array([v["outside"], v["seen_invalid"], v["mirrored"], v["mean_filled"], v["seen_invalid"]], np.uint8)
     out = lut[tex.source]
     out[tex.valid] = v["seen_valid"]
     return out
@@ -351,7 +383,8 @@ def _read_done(path: Path, out: Path) -> dict[int, dict]:
             rec = json.loads(line)
         except json.JSONDecodeError:
             continue  # a torn last line of an interrupted run
-        if rec.get("status") == "ok" and not (out / "albedo" / f"{rec['name']}.png").exists():
+        folder = out / FLAGGED_DIR if rec.get("flags") else out
+        if rec.get("status") == "ok" and not (folder / "albedo" / f"{rec['name']}.png").exists():
             continue
         done[int(rec["index"])] = rec
     return done
@@ -375,7 +408,10 @@ def run(cfg: Mapping[str, Any], out: Path) -> None:
     - ``threads`` [1]: torch threads for the stage (the fit's tensors are small: on the shared 2-core machine one
       thread was 2–10× faster than two), null to leave torch's setting.
 
-    Writes into ``out``: ``albedo/NNNNNN.png``, ``shading/``, ``mask/``, ``fits.jsonl``, ``summary.json``.
+    Writes into ``out``: ``albedo/NNNNNN.png``, ``shading/``, ``mask/``, ``fits.jsonl``, ``summary.json``. A
+    greyscale or strongly colour-cast photo (``ExtractedTexture.flags``) still gets its maps, under
+    ``flagged/`` instead (kept out of AlbedoGAN's training folder ``albedo/``); the summary counts them
+    (``flagged``, ``flagged_reasons``, ``training_maps``).
     Index ``i`` is the i-th photo (sorted by path) or synthetic sample ``i``. Faces that fail (unreadable file,
     no face) are logged, recorded in ``fits.jsonl`` with their reason and skipped; a rerun skips every index
     already recorded.
@@ -518,18 +554,23 @@ def _run(
                     bar.update(1)
                     continue
                 tex = extract_texture(face.image, fit, face_model, resolution, matrix=face.crop_to_image, **extract_kw)
-                save_texture(tex, out, name)
+                if tex.flags:
+                    logger.warning("extract: %s flagged (%s): its map goes to %s/, not into the training set",
+                                   names[i], ", ".join(tex.flags), FLAGGED_DIR)  # fmt: skip
+                save_texture(tex, out / FLAGGED_DIR if tex.flags else out, name)
                 rec = {
                     "index": i,
                     "name": name,
                     "source": names[i],
                     "status": "ok",
+                    "flags": list(tex.flags),
                     "detector": face.detector,
                     **fit.to_json(face_model),
                     "coverage": {
                         "seen": round(float((tex.source == 1).mean()), 5),
                         "mirrored": round(float((tex.source == 2).mean()), 5),
                         "valid": round(float(tex.valid.mean()), 5),
+                        "photo_weight": None if tex.weight is None else round(float(tex.weight.mean()), 5),
                     },
                 }
                 if truth is not None:
@@ -546,6 +587,9 @@ def _run(
         "ok": len(ok),
         "skipped": len(done) - len(ok),
         "skipped_reasons": sorted({r["reason"] for r in done.values() if r["status"] != "ok"}),
+        "training_maps": sum(not r.get("flags") for r in ok),
+        "flagged": sum(bool(r.get("flags")) for r in ok),
+        "flagged_reasons": {f: sum(f in (r.get("flags") or ()) for r in ok) for f in FLAG_NAMES},
         "mean_landmark_error": _nanmean([r.get("landmark_error") for r in ok]),
         "seconds_per_fit_this_run": round(fit_seconds / n_fitted, 3) if n_fitted else None,
         "resolution": resolution,
@@ -555,7 +599,8 @@ def _run(
     if truths:
         summary["truth_mean"] = {k: _nanmean([t[k] for t in truths]) for k in truths[0]}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    logger.info("extract: %d ok, %d skipped; summary in %s", summary["ok"], summary["skipped"], out / "summary.json")
+    logger.info("extract: %d ok (%d flagged, kept out of the training set), %d skipped; summary in %s",
+                summary["ok"], summary["flagged"], summary["skipped"], out / "summary.json")  # fmt: skip
 
 
 def _append(log: Any, rec: dict) -> None:

@@ -146,7 +146,7 @@ def test_extraction_shapes_and_ranges(textures):
             arr = getattr(tex, name)
             assert arr.shape == (R, R, 3) and np.all(np.isfinite(arr)), name
         assert tex.albedo.min() >= 0 and tex.albedo.max() <= 1
-        assert tex.source.dtype == np.uint8 and set(np.unique(tex.source)) <= {0, 1, 2, 3}
+        assert tex.source.dtype == np.uint8 and set(np.unique(tex.source)) <= {0, 1, 2, 3, 4}
         assert tex.valid.dtype == bool and np.all(tex.source[tex.valid] == 1)
         assert tex.valid.sum() > 0.1 * R * R
         assert tex.shading[tex.source > 0].min() > 0
@@ -276,3 +276,28 @@ def test_cli_clear_errors(tmp_path, caplog, extract, message):
     cfg = _write_config(tmp_path, extract)
     assert run_cli.main(["extract", "--config", cfg, "--out", str(tmp_path / "run")]) == 2
     assert message in caplog.text
+
+
+def test_cli_flags_a_greyscale_photo_and_keeps_it_out_of_the_training_set(tmp_path, fm):
+    ds = SyntheticFaces(SyntheticConfig(image_size=192, albedo_size=64, seed=5), face_model=FaceModel(fm.arrays))
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    batch = ds.batch([0])
+    rgb = T.to_uint8(batch.image_srgb[0].permute(1, 2, 0).numpy())
+    Image.fromarray(rgb).save(photos / "a_colour.png")
+    Image.fromarray(rgb).convert("L").convert("RGB").save(photos / "b_grey.png")
+    cfg = _write_config(tmp_path, {"images": str(photos), "detector": "hog", **TINY})
+    out = tmp_path / "run"
+    assert run_cli.main(["extract", "--config", cfg, "--out", str(out)]) == 0
+    stage = out / "extract"
+    records = {r["index"]: r for r in map(json.loads, (stage / "fits.jsonl").read_text().splitlines())}
+    assert records[0]["status"] == records[1]["status"] == "ok"
+    assert records[0]["flags"] == [] and records[1]["flags"] == ["greyscale"]
+    assert (stage / "albedo" / "000000.png").exists() and not (stage / "albedo" / "000001.png").exists()
+    assert (stage / T.FLAGGED_DIR / "albedo" / "000001.png").exists()  # written, but outside the training folder
+    summary = json.loads((stage / "summary.json").read_text())
+    assert summary["ok"] == 2 and summary["flagged"] == 1 and summary["training_maps"] == 1
+    assert summary["flagged_reasons"]["greyscale"] == 1
+    # the finished run resumes without redoing the flagged face
+    assert run_cli.main(["extract", "--config", cfg, "--out", str(out)]) == 0
+    assert len((stage / "fits.jsonl").read_text().splitlines()) == 2
