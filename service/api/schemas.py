@@ -19,6 +19,8 @@ def _integral(value):
 
 #: an integer as JSON Schema means it: 7 or 7.0, never "7" or true
 Integer = Annotated[int, BeforeValidator(_integral)]
+#: the seed range; the bounds sit before the validator so that the schema states them as minimum/maximum
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1), BeforeValidator(_integral)]
 OutputKind = Literal["albedo", "displacement", "normal", "obj", "glb"]
 
 
@@ -28,7 +30,7 @@ class GenerateBody(BaseModel):
     # strict: `"seed": true` or `"7"` is a 422, not seed 1 or 7 (JSON integers still count as numbers)
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    seed: Integer | None = Field(None, ge=0, le=2**32 - 1)
+    seed: Seed | None = None
     z: list[Latent] | None = Field(None, max_length=4096, description="latent z (z_dim values)")
     w: list[Latent] | None = Field(None, max_length=4096, description="intermediate latent w (w_dim values)")
     truncation: Finite = Field(0.7, ge=0.0, le=1.5, description="ψ toward the mean w (paper: 0.7)")

@@ -442,6 +442,8 @@ def test_openapi_states_the_bundles_limits(client):
     assert set(body["properties"]["expression"]["propertyNames"]["enum"]) == set(runtime.bundle.face_model.expr_names)
     assert body["properties"]["texture_size"]["maximum"] == runtime.settings.max_texture_size
     assert len(body["anyOf"]) == 3  # one latent at most
+    seed = next(o for o in body["properties"]["seed"]["anyOf"] if o.get("type") == "integer")
+    assert seed["minimum"] == 0 and seed["maximum"] == 2**32 - 1  # JSON Schema keywords, not pydantic's ge/le
     ops = doc["paths"]
     assert "model/gltf-binary" in ops["/generate"]["post"]["responses"]["200"]["content"]
     assert {"400", "413", "422", "503"} <= set(ops["/generate"]["post"]["responses"])
