@@ -13,6 +13,8 @@ import asyncio
 import contextvars
 import logging
 import math
+import os
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -31,14 +33,16 @@ deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("deadlin
 class Stage:
     """A bounded pool of ``concurrency`` threads with at most ``max_waiting`` queued requests."""
 
-    def __init__(self, name: str, concurrency: int, max_waiting: int, initial_estimate_s: float = 0.0):
+    def __init__(self, name: str, concurrency: int, max_waiting: int, initial_estimate_s: float = 0.0, nice: int = 0):
         self.name = name
         self.concurrency = concurrency
         self.max_waiting = max_waiting
         self.pending = 0  # admitted, not finished (running or waiting for a thread)
         self.service_s = initial_estimate_s  # moving average of one call's time
         self.refused = 0
-        self._executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix=f"stage-{name}")
+        self._executor = ThreadPoolExecutor(
+            max_workers=concurrency, thread_name_prefix=f"stage-{name}", initializer=_lower_priority, initargs=(nice,)
+        )
 
     def expected_wait_s(self) -> float:
         """Time until a request admitted now would finish: the rounds of work ahead of it plus its own."""
@@ -86,13 +90,29 @@ class Stage:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
+def _lower_priority(nice: int) -> None:
+    """Give the calling thread a lower CPU priority (Linux schedules threads one by one; elsewhere a no-op).
+
+    The heavy stages (a 5000² photo's detection takes seconds of CPU) then yield the cores to the event loop,
+    the model batchers and lighter requests when they compete, and run at full speed when nothing does.
+    """
+    if nice <= 0:
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+    except (AttributeError, OSError):
+        pass
+
+
 class Stages:
     """The service's CPU stages by name; ``await stages.run(name, fn, *args)`` is the pipeline's ``run_stage``."""
 
     NAMES = ("detect", "texture", "geometry", "encode")
+    #: thread niceness per stage: /reconstruct's photo stages yield to /generate and to the event loop
+    NICE = {"detect": 10, "texture": 10, "geometry": 2, "encode": 2}
 
     def __init__(self, concurrency: dict[str, int], max_waiting: int):
-        self.stages = {n: Stage(n, max(1, concurrency.get(n, 1)), max_waiting) for n in self.NAMES}
+        self.stages = {n: Stage(n, max(1, concurrency.get(n, 1)), max_waiting, nice=self.NICE[n]) for n in self.NAMES}
 
     async def run(self, name: str, fn: Callable[..., T], *args: Any) -> T:
         return await self.stages[name].run(fn, *args)

@@ -456,3 +456,20 @@ def test_openapi_states_the_bundles_limits(client):
     form = {"outputs": " glb , obj", **SMALL}
     assert upload(client, Image.open(PHOTO).tobytes()[:10], **form).status_code in (415, 422)
     assert upload(client, b"x", outputs="glb,,obj").json()["detail"].startswith("outputs")
+
+
+def test_heavy_stages_run_at_a_lower_cpu_priority():
+    import threading
+
+    def priority():
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    async def main():
+        stage = Stage("t", concurrency=1, max_waiting=0, nice=5)
+        try:
+            return await stage.run(priority)
+        finally:
+            stage.shutdown()
+
+    mine = priority()
+    assert asyncio.run(main()) == min(mine + 5, 19)
