@@ -170,7 +170,7 @@ async def smallcap(url: str, seconds: float) -> None:
                     await asyncio.sleep(0.05)
                     continue
                 i += 1
-                link = links[-1 - (i % min(len(links), 40))]
+                link = links[-1 - (i % min(len(links), 8))]  # the newest result's files: mostly still stored
                 try:
                     async with client.stream("GET", link, timeout=120) as r:
                         n = 0

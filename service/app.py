@@ -168,7 +168,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(QueueFull)
     async def queue_full(request: Request, exc: QueueFull):
         runtime = getattr(request.app.state, "runtime", None)
-        retry = runtime.stages.retry_after_s() if runtime is not None else 1
+        retry = runtime.retry_after_s() if runtime is not None else 1
         metrics.refused.labels(str(exc).split("'")[1] if "'" in str(exc) else "queue").inc()
         return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": str(retry)})
 

@@ -35,6 +35,12 @@ class Settings(BaseSettings):
     geometry_concurrency: int = Field(2, ge=1, le=64, description="mesh decodes at once")
     encode_concurrency: int = Field(2, ge=1, le=64, description="file encodings (PNG/OBJ/GLB) at once; bounds memory")
     max_stage_queue: int = Field(32, ge=0, description="requests waiting per stage beyond those running")
+    max_inflight: int = Field(
+        4,
+        ge=1,
+        le=256,
+        description="requests computing at once (the rest wait, or are refused when they could not finish)",
+    )
     # results
     results_dir: Path = Path("/tmp/albedogan-results")
     results_max_bytes: int = Field(2 * 1024**3, ge=1024 * 1024)

@@ -212,14 +212,14 @@ async def _serve(request: Request, runtime, settings: Settings, canonical: bytes
         timer = pipeline.Timer(lambda stage, dt: runtime.metrics.stage_latency.labels(stage).observe(dt))
         try:
             # JSON answers give links: the OBJ files are written when first fetched (format answers: now)
-            result = await asyncio.wait_for(compute(timer, fmt is None), settings.request_timeout_s)
+            result = await asyncio.wait_for(_gated(runtime, compute(timer, fmt is None)), settings.request_timeout_s)
         except pipeline.RequestError as exc:
             raise HTTPException(exc.status, detail=str(exc)) from exc
         except TimeoutError as exc:
             raise HTTPException(
                 503,
                 detail=f"the request did not finish within {settings.request_timeout_s} s; the service is busy",
-                headers={"Retry-After": str(runtime.stages.retry_after_s())},
+                headers={"Retry-After": str(runtime.retry_after_s())},
             ) from exc
     finally:
         admission.deadline.reset(token)
@@ -247,6 +247,15 @@ async def _serve(request: Request, runtime, settings: Settings, canonical: bytes
     else:
         data = result.files[name]
     return _file_response(data, name, attachment=True)
+
+
+async def _gated(runtime, work):
+    """``work`` once the request gate admits it (see :class:`service.engine.admission.Gate`)."""
+    try:
+        async with runtime.gate.enter():
+            return await work
+    finally:
+        work.close()  # never started when the gate refused: no "coroutine was never awaited"
 
 
 FILE_RESPONSES = {

@@ -10,6 +10,7 @@ request is cancelled (timeout, client gone) is dropped from the pool's queue and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 import math
@@ -124,3 +125,54 @@ class Stages:
     def shutdown(self) -> None:
         for s in self.stages.values():
             s.shutdown()
+
+
+class Gate:
+    """At most ``concurrency`` requests in their pipeline at once, at most ``max_waiting`` waiting for a place.
+
+    The stages bound each kind of work; the gate bounds how many requests hold work in them, so that under
+    overload a request is refused *before* it uses any CPU rather than after it did half its work and then
+    ran out of time (work thrown away is throughput lost). A request is refused at once when the requests
+    ahead of it would not leave before its deadline (from the moving average of a request's time inside).
+    """
+
+    def __init__(self, concurrency: int, max_waiting: int):
+        self.concurrency = concurrency
+        self.max_waiting = max_waiting
+        self.active = 0
+        self.waiting = 0
+        self.hold_s = 0.0
+        self._semaphore: asyncio.Semaphore | None = None
+
+    def expected_wait_s(self) -> float:
+        if self.active + self.waiting < self.concurrency:
+            return 0.0
+        return (self.waiting // self.concurrency + 1) * self.hold_s
+
+    @contextlib.asynccontextmanager
+    async def enter(self):
+        if self._semaphore is None:
+            self._semaphore = asyncio.Semaphore(self.concurrency)
+        if self.waiting >= self.max_waiting and self.active >= self.concurrency:
+            raise QueueFull(f"stage 'requests' is full ({self.waiting} waiting, {self.active} running)")
+        limit = deadline.get()
+        loop = asyncio.get_running_loop()
+        if limit is not None and self.expected_wait_s() + self.hold_s > limit - loop.time():
+            raise QueueFull(
+                f"stage 'requests' is busy: the {self.active + self.waiting} requests ahead would not leave room to "
+                f"finish within the request's remaining {max(limit - loop.time(), 0):.1f} s"
+            )
+        self.waiting += 1
+        try:
+            await self._semaphore.acquire()
+        finally:
+            self.waiting -= 1
+        self.active += 1
+        t = loop.time()
+        try:
+            yield
+        finally:
+            self.active -= 1
+            self._semaphore.release()
+            dt = loop.time() - t
+            self.hold_s = dt if self.hold_s == 0.0 else 0.8 * self.hold_s + 0.2 * dt

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import hmac
 import logging
+import math
 import time
 from collections.abc import Mapping
 
@@ -13,7 +14,7 @@ import numpy as np
 
 from facecore.bundle import Bundle, load_bundle
 from service.engine import admission
-from service.engine.admission import Stages
+from service.engine.admission import Gate, Stages
 from service.engine.batcher import DynamicBatcher
 from service.engine.sessions import GraphSession, open_sessions
 from service.metrics import Metrics
@@ -57,6 +58,7 @@ class Runtime:
             },
             settings.max_stage_queue,
         )
+        self.gate = Gate(settings.max_inflight, settings.max_queue)
         self.ready = False
         self._writable = (0.0, True)
         self._watchdog: asyncio.Task | None = None
@@ -85,6 +87,10 @@ class Runtime:
 
     async def run_graph(self, name: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         return await self.batchers[name].submit(inputs, admission.deadline.get())
+
+    def retry_after_s(self) -> int:
+        """Seconds a refused client should wait: the longer of the request gate's and the stages' expected waits."""
+        return max(self.stages.retry_after_s(), math.ceil(self.gate.expected_wait_s()))
 
     async def run_stage(self, name: str, fn, *args):
         """A CPU stage of the pipeline under admission control (see :mod:`service.engine.admission`)."""

@@ -473,3 +473,34 @@ def test_heavy_stages_run_at_a_lower_cpu_priority():
 
     mine = priority()
     assert asyncio.run(main()) == min(mine + 5, 19)
+
+
+def test_request_gate_refuses_before_any_work_when_it_could_not_finish():
+    from service.engine.admission import Gate
+
+    async def main():
+        gate = Gate(concurrency=1, max_waiting=1)
+
+        async def hold(s):
+            async with gate.enter():
+                await asyncio.sleep(s)
+
+        await hold(0.2)  # learns that a request holds its place ~0.2 s
+        first = asyncio.create_task(hold(0.2))
+        await asyncio.sleep(0.01)
+        token = deadline.set(asyncio.get_running_loop().time() + 0.3)  # 0.2 ahead + 0.2 own > 0.3 left
+        try:
+            with pytest.raises(QueueFull, match="would not leave room"):
+                async with gate.enter():
+                    pass
+        finally:
+            deadline.reset(token)
+        second = asyncio.create_task(hold(0.0))  # no deadline: waits its turn
+        await asyncio.sleep(0.01)
+        with pytest.raises(QueueFull, match="full"):  # one running, one waiting: the bound
+            async with gate.enter():
+                pass
+        await asyncio.gather(first, second)
+        return gate.active, gate.waiting
+
+    assert asyncio.run(main()) == (0, 0)
