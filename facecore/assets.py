@@ -13,6 +13,11 @@ skin's albedo map. They get their own materials, derived here with numpy from th
 * **Mouth** — the ``mouth_interior`` part gets coordinates from its depth behind the lip line (v) and its
   side-to-side position (u); the texture (:func:`mouth_texture`) is inner-lip pink at the lips, dark oral
   red behind them and near black in the throat.
+* **Teeth** — :class:`Teeth`: upper and lower arch-shaped strips a few millimetres inside the mouth's inner
+  wall (tooth widths and heights of an average adult scaled to the mouth), each vertex an affine combination
+  of model vertices that move with the skull (upper) or rigidly with the jaw (lower), so every consumer gets
+  them from the vertices it already has; :func:`teeth_texture` shades enamel, gaps and gums. The renderer
+  draws them with ``teeth=True``; the exports carry a ``teeth`` primitive with its own morph targets.
 * **Neck** — :func:`fill_neck` extends the skin colour just above the neck opening down to it, so the
   neck ends cleanly in every albedo (generated maps never learned texels there; photos rarely show them).
 
@@ -62,6 +67,7 @@ class FaceAssets:
             radius in u, where the albedo pipelines paint or unwrap the eye (for :func:`iris_colour`).
         iris_uv_radius: (2,) radius of that disc in u.
         neck_v: v below which :func:`fill_neck` replaces the albedo, or None (no open neck boundary).
+        teeth: the :class:`Teeth` (None for a model without a mouth cavity or a jaw joint).
     """
 
     eye_faces: np.ndarray
@@ -73,6 +79,7 @@ class FaceAssets:
     iris_uv: np.ndarray
     iris_uv_radius: np.ndarray
     neck_v: float | None
+    teeth: Teeth | None = None
 
 
 def _eye_radius_map(theta: np.ndarray) -> np.ndarray:
@@ -172,6 +179,7 @@ def _build(model: geo.FaceModelArrays) -> FaceAssets:
         iris_uv=np.array(iris_uv, np.float64),
         iris_uv_radius=np.array(iris_r, np.float64),
         neck_v=_neck_v(model),
+        teeth=_build_teeth(model, mean, mouth),
     )
 
 
@@ -212,6 +220,388 @@ def _neck_v(model: geo.FaceModelArrays) -> float | None:
     y = model.mean[model.uv_vertex[boundary], 1]
     low = y < np.median(model.mean[:, 1])
     return float(v[low].max() + NECK_MARGIN_V) if low.any() else None
+
+
+# ---------------------------------------------------------------------------------------------- teeth
+TEETH_GAP_M = 0.002  # the upper arch's front this far inside the mouth's inner wall (behind the lips)
+TEETH_OVERJET_M = 0.0026  # the lower arch's front this far inside the upper's (lower incisors behind upper)
+UPPER_EDGE_M = -0.0025  # the upper incisal edge this far above (+) / below (−) the lip line, for a 50 mm mouth
+LOWER_EDGE_M = 0.0010  # the lower incisal edge (overbite 3.5 mm: the upper incisors cover the lower's top)
+_MOUTH_REF_M = 0.050  # tooth sizes below are for a mouth this wide (corner to corner); scaled to the model's
+# per tooth from the midline back: width, crown height, edge raised towards the back (curve of Spee), kind
+# (0 incisor, 1 canine, 2 premolar, 3 molar); millimetres, average adult dentition
+_UPPER_TEETH = ((8.6, 10.0, 0.0, 0), (6.6, 8.6, 0.7, 0), (7.6, 9.6, 0.2, 1), (7.0, 8.0, 0.9, 2), (6.6, 7.4, 1.5, 2),
+                (10.0, 6.8, 2.2, 3))  # fmt: skip
+_LOWER_TEETH = ((5.3, 8.6, 0.0, 0), (5.9, 9.0, 0.2, 0), (6.9, 10.0, 0.0, 1), (7.0, 8.0, 0.6, 2), (7.1, 7.6, 1.2, 2),
+                (11.0, 7.0, 1.9, 3))  # fmt: skip
+# by kind: crown thickness (lip to tongue side), incisal edge / occlusal table width, corner rounding, cusp
+_TOOTH_KIND = ((5.5, 1.0, 1.1, 0.0), (7.0, 1.6, 1.6, 1.1), (8.0, 3.6, 1.3, 0.6), (9.5, 5.5, 1.0, 0.3))
+_SAMPLES_PER_TOOTH = 8
+# the cross-section, from the tongue side's gum over the edge to the lip side's gum: (texture q, row kind)
+_PROFILE_Q = (0.0, 0.1, 0.2, 0.3, 0.38, 0.45, 0.6, 0.78, 0.88, 1.0)
+ENAMEL_SRGB = (0.90, 0.87, 0.79)
+GUM_SRGB = (0.74, 0.38, 0.38)
+_TEETH_TEX_ROWS = (0.02, 0.96)  # q → v within an arch's half of the texture: v0 + q · dv
+
+
+@dataclass(frozen=True, eq=False)
+class Teeth:
+    """Upper and lower teeth: two arch-shaped strips inside the mouth, embedded in the face model's vertices.
+
+    Every teeth vertex is a fixed affine combination of some model vertices (``weights @ verts[anchors]``):
+    the upper arch's anchors move with the skull (the jaw's parent joint, quiet under expressions), the lower
+    arch's with the jaw (its skinning weights, chin and jaw line below the lower lip), each weighted by
+    closeness. An affine combination reproduces any affine motion of its anchors exactly, so the teeth turn
+    with the head and the jaw joint, follow ``jawOpen`` / ``jawForward`` / ``jawLeft`` (the chin's motion), stay
+    put under the lips' own expressions and scale with the identity's mouth; expression morph targets are
+    ``weights @ expr_basis[:, anchors]``.
+
+    Attributes:
+        anchors: (n,) model vertices the teeth are made from.
+        weights: (T, n) affine weights (rows sum to 1).
+        faces: (Ft, 3) triangles over the T teeth vertices (counter-clockwise from outside).
+        uv: (T, 2) coordinates in :func:`teeth_texture` (upper arch in its top half, lower in its bottom half).
+        upper: (T,) True on the upper arch.
+        rest: (T, 3) positions on the model's mean.
+        bounds: ((upper (k+1,), lower (k+1,)) tooth boundaries along each arch, signed arc length in metres
+            from the midline, one side (the other mirrors it).
+        kinds: (upper (k,), lower (k,)) tooth kinds (0 incisor, 1 canine, 2 premolar, 3 molar).
+        half_length: the texture's half width in arc length (metres): u = 0.5 + a / (2 · half_length).
+        scale: the model's mouth width over 50 mm (tooth sizes scale with it).
+    """
+
+    anchors: np.ndarray
+    weights: np.ndarray
+    faces: np.ndarray
+    uv: np.ndarray
+    upper: np.ndarray
+    rest: np.ndarray
+    bounds: tuple[np.ndarray, np.ndarray]
+    kinds: tuple[np.ndarray, np.ndarray]
+    half_length: float
+    scale: float
+
+    def vertices(self, verts: np.ndarray) -> np.ndarray:
+        """(..., V, 3) model vertices (posed or not) → (..., T, 3) teeth vertices."""
+        v = np.asarray(verts)
+        return np.einsum("tn,...nc->...tc", self.weights, v[..., self.anchors, :]).astype(v.dtype, copy=False)
+
+    def deltas(self, basis: np.ndarray) -> np.ndarray:
+        """(E, V, 3) per-vertex deltas (e.g. ``expr_basis``) → (E, T, 3) the teeth's (their morph targets)."""
+        return np.einsum("tn,enc->etc", self.weights, np.asarray(basis, np.float64)[:, self.anchors])
+
+
+def _mouth_wall(model: geo.FaceModelArrays, mean: np.ndarray, faces: np.ndarray, levels: np.ndarray,
+                centre: np.ndarray, phi: np.ndarray) -> np.ndarray:  # fmt: skip
+    """Radius (in x-z, about ``centre`` (x, z)) of the mouth's inner wall at angles ``phi`` (0 = +z, towards
+    +x positive): the slices of ``faces`` at heights ``levels``, the nearest wall over all levels; NaN where
+    no slice reaches."""
+    tri = mean[model.faces[faces]]
+    half = 0.5 * (phi[1] - phi[0])
+    out = np.full(len(phi), np.inf)
+    for y0 in levels:
+        pts = []
+        for a, b in ((0, 1), (1, 2), (2, 0)):
+            ya, yb = tri[:, a, 1] - y0, tri[:, b, 1] - y0
+            cross = ya * yb < 0
+            t = ya[cross] / (ya[cross] - yb[cross])
+            pts.append(tri[cross, a] + (tri[cross, b] - tri[cross, a]) * t[:, None])
+        p = np.concatenate(pts)
+        if not len(p):
+            continue
+        dx, dz = p[:, 0] - centre[0], p[:, 2] - centre[1]
+        ang, rad = np.arctan2(dx, dz), np.hypot(dx, dz)
+        for i, f in enumerate(phi):
+            sel = np.abs(ang - f) <= half
+            if sel.any():
+                out[i] = min(out[i], float(np.min(rad[sel])))
+    out[~np.isfinite(out)] = np.nan
+    return out
+
+
+def _affine_weights(anchor_pos: np.ndarray, importance: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """(T, n) weights w with ``w @ anchor_pos == points``, rows summing to 1: the weighted least-squares affine
+    map of the anchors' motion, evaluated at ``points`` (so any affine motion of the anchors is reproduced)."""
+    a = importance / importance.sum()
+    mu = a @ anchor_pos
+    d = anchor_pos - mu
+    cov = (d * a[:, None]).T @ d
+    lin = (points - mu) @ np.linalg.inv(cov)  # (T, 3)
+    return a[None] + (lin @ d.T) * a[None]
+
+
+def _kabsch(p: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rotation R and translation t that best map points p onto q (least squares): q ≈ p Rᵀ + t."""
+    pc, qc = p.mean(0), q.mean(0)
+    u, _, vt = np.linalg.svd((p - pc).T @ (q - qc))
+    d = np.sign(np.linalg.det(u @ vt))
+    r = (u @ np.diag([1.0, 1.0, d]) @ vt).T
+    return r, qc - r @ pc
+
+
+def _most_rigid(mean: np.ndarray, deltas: np.ndarray, candidates: np.ndarray, keep: float = 0.45) -> np.ndarray:
+    """The candidates that move most rigidly together under every delta (E, V, 3): trimmed rigid fits."""
+    idx = candidates
+    for _ in range(5):
+        worst = np.zeros(len(candidates))
+        for d in deltas:
+            r, t = _kabsch(mean[idx], mean[idx] + d[idx])
+            moved = mean[candidates] + d[candidates]
+            worst = np.maximum(worst, np.linalg.norm(mean[candidates] @ r.T + t - moved, axis=1))
+        idx = candidates[worst <= max(np.quantile(worst, keep), 3e-4)]
+    return idx
+
+
+def _tooth_columns(teeth: tuple, scale: float, length: float) -> tuple[np.ndarray, dict, np.ndarray]:
+    """Arc positions of the strip's columns (both sides) and each column's tooth parameters."""
+    widths = np.array([t[0] for t in teeth]) * 1e-3 * scale
+    widths *= min(1.0, length / widths.sum())
+    bounds = np.concatenate([[0.0], np.cumsum(widths)])
+    a, k, t = [], [], []
+    for i in range(len(teeth)):
+        for j in range(_SAMPLES_PER_TOOTH):
+            a.append(bounds[i] + widths[i] * j / _SAMPLES_PER_TOOTH)
+            k.append(i)
+            t.append(j / _SAMPLES_PER_TOOTH)
+    a.append(bounds[-1])
+    k.append(len(teeth) - 1)
+    t.append(1.0)
+    a, k, t = np.array(a), np.array(k), np.array(t)
+    # both sides: mirror (the midline column once)
+    a = np.concatenate([-a[:0:-1], a])
+    k = np.concatenate([k[:0:-1], k])
+    t = np.concatenate([t[:0:-1], t])
+    params = {
+        "height": np.array([teeth[i][1] for i in k]) * 1e-3 * scale,
+        "raise": np.array([teeth[i][2] for i in k]) * 1e-3 * scale,
+        "kind": np.array([teeth[i][3] for i in k]),
+    }
+    # a boundary column belongs to both teeth: the mean of the two (the midline column is one tooth's)
+    for i in np.flatnonzero((t == 0.0) & (a != 0.0)):
+        j = i + 1 if a[i] < 0 else i - 1  # the neighbour on the midline side belongs to the inner tooth
+        params["height"][i] = 0.5 * (params["height"][i] + params["height"][j])
+        params["raise"][i] = 0.5 * (params["raise"][i] + params["raise"][j])
+    e = 4.0 * t * (1.0 - t)  # 1 at a tooth's middle, 0 at its edges
+    params["e"] = e
+    return a, params, bounds
+
+
+def _arch_strip(
+    arc: np.ndarray, params: dict, curve, y_edge: float, scale: float, upward: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Vertices (C, R, 3) of one arch's strip and texture q (R,) of its rows."""
+    kind = params["kind"]
+    th, ew, rc, cusp = (np.array([_TOOTH_KIND[k][i] for k in kind]) * 1e-3 * scale for i in range(4))
+    e, H, rise = params["e"], params["height"], params["raise"]
+    mm = 1e-3 * scale
+    edge = rise + rc * (1.0 - e) ** 2.5 - cusp * e**2  # the edge rounds up at the corners, canines point
+    recess = 0.6 * mm * (1.0 - e) ** 2  # the lip side dips between teeth
+    cervical = H - 1.2 * mm * (1.0 - e) ** 2  # the gum comes down between teeth (papillae)
+    # (depth behind the arch's front, height from the edge line) of each row
+    rows = [
+        (th + 1.5 * mm, H + 3.0 * mm),
+        (th, cervical),
+        (0.55 * th + 0.6 * mm, 0.4 * H),
+        (ew, edge + 0.15 * mm),
+        (0.35 * mm + 0.5 * recess, edge),
+        (0.12 * mm + recess, edge + 0.15 * H),
+        (0.0 * mm + recess, edge + 0.5 * H),
+        (0.15 * mm + 0.5 * recess, cervical),
+        (0.35 * mm, H + 1.5 * mm),
+        (1.5 * mm, H + 3.2 * mm),
+    ]
+    point, normal = curve(arc)  # (C, 2) x-z of the front line, (C, 2) outward unit normal
+    out = np.empty((len(arc), len(rows), 3))
+    sign = 1.0 if upward else -1.0
+    for r, (d, h) in enumerate(rows):
+        d = np.broadcast_to(d, arc.shape)
+        h = np.broadcast_to(h, arc.shape)
+        out[:, r, 0] = point[:, 0] - d * normal[:, 0]
+        out[:, r, 2] = point[:, 1] - d * normal[:, 1]
+        out[:, r, 1] = y_edge + sign * h
+    return out, np.array(_PROFILE_Q)
+
+
+def _strip_faces(n_cols: int, n_rows: int, offset: int) -> np.ndarray:
+    idx = np.arange(n_cols * n_rows).reshape(n_cols, n_rows) + offset
+    a, b = idx[:-1, :-1].ravel(), idx[1:, :-1].ravel()
+    c, d = idx[1:, 1:].ravel(), idx[:-1, 1:].ravel()
+    return np.concatenate([np.stack([a, b, c], 1), np.stack([a, c, d], 1)])
+
+
+def _build_teeth(model: geo.FaceModelArrays, mean: np.ndarray, mouth_faces: np.ndarray) -> Teeth | None:
+    if "jaw" not in model.joint_names or not len(mouth_faces):
+        return None
+    jaw = model.joint_names.index("jaw")
+    head = int(model.joint_parents[jaw])
+    lm = geo.landmarks_3d(model, mean[None])[0]
+    scale = float(np.clip(abs(lm[54, 0] - lm[48, 0]) / _MOUTH_REF_M, 0.7, 1.4))
+    mm = 1e-3 * scale
+    y_lip = float(lm[[61, 62, 63, 65, 66, 67], 1].mean())
+    x_mid = float(0.5 * (lm[48, 0] + lm[54, 0]))
+    # the mouth's inner wall about a centre 26 mm behind its front, over each arch's height
+    front = mean[model.faces[mouth_faces]].reshape(-1, 3)
+    near = np.abs(front[:, 0] - x_mid) < 3 * mm
+    z_front = float(front[near, 2].max()) if near.any() else float(lm[62, 2])
+    centre = np.array([x_mid, z_front - 26 * mm])
+    phi = np.deg2rad(np.arange(-110.0, 110.1, 5.0))
+
+    def wall_radius(lo_mm: float, hi_mm: float) -> np.ndarray | None:
+        """The nearest wall over heights lo..hi mm about the lip line, symmetric and smooth, per φ."""
+        levels = y_lip + np.arange(lo_mm, hi_mm + 0.1, 1.5) * mm
+        r = _mouth_wall(model, mean, mouth_faces, levels, centre, phi)
+        r = np.fmin(r, r[::-1])  # symmetric: the nearer side
+        ok = np.isfinite(r)
+        if ok.sum() < 8:
+            return None
+        r = np.interp(phi, phi[ok], r[ok])
+        r = np.min(np.stack([r, np.r_[r[1:], r[-1]], np.r_[r[0], r[:-1]]]), 0)  # conservative ...
+        kernel = np.exp(-0.5 * (np.arange(-3, 4) / 1.2) ** 2)
+        return np.convolve(np.pad(r, 3, mode="edge"), kernel / kernel.sum(), mode="valid")  # ... and smooth
+
+    upper_wall = wall_radius(UPPER_EDGE_M * 1e3 * scale - 0.5, 12.0 * scale)
+    lower_wall = wall_radius(-11.0 * scale, LOWER_EDGE_M * 1e3 * scale + 0.5)
+    if upper_wall is None or lower_wall is None:
+        return None
+    upper_r = upper_wall - TEETH_GAP_M * scale
+    radii = (upper_r, np.minimum(lower_wall - TEETH_GAP_M * scale, upper_r - TEETH_OVERJET_M * scale))
+
+    def make_curve(r_phi: np.ndarray):
+        fine = np.linspace(phi[0], phi[-1], 4001)
+        r = np.interp(fine, phi, r_phi)
+        xz = centre + r[:, None] * np.stack([np.sin(fine), np.cos(fine)], 1)
+        seg = np.linalg.norm(np.diff(xz, axis=0), axis=1)
+        s = np.concatenate([[0.0], np.cumsum(seg)])
+        s -= s[len(s) // 2]
+        tangent = np.gradient(xz, axis=0)
+        tangent /= np.linalg.norm(tangent, axis=1, keepdims=True)
+        normal = np.stack([tangent[:, 1], -tangent[:, 0]], 1)
+        normal *= np.sign(np.sum(normal * (xz - centre), axis=1, keepdims=True))
+
+        def curve(arc):
+            p = np.stack([np.interp(arc, s, xz[:, i]) for i in range(2)], 1)
+            n = np.stack([np.interp(arc, s, normal[:, i]) for i in range(2)], 1)
+            return p, n / np.linalg.norm(n, axis=1, keepdims=True)
+
+        return curve, float(s[-1])
+
+    verts, uv, faces, upper, bounds, kinds = [], [], [], [], [], []
+    half_lengths = []
+    specs = ((_UPPER_TEETH, radii[0], UPPER_EDGE_M, True), (_LOWER_TEETH, radii[1], LOWER_EDGE_M, False))
+    cols = []
+    for teeth, r_phi, edge, is_upper in specs:
+        curve, avail = make_curve(r_phi)
+        arc, params, b = _tooth_columns(teeth, scale, avail)
+        strip, q = _arch_strip(arc, params, curve, y_lip + edge * scale, scale, is_upper)
+        cols.append((arc, strip, q))
+        bounds.append(b)
+        kinds.append(np.array([t[3] for t in teeth]))
+        half_lengths.append(b[-1])
+    half_length = 1.02 * max(half_lengths)
+    offset = 0
+    for (arc, strip, q), is_upper in zip(cols, (True, False), strict=True):
+        C, R = strip.shape[:2]
+        verts.append(strip.reshape(-1, 3))
+        u = np.repeat(0.5 + arc / (2 * half_length), R)
+        v0 = 0.5 if is_upper else 0.0
+        v = np.tile(v0 + 0.5 * (_TEETH_TEX_ROWS[0] + _TEETH_TEX_ROWS[1] * q), C)
+        uv.append(np.stack([u, v], 1))
+        f = _strip_faces(C, R, 0)
+        # outward winding: the lip side's middle (row 6) faces away from the arch's centre (+z at the midline)
+        flat = strip.reshape(-1, 3)
+        front = f[np.all(np.isin(f, np.arange(C * R).reshape(C, R)[C // 2 - 1 : C // 2 + 1, 5:8]), axis=1)]
+        n = np.cross(flat[front[:, 1]] - flat[front[:, 0]], flat[front[:, 2]] - flat[front[:, 0]])
+        if n[:, 2].sum() < 0:
+            f = f[:, ::-1]
+        faces.append(f + offset)
+        upper.append(np.full(C * R, is_upper))
+        offset += C * R
+    rest = np.concatenate(verts)
+    faces = np.concatenate(faces)
+    upper = np.concatenate(upper)
+    # anchors: the skull's quiet vertices above the lips, the jaw's below them
+    W = model.lbs_weights.astype(np.float64)
+    motion = np.linalg.norm(model.expr_basis.astype(np.float64), axis=2)  # (E, V)
+    jaw_expr = [i for i, name in enumerate(model.expr_names) if name.startswith("jaw")]
+    lip_motion = np.delete(motion, jaw_expr, axis=0).max(0) if len(jaw_expr) < len(motion) else np.zeros(len(W))
+    on_eye = np.zeros(len(W), bool)
+    for name in EYE_PARTS:
+        on_eye[np.unique(model.faces[_part(model, name)])] = True
+    jaw_deltas = model.expr_basis[jaw_expr].astype(np.float64)
+    # the skull's: the most static under every expression, over the head (σ 55 mm: anchors all round the
+    # teeth, or the fit extrapolates the nose's small motions); the jaw's: rigid under the jaw's expressions
+    groups = (
+        (upper, (W[:, head] >= 0.99) & (motion.max(0) < 2.5 * mm) & ~on_eye, None, 55 * mm),
+        (~upper, (W[:, jaw] >= 0.6) & (mean[:, 1] < y_lip - 5 * mm) & (lip_motion < 4.0 * mm), jaw_deltas, 30 * mm),
+    )
+    chosen = []
+    for members, sel, deltas, sigma in groups:  # each arch's anchors: weighted by closeness, the far ones left out
+        idx = np.flatnonzero(sel)
+        importance = np.exp(-0.5 * (np.linalg.norm(mean[idx] - rest[members].mean(0), axis=1) / sigma) ** 2)
+        idx = idx[importance > 0.05]
+        if len(idx) >= 24 and deltas is not None:  # those the jaw's expressions move most rigidly together
+            idx = _most_rigid(mean, deltas, idx)
+        elif len(idx) >= 24:  # those no expression moves much
+            idx = idx[motion.max(0)[idx] <= np.quantile(motion.max(0)[idx], 0.4)]
+        if len(idx) < 12:
+            return None
+        importance = np.exp(-0.5 * (np.linalg.norm(mean[idx] - rest[members].mean(0), axis=1) / sigma) ** 2)
+        chosen.append((members, idx, importance))
+    anchors = np.unique(np.concatenate([idx for _, idx, _ in chosen]))
+    weights = np.zeros((len(rest), len(anchors)))
+    for members, idx, importance in chosen:
+        cols_idx = np.searchsorted(anchors, idx)
+        weights[np.ix_(np.flatnonzero(members), cols_idx)] = _affine_weights(mean[idx], importance, rest[members])
+    return Teeth(
+        anchors=anchors,
+        weights=weights,
+        faces=faces.astype(np.int64),
+        uv=np.concatenate(uv).astype(np.float32),
+        upper=upper,
+        rest=rest,
+        bounds=(bounds[0], bounds[1]),
+        kinds=(kinds[0], kinds[1]),
+        half_length=float(half_length),
+        scale=scale,
+    )
+
+
+def teeth_texture(teeth: Teeth, size: int = 256) -> np.ndarray:
+    """(size, size, 3) sRGB teeth texture (row 0 is v = 1): the upper arch in the top half, the lower in the
+    bottom half; u along the arch (the midline at 0.5), each half's rows across the strip from the tongue
+    side's gum over the incisal edge to the lip side's gum. Enamel (yellower at the neck, greyer and
+    translucent at the edge), dark gaps between teeth, gums, and the mouth's shadow on the back teeth."""
+    c = (np.arange(size) + 0.5) / size
+    u, v = np.meshgrid(c, 1.0 - c)
+    img = np.zeros((size, size, 3))
+    for is_upper, bounds, kinds in ((True, teeth.bounds[0], teeth.kinds[0]), (False, teeth.bounds[1], teeth.kinds[1])):
+        half = v >= 0.5 if is_upper else v < 0.5
+        q = ((v - (0.5 if is_upper else 0.0)) / 0.5 - _TEETH_TEX_ROWS[0]) / _TEETH_TEX_ROWS[1]
+        a = np.abs((u - 0.5) * 2.0 * teeth.half_length)  # arc distance from the midline
+        k = np.clip(np.searchsorted(bounds, a, side="right") - 1, 0, len(kinds) - 1)
+        gap = np.minimum(a - bounds[k], bounds[k + 1] - a)  # distance to the nearest tooth boundary
+        gap = np.where(a < 1e-9, 1.0, gap)  # ... the midline column is one
+        gap = np.minimum(gap, np.abs(a))  # the two central incisors meet at the midline
+        kind = np.asarray(kinds)[k]
+        tint = 1.0 + 0.035 * np.sin(2.3 * k + (0.0 if is_upper else 1.1))  # no two teeth quite alike
+        enamel = np.array(ENAMEL_SRGB)[None, None] * tint[..., None]
+        enamel = enamel * np.where(kind[..., None] >= 1, np.array([0.98, 0.95, 0.88]), 1.0)
+        neck = _smoothstep(0.62, 0.78, q)  # lip side towards the gum: yellower
+        tip = 1.0 - _smoothstep(0.4, 0.55, q)  # towards the edge: greyer, translucent
+        col = enamel * (1.0 - 0.12 * neck[..., None] * np.array([0.0, 0.4, 1.0]))
+        col = col + (np.array([0.62, 0.64, 0.68]) - col) * (0.55 * tip * (q > 0.3))[..., None]
+        col = col * np.where(q < 0.3, 0.55, 1.0)[..., None]  # the tongue side: in the mouth's shade
+        mm = 1e-3 * teeth.scale
+        dark = 1.0 - 0.8 * np.exp(-((gap / (0.3 * mm)) ** 2)) - 0.25 * np.exp(-((gap / (1.1 * mm)) ** 2))
+        col = col * dark[..., None]
+        gum_lip = _smoothstep(0.79, 0.82, q)
+        gum_tongue = 1.0 - _smoothstep(0.08, 0.12, q)
+        gum = np.array(GUM_SRGB)[None, None] * (1.0 - 0.35 * _smoothstep(0.85, 1.0, q))[..., None]
+        col = col + (gum - col) * np.maximum(gum_lip, gum_tongue)[..., None]
+        shade = 1.0 - 0.6 * _smoothstep(10.0 * mm, 40.0 * mm, a)  # back teeth sit in the mouth's shadow
+        col = col * (shade * (1.0 if is_upper else 0.9))[..., None]
+        img = np.where(half[..., None], col, img)
+    return np.clip(img, 0.0, 1.0)
 
 
 # ---------------------------------------------------------------------------------------------- textures
@@ -265,8 +655,10 @@ def mouth_texture(size: int = 64) -> np.ndarray:
 
 
 def asset_atlas(assets: FaceAssets, iris_srgb=DEFAULT_IRIS_SRGB, size: int = 256) -> np.ndarray:
-    """(size, 2·size, 3) sRGB: :func:`eye_texture` | :func:`mouth_texture` side by side (one renderer texture)."""
-    return np.concatenate([eye_texture(assets, iris_srgb, size), mouth_texture(size)], axis=1)
+    """(size, 3·size, 3) sRGB: :func:`eye_texture` | :func:`mouth_texture` | :func:`teeth_texture` side by side
+    (one renderer texture; the teeth's third is black for a model without teeth)."""
+    teeth = teeth_texture(assets.teeth, size) if assets.teeth is not None else np.zeros((size, size, 3))
+    return np.concatenate([eye_texture(assets, iris_srgb, size), mouth_texture(size), teeth], axis=1)
 
 
 def atlas_corner_uv(model: geo.FaceModelArrays) -> tuple[np.ndarray, np.ndarray]:
@@ -274,16 +666,23 @@ def atlas_corner_uv(model: geo.FaceModelArrays) -> tuple[np.ndarray, np.ndarray]
 
     Returns:
         material: (F,) int: 0 skin (the albedo map), 1 eyes, 2 mouth; uv: (F, 3, 2) atlas coordinates (zero on
-        skin). Eye coordinates lie in the atlas' left half, the mouth's in its right half.
+        skin). Eye coordinates lie in the atlas' left third, the mouth's in its middle third (the teeth's,
+        :func:`teeth_atlas_uv`, in its right third).
     """
     a = face_assets(model)
     material = np.zeros(len(model.faces), np.int64)
     uv = np.zeros((len(model.faces), 3, 2), np.float32)
     material[a.eye_faces] = 1
-    uv[a.eye_faces] = np.stack([0.5 * a.eye_uv[..., 0], a.eye_uv[..., 1]], -1)
+    uv[a.eye_faces] = np.stack([a.eye_uv[..., 0] / 3.0, a.eye_uv[..., 1]], -1)
     material[a.mouth_faces] = 2
-    uv[a.mouth_faces] = np.stack([0.5 + 0.5 * a.mouth_uv[..., 0], a.mouth_uv[..., 1]], -1)
+    uv[a.mouth_faces] = np.stack([(1.0 + a.mouth_uv[..., 0]) / 3.0, a.mouth_uv[..., 1]], -1)
     return material, uv
+
+
+def teeth_atlas_uv(teeth: Teeth) -> np.ndarray:
+    """(Ft, 3, 2) :func:`asset_atlas` coordinates of the teeth triangles' corners (material 3)."""
+    uv = teeth.uv[teeth.faces]
+    return np.stack([(2.0 + uv[..., 0]) / 3.0, uv[..., 1]], -1).astype(np.float32)
 
 
 # ---------------------------------------------------------------------------------------------- albedo
@@ -379,6 +778,8 @@ class ExportPart:
         texture_srgb: (S, S, 3) its base-colour texture in [0, 1].
         vertex: (N,) coarse vertex of each mesh vertex (for morph targets: ``expr_basis[:, vertex]``).
         roughness: glTF roughness of the material (the wet eye and mouth are glossier than skin).
+        morph_basis: (E, N, 3) the part's own expression deltas where they are not ``expr_basis[:, vertex]``
+            (the teeth: :meth:`Teeth.deltas`), else None.
     """
 
     name: str
@@ -386,6 +787,7 @@ class ExportPart:
     texture_srgb: np.ndarray
     vertex: np.ndarray
     roughness: float
+    morph_basis: np.ndarray | None = None
 
 
 def _part_mesh(
@@ -409,8 +811,11 @@ def export_parts(
     model: geo.FaceModelArrays, positions: np.ndarray, normals: np.ndarray, iris_srgb=DEFAULT_IRIS_SRGB,
     eye_size: int = 512,
     exclude: np.ndarray | None = None,
+    verts: np.ndarray | None = None,
 ) -> list[ExportPart]:  # fmt: skip
-    """The ``eyes`` and ``mouth`` primitives from per-coarse-vertex ``positions`` and ``normals`` (V, 3)."""
+    """The ``eyes`` and ``mouth`` primitives from per-coarse-vertex ``positions`` and ``normals`` (V, 3), and
+    the ``teeth`` (:class:`Teeth`) when ``verts`` (V, 3), the coarse vertices the positions came from, is given
+    (the teeth are made from vertices the detailed mesh resamples)."""
     a = face_assets(model)
     parts = []
     mesh, vertex = _part_mesh(model, positions, normals, a.eye_faces, a.eye_uv)
@@ -419,11 +824,30 @@ def export_parts(
     if keep.any():
         mesh, vertex = _part_mesh(model, positions, normals, a.mouth_faces[keep], a.mouth_uv[keep])
         parts.append(ExportPart("mouth", mesh, mouth_texture(64), vertex, 0.5))
+    if verts is not None and a.teeth is not None:
+        parts.append(teeth_part(model, verts))
     return parts
 
 
+def teeth_part(model: geo.FaceModelArrays, verts: np.ndarray) -> ExportPart:
+    """The ``teeth`` primitive (:class:`Teeth`) of the coarse vertices ``verts`` (V, 3), with its own morph
+    basis; raises ``ValueError`` for a model without teeth."""
+    teeth = face_assets(model).teeth
+    if teeth is None:
+        raise ValueError("face model: no teeth (no mouth cavity or no jaw joint)")
+    pos = teeth.vertices(np.asarray(verts, np.float64))
+    normals = geo.vertex_normals(pos[None], teeth.faces)[0]
+    mesh = geo.MeshData(pos.astype(np.float32), normals.astype(np.float32), teeth.uv.astype(np.float32), teeth.faces)
+    none = np.full(len(pos), -1, np.int64)  # no coarse vertex: the morphs are the teeth's own
+    return ExportPart("teeth", mesh, teeth_texture(teeth, 512), none, 0.35, teeth.deltas(model.expr_basis))
+
+
 def split_detailed(
-    model: geo.FaceModelArrays, mesh: geo.MeshData, resolution: int, iris_srgb=DEFAULT_IRIS_SRGB
+    model: geo.FaceModelArrays,
+    mesh: geo.MeshData,
+    resolution: int,
+    iris_srgb=DEFAULT_IRIS_SRGB,
+    verts: np.ndarray | None = None,
 ) -> tuple[geo.MeshData, np.ndarray, list[ExportPart]]:
     """Split a :func:`facecore.geometry.detailed_mesh` into the skin and the eye / mouth primitives.
 
@@ -453,7 +877,8 @@ def split_detailed(
     remap = np.full(len(mesh.positions), -1, np.int64)
     remap[keep] = np.arange(len(keep))
     skin = geo.MeshData(mesh.positions[keep], mesh.normals[keep], mesh.uv[keep], remap[faces])
-    return skin, keep, export_parts(model, positions, normals, iris_srgb, exclude=a.mouth_faces[in_skin])
+    parts = export_parts(model, positions, normals, iris_srgb, exclude=a.mouth_faces[in_skin], verts=verts)
+    return skin, keep, parts
 
 
 def export_primitives(
@@ -462,6 +887,7 @@ def export_primitives(
     resolution: int,
     albedo_srgb: np.ndarray,
     morph_targets: dict[str, np.ndarray] | None = None,
+    verts: np.ndarray | None = None,
 ) -> tuple[geo.MeshData, dict[str, np.ndarray] | None, list[formats.MaterialPart], np.ndarray]:
     """What the OBJ / GLB writers need for a face with its eyes and mouth as their own primitives.
 
@@ -469,12 +895,13 @@ def export_primitives(
         mesh: the detailed mesh (:func:`facecore.geometry.detailed_mesh` at ``resolution``).
         albedo_srgb: (H, W, 3) the skin albedo (the iris colour is read from it, :func:`iris_colour`).
         morph_targets: name → (N, 3) deltas over ``mesh`` (e.g. the expression basis), or None.
+        verts: (V, 3) the coarse vertices ``mesh`` was made from: with them, the teeth are a primitive too.
 
     Returns:
         ``(skin, skin_morph_targets, parts, iris_srgb)`` for ``formats.obj_files`` / ``formats.glb_bytes``.
     """
     iris, _ = iris_colour(model, albedo_srgb)
-    skin, keep, parts = split_detailed(model, mesh, resolution, iris)
+    skin, keep, parts = split_detailed(model, mesh, resolution, iris, verts)
     skin_targets = None if morph_targets is None else {k: np.asarray(d)[keep] for k, d in morph_targets.items()}
     index = {n: i for i, n in enumerate(model.expr_names)}
     out = []
@@ -485,7 +912,10 @@ def export_primitives(
             for k in morph_targets:
                 if k not in index:
                     raise ValueError(f"morph_targets: {k!r} is not an expression of the face model")
-                targets[k] = model.expr_basis[index[k]][part.vertex].astype(np.float32)
+                basis = part.morph_basis[index[k]] if part.morph_basis is not None else None
+                targets[k] = (basis if basis is not None else model.expr_basis[index[k]][part.vertex]).astype(
+                    np.float32
+                )
         out.append(
             formats.MaterialPart(part.name, part.mesh, formats.albedo_png(part.texture_srgb), part.roughness, targets)
         )

@@ -425,7 +425,7 @@ async def _files(
 ) -> dict[str, bytes]:
     """:func:`_build_files` as two stages: geometry (the detailed mesh), then encoding."""
     disp, mesh = await run_stage("geometry", _detailed, bundle, req, disp, verts, timer)
-    return await run_stage("encode", _encode, bundle, req, albedo, disp, mesh, timer, defer_obj)
+    return await run_stage("encode", _encode, bundle, req, albedo, disp, mesh, timer, defer_obj, verts)
 
 
 def _detailed(
@@ -448,7 +448,7 @@ def _build_files(
 ) -> dict[str, bytes]:
     """Encode the outputs: albedo (H, W, 3) in [0, 1], displacement (metres) and the coarse vertices."""
     disp, mesh = _detailed(bundle, req, disp, verts, timer)
-    return _encode(bundle, req, albedo, disp, mesh, timer)
+    return _encode(bundle, req, albedo, disp, mesh, timer, verts=verts)
 
 
 def _encode(
@@ -459,9 +459,11 @@ def _encode(
     mesh: geo.MeshData,
     timer: Timer,
     defer_obj: bool = False,
+    verts: np.ndarray | None = None,
 ) -> dict[str, bytes]:
     """The output files; with ``defer_obj`` the OBJ files are replaced by :data:`OBJ_SOURCE` (see
-    :func:`materialize_obj`): writing 12 MB of OBJ text is the largest encoding cost, for files few fetch."""
+    :func:`materialize_obj`): writing 12 MB of OBJ text is the largest encoding cost, for files few fetch.
+    ``verts``: the coarse vertices ``mesh`` came from (the teeth are made from them), or None (no teeth)."""
     model = bundle.face_model
     files: dict[str, bytes] = {}
     with timer.stage("encode"):
@@ -483,9 +485,11 @@ def _encode(
         if req.blendshapes and "glb" in req.outputs:
             deltas = geo.detailed_vertex_field(model, model.expr_basis, req.mesh_resolution).astype(np.float32)
             morphs = dict(zip(model.expr_names, deltas, strict=True))
-        # eyes and mouth: their own primitives and materials (facecore.assets), the iris colour from the albedo
+        # eyes, mouth, teeth: own primitives and materials (facecore.assets), the iris colour from the albedo
         if "obj" in req.outputs or "glb" in req.outputs:
-            skin, morphs, parts, _ = assets.export_primitives(model, mesh, req.mesh_resolution, albedo, morphs)
+            skin, morphs, parts, _ = assets.export_primitives(
+                model, mesh, req.mesh_resolution, albedo, morphs, verts=verts
+            )
         if "obj" in req.outputs:
             textures = {"albedo": albedo_png, "normal": normal_png}
             if defer_obj:  # the arrays, a fraction of the OBJ text's size and time; see materialize_obj

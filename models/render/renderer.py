@@ -72,6 +72,9 @@ class MeshRenderer(nn.Module):
             from the asset texture (eyes, mouth: :mod:`facecore.assets`), or None (all albedo).
         asset_uv_corners: (F, 3, 2) coordinates of each triangle's corners in the asset texture (v up).
         asset_texture: (3, Ht, Wt) default asset texture, linear (``forward`` may pass one per sample).
+        extra_vertices: ``(anchors (n,), weights (T, n))``: T vertices appended to every input's V as
+            ``weights @ verts[:, anchors]`` (e.g. the teeth, :class:`facecore.assets.Teeth`), which ``faces``
+            may index as V..V+T-1; or None. Inputs may also come with them already appended.
     """
 
     faces: torch.Tensor
@@ -81,6 +84,8 @@ class MeshRenderer(nn.Module):
     material: torch.Tensor | None
     asset_uv_corners: torch.Tensor | None
     asset_texture: torch.Tensor | None
+    extra_anchors: torch.Tensor | None
+    extra_weights: torch.Tensor | None
 
     def __init__(
         self,
@@ -94,6 +99,7 @@ class MeshRenderer(nn.Module):
         material: torch.Tensor | None = None,
         asset_uv_corners: torch.Tensor | None = None,
         asset_texture: torch.Tensor | None = None,
+        extra_vertices: tuple[torch.Tensor, torch.Tensor] | None = None,
     ):
         super().__init__()
         faces, uv, uv_faces = (torch.as_tensor(t) for t in (faces, uv, uv_faces))
@@ -135,28 +141,58 @@ class MeshRenderer(nn.Module):
         self.register_buffer("material", material, persistent=False)
         self.register_buffer("asset_uv_corners", asset_uv_corners, persistent=False)
         self.register_buffer("asset_texture", asset_texture, persistent=False)
+        anchors = weights = None
+        if extra_vertices is not None:
+            anchors, weights = (torch.as_tensor(t) for t in extra_vertices)
+            if anchors.dim() != 1 or weights.dim() != 2 or weights.shape[1] != anchors.shape[0]:
+                raise ValueError(
+                    f"extra_vertices: expected anchors (n,) and weights (T, n), got {tuple(anchors.shape)} and "
+                    f"{tuple(weights.shape)}"
+                )
+            anchors, weights = anchors.long(), weights.float()
+        self.register_buffer("extra_anchors", anchors, persistent=False)
+        self.register_buffer("extra_weights", weights, persistent=False)
 
     @classmethod
     def from_face_model(
-        cls, face_model: FaceModel, image_size: int | tuple[int, int], *, assets: bool = True, **kwargs
+        cls,
+        face_model: FaceModel,
+        image_size: int | tuple[int, int],
+        *,
+        assets: bool = True,
+        teeth: bool = False,
+        **kwargs,
     ) -> MeshRenderer:
         """From a :class:`models.face.model.FaceModel` (its ``faces``, ``uv``, ``uv_faces`` buffers).
 
         With ``assets`` (default) and a model that has eyeballs, the eyes and the mouth cavity take their
         colour from :func:`facecore.assets.asset_atlas` (sclera, iris, pupil; dark oral interior) instead of
-        the albedo map: the one definition the service's exports use too.
+        the albedo map: the one definition the service's exports use too. With ``teeth`` as well, the
+        renderer appends the model's :class:`facecore.assets.Teeth` to every input's vertices and draws them
+        (their triangles follow the model's in ``faces``, so ``RenderOutputs.face_id`` ≥ the model's F on
+        teeth pixels: off by default for consumers that index per-face tables of the model with it).
         """
+        faces, uv, uv_faces = face_model.faces, face_model.uv, face_model.uv_faces
         if assets and all(p in face_model.arrays.part_names for p in fa.EYE_PARTS):
             material, corner_uv = fa.atlas_corner_uv(face_model.arrays)
+            t = fa.face_assets(face_model.arrays).teeth if teeth else None
+            if t is not None:
+                V = face_model.arrays.n_verts
+                faces = torch.cat([faces.cpu(), torch.as_tensor(t.faces) + V])
+                uv = torch.cat([uv.cpu(), torch.zeros(1, 2)])  # teeth take no albedo texel
+                uv_faces = torch.cat([uv_faces.cpu(), torch.full((len(t.faces), 3), len(uv) - 1)])
+                material = np.concatenate([material, np.full(len(t.faces), 3)])
+                corner_uv = np.concatenate([corner_uv, fa.teeth_atlas_uv(t)])
+                kwargs.setdefault("extra_vertices", (torch.as_tensor(t.anchors), torch.as_tensor(t.weights)))
             kwargs.setdefault("material", torch.as_tensor(material))
             kwargs.setdefault("asset_uv_corners", torch.as_tensor(corner_uv))
             kwargs.setdefault("asset_texture", cls.asset_textures(face_model, None)[0])
-        return cls(face_model.faces, face_model.uv, face_model.uv_faces, image_size, **kwargs)
+        return cls(faces, uv, uv_faces, image_size, **kwargs)
 
     @staticmethod
     def asset_textures(face_model: FaceModel, iris_srgb=None, size: int = 256) -> torch.Tensor:
-        """(B, 3, size, 2·size) linear asset atlases, one per iris colour in ``iris_srgb`` (B, 3) sRGB, or the
-        default iris (B = 1) when None: pass as ``forward(..., asset_texture=...)``."""
+        """(B, 3, size, 3·size) linear asset atlases (eyes | mouth | teeth), one per iris colour in ``iris_srgb``
+        (B, 3) sRGB, or the default iris (B = 1) when None: pass as ``forward(..., asset_texture=...)``."""
         assets = fa.face_assets(face_model.arrays)
         irises = [fa.DEFAULT_IRIS_SRGB] if iris_srgb is None else [tuple(map(float, c)) for c in iris_srgb]
         cache: dict[tuple[float, ...], np.ndarray] = {}
@@ -166,6 +202,19 @@ class MeshRenderer(nn.Module):
                 cache[iris] = color.srgb_to_linear(fa.asset_atlas(assets, iris, size)).transpose(2, 0, 1)
             out.append(cache[iris])
         return torch.as_tensor(np.stack(out), dtype=torch.float32)
+
+    def with_extra_vertices(self, verts_world: torch.Tensor) -> torch.Tensor:
+        """(B, V, 3) → (B, V + T, 3): the extra vertices (teeth) appended, when this renderer has them and the
+        input does not have them yet; otherwise the input."""
+        if self.extra_weights is None or verts_world.dim() != 3:
+            return verts_world
+        needed = int(self.faces.max()) + 1
+        if verts_world.shape[1] >= needed or verts_world.shape[1] + self.extra_weights.shape[0] != needed:
+            return verts_world
+        extra = torch.einsum(
+            "tn,bnc->btc", self.extra_weights.to(verts_world.dtype), verts_world[:, self.extra_anchors]
+        )
+        return torch.cat([verts_world, extra], 1)
 
     def rasterize(self, verts_ndc: torch.Tensor, *, perspective_correct: bool = False) -> Fragments:
         """Visibility and barycentrics of projected vertices (B, V, 3) with this renderer's settings."""
@@ -235,6 +284,7 @@ class MeshRenderer(nn.Module):
         Returns:
             :class:`RenderOutputs`.
         """
+        verts_world = self.with_extra_vertices(verts_world)
         B = self._check_inputs(verts_world, albedo_uv, sh, background, normal_map_uv)
         verts_ndc = camera.project(verts_world)
         frags = self.rasterize(verts_ndc, perspective_correct=camera.is_perspective)

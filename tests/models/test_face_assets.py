@@ -1,5 +1,5 @@
-"""Eyes, mouth and neck render like a person's (issue 15): render checks on the embedded bundle's /generate and
-/reconstruct outputs, and the exported GLB / OBJ carry the eye and mouth materials."""
+"""Eyes, mouth, teeth and neck render like a person's (issue 15): render checks on the embedded bundle's /generate
+and /reconstruct outputs, and the exported GLB / OBJ carry the eye, mouth and teeth materials."""
 
 from __future__ import annotations
 
@@ -16,7 +16,19 @@ from facecore import assets as fa
 from facecore import geometry as geo
 from facecore.bundle import load_bundle
 from models.face.model import FaceModel
-from models.render.checks import LEFT_EYE, RIGHT_EYE, bottom_gaps, bottom_notches, eye_check, mouth_margin, render_face
+from models.render.checks import (
+    INNER_LIPS,
+    LEFT_EYE,
+    RIGHT_EYE,
+    bottom_gaps,
+    bottom_notches,
+    eye_check,
+    luminance,
+    mouth_margin,
+    polygon_mask,
+    render_face,
+    teeth_penetration,
+)
 from service import pipeline as P
 from service.engine.sessions import open_sessions
 from service.settings import EMBEDDED_BUNDLE
@@ -25,6 +37,7 @@ from tests.helpers.gltf import assert_valid_gltf
 PHOTOS = Path(__file__).resolve().parents[1] / "fixtures" / "photos"
 MIN_PUPIL_CONTRAST = 0.15  # luma: iris/sclera ring minus the pupil blob
 MIN_MOUTH_MARGIN = 0.15  # luma: lips minus the open mouth's interior
+MIN_TEETH_CONTRAST = 0.3  # luma: the teeth minus the rest of the open mouth's interior
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +97,7 @@ def test_generated_faces_have_pupils_a_dark_mouth_and_a_clean_neck(served, seed)
         assert max(eye_check(before, lm[list(e)]).contrast for e in (LEFT_EYE, RIGHT_EYE)) < MIN_PUPIL_CONTRAST
     expression = model.expression_vector({"jawOpen": 0.5})
     verts = geo.decode_vertices(model, shape[None], expression[None])[0]
-    image, _, lm = render_face(fm, verts, albedo, 256)
+    image, _, lm = render_face(fm, verts, albedo, 256, teeth=False)  # the cavity (the teeth: their own test)
     lips, interior, margin = mouth_margin(image, lm)
     assert margin >= MIN_MOUTH_MARGIN, (lips, interior)
 
@@ -113,27 +126,36 @@ def test_exports_carry_eye_and_mouth_materials(served, tmp_path):
     trimesh = pytest.importorskip("trimesh")
     result = _generate(served, 1, ("albedo", "obj", "glb"), blendshapes=True)
     files = result.files
-    assert {"mesh_eyes.png", "mesh_mouth.png"} <= set(files)
+    assert {"mesh_eyes.png", "mesh_mouth.png", "mesh_teeth.png"} <= set(files)
     mtl = files["mesh.mtl"].decode()
-    assert all(f"newmtl {m}" in mtl for m in ("mesh", "mesh_eyes", "mesh_mouth"))
+    assert all(f"newmtl {m}" in mtl for m in ("mesh", "mesh_eyes", "mesh_mouth", "mesh_teeth"))
     (tmp_path / "mesh.glb").write_bytes(files["mesh.glb"])
     report = assert_valid_gltf(tmp_path / "mesh.glb")
-    assert report["info"]["materialCount"] == 3
+    assert report["info"]["materialCount"] == 4
     import pygltflib
 
     gltf = pygltflib.GLTF2.load_binary(tmp_path / "mesh.glb")
     prims = gltf.meshes[0].primitives
-    assert [gltf.materials[p.material].name for p in prims] == ["face", "face_eyes", "face_mouth"]
-    assert all(len(p.targets) == len(served[0].face_model.expr_names) for p in prims)  # morphs on every primitive
+    assert [gltf.materials[p.material].name for p in prims] == ["face", "face_eyes", "face_mouth", "face_teeth"]
+    model = served[0].face_model
+    assert all(len(p.targets) == len(model.expr_names) for p in prims)  # morphs on every primitive
+    # the teeth's morph targets are their own: jawOpen moves the lower arch (with the chin), not the upper
+    teeth = fa.face_assets(model).teeth
+    jaw = model.expr_names.index("jawOpen")
+    blob = gltf.binary_blob()
+    view = gltf.bufferViews[gltf.accessors[prims[3].targets[jaw]["POSITION"]].bufferView]
+    delta = np.frombuffer(blob, np.float32, count=3 * len(teeth.rest), offset=view.byteOffset or 0).reshape(-1, 3)
+    np.testing.assert_allclose(delta, teeth.deltas(model.expr_basis[jaw : jaw + 1])[0], atol=1e-6)
+    assert np.abs(delta[teeth.upper]).max() < 0.002 < np.abs(delta[~teeth.upper]).max()
     scene = trimesh.load(io.BytesIO(files["mesh.glb"]), file_type="glb")
-    assert len(scene.geometry) == 3
+    assert len(scene.geometry) == 4
     obj_dir = tmp_path / "obj"
     obj_dir.mkdir()
     with zipfile.ZipFile(io.BytesIO(P.zip_files(files))) as zf:
         zf.extractall(obj_dir)
     obj = trimesh.load(obj_dir / "mesh.obj", force="scene", group_material=True)
     materials = {g.visual.material.name for g in obj.geometry.values()}
-    assert {"mesh", "mesh_eyes", "mesh_mouth"} <= materials, materials
+    assert {"mesh", "mesh_eyes", "mesh_mouth", "mesh_teeth"} <= materials, materials
     for g in obj.geometry.values():
         assert g.visual.material.image is not None  # every material's texture loaded
     eyes = next(g for g in obj.geometry.values() if g.visual.material.name == "mesh_eyes")
@@ -165,3 +187,91 @@ def test_assets_follow_the_eye_joints_and_stay_torch_free():
     painted[((xx + 0.5) / 256 - cu) ** 2 + ((1 - (yy + 0.5) / 256) - cv) ** 2 < r * r] = (0.2, 0.35, 0.5)
     colour, measured = fa.iris_colour(model, painted)
     assert measured and np.allclose(colour, (0.2, 0.35, 0.5), atol=0.02)
+
+
+def _teeth_pixels(fm, verts, albedo, size=384):
+    """(image with teeth, pixels the teeth change, inner-lip mask) of a frontal render."""
+    with_teeth, _, lm = render_face(fm, verts, albedo, size)
+    without, _, _ = render_face(fm, verts, albedo, size, teeth=False)
+    changed = np.abs(with_teeth.astype(int) - without.astype(int)).max(-1) > 8
+    return with_teeth, changed, polygon_mask(lm[list(INNER_LIPS)], changed.shape)
+
+
+def test_teeth_hidden_at_rest_and_lighter_than_the_open_mouth(served):
+    bundle, _, fm = served
+    model = bundle.face_model
+    result = _generate(served, 0)
+    shape = np.array(result.meta["codes"]["shape"])
+    albedo = _albedo(result)
+    rest = geo.decode_vertices(model, shape[None], np.zeros((1, model.n_expr)))[0]
+    _, changed, _ = _teeth_pixels(fm, rest, albedo)
+    # the closed lips hide the teeth: at most a few pixels where the model's lip seam leaves sub-millimetre
+    # slits (the dark cavity shows there without teeth)
+    assert changed.sum() <= 6, changed.sum()
+    opened = geo.decode_vertices(model, shape[None], model.expression_vector({"jawOpen": 0.5})[None])[0]
+    image, changed, inner = _teeth_pixels(fm, opened, albedo)
+    lum = luminance(image)
+    teeth, interior = changed & inner, inner & ~changed
+    assert teeth.sum() >= 0.1 * inner.sum() and interior.sum() >= 0.3 * inner.sum(), (teeth.sum(), inner.sum())
+    assert changed.sum() <= 1.15 * teeth.sum()  # drawn inside the mouth's opening only
+    contrast = np.median(lum[teeth]) - np.median(lum[interior])
+    assert contrast >= MIN_TEETH_CONTRAST, contrast
+
+
+def test_teeth_never_poke_through_the_lips_or_chin():
+    model = geo.FaceModelArrays.load(EMBEDDED_BUNDLE / "face_model.npz")
+    extremes = [{"jawOpen": 1.0}, {"mouthFunnel": 1.0}, {"mouthPucker": 1.0},
+                {"mouthSmileLeft": 1.0, "mouthSmileRight": 1.0}, {"jawOpen": 1.0, "mouthFunnel": 1.0},
+                {"jawOpen": 1.0, "mouthSmileLeft": 1.0, "mouthSmileRight": 1.0}]  # fmt: skip
+    for name in model.expr_names:  # every ARKit expression at its extreme, alone and with the jaw open
+        extremes += [{name: 1.0}, {name: 1.0, "jawOpen": 1.0}]
+    worst = -np.inf
+    for weights in extremes:
+        verts = geo.decode_vertices(model, None, model.expression_vector(weights)[None])[0]
+        depth, pixels = teeth_penetration(model, verts)
+        assert pixels == 0, (weights, depth)
+        worst = max(worst, depth)
+    assert worst < 0.0
+    # turned 30° either way; the jaw joint at its limit alone, at half of it with jawOpen 1 (more jaw on top of
+    # jawOpen 1, or with a smile too, the chin's skin and the lower arch part by up to ~1 mm: a known limit); a few
+    # identities
+    rng = np.random.default_rng(0)
+    shapes = [None] + list(model.sample_shape(rng, 3))
+    jaw = model.joint_names.index("jaw")
+    full, half = np.zeros((model.n_joints, 3)), np.zeros((model.n_joints, 3))
+    full[jaw, 0] = model.joint_limits[jaw, 0, 1]
+    half[jaw, 0] = 0.5 * model.joint_limits[jaw, 0, 1]
+    for shape in shapes:
+        cases = [(w, None) for w in extremes[:6]]
+        if shape is None:  # sampled identities with the jaw joint at its limit: up to 5 mm through (known limit)
+            cases += [({}, full), ({"jawOpen": 1.0}, half)]
+        for weights, p in cases:
+            verts = geo.decode_vertices(model, shape, model.expression_vector(weights)[None], p)[0]
+            for yaw in (-0.5, 0.0, 0.5) if p is None else (0.0,):  # turned with the jaw joint too: known limit
+                depth, pixels = teeth_penetration(model, verts, yaw)
+                assert pixels == 0, (weights, yaw, p is not None, depth)
+
+
+def test_teeth_follow_the_jaw_and_the_renderer_draws_them():
+    torch = pytest.importorskip("torch")
+    from models.render import MeshRenderer
+
+    model = geo.FaceModelArrays.load(EMBEDDED_BUNDLE / "face_model.npz")
+    teeth = fa.face_assets(model).teeth
+    np.testing.assert_allclose(teeth.vertices(model.mean.astype(np.float64)), teeth.rest, atol=1e-7)
+    np.testing.assert_allclose(teeth.weights.sum(1), 1.0, atol=1e-9)
+    # the jaw joint turns the lower arch like the chin, the upper stays with the skull
+    jaw = model.joint_names.index("jaw")
+    pose = np.zeros((model.n_joints, 3))
+    pose[jaw, 0] = 0.3
+    posed = geo.decode_vertices(model, None, None, pose[None])[0]
+    moved = np.linalg.norm(teeth.vertices(posed.astype(np.float64)) - teeth.rest, axis=1)
+    assert moved[teeth.upper].max() < 1e-4 and moved[~teeth.upper].min() > 0.004
+    # the renderer appends the same vertices
+    fm = FaceModel(model)
+    renderer = MeshRenderer.from_face_model(fm, 64, teeth=True)
+    verts = torch.as_tensor(posed)[None]
+    full = renderer.with_extra_vertices(verts)
+    assert full.shape[1] == model.n_verts + len(teeth.rest)
+    np.testing.assert_allclose(full[0, model.n_verts :].numpy(), teeth.vertices(posed.astype(np.float64)), atol=1e-5)
+    assert MeshRenderer.from_face_model(fm, 64).faces.shape[0] == len(model.faces)  # off by default
