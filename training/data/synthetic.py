@@ -485,7 +485,7 @@ class SyntheticFaces:
         self._sampling_model = fm if on.type == "cpu" else FaceModel(fm.arrays)
         self.face_model = fm if on == self.device else FaceModel(fm.arrays).to(self.device)
         self.albedo = ProceduralAlbedo(self.face_model)
-        self.renderer = MeshRenderer.from_face_model(self.face_model, config.image_size).to(self.device)
+        self.renderer = MeshRenderer.from_face_model(self.face_model, config.image_size, teeth=True).to(self.device)
 
     def __len__(self) -> int:
         return self.config.length
