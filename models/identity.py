@@ -406,6 +406,18 @@ class FaceEmbedder(_Frozen):
         """Intermediate activations for a perceptual loss, one per :data:`FEATURE_LAYERS` entry (same input)."""
         return self._run(images, collect=True)[1]
 
+    def pooled(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 256) the penultimate features: the last level's activations averaged over its 2×2 positions.
+
+        The descriptor is a linear map of them without bias: ``descriptor(x) == fc(pooled(x))``.
+        """
+        x = resize_square(images, DLIB_INPUT_SIZE)
+        x = (x * 255.0 - self.avg_rgb.to(x.dtype)[None, :, None, None]) * (1.0 / 256.0)
+        x = F.max_pool2d(F.relu(self.stem(x)), 3, 2)
+        for level in self.levels:
+            x = level(x)
+        return x.mean(dim=(2, 3))
+
 
 # ============================================================================================ chip alignment
 def dlib_chip_matrix(points: np.ndarray, size: int = DLIB_INPUT_SIZE, padding: float = DLIB_CHIP_PADDING) -> np.ndarray:
