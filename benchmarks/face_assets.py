@@ -4,7 +4,7 @@
 For /generate seeds 0-3 (frontal and 20° yaw) and /reconstruct on the fixture photos (the face's own
 articulation, frontal), rendered by ``models.render`` (``models.render.checks.render_face``):
 * eyes: the dark pupil blob in each visible eye opening and its contrast (iris/sclera ring luma − blob luma);
-* mouth: lips luma − open interior luma with jawOpen 0.5 added;
+* mouth: lips luma − open cavity luma with jawOpen 0.5 added (rendered without the teeth, which are lighter by design);
 * neck: background gaps and off-colour pixels in the lowest 5 % of the silhouette.
 "Before" renders the face model as stored (neck band labelled mouth, eyes and mouth sampling the albedo map,
 no neck fill); "after" is what the service, renderer and exports do now (``facecore.assets``).
@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from bundle_metrics import PHOTOS, BundleRunner
 from PIL import Image, ImageDraw
+from readme import table, write_block
 
 from facecore import assets as fa
 from facecore import geometry as geo
@@ -63,6 +64,7 @@ def main() -> None:
     ap.add_argument("--bundle", type=Path, default=EMBEDDED_BUNDLE)
     ap.add_argument("--out", type=Path, default=Path("docs/face_assets.jpg"))
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--readme", action="store_true", help="rewrite the README's face_assets table with the numbers")
     ap.add_argument("--size", type=int, default=320)
     args = ap.parse_args()
     bundle = load_bundle(args.bundle)
@@ -87,7 +89,9 @@ def main() -> None:
             jaw[model.expr_names.index("jawOpen")] = max(jaw[model.expr_names.index("jawOpen")], 0.5)
             vj = geo.decode_vertices(fm.arrays, shape[None], jaw[None], pose[None])[0]
             open_img, _, lmj = render_face(fm, vj, albedo, S, assets=assets, iris_srgb=iris)
-            lips, interior, margin = mouth_margin(open_img, lmj)
+            # the margin is the cavity's (teeth off): the teeth are lighter than the lips by design
+            cavity, _, lmc = render_face(fm, vj, albedo, S, assets=assets, iris_srgb=iris, teeth=False)
+            lips, interior, margin = mouth_margin(cavity, lmc)
             out[name]["mouth_margin_jawOpen"] = round(margin, 3)
             tiles.append(Image.fromarray(np.concatenate([image, open_img], 1)))
         report[key][label] = out
@@ -128,6 +132,8 @@ def main() -> None:
             }  # fmt: skip
     report["summary"] = summary
     print(json.dumps(summary, indent=1))
+    if args.readme:
+        write_block("face_assets", readme_table(summary))
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
     # picture: before | after, each frontal at rest and with the jaw open; a few rows
@@ -145,6 +151,28 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(args.out, quality=88)
     print(f"wrote {args.out} ({sheet.size[0]}x{sheet.size[1]}, {args.out.stat().st_size / 1e3:.0f} kB)")
+
+
+def readme_table(summary: dict) -> str:
+    """The README's before/after table of :func:`main`'s summary."""
+    rows = (
+        ("eyes with a dark pupil blob (contrast ≥ 0.15 luma, lighter on ≥ 3 sides)",
+         lambda v: v["pupils_found / eyes_visible"]),
+        ("pupil contrast, min / median (luma)",
+         lambda v: f"{v['pupil_contrast_min']:.2f} / {v['pupil_contrast_median']:.2f}"),
+        ("lips − mouth cavity with jawOpen 0.5, min (luma; teeth off: they are lighter by design)",
+         lambda v: f"{v['mouth_margin_min']:.2f}"),
+        ("lowest 5 % of the silhouette: gaps / off-colour pixels, max",
+         lambda v: f"{v['bottom_gaps_max']} / {100 * v['bottom_offcolour_max']:.0f} %"),
+    )  # fmt: skip
+    cells = [
+        (label, *(" · ".join(fmt(summary[f"{k}_{when}"]) for k in ("generate", "reconstruct"))
+                  for when in ("before", "after")))
+        for label, fmt in rows
+    ]  # fmt: skip
+    return table(
+        ("/generate seeds 0–3 (8 eyes) · /reconstruct on 6 fixture photos (12 eyes)", "before", "after"), cells
+    )
 
 
 def _ws(bundle, runner, seed: int) -> np.ndarray:
