@@ -192,7 +192,7 @@ def face_model_path(bundle: Bundle) -> Path:
 def _renderer(path: Path, size: int):
     from models.render import MeshRenderer
 
-    return MeshRenderer.from_face_model(torch_face_model(path), size)
+    return MeshRenderer.from_face_model(torch_face_model(path), size, teeth=True)  # what the exported meshes show
 
 
 def render(
