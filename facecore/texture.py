@@ -90,32 +90,10 @@ def unwrap(
     if img.ndim != 3 or img.shape[2] != 3:
         raise ValueError(f"image: expected (H, W, 3), got {img.shape}")
     img = img.astype(np.float64) / 255.0 if img.dtype == np.uint8 else img.astype(np.float64)
-    verts = np.asarray(verts, np.float64)
-    verts_px = np.asarray(verts_px, np.float64)
-    if verts.shape != (model.n_verts, 3) or verts_px.shape != (model.n_verts, 2):
-        raise ValueError(f"verts/verts_px: expected ({model.n_verts}, 3) and ({model.n_verts}, 2)")
-    if not (np.all(np.isfinite(verts)) and np.all(np.isfinite(verts_px))):
-        raise ValueError("verts/verts_px: contain NaN or inf")
     H, W = img.shape[:2]
     R = int(resolution)
-    texel, face, bary = geo.texel_sampling(model, R)
-    tri = model.faces[face]
-    pos = np.einsum("nk,nkc->nc", bary, verts[tri])
-    px = np.einsum("nk,nkc->nc", bary, verts_px[tri])
-    normals = geo.vertex_normals(verts, model.faces)
-    nrm = np.einsum("nk,nkc->nc", bary, normals[tri])
-    nrm /= np.maximum(np.linalg.norm(nrm, axis=1, keepdims=True), 1e-12)
-
-    # z-buffer of the whole mesh (eyeballs included: they hide what is behind them) at pixel centres
-    node, ztri, zbary = geo.rasterize_nodes(verts_px[model.faces], verts[model.faces, 2], W, H)
-    zbuf = np.full(H * W, -np.inf)
-    zbuf[node] = np.einsum("nk,nk->n", zbary, verts[model.faces[ztri], 2])
-    col = np.rint(px[:, 0]).astype(np.int64)
-    row = np.rint(px[:, 1]).astype(np.int64)
-    inside = (col >= 0) & (col < W) & (row >= 0) & (row < H)
-    surface = np.full(len(texel), -np.inf)
-    surface[inside] = zbuf[row[inside] * W + col[inside]]
-    visible = inside & (pos[:, 2] >= surface - depth_tolerance) & (nrm[:, 2] > min_facing)
+    texel, px, nrm, visible, _ = _project_texels(model, verts, verts_px, W, H, R, depth_tolerance)
+    visible &= nrm[:, 2] > min_facing
 
     colour_tex = np.zeros((R * R, 3))
     seen = np.zeros(R * R, bool)
