@@ -423,7 +423,8 @@ async def _files(
     run_stage: RunStage,
     defer_obj: bool = False,
 ) -> dict[str, bytes]:
-    """:func:`_build_files` as two stages: geometry (the detailed mesh), then encoding."""
+    """The output files in two stages: geometry (the detailed mesh), then encoding (albedo (H, W, 3) in [0, 1],
+    displacement in metres, the coarse vertices)."""
     disp, mesh = await run_stage("geometry", _detailed, bundle, req, disp, verts, timer)
     return await run_stage("encode", _encode, bundle, req, albedo, disp, mesh, timer, defer_obj, verts)
 
@@ -436,19 +437,6 @@ def _detailed(
             res = max(bundle.manifest.resolutions.displacement, 64)
             disp = np.zeros((res, res))
         return disp, geo.detailed_mesh(bundle.face_model, verts, disp, req.mesh_resolution)
-
-
-def _build_files(
-    bundle: Bundle,
-    req: MeshRequest | ReconstructRequest,
-    albedo: np.ndarray,
-    disp: np.ndarray | None,
-    verts: np.ndarray,
-    timer: Timer,
-) -> dict[str, bytes]:
-    """Encode the outputs: albedo (H, W, 3) in [0, 1], displacement (metres) and the coarse vertices."""
-    disp, mesh = _detailed(bundle, req, disp, verts, timer)
-    return _encode(bundle, req, albedo, disp, mesh, timer, verts=verts)
 
 
 def _encode(
