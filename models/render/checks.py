@@ -107,15 +107,23 @@ def mouth_margin(image_srgb: np.ndarray, landmarks_px: np.ndarray) -> tuple[floa
     return a, b, a - b
 
 
+def _bottom_rows(mask: np.ndarray, fraction: float) -> tuple[int, int] | None:
+    """(first, last) row of the lowest ``fraction`` of the silhouette's height; None for an empty mask."""
+    rows = np.flatnonzero(mask.any(1))
+    if len(rows) == 0:
+        return None
+    top, bottom = int(rows[0]), int(rows[-1])
+    return int(np.floor(bottom - fraction * (bottom - top + 1))) + 1, bottom
+
+
 def bottom_gaps(mask: np.ndarray, fraction: float = 0.05) -> tuple[int, int]:
     """(gaps, rows): background pixels enclosed between covered pixels of the same row in the lowest
     ``fraction`` of the silhouette's height (notches and holes in the neck's edge), and the rows looked at."""
     m = np.asarray(mask, bool)
-    rows = np.flatnonzero(m.any(1))
-    if len(rows) == 0:
+    span = _bottom_rows(m, fraction)
+    if span is None:
         return 0, 0
-    top, bottom = rows[0], rows[-1]
-    start = int(np.floor(bottom - fraction * (bottom - top + 1))) + 1
+    start, bottom = span
     gaps = 0
     for r in range(start, bottom + 1):
         cols = np.flatnonzero(m[r])
@@ -128,11 +136,10 @@ def bottom_notches(image_srgb: np.ndarray, mask: np.ndarray, fraction: float = 0
     """Pixels of the lowest ``fraction`` of the silhouette whose luma differs from that band's median by more
     than ``tolerance`` (a differently coloured band or notches at the neck's edge), and the band's size."""
     m = np.asarray(mask, bool)
-    rows = np.flatnonzero(m.any(1))
-    if len(rows) == 0:
+    span = _bottom_rows(m, fraction)
+    if span is None:
         return 0, 0
-    top, bottom = rows[0], rows[-1]
-    start = int(np.floor(bottom - fraction * (bottom - top + 1))) + 1
+    start, bottom = span
     band = np.zeros_like(m)
     band[start : bottom + 1] = m[start : bottom + 1]
     lum = luminance(image_srgb)[band]
