@@ -361,16 +361,7 @@ class AlbedoTrainer(TrainingLoop):
                 f"the per-process batch {self.batch_local} must be divisible by D's minibatch-stddev group size {g}"
             )
         self.amp = config.amp and self.device.type == "cuda"
-        self.loop = LoopSchedule(
-            total=config.steps,
-            max_steps=config.max_steps,
-            log_every=config.log_every,
-            checkpoint_every=config.checkpoint_every,
-            checkpoint_on_stop=config.checkpoint_on_stop,
-            keep_checkpoints=config.keep_checkpoints,
-            progress=config.progress,
-            desc="albedo",
-        )
+        self.loop = LoopSchedule.of(config, config.steps, "albedo")
 
         self.train_set, self.held_set = build_data(config.data, config.resolution)
         self.sampler = EpochSampler(len(self.train_set), config.data.seed)

@@ -141,16 +141,7 @@ class Trainer(TrainingLoop):
         self.device = info.device
         self.schedule = stage_schedule(config, stage)
         self.total = self.schedule.total
-        self.loop = LoopSchedule(
-            total=self.total,
-            max_steps=config.max_steps,
-            log_every=config.log_every,
-            checkpoint_every=config.checkpoint_every,
-            checkpoint_on_stop=config.checkpoint_on_stop,
-            keep_checkpoints=config.keep_checkpoints,
-            progress=config.progress,
-            desc=stage,
-        )
+        self.loop = LoopSchedule.of(config, self.total, stage)
         has_albedo = self.schedule.albedo_steps > 0
 
         torch.manual_seed(config.seed)

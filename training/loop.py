@@ -68,6 +68,12 @@ class LoopSchedule:
     progress: bool
     desc: str
 
+    @classmethod
+    def of(cls, config: Any, total: int, desc: str) -> LoopSchedule:
+        """The schedule of a stage configuration that has the fields above (but ``total`` and ``desc``)."""
+        names = ("max_steps", "log_every", "checkpoint_every", "checkpoint_on_stop", "keep_checkpoints", "progress")
+        return cls(total=total, desc=desc, **{name: getattr(config, name) for name in names})
+
 
 class TrainingLoop:
     """Base of every stage's trainer: subclasses set ``out``, ``info``, ``device`` and ``loop`` (a
