@@ -11,7 +11,9 @@ colour. Dividing by the order-2 SH shading at each texel's normal de-lights the 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -37,11 +39,12 @@ def sh_basis(normals: np.ndarray) -> np.ndarray:
     """(..., 3) unit normals → (..., 9) basis in the order 1, x, y, z, xy, xz, yz, x² − y², 3z² − 1."""
     x, y, z = normals[..., 0], normals[..., 1], normals[..., 2]
     c = SH_CONSTANTS
-    return np.stack(
-        [np.full_like(x, c[0]), c[1] * x, c[2] * y, c[3] * z, c[4] * x * y, c[5] * x * z, c[6] * y * z,
-         c[7] * (x * x - y * y), c[8] * (3.0 * z * z - 1.0)],
-        axis=-1,
-    )  # fmt: skip
+    out = np.empty((*x.shape, 9), np.result_type(normals, 1.0))  # written in place: no stacking copy
+    out[..., 0] = c[0]
+    out[..., 1], out[..., 2], out[..., 3] = c[1] * x, c[2] * y, c[3] * z
+    out[..., 4], out[..., 5], out[..., 6] = c[4] * x * y, c[5] * x * z, c[6] * y * z
+    out[..., 7], out[..., 8] = c[7] * (x * x - y * y), c[8] * (3.0 * z * z - 1.0)
+    return out
 
 
 @dataclass(frozen=True)
@@ -86,10 +89,7 @@ def unwrap(
             texels seen at grazing angles are blurred and easily mis-registered at the silhouette; raising it
             hands more of the turned-away side to the mirror fill.
     """
-    img = np.asarray(image)
-    if img.ndim != 3 or img.shape[2] != 3:
-        raise ValueError(f"image: expected (H, W, 3), got {img.shape}")
-    img = img.astype(np.float64) / 255.0 if img.dtype == np.uint8 else img.astype(np.float64)
+    img = _float_image(image)
     H, W = img.shape[:2]
     R = int(resolution)
     texel, px, nrm, visible, _ = _project_texels(model, verts, verts_px, W, H, R, depth_tolerance)
@@ -137,6 +137,14 @@ def unwrap(
     )
 
 
+def _float_image(image: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 (scaled to [0, 1]) or float image as float64, without a copy when it already is."""
+    img = np.asarray(image)
+    if img.ndim != 3 or img.shape[2] != 3:
+        raise ValueError(f"image: expected (H, W, 3), got {img.shape}")
+    return img.astype(np.float64) / 255.0 if img.dtype == np.uint8 else np.asarray(img, np.float64)
+
+
 def _uv_of_pixels(px: np.ndarray, W: int, H: int) -> np.ndarray:
     """Pixel positions (x right, y down, centres at integers) → the (u, v up) convention of ``sample_map``."""
     return np.stack([(px[:, 0] + 0.5) / W, 1.0 - (px[:, 1] + 0.5) / H], 1)
@@ -160,7 +168,20 @@ def landmark_uv(model: geo.FaceModelArrays) -> np.ndarray:
     return np.einsum("lk,lkc->lc", model.landmark_bary.astype(np.float64), corners)
 
 
-_REGIONS_CACHE: dict[tuple[int, int], tuple[geo.FaceModelArrays, dict[str, np.ndarray]]] = {}
+# what depends only on the face model and the resolution, keyed like facecore.geometry's samplings: by
+# id(model) *and* holding the model, so a collected model's reused id never returns another model's entry
+_CACHE: dict[tuple[str, int, int], tuple[geo.FaceModelArrays, Any]] = {}
+_CACHE_ENTRIES = 16
+
+
+def _cached(kind: str, model: geo.FaceModelArrays, R: int, build: Callable[[], Any]) -> Any:
+    key = (kind, id(model), R)
+    hit = _CACHE.get(key)
+    if hit is None or hit[0] is not model:
+        if len(_CACHE) >= _CACHE_ENTRIES:
+            _CACHE.clear()
+        hit = _CACHE[key] = (model, build())
+    return hit[1]
 
 
 def uv_regions(model: geo.FaceModelArrays, resolution: int) -> dict[str, np.ndarray]:
@@ -175,10 +196,10 @@ def uv_regions(model: geo.FaceModelArrays, resolution: int) -> dict[str, np.ndar
     Only texels of the skin layout (:func:`facecore.geometry.texel_sampling`) are in a region.
     """
     R = int(resolution)
-    key = (id(model), R)
-    hit = _REGIONS_CACHE.get(key)
-    if hit is not None and hit[0] is model:
-        return hit[1]
+    return _cached("regions", model, R, lambda: _draw_regions(model, R))
+
+
+def _draw_regions(model: geo.FaceModelArrays, R: int) -> dict[str, np.ndarray]:
     from PIL import Image, ImageDraw
 
     lm = landmark_uv(model)
@@ -232,9 +253,6 @@ def uv_regions(model: geo.FaceModelArrays, resolution: int) -> dict[str, np.ndar
     out = {k: v & layout for k, v in out.items()}
     for v in out.values():
         v.setflags(write=False)
-    if len(_REGIONS_CACHE) >= 8:
-        _REGIONS_CACHE.clear()
-    _REGIONS_CACHE[key] = (model, out)
     return out
 
 
@@ -390,80 +408,80 @@ def extract(
     Returns:
         :class:`CleanTexture`.
     """
-    img = np.asarray(image)
-    if img.ndim != 3 or img.shape[2] != 3:
-        raise ValueError(f"image: expected (H, W, 3), got {img.shape}")
-    img = img.astype(np.float64) / 255.0 if img.dtype == np.uint8 else img.astype(np.float64)
-    H, W = img.shape[:2]
-    R = int(resolution)
-    texel, px, nrm, visible, covered = _project_texels(model, verts, verts_px, W, H, R, depth_tolerance)
-    # the head's silhouette, shrunk by the margin: texels projecting closer to it than that are not trusted
-    size = math.sqrt(max(float(covered.sum()), 1.0))
-    margin = max(1, int(round(silhouette_margin * size)))
-    inner = _box_mean(covered.astype(np.float64), margin) > 1.0 - 1e-6
-    col = np.clip(np.rint(px[:, 0]).astype(np.int64), 0, W - 1)
-    row = np.clip(np.rint(px[:, 1]).astype(np.int64), 0, H - 1)
-    seen = visible & (nrm[:, 2] >= min_facing) & inner[row, col]
-
-    N = R * R
-    colour = np.zeros((N, 3))
-    colour[texel[seen]] = geo.sample_map(img, _uv_of_pixels(px[seen], W, H))
-    pixel = np.full((N, 2), np.nan)
-    pixel[texel[seen]] = px[seen]
-    shading = np.zeros((N, 3))
-    shading[texel] = 1.0
+    img = _float_image(image)
     if sh is not None:
         sh = np.asarray(sh, np.float64)
         if sh.shape != (9, 3) or not np.all(np.isfinite(sh)):
             raise ValueError(f"sh: expected finite (9, 3), got {sh.shape}")
-        shading[texel] = sh_basis(nrm) @ sh
-    seen_map = np.zeros(N, bool)
-    seen_map[texel[seen]] = True
-    # clipped per texel, as the map stores it: an over-bright texel must not lift its neighbours' fill
-    raw = np.where(seen_map[:, None], colour / np.maximum(shading, 0.05), 0.0)
-    delit = np.clip(raw, 0.0, 1.0)
+    H, W = img.shape[:2]
+    R = int(resolution)
+    N = R * R
+    texel, px, nrm, visible, covered = _project_texels(model, verts, verts_px, W, H, R, depth_tolerance)
+    layout = _layout(model, R)
+    # the head's silhouette, shrunk by the margin: texels projecting closer to it than that are not trusted
+    size = math.sqrt(max(float(covered.sum()), 1.0))
+    margin = max(1, int(round(silhouette_margin * size)))
+    inner = _box_sum(covered, margin) == (2 * margin + 1) ** 2
+    col = np.clip(np.rint(px[:, 0]).astype(np.int64), 0, W - 1)
+    row = np.clip(np.rint(px[:, 1]).astype(np.int64), 0, H - 1)
+    seen = visible & (nrm[:, 2] >= min_facing) & inner[row, col]
+    at = texel[seen]  # the seen texels' indices in the map, ascending
+
+    texel_shading = np.ones((len(texel), 3)) if sh is None else sh_basis(nrm) @ sh
+    seen_colour = geo.sample_map(img, _uv_of_pixels(px[seen], W, H))
+    seen_shading = texel_shading[seen]
+    raw = seen_colour / np.maximum(seen_shading, 0.05)
+    lit = (seen_shading.min(1) >= min_shading) & (seen_colour.max(1) < clip_level)
+    idx = at[lit]
     # the skin model's features: the photo's own chroma (clipping the de-lit values would distort it) at the
     # de-lit luminance
-    y_colour = np.maximum(colour @ LUMA, 1e-6)
-    feature = colour * ((raw @ LUMA) / y_colour)[:, None]
-    ok = seen_map & (shading.min(1) >= min_shading) & (colour.max(1) < clip_level)
+    colour_ok = seen_colour[lit]
+    feature = colour_ok * ((raw[lit] @ LUMA) / np.maximum(colour_ok @ LUMA, 1e-6))[:, None]
 
-    regions = {k: v.reshape(-1) for k, v in uv_regions(model, R).items()}
-    keep_as_seen = regions["brows"] | regions["eye_openings"] | regions["lips"] | regions["nostrils"]
+    colour = np.zeros((N, 3))
+    colour[at] = seen_colour
+    pixel = np.full((N, 2), np.nan)
+    pixel[at] = px[seen]
+    shading = np.zeros((N, 3))
+    shading[texel] = texel_shading
+    seen_map = np.zeros(N, bool)
+    seen_map[at] = True
+    ok = np.zeros(N, bool)
+    ok[idx] = True
+    # clipped per texel, as the map stores it: an over-bright texel must not lift its neighbours' fill
+    delit = np.zeros((N, 3))
+    delit[at] = np.clip(raw, 0.0, 1.0)
+
     # the eye openings show the eyeball (iris, sclera): kept, but a sclera de-lit to white is toned down
-    opening = regions["eye_openings"] & seen_map
+    opening = layout.openings & seen_map
     delit[opening] *= np.minimum(1.0, 0.8 / np.maximum(delit[opening].max(1), 1e-6))[:, None]
     facing = np.zeros(N)
     facing[texel] = nrm[:, 2]
-    seeds = ok & (regions["cheeks"] | regions["forehead"] | regions["nose"]) & (facing > 0.5)
+    seeds = layout.seed_area[idx] & (facing[idx] > 0.5)
     skin = fit_skin_model(feature[seeds])
-    flags = colour_flags(colour[seeds])
-    accepted = ok.copy()
+    flags = colour_flags(colour_ok[seeds])
+    accepted = ok
     if skin is None:
         flags = (*flags, "no_skin_model")
     else:
-        idx = np.flatnonzero(ok)
-        d2, dy = skin.distances(feature[idx])
+        d2, dy = skin.distances(feature)
         lo, hi = luminance_range
         lo = min(lo, -2.5 * skin.log_y_std)
         hi = max(hi, 2.5 * skin.log_y_std)
         good = (d2 < chroma_limit) & (dy < hi) & (dy > lo)
-        good |= keep_as_seen[idx]
-        rejected = np.zeros(N, bool)
-        rejected[idx[~good]] = True
+        good |= layout.keep_as_seen[idx]
+        rejected = np.zeros((R, R), bool)
+        rejected.flat[idx[~good]] = True
         grow = max(1, int(round(R / 128)))
-        rejected = (_box_mean(rejected.reshape(R, R).astype(np.float64), grow) > 0).reshape(-1) & ~keep_as_seen
-        accepted = ok & ~rejected
+        accepted = ok & ~((_box_sum(rejected, grow) > 0).reshape(-1) & ~layout.keep_as_seen)
     # weights: facing fade-in and feathering away from everything not accepted
     feather = max(1, int(round(R / 96)))
-    inside = _box_mean(_box_mean(accepted.reshape(R, R).astype(np.float64), feather), feather).reshape(-1)
+    inside = _box_mean(_box_mean(accepted.reshape(R, R), feather), feather).reshape(-1)
     w = accepted * np.clip((facing - min_facing) / 0.2, 0.0, 1.0) * np.clip(2.0 * inside - 0.5, 0.0, 1.0)
-    w = np.where(keep_as_seen & accepted, np.maximum(w, 0.8 * accepted), w)
-    rows, cols = np.divmod(np.arange(N), R)
-    mirror = rows * R + (R - 1 - cols)
-    w_m = (1.0 - w) * w[mirror]
+    w = np.where(layout.keep_as_seen & accepted, np.maximum(w, 0.8 * accepted), w)
+    w_m = (1.0 - w) * _mirror(w, R)
     weight = w + w_m
-    mixed = w[:, None] * delit + w_m[:, None] * delit[mirror]
+    mixed = w[:, None] * delit + w_m[:, None] * _mirror(delit, R)
     value = np.where(weight[:, None] > 0, mixed / np.maximum(weight, 1e-12)[:, None], 0.0)
     # weight · value + (1 − weight) · (the pyramid's smooth completion): seamless by construction
     albedo = _pull_push(value.reshape(R, R, 3), weight.reshape(R, R)).reshape(N, 3)
@@ -497,35 +515,124 @@ def _project_texels(
         raise ValueError(f"verts/verts_px: expected ({model.n_verts}, 3) and ({model.n_verts}, 2)")
     if not (np.all(np.isfinite(verts)) and np.all(np.isfinite(verts_px))):
         raise ValueError("verts/verts_px: contain NaN or inf")
-    texel, face, bary = geo.texel_sampling(model, R)
-    tri = model.faces[face]
-    pos = np.einsum("nk,nkc->nc", bary, verts[tri])
-    px = np.einsum("nk,nkc->nc", bary, verts_px[tri])
+    layout = _layout(model, R)
+    # position (3), pixel (2) and normal (3) of every texel centre in one interpolation
     normals = geo.vertex_normals(verts, model.faces)
-    nrm = np.einsum("nk,nkc->nc", bary, normals[tri])
-    nrm /= np.maximum(np.linalg.norm(nrm, axis=1, keepdims=True), 1e-12)
-    node, ztri, zbary = geo.rasterize_nodes(verts_px[model.faces], verts[model.faces, 2], W, H)
-    zbuf = np.full(H * W, -np.inf)
-    zbuf[node] = np.einsum("nk,nk->n", zbary, verts[model.faces[ztri], 2])
+    at = np.einsum("nk,nkc->nc", layout.bary, np.concatenate([verts, verts_px, normals], 1)[layout.corners])
+    pos, px, nrm = at[:, :3], at[:, 3:5], at[:, 5:]
+    nrm /= np.maximum(np.sqrt(np.einsum("nc,nc->n", nrm, nrm)), 1e-12)[:, None]
+    zbuf = _zbuffer(verts_px[model.faces], verts[model.faces, 2], W, H)
     col = np.rint(px[:, 0]).astype(np.int64)
     row = np.rint(px[:, 1]).astype(np.int64)
     inside = (col >= 0) & (col < W) & (row >= 0) & (row < H)
-    surface = np.full(len(texel), -np.inf)
+    surface = np.full(len(layout.texel), -np.inf)
     surface[inside] = zbuf[row[inside] * W + col[inside]]
     visible = inside & (pos[:, 2] >= surface - depth_tolerance)
-    return texel, px, nrm, visible, np.isfinite(zbuf).reshape(H, W)
+    return layout.texel, px, nrm, visible, np.isfinite(zbuf).reshape(H, W)
+
+
+@dataclass(frozen=True, eq=False)
+class _Layout:
+    """What extraction at one resolution needs of the face model alone (:func:`_layout`, cached).
+
+    Attributes:
+        texel, corners, bary: (n,) flat index of each texel centre on the skin layout, (n, 3) the vertices of
+            its triangle, (n, 3) float64 barycentric coordinates (:func:`facecore.geometry.texel_sampling`).
+        keep_as_seen: (R²,) brows, eye openings, lips, nostrils (:func:`uv_regions`); ``openings``: the eye
+            openings; ``seed_area``: cheeks, forehead and nose, where the skin model's samples come from.
+    """
+
+    texel: np.ndarray
+    corners: np.ndarray
+    bary: np.ndarray
+    keep_as_seen: np.ndarray
+    openings: np.ndarray
+    seed_area: np.ndarray
+
+
+def _layout(model: geo.FaceModelArrays, R: int) -> _Layout:
+    def build() -> _Layout:
+        texel, face, bary = geo.texel_sampling(model, R)
+        reg = {k: v.reshape(-1) for k, v in uv_regions(model, R).items()}
+        keep = reg["brows"] | reg["eye_openings"] | reg["lips"] | reg["nostrils"]
+        seed_area = reg["cheeks"] | reg["forehead"] | reg["nose"]
+        return _Layout(texel, model.faces[face], bary.astype(np.float64), keep, reg["eye_openings"], seed_area)
+
+    return _cached("layout", model, R, build)
+
+
+def _zbuffer(tri_xy: np.ndarray, tri_depth: np.ndarray, width: int, height: int) -> np.ndarray:
+    """(height · width,) the largest depth of the triangles covering each pixel centre, -inf where none does.
+
+    Scanline z-buffer, vectorised: each triangle's pixel rows, on each row the span between its edges'
+    crossings (depth interpolated along the edges, then along the span), the maximum per pixel. Covers the
+    same pixels as :func:`facecore.geometry.rasterize_nodes` (boundary inclusive, degenerate triangles
+    dropped) without testing every pixel of each triangle's bounding box.
+
+    Args:
+        tri_xy: (F, 3, 2) triangle corners in pixels (x right, y down, centres at integers).
+        tri_depth: (F, 3) depth of each corner; larger wins.
+    """
+    eps = 1e-9
+    x, y, z = tri_xy[..., 0], tri_xy[..., 1], tri_depth
+    area2 = (x[:, 1] - x[:, 0]) * (y[:, 2] - y[:, 0]) - (x[:, 2] - x[:, 0]) * (y[:, 1] - y[:, 0])
+    keep = np.abs(area2) > 1e-14
+    x, y, z = x[keep], y[keep], z[keep]
+    top = np.maximum(np.ceil(y.min(1) - eps).astype(np.int64), 0)
+    bottom = np.minimum(np.floor(y.max(1) + eps).astype(np.int64), height - 1)
+    tri, row = _runs(top, bottom)
+    ry = row.astype(np.float64)
+    left, right = np.full(len(tri), np.inf), np.full(len(tri), -np.inf)
+    z_left, z_right = np.zeros(len(tri)), np.zeros(len(tri))
+    for p, q in ((0, 1), (1, 2), (2, 0)):
+        xp, yp, zp, xq, yq, zq = x[tri, p], y[tri, p], z[tri, p], x[tri, q], y[tri, q], z[tri, q]
+        dy = yq - yp
+        flat = np.abs(dy) < 1e-12
+        on = (ry >= np.minimum(yp, yq) - eps) & (ry <= np.maximum(yp, yq) + eps)
+        t = np.clip((ry - yp) / np.where(flat, 1.0, dy), 0.0, 1.0)
+        # a crossing edge meets the row in one point; an edge along the row, in both its ends
+        for s in (np.where(flat, 0.0, t), np.where(flat, 1.0, t)):
+            xs, zs = xp + s * (xq - xp), zp + s * (zq - zp)
+            m = on & (xs < left)
+            left, z_left = np.where(m, xs, left), np.where(m, zs, z_left)
+            m = on & (xs > right)
+            right, z_right = np.where(m, xs, right), np.where(m, zs, z_right)
+    first = np.maximum(np.ceil(left - eps), 0).astype(np.int64)
+    last = np.minimum(np.floor(right + eps), width - 1).astype(np.int64)
+    span, col = _runs(first, last)
+    width_px = right - left
+    slope = np.divide(z_right - z_left, width_px, out=np.zeros_like(width_px), where=width_px > 1e-12)
+    depth = z_left[span] + slope[span] * np.clip(col - left[span], 0.0, width_px[span])
+    zbuf = np.full(height * width, -np.inf)
+    np.maximum.at(zbuf, row[span] * width + col, depth)
+    return zbuf
+
+
+def _runs(first: np.ndarray, last: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every integer of each range ``first[i] … last[i]`` (empty when last < first): (owner i, value)."""
+    count = np.maximum(last - first + 1, 0)
+    owner = np.repeat(np.arange(len(first)), count)
+    return owner, np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count) + first[owner]
+
+
+def _box_sum(a: np.ndarray, radius: int) -> np.ndarray:
+    """Sum of (H, W) ``a`` over the (2r+1)² box around each element (zero padding: borders count as 0); exact
+    integer counts for a bool or integer ``a``."""
+    r = int(radius)
+    k = 2 * r + 1
+    c = np.pad(a.astype(np.int64 if a.dtype.kind in "bui" else np.float64), ((r + 1, r), (r + 1, r)))
+    c = c.cumsum(0).cumsum(1)
+    return c[k:, k:] - c[:-k, k:] - c[k:, :-k] + c[:-k, :-k]
 
 
 def _box_mean(a: np.ndarray, radius: int) -> np.ndarray:
     """Mean of (H, W) ``a`` over the (2r+1)² box around each element (zero padding: borders count as 0)."""
-    r = int(radius)
-    if r <= 0:
-        return a.astype(np.float64)
-    k = 2 * r + 1
-    p = np.pad(a.astype(np.float64), r + 1)
-    c = p.cumsum(0).cumsum(1)
-    s = c[k:, k:] - c[:-k, k:] - c[k:, :-k] + c[:-k, :-k]
-    return s[: a.shape[0], : a.shape[1]] / (k * k)
+    return _box_sum(a, radius) / (2 * int(radius) + 1) ** 2
+
+
+def _mirror(a: np.ndarray, R: int) -> np.ndarray:
+    """A flat (R², …) texel array at each texel's mirror texel (u → 1 − u, same row)."""
+    return a.reshape(R, R, *a.shape[1:])[:, ::-1].reshape(a.shape)
 
 
 def _pull_push(value: np.ndarray, weight: np.ndarray, levels: int = 12) -> np.ndarray:
@@ -540,13 +647,7 @@ def _pull_push(value: np.ndarray, weight: np.ndarray, levels: int = 12) -> np.nd
         v, w = vals[-1], wts[-1]
         if min(w.shape) <= 1:
             break
-        h2, w2 = -(-w.shape[0] // 2), -(-w.shape[1] // 2)
-        pv = np.zeros((2 * h2, 2 * w2, v.shape[2]))
-        pw = np.zeros((2 * h2, 2 * w2))
-        pv[: v.shape[0], : v.shape[1]] = v
-        pw[: w.shape[0], : w.shape[1]] = w
-        sw = pw.reshape(h2, 2, w2, 2).sum((1, 3))
-        sv = pv.reshape(h2, 2, w2, 2, -1).sum((1, 3))
+        sw, sv = _sum2x2(w), _sum2x2(v)
         # normalise to a mean colour with a weight of at most 1 (premultiplied)
         norm = np.maximum(sw, 1e-12)
         wn = np.minimum(sw, 1.0)
@@ -562,20 +663,31 @@ def _pull_push(value: np.ndarray, weight: np.ndarray, levels: int = 12) -> np.nd
     return filled
 
 
+def _sum2x2(a: np.ndarray) -> np.ndarray:
+    """Sums of the 2 × 2 blocks of (h, w, …) ``a``, zero-padded to even sides."""
+    h, w = a.shape[:2]
+    if h % 2 or w % 2:
+        a = np.pad(a, ((0, h % 2), (0, w % 2)) + ((0, 0),) * (a.ndim - 2))
+    return a[0::2, 0::2] + a[1::2, 0::2] + a[0::2, 1::2] + a[1::2, 1::2]
+
+
 def _upsample(a: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Bilinear ×2 upsampling of (h, w, C) to ``shape`` (≤ 2h × 2w), texel centres aligned, edges clamped."""
-    h, w = a.shape[:2]
+    return _upsample_axis(_upsample_axis(a, 1, shape[1]), 0, shape[0])
 
-    def axis(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        x = (np.arange(n_out) + 0.5) / 2.0 - 0.5
-        i0 = np.clip(np.floor(x).astype(np.int64), 0, n_in - 1)
-        i1 = np.clip(i0 + 1, 0, n_in - 1)
-        t = np.clip(x - np.floor(x), 0.0, 1.0)
-        t = np.where(x < 0, 0.0, t)
-        return i0, i1, t
 
-    r0, r1, tr = axis(shape[0], h)
-    c0, c1, tc = axis(shape[1], w)
-    top = a[r0][:, c0] * (1 - tc)[None, :, None] + a[r0][:, c1] * tc[None, :, None]
-    bot = a[r1][:, c0] * (1 - tc)[None, :, None] + a[r1][:, c1] * tc[None, :, None]
-    return top * (1 - tr)[:, None, None] + bot * tr[:, None, None]
+def _upsample_axis(a: np.ndarray, axis: int, size: int) -> np.ndarray:
+    """Bilinear ×2 along ``axis`` (0 or 1), cut to ``size``: output 2i and 2i + 1 lie at input i − 1/4 and
+    i + 1/4, so they take 1/4 and 3/4 of their two nearest inputs (the first and last one clamped)."""
+
+    def at(s: int | slice) -> tuple[int | slice, ...]:
+        return (slice(None),) * axis + (s,)
+
+    n = a.shape[axis]
+    out = np.empty(a.shape[:axis] + (2 * n,) + a.shape[axis + 1 :])
+    lo, hi = a[at(slice(None, -1))], a[at(slice(1, None))]
+    out[at(0)] = a[at(0)]
+    out[at(slice(2, None, 2))] = lo * 0.25 + hi * 0.75
+    out[at(slice(1, -1, 2))] = lo * 0.75 + hi * 0.25
+    out[at(-1)] = a[at(-1)] * 0.75 + a[at(-1)] * 0.25
+    return out[at(slice(None, size))]
