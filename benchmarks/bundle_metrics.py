@@ -95,7 +95,7 @@ def summary(values: np.ndarray) -> dict[str, float]:
 
 # ----------------------------------------------------------------------------------------------------- synthetic
 def synthetic_metrics(runner: BundleRunner, count: int, seed: int) -> dict:
-    from models.displacement import DetailedMesh
+    from models.displacement import UVGrid
     from models.face.model import FaceModel
     from training.data.images import resize_uv
     from training.data.synthetic import SyntheticConfig, SyntheticFaces
@@ -106,7 +106,7 @@ def synthetic_metrics(runner: BundleRunner, count: int, seed: int) -> dict:
     model = bundle.face_model
     fm = torch_face_model(face_model_path(bundle))
     faces = SyntheticFaces(SyntheticConfig(image_size=224, albedo_size=256, seed=seed), face_model=FaceModel(fm.arrays))
-    scanner = DetailedMesh(fm, 128)
+    scanner = UVGrid(fm, 128)
     res = P.unwrap_resolution(runner.texture_size, bundle.manifest.resolutions.albedo)
     seen_texels = SeenTexels(fm, res)
     coarse_dist = MeshDistance(fm.faces, fm.n_verts)
@@ -289,6 +289,7 @@ def kid_metrics(
     feats = extractor.extract(generated_t)
     source = SyntheticAlbedos(res, seed, samples, cache=False)
     truth = torch.stack([source.load_uint8(i) for i in range(samples)]).float() / 255.0
+
     def half(n_ref: int) -> int:  # subsets of half the smaller set: the spread over subsets is the uncertainty
         return max(2, min(len(feats), n_ref) // 2)
 

@@ -37,7 +37,6 @@ from facecore import formats
 from facecore import geometry as geo
 
 EYE_PARTS = ("eyeball_left", "eyeball_right")
-MOUTH_PART = "mouth_interior"
 DEFAULT_IRIS_SRGB = (0.38, 0.25, 0.14)  # hazel brown: the commonest iris colour, used when none is measured
 SCLERA_SRGB = (0.86, 0.83, 0.79)
 PUPIL_SRGB = (0.02, 0.02, 0.025)
@@ -159,9 +158,9 @@ def _build(model: geo.FaceModelArrays) -> FaceAssets:
         scale = np.median(dist / np.maximum(np.sin(ctheta[ring]), 1e-6)) if ring.any() else 0.0
         iris_uv.append(pole)
         iris_r.append(scale * np.sin(iris))
-    mouth = _part(model, MOUTH_PART)
+    mouth = _part(model, geo.MOUTH_PART)
     if len(mouth):
-        mouth = np.union1d(mouth, _inner_mouth_skin(model, mean))
+        mouth = np.union1d(mouth, geo.inner_mouth_skin(model))
         mv = mean[model.faces[mouth]]  # (Fm, 3, 3)
         z_lip = mv[..., 2].max()
         half = max(float(np.abs(mv[..., 0]).max()), 1e-6)
@@ -181,29 +180,6 @@ def _build(model: geo.FaceModelArrays) -> FaceAssets:
         neck_v=_neck_v(model),
         teeth=_build_teeth(model, mean, mouth),
     )
-
-
-def _inner_mouth_skin(model: geo.FaceModelArrays, mean: np.ndarray, size: int = 512) -> np.ndarray:
-    """Skin triangles inside the mouth: between the mouth corners, the chin and the upper lip, behind the lips
-    and hidden at rest from the front (the floor of the mouth and the lips' inner sides, which the cylindrical
-    layout folds under the lips' own texels, so they would show lip colour when the jaw opens)."""
-    skin = np.flatnonzero(model.face_part == 0)
-    centre = mean[model.faces[skin]].mean(1)
-    lm = geo.landmarks_3d(model, mean[None])[0]
-    half = 0.5 * abs(lm[54, 0] - lm[48, 0]) + 0.004
-    near = (np.abs(centre[:, 0] - 0.5 * (lm[48, 0] + lm[54, 0])) < half) & (centre[:, 2] < lm[48:68, 2].max())
-    near &= (centre[:, 1] > lm[8, 1] + 0.008) & (centre[:, 1] < lm[51, 1])
-    # orthographic z-buffer of the rest head seen from the front
-    origin = mean[:, :2].min(0)
-    scale = (size - 1) / max(float((mean[:, :2].max(0) - origin).max()), 1e-9)
-    px = (mean[:, :2] - origin) * scale
-    px[:, 1] = size - 1 - px[:, 1]
-    node, tri, bary = geo.rasterize_nodes(px[model.faces], mean[model.faces, 2], size, size)
-    zbuf = np.full(size * size, -np.inf)
-    zbuf[node] = np.einsum("nk,nk->n", bary, mean[model.faces[tri], 2])
-    at = np.clip(np.rint(px[model.faces[skin]].mean(1)).astype(np.int64), 0, size - 1)
-    hidden = centre[:, 2] < zbuf[at[:, 1] * size + at[:, 0]] - 0.001
-    return skin[near & hidden]
 
 
 def _neck_v(model: geo.FaceModelArrays) -> float | None:
@@ -810,7 +786,6 @@ def _part_mesh(
 def export_parts(
     model: geo.FaceModelArrays, positions: np.ndarray, normals: np.ndarray, iris_srgb=DEFAULT_IRIS_SRGB,
     eye_size: int = 512,
-    exclude: np.ndarray | None = None,
     verts: np.ndarray | None = None,
 ) -> list[ExportPart]:  # fmt: skip
     """The ``eyes`` and ``mouth`` primitives from per-coarse-vertex ``positions`` and ``normals`` (V, 3), and
@@ -820,9 +795,8 @@ def export_parts(
     parts = []
     mesh, vertex = _part_mesh(model, positions, normals, a.eye_faces, a.eye_uv)
     parts.append(ExportPart("eyes", mesh, eye_texture(a, iris_srgb, eye_size), vertex, 0.15))
-    keep = np.ones(len(a.mouth_faces), bool) if exclude is None else ~np.isin(a.mouth_faces, exclude)
-    if keep.any():
-        mesh, vertex = _part_mesh(model, positions, normals, a.mouth_faces[keep], a.mouth_uv[keep])
+    if len(a.mouth_faces):
+        mesh, vertex = _part_mesh(model, positions, normals, a.mouth_faces, a.mouth_uv)
         parts.append(ExportPart("mouth", mesh, mouth_texture(64), vertex, 0.5))
     if verts is not None and a.teeth is not None:
         parts.append(teeth_part(model, verts))
@@ -851,33 +825,31 @@ def split_detailed(
 ) -> tuple[geo.MeshData, np.ndarray, list[ExportPart]]:
     """Split a :func:`facecore.geometry.detailed_mesh` into the skin and the eye / mouth primitives.
 
-    The detailed mesh appends the coarse triangles its UV grid does not cover (eyeballs, mouth, folds) with
-    their coarse vertices; the eye and mouth triangles leave the skin and become :func:`export_parts`.
+    The detailed mesh appends the coarse triangles it does not subdivide (eyeballs, mouth cavity, the skin
+    inside the mouth) with their coarse vertices; those leave the skin and become :func:`export_parts`.
 
     Returns:
         ``(skin, keep, parts)``: the skin mesh, ``keep`` (N',) the detailed-mesh vertex each skin vertex came
         from (index morph targets from :func:`facecore.geometry.detailed_vertex_field` with it), and the parts.
     """
     a = face_assets(model)
-    s = geo.uv_sampling(model, resolution)
-    n_grid_verts, n_grid_faces = len(s.face), len(s.faces)
-    hidden_uv = np.unique(model.uv_faces[s.hidden_faces])  # the order detailed_mesh appends them in
-    if len(mesh.positions) != n_grid_verts + len(hidden_uv):
+    s = geo.mesh_sampling(model, resolution)
+    n_points, n_point_faces = len(s.face), len(s.faces)
+    kept_uv = np.unique(model.uv_faces[s.kept_faces])  # the order detailed_mesh appends them in
+    if len(mesh.positions) != n_points + len(kept_uv):
         raise ValueError(f"mesh: not a detailed_mesh of this model at resolution {resolution}")
     positions = np.zeros((model.n_verts, 3), np.float32)
     normals = np.zeros((model.n_verts, 3), np.float32)
-    positions[model.uv_vertex[hidden_uv]] = mesh.positions[n_grid_verts:]
-    normals[model.uv_vertex[hidden_uv]] = mesh.normals[n_grid_verts:]
+    positions[model.uv_vertex[kept_uv]] = mesh.positions[n_points:]
+    normals[model.uv_vertex[kept_uv]] = mesh.normals[n_points:]
     drop = np.zeros(len(mesh.faces), bool)
-    drop[n_grid_faces:] = np.isin(s.hidden_faces, np.concatenate([a.eye_faces, a.mouth_faces]))
-    # mouth triangles the UV grid covers stay in the skin (they own texels), the others move to the mouth
-    in_skin = np.isin(a.mouth_faces, s.hidden_faces, invert=True) & (model.face_part[a.mouth_faces] == 0)
+    drop[n_point_faces:] = np.isin(s.kept_faces, np.concatenate([a.eye_faces, a.mouth_faces]))
     faces = mesh.faces[~drop]
     keep = np.unique(faces)
     remap = np.full(len(mesh.positions), -1, np.int64)
     remap[keep] = np.arange(len(keep))
     skin = geo.MeshData(mesh.positions[keep], mesh.normals[keep], mesh.uv[keep], remap[faces])
-    parts = export_parts(model, positions, normals, iris_srgb, exclude=a.mouth_faces[in_skin], verts=verts)
+    parts = export_parts(model, positions, normals, iris_srgb, verts=verts)
     return skin, keep, parts
 
 

@@ -12,6 +12,7 @@ centres; the first joint is the root ("global") rotation.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 import numpy as np
 
 SCHEMA_VERSION = 1
+MOUTH_PART = "mouth_interior"  # the face-model part of the oral cavity
 N_LANDMARKS = 68
 
 # Arrays stored in the npz, with (dtype kind, shape spec); letters are symbolic sizes checked for consistency.
@@ -459,10 +461,11 @@ def vertex_normals(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------- detailed mesh
 @dataclass(frozen=True, eq=False)
 class UVSampling:
-    """Where each point of a regular UV grid lies on the coarse surface (topology only, shape-independent).
+    """Where each point of a regular UV grid lies on the coarse surface (topology only, shape-independent): the
+    texel corners of per-texel quantities (the detail normal map of ``models.displacement.UVGrid``).
 
     The grid has (R+1) × (R+1) points at texel *corners* (u = i/R, v = 1 - r/R), so the u = 0 and u = 1
-    columns both exist and the detailed mesh closes across the cylindrical seam. A point is valid when a
+    columns both exist. A point is valid when a
     skin triangle covers it in UV; where several do (the cylindrical projection folds, e.g. the jaw over
     the neck), the outermost one from the vertical axis wins, as a camera on the cylinder would see it.
 
@@ -472,9 +475,8 @@ class UVSampling:
         face: (N,) coarse triangle of each valid point.
         bary: (N, 3) barycentric coordinates in that triangle.
         uv: (N, 2) the point's texture coordinates.
-        faces: (M, 3) triangles over the valid points, counter-clockwise seen from outside.
-        hidden_faces: (H,) coarse triangles no grid point landed on (eyeballs, mouth interior, folds); the
-            detailed mesh keeps them as they are so the head stays closed.
+        faces: (M, 3) triangles over the valid points, counter-clockwise seen from outside (where the layout
+            folds they bridge layers: not a mesh to export, see :func:`detailed_mesh`).
     """
 
     resolution: int
@@ -483,7 +485,6 @@ class UVSampling:
     bary: np.ndarray
     uv: np.ndarray
     faces: np.ndarray
-    hidden_faces: np.ndarray
 
 
 def _barycentric_2d(p: np.ndarray, a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
@@ -500,22 +501,33 @@ def _barycentric_2d(p: np.ndarray, a: np.ndarray, b: np.ndarray, c: np.ndarray) 
 
 
 # keyed by id(model) *and* holding the model: an entry keeps its model alive, so a collected model's id, reused
-# by another model, can never return the first one's entry; at most _CACHE_ENTRIES resolutions are kept
-_SAMPLING_CACHE: dict[tuple[int, int], tuple[FaceModelArrays, UVSampling]] = {}
+# by another model, can never return the first one's entry; at most _CACHE_ENTRIES entries per cache are kept
 _CACHE_ENTRIES = 8
+_SAMPLING_CACHE: dict[tuple[int, int], tuple[FaceModelArrays, Any]] = {}
+_TEXEL_CACHE: dict[tuple[int, int], tuple[FaceModelArrays, Any]] = {}
+_MESH_CACHE: dict[tuple[int, int], tuple[FaceModelArrays, Any]] = {}
+_INNER_MOUTH_CACHE: dict[tuple[int, int], tuple[FaceModelArrays, Any]] = {}
+
+
+def _cached(cache: dict, model: FaceModelArrays, key: int, build: Callable[[], Any]) -> Any:
+    hit = cache.get((id(model), key))
+    if hit is None or hit[0] is not model:
+        if len(cache) >= _CACHE_ENTRIES:
+            cache.clear()
+        hit = cache[(id(model), key)] = (model, build())
+    return hit[1]
+
+
+def _check_resolution(resolution: Any, low: int) -> int:
+    if not isinstance(resolution, int | np.integer) or not low <= int(resolution) <= 4096:
+        raise ValueError(f"resolution: must be an integer in [{low}, 4096], got {resolution!r}")
+    return int(resolution)
 
 
 def uv_sampling(model: FaceModelArrays, resolution: int) -> UVSampling:
     """The (cached) :class:`UVSampling` of ``model`` at ``resolution`` (16..4096)."""
-    if not isinstance(resolution, int | np.integer) or not 16 <= int(resolution) <= 4096:
-        raise ValueError(f"resolution: must be an integer in [16, 4096], got {resolution!r}")
-    key = (id(model), int(resolution))
-    hit = _SAMPLING_CACHE.get(key)
-    if hit is None or hit[0] is not model:
-        if len(_SAMPLING_CACHE) >= _CACHE_ENTRIES:
-            _SAMPLING_CACHE.clear()
-        hit = _SAMPLING_CACHE[key] = (model, _build_uv_sampling(model, int(resolution)))
-    return hit[1]
+    R = _check_resolution(resolution, 16)
+    return _cached(_SAMPLING_CACHE, model, R, lambda: _build_uv_sampling(model, R))
 
 
 def rasterize_nodes(
@@ -585,9 +597,6 @@ def _skin_raster(
     return node, skin[tri], bary
 
 
-_TEXEL_CACHE: dict[tuple[int, int], tuple[FaceModelArrays, tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
-
-
 def texel_sampling(model: FaceModelArrays, resolution: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Where each texel *centre* of an R × R texture lies on the skin (cached).
 
@@ -595,16 +604,13 @@ def texel_sampling(model: FaceModelArrays, resolution: int) -> tuple[np.ndarray,
         texel: (N,) flat index ``row * R + col`` of the covered texels (row 0 is v = 1), face: (N,) skin
         triangle, bary: (N, 3) barycentric coordinates.
     """
-    if not isinstance(resolution, int | np.integer) or not 8 <= int(resolution) <= 4096:
-        raise ValueError(f"resolution: must be an integer in [8, 4096], got {resolution!r}")
-    key = (id(model), int(resolution))
-    hit = _TEXEL_CACHE.get(key)
-    if hit is None or hit[0] is not model:  # see _SAMPLING_CACHE
-        if len(_TEXEL_CACHE) >= _CACHE_ENTRIES:
-            _TEXEL_CACHE.clear()
-        node, face, bary = _skin_raster(model, int(resolution), int(resolution), 0.5)
-        hit = _TEXEL_CACHE[key] = (model, (node, face, bary.astype(np.float32)))
-    return hit[1]
+    R = _check_resolution(resolution, 8)
+
+    def build() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        node, face, bary = _skin_raster(model, R, R, 0.5)
+        return node, face, bary.astype(np.float32)
+
+    return _cached(_TEXEL_CACHE, model, R, build)
 
 
 def _build_uv_sampling(model: FaceModelArrays, R: int) -> UVSampling:
@@ -622,9 +628,8 @@ def _build_uv_sampling(model: FaceModelArrays, R: int) -> UVSampling:
     grid[node] = np.arange(len(node))
     row, col = np.divmod(node, R + 1)
     uv = np.stack([col / R, 1.0 - row / R], 1)
-    hidden = np.setdiff1d(np.arange(len(model.faces)), np.unique(face))
     grid = grid.reshape(R + 1, R + 1)
-    return UVSampling(R, grid, face, bary.astype(np.float32), uv.astype(np.float32), faces, hidden)
+    return UVSampling(R, grid, face, bary.astype(np.float32), uv.astype(np.float32), faces)
 
 
 def _grid_triangles(grid: np.ndarray) -> np.ndarray:
@@ -653,6 +658,175 @@ def _grid_triangles(grid: np.ndarray) -> np.ndarray:
         m = three & keep
         tris.append(np.stack([tri[0][m], tri[1][m], tri[2][m]], 1))
     return np.concatenate(tris).astype(np.int64)
+
+
+@dataclass(frozen=True, eq=False)
+class MeshSampling:
+    """The vertices of :func:`detailed_mesh` as points on the coarse surface (topology only, shape-independent).
+
+    Every skin triangle is split into ``level``² congruent triangles (the points of its barycentric lattice
+    with step 1/level). Lattice points on a shared corner or edge are one point, so the detailed surface is as
+    closed as the coarse one, with no triangle bridging two layers the cylindrical layout folds together (jaw
+    over neck, crown, ears). Corners and edges are shared per *UV* vertex, so the mesh stays split where the
+    texture coordinates are (the cylindrical seam), as :func:`coarse_mesh` is. Triangles kept as they are:
+    every non-skin triangle (eyeballs, mouth cavity) and the skin inside the mouth (:func:`inner_mouth_skin`).
+
+    Attributes:
+        resolution: the R it was made for (:func:`subdivision_level` turns it into ``level``).
+        level: triangles per coarse edge.
+        face: (N,) coarse triangle of each point.
+        bary: (N, 3) barycentric coordinates in that triangle.
+        uv: (N, 2) the point's texture coordinates (u may reach past [0, 1] at the seam, as the coarse UVs do).
+        lookup_uv: (N, 2) where the point reads the displacement map: ``uv``, or for copies of one surface
+            point with different UVs (seam, poles) the same one for all copies.
+        weight: (N,) how much of the displacement the point takes: 0 on the edges shared with a kept
+            triangle (so the displaced skin meets the eyeballs' and mouth's coarse triangles without a crack),
+            rising linearly to 1 one coarse triangle away.
+        faces: (M, 3) triangles over the N points, oriented as their coarse triangle.
+        kept_faces: (H,) the coarse triangles :func:`detailed_mesh` appends as they are.
+    """
+
+    resolution: int
+    level: int
+    face: np.ndarray
+    bary: np.ndarray
+    uv: np.ndarray
+    lookup_uv: np.ndarray
+    weight: np.ndarray
+    faces: np.ndarray
+    kept_faces: np.ndarray
+
+
+def subdivision_level(model: FaceModelArrays, resolution: int) -> int:
+    """Triangles per coarse edge that give the skin about as many vertices as an R × R grid over its UV area."""
+    skin = model.face_part == 0
+    t = model.uv[model.uv_faces[skin]].astype(np.float64)
+    e1, e2 = t[:, 1] - t[:, 0], t[:, 2] - t[:, 0]
+    area = 0.5 * np.abs(e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]).sum()
+    # a triangle split L times per edge brings ~L²/2 vertices; the grid has ~area·R² over the skin
+    return max(1, int(round(resolution * np.sqrt(2.0 * area / max(int(skin.sum()), 1)))))
+
+
+def mesh_sampling(model: FaceModelArrays, resolution: int) -> MeshSampling:
+    """The (cached) :class:`MeshSampling` of ``model`` for a detailed mesh of resolution R (16..4096)."""
+    R = _check_resolution(resolution, 16)
+    return _cached(_MESH_CACHE, model, R, lambda: _build_mesh_sampling(model, R))
+
+
+def _lattice(level: int) -> tuple[np.ndarray, np.ndarray]:
+    """The barycentric lattice of one triangle split ``level`` times per edge.
+
+    Returns:
+        weights: (P, 3) integer barycentric coordinates summing to ``level``; tris: (T, 3) lattice triangles
+        (``level``² of them), counter-clockwise when the triangle's corners are.
+    """
+    L = level
+    i, j = (a.ravel() for a in np.meshgrid(np.arange(L + 1), np.arange(L + 1), indexing="ij"))
+    inside = i + j <= L
+    i, j = i[inside], j[inside]
+    index = np.full((L + 2, L + 2), -1, np.int64)
+    index[i, j] = np.arange(len(i))
+    up = i + j <= L - 1
+    down = i + j <= L - 2
+    tris = np.concatenate(
+        [
+            np.stack([index[i[up], j[up]], index[i[up] + 1, j[up]], index[i[up], j[up] + 1]], 1),
+            np.stack([index[i[down] + 1, j[down]], index[i[down] + 1, j[down] + 1], index[i[down], j[down] + 1]], 1),
+        ]
+    )
+    return np.stack([L - i - j, i, j], 1), tris
+
+
+def _lattice_names(corners: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """(S, 3) corner ids × (P, 3) lattice weights → (S·P, 6) names: (id, weight) of the corners sorted by id,
+    corners of weight 0 left out (id -1). The same name in two triangles is the same point: a shared corner,
+    or the same step along a shared edge."""
+    ids = np.where(weights[None] > 0, corners[:, None, :], -1)  # (S, P, 3)
+    w = np.broadcast_to(weights[None], ids.shape)
+    order = np.argsort(ids, axis=2, kind="stable")
+    return np.concatenate([np.take_along_axis(ids, order, 2), np.take_along_axis(w, order, 2)], 2).reshape(-1, 6)
+
+
+def _build_mesh_sampling(model: FaceModelArrays, R: int) -> MeshSampling:
+    L = subdivision_level(model, R)
+    keep = np.union1d(np.flatnonzero(model.face_part != 0), inner_mouth_skin(model))
+    split = np.setdiff1d(np.arange(len(model.faces)), keep)
+    weights, lattice_tris = _lattice(L)
+    P = len(weights)
+    # points are shared per UV vertex (the mesh splits where its texture coordinates do)
+    _, first, inverse = np.unique(
+        _lattice_names(model.uv_faces[split], weights), axis=0, return_index=True, return_inverse=True
+    )
+    face_of, lattice_of = np.divmod(first, P)
+    face = split[face_of]
+    bary = weights[lattice_of] / float(L)
+    uv = np.einsum("nk,nkc->nc", bary, model.uv[model.uv_faces[face]].astype(np.float64))
+    # copies of one surface point read the displacement at one place, or the surface would open between them:
+    # the seam's copies are one point of the periodic map anyway, but near the poles of the cylindrical
+    # projection (crown, under the chin) the layout gives some shared edges UVs half a turn apart
+    _, group_first, group = np.unique(
+        _lattice_names(model.uv_vertex[model.uv_faces[split]], weights)[first],
+        axis=0,
+        return_index=True,
+        return_inverse=True,
+    )
+    lookup_uv = uv[group_first][group.reshape(-1)]
+    # displacement weight: 0 at the coarse vertices the kept triangles touch, interpolated in between
+    free = np.ones(model.n_verts)
+    free[model.faces[keep].ravel()] = 0.0
+    weight = np.einsum("nk,nk->n", bary, free[model.faces[face]])
+    faces = inverse.reshape(len(split), P)[:, lattice_tris].reshape(-1, 3)
+    return MeshSampling(
+        R,
+        L,
+        face,
+        bary.astype(np.float32),
+        uv.astype(np.float32),
+        lookup_uv.astype(np.float32),
+        weight.astype(np.float32),
+        faces,
+        keep,
+    )
+
+
+def inner_mouth_skin(model: FaceModelArrays) -> np.ndarray:
+    """Skin triangles inside the mouth (cached): between the mouth corners, the chin and the upper lip, behind
+    the lips and hidden at rest from the front (the floor of the mouth and the lips' inner sides, which the
+    cylindrical layout folds under the lips' own texels, so they would show lip colour when the jaw opens).
+    Empty for a model without a mouth part (:data:`MOUTH_PART`)."""
+    if MOUTH_PART not in model.part_names:
+        return np.zeros(0, np.int64)
+    return _cached(_INNER_MOUTH_CACHE, model, 0, lambda: _inner_mouth_skin(model, model.mean.astype(np.float64)))
+
+
+def _inner_mouth_skin(model: FaceModelArrays, mean: np.ndarray, size: int = 512) -> np.ndarray:
+    skin = np.flatnonzero(model.face_part == 0)
+    centre = mean[model.faces[skin]].mean(1)
+    lm = landmarks_3d(model, mean[None])[0]
+    half = 0.5 * abs(lm[54, 0] - lm[48, 0]) + 0.004
+    near = (np.abs(centre[:, 0] - 0.5 * (lm[48, 0] + lm[54, 0])) < half) & (centre[:, 2] < lm[48:68, 2].max())
+    near &= (centre[:, 1] > lm[8, 1] + 0.008) & (centre[:, 1] < lm[51, 1])
+    # orthographic z-buffer of the rest head seen from the front
+    origin = mean[:, :2].min(0)
+    scale = (size - 1) / max(float((mean[:, :2].max(0) - origin).max()), 1e-9)
+    px = (mean[:, :2] - origin) * scale
+    px[:, 1] = size - 1 - px[:, 1]
+    node, tri, bary = rasterize_nodes(px[model.faces], mean[model.faces, 2], size, size)
+    zbuf = np.full(size * size, -np.inf)
+    zbuf[node] = np.einsum("nk,nk->n", bary, mean[model.faces[tri], 2])
+    at = np.clip(np.rint(px[model.faces[skin]].mean(1)).astype(np.int64), 0, size - 1)
+    hidden = centre[:, 2] < zbuf[at[:, 1] * size + at[:, 0]] - 0.001
+    # only what the cavity reaches through such triangles: the back of the neck is hidden at mouth height too
+    candidate = skin[near & hidden]
+    reached = np.zeros(model.n_verts, bool)
+    reached[model.faces[model.face_part == model.part_names.index(MOUTH_PART)]] = True
+    inside = np.zeros(len(candidate), bool)
+    while True:
+        grow = ~inside & reached[model.faces[candidate]].any(1)
+        if not grow.any():
+            return np.sort(candidate[inside])
+        inside |= grow
+        reached[model.faces[candidate[grow]]] = True
 
 
 @dataclass(frozen=True, eq=False)
@@ -687,16 +861,27 @@ def coarse_mesh(model: FaceModelArrays, verts: np.ndarray) -> MeshData:
     )
 
 
-def sample_map(image: np.ndarray, uv: np.ndarray) -> np.ndarray:
-    """Bilinear lookup of a (H, W) or (H, W, C) map at uv (N, 2) (v up, texel centres at half-integers)."""
+def sample_map(image: np.ndarray, uv: np.ndarray, wrap_u: bool = False) -> np.ndarray:
+    """Bilinear lookup of a (H, W) or (H, W, C) map at uv (N, 2) (v up, texel centres at half-integers).
+
+    Rows clamp at the border. Columns clamp too, or with ``wrap_u`` are periodic (u and u ± 1 are the same
+    point, column W-1 neighbours column 0: the cylindrical layout, whose seam triangles reach past [0, 1]).
+    """
     H, W = image.shape[:2]
-    x = np.clip(uv[:, 0] * W - 0.5, 0, W - 1)
     y = np.clip((1.0 - uv[:, 1]) * H - 0.5, 0, H - 1)
-    x0 = np.floor(x).astype(np.int64).clip(0, W - 2 if W > 1 else 0)
     y0 = np.floor(y).astype(np.int64).clip(0, H - 2 if H > 1 else 0)
-    x1 = np.minimum(x0 + 1, W - 1)
     y1 = np.minimum(y0 + 1, H - 1)
-    fx, fy = x - x0, y - y0
+    if wrap_u:
+        x = np.mod(uv[:, 0], 1.0) * W - 0.5
+        x0 = np.floor(x).astype(np.int64)
+        fx = x - x0
+        x0, x1 = np.mod(x0, W), np.mod(x0 + 1, W)
+    else:
+        x = np.clip(uv[:, 0] * W - 0.5, 0, W - 1)
+        x0 = np.floor(x).astype(np.int64).clip(0, W - 2 if W > 1 else 0)
+        x1 = np.minimum(x0 + 1, W - 1)
+        fx = x - x0
+    fy = y - y0
     if image.ndim == 3:
         fx, fy = fx[:, None], fy[:, None]
     top = image[y0, x0] * (1 - fx) + image[y0, x1] * fx
@@ -707,8 +892,8 @@ def sample_map(image: np.ndarray, uv: np.ndarray) -> np.ndarray:
 def detailed_vertex_field(model: FaceModelArrays, field: np.ndarray, resolution: int = 256) -> np.ndarray:
     """A per-vertex field of the coarse model carried onto the vertices of :func:`detailed_mesh`.
 
-    Grid vertices interpolate it barycentrically, the appended hidden coarse vertices copy it, so e.g. an
-    expression blendshape (V, 3) becomes a morph target of the detailed mesh. (Displacement is not
+    The subdivided points interpolate it barycentrically, the appended kept coarse vertices copy it, so e.g.
+    an expression blendshape (V, 3) becomes a morph target of the detailed mesh. (Displacement is not
     re-applied: a morph target moves the displaced surface by the coarse delta, a good approximation for
     displacements that are small next to the blendshape's spatial scale.)
 
@@ -716,23 +901,28 @@ def detailed_vertex_field(model: FaceModelArrays, field: np.ndarray, resolution:
         field: (V, C) or (K, V, C) values per coarse vertex.
 
     Returns:
-        (N, C) or (K, N, C) values per detailed-mesh vertex.
+        (N, C) or (K, N, C) values per detailed-mesh vertex, in the field's float dtype.
     """
     field = np.asarray(field)
     batched = field.ndim == 3
     f = field if batched else field[None]
     if f.ndim != 3 or f.shape[1] != model.n_verts:
         raise ValueError(f"field: expected shape (V={model.n_verts}, C) or (K, V, C), got {field.shape}")
-    s = uv_sampling(model, resolution)
-    grid_part = np.einsum("nk,bnkc->bnc", s.bary, f[:, model.faces[s.face]])
-    hidden = _hidden_uv_vertices(model, s)
-    out = np.concatenate([grid_part, f[:, model.uv_vertex[hidden]]], axis=1)
+    s = mesh_sampling(model, resolution)
+    tri = model.faces[s.face]
+    dtype = f.dtype if f.dtype.kind == "f" else np.float64
+    # one corner at a time: a (K, N, 3, C) gather of all three would be 3× the output's size (0.4 GB for the
+    # 51 expression shapes at R = 512)
+    subdivided = np.zeros((f.shape[0], len(tri), f.shape[2]), dtype)
+    for k in range(3):
+        subdivided += s.bary[:, k, None].astype(dtype) * f[:, tri[:, k]]
+    out = np.concatenate([subdivided, f[:, model.uv_vertex[_kept_uv_vertices(model, s)]].astype(dtype)], axis=1)
     return out if batched else out[0]
 
 
-def _hidden_uv_vertices(model: FaceModelArrays, s: UVSampling) -> np.ndarray:
-    """UV vertices used by the hidden coarse faces, in the order :func:`detailed_mesh` appends them."""
-    return np.unique(model.uv_faces[s.hidden_faces])
+def _kept_uv_vertices(model: FaceModelArrays, s: MeshSampling) -> np.ndarray:
+    """UV vertices used by the kept coarse faces, in the order :func:`detailed_mesh` appends them."""
+    return np.unique(model.uv_faces[s.kept_faces])
 
 
 def detailed_mesh(
@@ -741,28 +931,28 @@ def detailed_mesh(
     displacement: np.ndarray | None = None,
     resolution: int = 256,
 ) -> MeshData:
-    """The detailed mesh: the coarse surface resampled on a UV grid and offset along its normals.
+    """The detailed mesh: the coarse skin subdivided (see :class:`MeshSampling`) and offset along its normals.
 
-    Each valid grid point (see :class:`UVSampling`) becomes a vertex at its barycentric position on the
-    coarse surface plus ``displacement(u, v)`` metres along the interpolated vertex normal. Coarse triangles
-    that no grid point reached (eyeballs, mouth interior) are appended unchanged.
+    Each point becomes a vertex at its barycentric position on the coarse surface plus ``weight ·
+    displacement(u, v)`` metres along the interpolated vertex normal (the map is periodic in u). The kept
+    coarse triangles (eyeballs, mouth) are appended unchanged.
 
     Args:
         model: the face model.
         verts: (V, 3) posed coarse vertices.
         displacement: (H, W) displacement map in metres over the model's UV layout (row 0 is v = 1), or None.
-        resolution: UV grid resolution R; the mesh has up to (R+1)² displaced vertices.
+        resolution: R; the skin gets about as many vertices as an R × R grid over its UV area.
 
     Returns:
         A :class:`MeshData` whose normals are the coarse surface's interpolated normals corrected by the
-        change the displacement makes to the grid's normals (smooth shading, displacement detail kept).
+        change the displacement makes to the subdivided surface's normals (smooth shading, detail kept).
     """
     verts = np.asarray(verts, dtype=np.float64)
     if verts.shape != (model.n_verts, 3):
         raise ValueError(f"verts: expected shape ({model.n_verts}, 3), got {verts.shape}")
     if not np.all(np.isfinite(verts)):
         raise ValueError("verts: contains NaN or inf")
-    s = uv_sampling(model, resolution)
+    s = mesh_sampling(model, resolution)
     vn = vertex_normals(verts, model.faces)
     tri = model.faces[s.face]  # (N, 3)
     base = np.einsum("nk,nkc->nc", s.bary, verts[tri])
@@ -775,18 +965,18 @@ def detailed_mesh(
             raise ValueError(f"displacement: expected a (H, W) map, got shape {disp.shape}")
         if not np.all(np.isfinite(disp)):
             raise ValueError("displacement: contains NaN or inf")
-        pos = base + sample_map(disp, s.uv)[:, None] * nrm
-    # Append the hidden coarse triangles with their own (seam-split) vertices.
-    used = _hidden_uv_vertices(model, s)
-    inverse = np.searchsorted(used, model.uv_faces[s.hidden_faces])
+        pos = base + (s.weight * sample_map(disp, s.lookup_uv, wrap_u=True))[:, None] * nrm
+    # Append the kept coarse triangles with their own (seam-split) vertices.
+    used = _kept_uv_vertices(model, s)
+    inverse = np.searchsorted(used, model.uv_faces[s.kept_faces])
     positions = np.concatenate([pos, verts[model.uv_vertex[used]]])
     uv = np.concatenate([s.uv, model.uv[used]])
     faces = np.concatenate([s.faces, inverse.reshape(-1, 3) + len(pos)])
     # Normals: the coarse surface's smooth (interpolated) normals, plus what the displacement changes. Normals
-    # of the resampled grid alone would show the coarse triangles as facets: the grid lies on flat triangles.
-    grid_normals = nrm
+    # of the subdivided surface alone would show the coarse triangles as facets: its points lie on flat triangles.
+    point_normals = nrm
     if pos is not base:
-        grid_normals = nrm + vertex_normals(pos, s.faces) - vertex_normals(base, s.faces)
-        grid_normals /= np.maximum(np.linalg.norm(grid_normals, axis=1, keepdims=True), 1e-12)
-    normals = np.concatenate([grid_normals, vn[model.uv_vertex[used]]])
+        point_normals = nrm + vertex_normals(pos, s.faces) - vertex_normals(base, s.faces)
+        point_normals /= np.maximum(np.linalg.norm(point_normals, axis=1, keepdims=True), 1e-12)
+    normals = np.concatenate([point_normals, vn[model.uv_vertex[used]]])
     return MeshData(positions.astype(np.float32), normals.astype(np.float32), uv.astype(np.float32), faces)

@@ -14,11 +14,12 @@ Both final layers start at zero, so a fresh decoder outputs no displacement (the
 Regularise with :func:`displacement_smoothness` and :func:`displacement_magnitude` rather than forbidding low
 frequencies.
 
-**Detailed mesh.** :class:`DetailedMesh` holds the face model's UV grid sampling
-(:func:`facecore.geometry.uv_sampling`, grid nodes at texel *corners*) as buffers; :func:`detailed_vertices`
-is the torch twin of :func:`facecore.geometry.detailed_mesh` (its first N positions): barycentric position
-on the coarse surface + displacement (bilinear, texel centres at half-integers, clamped at the border) along
-the normalised, barycentrically interpolated vertex normal. :func:`detail_normal_map` differentiates the
+**Detailed mesh.** :class:`DetailedMesh` holds the vertices of the exported detailed mesh (the subdivided skin of
+:func:`facecore.geometry.mesh_sampling`) as buffers; :func:`detailed_vertices` is the torch twin of
+:func:`facecore.geometry.detailed_mesh` (its first N positions): barycentric position on the coarse surface +
+weighted displacement (bilinear, texel centres at half-integers, periodic in u, rows clamped) along the
+normalised, barycentrically interpolated vertex normal. :class:`UVGrid` samples the surface at the texel corners
+of a UV map instead (:func:`facecore.geometry.uv_sampling`); :func:`detail_normal_map` differentiates the
 displaced grid into a per-texel normal map for shading.
 
 UV convention (the face model's): u left → right, v bottom → top, map row 0 is v = 1.
@@ -37,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from facecore.config import VersionedConfig
-from facecore.geometry import FaceModelArrays, uv_sampling
+from facecore.geometry import FaceModelArrays, mesh_sampling, uv_sampling
 from models.render.shading import vertex_normals
 
 JAW_POSE_DIM = 3  # axis-angle
@@ -315,42 +316,32 @@ def uv_texel_mask(face_model: Any, resolution: int, require: Literal["any", "all
 
 
 # ---------------------------------------------------------------------------------------------- detailed mesh
-class DetailedMesh(nn.Module):
-    """The face model's UV grid sampling at resolution R, as buffers (non-persistent: derived data).
-
-    Args:
-        face_model: :class:`models.face.FaceModel` or :class:`facecore.geometry.FaceModelArrays`.
-        resolution: R; the grid has up to (R+1)² points (texel corners), the normal map is R × R.
+class SurfacePoints(nn.Module):
+    """Points fixed on the coarse surface (coarse triangle + barycentric coordinates) with their UVs and the
+    triangles over them, as buffers (non-persistent: derived data); the base of :class:`UVGrid` and
+    :class:`DetailedMesh`.
 
     Buffers:
-        tri: (N, 3) coarse vertex indices of each grid point's triangle.
+        tri: (N, 3) coarse vertex indices of each point's triangle.
         bary: (N, 3) its barycentric coordinates.
-        uv: (N, 2) its texture coordinates (v up).
-        node: (N,) its flat index ``row · (R+1) + col`` in the grid (row 0 is v = 1).
+        uv: (N, 2) where it reads the displacement map (v up).
+        weight: (N,) the share of the displacement the point takes, or None (all of it).
         faces: (F, 3) coarse triangles (for the vertex normals).
-        grid_faces: (M, 3) triangles over the N grid points (as in :func:`facecore.geometry.detailed_mesh`).
-        texel_mask: (1, 1, R, R) 1 where all four corners of a texel are grid points.
+        point_faces: (M, 3) triangles over the N points.
     """
 
-    def __init__(self, face_model: Any, resolution: int):
+    def __init__(self, arrays: FaceModelArrays, sampling: Any, uv: np.ndarray, weight: np.ndarray | None):
         super().__init__()
-        arrays = _arrays_of(face_model)
-        s = uv_sampling(arrays, int(resolution))
-        self.resolution = s.resolution
-        node = np.full(len(s.face), -1, np.int64)
-        flat = np.flatnonzero(s.grid.ravel() >= 0)
-        node[s.grid.ravel()[flat]] = flat
+        self._buffer("tri", arrays.faces[sampling.face], torch.long)
+        self._buffer("bary", sampling.bary, torch.float32)
+        self._buffer("uv", uv, torch.float32)
+        self._buffer("weight", weight, torch.float32)
+        self._buffer("faces", arrays.faces, torch.long)
+        self._buffer("point_faces", sampling.faces, torch.long)
 
-        def buf(name: str, value: np.ndarray, dtype: torch.dtype) -> None:
-            self.register_buffer(name, torch.as_tensor(np.ascontiguousarray(value), dtype=dtype), persistent=False)
-
-        buf("tri", arrays.faces[s.face], torch.long)
-        buf("bary", s.bary, torch.float32)
-        buf("uv", s.uv, torch.float32)
-        buf("node", node, torch.long)
-        buf("faces", arrays.faces, torch.long)
-        buf("grid_faces", s.faces, torch.long)
-        self.register_buffer("texel_mask", uv_texel_mask(arrays, s.resolution, "all"), persistent=False)
+    def _buffer(self, name: str, value: np.ndarray | None, dtype: torch.dtype) -> None:
+        tensor = None if value is None else torch.as_tensor(np.ascontiguousarray(value), dtype=dtype)
+        self.register_buffer(name, tensor, persistent=False)
 
     @property
     def n_points(self) -> int:
@@ -359,8 +350,51 @@ class DetailedMesh(nn.Module):
     def forward(
         self, verts: torch.Tensor, displacement: torch.Tensor | None = None, normals: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """:func:`detailed_vertices` with this sampling."""
+        """:func:`detailed_vertices` at these points."""
         return detailed_vertices(verts, displacement, self, normals)
+
+
+class DetailedMesh(SurfacePoints):
+    """The vertices of the exported detailed mesh (:func:`facecore.geometry.mesh_sampling` at R): calling it is
+    the torch twin of ``facecore.geometry.detailed_mesh(...).positions[:N]``, ``point_faces`` its first
+    triangles (the subdivided skin).
+
+    Args:
+        face_model: :class:`models.face.FaceModel` or :class:`facecore.geometry.FaceModelArrays`.
+        resolution: R, as the service's ``mesh_resolution``.
+    """
+
+    def __init__(self, face_model: Any, resolution: int):
+        arrays = _arrays_of(face_model)
+        s = mesh_sampling(arrays, int(resolution))
+        super().__init__(arrays, s, s.lookup_uv, s.weight)
+        self.resolution = s.resolution
+
+
+class UVGrid(SurfacePoints):
+    """The face model's UV grid sampling at resolution R (:func:`facecore.geometry.uv_sampling`): surface
+    points at the texel corners of an R × R map, for per-texel quantities (:meth:`normal_map`) and as evenly
+    spread surface samples.
+
+    Args:
+        face_model: :class:`models.face.FaceModel` or :class:`facecore.geometry.FaceModelArrays`.
+        resolution: R; the grid has up to (R+1)² points (texel corners), the normal map is R × R.
+
+    Buffers (besides :class:`SurfacePoints`'):
+        node: (N,) each point's flat index ``row · (R+1) + col`` in the grid (row 0 is v = 1).
+        texel_mask: (1, 1, R, R) 1 where all four corners of a texel are grid points.
+    """
+
+    def __init__(self, face_model: Any, resolution: int):
+        arrays = _arrays_of(face_model)
+        s = uv_sampling(arrays, int(resolution))
+        super().__init__(arrays, s, s.uv, None)
+        self.resolution = s.resolution
+        node = np.full(len(s.face), -1, np.int64)
+        flat = np.flatnonzero(s.grid.ravel() >= 0)
+        node[s.grid.ravel()[flat]] = flat
+        self._buffer("node", node, torch.long)
+        self.register_buffer("texel_mask", uv_texel_mask(arrays, s.resolution, "all"), persistent=False)
 
     def normal_map(
         self, verts: torch.Tensor, displacement: torch.Tensor, space: Literal["tangent", "world"] = "tangent"
@@ -372,19 +406,21 @@ class DetailedMesh(nn.Module):
 def detailed_vertices(
     verts: torch.Tensor,
     displacement: torch.Tensor | None,
-    sampling: DetailedMesh,
+    sampling: SurfacePoints,
     normals: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The displaced UV-grid points: torch twin of ``facecore.geometry.detailed_mesh(...).positions[:N]``.
+    """Displaced surface points: the torch twin of :func:`facecore.geometry.detailed_mesh`'s first N positions
+    (for a :class:`DetailedMesh`).
 
-    ``p = Σ_k b_k·v_k + d(uv) · normalize(Σ_k b_k·n_k)`` with (b, v, n) the barycentrics, corner positions and
-    area-weighted unit vertex normals of the point's coarse triangle and ``d(uv)`` the bilinear lookup of the
-    displacement map (texel centres at half-integers, border clamped, row 0 = v 1).
+    ``p = Σ_k b_k·v_k + w · d(uv) · normalize(Σ_k b_k·n_k)`` with (b, v, n) the barycentrics, corner positions
+    and area-weighted unit vertex normals of the point's coarse triangle, ``w`` the point's weight (1 without)
+    and ``d(uv)`` the bilinear lookup of the displacement map (texel centres at half-integers, rows clamped at
+    the border, columns periodic in u as ``facecore.geometry.sample_map(..., wrap_u=True)``; row 0 = v 1).
 
     Args:
         verts: (B, V, 3) posed coarse vertices, metres.
         displacement: (B | 1, 1, H, W) metres, any H × W ≥ 2 × 2; None = the coarse surface resampled.
-        sampling: a :class:`DetailedMesh`.
+        sampling: a :class:`SurfacePoints`.
         normals: (B, V, 3) unit vertex normals if already computed (else from ``verts``).
 
     Returns:
@@ -403,16 +439,21 @@ def detailed_vertices(
         raise ValueError(f"displacement: batch {displacement.shape[0]} does not match the vertices' batch {B}")
     vn = vertex_normals(verts, sampling.faces) if normals is None else normals
     nrm = F.normalize((vn[:, sampling.tri] * bary).sum(2), dim=-1, eps=1e-12)
-    # grid_sample coordinates: x = 2u − 1, y = 1 − 2v (row 0 is v = 1); with align_corners=False texel
-    # centres sit at half-integers and 'border' clamps to the outer texel centres, as facecore.geometry.sample_map
-    u, v = sampling.uv.to(verts.dtype).unbind(-1)
-    grid = torch.stack([2.0 * u - 1.0, 1.0 - 2.0 * v], dim=-1)[None, None].expand(B, -1, -1, -1)  # (B, 1, N, 2)
+    # periodic in u: one column from the other side padded on each side, u taken modulo 1, so pixel x of the
+    # map is x + 1 of the padded one; grid_sample (align_corners=False) puts pixel i at (2i + 1) / size − 1
     disp = displacement.to(verts.dtype).expand(B, -1, -1, -1)
-    d = F.grid_sample(disp, grid, mode="bilinear", padding_mode="border", align_corners=False)  # (B, 1, 1, N)
-    return pos + d[:, 0, 0, :, None] * nrm
+    W = disp.shape[-1]
+    disp = torch.cat([disp[..., -1:], disp, disp[..., :1]], dim=-1)
+    u, v = sampling.uv.to(verts.dtype).unbind(-1)
+    x = torch.remainder(u, 1.0) * W + 0.5  # padded pixel coordinate
+    grid = torch.stack([(2.0 * x + 1.0) / (W + 2) - 1.0, 1.0 - 2.0 * v], dim=-1)[None, None].expand(B, -1, -1, -1)
+    d = F.grid_sample(disp, grid, mode="bilinear", padding_mode="border", align_corners=False)[:, 0, 0, :, None]
+    if sampling.weight is not None:
+        d = d * sampling.weight.to(verts.dtype)[:, None]
+    return pos + d * nrm
 
 
-def _grid_image(points: torch.Tensor, sampling: DetailedMesh) -> torch.Tensor:
+def _grid_image(points: torch.Tensor, sampling: UVGrid) -> torch.Tensor:
     """(B, N, 3) grid points → (B, R+1, R+1, 3) node image (zero at invalid nodes)."""
     B, R1 = points.shape[0], sampling.resolution + 1
     img = points.new_zeros(B, R1 * R1, 3).index_copy(1, sampling.node, points)
@@ -429,7 +470,7 @@ def _quad_derivatives(img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def detail_normal_map(
     verts: torch.Tensor,
     displacement: torch.Tensor,
-    sampling: DetailedMesh,
+    sampling: UVGrid,
     space: Literal["tangent", "world"] = "tangent",
 ) -> torch.Tensor:
     """Per-texel normals of the displaced surface, (B, 3, R, R) at the sampling's resolution.
@@ -449,7 +490,7 @@ def detail_normal_map(
     Args:
         verts: (B, V, 3) posed coarse vertices.
         displacement: (B | 1, 1, H, W) metres.
-        sampling: a :class:`DetailedMesh`.
+        sampling: a :class:`UVGrid`.
         space: ``"tangent"`` or ``"world"``.
 
     Returns:

@@ -54,7 +54,7 @@ from torch import nn
 
 from facecore import geometry as geo
 from facecore.geometry import FaceModelArrays
-from models.displacement import DetailedMesh
+from models.displacement import DetailedMesh, UVGrid
 from models.face.model import FaceModel
 from models.render import MeshRenderer, WeakPerspectiveCamera, uv_fragments
 from models.shape_model import ShapeModel
@@ -612,7 +612,7 @@ def build_eval_set(cfg: ShapeTrainConfig, face_model: FaceModel, albedo_resoluti
     enc = cfg.model.encoder
     source = SyntheticGroups(data, enc.input_size, cfg.loss.chip_size, face_model, "cpu", enc.crop_scale)
     fm = source.faces.face_model
-    scanner = DetailedMesh(fm, e.scan_resolution)
+    scanner = UVGrid(fm, e.scan_resolution)
     seen_texels = SeenTexels(fm, albedo_resolution)
     out = EvalSet([], [], [], [])
     for start in range(0, e.num_samples, e.batch):
@@ -628,7 +628,7 @@ def build_eval_set(cfg: ShapeTrainConfig, face_model: FaceModel, albedo_resoluti
 
 @torch.no_grad()
 def now_scans(
-    face_model: FaceModel, scanner: DetailedMesh, shape: torch.Tensor, radius_mm: float
+    face_model: FaceModel, scanner: UVGrid, shape: torch.Tensor, radius_mm: float
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """NoW-style "scans" of true identities: per row of ``shape`` (B, K), the neutral outer skin surface sampled
     densely (``scanner``) within ``radius_mm`` of the nose tip, (P, 3) metres, and its 7 NoW landmarks (7, 3)."""
@@ -691,8 +691,9 @@ def evaluate(
     fm = pipeline.face_model
     device = pipeline.disp_mask.device
     coarse_dist = MeshDistance(fm.faces, fm.n_verts)
-    sampling = pipeline.sampling
-    detailed_dist = MeshDistance(sampling.grid_faces, sampling.n_points)
+    # the detailed mesh as the service exports it, at the displacement map's resolution
+    sampling = DetailedMesh(fm, pipeline.sampling.resolution).to(device)
+    detailed_dist = MeshDistance(sampling.point_faces, sampling.n_points)
     coarse_all, detailed_all, nme, gt_shape = [], [], [], []
     abs_err, sq_err, si_err, texels = 0.0, 0.0, 0.0, 0.0
     sample = 0

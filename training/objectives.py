@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from models.albedo_head import AlbedoHead
-from models.displacement import DetailedMesh, uv_texel_mask
+from models.displacement import UVGrid, uv_texel_mask
 from models.encoder import EncoderOutputs
 from models.face.model import FaceModel
 from models.render import MeshRenderer, RenderOutputs, WeakPerspectiveCamera
@@ -57,7 +57,7 @@ class FacePipeline(nn.Module):
         self.face_model = face_model
         self.image_size = image_size
         self.renderer = MeshRenderer.from_face_model(face_model, image_size)
-        self.sampling = DetailedMesh(face_model, displacement_resolution)
+        self.sampling = UVGrid(face_model, displacement_resolution)
         self.register_buffer("disp_mask", uv_texel_mask(face_model, displacement_resolution, "any"), persistent=False)
         self.register_buffer("albedo_mask", uv_texel_mask(face_model, albedo_resolution, "any"), persistent=False)
         self.register_buffer("landmark_weights", L.ibug68_landmark_weights(landmark_jaw), persistent=False)

@@ -76,40 +76,111 @@ def test_uv_sampling_covers_the_skin_without_overlap(arrays):
         geo.uv_sampling(arrays, 8)
 
 
+def _edge_use(points: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Coincident points merged (1e-9 m): the merged index of each point, and how many triangles use each edge."""
+    _, weld = np.unique(np.round(points / 1e-9).astype(np.int64), axis=0, return_inverse=True)
+    f = weld.reshape(-1)[faces]
+    edges = np.sort(np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]]), axis=1)
+    return weld.reshape(-1), np.unique(edges, axis=0, return_counts=True)[1]
+
+
+def test_mesh_sampling_subdivides_every_skin_triangle(arrays):
+    s = geo.mesh_sampling(arrays, 256)
+    assert s.level == geo.subdivision_level(arrays, 256) == 4
+    assert geo.mesh_sampling(arrays, 256) is s  # cached
+    # about as many vertices as the 256² UV grid puts on the skin
+    assert 0.8 < len(s.face) / len(geo.uv_sampling(arrays, 256).face) < 1.25
+    # kept as they are: all non-skin triangles and the skin inside the mouth, nothing else
+    inner = geo.inner_mouth_skin(arrays)
+    assert 50 < len(inner) < 400 and np.all(arrays.face_part[inner] == 0)
+    assert np.array_equal(s.kept_faces, np.union1d(np.flatnonzero(arrays.face_part != 0), inner))
+    # level² small triangles per subdivided coarse triangle, barycentrics on the 1/level lattice
+    assert len(s.faces) == (len(arrays.faces) - len(s.kept_faces)) * s.level**2
+    assert np.allclose(s.bary.sum(1), 1, atol=1e-6) and s.bary.min() >= 0
+    assert np.abs(s.bary * s.level - np.round(s.bary * s.level)).max() < 1e-5
+    # displacement weight: 0 on the coarse vertices shared with kept triangles, 1 away from them
+    assert s.weight.min() == 0.0 and s.weight.max() == 1.0 and np.mean(s.weight == 1.0) > 0.9
+    with pytest.raises(ValueError, match="resolution"):
+        geo.mesh_sampling(arrays, 8)
+
+
 def test_detailed_mesh_offsets_along_normals(arrays):
     verts = geo.decode_vertices(arrays)[0]
     flat = geo.detailed_mesh(arrays, verts, None, resolution=128)
-    s = geo.uv_sampling(arrays, 128)
+    s = geo.mesh_sampling(arrays, 128)
     n = len(s.face)
-    # without displacement the grid vertices lie on the coarse triangles
+    # without displacement the vertices lie on the coarse triangles
     on_surface = np.einsum("nk,nkc->nc", s.bary, verts[arrays.faces[s.face]])
     assert np.abs(flat.positions[:n] - on_surface).max() < 1e-6
-    # a constant 2 mm displacement moves every grid vertex 2 mm along the interpolated normal
+    # a constant 2 mm displacement moves every vertex 2 mm × its weight along the interpolated normal
     disp = np.full((64, 64), 0.002)
     bumped = geo.detailed_mesh(arrays, verts, disp, resolution=128)
-    step = np.linalg.norm(bumped.positions[:n] - flat.positions[:n], axis=1)
-    assert np.allclose(step, 0.002, atol=1e-6)
     vn = geo.vertex_normals(verts, arrays.faces)
     nrm = np.einsum("nk,nkc->nc", s.bary, vn[arrays.faces[s.face]])
     nrm /= np.linalg.norm(nrm, axis=1, keepdims=True)
-    assert np.abs(bumped.positions[:n] - flat.positions[:n] - 0.002 * nrm).max() < 1e-6
+    expected = 0.002 * s.weight[:, None] * nrm
+    assert np.abs(bumped.positions[:n] - flat.positions[:n] - expected).max() < 1e-6
+    assert np.allclose(np.linalg.norm(bumped.positions[:n] - flat.positions[:n], axis=1)[s.weight == 1], 0.002)
+    # the kept coarse triangles do not move: the skin meets them where its weight is 0
+    assert np.array_equal(bumped.positions[n:], flat.positions[n:])
     # outward: the head gets bigger
     assert np.ptp(bumped.positions[:n, 0]) > np.ptp(flat.positions[:n, 0])
     # the mesh is well formed: indices in range, normals unit, eyeballs and cavity kept as coarse faces
     assert flat.faces.max() < len(flat.positions) and flat.faces.min() >= 0
     assert np.allclose(np.linalg.norm(flat.normals, axis=1), 1, atol=1e-4)
-    assert len(flat.faces) > len(s.faces) + (arrays.face_part != 0).sum() - 1
+    assert len(flat.faces) == len(s.faces) + len(s.kept_faces)
 
 
-def test_detailed_mesh_closes_the_seam(arrays):
-    verts = geo.decode_vertices(arrays)[0]
-    mesh = geo.detailed_mesh(arrays, verts, None, resolution=128)
-    s = geo.uv_sampling(arrays, 128)
-    both = (s.grid[:, 0] >= 0) & (s.grid[:, -1] >= 0)
-    assert both.sum() > 0.6 * 128
-    left = mesh.positions[s.grid[both, 0]]
-    right = mesh.positions[s.grid[both, -1]]
-    assert np.abs(left - right).max() < 1e-5  # u = 0 and u = 1 are the same points on the head
+@pytest.mark.parametrize("resolution", [96, 256])
+def test_detailed_mesh_is_as_closed_as_the_coarse_mesh(arrays, resolution):
+    """No triangle bridges the layers the cylindrical layout folds together (jaw over neck, crown, ears), the
+    subdivided skin is as closed as the coarse one, and the displaced surface has no crack (at the seam, or
+    where it meets the eyes' and mouth's coarse triangles)."""
+    rng = np.random.default_rng(0)
+    verts = geo.decode_vertices(arrays, arrays.sample_shape(rng))[0].astype(np.float64)
+    s = geo.mesh_sampling(arrays, resolution)
+    L = s.level
+    u = np.linspace(0, 2 * np.pi, 128, endpoint=False)
+    disp = 0.001 * np.sin(3 * u)[None, :] * np.cos(5 * u[:, None] / 2)  # periodic in u, like a head's map
+    mesh = geo.detailed_mesh(arrays, verts, disp, resolution)
+    p = mesh.positions.astype(np.float64)
+    coarse_edge = np.linalg.norm(verts[arrays.faces] - verts[np.roll(arrays.faces, 1, 1)], axis=2).max()
+    assert np.linalg.norm(p[s.faces] - p[np.roll(s.faces, 1, 1)], axis=2).max() < 1.2 * coarse_edge / L
+    # merge the points that are one point of the coarse surface (seam copies, shared edges)
+    kept_uv = np.unique(arrays.uv_faces[s.kept_faces])
+    base = np.concatenate(
+        [np.einsum("nk,nkc->nc", s.bary, verts[arrays.faces[s.face]]), verts[arrays.uv_vertex[kept_uv]]]
+    )
+    weld, use = _edge_use(base, mesh.faces)
+    # displaced, they still coincide: no crack
+    spread = np.zeros(weld.max() + 1)
+    first = np.full(weld.max() + 1, -1)
+    first[weld[::-1]] = np.arange(len(weld))[::-1]
+    np.maximum.at(spread, weld, np.linalg.norm(p - p[first[weld]], axis=1))
+    assert spread.max() < 1e-6
+    # every edge used by two triangles, except: the coarse mesh's open edges (the neck opening), each now L
+    # edges, and the T-junctions where L subdivided edges meet one kept coarse edge (points on that edge)
+    _, coarse_use = _edge_use(verts, arrays.faces)
+    f = arrays.faces
+    edges = np.sort(np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]]), axis=1)
+    _, inverse = np.unique(edges, axis=0, return_inverse=True)
+    kept = np.isin(np.tile(np.arange(len(f)), 3), s.kept_faces)
+    touches_kept = np.bincount(inverse.reshape(-1), kept) > 0
+    touches_split = np.bincount(inverse.reshape(-1), ~kept) > 0
+    junctions = int((touches_kept & touches_split).sum()) if L > 1 else 0
+    assert use.max() == 2
+    assert (use == 1).sum() == L * (coarse_use == 1).sum() + (L + 1) * junctions
+    assert 20 < junctions < 200
+
+
+def test_sample_map_wraps_u(arrays):
+    img = np.arange(8.0)[None, :].repeat(4, 0)  # columns 0..7
+    uv = np.array([[0.0, 0.5], [1.0, 0.5], [-0.25, 0.5], [0.75, 0.5], [1 / 16, 0.5]])
+    wrapped = geo.sample_map(img, uv, wrap_u=True)
+    assert wrapped[0] == wrapped[1] == 3.5  # halfway between column 7 and column 0
+    assert wrapped[2] == wrapped[3] == 5.5
+    assert wrapped[4] == 0.0
+    assert np.array_equal(geo.sample_map(img, uv[:2]), [0.0, 7.0])  # clamped without wrap
 
 
 def test_detailed_mesh_rejects_bad_input(arrays):

@@ -14,6 +14,7 @@ from models.displacement import (
     DetailedMesh,
     DisplacementConfig,
     DisplacementDecoder,
+    UVGrid,
     detailed_vertices,
     displacement_magnitude,
     displacement_smoothness,
@@ -147,7 +148,7 @@ def test_uv_texel_mask(face_model):
 
 
 # ---------------------------------------------------------------------------------------------- detailed mesh
-@pytest.mark.parametrize("resolution", [64, 96])
+@pytest.mark.parametrize("resolution", [64, 96, 256])
 def test_detailed_vertices_match_service_geometry(face_model, resolution):
     arrays = face_model.arrays
     rng = np.random.default_rng(resolution)
@@ -162,14 +163,14 @@ def test_detailed_vertices_match_service_geometry(face_model, resolution):
     for b in range(2):
         ref = geo.detailed_mesh(arrays, verts[b].double().numpy(), disp[b, 0].double().numpy(), resolution)
         assert np.abs(out[b].numpy() - ref.positions[: mesh.n_points]).max() < 1e-5
-        assert np.array_equal(mesh.grid_faces.numpy(), ref.faces[: len(mesh.grid_faces)])
+        assert np.array_equal(mesh.point_faces.numpy(), ref.faces[: len(mesh.point_faces)])
     coarse = detailed_vertices(verts, None, mesh)
     ref0 = geo.detailed_mesh(arrays, verts[0].double().numpy(), None, resolution)
     assert np.abs(coarse[0].numpy() - ref0.positions[: mesh.n_points]).max() < 1e-5
 
 
 def test_displacement_map_orientation_row0_is_v1(face_model):
-    mesh = DetailedMesh(face_model, 64)
+    mesh = UVGrid(face_model, 64)
     verts = face_model()
     disp = torch.zeros(1, 1, 32, 32)
     disp[:, :, :8] = 2e-3  # top quarter of the image = v > 0.75
@@ -180,7 +181,7 @@ def test_displacement_map_orientation_row0_is_v1(face_model):
 
 
 def test_gradients_flow_to_displacement_and_vertices(face_model):
-    mesh = DetailedMesh(face_model, 32)
+    mesh = UVGrid(face_model, 32)
     verts = face_model(torch.randn(1, face_model.n_shape)).requires_grad_(True)
     disp = _smooth_map(1, 32, 1e-3, seed=0).requires_grad_(True)
     (mesh(verts, disp).square().sum() + mesh.normal_map(verts, disp).sum()).backward()
@@ -189,7 +190,7 @@ def test_gradients_flow_to_displacement_and_vertices(face_model):
 
 
 def test_detail_normal_map_spaces(face_model):
-    mesh = DetailedMesh(face_model, 64)
+    mesh = UVGrid(face_model, 64)
     verts = face_model()
     valid = mesh.texel_mask[0, 0].bool()
     flat = mesh.normal_map(verts, torch.zeros(1, 1, 64, 64))
