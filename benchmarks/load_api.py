@@ -9,7 +9,8 @@
   and over in parallel (the change in p95);
 * smallcap: FACE_RESULTS_MAX_BYTES=5 MB, 8 writers + 4 readers of the links for 45 s: 5xx, truncated bodies;
 * latency: /reconstruct (texture 512, the README's example) on the fixture photos and /generate with the
-  default body at concurrency 1: p50/p95 and the mean per stage.
+  default body at concurrency 1: p50/p95 and the mean per stage; then, after each /generate, the first GET of
+  each of its files (files are made on their first fetch), p50 per file.
 """
 
 from __future__ import annotations
@@ -199,6 +200,7 @@ async def latency(url: str, n_generate: int) -> None:
             ("generate (default body)", [("gen", 50_000 + i) for i in range(n_generate)]),
         ):
             times, stages, statuses = [], collections.defaultdict(list), collections.Counter()
+            fetches = collections.defaultdict(list)  # file → seconds of its first GET (files made on first fetch)
             for i, (kind, arg) in enumerate(calls):
                 t = time.perf_counter()
                 if kind == "rec":  # a different mesh size each time: distinct ids, no cache hit
@@ -213,11 +215,18 @@ async def latency(url: str, n_generate: int) -> None:
                     times.append(time.perf_counter() - t)
                     for k, v in r.json()["timings_ms"].items():
                         stages[k].append(v)
+                    for file, link in r.json()["links"].items() if kind == "gen" else ():
+                        t = time.perf_counter()
+                        if (await client.get(link)).status_code == 200:
+                            fetches[file].append(time.perf_counter() - t)
             per_stage = ", ".join(f"{k} {statistics.mean(v):.0f}" for k, v in sorted(stages.items()))
             print(
                 f"## {name}: n={len(times)} statuses {dict(statuses)}: p50 {pct(times, 50) * 1000:.0f} ms, "
                 f"p95 {pct(times, 95) * 1000:.0f} ms, max {max(times) * 1000:.0f} ms; stage means (ms): {per_stage}"
             )
+            if fetches:
+                per_file = ", ".join(f"{k} {pct(v, 50) * 1000:.0f}" for k, v in sorted(fetches.items()))
+                print(f"   first GET of each file afterwards, p50 (ms): {per_file}")
 
 
 def main() -> int:

@@ -14,7 +14,7 @@ import json
 import math
 import time
 import zipfile
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -200,6 +200,27 @@ def project(verts: np.ndarray, camera: np.ndarray, size: int) -> np.ndarray:
     return np.stack([(x_ndc + 1.0) / 2.0 * size - 0.5, (1.0 - y_ndc) / 2.0 * size - 0.5], 1)
 
 
+def identity_shape(
+    bundle: Bundle, features: np.ndarray, codes: Mapping[str, np.ndarray], expression: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The bundle's identity head on the photo's recognition features → (K,) shape code, and the encoder's
+    weak-perspective camera refitted (least squares, scale and shift) so that the new head's 68 landmarks,
+    posed and expressed as the encoder found, project where the encoder's own head's landmarks did: the encoder
+    fitted its camera to its shape, and the texture is unwrapped through the camera."""
+    model = bundle.face_model
+    assert bundle.identity_head is not None
+    shape = bundle.identity_head(features)
+    heads = geo.decode_vertices(
+        model, np.stack([codes["shape"], shape]), np.stack([expression] * 2), np.stack([codes["pose"]] * 2)
+    )
+    old, new = geo.landmarks_3d(model, heads)[:, :, :2]
+    scale, tx, ty = codes["camera"]
+    target = scale * old + np.array([tx, ty])
+    src, dst = new - new.mean(0), target - target.mean(0)
+    fitted = float((src * dst).sum() / (src * src).sum())
+    return shape, np.array([fitted, *(target.mean(0) - fitted * new.mean(0))])
+
+
 MAX_UNWRAP_RESOLUTION = 512
 
 
@@ -216,10 +237,12 @@ async def reconstruct(
     image: np.ndarray,
     timer: Timer,
     run_stage: RunStage = in_thread,
-    defer_obj: bool = False,
+    now: Collection[str] = OUTPUT_KINDS,
 ) -> Result:
     """The /reconstruct pipeline: detect + align → encoder → codes → detailed mesh; albedo from the photo
-    (``req.albedo == "photo"``) or from AlbedoGAN at the encoder's latent (``"generated"``, the paper's)."""
+    (``req.albedo == "photo"``) or from AlbedoGAN at the encoder's latent (``"generated"``, the paper's).
+
+    Only the output kinds in ``now`` are encoded now; the others on their first fetch (see :func:`_files`)."""
     from facecore import texture
 
     m = bundle.manifest
@@ -229,6 +252,12 @@ async def reconstruct(
     tex_size = unwrap_resolution(req.texture_size, m.resolutions.albedo)
     with timer.stage("detect"):
         face = await run_stage("detect", find_face, image, size, req.detector, None if generated else tex_size)
+    features = None
+    if bundle.identity_head is not None:
+        from facecore.identity import get_recogniser
+
+        with timer.stage("identity"):
+            features = await run_stage("detect", get_recogniser().describe, image, face.points)
     with timer.stage("encoder"):
         out = await run_graph("encoder", {"image": (face.crop.astype(np.float32) / 255.0).transpose(2, 0, 1)[None]})
     gan_albedo = None
@@ -238,10 +267,12 @@ async def reconstruct(
         gan_albedo = np.clip((np.transpose(img, (1, 2, 0)) + 1.0) / 2.0, 0.0, 1.0)  # sRGB-encoded, like /generate
     codes = {k: v[0].astype(np.float64) for k, v in out.items() if k != "ws"}
     expression = np.clip(codes["expression"], 0.0, 1.0)
+    if features is not None:
+        codes["shape"], codes["camera"] = identity_shape(bundle, features, codes, expression)
     jaw_index = model.joint_names.index("jaw")
     disp = await _displacement(bundle, run_graph, codes["detail"], expression, codes["pose"][jaw_index], timer)
 
-    def geometry() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def geometry() -> tuple[FileSource, np.ndarray]:
         posed = geo.decode_vertices(model, codes["shape"][None], expression[None], codes["pose"][None])[0]
         # the exported mesh keeps the face's own articulation (jaw, eyes) but not the head's pose in the photo
         local = np.zeros_like(codes["pose"])
@@ -251,7 +282,7 @@ async def reconstruct(
         verts = geo.decode_vertices(model, codes["shape"][None], expression[None], local[None])[0]
         lmk = face.crop_to_image(project(geo.landmarks_3d(model, posed[None])[0], codes["camera"], size))
         if gan_albedo is not None:
-            return verts, gan_albedo, lmk
+            return _source(bundle, req, gan_albedo, disp, verts), lmk
         # the texture crop frames the face like the encoder's crop, so the camera projects into it at its size
         px = project(posed, codes["camera"], tex_size)
         # shading multiplies linear light: de-light in linear space, store the albedo sRGB-encoded like the PNGs
@@ -259,12 +290,11 @@ async def reconstruct(
         # only the face's skin, seen well (no hair, background, highlights); the rest mirrored or filled smoothly:
         # the same extraction as the training set's (training.texture.extract_texture)
         clean = texture.extract(model, posed, px, linear, tex_size, sh=codes["light"])
-        return verts, color.linear_to_srgb(clean.albedo), lmk
+        return _source(bundle, req, color.linear_to_srgb(clean.albedo), disp, verts), lmk
 
     with timer.stage("texture"):
-        verts, albedo, landmarks = await run_stage("texture", geometry)
-    _check_finite(albedo, verts)
-    files = await _files(bundle, req, albedo, disp, verts, timer, run_stage, defer_obj)
+        source, landmarks = await run_stage("texture", geometry)
+    files, names = await _files(bundle, source, now, timer, run_stage)
     meta = {
         "endpoint": "reconstruct",
         "bundle": {"name": m.name, "version": m.version},
@@ -284,12 +314,13 @@ async def reconstruct(
             "landmarks68": landmarks.round(2).tolist(),
         },
     }
-    return Result(files, meta, timer.timings)
+    return Result(files, names, meta, timer.timings)
 
 
 @dataclass
 class Result:
-    files: dict[str, bytes]
+    files: dict[str, bytes]  # the files made now (with SOURCE when the others are made on first fetch)
+    names: list[str]  # every file of the result, made now or not
     meta: dict[str, Any]
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -335,9 +366,10 @@ async def generate(
     req: MeshRequest,
     timer: Timer,
     run_stage: RunStage = in_thread,
-    defer_obj: bool = False,
+    now: Collection[str] = OUTPUT_KINDS,
 ) -> Result:
-    """The /generate pipeline: latent → ws → albedo; codes → coarse + detailed mesh; files."""
+    """The /generate pipeline: latent → ws → albedo; codes → coarse + detailed mesh; files (the output kinds in
+    ``now`` encoded now, the others on their first fetch: see :func:`_files`)."""
     m = bundle.manifest
     w_avg = bundle.w_avg
     with timer.stage("mapping"):
@@ -360,12 +392,15 @@ async def generate(
                 stream = list(np.frombuffer(hashlib.sha256(ws.tobytes()).digest()[:8], dtype=np.uint32))
             shape = bundle.face_model.sample_shape(np.random.default_rng(stream))[0]
     disp = await _displacement(bundle, run_graph, None, req.expression, None, timer)
-    albedo_hw3 = np.clip((np.transpose(albedo, (1, 2, 0)) + 1.0) / 2.0, 0.0, 1.0)
-    verts = await run_stage(
-        "geometry", lambda: geo.decode_vertices(bundle.face_model, shape[None], req.expression[None])[0]
-    )
-    _check_finite(albedo_hw3, verts)
-    files = await _files(bundle, req, albedo_hw3, disp, verts, timer, run_stage, defer_obj)
+
+    def coarse() -> FileSource:
+        verts = geo.decode_vertices(bundle.face_model, shape[None], req.expression[None])[0]
+        albedo_hw3 = np.clip((np.transpose(albedo, (1, 2, 0)) + 1.0) / 2.0, 0.0, 1.0)
+        return _source(bundle, req, albedo_hw3, disp, verts)
+
+    with timer.stage("geometry"):
+        source = await run_stage("geometry", coarse)
+    files, names = await _files(bundle, source, now, timer, run_stage)
     meta = {
         "endpoint": "generate",
         "bundle": {"name": m.name, "version": m.version},
@@ -376,7 +411,7 @@ async def generate(
             "seed": req.seed,
         },
     }
-    return Result(files, meta, timer.timings)
+    return Result(files, names, meta, timer.timings)
 
 
 def _named(bundle: Bundle, expression: np.ndarray) -> dict[str, float]:
@@ -407,135 +442,167 @@ async def _displacement(
     return out["displacement"][0, 0].astype(np.float64) * m.displacement_scale_m
 
 
-def _check_finite(albedo: np.ndarray, verts: np.ndarray) -> None:
-    """Refuse (422) what float32 cannot represent: e.g. latents of ±3e38 overflow to inf/NaN in the networks."""
-    if not (np.isfinite(albedo).all() and np.isfinite(verts).all()):
-        raise RequestError("the request's latent or codes overflow float32 (non-finite outputs); use smaller values")
+ZIP_NAME = "bundle.zip"
+#: a hidden result file: what the files not made yet are made from (:class:`FileSource`)
+SOURCE = ".source.npz"
+#: the files of each output kind; the OBJ's textures (``mesh_*.png``) are named by the parts its export makes
+KIND_FILES = {
+    "albedo": ("albedo.png",),
+    "displacement": ("displacement.png", "displacement.json"),
+    "normal": ("normal.png",),
+    "obj": ("mesh.obj", "mesh.mtl"),
+    "glb": ("mesh.glb",),
+}
+MESH_KINDS = frozenset({"obj", "glb"})
+#: (bundle digest, mesh resolution) → the OBJ's file names, learnt from the first OBJ made at that resolution
+_OBJ_NAMES: dict[tuple[str, int], tuple[str, ...]] = {}
 
 
-async def _files(
+@dataclass(frozen=True)
+class FileSource:
+    """What a result's files are made from. A result stores it (:data:`SOURCE`) when some of its files were not
+    made up front; they are made on their first fetch (:func:`make_files`), the same bytes either way."""
+
+    bundle_digest: str
+    albedo: np.ndarray  # (H, W, 3) sRGB-encoded colour in [0, 1]
+    disp: np.ndarray  # (R, R) displacement in metres
+    verts: np.ndarray  # (V, 3) the coarse vertices (the detailed mesh and the teeth are made from them)
+    texture_size: int
+    mesh_resolution: int
+    blendshapes: bool
+    outputs: tuple[str, ...]
+
+    _HEADER = ("bundle_digest", "texture_size", "mesh_resolution", "blendshapes", "outputs")
+
+    def to_bytes(self) -> bytes:
+        header = json.dumps({k: getattr(self, k) for k in self._HEADER}).encode()
+        buf = io.BytesIO()
+        np.savez(buf, albedo=self.albedo, disp=self.disp, verts=self.verts, header=np.frombuffer(header, np.uint8))
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> FileSource:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            header = json.loads(npz["header"].tobytes())
+            header["outputs"] = tuple(header["outputs"])
+            return cls(albedo=npz["albedo"], disp=npz["disp"], verts=npz["verts"], **header)
+
+
+def _source(
     bundle: Bundle,
     req: MeshRequest | ReconstructRequest,
     albedo: np.ndarray,
     disp: np.ndarray | None,
     verts: np.ndarray,
-    timer: Timer,
-    run_stage: RunStage,
-    defer_obj: bool = False,
-) -> dict[str, bytes]:
-    """The output files in two stages: geometry (the detailed mesh), then encoding (albedo (H, W, 3) in [0, 1],
-    displacement in metres, the coarse vertices)."""
-    disp, mesh = await run_stage("geometry", _detailed, bundle, req, disp, verts, timer)
-    return await run_stage("encode", _encode, bundle, req, albedo, disp, mesh, timer, defer_obj, verts)
+) -> FileSource:
+    """The request's :class:`FileSource`; refuses (422) what float32 cannot represent: e.g. latents or
+    expressions of ±3e38 overflow to inf/NaN in the networks."""
+    if disp is None:  # a bundle without a displacement graph: a flat map
+        res = max(bundle.manifest.resolutions.displacement, 64)
+        disp = np.zeros((res, res))
+    if not (np.isfinite(albedo).all() and np.isfinite(verts).all() and np.isfinite(disp).all()):
+        raise RequestError("the request's latent or codes overflow float32 (non-finite outputs); use smaller values")
+    return FileSource(
+        bundle.digest, albedo, disp, verts, req.texture_size, req.mesh_resolution, req.blendshapes, tuple(req.outputs)
+    )
 
 
-def _detailed(
-    bundle: Bundle, req: MeshRequest | ReconstructRequest, disp: np.ndarray | None, verts: np.ndarray, timer: Timer
-) -> tuple[np.ndarray, geo.MeshData]:
+def file_kind(name: str) -> str | None:
+    """The output kind a result file belongs to (None: none)."""
+    for kind, names in KIND_FILES.items():
+        if name in names:
+            return kind
+    return "obj" if name.startswith("mesh_") and name.endswith(".png") else None
+
+
+def _kind_names(source: FileSource, kind: str) -> tuple[str, ...] | None:
+    """The files of output ``kind``; None for the OBJ's until one was made at the source's mesh resolution."""
+    if kind == "obj":
+        return _OBJ_NAMES.get((source.bundle_digest, source.mesh_resolution))
+    return KIND_FILES[kind]
+
+
+async def _files(
+    bundle: Bundle, source: FileSource, now: Collection[str], timer: Timer, run_stage: RunStage
+) -> tuple[dict[str, bytes], list[str]]:
+    """The files of the output kinds in ``now`` (and of the OBJ while its names are unknown), made in two stages,
+    geometry (the detailed mesh) and encoding, plus :data:`SOURCE` when the others are left for their first fetch;
+    and the names of all the result's files."""
+    todo = {k for k in source.outputs if k in now or _kind_names(source, k) is None}
+    later = set(source.outputs) - todo
+    mesh = await run_stage("geometry", _detailed, bundle, source, timer) if todo & MESH_KINDS else None
+
+    def encode() -> dict[str, bytes]:
+        files = _encode(bundle, source, todo, mesh, timer)
+        if later:
+            files[SOURCE] = source.to_bytes()
+        return files
+
+    files = await run_stage("encode", encode)
+    names = {n for n in files if n != SOURCE} | {n for k in later for n in _kind_names(source, k) or ()}
+    return files, sorted(names)
+
+
+def make_files(bundle: Bundle, source_bytes: bytes, kinds: Collection[str], timer: Timer) -> dict[str, bytes]:
+    """The files of the output ``kinds`` of a stored :data:`SOURCE`, made now: the bytes a request that made
+    them up front got. Empty when the source belongs to another bundle than ``bundle``."""
+    source = FileSource.from_bytes(source_bytes)
+    if source.bundle_digest != bundle.digest:
+        return {}
+    kinds = set(kinds) & set(source.outputs)
+    mesh = _detailed(bundle, source, timer) if kinds & MESH_KINDS else None
+    return _encode(bundle, source, kinds, mesh, timer)
+
+
+def _detailed(bundle: Bundle, source: FileSource, timer: Timer) -> geo.MeshData:
     with timer.stage("geometry"):
-        if disp is None:
-            res = max(bundle.manifest.resolutions.displacement, 64)
-            disp = np.zeros((res, res))
-        return disp, geo.detailed_mesh(bundle.face_model, verts, disp, req.mesh_resolution)
+        return geo.detailed_mesh(bundle.face_model, source.verts, source.disp, source.mesh_resolution)
 
 
 def _encode(
-    bundle: Bundle,
-    req: MeshRequest | ReconstructRequest,
-    albedo: np.ndarray,
-    disp: np.ndarray,
-    mesh: geo.MeshData,
-    timer: Timer,
-    defer_obj: bool = False,
-    verts: np.ndarray | None = None,
+    bundle: Bundle, source: FileSource, kinds: Collection[str], mesh: geo.MeshData | None, timer: Timer
 ) -> dict[str, bytes]:
-    """The output files; with ``defer_obj`` the OBJ files are replaced by :data:`OBJ_SOURCE` (see
-    :func:`materialize_obj`): writing 12 MB of OBJ text is the largest encoding cost, for files few fetch.
-    ``verts``: the coarse vertices ``mesh`` came from (the teeth are made from them), or None (no teeth)."""
+    """The files of the output ``kinds``; ``mesh``: the detailed mesh (needed for "obj" and "glb")."""
     model = bundle.face_model
     files: dict[str, bytes] = {}
+    if not kinds:
+        return files
     with timer.stage("encode"):
-        albedo = assets.fill_neck(model, albedo)  # the neck ends cleanly (no unseen / unlearned band)
-        if albedo.shape[0] != req.texture_size:
-            albedo = formats.resample_texture(albedo, req.texture_size)
-        albedo_png = formats.albedo_png(albedo)
-        normals = formats.normal_map_from_displacement(disp, texel_size(model, disp.shape[0]), wrap_u=True)
-        normal_png = formats.normal_map_png(normals)
-        if "albedo" in req.outputs:
+        albedo = assets.fill_neck(model, source.albedo)  # the neck ends cleanly (no unseen / unlearned band)
+        if albedo.shape[0] != source.texture_size:
+            albedo = formats.resample_texture(albedo, source.texture_size)
+        disp = source.disp
+        albedo_png = formats.albedo_png(albedo) if {"albedo", *MESH_KINDS} & set(kinds) else b""
+        normal_png = b""
+        if {"normal", *MESH_KINDS} & set(kinds):
+            normals = formats.normal_map_from_displacement(disp, texel_size(model, disp.shape[0]), wrap_u=True)
+            normal_png = formats.normal_map_png(normals)
+        if "albedo" in kinds:
             files["albedo.png"] = albedo_png
-        if "displacement" in req.outputs:
+        if "displacement" in kinds:
             png, sidecar = formats.displacement_png(disp)
             files["displacement.png"] = png
             files["displacement.json"] = json.dumps(sidecar, sort_keys=True).encode()
-        if "normal" in req.outputs:
+        if "normal" in kinds:
             files["normal.png"] = normal_png
         morphs = None
-        if req.blendshapes and "glb" in req.outputs:
-            deltas = geo.detailed_vertex_field(model, model.expr_basis, req.mesh_resolution).astype(np.float32)
+        if source.blendshapes and "glb" in kinds:
+            deltas = geo.detailed_vertex_field(model, model.expr_basis, source.mesh_resolution).astype(np.float32)
             morphs = dict(zip(model.expr_names, deltas, strict=True))
         # eyes, mouth, teeth: own primitives and materials (facecore.assets), the iris colour from the albedo
-        if "obj" in req.outputs or "glb" in req.outputs:
+        if MESH_KINDS & set(kinds):
             skin, morphs, parts, _ = assets.export_primitives(
-                model, mesh, req.mesh_resolution, albedo, morphs, verts=verts
+                model, mesh, source.mesh_resolution, albedo, morphs, verts=source.verts
             )
-        if "obj" in req.outputs:
-            textures = {"albedo": albedo_png, "normal": normal_png}
-            if defer_obj:  # the arrays, a fraction of the OBJ text's size and time; see materialize_obj
-                files[OBJ_SOURCE] = _obj_source(skin, textures, parts)
-            else:
-                files.update(formats.obj_files(skin, textures, name="mesh", parts=parts))
-        if "glb" in req.outputs:
+        if "obj" in kinds:
+            obj = formats.obj_files(skin, {"albedo": albedo_png, "normal": normal_png}, name="mesh", parts=parts)
+            _OBJ_NAMES[(source.bundle_digest, source.mesh_resolution)] = tuple(obj)
+            files.update(obj)
+        if "glb" in kinds:
             files["mesh.glb"] = formats.glb_bytes(
                 skin, albedo_png, normal_png, morph_targets=morphs, name="face", parts=parts
             )
     return files
-
-
-ZIP_NAME = "bundle.zip"
-#: a hidden result file: the arrays the OBJ files are written from, when their writing was deferred
-OBJ_SOURCE = ".obj-source.npz"
-_MESH_FIELDS = ("positions", "normals", "uv", "faces")
-
-
-def _obj_source(skin: geo.MeshData, textures: Mapping[str, bytes], parts) -> bytes:
-    arrays = {f"skin_{k}": getattr(skin, k) for k in _MESH_FIELDS}
-    arrays |= {f"texture_{role}": np.frombuffer(png, np.uint8) for role, png in textures.items()}
-    for i, part in enumerate(parts):
-        arrays |= {f"part{i}_{k}": getattr(part.mesh, k) for k in _MESH_FIELDS}
-        arrays[f"part{i}_png"] = np.frombuffer(part.albedo_png, np.uint8)
-        arrays[f"part{i}_roughness"] = np.float64(part.roughness)
-    header = {"parts": [p.name for p in parts], "textures": list(textures)}
-    arrays["header"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    return buf.getvalue()
-
-
-def materialize_obj(source: bytes) -> dict[str, bytes]:
-    """The OBJ files (``mesh.obj``, ``mesh.mtl``, their textures) from :data:`OBJ_SOURCE` bytes: the same
-    bytes an eager encoding writes."""
-    with np.load(io.BytesIO(source), allow_pickle=False) as npz:
-        header = json.loads(npz["header"].tobytes())
-
-        def mesh(prefix: str) -> geo.MeshData:
-            return geo.MeshData(*(npz[f"{prefix}_{k}"] for k in _MESH_FIELDS))
-
-        textures = {role: npz[f"texture_{role}"].tobytes() for role in header["textures"]}
-        parts = [
-            formats.MaterialPart(
-                name, mesh(f"part{i}"), npz[f"part{i}_png"].tobytes(), float(npz[f"part{i}_roughness"])
-            )
-            for i, name in enumerate(header["parts"])
-        ]
-        return formats.obj_files(mesh("skin"), textures, name="mesh", parts=parts)
-
-
-def obj_names(source: bytes) -> list[str]:
-    """The names :func:`materialize_obj` will produce (for the links of a result whose OBJ is deferred)."""
-    with np.load(io.BytesIO(source), allow_pickle=False) as npz:
-        header = json.loads(npz["header"].tobytes())
-    roles = [r for r in formats.OBJ_TEXTURE_ROLES if r in header["textures"]]
-    return ["mesh.obj", "mesh.mtl", *(f"mesh_{r}.png" for r in roles), *(f"mesh_{n}.png" for n in header["parts"])]
 
 
 def zip_files(files: Mapping[str, bytes]) -> bytes:

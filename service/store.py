@@ -26,6 +26,9 @@ META = "meta.json"
 SECRET = ".secret"
 TMP = ".tmp-"
 STALE_TMP_S = 600.0  # a write takes seconds; an older temporary folder belongs to a dead writer
+#: deletions are remembered this long, so that work begun before one cannot store its result again (a request
+#: is answered within FACE_REQUEST_TIMEOUT_S, seconds to a minute)
+TOMBSTONE_S = 600.0
 
 
 class ResultTooLarge(ValueError):
@@ -92,6 +95,8 @@ class ResultStore:
     ``max_bytes`` are deleted; the cap counts every byte under ``root`` (temporary folders included).
     Symlinks are never followed: a planted link is neither read, touched, counted nor deleted through.
     Readers open files (:meth:`open`) and keep the handle, so eviction never truncates a download.
+    A deleted result stays deleted: files made later (:meth:`add`) and work begun before the deletion
+    (:meth:`put` with ``since``) do not bring it back.
     """
 
     def __init__(self, root: str | Path, max_bytes: int, ttl_s: float):
@@ -99,7 +104,8 @@ class ResultStore:
         self.root.mkdir(parents=True, exist_ok=True)
         self.max_bytes = max_bytes
         self.ttl_s = ttl_s
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # serialises removals (delete, evict) with additions to a stored result
+        self._deleted: dict[str, float] = {}  # result id → time.monotonic() of its deletion (tombstones)
         self.removed_tmp = self.clean_tmp(startup=True)
 
     @staticmethod
@@ -146,9 +152,12 @@ class ResultStore:
             return None
         return meta if isinstance(meta, dict) else None
 
-    def put(self, result_id: str, files: Mapping[str, bytes], meta: Mapping[str, Any]) -> Path:
+    def put(
+        self, result_id: str, files: Mapping[str, bytes], meta: Mapping[str, Any], since: float | None = None
+    ) -> Path | None:
         """Store a result atomically; :class:`ResultTooLarge` when it alone exceeds the cap, OSError when the
-        folder is not writable."""
+        folder is not writable. ``since``: the ``time.monotonic()`` at which the work that made it began; a
+        result deleted after that is not stored again (None is returned)."""
         if not _ID.match(result_id):
             raise ValueError(f"result id must be 64 hex characters, got {result_id!r}")
         for name in files:
@@ -166,15 +175,17 @@ class ResultStore:
             for name, data in files.items():
                 (tmp / name).write_bytes(data)
             (tmp / META).write_text(json.dumps(dict(meta), sort_keys=True))
-            try:
-                os.replace(tmp, final)
-            except OSError as exc:  # another worker stored the same result first (or a broken entry is there)
-                shutil.rmtree(tmp, ignore_errors=True)
-                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.EISDIR, errno.ENOTDIR):
-                    raise
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+            with self._lock:  # no deletion between the check and the rename
+                deleted = self._deleted.get(result_id)
+                if since is not None and deleted is not None and deleted >= since:
+                    return None
+                try:
+                    os.replace(tmp, final)
+                except OSError as exc:  # another worker stored the same result first (or a broken entry is there)
+                    if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.EISDIR, errno.ENOTDIR):
+                        raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)  # still there when it was not renamed into place
         self.evict()
         return final
 
@@ -185,17 +196,21 @@ class ResultStore:
             return None
         if self._size(folder) + len(data) > self.max_bytes:
             return None
-        try:
-            fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(), dir=folder)
+        try:  # written beside the results, not inside one: a deletion then never races with a file being created
+            fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(), dir=self.root)
         except OSError:
             return None
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
-            os.replace(tmp, folder / name)
+            with self._lock:  # the result cannot be deleted or evicted between the check and the rename
+                if self.meta(result_id) is None:
+                    return None
+                os.replace(tmp, folder / name)
         except OSError:
-            Path(tmp).unlink(missing_ok=True)
             return None
+        finally:
+            Path(tmp).unlink(missing_ok=True)  # still there when it was not renamed into place
         self.evict()
         return folder / name
 
@@ -218,17 +233,30 @@ class ResultStore:
         return out
 
     def delete(self, result_id: str) -> bool:
-        """Remove a result now; False when there was none."""
+        """Remove a result now (atomically: renamed away, then removed); False when there was none.
+
+        Its id is remembered for :data:`TOMBSTONE_S`, so that work begun before now cannot store it again.
+        """
         folder = self.root / result_id
         if not _ID.match(result_id):
             return False
-        try:
-            if not stat.S_ISDIR(os.lstat(folder).st_mode):
+        doomed = self.root / f"{_tmp_prefix()}deleted-{secrets.token_hex(4)}"
+        with self._lock:
+            try:
+                if not stat.S_ISDIR(os.lstat(folder).st_mode):
+                    return False
+                os.rename(folder, doomed)
+            except OSError:
                 return False
-        except OSError:
-            return False
-        shutil.rmtree(folder, ignore_errors=True)
-        return not folder.exists()
+            now = time.monotonic()
+            self._deleted.pop(result_id, None)  # re-inserted last: the dict stays in deletion order
+            self._deleted[result_id] = now
+            for old, at in list(self._deleted.items()):  # forget the deletions no running work can predate
+                if now - at <= TOMBSTONE_S:
+                    break
+                del self._deleted[old]
+        shutil.rmtree(doomed, ignore_errors=True)
+        return True
 
     def writable(self) -> bool:
         """Whether a result could be written now (a probe file is created and removed)."""

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import logging
 import re
+import time
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -131,11 +132,11 @@ def _file_response(found, name: str, attachment: bool) -> Response:
 
 
 def _stored_file(runtime, result_id: str, name: str):
-    """A stored file as (open handle, size), or bytes for a file written now; None if absent.
+    """A stored file as (open handle, size), or bytes for a file made now; None if absent.
 
-    Files few clients fetch are written on their first request: the zip of all files, and the OBJ files of a
-    result stored with :data:`pipeline.OBJ_SOURCE`. They are stored when they fit under the cap and answered
-    from memory otherwise.
+    A JSON answer makes no file up front: each output kind is made on the first request for one of its files
+    (from the result's :data:`pipeline.SOURCE`), and the zip of all files on its first request. They are stored
+    when they fit under the cap and answered from memory otherwise.
     """
     if name.startswith("."):  # internal files are not part of the result
         return None
@@ -145,26 +146,29 @@ def _stored_file(runtime, result_id: str, name: str):
     meta = _valid_meta(runtime.store.meta(result_id))
     if meta is None or (name not in meta["files"] and name != pipeline.ZIP_NAME):
         return None
-    objs = _materialize_obj(runtime, result_id)
-    if name == pipeline.ZIP_NAME:
-        files = {k: v for k, v in (runtime.store.files(result_id) | objs).items() if k != pipeline.ZIP_NAME}
-        data = pipeline.zip_files(files)
-        runtime.store.add(result_id, name, data)
-        return data
-    return objs.get(name)
+    if name != pipeline.ZIP_NAME:
+        return _make(runtime, result_id, {pipeline.file_kind(name)}).get(name)
+    stored = {k: v for k, v in runtime.store.files(result_id).items() if k != pipeline.ZIP_NAME}
+    missing = {pipeline.file_kind(n) for n in meta["files"] if n not in stored}
+    data = pipeline.zip_files(stored | _make(runtime, result_id, missing))
+    runtime.store.add(result_id, name, data)
+    return data
 
 
-def _materialize_obj(runtime, result_id: str) -> dict[str, bytes]:
-    """Write (and store) the deferred OBJ files of a result; {} when there are none to write."""
-    if runtime.store.open(result_id, "mesh.obj") is not None:
-        return {}
-    source = runtime.store.read(result_id, pipeline.OBJ_SOURCE)
+def _make(runtime, result_id: str, kinds: set[str | None]) -> dict[str, bytes]:
+    """Make (and store) the files of output ``kinds`` of a result from its source; {} without one."""
+    source = runtime.store.read(result_id, pipeline.SOURCE) if kinds - {None} else None
     if source is None:
         return {}
-    files = pipeline.materialize_obj(source)
+    files = pipeline.make_files(runtime.bundle, source, kinds - {None}, _timer(runtime))
     for name, data in files.items():
         runtime.store.add(result_id, name, data)
     return files
+
+
+def _timer(runtime) -> pipeline.Timer:
+    """A stage timer that reports to the stage-latency histogram."""
+    return pipeline.Timer(lambda stage, dt: runtime.metrics.stage_latency.labels(stage).observe(dt))
 
 
 def _lookup(runtime, result_id: str, fmt: str | None):
@@ -197,6 +201,7 @@ def _scope(request: Request) -> str:
 async def _serve(request: Request, runtime, settings: Settings, canonical: bytes, fmt: str | None, compute) -> Response:
     """Answer from the store if it holds the result, else compute it (under the request's deadline), store it
     (unless it alone exceeds the cap) and answer from memory: never a second read that eviction could lose."""
+    began = time.monotonic()  # a DELETE of the result after this point wins over storing it (see store.put)
     scope = _scope(request)
     result_id = runtime.result_id(canonical, scope)
     found = await asyncio.to_thread(_lookup, runtime, result_id, fmt)
@@ -209,10 +214,11 @@ async def _serve(request: Request, runtime, settings: Settings, canonical: bytes
     loop = asyncio.get_running_loop()
     token = admission.deadline.set(loop.time() + settings.request_timeout_s)
     try:
-        timer = pipeline.Timer(lambda stage, dt: runtime.metrics.stage_latency.labels(stage).observe(dt))
+        timer = _timer(runtime)
+        # JSON answers give links, whose files are made when first fetched; a format answer makes its file now
+        now = () if fmt is None else pipeline.OUTPUT_KINDS if fmt == "zip" else (FORMAT_FILES[fmt][1],)
         try:
-            # JSON answers give links: the OBJ files are written when first fetched (format answers: now)
-            result = await asyncio.wait_for(_gated(runtime, compute(timer, fmt is None)), settings.request_timeout_s)
+            result = await asyncio.wait_for(_gated(runtime, compute(timer, now)), settings.request_timeout_s)
         except pipeline.RequestError as exc:
             raise HTTPException(exc.status, detail=str(exc)) from exc
         except TimeoutError as exc:
@@ -225,7 +231,7 @@ async def _serve(request: Request, runtime, settings: Settings, canonical: bytes
         admission.deadline.reset(token)
     meta = _stored_meta(result, timer)
     try:
-        await asyncio.to_thread(runtime.store.put, result_id, result.files, meta)
+        await asyncio.to_thread(runtime.store.put, result_id, result.files, meta, began)
     except ResultTooLarge as exc:
         if fmt is None:  # links to files that were never stored would be dead
             raise HTTPException(
@@ -291,8 +297,8 @@ async def generate(
         raise HTTPException(503, detail="this bundle has no mapping/albedo graphs: /generate is unavailable")
     req = mesh_request(body, bundle, settings, format)
 
-    def compute(timer, defer_obj):
-        return pipeline.generate(bundle, runtime.run_graph, req, timer, runtime.run_stage, defer_obj)
+    def compute(timer, now):
+        return pipeline.generate(bundle, runtime.run_graph, req, timer, runtime.run_stage, now)
 
     return await _serve(request, runtime, settings, req.canonical(bundle), format, compute)
 
@@ -348,18 +354,16 @@ async def reconstruct(
         albedo=albedo,
     )
 
-    async def compute(timer, defer_obj):
+    async def compute(timer, now):
         pixels = await runtime.run_stage("detect", pipeline.decode_photo, data, settings.max_image_pixels)
-        return await pipeline.reconstruct(bundle, runtime.run_graph, req, pixels, timer, runtime.run_stage, defer_obj)
+        return await pipeline.reconstruct(bundle, runtime.run_graph, req, pixels, timer, runtime.run_stage, now)
 
     return await _serve(request, runtime, settings, req.canonical(bundle), format, compute)
 
 
 def _stored_meta(result: pipeline.Result, timer: pipeline.Timer) -> dict:
-    names = set(result.files)
-    if pipeline.OBJ_SOURCE in result.files:  # deferred OBJ files: linked now, written on first fetch
-        names = (names - {pipeline.OBJ_SOURCE}) | set(pipeline.obj_names(result.files[pipeline.OBJ_SOURCE]))
-    return dict(result.meta, files=sorted(names), timings_ms={k: round(v * 1000, 2) for k, v in timer.timings.items()})
+    timings_ms = {k: round(v * 1000, 2) for k, v in timer.timings.items()}
+    return dict(result.meta, files=result.names, timings_ms=timings_ms)
 
 
 NOT_FOUND = {404: {"model": ErrorBody, "description": "unknown, expired or deleted"}}

@@ -239,22 +239,28 @@ def test_manifest_problems_are_refused_at_start(tiny_bundle, tmp_path):
         pass
 
 
-def test_deferred_obj_files_are_the_eager_bytes(tiny_bundle, tmp_path):
-    """A JSON answer links the OBJ files but writes them on first fetch; they, and the zip, are byte-identical
-    to an eager encoding (``?format=zip`` computes everything at once)."""
-    body = {"seed": 77, "texture_size": 256, "mesh_resolution": 64}
+def test_deferred_files_are_the_eager_bytes(tiny_bundle, tmp_path):
+    """A JSON answer links every file but makes none: each output kind is made on the first fetch of one of its
+    files; they, and the zip, are byte-identical to an eager encoding (``?format=zip`` makes everything at once)."""
+    body = {"seed": 77, "texture_size": 256, "mesh_resolution": 72}
     settings = Settings(bundle=tiny_bundle, results_dir=tmp_path / "lazy", max_wait_ms=2.0)
     with TestClient(create_app(settings)) as c:
+        c.post("/generate", json=dict(body, seed=76))  # the first OBJ at a mesh resolution tells its file names
         r = c.post("/generate", json=body).json()
         folder = tmp_path / "lazy" / r["id"]
-        assert {"mesh.obj", "mesh.mtl", "mesh_albedo.png"} <= set(r["links"]) and not (folder / "mesh.obj").exists()
-        assert c.get(f"/results/{r['id']}/.obj-source.npz").status_code == 404  # internal, never served
+        assert {"mesh.obj", "mesh.mtl", "mesh_albedo.png", "mesh.glb", "albedo.png"} <= set(r["links"])
+        assert sorted(p.name for p in folder.iterdir()) == [".source.npz", "meta.json"]
+        assert c.get(f"/results/{r['id']}/.source.npz").status_code == 404  # internal, never served
+        albedo = c.get(r["links"]["albedo.png"]).content
+        assert (folder / "albedo.png").is_file() and not (folder / "mesh.glb").exists()  # one kind at a time
         lazy = {name: c.get(url).content for name, url in r["links"].items() if name != "bundle.zip"}
         lazy_zip = c.get(r["links"]["bundle.zip"]).content
-        assert (folder / "mesh.obj").is_file()
+        assert (folder / "mesh.obj").is_file() and lazy["albedo.png"] == albedo
+        zip_first = c.get(c.post("/generate", json=dict(body, seed=78)).json()["links"]["bundle.zip"]).content
     settings = Settings(bundle=tiny_bundle, results_dir=tmp_path / "eager", max_wait_ms=2.0)
     with TestClient(create_app(settings)) as c:
         eager_zip = c.post("/generate?format=zip", json=body).content
+        assert c.post("/generate?format=zip", json=dict(body, seed=78)).content == zip_first  # nothing made before
     eager = {
         n: zipfile.ZipFile(io.BytesIO(eager_zip)).read(n) for n in zipfile.ZipFile(io.BytesIO(eager_zip)).namelist()
     }

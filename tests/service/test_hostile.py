@@ -13,6 +13,7 @@ import io
 import json
 import os
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -200,11 +201,14 @@ def test_tiny_cap_no_5xx_no_truncation_and_over_cap_results_served(tiny_bundle, 
     with TestClient(create_app(settings)) as c:
         big = {"seed": 40, "texture_size": 512, "mesh_resolution": 256, "blendshapes": True}
         for _ in range(2):  # larger than the cap: answered directly every time, never "evicted; retry"
-            r = c.post("/generate?format=glb", json=big)
-            assert r.status_code == 200 and r.content[:4] == b"glTF"
-            assert len(r.content) > settings.results_max_bytes
-        r = c.post("/generate", json=big)  # JSON links to files that cannot be stored: a clear 413
-        assert r.status_code == 413 and "format=" in r.json()["detail"]
+            r_glb = c.post("/generate?format=glb", json=big)
+            assert r_glb.status_code == 200 and r_glb.content[:4] == b"glTF"
+            assert len(r_glb.content) > settings.results_max_bytes
+        r = c.post("/generate", json=big)  # files are made when fetched: one over the cap is answered from memory
+        assert r.status_code == 200
+        for _ in range(2):
+            glb = c.get(r.json()["links"]["mesh.glb"])
+            assert glb.status_code == 200 and glb.content == r_glb.content
 
         def writer(i):
             body = {"seed": 1000 + i, "texture_size": 256, "mesh_resolution": 64, "outputs": ["albedo", "glb"]}
@@ -375,6 +379,44 @@ def test_api_keys_scope_results_and_delete(tiny_bundle, tmp_path):
         assert c.get(url, headers={"X-API-Key": "alpha"}).status_code == 404
         assert c.delete(url, headers={"X-API-Key": "alpha"}).status_code == 404
         assert c.delete("/results/nothex", headers={"X-API-Key": "alpha"}).status_code == 404
+
+
+def test_a_deleted_result_is_not_stored_again_by_work_begun_before(client, monkeypatch):
+    """The fuzzer's use-after-free: request B computes, an identical request A finishes first and its client
+    DELETEs the result; B, finishing later, must not store it again (a GET after the DELETE is a 404)."""
+    real, release, calls = pipeline.generate, threading.Event(), []
+
+    async def held_first(*args, **kwargs):
+        calls.append(None)
+        if len(calls) == 1:  # B: held until A's result is deleted
+            await asyncio.to_thread(release.wait, 60)
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "generate", held_first)
+    body = {"seed": 36, **SMALL}
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        b = pool.submit(client.post, "/generate", json=body)
+        while not calls:
+            time.sleep(0.01)
+        a = client.post("/generate", json=body).json()
+        assert client.delete(f"/results/{a['id']}").status_code == 204
+        release.set()
+        assert b.result().json()["id"] == a["id"]  # B is answered (its result was deleted after it began)
+    assert client.get(f"/results/{a['id']}").status_code == 404
+    assert client.get(a["links"]["albedo.png"]).status_code == 404
+    assert client.post("/generate", json=body).status_code == 200  # asked again after the DELETE: stored again
+    assert client.get(f"/results/{a['id']}").status_code == 200
+
+
+def test_a_deleted_result_gets_no_files_added(tmp_path):
+    store = ResultStore(tmp_path, max_bytes=10**9, ttl_s=3600)
+    rid = "ef" * 32
+    store.put(rid, {"a.png": b"1"}, {"files": ["a.png"]})
+    assert store.delete(rid) and not (tmp_path / rid).exists()
+    assert store.add(rid, "mesh.glb", b"late") is None and store.open(rid, "mesh.glb") is None
+    assert store.put(rid, {"a.png": b"1"}, {}, since=time.monotonic() - 1) is None  # begun before the deletion
+    assert store.put(rid, {"a.png": b"1"}, {}, since=time.monotonic()) is not None  # begun after it
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
 
 
 # ------------------------------------------------------------------------------------------- metrics
