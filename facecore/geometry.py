@@ -257,14 +257,7 @@ def reattach_neck_band(model: FaceModelArrays) -> FaceModelArrays:
     if len(cav) == 0:
         return model
     faces = model.faces[cav]
-    # connected components of the part's faces over shared vertices: propagate the smallest vertex label
-    label = np.arange(model.n_verts)
-    for _ in range(len(faces)):
-        low = label[faces].min(1)
-        before = label.copy()
-        np.minimum.at(label, faces.ravel(), np.repeat(low, 3))
-        if np.array_equal(before, label):
-            break
+    label = vertex_components(faces, model.n_verts)
     comp = label[faces[:, 0]]
     front = faces.ravel()[np.argmax(model.mean[faces.ravel(), 2])]
     stray = cav[comp != label[front]]
@@ -314,6 +307,19 @@ def reattach_neck_band(model: FaceModelArrays) -> FaceModelArrays:
     repaired = FaceModelArrays(**kwargs)
     repaired.validate()
     return repaired
+
+
+def vertex_components(faces: np.ndarray, n_verts: int) -> np.ndarray:
+    """(n_verts,) label of each vertex's connected component over ``faces`` (the smallest vertex index in it;
+    a vertex no face uses is its own component)."""
+    label = np.arange(n_verts)
+    for _ in range(len(faces)):
+        low = label[faces].min(1)
+        before = label.copy()
+        np.minimum.at(label, faces.ravel(), np.repeat(low, 3))
+        if np.array_equal(before, label):
+            break
+    return label
 
 
 def fields_of_schema() -> tuple[str, ...]:

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from facecore.geometry import FaceModelArrays
+from facecore.geometry import FaceModelArrays, vertex_components
 from models.face.landmarks68 import derive_landmark_embedding
 from models.face.uv import cylinder_coordinates, cylindrical_uv, interior_vertices
 
@@ -331,9 +331,13 @@ def build(
     # cylindrical angles are meaningless and would smear the cavity across the texture
     inner = np.concatenate([interior_vertices(mean_v[:n_skin], skin_faces), np.zeros(V - n_skin, bool)])
     cavity = (face_part == 0) & inner[faces].any(1)
+    # only the cavity itself, the component holding its front-most vertex (the lip line): skin faces touching
+    # deep vertices elsewhere (a band of outer neck skin under the chin) stay skin
+    front = np.flatnonzero(inner)[np.argmax(mean_v[inner, 2])]
+    label = vertex_components(faces[cavity], V)
+    cavity[np.flatnonzero(cavity)[label[faces[cavity, 0]] != label[front]]] = False
     face_part[cavity] = 3
     uv, uv_faces, uv_vertex = cylindrical_uv(mean_v, faces)
-    front = np.flatnonzero(inner)[np.argmax(mean_v[inner, 2])]
     outer_v = np.flatnonzero(~inner[:n_skin])
     mouth_uv = uv[outer_v[np.argmin(((mean_v[outer_v] - mean_v[front]) ** 2).sum(-1))]]
     cav_v, cav_corner = np.unique(faces[cavity], return_inverse=True)

@@ -189,6 +189,8 @@ def test_build_is_reproducible(tmp_path):
     a.save(tmp_path / "m.npz", float16=("shape_basis",))
     c = geo.FaceModelArrays.load(tmp_path / "m.npz")
     assert np.abs(c.shape_basis - a.shape_basis).max() < 1e-5
+    # the mouth cavity is one piece: no outer neck skin labelled mouth for the loader to give back
+    assert geo.reattach_neck_band(a) is a and "neck_band_reattached" not in c.metadata
 
 
 def test_eyeballs_take_the_texels_of_the_lid_opening(arrays):
