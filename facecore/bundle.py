@@ -1,8 +1,10 @@
 """The model bundle: the contract between training (``training/export.py``) and the service.
 
 A bundle is a folder (or a .zip of one) with ``manifest.json``, the ONNX graphs it names, the face model
-(``face_model.npz``) and ``w_avg.npy``. :func:`load_bundle` validates everything the service relies on and
-refuses a bundle it cannot serve with a :class:`BundleError` naming the file and the field.
+(``face_model.npz``), ``w_avg.npy`` and optionally an identity head (``identity``: recognition features → shape
+code, :class:`facecore.identity.IdentityHead`, which ``/reconstruct`` then uses for the shape code).
+:func:`load_bundle` validates everything the service relies on and refuses a bundle it cannot serve with a
+:class:`BundleError` naming the file and the field.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from facecore.geometry import FaceModelArrays
+from facecore.identity import DESCRIPTOR_DIM, FEATURES, IdentityHead
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +65,14 @@ class FaceModelSpec(BaseModel):
     sha256: str
 
 
+class IdentitySpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    file: str = "identity_head.npz"
+    sha256: str
+    features: str = Field(description="what the head reads; the service computes facecore.identity.FEATURES")
+    metrics: dict[str, Any] = Field(default_factory=dict, description="held-out measurements of the fit")
+
+
 class Codes(BaseModel):
     model_config = ConfigDict(extra="forbid")
     z_dim: int = Field(gt=0)
@@ -96,6 +107,7 @@ class Manifest(BaseModel):
     resolutions: Resolutions
     graphs: dict[str, GraphSpec]
     displacement_scale_m: float = Field(0.0, ge=0.0, description="displacement graph output units → metres")
+    identity: IdentitySpec | None = None
     training: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, Any] = Field(default_factory=dict)
 
@@ -109,6 +121,7 @@ class Bundle:
     face_model: FaceModelArrays
     w_avg: np.ndarray
     digest: str  # identifies the bundle's content (manifest + every file hash) for result ids
+    identity_head: IdentityHead | None = None
 
     @property
     def capabilities(self) -> dict[str, bool]:
@@ -224,9 +237,39 @@ def load_bundle(path: str | Path) -> Bundle:
         raise BundleError(f"{wpath}: not a readable .npy ({exc})") from exc
     if w_avg.shape != (codes.w_dim,) or not np.all(np.isfinite(w_avg)):
         raise BundleError(f"{wpath}: expected {codes.w_dim} finite values (field 'codes.w_dim'), got {w_avg.shape}")
+    identity_head = None
+    if manifest.identity is not None:
+        identity_head, head_hash = _load_identity_head(root, mpath, manifest)
+        hashes.append(head_hash)
     if not any(all(g in manifest.graphs for g in graphs) for graphs in CAPABILITIES.values()):
         raise BundleError(f"{mpath}: field 'graphs' serves no endpoint (needs one of {list(CAPABILITIES.values())})")
     hashes += [fm_hash, sha256_file(wpath)]
     digest = hashlib.sha256("".join(hashes).encode()).hexdigest()
     logger.info("bundle %s %s from %s", manifest.name, manifest.version, root)
-    return Bundle(root, manifest, face_model, w_avg, digest)
+    return Bundle(root, manifest, face_model, w_avg, digest, identity_head)
+
+
+def _load_identity_head(root: Path, mpath: Path, manifest: Manifest) -> tuple[IdentityHead, str]:
+    """The bundle's identity head and its file's sha256, checked against the manifest and the face model."""
+    spec = manifest.identity
+    assert spec is not None
+    path = root / spec.file
+    if not path.is_file():
+        raise BundleError(f"{mpath}: field 'identity.file' names {spec.file}, which is missing")
+    digest = sha256_file(path)
+    if digest != spec.sha256:
+        raise BundleError(f"{path}: sha256 does not match field 'identity.sha256' of {MANIFEST}")
+    if spec.features != FEATURES:
+        raise BundleError(
+            f"{mpath}: field 'identity.features' is {spec.features!r}; this service computes {FEATURES!r}"
+        )
+    try:
+        head = IdentityHead.load(path)
+    except ValueError as exc:
+        raise BundleError(str(exc)) from exc
+    if (head.features, head.n_features, head.n_shape) != (spec.features, DESCRIPTOR_DIM, manifest.codes.shape):
+        raise BundleError(
+            f"{path}: maps {head.n_features} features ({head.features!r}) to {head.n_shape} shape coefficients; "
+            f"expected {DESCRIPTOR_DIM} (field 'identity.features') to {manifest.codes.shape} (field 'codes.shape')"
+        )
+    return head, digest

@@ -379,6 +379,44 @@ def export_trained(
     )
 
 
+def add_identity_head(
+    bundle: str | Path, identity_run: str | Path, out: str | Path, version: str | None = None
+) -> Path:
+    """A copy of ``bundle`` with the head of an ``identity`` stage run (``identity_run``: its output folder) added.
+
+    The head goes in as ``identity_head.npz`` with a manifest entry (``identity``: file, sha256, features and the
+    run's held-out metrics); everything else is copied unchanged. ``version`` replaces the manifest's version.
+    The result is validated by :func:`facecore.bundle.load_bundle` before it replaces ``out``.
+    """
+    from facecore.identity import IdentityHead
+    from training.identity import HEAD_FILE, METRICS_FILE
+
+    source = load_bundle(bundle)
+    identity_run, out = Path(identity_run), Path(out)
+    head = IdentityHead.load(identity_run / HEAD_FILE)
+    metrics = json.loads((identity_run / METRICS_FILE).read_text())
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    shutil.copytree(source.root, tmp)
+    head.save(tmp / HEAD_FILE)
+    manifest = json.loads((tmp / MANIFEST).read_text())
+    manifest["identity"] = {
+        "file": HEAD_FILE,
+        "sha256": sha256_file(tmp / HEAD_FILE),
+        "features": head.features,
+        "metrics": {k: metrics[k] for k in ("model", "ridge_alpha", "train_identities", "held_out", "held_out_prior")},
+    }
+    if version is not None:
+        manifest["version"] = version
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    load_bundle(tmp)  # the service must accept what we wrote
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out
+
+
 def run(cfg: Mapping[str, Any], out: Path) -> None:
     """The ``export`` stage of ``training.run``.
 
@@ -411,11 +449,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--untrained", action="store_true", help="export randomly initialised networks")
     parser.add_argument("--resolution", type=int, default=64)
+    parser.add_argument(
+        "--add-identity", type=Path, metavar="RUN/identity", help="copy --bundle with this identity stage's head added"
+    )
+    parser.add_argument("--bundle", type=Path, help="the bundle --add-identity copies")
+    parser.add_argument("--version", help="the copy's manifest version (--add-identity)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if not args.untrained:
-        parser.error("only --untrained is available until the training stages land")
-    export_untrained(args.out, args.resolution)
+    if args.add_identity is not None:
+        if args.bundle is None:
+            parser.error("--add-identity needs --bundle")
+        add_identity_head(args.bundle, args.add_identity, args.out, args.version)
+    elif args.untrained:
+        export_untrained(args.out, args.resolution)
+    else:
+        parser.error("give --untrained or --add-identity (trained bundles come from `python -m training.run export`)")
     return 0
 
 

@@ -114,21 +114,28 @@ def fit_ridge(
     x_val: np.ndarray,
     y_val: np.ndarray,
     alphas: Sequence[float] = tuple(10.0 ** np.arange(-3, 5.01, 0.5)),
+    val_error: Callable[[np.ndarray, np.ndarray], float] | None = None,
 ) -> LinearMap:
-    """Ridge regression on standardised features; λ (relative to N) chosen by the validation MSE, then refitted
+    """Ridge regression on standardised features; λ (relative to N) chosen by the validation error, then refitted
     on train ∪ validation.
+
+    The predictions of every target column share one smoother, so they transform with the targets: ridge on
+    codes β and on any linear change of them (e.g. :meth:`RegionMetric.to_z`) predicts the same for the same λ;
+    only the choice of λ depends on how the validation error is measured.
 
     Args:
         x, y: (N, D) features, (N, T) targets.
         x_val, y_val: the validation split (rows of *other* identities than ``x``'s).
         alphas: candidate penalties, multiplied by the number of training rows.
+        val_error: ``(predicted, true) → error`` on the validation rows; None: the mean squared error.
     """
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
     x_val, y_val = np.asarray(x_val, np.float64), np.asarray(y_val, np.float64)
     xm, xs = _standardise(x)
     ym = y.mean(0)
     Ws = _ridge_solve((x - xm) / xs, y - ym, [a * len(x) for a in alphas])
-    errs = [np.mean((((x_val - xm) / xs) @ W + ym - y_val) ** 2) for W in Ws]
+    score = val_error or (lambda pred, true: float(np.mean((pred - true) ** 2)))
+    errs = [score(((x_val - xm) / xs) @ W + ym, y_val) for W in Ws]
     best = float(alphas[int(np.argmin(errs))])
     xa, ya = np.concatenate([x, x_val]), np.concatenate([y, y_val])
     xm, xs = _standardise(xa)

@@ -3,7 +3,9 @@
 Stages (each a function ``run(cfg: dict, out: Path) -> None`` of a module): ``recipe`` (the paper's StyleGAN2 shape
 data, only with a ``recipe`` section), ``extract`` (texture extraction), ``albedo`` (AlbedoGAN pretraining),
 ``shape`` and ``alternate`` (shape model, alternate descent), ``export`` (model bundle) and ``all`` (every stage
-in order, each resuming from its own checkpoints). The resolved configuration is written into the output
+in order, each resuming from its own checkpoints). ``identity`` (identity head on face-recognition features,
+``training.identity``) is not part of ``all``: ``python -m training.export --add-identity`` puts its head into a
+bundle. The resolved configuration is written into the output
 folder; runs resume from their latest checkpoint.
 
 Real data instead of the synthetic source (applied on top of ``--config``):
@@ -37,6 +39,7 @@ STAGES: dict[str, str] = {
     "shape": "training.alternate:run_shape",
     "alternate": "training.alternate",
     "export": "training.export",
+    "identity": "training.identity",
 }
 ORDER = ("recipe", "extract", "albedo", "shape", "alternate", "export")
 

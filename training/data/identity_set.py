@@ -98,6 +98,7 @@ def render_identity_chips(
     batch_size: int = 32,
     progress: Callable[[int, int], None] | None = None,
     align: str = "gt5",
+    cut: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
 ) -> IdentityChips:
     """Render ``views`` images of each identity and cut their dlib chips.
 
@@ -117,6 +118,9 @@ def render_identity_chips(
         batch_size: renders per batch.
         progress: called with (done, total) renders after each batch.
         align: ``gt68``, ``gt5`` or ``detect5`` (see above).
+        cut: ``(image, points) → (chip_size, chip_size, 3) uint8 chip``; None: :func:`extract_dlib_chip`
+            (dlib's chip bit for bit). ``training.identity`` passes the service's own
+            :meth:`facecore.identity.FaceRecogniser.chip`.
     """
     if align not in CHIP_ALIGNMENTS:
         raise ValueError(f"align: expected one of {CHIP_ALIGNMENTS}, got {align!r}")
@@ -149,7 +153,7 @@ def render_identity_chips(
                 found = detect_landmarks5(images[k])
                 if found:
                     pts, detected[m] = found[0].points, True
-            chips[m] = extract_dlib_chip(images[k], pts, size=chip_size)
+            chips[m] = extract_dlib_chip(images[k], pts, size=chip_size) if cut is None else cut(images[k], pts)
         yaw[members] = head_angles_deg(out.codes.pose.cpu())[:, 0].numpy()
         male[members] = albedo.male.cpu().numpy()
         if progress is not None:

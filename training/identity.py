@@ -1,0 +1,214 @@
+"""The ``identity`` stage: identity from face-recognition features, fitted on synthetic identities (issue 13).
+
+``python -m training.run identity --config training/configs/default.yaml --out runs/default``
+
+1. Identities are drawn (:func:`training.data.identity_set.sample_identity_shapes`; by default half from the
+   adult prior at 1.5× its spread, half from the wide basis at 0.5: plausible people and more variety than the
+   prior alone) and each is rendered ``views`` times (own pose up to ±60° yaw, expression, light, framing,
+   background; the identity's albedo).
+2. Each render goes through the service's feature path: dlib's detector and 5-point model
+   (:func:`facecore.detect.detect_landmarks5`, as ``/reconstruct``), dlib's chip and face-recognition network
+   (:class:`facecore.identity.FaceRecogniser`, the same object the service calls). Renders where no face is
+   found are dropped (the service answers 422 there).
+3. A ridge regression descriptor → shape code is fitted on single views (one photo per request in the
+   service), split by identity (``test_fraction`` held out, ``val_fraction`` of the rest chooses λ by the
+   face-region error of :class:`training.identity_regression.RegionMetric`).
+4. Measured on data the fit never saw: the held-out identities of the training distribution and a separate set
+   of ``eval_identities`` adult-prior identities (one view each, its own render indices). Each error is the mean
+   vertex distance over the face region (centred; also after rigid alignment), reported as a fraction of the
+   error of predicting the mean identity (the prior's mean for the prior set: "the prior's spread").
+
+Writes ``OUT/identity_head.npz`` (:class:`facecore.identity.IdentityHead`), ``OUT/metrics.json`` and the
+features per chunk of identities under ``OUT/features/`` (a rerun renders only the missing chunks).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from facecore.config import parse_section, section_dict
+from facecore.identity import CHIP_SIZE, IdentityHead, get_recogniser
+from models.face.model import FaceModel
+from training.data.identity_set import IDENTITY_SAMPLINGS, render_identity_chips, sample_identity_shapes
+from training.data.synthetic import SyntheticConfig, SyntheticFaces
+from training.evaluation import identity_region
+from training.identity_regression import RegionMetric, fit_ridge
+
+logger = logging.getLogger(__name__)
+
+EVAL_FIRST_SAMPLE = 50_000_000  # synthetic sample indices of the evaluation set (the training set's start at 0)
+HEAD_FILE = "identity_head.npz"
+METRICS_FILE = "metrics.json"
+
+
+@dataclass(frozen=True)
+class IdentityStageConfig:
+    """The ``identity`` section (see the module doc)."""
+
+    identities: int = 1500
+    views: int = 2
+    sampling: str = "mixed"
+    prior_scale: float = 1.5
+    wide_scale: float = 0.5
+    wide_fraction: float = 0.5
+    eval_identities: int = 200
+    test_fraction: float = 0.15
+    val_fraction: float = 0.1
+    image_size: int = 224
+    albedo_size: int = 128
+    seed: int = 0
+    chunk: int = 100
+    threads: int | None = 1
+
+    def __post_init__(self) -> None:
+        if self.sampling not in IDENTITY_SAMPLINGS:
+            raise ValueError(f"sampling: expected one of {IDENTITY_SAMPLINGS}, got {self.sampling!r}")
+        if self.identities < 4 or self.views < 1 or self.eval_identities < 2 or self.chunk < 1:
+            raise ValueError("identities ≥ 4, views ≥ 1, eval_identities ≥ 2 and chunk ≥ 1 are needed")
+        if not (0 < self.test_fraction < 1 and 0 < self.val_fraction < 1):
+            raise ValueError("test_fraction and val_fraction: expected fractions in (0, 1)")
+        if min(self.prior_scale, self.wide_scale) <= 0 or not 0 <= self.wide_fraction <= 1:
+            raise ValueError("prior_scale and wide_scale must be positive, wide_fraction in [0, 1]")
+
+
+@dataclass(frozen=True)
+class _Part:
+    """A set of identities: how they are drawn and where their renders start in the synthetic stream."""
+
+    name: str
+    identities: int
+    views: int
+    sampling: dict[str, Any]
+    first_sample: int
+
+
+def _features(cfg: IdentityStageConfig, part: _Part, faces: SyntheticFaces, folder: Path) -> dict[str, np.ndarray]:
+    """Shapes (N, K), descriptors (N, V, 128; NaN where no face was found) and yaw (N, V) of a part, by chunk."""
+    chunks = []
+    recogniser = get_recogniser()
+    for c, start in enumerate(range(0, part.identities, cfg.chunk)):
+        path = folder / f"{part.name}_c{c:04d}.npz"
+        n = min(cfg.chunk, part.identities - start)
+        if not path.exists():
+            t = time.perf_counter()
+            g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + (part.first_sample > 0) * 10_007 + c)
+            shapes, _ = sample_identity_shapes(faces.face_model, n, g, **part.sampling)
+            first = part.first_sample + start * part.views
+            chips = render_identity_chips(
+                faces, shapes, part.views, first_index=first, chip_size=CHIP_SIZE, align="detect5", cut=recogniser.chip
+            )
+            desc = np.full((n, part.views, 128), np.nan)
+            desc[chips.detected] = recogniser.describe_chips(chips.chips[chips.detected])
+            tmp = path.with_suffix(".tmp.npz")
+            np.savez(tmp, shapes=chips.shapes, desc=desc, yaw=chips.yaw_deg)
+            tmp.rename(path)
+            logger.info(
+                "%s chunk %d: %d renders, %.0f %% with a face, %.2f s each",
+                part.name, c, n * part.views, 100 * chips.detected.mean(), (time.perf_counter() - t) / (n * part.views),
+            )  # fmt: skip
+        with np.load(path) as data:
+            chunks.append({k: data[k] for k in data.files})
+    return {k: np.concatenate([ch[k] for ch in chunks]) for k in chunks[0]}
+
+
+def _rows(data: dict[str, np.ndarray], ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Detected single views of identities ``ids``: features (R, 128), codes (R, K), |yaw| (R,)."""
+    desc, yaw = data["desc"][ids], data["yaw"][ids]
+    found = np.isfinite(desc).all(-1)
+    shapes = np.broadcast_to(data["shapes"][ids][:, None], (*found.shape, data["shapes"].shape[1]))
+    return desc[found], shapes[found], np.abs(yaw[found])
+
+
+def _scores(metric: RegionMetric, head: IdentityHead, x: np.ndarray, y: np.ndarray, y_mean: np.ndarray,
+            yaw: np.ndarray) -> dict[str, float]:  # fmt: skip
+    """Head error and mean-identity error (mm, face region) and their ratio, centred and rigid; by yaw."""
+    z_true, z_pred = metric.to_z(y), metric.to_z(head(x))
+    z_mean = np.broadcast_to(metric.to_z(y_mean[None]), z_true.shape)
+    out: dict[str, float] = {"rows": len(x)}
+    for label, rigid in (("centred", False), ("rigid", True)):
+        err, base = metric.error_mm(z_pred, z_true, rigid), metric.error_mm(z_mean, z_true, rigid)
+        out |= {
+            f"{label}_mm": err.mean(),
+            f"{label}_mean_identity_mm": base.mean(),
+            f"{label}_ratio": err.mean() / base.mean(),
+        }
+        if label == "centred":
+            for name, sel in (("yaw_below_20", yaw < 20), ("yaw_above_40", yaw >= 40)):
+                if sel.any():
+                    out[f"centred_ratio_{name}"] = err[sel].mean() / base[sel].mean()
+    return {k: float(v) for k, v in out.items()}
+
+
+def run(cfg: Mapping[str, Any], out: Path) -> None:
+    """``python -m training.run identity``: see the module doc; config section ``identity``."""
+    c = parse_section(IdentityStageConfig, cfg.get("identity"), "identity")
+    if c.threads is not None:
+        torch.set_num_threads(c.threads)
+    t0 = time.perf_counter()
+    folder = out / "features"
+    folder.mkdir(parents=True, exist_ok=True)
+    fm = FaceModel.from_file()
+    faces = SyntheticFaces(SyntheticConfig(image_size=c.image_size, albedo_size=c.albedo_size, seed=c.seed), fm)
+    train_sampling = {
+        "sampling": c.sampling, "prior_scale": c.prior_scale, "wide_scale": c.wide_scale,
+        "wide_fraction": c.wide_fraction,
+    }  # fmt: skip
+    train = _features(c, _Part("train", c.identities, c.views, train_sampling, 0), faces, folder)
+    prior = _features(
+        c, _Part("eval_prior", c.eval_identities, 1, {"sampling": "prior"}, EVAL_FIRST_SAMPLE), faces, folder
+    )
+    t_data = time.perf_counter() - t0
+
+    order = np.random.default_rng(c.seed).permutation(c.identities)
+    n_test = max(1, round(c.test_fraction * c.identities))
+    n_val = max(1, round(c.val_fraction * (c.identities - n_test)))
+    test, val, fit = order[:n_test], order[n_test : n_test + n_val], order[n_test + n_val :]
+    arrays = fm.arrays
+    metric = RegionMetric(arrays, identity_region(arrays))
+    (x_fit, y_fit, _), (x_val, y_val, _) = _rows(train, fit), _rows(train, val)
+    if len(x_fit) < 2 or len(x_val) < 1:
+        raise ValueError(
+            f"identity: too few renders with a detected face ({len(x_fit)} to fit, {len(x_val)} to validate)"
+        )
+
+    def region_error(pred: np.ndarray, true: np.ndarray) -> float:
+        return float(metric.error_mm(metric.to_z(pred), metric.to_z(true)).mean())
+
+    t = time.perf_counter()
+    ridge = fit_ridge(x_fit, y_fit, x_val, y_val, val_error=region_error)
+    head = IdentityHead(ridge.x_mean, ridge.x_std, ridge.W, ridge.y_mean)
+    t_fit = time.perf_counter() - t
+    head.save(out / HEAD_FILE)
+
+    x_test, y_test, yaw_test = _rows(train, test)
+    x_prior, y_prior, yaw_prior = _rows(prior, np.arange(c.eval_identities))
+    metrics = {
+        "features": head.features,
+        "model": "ridge",
+        "ridge_alpha": ridge.alpha,
+        "train_identities": len(fit) + len(val),
+        "train_rows": len(x_fit) + len(x_val),
+        "face_found": float(np.isfinite(train["desc"]).all(-1).mean()),
+        "held_out": _scores(
+            metric, head, x_test, y_test, train["shapes"][np.concatenate([fit, val])].mean(0), yaw_test
+        ),
+        "held_out_prior": _scores(metric, head, x_prior, y_prior, np.asarray(arrays.shape_prior_mean), yaw_prior),
+        "seconds": {"data": t_data, "fit": t_fit, "total": time.perf_counter() - t0},
+        "config": section_dict(c),
+    }
+    (out / METRICS_FILE).write_text(json.dumps(metrics, indent=1))
+    logger.info(
+        "identity head: held-out identities %.3f of the mean identity's error, adult prior %.3f of its spread "
+        "(centred face region; rigid %.3f / %.3f); %.0f s",
+        metrics["held_out"]["centred_ratio"], metrics["held_out_prior"]["centred_ratio"],
+        metrics["held_out"]["rigid_ratio"], metrics["held_out_prior"]["rigid_ratio"], metrics["seconds"]["total"],
+    )  # fmt: skip
