@@ -16,6 +16,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service import pipeline
@@ -88,6 +89,59 @@ class _BodyTooLarge(Exception):
     pass
 
 
+class Accounting:
+    """Pure ASGI middleware: API keys (when configured), unhandled errors as JSON 500s, and every answer counted
+    by route and status. Not ``@app.middleware("http")``: that runs each request in an extra task with memory
+    streams, event-loop work that every request, the liveness probe's included, waited behind under load."""
+
+    def __init__(self, app, metrics: Metrics, key_digests: tuple[str, ...]):
+        self.app = app
+        self.metrics = metrics
+        self.keys = key_digests
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope["path"]
+        if self.keys and not (path == "/" or path.startswith(PUBLIC)) and scope["method"] != "OPTIONS":
+            headers = Headers(scope=scope)
+            given = headers.get("x-api-key") or ""
+            auth = headers.get("authorization", "")
+            if auth.lower().startswith("bearer "):
+                given = auth[7:].strip()
+            digest = hashlib.sha256(given.encode()).hexdigest()
+            known = next((d for d in self.keys if hmac.compare_digest(d, digest)), None)
+            if not given or known is None:
+                self.metrics.requests.labels("unauthorised", "401").inc()
+                response = JSONResponse(
+                    {"detail": "missing or unknown API key (Authorization: Bearer KEY or X-API-Key: KEY)"},
+                    status_code=401,
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+                return await response(scope, receive, send)
+            # each key sees (and is cached against) only its own results: routes read request.state.client_scope
+            scope.setdefault("state", {})["client_scope"] = known[:32]
+        status = None
+
+        async def send_counted(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_counted)
+        except Exception:  # counted like any other answer, and a JSON body like every other error
+            logger.exception("unhandled error in %s %s", scope["method"], path)
+            if status is not None:  # the answer has begun: the connection can only be dropped
+                raise
+            status = 500
+            await JSONResponse({"detail": "internal server error"}, status_code=500)(scope, receive, send)
+        finally:
+            route = scope.get("route")
+            self.metrics.requests.labels(getattr(route, "path", "unmatched"), str(status or 500)).inc()
+
+
 async def _too_large(send, limit: int) -> None:
     body = JSONResponse({"detail": f"request body larger than {limit} bytes"}, status_code=413).body
     await send({"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json")]})
@@ -136,34 +190,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics
     app.state.runtime = None
 
-    keys = {hashlib.sha256(k.get_secret_value().encode()).hexdigest(): k for k in settings.api_keys}
-
-    @app.middleware("http")
-    async def count_requests(request: Request, call_next):
-        public = request.url.path == "/" or request.url.path.startswith(PUBLIC)
-        if keys and not public and request.method != "OPTIONS":
-            given = request.headers.get("x-api-key") or ""
-            auth = request.headers.get("authorization", "")
-            if auth.lower().startswith("bearer "):
-                given = auth[7:].strip()
-            digest = hashlib.sha256(given.encode()).hexdigest()
-            known = next((d for d in keys if hmac.compare_digest(d, digest)), None)
-            if not given or known is None:
-                metrics.requests.labels("unauthorised", "401").inc()
-                return JSONResponse(
-                    {"detail": "missing or unknown API key (Authorization: Bearer KEY or X-API-Key: KEY)"},
-                    status_code=401,
-                    headers={"WWW-Authenticate": "Bearer"},
-                )
-            request.state.client_scope = known[:32]  # each key sees (and is cached against) only its own results
-        try:
-            response = await call_next(request)
-        except Exception:  # counted like any other answer, and a JSON body like every other error
-            logger.exception("unhandled error in %s %s", request.method, request.url.path)
-            response = JSONResponse({"detail": "internal server error"}, status_code=500)
-        route = request.scope.get("route")
-        metrics.requests.labels(getattr(route, "path", "unmatched"), str(response.status_code)).inc()
-        return response
+    keys = tuple(hashlib.sha256(k.get_secret_value().encode()).hexdigest() for k in settings.api_keys)
+    app.add_middleware(Accounting, metrics=metrics, key_digests=keys)
 
     @app.exception_handler(QueueFull)
     async def queue_full(request: Request, exc: QueueFull):
