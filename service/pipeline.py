@@ -543,9 +543,9 @@ async def _files(
     return files, sorted(names)
 
 
-def make_files(bundle: Bundle, source_bytes: bytes, kinds: Collection[str], timer: Timer) -> dict[str, bytes]:
-    """The files of the output ``kinds`` of a stored :data:`SOURCE`, made now: the bytes a request that made
-    them up front got. Empty when the source belongs to another bundle than ``bundle``."""
+def make_files(bundle: Bundle, source_bytes: bytes, kinds: Collection[str | None], timer: Timer) -> dict[str, bytes]:
+    """The files of the output ``kinds`` (those the result has) of a stored :data:`SOURCE`, made now: the bytes
+    a request that made them up front got. Empty when the source belongs to another bundle than ``bundle``."""
     source = FileSource.from_bytes(source_bytes)
     if source.bundle_digest != bundle.digest:
         return {}

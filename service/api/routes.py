@@ -156,11 +156,12 @@ def _stored_file(runtime, result_id: str, name: str):
 
 
 def _make(runtime, result_id: str, kinds: set[str | None]) -> dict[str, bytes]:
-    """Make (and store) the files of output ``kinds`` of a result from its source; {} without one."""
-    source = runtime.store.read(result_id, pipeline.SOURCE) if kinds - {None} else None
+    """Make (and store) the files of output ``kinds`` of a result from its source; {} without one (kinds the
+    result has not, None included, make nothing)."""
+    source = runtime.store.read(result_id, pipeline.SOURCE) if kinds else None
     if source is None:
         return {}
-    files = pipeline.make_files(runtime.bundle, source, kinds - {None}, _timer(runtime))
+    files = pipeline.make_files(runtime.bundle, source, kinds, _timer(runtime))
     for name, data in files.items():
         runtime.store.add(result_id, name, data)
     return files
