@@ -39,12 +39,13 @@ def sh_basis(normals: np.ndarray) -> np.ndarray:
     """(..., 3) unit normals → (..., 9) basis in the order 1, x, y, z, xy, xz, yz, x² − y², 3z² − 1."""
     x, y, z = normals[..., 0], normals[..., 1], normals[..., 2]
     c = SH_CONSTANTS
-    out = np.empty((*x.shape, 9), np.result_type(normals, 1.0))  # written in place: no stacking copy
-    out[..., 0] = c[0]
-    out[..., 1], out[..., 2], out[..., 3] = c[1] * x, c[2] * y, c[3] * z
-    out[..., 4], out[..., 5], out[..., 6] = c[4] * x * y, c[5] * x * z, c[6] * y * z
-    out[..., 7], out[..., 8] = c[7] * (x * x - y * y), c[8] * (3.0 * z * z - 1.0)
-    return out
+    # written in place, one contiguous plane per term (no stacking copy), then viewed as (..., 9)
+    out = np.empty((9, *x.shape), np.result_type(normals, 1.0))
+    out[0] = c[0]
+    out[1], out[2], out[3] = c[1] * x, c[2] * y, c[3] * z
+    out[4], out[5], out[6] = c[4] * x * y, c[5] * x * z, c[6] * y * z
+    out[7], out[8] = c[7] * (x * x - y * y), c[8] * (3.0 * z * z - 1.0)
+    return np.moveaxis(out, 0, -1)
 
 
 @dataclass(frozen=True)
@@ -577,42 +578,47 @@ def _zbuffer(tri_xy: np.ndarray, tri_depth: np.ndarray, width: int, height: int)
     x, y, z = tri_xy[..., 0], tri_xy[..., 1], tri_depth
     area2 = (x[:, 1] - x[:, 0]) * (y[:, 2] - y[:, 0]) - (x[:, 2] - x[:, 0]) * (y[:, 1] - y[:, 0])
     keep = np.abs(area2) > 1e-14
-    x, y, z = x[keep], y[keep], z[keep]
-    top = np.maximum(np.ceil(y.min(1) - eps).astype(np.int64), 0)
-    bottom = np.minimum(np.floor(y.max(1) + eps).astype(np.int64), height - 1)
-    tri, row = _runs(top, bottom)
+    order = np.argsort(y[keep], axis=1)
+    x, y, z = (np.take_along_axis(c[keep], order, 1) for c in (x, y, z))  # corners from top to bottom
+    top = np.maximum(np.ceil(y[:, 0] - eps).astype(np.int64), 0)
+    bottom = np.minimum(np.floor(y[:, 2] + eps).astype(np.int64), height - 1)
+    tri, k = _runs(top, bottom)
+    row = top[tri] + k
     ry = row.astype(np.float64)
-    left, right = np.full(len(tri), np.inf), np.full(len(tri), -np.inf)
-    z_left, z_right = np.zeros(len(tri)), np.zeros(len(tri))
-    for p, q in ((0, 1), (1, 2), (2, 0)):
-        xp, yp, zp, xq, yq, zq = x[tri, p], y[tri, p], z[tri, p], x[tri, q], y[tri, q], z[tri, q]
-        dy = yq - yp
-        flat = np.abs(dy) < 1e-12
-        on = (ry >= np.minimum(yp, yq) - eps) & (ry <= np.maximum(yp, yq) + eps)
-        t = np.clip((ry - yp) / np.where(flat, 1.0, dy), 0.0, 1.0)
-        # a crossing edge meets the row in one point; an edge along the row, in both its ends
-        for s in (np.where(flat, 0.0, t), np.where(flat, 1.0, t)):
-            xs, zs = xp + s * (xq - xp), zp + s * (zq - zp)
-            m = on & (xs < left)
-            left, z_left = np.where(m, xs, left), np.where(m, zs, z_left)
-            m = on & (xs > right)
-            right, z_right = np.where(m, xs, right), np.where(m, zs, z_right)
+
+    def crossing(p: int | np.ndarray, q: int | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Where each row meets the edge from corner p to q of its triangle (clamped to its ends): x, depth."""
+        xp, yp, zp = x[tri, p], y[tri, p], z[tri, p]
+        dy = y[tri, q] - yp
+        t = np.clip(np.divide(ry - yp, dy, out=np.zeros_like(dy), where=dy > 1e-12), 0.0, 1.0)
+        return xp + t * (x[tri, q] - xp), zp + t * (z[tri, q] - zp)
+
+    # a row meets the long edge (top → bottom) and the upper or the lower short edge; along a flat top or
+    # bottom edge, the lower edge's start or end is that edge's other corner
+    x_long, z_long = crossing(0, 2)
+    lower = (ry >= y[tri, 1]).astype(np.int64)
+    x_short, z_short = crossing(lower, lower + 1)
+    swap = x_short < x_long
+    left, right = np.where(swap, x_short, x_long), np.where(swap, x_long, x_short)
+    z_left = np.where(swap, z_short, z_long)
     first = np.maximum(np.ceil(left - eps), 0).astype(np.int64)
     last = np.minimum(np.floor(right + eps), width - 1).astype(np.int64)
-    span, col = _runs(first, last)
-    width_px = right - left
-    slope = np.divide(z_right - z_left, width_px, out=np.zeros_like(width_px), where=width_px > 1e-12)
-    depth = z_left[span] + slope[span] * np.clip(col - left[span], 0.0, width_px[span])
+    run = right - left
+    slope = np.divide(np.where(swap, z_long, z_short) - z_left, run, out=np.zeros_like(run), where=run > 1e-12)
+    # the depth at each span's first pixel, then one slope per pixel (a span reaching two pixels is ≥ 1 − 2 eps
+    # wide, so the last pixel overshoots its end's depth by ≤ eps · slope)
+    start = z_left + slope * np.clip(first - left, 0.0, np.maximum(run, 0.0))
+    span, step = _runs(first, last)
     zbuf = np.full(height * width, -np.inf)
-    np.maximum.at(zbuf, row[span] * width + col, depth)
+    np.maximum.at(zbuf, (row * width + first)[span] + step, start[span] + slope[span] * step)
     return zbuf
 
 
 def _runs(first: np.ndarray, last: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Every integer of each range ``first[i] … last[i]`` (empty when last < first): (owner i, value)."""
+    """The integers of each range ``first[i] … last[i]`` (none when last < first), as (i, offset from first[i])."""
     count = np.maximum(last - first + 1, 0)
     owner = np.repeat(np.arange(len(first)), count)
-    return owner, np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count) + first[owner]
+    return owner, np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count)
 
 
 def _box_sum(a: np.ndarray, radius: int) -> np.ndarray:
