@@ -118,15 +118,20 @@ def bench_throughput(bundle: Path, n: int, seed0: int) -> None:
     print(f"  best batched throughput / batch-1 sequential throughput: {best / base:.2f}×")
 
 
+RECONSTRUCT_BODY = {"texture_size": "512"}  # the README's example; the rest at the service's defaults
+
+
 def bench_reconstruct(bundle: Path, photos: Path, n: int) -> None:
+    """/reconstruct with the README's body at concurrency 1: p50/p95 of the latency and of each stage, and
+    per photo (the detector used tells which photos needed the CNN)."""
     from PIL import Image
 
     files = sorted(photos.glob("*.jpg"))
     if not files:
         print(f"\n/reconstruct: no photos in {photos}; skipped")
         return
+    rows: list[tuple[str, float, dict]] = []
     with server(bundle, max_batch=16) as url:
-        lat, answers = [], []
         with httpx.Client(timeout=300) as client:
             for i in range(n):
                 img = Image.open(files[i % len(files)]).convert("RGB")
@@ -138,15 +143,30 @@ def bench_reconstruct(bundle: Path, photos: Path, n: int) -> None:
                 r = client.post(
                     url + "/reconstruct",
                     files={"image": ("p.jpg", buf.getvalue(), "image/jpeg")},
-                    data={"texture_size": "256", "mesh_resolution": "128", "outputs": "albedo,glb"},
+                    data=RECONSTRUCT_BODY,
                 )
-                lat.append(time.perf_counter() - t)
                 if r.status_code == 200:
-                    answers.append(r.json())
-    print(f"\n/reconstruct at concurrency 1 ({n} uploads of {len(files)} photos, texture 256, mesh 128):")
-    print(f"  p50 {1000 * pct(lat, 50):.0f} ms   p95 {1000 * pct(lat, 95):.0f} ms   ({len(answers)}/{n} succeeded)")
-    if answers:
-        print("  mean per stage (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in stage_means(answers).items()))
+                    rows.append((files[i % len(files)].stem, time.perf_counter() - t, r.json()))
+    body = ", ".join(f"{k} {v}" for k, v in RECONSTRUCT_BODY.items())
+    print(f"\n/reconstruct at concurrency 1 ({n} uploads of {len(files)} photos; {body}, the rest default):")
+    if not rows:
+        print("  no request succeeded")
+        return
+    lat = [s for _, s, _ in rows]
+    print(f"  p50 {1000 * pct(lat, 50):.0f} ms   p95 {1000 * pct(lat, 95):.0f} ms   ({len(rows)}/{n} succeeded)")
+    stages: dict[str, list[float]] = {}
+    for _, _, answer in rows:
+        for k, v in answer["timings_ms"].items():
+            stages.setdefault(k, []).append(v)
+    print("  per stage, p50 / p95 / mean (ms): " + ", ".join(
+        f"{k} {pct(v, 50):.0f} / {pct(v, 95):.0f} / {statistics.mean(v):.0f}" for k, v in stages.items()
+    ))  # fmt: skip
+    for name in sorted({name for name, _, _ in rows}):
+        mine = [(s, a) for n_, s, a in rows if n_ == name]
+        detectors = sorted({a["face"]["detector"] for _, a in mine})
+        detect_ms = statistics.mean(a["timings_ms"]["detect"] for _, a in mine)
+        print(f"  {name}: mean {1000 * statistics.mean(s for s, _ in mine):.0f} ms, detector {'/'.join(detectors)}, "
+              f"detect {detect_ms:.0f} ms")  # fmt: skip
 
 
 def bench_onnx_vs_eager(bundle: Path, repeat: int = 5) -> None:
@@ -187,15 +207,21 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=30)
     parser.add_argument("--photos", type=Path, default=ROOT / "tests" / "fixtures" / "photos")
     parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument("--reconstruct-only", action="store_true", help="only /reconstruct, --requests uploads")
     args = parser.parse_args()
     manifest = json.loads((args.bundle / "manifest.json").read_text())
     print(f"bundle {manifest['name']} {manifest['version']} ({args.bundle}); CPU cores: {os.cpu_count()}")
     seed0 = int(time.time()) % 1_000_000 * 1000
-    bench_generate(args.bundle, args.requests, seed0)
+    if not args.reconstruct_only:
+        bench_generate(args.bundle, args.requests, seed0)
     if "encoder" in manifest["graphs"]:
-        bench_reconstruct(args.bundle, args.photos, max(6, args.requests // 3))
+        bench_reconstruct(
+            args.bundle, args.photos, args.requests if args.reconstruct_only else max(6, args.requests // 3)
+        )
     else:
         print("\n/reconstruct: this bundle has no encoder graph; skipped")
+    if args.reconstruct_only:
+        return
     if not args.skip_throughput:
         bench_throughput(args.bundle, args.requests, seed0 + 500)
     bench_onnx_vs_eager(args.bundle)
