@@ -517,10 +517,10 @@ def _project_texels(
     if not (np.all(np.isfinite(verts)) and np.all(np.isfinite(verts_px))):
         raise ValueError("verts/verts_px: contain NaN or inf")
     layout = _layout(model, R)
-    # position (3), pixel (2) and normal (3) of every texel centre in one interpolation
+    # depth (1), pixel (2) and normal (3) of every texel centre in one interpolation
     normals = geo.vertex_normals(verts, model.faces)
-    at = np.einsum("nk,nkc->nc", layout.bary, np.concatenate([verts, verts_px, normals], 1)[layout.corners])
-    pos, px, nrm = at[:, :3], at[:, 3:5], at[:, 5:]
+    at = np.einsum("nk,nkc->nc", layout.bary, np.concatenate([verts[:, 2:], verts_px, normals], 1)[layout.corners])
+    depth, px, nrm = at[:, 0], at[:, 1:3], at[:, 3:]
     nrm /= np.maximum(np.sqrt(np.einsum("nc,nc->n", nrm, nrm)), 1e-12)[:, None]
     zbuf = _zbuffer(verts_px[model.faces], verts[model.faces, 2], W, H)
     col = np.rint(px[:, 0]).astype(np.int64)
@@ -528,7 +528,7 @@ def _project_texels(
     inside = (col >= 0) & (col < W) & (row >= 0) & (row < H)
     surface = np.full(len(layout.texel), -np.inf)
     surface[inside] = zbuf[row[inside] * W + col[inside]]
-    visible = inside & (pos[:, 2] >= surface - depth_tolerance)
+    visible = inside & (depth >= surface - depth_tolerance)
     return layout.texel, px, nrm, visible, np.isfinite(zbuf).reshape(H, W)
 
 
