@@ -346,7 +346,7 @@ async def reconstruct(
     if len(data) > settings.max_upload_bytes:
         raise HTTPException(413, detail=f"image: larger than {settings.max_upload_bytes} bytes")
     req = pipeline.ReconstructRequest(
-        photo_sha256=hashlib.sha256(data).hexdigest(),
+        photo_sha256=(await asyncio.to_thread(hashlib.sha256, data)).hexdigest(),  # ~20 ms for 10 MB: off the loop
         texture_size=checked.texture_size,
         mesh_resolution=checked.mesh_resolution,
         outputs=checked.outputs,
