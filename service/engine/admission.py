@@ -96,11 +96,14 @@ def _lower_priority(nice: int) -> None:
 
     The heavy stages (a 5000² photo's detection takes seconds of CPU) then yield the cores to the event loop,
     the model batchers and lighter requests when they compete, and run at full speed when nothing does.
+    ``nice`` is added to the thread's niceness (inherited from the process): set as an absolute value it *raised*
+    these threads above the event loop in a server started under ``nice`` (e.g. 10 → 2).
     """
     if nice <= 0:
         return
     try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(os.getpriority(os.PRIO_PROCESS, tid) + nice, 19))
     except (AttributeError, OSError):
         pass
 
