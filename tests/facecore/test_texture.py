@@ -94,6 +94,30 @@ def test_sh_basis_matches_the_torch_renderer():
     assert np.abs(texture.sh_basis(n) - torch_sh(torch.from_numpy(n)).numpy()).max() < 1e-12
 
 
+@pytest.mark.parametrize("kind", ["on_pixel_centres", "on_half_pixels", "anywhere"])
+def test_scanline_zbuffer_covers_what_rasterize_nodes_covers(kind):
+    """The visibility z-buffer: the same pixels (boundary inclusive, flat and degenerate triangles included)
+    with the same largest depth as the reference rasteriser, which tests every pixel of each bounding box."""
+    rng = np.random.default_rng(7)
+    W, H = 17, 13
+    for _ in range(40):
+        F = int(rng.integers(1, 40))
+        if kind == "on_pixel_centres":  # edges through pixel centres, flat tops and bottoms, collinear corners
+            xy = rng.integers(-3, 20, (F, 3, 2)).astype(np.float64)
+        elif kind == "on_half_pixels":
+            xy = rng.integers(-6, 40, (F, 3, 2)) / 2.0
+        else:
+            xy = rng.uniform(-5.0, 25.0, (F, 3, 2))
+        depth = rng.uniform(-1.0, 1.0, (F, 3))
+        node, tri, bary = geo.rasterize_nodes(xy, depth, W, H)
+        expected = np.full(H * W, -np.inf)
+        expected[node] = np.einsum("nk,nk->n", bary, depth[tri])
+        got = texture._zbuffer(xy, depth, W, H)
+        assert np.array_equal(np.isfinite(got), np.isfinite(expected))
+        covered = np.isfinite(got)
+        assert np.abs(got[covered] - expected[covered]).max(initial=0.0) < 1e-9
+
+
 def test_bad_input(model):
     verts = geo.decode_vertices(model)[0]
     with pytest.raises(ValueError, match="image: expected"):

@@ -280,6 +280,32 @@ def test_huge_image_is_downscaled_for_detection_and_points_map_back(photos, face
     assert 0 <= face.box[0] < face.box[2] <= 1999 and 300 < face.box[2] - face.box[0] < 1400
 
 
+class _RecordingDetector:
+    """Finds one face only on an image whose longer side is ``finds_at``; records the sizes it was given."""
+
+    name = "fake"
+
+    def __init__(self, finds_at: int):
+        self.finds_at, self.sizes = finds_at, []
+
+    def detect(self, image):
+        self.sizes.append(image.shape[:2])
+        return [(np.array([1.0, 1.0, 10.0, 10.0]), 1.0)] if max(image.shape[:2]) == self.finds_at else []
+
+
+def test_cascade_looks_coarse_to_fine_and_stops_at_the_first_face():
+    fake = _RecordingDetector(finds_at=512)
+    cascade = detect.CascadeDetector([(fake, 256), (fake, 512), (fake, None)])
+    name, found = cascade.detect_named(np.zeros((600, 1000, 3), np.uint8))
+    assert name == "fake" and fake.sizes == [(154, 256), (307, 512)]  # the image itself is never scanned
+    sx, sy = 1000 / 512, 600 / 307
+    np.testing.assert_allclose(found[0][0], (np.array([1.0, 1.0, 10.0, 10.0]) + 0.5) * [sx, sy, sx, sy] - 0.5)
+    fake.sizes.clear()  # an image no larger than a stage's side is scanned once
+    assert cascade.detect_named(np.zeros((200, 250, 3), np.uint8))[1] == [] and fake.sizes == [(200, 250)]
+    fake.sizes.clear()  # coarse copies thinner than 32 px are skipped (they break dlib's CNN), the image is not
+    assert cascade.detect_named(np.zeros((40, 2000, 3), np.uint8))[1] == [] and fake.sizes == [(40, 2000)]
+
+
 @needs_dlib
 @pytest.mark.parametrize("kind", ["noise", "flat"])
 def test_non_face_raises_no_face_error(kind):
