@@ -24,7 +24,7 @@ import numpy as np
 from bundle_metrics import BundleRunner
 from PIL import Image
 
-from facecore.bundle import load_bundle
+from facecore.bundle import Bundle, load_bundle
 from service import pipeline as P
 from service.settings import EMBEDDED_BUNDLE
 from training.evaluation import (
@@ -52,13 +52,8 @@ def altered(image: Image.Image) -> dict[str, Image.Image]:
     }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--bundle", type=Path, default=EMBEDDED_BUNDLE)
-    ap.add_argument("--photos", type=Path, default=PHOTOS)
-    ap.add_argument("--json", type=Path, default=None)
-    args = ap.parse_args()
-    bundle = load_bundle(args.bundle)
+def stability(bundle: Bundle, photos: Path) -> dict:
+    """Identity change under each nuisance and between people (mm, face region) of ``bundle`` on ``photos``."""
     model = bundle.face_model
     runner = BundleRunner(bundle, 0)
     region, mirror = identity_region(model), mirror_vertex_index(model)
@@ -67,14 +62,14 @@ def main() -> None:
         meta = runner.reconstruct(P.decode_photo(_jpeg_or_png(image), 50_000_000))
         return neutral_vertices(model, np.array(meta["codes"]["shape"]))[0]
 
-    names, base, variants = [], [], {}
-    for path in sorted(args.photos.glob("*.jpg")):
+    names, base, variants, skipped = [], [], {}, {}
+    for path in sorted(photos.glob("*.jpg")):
         photo = Image.open(path).convert("RGB")
         try:
             base_mesh = identity(photo)
             copies = {k: identity(v) for k, v in altered(photo).items()}
         except P.RequestError as exc:  # no face found in the photo or one of its copies: say so, go on
-            print(f"{path.name}: skipped ({exc})")
+            skipped[path.name] = str(exc)
             continue
         copies["mirror"] = mirror_vertices(copies["mirror"], mirror)
         names.append(path.name)
@@ -82,13 +77,35 @@ def main() -> None:
         for k, v in copies.items():
             variants.setdefault(k, []).append(v)
     changes, between = identity_stability(np.stack(base), {k: np.stack(v) for k, v in variants.items()}, region)
-    print(f"{len(names)} photos ({args.photos}); face region {int(region.sum())} vertices")
+    return {
+        "photos": names,
+        "skipped": skipped,
+        "region_vertices": int(region.sum()),
+        "changes_mm": changes,
+        "between_people_mm": between,
+    }
+
+
+def print_stability(report: dict, photos: Path) -> None:
+    for name, reason in report["skipped"].items():
+        print(f"{name}: skipped ({reason})")
+    print(f"{len(report['photos'])} photos ({photos}); face region {report['region_vertices']} vertices")
+    changes = report["changes_mm"]
     for name, value in changes.items():
         print(f"  identity change under {name:<12} {value:.3f} mm (mean over photos)")
     print(f"  worst nuisance                 {max(changes.values()):.3f} mm   (target <= 1.0)")
-    print(f"  between different people      {between:.3f} mm   (target >= 2.0)")
+    print(f"  between different people      {report['between_people_mm']:.3f} mm   (target >= 2.0)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--bundle", type=Path, default=EMBEDDED_BUNDLE)
+    ap.add_argument("--photos", type=Path, default=PHOTOS)
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+    report = stability(load_bundle(args.bundle), args.photos)
+    print_stability(report, args.photos)
     if args.json:
-        report = {"photos": names, "changes_mm": changes, "between_people_mm": between}
         args.json.write_text(json.dumps(report, indent=1))
 
 

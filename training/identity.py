@@ -8,11 +8,13 @@
    background; the identity's albedo).
 2. Each render goes through the service's feature path: dlib's detector and 5-point model
    (:func:`facecore.detect.detect_landmarks5`, as ``/reconstruct``), dlib's chip and face-recognition network
-   (:class:`facecore.identity.FaceRecogniser`, the same object the service calls). Renders where no face is
-   found are dropped (the service answers 422 there).
+   on the chip and on its mirror image (:class:`facecore.identity.FaceRecogniser`, the same object the service
+   calls). Renders where no face is found are dropped (the service answers 422 there).
 3. A ridge regression descriptor → shape code is fitted on single views (one photo per request in the
-   service), split by identity (``test_fraction`` held out, ``val_fraction`` of the rest chooses λ by the
-   face-region error of :class:`training.identity_regression.RegionMetric`).
+   service), each chip's mirror image a second row with the mirrored code (:func:`code_mirror`), split by
+   identity (``test_fraction`` held out, ``val_fraction`` of the rest chooses λ by the face-region error of
+   :class:`training.identity_regression.RegionMetric`). The head averages its estimate from the chip and the
+   mirrored estimate from the mirror image (:class:`facecore.identity.IdentityHead`).
 4. Measured on data the fit never saw: the held-out identities of the training distribution and a separate set
    of ``eval_identities`` adult-prior identities (one view each, its own render indices). Each error is the mean
    vertex distance over the face region (centred; also after rigid alignment), reported as a fraction of the
@@ -36,11 +38,12 @@ import numpy as np
 import torch
 
 from facecore.config import parse_section, section_dict
-from facecore.identity import CHIP_SIZE, IdentityHead, get_recogniser
+from facecore.geometry import FaceModelArrays
+from facecore.identity import CHIP_SIZE, DESCRIPTOR_DIM, IdentityHead, get_recogniser
 from models.face.model import FaceModel
 from training.data.identity_set import IDENTITY_SAMPLINGS, render_identity_chips, sample_identity_shapes
 from training.data.synthetic import SyntheticConfig, SyntheticFaces
-from training.evaluation import identity_region
+from training.evaluation import identity_region, mirror_vertex_index
 from training.identity_regression import RegionMetric, fit_ridge
 
 logger = logging.getLogger(__name__)
@@ -91,8 +94,25 @@ class _Part:
     first_sample: int
 
 
+def code_mirror(model: FaceModelArrays) -> tuple[np.ndarray, np.ndarray]:
+    """(K, K) M and (K,) c such that ``code · M + c`` is the code of ``code``'s head mirrored left–right (x → −x,
+    vertices swapped with their mirror partners), least squares over every vertex. The default face model's
+    basis holds its mirror images to 1 % (relative residual)."""
+    index = mirror_vertex_index(model)
+    flip = np.array([-1.0, 1.0, 1.0])
+    basis = np.asarray(model.shape_basis, np.float64)
+    mean = np.asarray(model.mean, np.float64)
+    flat = basis.reshape(len(basis), -1)
+    targets = np.concatenate(
+        [(basis[:, index] * flip).reshape(len(basis), -1), (mean[index] * flip - mean).reshape(1, -1)]
+    )
+    solution = np.linalg.lstsq(flat.T, targets.T, rcond=None)[0].T  # (K + 1, K): rows · flat ≈ targets
+    return solution[:-1], solution[-1]
+
+
 def _features(cfg: IdentityStageConfig, part: _Part, faces: SyntheticFaces, folder: Path) -> dict[str, np.ndarray]:
-    """Shapes (N, K), descriptors (N, V, 128; NaN where no face was found) and yaw (N, V) of a part, by chunk."""
+    """Shapes (N, K), descriptors (N, V, 2, 128: chip, mirrored chip; NaN where no face was found) and yaw (N, V)
+    of a part, by chunk."""
     chunks = []
     recogniser = get_recogniser()
     for c, start in enumerate(range(0, part.identities, cfg.chunk)):
@@ -106,8 +126,8 @@ def _features(cfg: IdentityStageConfig, part: _Part, faces: SyntheticFaces, fold
             chips = render_identity_chips(
                 faces, shapes, part.views, first_index=first, chip_size=CHIP_SIZE, align="detect5", cut=recogniser.chip
             )
-            desc = np.full((n, part.views, 128), np.nan)
-            desc[chips.detected] = recogniser.describe_chips(chips.chips[chips.detected])
+            desc = np.full((n, part.views, 2, DESCRIPTOR_DIM), np.nan)
+            desc[chips.detected] = recogniser.describe_with_mirror(chips.chips[chips.detected])
             tmp = path.with_suffix(".tmp.npz")
             np.savez(tmp, shapes=chips.shapes, desc=desc, yaw=chips.yaw_deg)
             tmp.rename(path)
@@ -121,19 +141,21 @@ def _features(cfg: IdentityStageConfig, part: _Part, faces: SyntheticFaces, fold
 
 
 def _rows(data: dict[str, np.ndarray], ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Detected single views of identities ``ids``: features (R, 128), codes (R, K), |yaw| (R,)."""
+    """Detected single views of identities ``ids``: features (R, 2, 128), codes (R, K), |yaw| (R,)."""
     desc, yaw = data["desc"][ids], data["yaw"][ids]
-    found = np.isfinite(desc).all(-1)
+    found = np.isfinite(desc).all((-2, -1))
     shapes = np.broadcast_to(data["shapes"][ids][:, None], (*found.shape, data["shapes"].shape[1]))
     return desc[found], shapes[found], np.abs(yaw[found])
 
 
 def _scores(metric: RegionMetric, head: IdentityHead, x: np.ndarray, y: np.ndarray, y_mean: np.ndarray,
             yaw: np.ndarray) -> dict[str, float]:  # fmt: skip
-    """Head error and mean-identity error (mm, face region) and their ratio, centred and rigid; by yaw."""
+    """Head error and mean-identity error (mm, face region) and their ratio, centred and rigid; by yaw; and the
+    fitted map on the chip alone (``single_centred_ratio``, without the mirror image's estimate)."""
     z_true, z_pred = metric.to_z(y), metric.to_z(head(x))
     z_mean = np.broadcast_to(metric.to_z(y_mean[None]), z_true.shape)
-    out: dict[str, float] = {"rows": len(x)}
+    single = metric.error_mm(metric.to_z(head.single(x[:, 0])), z_true).mean()
+    out: dict[str, float] = {"rows": len(x), "single_centred_ratio": single / metric.error_mm(z_mean, z_true).mean()}
     for label, rigid in (("centred", False), ("rigid", True)):
         err, base = metric.error_mm(z_pred, z_true, rigid), metric.error_mm(z_mean, z_true, rigid)
         out |= {
@@ -174,7 +196,13 @@ def run(cfg: Mapping[str, Any], out: Path) -> None:
     test, val, fit = order[:n_test], order[n_test : n_test + n_val], order[n_test + n_val :]
     arrays = fm.arrays
     metric = RegionMetric(arrays, identity_region(arrays))
-    (x_fit, y_fit, _), (x_val, y_val, _) = _rows(train, fit), _rows(train, val)
+    mirror, mirror_offset = code_mirror(arrays)
+
+    def with_mirrored(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Rows of the chips and of their mirror images (with the mirrored codes)."""
+        return np.concatenate([x[:, 0], x[:, 1]]), np.concatenate([y, y @ mirror + mirror_offset])
+
+    (x_fit, y_fit), (x_val, y_val) = (with_mirrored(*_rows(train, ids)[:2]) for ids in (fit, val))
     if len(x_fit) < 2 or len(x_val) < 1:
         raise ValueError(
             f"identity: too few renders with a detected face ({len(x_fit)} to fit, {len(x_val)} to validate)"
@@ -185,7 +213,7 @@ def run(cfg: Mapping[str, Any], out: Path) -> None:
 
     t = time.perf_counter()
     ridge = fit_ridge(x_fit, y_fit, x_val, y_val, val_error=region_error)
-    head = IdentityHead(ridge.x_mean, ridge.x_std, ridge.W, ridge.y_mean)
+    head = IdentityHead(ridge.x_mean, ridge.x_std, ridge.W, ridge.y_mean, mirror, mirror_offset)
     t_fit = time.perf_counter() - t
     head.save(out / HEAD_FILE)
 
@@ -197,7 +225,7 @@ def run(cfg: Mapping[str, Any], out: Path) -> None:
         "ridge_alpha": ridge.alpha,
         "train_identities": len(fit) + len(val),
         "train_rows": len(x_fit) + len(x_val),
-        "face_found": float(np.isfinite(train["desc"]).all(-1).mean()),
+        "face_found": float(np.isfinite(train["desc"]).all((-2, -1)).mean()),
         "held_out": _scores(
             metric, head, x_test, y_test, train["shapes"][np.concatenate([fit, val])].mean(0), yaw_test
         ),

@@ -18,29 +18,48 @@ needs_models = pytest.mark.skipif(
 )
 
 
-def _head(rng: np.random.Generator, d: int = DESCRIPTOR_DIM, k: int = 6) -> IdentityHead:
-    return IdentityHead(rng.normal(size=d), rng.uniform(0.5, 2, d), rng.normal(size=(d, k)), rng.normal(size=k))
+def _head(rng: np.random.Generator, k: int = 6, offset: bool = True) -> IdentityHead:
+    mirror = np.eye(k)[[1, 0, 3, 2, *range(4, k)]]  # an involution (swaps 0 ↔ 1, 2 ↔ 3) stands in for the mirror map
+    d = DESCRIPTOR_DIM
+    return IdentityHead(
+        rng.normal(size=d), rng.uniform(0.5, 2, d), rng.normal(size=(d, k)), rng.normal(size=k), mirror,
+        rng.normal(size=k) if offset else np.zeros(k),
+    )  # fmt: skip
 
 
-def test_head_round_trip_and_map(tmp_path):
+def test_head_averages_the_chip_and_the_mirrored_estimate(tmp_path):
     rng = np.random.default_rng(0)
     head = _head(rng)
-    x = rng.normal(size=(3, DESCRIPTOR_DIM))
-    np.testing.assert_allclose(head(x), ((x - head.x_mean) / head.x_std) @ head.weight + head.y_mean)
+    x = rng.normal(size=(3, 2, DESCRIPTOR_DIM))
+    single = ((x - head.x_mean) / head.x_std) @ head.weight + head.y_mean
+    np.testing.assert_allclose(head.single(x[:, 0]), single[:, 0])
+    np.testing.assert_allclose(head(x), (single[:, 0] + single[:, 1] @ head.mirror + head.mirror_offset) / 2)
+    with pytest.raises(ValueError, match="expected"):
+        head(x[:, 0])
     loaded = IdentityHead.load(head.save(tmp_path / "head.npz"))
     assert loaded.features == FEATURES and (loaded.n_features, loaded.n_shape) == (DESCRIPTOR_DIM, 6)
     np.testing.assert_allclose(loaded(x), head(x), rtol=1e-5, atol=1e-5)  # stored as float32
 
 
+def test_a_mirror_photo_gets_the_mirrored_head():
+    head = _head(np.random.default_rng(1), offset=False)
+    x = np.random.default_rng(2).normal(size=(4, 2, DESCRIPTOR_DIM))
+    # the mirror photo's chip is the photo's chip mirrored: the two descriptors swap places
+    np.testing.assert_allclose(head(x[:, ::-1]) @ head.mirror, head(x), atol=1e-9)
+
+
 def test_head_refuses_malformed_arrays(tmp_path):
     rng = np.random.default_rng(1)
     good = _head(rng)
+    mirror = (good.mirror, good.mirror_offset)
     with pytest.raises(ValueError, match="y_mean"):
-        IdentityHead(good.x_mean, good.x_std, good.weight, good.y_mean[:-1])
+        IdentityHead(good.x_mean, good.x_std, good.weight, good.y_mean[:-1], *mirror)
     with pytest.raises(ValueError, match="weight"):
-        IdentityHead(good.x_mean, good.x_std, np.full_like(good.weight, np.nan), good.y_mean)
+        IdentityHead(good.x_mean, good.x_std, np.full_like(good.weight, np.nan), good.y_mean, *mirror)
     with pytest.raises(ValueError, match="x_std"):
-        IdentityHead(good.x_mean, -good.x_std, good.weight, good.y_mean)
+        IdentityHead(good.x_mean, -good.x_std, good.weight, good.y_mean, *mirror)
+    with pytest.raises(ValueError, match="mirror"):
+        IdentityHead(good.x_mean, good.x_std, good.weight, good.y_mean, good.mirror[:2], good.mirror_offset)
     (tmp_path / "bad.npz").write_bytes(b"not an npz")
     with pytest.raises(ValueError, match="bad.npz: not an identity head"):
         IdentityHead.load(tmp_path / "bad.npz")
@@ -55,7 +74,7 @@ def test_recogniser_tells_people_apart_and_is_stable_under_rescaling():
         for target, im in ((desc, image), (rescaled, image.resize((image.width * 9 // 10, image.height * 9 // 10)))):
             pixels = np.asarray(im)
             face = detect.largest_face(detect.detect_landmarks5(pixels), pixels.shape)
-            target.append(recogniser.describe(pixels, face.points))
+            target.append(recogniser.describe(pixels, face.points)[0])
     desc, rescaled = np.array(desc), np.array(rescaled)
     assert desc.shape == (3, DESCRIPTOR_DIM) and np.all(np.isfinite(desc))
     same = np.linalg.norm(desc - rescaled, axis=1)
@@ -73,3 +92,18 @@ def test_chip_and_describe_validate_inputs():
         recogniser.describe_chips(np.zeros((1, 64, 64, 3), np.uint8))
     points = np.array([[130.0, 80], [110, 82], [70, 80], [90, 82], [100, 120]])
     assert recogniser.chip(image, points).shape == (CHIP_SIZE, CHIP_SIZE, 3)
+
+
+@needs_models
+def test_describe_gives_the_chip_and_its_mirror_image():
+    recogniser = get_recogniser()
+    image = np.asarray(Image.open(PHOTOS / "cc0-interfaces-001.jpg").convert("RGB"))
+    points = detect.largest_face(detect.detect_landmarks5(image), image.shape).points
+    chip = recogniser.chip(image, points)
+    both = recogniser.describe(image, points)
+    np.testing.assert_allclose(both, recogniser.describe_chips(np.stack([chip, chip[:, ::-1]])), atol=1e-6)
+    # the mirror photo's own chip is (nearly) the mirrored chip: its descriptors swap places
+    flipped = np.ascontiguousarray(image[:, ::-1])
+    flipped_points = detect.largest_face(detect.detect_landmarks5(flipped), flipped.shape).points
+    swapped = recogniser.describe(flipped, flipped_points)
+    assert np.linalg.norm(swapped[::-1] - both, axis=1).max() < 0.15 < np.linalg.norm(both[0] - both[1])

@@ -26,7 +26,8 @@ def _identity_run(folder: Path, n_shape: int, seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
     head = IdentityHead(
         rng.normal(0, 0.1, DESCRIPTOR_DIM), np.full(DESCRIPTOR_DIM, 0.1),
-        rng.normal(0, 1 / DESCRIPTOR_DIM, (DESCRIPTOR_DIM, n_shape)), np.zeros(n_shape),
+        rng.normal(0, 1 / DESCRIPTOR_DIM, (DESCRIPTOR_DIM, n_shape)), np.zeros(n_shape), np.eye(n_shape),
+        np.zeros(n_shape),
     )  # fmt: skip
     folder.mkdir(parents=True, exist_ok=True)
     head.save(folder / HEAD_FILE)
@@ -64,7 +65,9 @@ def test_bundle_with_and_without_head_load(tiny_bundle, head_bundle):
     assert {k: v for k, v in after.items() if k not in ("identity", "version")} == {
         k: v for k, v in before.items() if k != "version"
     }
-    assert sorted(p.name for p in head_bundle.iterdir()) == sorted([*(p.name for p in tiny_bundle.iterdir()), HEAD_FILE])
+    assert sorted(p.name for p in head_bundle.iterdir()) == sorted(
+        [*(p.name for p in tiny_bundle.iterdir()), HEAD_FILE]
+    )
 
 
 @pytest.mark.parametrize(

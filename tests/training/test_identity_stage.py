@@ -70,7 +70,8 @@ def test_head_goes_into_a_copy_of_the_bundle(tiny_run, tmp_path):
     out = add_identity_head(BUNDLE, tiny_run, tmp_path / "bundle")
     bundle = load_bundle(out)
     assert bundle.identity_head is not None and bundle.manifest.identity.features == FEATURES
-    assert bundle.manifest.identity.metrics["held_out_prior"] == json.loads((tiny_run / METRICS_FILE).read_text())[
-        "held_out_prior"
-    ]
+    assert (
+        bundle.manifest.identity.metrics["held_out_prior"]
+        == json.loads((tiny_run / METRICS_FILE).read_text())["held_out_prior"]
+    )
     assert load_bundle(BUNDLE).identity_head is None  # the source is left as it was
