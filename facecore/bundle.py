@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from facecore.geometry import FaceModelArrays
 from facecore.identity import DESCRIPTOR_DIM, FEATURES, IdentityHead
+from facecore.mouth import MouthCalibration
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +109,7 @@ class Manifest(BaseModel):
     graphs: dict[str, GraphSpec]
     displacement_scale_m: float = Field(0.0, ge=0.0, description="displacement graph output units → metres")
     identity: IdentitySpec | None = None
+    mouth: MouthCalibration | None = Field(None, description="the encoder's lip gap calibrated (facecore.mouth)")
     training: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, Any] = Field(default_factory=dict)
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from facecore import assets, color, formats
+from facecore import assets, color, formats, mouth
 from facecore import geometry as geo
 from facecore.bundle import Bundle
 
@@ -269,6 +269,8 @@ async def reconstruct(
     expression = np.clip(codes["expression"], 0.0, 1.0)
     if features is not None:
         codes["shape"], codes["camera"] = identity_shape(bundle, features, codes, expression)
+    if m.mouth is not None:  # the encoder's mouth opening, calibrated (facecore.mouth)
+        expression, codes["pose"] = mouth.calibrate(model, m.mouth, codes["shape"], expression, codes["pose"])
     jaw_index = model.joint_names.index("jaw")
     disp = await _displacement(bundle, run_graph, codes["detail"], expression, codes["pose"][jaw_index], timer)
 

@@ -422,7 +422,9 @@ def run(cfg: Mapping[str, Any], out: Path) -> None:
 
     ``export.untrained: true`` writes a labelled random bundle; otherwise ``export.final`` (default: the
     ``alternate/final`` folder beside ``out``) names the trained weights to export; ``export.fp16: true`` stores
-    the weights in float16 and ``export.model_card`` names a Markdown file copied in as ``MODEL_CARD.md``.
+    the weights in float16, ``export.model_card`` names a Markdown file copied in as ``MODEL_CARD.md`` and
+    ``export.mouth_calibration_samples`` > 0 calibrates the encoder's mouth opening on that many held-out renders
+    (:mod:`training.calibration`).
     """
     section = dict(cfg.get("export", {}))
     if section.get("untrained"):
@@ -440,6 +442,10 @@ def run(cfg: Mapping[str, Any], out: Path) -> None:
         fp16_weights=bool(section.get("fp16", False)),
         model_card=Path(section["model_card"]).read_text() if section.get("model_card") else None,
     )
+    if int(section.get("mouth_calibration_samples", 0)) > 0:  # the encoder's lip gap vs held-out truth
+        from training.calibration import calibrate_bundle
+
+        calibrate_bundle(out, int(section["mouth_calibration_samples"]))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
