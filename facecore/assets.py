@@ -29,6 +29,7 @@ the GLB's materials). numpy only, no torch.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -744,6 +745,31 @@ def fill_neck(model: geo.FaceModelArrays, albedo: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------- export
+# The export textures depend only on the model's assets, the iris colour (quantised to what an 8-bit PNG keeps)
+# and the size; they and their PNGs cost ~0.2 s per mesh, so the last few are kept (values, not views: read-only).
+_EXPORT_CACHE: OrderedDict[tuple, tuple[object, np.ndarray | bytes]] = OrderedDict()
+_EXPORT_CACHE_ENTRIES = 16
+
+
+def _export_cached(key: tuple, owner: object, make) -> np.ndarray | bytes:
+    """``make()`` once per ``key`` while ``owner`` (kept alive by the entry, so its id is not reused) is cached."""
+    hit = _EXPORT_CACHE.get(key)
+    if hit is not None and hit[0] is owner:
+        _EXPORT_CACHE.move_to_end(key)
+        return hit[1]
+    value = make()
+    if isinstance(value, np.ndarray):
+        value.setflags(write=False)
+    _EXPORT_CACHE[key] = (owner, value)
+    while len(_EXPORT_CACHE) > _EXPORT_CACHE_ENTRIES:
+        _EXPORT_CACHE.popitem(last=False)
+    return value
+
+
+def _texture_png(texture: np.ndarray) -> bytes:
+    return _export_cached(("png", id(texture)), texture, lambda: formats.albedo_png(texture))
+
+
 @dataclass(frozen=True, eq=False)
 class ExportPart:
     """One extra primitive of an exported face: its mesh, material name, texture and vertex source.
@@ -794,10 +820,13 @@ def export_parts(
     a = face_assets(model)
     parts = []
     mesh, vertex = _part_mesh(model, positions, normals, a.eye_faces, a.eye_uv)
-    parts.append(ExportPart("eyes", mesh, eye_texture(a, iris_srgb, eye_size), vertex, 0.15))
+    iris = tuple(np.round(check_iris(iris_srgb) * 255.0) / 255.0)
+    eyes = _export_cached(("eyes", id(a), iris, eye_size), a, lambda: eye_texture(a, iris, eye_size))
+    parts.append(ExportPart("eyes", mesh, eyes, vertex, 0.15))
     if len(a.mouth_faces):
         mesh, vertex = _part_mesh(model, positions, normals, a.mouth_faces, a.mouth_uv)
-        parts.append(ExportPart("mouth", mesh, mouth_texture(64), vertex, 0.5))
+        texture = _export_cached(("mouth", 64), None, lambda: mouth_texture(64))
+        parts.append(ExportPart("mouth", mesh, texture, vertex, 0.5))
     if verts is not None and a.teeth is not None:
         parts.append(teeth_part(model, verts))
     return parts
@@ -813,7 +842,8 @@ def teeth_part(model: geo.FaceModelArrays, verts: np.ndarray) -> ExportPart:
     normals = geo.vertex_normals(pos[None], teeth.faces)[0]
     mesh = geo.MeshData(pos.astype(np.float32), normals.astype(np.float32), teeth.uv.astype(np.float32), teeth.faces)
     none = np.full(len(pos), -1, np.int64)  # no coarse vertex: the morphs are the teeth's own
-    return ExportPart("teeth", mesh, teeth_texture(teeth, 512), none, 0.35, teeth.deltas(model.expr_basis))
+    texture = _export_cached(("teeth", id(teeth), 512), teeth, lambda: teeth_texture(teeth, 512))
+    return ExportPart("teeth", mesh, texture, none, 0.35, teeth.deltas(model.expr_basis))
 
 
 def split_detailed(
@@ -888,7 +918,5 @@ def export_primitives(
                 targets[k] = (basis if basis is not None else model.expr_basis[index[k]][part.vertex]).astype(
                     np.float32
                 )
-        out.append(
-            formats.MaterialPart(part.name, part.mesh, formats.albedo_png(part.texture_srgb), part.roughness, targets)
-        )
+        out.append(formats.MaterialPart(part.name, part.mesh, _texture_png(part.texture_srgb), part.roughness, targets))
     return skin, skin_targets, out, iris
