@@ -386,11 +386,13 @@ def decode_vertices(
     batch = max(_batch_of(shape, 2), _batch_of(expression, 2), _batch_of(pose, 3))
     beta = _check_codes("shape", np.zeros(model.n_shape) if shape is None else shape, model.n_shape, batch)
     psi = _check_codes("expression", np.zeros(model.n_expr) if expression is None else expression, model.n_expr, batch)
-    verts = (
-        model.mean[None].astype(np.float64)
-        + np.einsum("bk,kvc->bvc", beta, model.shape_basis, optimize=True)
-        + np.einsum("be,evc->bvc", psi, model.expr_basis, optimize=True)
-    )
+    # float32 matrix products on the stored bases (float64 codes would copy and convert ~2 M basis values on every
+    # call: 20–40 ms instead of ~1), the sum in float64
+    offsets = [
+        (codes.astype(np.float32) @ basis.reshape(len(basis), -1)).reshape(-1, model.n_verts, 3)
+        for codes, basis in ((beta, model.shape_basis), (psi, model.expr_basis))
+    ]
+    verts = model.mean[None].astype(np.float64) + offsets[0] + offsets[1]
     verts = np.broadcast_to(verts, (batch, *verts.shape[1:]))
     if pose is not None:
         theta = _check_pose(model, pose, batch)
