@@ -23,7 +23,7 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(25_000_000, ge=10_000, description="decompression-bomb guard")
     min_texture_size: int = 256
     max_texture_size: int = Field(2048, le=4096)
-    max_mesh_resolution: int = Field(512, le=1024, description="UV grid of the detailed mesh")
+    max_mesh_resolution: int = Field(512, le=1024, description="largest mesh_resolution a request may ask for")
     request_timeout_s: float = Field(30.0, gt=0)
     # dynamic batching
     max_batch: int = Field(8, ge=1, le=256)

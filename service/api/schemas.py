@@ -41,7 +41,9 @@ class GenerateBody(BaseModel):
         None, max_length=4096, description="identity coefficients (leading components; σ units of the wide span)"
     )
     texture_size: Integer = Field(512, description="output texture edge in texels (resampled)")
-    mesh_resolution: Integer = Field(256, description="UV grid of the detailed mesh")
+    mesh_resolution: Integer = Field(
+        256, description="detail of the detailed mesh: about as many skin vertices as an R × R grid over the UV layout"
+    )
     outputs: list[OutputKind] = Field(default_factory=lambda: ["albedo", "displacement", "normal", "obj", "glb"])
     blendshapes: bool = Field(False, description="embed the ARKit expressions as GLB morph targets (large)")
 
