@@ -14,7 +14,8 @@
    service), each chip's mirror image a second row with the mirrored code (:func:`code_mirror`), split by
    identity (``test_fraction`` held out, ``val_fraction`` of the rest chooses λ by the face-region error of
    :class:`training.identity_regression.RegionMetric`). The head averages its estimate from the chip and the
-   mirrored estimate from the mirror image (:class:`facecore.identity.IdentityHead`).
+   mirrored estimate from the mirror image and keeps the result within the face model's adult prior
+   (whitened radius ≤ the ``prior_radius_quantile`` of the prior's own radii; :class:`facecore.identity.IdentityHead`).
 4. Measured on data the fit never saw: the held-out identities of the training distribution and a separate set
    of ``eval_identities`` adult-prior identities (one view each, its own render indices). Each error is the mean
    vertex distance over the face region (centred; also after rigid alignment), reported as a fraction of the
@@ -36,6 +37,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy.stats import chi
 
 from facecore.config import parse_section, section_dict
 from facecore.geometry import FaceModelArrays
@@ -71,6 +73,7 @@ class IdentityStageConfig:
     seed: int = 0
     chunk: int = 100
     threads: int | None = 1
+    prior_radius_quantile: float = 0.999
 
     def __post_init__(self) -> None:
         if self.sampling not in IDENTITY_SAMPLINGS:
@@ -79,6 +82,8 @@ class IdentityStageConfig:
             raise ValueError("identities ≥ 4, views ≥ 1, eval_identities ≥ 2 and chunk ≥ 1 are needed")
         if not (0 < self.test_fraction < 1 and 0 < self.val_fraction < 1):
             raise ValueError("test_fraction and val_fraction: expected fractions in (0, 1)")
+        if not 0 < self.prior_radius_quantile < 1:
+            raise ValueError("prior_radius_quantile: expected a fraction in (0, 1)")
         if min(self.prior_scale, self.wide_scale) <= 0 or not 0 <= self.wide_fraction <= 1:
             raise ValueError("prior_scale and wide_scale must be positive, wide_fraction in [0, 1]")
 
@@ -213,7 +218,9 @@ def run(cfg: Mapping[str, Any], out: Path) -> None:
 
     t = time.perf_counter()
     ridge = fit_ridge(x_fit, y_fit, x_val, y_val, val_error=region_error)
-    head = IdentityHead(ridge.x_mean, ridge.x_std, ridge.W, ridge.y_mean, mirror, mirror_offset)
+    radius = chi.ppf(c.prior_radius_quantile, fm.n_shape)  # ‖ε‖ of prior samples, ε ~ N(0, I_K)
+    limit = (np.asarray(arrays.shape_prior_mean), np.asarray(arrays.shape_prior_chol), np.array(radius))
+    head = IdentityHead(ridge.x_mean, ridge.x_std, ridge.W, ridge.y_mean, mirror, mirror_offset, *limit)
     t_fit = time.perf_counter() - t
     head.save(out / HEAD_FILE)
 

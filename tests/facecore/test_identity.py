@@ -18,12 +18,12 @@ needs_models = pytest.mark.skipif(
 )
 
 
-def _head(rng: np.random.Generator, k: int = 6, offset: bool = True) -> IdentityHead:
+def _head(rng: np.random.Generator, k: int = 6, offset: bool = True, radius: float = 1e9) -> IdentityHead:
     mirror = np.eye(k)[[1, 0, 3, 2, *range(4, k)]]  # an involution (swaps 0 ↔ 1, 2 ↔ 3) stands in for the mirror map
     d = DESCRIPTOR_DIM
     return IdentityHead(
         rng.normal(size=d), rng.uniform(0.5, 2, d), rng.normal(size=(d, k)), rng.normal(size=k), mirror,
-        rng.normal(size=k) if offset else np.zeros(k),
+        rng.normal(size=k) if offset else np.zeros(k), np.zeros(k), np.diag(rng.uniform(0.5, 2, k)), np.array(radius),
     )  # fmt: skip
 
 
@@ -41,6 +41,20 @@ def test_head_averages_the_chip_and_the_mirrored_estimate(tmp_path):
     np.testing.assert_allclose(loaded(x), head(x), rtol=1e-5, atol=1e-5)  # stored as float32
 
 
+def test_head_keeps_predictions_within_the_prior_radius():
+    head = _head(np.random.default_rng(3), radius=2.0)
+    x = np.random.default_rng(4).normal(size=(50, 2, DESCRIPTOR_DIM))
+    free = (head.single(x[:, 0]) + head.single(x[:, 1]) @ head.mirror + head.mirror_offset) / 2
+    limited = head(x)
+    radius = lambda c: np.linalg.norm(np.linalg.solve(head.prior_chol, (c - head.prior_mean).T), axis=0)  # noqa: E731
+    assert radius(free).max() > 2.0 and radius(limited).max() == pytest.approx(2.0)
+    inside = radius(free) <= 2.0
+    np.testing.assert_allclose(limited[inside], free[inside])
+    outside = ~inside  # pulled straight back toward the prior mean
+    cos = (limited[outside] * free[outside]).sum(1) / np.linalg.norm(limited[outside], axis=1)
+    np.testing.assert_allclose(cos, np.linalg.norm(free[outside], axis=1))
+
+
 def test_a_mirror_photo_gets_the_mirrored_head():
     head = _head(np.random.default_rng(1), offset=False)
     x = np.random.default_rng(2).normal(size=(4, 2, DESCRIPTOR_DIM))
@@ -51,7 +65,7 @@ def test_a_mirror_photo_gets_the_mirrored_head():
 def test_head_refuses_malformed_arrays(tmp_path):
     rng = np.random.default_rng(1)
     good = _head(rng)
-    mirror = (good.mirror, good.mirror_offset)
+    mirror = (good.mirror, good.mirror_offset, good.prior_mean, good.prior_chol, good.max_prior_radius)
     with pytest.raises(ValueError, match="y_mean"):
         IdentityHead(good.x_mean, good.x_std, good.weight, good.y_mean[:-1], *mirror)
     with pytest.raises(ValueError, match="weight"):
@@ -59,7 +73,9 @@ def test_head_refuses_malformed_arrays(tmp_path):
     with pytest.raises(ValueError, match="x_std"):
         IdentityHead(good.x_mean, -good.x_std, good.weight, good.y_mean, *mirror)
     with pytest.raises(ValueError, match="mirror"):
-        IdentityHead(good.x_mean, good.x_std, good.weight, good.y_mean, good.mirror[:2], good.mirror_offset)
+        IdentityHead(good.x_mean, good.x_std, good.weight, good.y_mean, good.mirror[:2], *mirror[1:])
+    with pytest.raises(ValueError, match="max_prior_radius"):
+        IdentityHead(good.x_mean, good.x_std, good.weight, good.y_mean, *mirror[:4], np.array(0.0))
     (tmp_path / "bad.npz").write_bytes(b"not an npz")
     with pytest.raises(ValueError, match="bad.npz: not an identity head"):
         IdentityHead.load(tmp_path / "bad.npz")

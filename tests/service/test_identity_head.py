@@ -27,7 +27,7 @@ def _identity_run(folder: Path, n_shape: int, seed: int = 0) -> Path:
     head = IdentityHead(
         rng.normal(0, 0.1, DESCRIPTOR_DIM), np.full(DESCRIPTOR_DIM, 0.1),
         rng.normal(0, 1 / DESCRIPTOR_DIM, (DESCRIPTOR_DIM, n_shape)), np.zeros(n_shape), np.eye(n_shape),
-        np.zeros(n_shape),
+        np.zeros(n_shape), np.zeros(n_shape), np.eye(n_shape), np.array(1e9),
     )  # fmt: skip
     folder.mkdir(parents=True, exist_ok=True)
     head.save(folder / HEAD_FILE)
