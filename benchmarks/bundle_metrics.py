@@ -2,6 +2,7 @@
     python benchmarks/bundle_metrics.py [--bundle service/bundled/default] [--synthetic 48] [--seed 20261125]
         [--photos tests/fixtures/photos] [--kid-samples 512]
         [--extracted runs/default/extract/albedo --holdout-seed 0 --holdout 64] [--json metrics.json] [--threads N]
+        [--write]
 
 1. Synthetic held-out faces (``training.data.synthetic`` stream ``--seed``: the default recipe trains on streams 0
    and 7 and evaluates on 1000003, so this one is unseen), rendered at 224 px like photos and sent through
@@ -26,6 +27,10 @@
    and ``--holdout`` (its ``albedo.data.seed`` / ``holdout``), so the reference never trained the generator.
    Each KID is printed with its standard deviation over the subsets.
 Latency of /generate and /reconstruct over HTTP: ``benchmarks/serve.py``.
+
+``--write`` puts the report into the bundle itself: ``manifest.json["metrics"]`` (every number with the data it
+was measured on), the ``metrics`` block of its ``MODEL_CARD.md`` and, for the embedded bundle, the README's
+``bundle-metrics`` block (:mod:`benchmarks.readme`): numbers are never typed by hand.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from readme import README, table, write_block
 
 from facecore import color
 from facecore import geometry as geo
@@ -305,6 +311,180 @@ def kid_metrics(
     return out
 
 
+# ----------------------------------------------------------------------------------------------------- writing
+def _spread(v: dict) -> str:
+    return f"median {v['median']:.2f}, mean {v['mean']:.2f} ± {v['std']:.2f}"
+
+
+def card_tables(report: dict) -> str:
+    """The model card's metric tables from a report of :func:`main`."""
+    out = []
+    if "synthetic" in report:
+        s = report["synthetic"]
+        out.append(
+            f"**Synthetic held-out faces**: {s['num_reconstructed']} of {s['num_samples']} renders of stream seed "
+            f"{s['seed']} (never trained on) reconstructed through the service pipeline"
+            + (f"; not found: {', '.join(s['failures'])}" if s["failures"] else "")
+            + ".\n\n"
+            + table(
+                ("", "this bundle", "reference"),
+                [
+                    (
+                        "shape error, NoW protocol, coarse mesh (mm, over scan points)",
+                        _spread(s["now_coarse_mm"]),
+                        "the prior's mean face: " + _spread(s["now_prior_mean_mm"]),
+                    ),
+                    ("shape error, NoW protocol, detailed mesh (mm)", _spread(s["now_detailed_mm"]), ""),
+                    ("68-landmark error / inter-ocular distance vs the renders' truth", f"{s['landmark_nme']:.3f}", ""),
+                ]
+                + [
+                    (
+                        f"albedo error on the seen texels, `albedo={mode}` (linear)",
+                        f"MAE {mae:.3f}, RMSE after a per-channel gain {s['albedo_rmse_gain_corrected'][mode]:.3f}",
+                        "",
+                    )
+                    for mode, mae in s["albedo_mae"].items()
+                ],
+            )
+        )
+    if "photos" in report:
+        p = report["photos"]
+        names = ", ".join(r["photo"].split(".")[0] for r in p["per_photo"])
+        out.append(
+            f"**Real photos** ({p['num_photos']} CC0 fixture portraits, no ground truth; per photo: {names}):\n\n"
+            + table(
+                ("", "mean", "per photo"),
+                [
+                    (
+                        "68-landmark error of the reconstruction vs dlib's 68-point detector",
+                        f"{p['landmark_nme_vs_detector']:.3f}",
+                        ", ".join(f"{r['landmark_nme_vs_detector']:.3f}" for r in p["per_photo"]),
+                    ),
+                    (
+                        "identity cosine, photo vs its reconstruction rendered over it (dlib embedding)",
+                        f"{p['identity_cosine_own_render']:.3f}",
+                        f"rank-1 {p['identity_rank1']:.2f}",
+                    ),
+                    (
+                        "identity cosine, photo vs the other photos' renders",
+                        f"{p['identity_cosine_other_renders']:.3f}",
+                        "",
+                    ),
+                ],
+            )
+        )
+    if "albedogan" in report:
+        a = report["albedogan"]
+        rows = [
+            (
+                f"{a['num_generated']} generated maps vs as many procedural ground-truth albedos (unseen seed)",
+                f"{a['kid_vs_procedural_truth']:.2f} ± {a['kid_vs_procedural_truth_std']:.2f}",
+            ),
+        ]
+        if "kid_vs_extracted_heldout" in a:
+            rows.append(
+                (
+                    f"vs the {a['extracted_heldout']} held-out extracted maps (never trained on)",
+                    f"{a['kid_vs_extracted_heldout']:.2f} ± {a['kid_vs_extracted_heldout_std']:.2f}",
+                )
+            )
+        out.append(
+            "**AlbedoGAN** (KID on the project's download-free albedo features, ± its spread over subsets):\n\n"
+            + table(("", "KID"), rows)
+        )
+    return "\n\n".join(out)
+
+
+def readme_rows(report: dict) -> str:
+    """The README's short table of the embedded bundle's held-out numbers."""
+    rows = [
+        (
+            "bundle size (ONNX graphs with float16 weights, face model, model card)",
+            f"{report['bundle']['megabytes']} MB",
+        )
+    ]
+    if "synthetic" in report:
+        s = report["synthetic"]
+        rows += [
+            (
+                f"shape error, NoW protocol, {s['num_reconstructed']} synthetic held-out faces: coarse / detailed / "
+                "the mean face (median mm)",
+                f"{s['now_coarse_mm']['median']:.2f} / {s['now_detailed_mm']['median']:.2f} / "
+                f"{s['now_prior_mean_mm']['median']:.2f}",
+            ),
+            ("68-landmark error / inter-ocular, synthetic via the service", f"{s['landmark_nme']:.3f}"),
+            (
+                "albedo error on synthetic truth, MAE (linear): "
+                + " / ".join(f"`albedo={m}`" for m in s["albedo_mae"]),
+                " / ".join(f"{v:.3f}" for v in s["albedo_mae"].values()),
+            ),
+        ]
+    if "photos" in report:
+        p = report["photos"]
+        rows += [
+            (
+                f"real photos ({p['num_photos']}): 68-landmark error vs dlib's detector",
+                f"{p['landmark_nme_vs_detector']:.3f}",
+            ),
+            (
+                "identity cosine, photo vs its render / vs other photos' renders (dlib embedding)",
+                f"{p['identity_cosine_own_render']:.3f} / {p['identity_cosine_other_renders']:.3f}, "
+                f"rank-1 {p['identity_rank1']:.2f}",
+            ),
+        ]
+    if "albedogan" in report:
+        a = report["albedogan"]
+        rows.append(
+            (
+                "AlbedoGAN KID vs procedural ground truth (unseen)",
+                f"{a['kid_vs_procedural_truth']:.2f} ± {a['kid_vs_procedural_truth_std']:.2f}",
+            )
+        )
+        if "kid_vs_extracted_heldout" in a:
+            rows.append(
+                (
+                    "AlbedoGAN KID vs held-out extracted maps",
+                    f"{a['kid_vs_extracted_heldout']:.2f} ± {a['kid_vs_extracted_heldout_std']:.2f}",
+                )
+            )
+    return table(("", ""), rows)
+
+
+def _arguments(args: argparse.Namespace) -> list[str]:
+    """The command-line options that shaped the report (paths relative to the project when inside it)."""
+    root = Path(__file__).resolve().parents[1]
+    out = []
+    for key, value in vars(args).items():
+        if value in (None, False, True) or (key.startswith("holdout") and args.extracted is None):
+            continue
+        if isinstance(value, Path) and value.resolve().is_relative_to(root):
+            value = value.resolve().relative_to(root)
+        out.append(f"--{key.replace('_', '-')} {value}")
+    return out
+
+
+def write(bundle_dir: Path, report: dict, args: argparse.Namespace) -> None:
+    """The report into the bundle's manifest and model card, and the README when it is the embedded bundle."""
+    manifest_path = bundle_dir / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["metrics"] = {
+        "measured_by": "python benchmarks/bundle_metrics.py " + " ".join(_arguments(args)) + " --write",
+        "data": {
+            "synthetic": "training.data.synthetic renders of a stream seed the training never drew from, 224 px",
+            "photos": "the CC0 fixture portraits (tests/fixtures/photos), never trained on",
+            "albedogan": "generated maps at truncation 1 vs procedural albedos of an unseen seed"
+            + (" and the held-out split of --extracted" if args.extracted else ""),
+        },
+        **report,
+    }
+    manifest_path.write_text(json.dumps(manifest, indent=1) + "\n")
+    write_block("metrics", card_tables(report), bundle_dir / "MODEL_CARD.md")
+    print(f"wrote the metrics of {manifest_path} and the metrics block of {bundle_dir / 'MODEL_CARD.md'}")
+    if bundle_dir.resolve() == Path(EMBEDDED_BUNDLE).resolve():
+        write_block("bundle-metrics", readme_rows(report), README)
+        print("wrote the README's bundle-metrics block")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bundle", type=Path, default=EMBEDDED_BUNDLE)
@@ -317,12 +497,19 @@ def main() -> None:
     ap.add_argument("--holdout", type=int, default=64, help="albedo.data.holdout of that run")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--write", action="store_true", help="write the report into the bundle (and the README)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     bundle = load_bundle(args.bundle)
     runner = BundleRunner(bundle, args.threads or 0)
-    report: dict = {"bundle": {"name": bundle.manifest.name, "version": bundle.manifest.version}}
+    path = Path(args.bundle)
+    if args.write and not path.is_dir():
+        raise SystemExit("--write: --bundle must be a bundle folder (its manifest and model card are rewritten)")
+    size = path.stat().st_size if path.is_file() else sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+    report: dict = {
+        "bundle": {"name": bundle.manifest.name, "version": bundle.manifest.version, "megabytes": round(size / 1e6, 1)}
+    }
     t0 = time.perf_counter()
     if args.synthetic:
         report["synthetic"] = synthetic_metrics(runner, args.synthetic, args.seed)
@@ -354,6 +541,8 @@ def main() -> None:
     report["seconds"] = round(time.perf_counter() - t0, 1)
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
+    if args.write:
+        write(Path(args.bundle), report, args)
 
 
 if __name__ == "__main__":

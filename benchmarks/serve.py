@@ -1,12 +1,15 @@
 """Service benchmark over real HTTP on loopback; prints tables.
 
-    python benchmarks/serve.py [--bundle PATH] [--requests 30] [--photos DIR]
+    python benchmarks/serve.py [--bundle PATH] [--requests 30] [--photos DIR] [--readme]
 
 * /generate and /reconstruct latency p50/p95 at concurrency 1 (every request distinct: no cache hits),
   with the mean time per pipeline stage from the responses;
 * /generate throughput at concurrency 1, 4, 16, 64, with dynamic batching (max batch 16) and without
   (max batch 1), each against a fresh server;
 * ONNX (onnxruntime) vs eager PyTorch for the same graphs at the same batch in this process.
+
+``--readme`` writes the latency table into the README's ``serve-latency`` block and, for the embedded bundle,
+its model card's ``latency`` block (numbers are never typed by hand).
 """
 
 from __future__ import annotations
@@ -27,9 +30,10 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from readme import table, write_block
 
 ROOT = Path(__file__).resolve().parents[1]
-GEN_BODY = {"texture_size": 256, "mesh_resolution": 128, "outputs": ["albedo", "glb"]}
+GEN_BODY: dict = {}  # the API's defaults: texture 512, mesh 256, all five outputs
 
 
 @contextmanager
@@ -84,20 +88,24 @@ async def timed_requests(url: str, bodies: list[dict], concurrency: int) -> tupl
 
 
 def stage_means(answers: list[dict]) -> dict[str, float]:
-    stages: dict[str, list[float]] = {}
+    """Mean ms per stage over all answers; a stage a request skipped counts 0 (e.g. the encoding that only the
+    first request at a mesh resolution does, or the CNN detector)."""
+    stages: dict[str, float] = {}
     for a in answers:
         for k, v in a["timings_ms"].items():
-            stages.setdefault(k, []).append(v)
-    return {k: statistics.mean(v) for k, v in stages.items()}
+            stages[k] = stages.get(k, 0.0) + v
+    return {k: v / len(answers) for k, v in stages.items()}
 
 
-def bench_generate(bundle: Path, n: int, seed0: int) -> None:
+def bench_generate(bundle: Path, n: int, seed0: int) -> dict:
     with server(bundle, max_batch=16) as url:
         bodies = [dict(GEN_BODY, seed=seed0 + i) for i in range(n)]
         lat, _, answers = asyncio.run(timed_requests(url, bodies, 1))
-    print(f"\n/generate at concurrency 1 ({n} distinct seeds, texture 256, mesh 128):")
-    print(f"  p50 {1000 * pct(lat, 50):.0f} ms   p95 {1000 * pct(lat, 95):.0f} ms")
-    print("  mean per stage (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in stage_means(answers).items()))
+    out = {"n": n, "p50": 1000 * pct(lat, 50), "p95": 1000 * pct(lat, 95), "stages": stage_means(answers)}
+    print(f"\n/generate at concurrency 1 ({n} distinct seeds, the default body: texture 512, mesh 256, all outputs):")
+    print(f"  p50 {out['p50']:.0f} ms   p95 {out['p95']:.0f} ms")
+    print("  mean per stage (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in out["stages"].items()))
+    return out
 
 
 def bench_throughput(bundle: Path, n: int, seed0: int) -> None:
@@ -121,7 +129,7 @@ def bench_throughput(bundle: Path, n: int, seed0: int) -> None:
 RECONSTRUCT_BODY = {"texture_size": "512"}  # the README's example; the rest at the service's defaults
 
 
-def bench_reconstruct(bundle: Path, photos: Path, n: int) -> None:
+def bench_reconstruct(bundle: Path, photos: Path, n: int) -> dict | None:
     """/reconstruct with the README's body at concurrency 1: p50/p95 of the latency and of each stage, and
     per photo (the detector used tells which photos needed the CNN)."""
     from PIL import Image
@@ -129,7 +137,7 @@ def bench_reconstruct(bundle: Path, photos: Path, n: int) -> None:
     files = sorted(photos.glob("*.jpg"))
     if not files:
         print(f"\n/reconstruct: no photos in {photos}; skipped")
-        return
+        return None
     rows: list[tuple[str, float, dict]] = []
     with server(bundle, max_batch=16) as url:
         with httpx.Client(timeout=300) as client:
@@ -151,7 +159,7 @@ def bench_reconstruct(bundle: Path, photos: Path, n: int) -> None:
     print(f"\n/reconstruct at concurrency 1 ({n} uploads of {len(files)} photos; {body}, the rest default):")
     if not rows:
         print("  no request succeeded")
-        return
+        return None
     lat = [s for _, s, _ in rows]
     print(f"  p50 {1000 * pct(lat, 50):.0f} ms   p95 {1000 * pct(lat, 95):.0f} ms   ({len(rows)}/{n} succeeded)")
     stages: dict[str, list[float]] = {}
@@ -167,9 +175,16 @@ def bench_reconstruct(bundle: Path, photos: Path, n: int) -> None:
         detect_ms = statistics.mean(a["timings_ms"]["detect"] for _, a in mine)
         print(f"  {name}: mean {1000 * statistics.mean(s for s, _ in mine):.0f} ms, detector {'/'.join(detectors)}, "
               f"detect {detect_ms:.0f} ms")  # fmt: skip
+    return {
+        "n": len(rows),
+        "photos": len(files),
+        "p50": 1000 * pct(lat, 50),
+        "p95": 1000 * pct(lat, 95),
+        "stages": stage_means([answer for _, _, answer in rows]),
+    }
 
 
-def bench_onnx_vs_eager(bundle: Path, repeat: int = 5) -> None:
+def bench_onnx_vs_eager(bundle: Path, repeat: int = 5) -> list[tuple[int, float, float]]:
     import onnxruntime as ort
     import torch
 
@@ -182,6 +197,7 @@ def bench_onnx_vs_eager(bundle: Path, repeat: int = 5) -> None:
     sess = ort.InferenceSession(str(bundle / manifest["graphs"]["albedo"]["file"]), providers=["CPUExecutionProvider"])
     print("\nAlbedoGAN synthesis, ONNX vs eager PyTorch (same config, this process, CPU), ms per call:")
     print(f"  {'batch':>5} | {'eager':>8} | {'onnxruntime':>11} | speed-up")
+    rows = []
     for batch in (1, 8):
         ws = torch.randn(batch, G.num_ws, G.w_dim)
         times_e, times_o = [], []
@@ -197,6 +213,8 @@ def bench_onnx_vs_eager(bundle: Path, repeat: int = 5) -> None:
                 times_o.append(time.perf_counter() - t)
         e, o = 1000 * min(times_e), 1000 * min(times_o)
         print(f"  {batch:>5} | {e:>8.1f} | {o:>11.1f} | {e / o:.2f}×")
+        rows.append((batch, e, o))
+    return rows
 
 
 def main() -> None:
@@ -208,23 +226,53 @@ def main() -> None:
     parser.add_argument("--photos", type=Path, default=ROOT / "tests" / "fixtures" / "photos")
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--reconstruct-only", action="store_true", help="only /reconstruct, --requests uploads")
+    parser.add_argument("--readme", action="store_true", help="write the latency table into the README (and card)")
     args = parser.parse_args()
     manifest = json.loads((args.bundle / "manifest.json").read_text())
     print(f"bundle {manifest['name']} {manifest['version']} ({args.bundle}); CPU cores: {os.cpu_count()}")
     seed0 = int(time.time()) % 1_000_000 * 1000
+    gen = rec = None
     if not args.reconstruct_only:
-        bench_generate(args.bundle, args.requests, seed0)
+        gen = bench_generate(args.bundle, args.requests, seed0)
     if "encoder" in manifest["graphs"]:
-        bench_reconstruct(
+        rec = bench_reconstruct(
             args.bundle, args.photos, args.requests if args.reconstruct_only else max(6, args.requests // 3)
         )
     else:
         print("\n/reconstruct: this bundle has no encoder graph; skipped")
-    if args.reconstruct_only:
-        return
-    if not args.skip_throughput:
-        bench_throughput(args.bundle, args.requests, seed0 + 500)
-    bench_onnx_vs_eager(args.bundle)
+    if not args.reconstruct_only:
+        if not args.skip_throughput:
+            bench_throughput(args.bundle, args.requests, seed0 + 500)
+        bench_onnx_vs_eager(args.bundle)
+    if args.readme:
+        write_latency(args.bundle, gen, rec)
+
+
+def latency_table(gen: dict | None, rec: dict | None) -> str:
+    def stages(d: dict) -> str:
+        return ", ".join(f"{k} {v:.0f}" for k, v in d["stages"].items())
+
+    rows = []
+    if gen:
+        rows.append((f"/generate, default body (texture 512, mesh 256, all outputs), {gen['n']} distinct seeds",
+                     f"{gen['p50']:.0f} ms", f"{gen['p95']:.0f} ms", stages(gen)))  # fmt: skip
+    if rec:
+        body = ", ".join(f"{k} {v}" for k, v in RECONSTRUCT_BODY.items())
+        rows.append((f"/reconstruct ({body}), {rec['n']} uploads of {rec['photos']} fixture photos",
+                     f"{rec['p50']:.0f} ms", f"{rec['p95']:.0f} ms", stages(rec)))  # fmt: skip
+    header = ("endpoint, concurrency 1, HTTP on loopback", "p50", "p95", "stages (mean ms over all requests)")
+    return table(header, rows)
+
+
+def write_latency(bundle: Path, gen: dict | None, rec: dict | None) -> None:
+    from service.settings import EMBEDDED_BUNDLE
+
+    text = f"On this {os.cpu_count()}-core CPU (`python benchmarks/serve.py --readme`):\n\n" + latency_table(gen, rec)
+    write_block("serve-latency", text)
+    print("wrote the README's serve-latency block")
+    if bundle.resolve() == Path(EMBEDDED_BUNDLE).resolve():
+        write_block("latency", text, bundle / "MODEL_CARD.md")
+        print("wrote the model card's latency block")
 
 
 if __name__ == "__main__":

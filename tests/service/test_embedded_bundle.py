@@ -78,3 +78,25 @@ def test_reconstruct_closes_the_closed_mouth_of_the_frontal_fixture(client):
     expression = np.array([codes["expression"].get(n, 0.0) for n in model.expr_names])
     pose = np.array([codes["pose"][n] for n in model.joint_names])
     assert mouth.lip_gap(model, np.array(codes["shape"]), expression, pose) < 0.006
+
+
+def test_card_and_readme_numbers_are_the_ones_bundle_metrics_wrote():
+    """Nothing in the model card's or README's metric blocks is typed by hand: both are what
+    ``benchmarks/bundle_metrics.py --write`` makes of ``manifest.json["metrics"]``."""
+    import re
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    sys.path.insert(0, str(root / "benchmarks"))
+    import bundle_metrics
+
+    report = load_bundle(EMBEDDED_BUNDLE).manifest.metrics
+    assert report["synthetic"]["num_reconstructed"] >= 40 and "kid_vs_procedural_truth_std" in report["albedogan"]
+
+    def block(text: str, name: str) -> str:
+        return re.search(rf"<!-- {name}:begin -->\n(.*?)\n<!-- {name}:end -->", text, re.S).group(1)
+
+    card = (EMBEDDED_BUNDLE / "MODEL_CARD.md").read_text()
+    assert block(card, "metrics") == bundle_metrics.card_tables(report).strip()
+    readme = (root / "README.md").read_text()
+    assert block(readme, "bundle-metrics") == bundle_metrics.readme_rows(report).strip()
