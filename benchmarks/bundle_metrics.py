@@ -318,7 +318,7 @@ def _spread(v: dict) -> str:
 
 def card_tables(report: dict) -> str:
     """The model card's metric tables from a report of :func:`main`."""
-    out = []
+    out = [f"Bundle size: {report['bundle']['megabytes']} MB (every file of the bundle folder)."]
     if "synthetic" in report:
         s = report["synthetic"]
         out.append(
