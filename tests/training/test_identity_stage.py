@@ -67,6 +67,7 @@ def test_stage_refuses_bad_config(tmp_path, caplog, override, message):
 
 
 def test_head_goes_into_a_copy_of_the_bundle(tiny_run, tmp_path):
+    source = load_bundle(BUNDLE).manifest.identity  # the embedded bundle may carry a head of its own
     out = add_identity_head(BUNDLE, tiny_run, tmp_path / "bundle")
     bundle = load_bundle(out)
     assert bundle.identity_head is not None and bundle.manifest.identity.features == FEATURES
@@ -74,4 +75,5 @@ def test_head_goes_into_a_copy_of_the_bundle(tiny_run, tmp_path):
         bundle.manifest.identity.metrics["held_out_prior"]
         == json.loads((tiny_run / METRICS_FILE).read_text())["held_out_prior"]
     )
-    assert load_bundle(BUNDLE).identity_head is None  # the source is left as it was
+    assert load_bundle(BUNDLE).manifest.identity == source  # the source is left as it was
+    assert source is None or bundle.manifest.identity.sha256 != source.sha256  # and the copy has the new head
