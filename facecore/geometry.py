@@ -680,8 +680,7 @@ class MeshSampling:
     every non-skin triangle (eyeballs, mouth cavity) and the skin inside the mouth (:func:`inner_mouth_skin`).
 
     Attributes:
-        resolution: the R it was made for (:func:`subdivision_level` turns it into ``level``).
-        level: triangles per coarse edge.
+        level: triangles per coarse edge (:func:`subdivision_level` of the requested resolution).
         face: (N,) coarse triangle of each point.
         bary: (N, 3) barycentric coordinates in that triangle.
         uv: (N, 2) the point's texture coordinates (u may reach past [0, 1] at the seam, as the coarse UVs do).
@@ -694,7 +693,6 @@ class MeshSampling:
         kept_faces: (H,) the coarse triangles :func:`detailed_mesh` appends as they are.
     """
 
-    resolution: int
     level: int
     face: np.ndarray
     bary: np.ndarray
@@ -716,9 +714,11 @@ def subdivision_level(model: FaceModelArrays, resolution: int) -> int:
 
 
 def mesh_sampling(model: FaceModelArrays, resolution: int) -> MeshSampling:
-    """The (cached) :class:`MeshSampling` of ``model`` for a detailed mesh of resolution R (16..4096)."""
-    R = _check_resolution(resolution, 16)
-    return _cached(_MESH_CACHE, model, R, lambda: _build_mesh_sampling(model, R))
+    """The (cached) :class:`MeshSampling` of ``model`` for a detailed mesh of resolution R (16..4096).
+
+    Cached by level, not by R: the many resolutions a client may ask for share the few levels (1–8 up to 512)."""
+    level = subdivision_level(model, _check_resolution(resolution, 16))
+    return _cached(_MESH_CACHE, model, level, lambda: _build_mesh_sampling(model, level))
 
 
 def _lattice(level: int) -> tuple[np.ndarray, np.ndarray]:
@@ -755,8 +755,7 @@ def _lattice_names(corners: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return np.concatenate([np.take_along_axis(ids, order, 2), np.take_along_axis(w, order, 2)], 2).reshape(-1, 6)
 
 
-def _build_mesh_sampling(model: FaceModelArrays, R: int) -> MeshSampling:
-    L = subdivision_level(model, R)
+def _build_mesh_sampling(model: FaceModelArrays, L: int) -> MeshSampling:
     keep = np.union1d(np.flatnonzero(model.face_part != 0), inner_mouth_skin(model))
     split = np.setdiff1d(np.arange(len(model.faces)), keep)
     weights, lattice_tris = _lattice(L)
@@ -785,7 +784,6 @@ def _build_mesh_sampling(model: FaceModelArrays, R: int) -> MeshSampling:
     weight = np.einsum("nk,nk->n", bary, free[model.faces[face]])
     faces = inverse.reshape(len(split), P)[:, lattice_tris].reshape(-1, 3)
     return MeshSampling(
-        R,
         L,
         face,
         bary.astype(np.float32),

@@ -368,7 +368,7 @@ class DetailedMesh(SurfacePoints):
         arrays = _arrays_of(face_model)
         s = mesh_sampling(arrays, int(resolution))
         super().__init__(arrays, s, s.lookup_uv, s.weight)
-        self.resolution = s.resolution
+        self.resolution = int(resolution)
 
 
 class UVGrid(SurfacePoints):

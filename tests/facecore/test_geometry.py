@@ -87,7 +87,7 @@ def _edge_use(points: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.nda
 def test_mesh_sampling_subdivides_every_skin_triangle(arrays):
     s = geo.mesh_sampling(arrays, 256)
     assert s.level == geo.subdivision_level(arrays, 256) == 4
-    assert geo.mesh_sampling(arrays, 256) is s  # cached
+    assert geo.mesh_sampling(arrays, 256) is s and geo.mesh_sampling(arrays, 250) is s  # cached by level
     # about as many vertices as the 256² UV grid puts on the skin
     assert 0.8 < len(s.face) / len(geo.uv_sampling(arrays, 256).face) < 1.25
     # kept as they are: all non-skin triangles and the skin inside the mouth, nothing else
