@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import re
+import threading
 import time
 from pathlib import Path
 from typing import Annotated, Literal
@@ -131,18 +133,53 @@ def _file_response(found, name: str, attachment: bool) -> Response:
     return OpenFileResponse(found[0], found[1], media, filename)
 
 
+class _KeyedLocks:
+    """One lock per key while anyone holds or waits for it (the table does not grow with the keys ever used)."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[tuple, tuple[threading.Lock, int]] = {}
+
+    @contextlib.contextmanager
+    def hold(self, key: tuple):
+        with self._guard:
+            lock, users = self._locks.get(key, (threading.Lock(), 0))
+            self._locks[key] = (lock, users + 1)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._guard:
+                lock, users = self._locks[key]
+                if users == 1:
+                    del self._locks[key]
+                else:
+                    self._locks[key] = (lock, users - 1)
+
+
+_MAKING = _KeyedLocks()
+
+
 def _stored_file(runtime, result_id: str, name: str):
     """A stored file as (open handle, size), or bytes for a file made now; None if absent.
 
     A JSON answer makes no file up front: each output kind is made on the first request for one of its files
     (from the result's :data:`pipeline.SOURCE`), and the zip of all files on its first request. They are stored
-    when they fit under the cap and answered from memory otherwise.
+    when they fit under the cap and answered from memory otherwise. Concurrent first requests for one kind of one
+    result make it once: the others wait and then find it stored.
     """
     if name.startswith("."):  # internal files are not part of the result
         return None
     found = runtime.store.open(result_id, name)
     if found is not None:
         return found
+    kind = pipeline.ZIP_NAME if name == pipeline.ZIP_NAME else pipeline.file_kind(name)
+    with _MAKING.hold((id(runtime.store), result_id, kind)):
+        return runtime.store.open(result_id, name) or _make_file(runtime, result_id, name)
+
+
+def _make_file(runtime, result_id: str, name: str):
+    """Make ``name`` (its output kind, or the zip of every file) from the result's source; None if absent."""
     meta = _valid_meta(runtime.store.meta(result_id))
     if meta is None or (name not in meta["files"] and name != pipeline.ZIP_NAME):
         return None

@@ -265,3 +265,36 @@ def test_deferred_files_are_the_eager_bytes(tiny_bundle, tmp_path):
         n: zipfile.ZipFile(io.BytesIO(eager_zip)).read(n) for n in zipfile.ZipFile(io.BytesIO(eager_zip)).namelist()
     }
     assert lazy == eager and lazy_zip == eager_zip
+
+
+def test_concurrent_first_fetches_make_a_kind_once(tiny_bundle, tmp_path, monkeypatch):
+    """Eight clients asking at once for the not-yet-made GLB of one result: one makes it, the others wait and are
+    served the stored file (before, several made their own copy)."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from service import pipeline
+
+    made: list[set] = []
+    real = pipeline.make_files
+    barrier = threading.Barrier(8, timeout=30)
+
+    def counting(bundle, source, kinds, timer):
+        made.append(set(kinds))
+        return real(bundle, source, kinds, timer)
+
+    monkeypatch.setattr(pipeline, "make_files", counting)
+    settings = Settings(bundle=tiny_bundle, results_dir=tmp_path / "r", max_wait_ms=2.0)
+    with TestClient(create_app(settings)) as c:
+        url = c.post("/generate", json={"seed": 5, "texture_size": 256, "mesh_resolution": 64}).json()["links"]
+        made.clear()
+
+        def fetch(_):
+            barrier.wait()
+            return c.get(url["mesh.glb"])
+
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(fetch, range(8)))
+    assert all(a.status_code == 200 for a in answers)
+    assert len({a.content for a in answers}) == 1
+    assert made == [{"glb"}]
