@@ -865,7 +865,7 @@ def split_detailed(
     a = face_assets(model)
     s = geo.mesh_sampling(model, resolution)
     n_points, n_point_faces = len(s.face), len(s.faces)
-    kept_uv = np.unique(model.uv_faces[s.kept_faces])  # the order detailed_mesh appends them in
+    kept_uv = geo.kept_uv_vertices(model, s)
     if len(mesh.positions) != n_points + len(kept_uv):
         raise ValueError(f"mesh: not a detailed_mesh of this model at resolution {resolution}")
     positions = np.zeros((model.n_verts, 3), np.float32)

@@ -922,11 +922,11 @@ def detailed_vertex_field(model: FaceModelArrays, field: np.ndarray, resolution:
     subdivided = np.zeros((f.shape[0], len(tri), f.shape[2]), dtype)
     for k in range(3):
         subdivided += s.bary[:, k, None].astype(dtype) * f[:, tri[:, k]]
-    out = np.concatenate([subdivided, f[:, model.uv_vertex[_kept_uv_vertices(model, s)]].astype(dtype)], axis=1)
+    out = np.concatenate([subdivided, f[:, model.uv_vertex[kept_uv_vertices(model, s)]].astype(dtype)], axis=1)
     return out if batched else out[0]
 
 
-def _kept_uv_vertices(model: FaceModelArrays, s: MeshSampling) -> np.ndarray:
+def kept_uv_vertices(model: FaceModelArrays, s: MeshSampling) -> np.ndarray:
     """UV vertices used by the kept coarse faces, in the order :func:`detailed_mesh` appends them."""
     return np.unique(model.uv_faces[s.kept_faces])
 
@@ -973,7 +973,7 @@ def detailed_mesh(
             raise ValueError("displacement: contains NaN or inf")
         pos = base + (s.weight * sample_map(disp, s.lookup_uv, wrap_u=True))[:, None] * nrm
     # Append the kept coarse triangles with their own (seam-split) vertices.
-    used = _kept_uv_vertices(model, s)
+    used = kept_uv_vertices(model, s)
     inverse = np.searchsorted(used, model.uv_faces[s.kept_faces])
     positions = np.concatenate([pos, verts[model.uv_vertex[used]]])
     uv = np.concatenate([s.uv, model.uv[used]])
