@@ -301,6 +301,7 @@ async def reconstruct(
         "endpoint": "reconstruct",
         "bundle": {"name": m.name, "version": m.version},
         "albedo": req.albedo,
+        "texture": {"size": req.texture_size, "native_resolution": m.resolutions.albedo if generated else tex_size},
         "codes": {
             "shape": codes["shape"].round(6).tolist(),
             "expression": _named(bundle, expression),
@@ -406,6 +407,7 @@ async def generate(
     meta = {
         "endpoint": "generate",
         "bundle": {"name": m.name, "version": m.version},
+        "texture": {"size": req.texture_size, "native_resolution": m.resolutions.albedo},
         "codes": {
             "shape": np.asarray(shape, np.float32).round(6).tolist(),
             "expression": _named(bundle, req.expression),

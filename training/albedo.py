@@ -371,6 +371,8 @@ class AlbedoTrainer(TrainingLoop):
         self.D = Discriminator.from_config(config.D).to(self.device).train()
         if config.init_from:
             grow_from(config.init_from, self.G, self.D)
+        if self.G.synthesis.img_bias is not None:
+            self._start_mean_image()
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
         self.G_pass = GeneratorPass(self.G)
         self.opt_G = self._adam(self.G, config.lr, config.pl_interval if config.pl_weight > 0 else None)
@@ -392,6 +394,19 @@ class AlbedoTrainer(TrainingLoop):
         self.metric_history: list[dict[str, Any]] = []
         self.reference = None
         self.writer = None
+
+    @torch.no_grad()
+    def _start_mean_image(self, n: int = 1024, chunk: int = 32) -> None:
+        """``G.synthesis.mean_image``: start the learned image at (training maps' mean − G's mean output), so that
+        G's average output is the average training map from the first step: the registered features (brows, lips,
+        irises) sit at their texels at once, grown or fresh. A resumed run then loads its own image over this."""
+        m = min(n, len(self.train_set))
+        data = sum(self.train_set.batch(self.sampler.indices(i, min(chunk, m - i))).sum(0, keepdim=True)
+                   for i in range(0, m, chunk))  # fmt: skip
+        g = torch.Generator(device=self.device).manual_seed(self.cfg.seed)
+        out = sum(self.G(torch.randn([min(chunk, n - i), self.G.z_dim], generator=g, device=self.device),
+                         noise_mode="const").sum(0, keepdim=True) for i in range(0, n, chunk))  # fmt: skip
+        self.G.synthesis.img_bias.add_(data.to(self.device) / m - out / n)
 
     def _adam(self, module: nn.Module, lr: float, reg_interval: int | None) -> torch.optim.Adam:
         b1, b2 = self.cfg.betas

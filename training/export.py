@@ -417,6 +417,110 @@ def add_identity_head(
     return out
 
 
+def drop_graph_outputs(path: Path, names: Sequence[str]) -> int:
+    """Rewrite an ONNX file without the outputs ``names`` and every node and initializer only they used.
+
+    Returns:
+        The number of nodes removed.
+    """
+    import onnx
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    unknown = set(names) - {o.name for o in graph.output}
+    if unknown:
+        raise ValueError(f"{path.name} has no outputs {sorted(unknown)}")
+    kept_outputs = [o for o in graph.output if o.name not in names]
+    needed = {o.name for o in kept_outputs}
+    kept_nodes = []
+    for node in reversed(graph.node):  # topological order: a node's consumers come after it
+        if needed.intersection(node.output):
+            kept_nodes.append(node)
+            needed.update(i for i in node.input if i)
+    kept_nodes.reverse()
+    removed = len(graph.node) - len(kept_nodes)
+    kept_inits = [i for i in graph.initializer if i.name in needed]
+    for field, items in ((graph.output, kept_outputs), (graph.node, kept_nodes), (graph.initializer, kept_inits)):
+        del field[:]
+        field.extend(items)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return removed
+
+
+def replace_generator(
+    bundle: str | Path, albedo_run: str | Path, out: str | Path, version: str | None = None, mean_w_samples: int = 4096
+) -> Path:
+    """A copy of ``bundle`` whose AlbedoGAN is the G_ema of an ``albedo`` stage run (its folder or one checkpoint).
+
+    The ``mapping`` and ``albedo`` graphs, ``w_avg`` (``mean_w_samples`` z), ``generator_config``, the latent sizes
+    and the albedo resolution are replaced, stored as the bundle stored its graphs (fp16 or not); parity is checked
+    as at export. The encoder's ``ws`` output (the albedo head: a latent of the *old* generator's W space) is cut
+    from the encoder graph with the nodes only it used, so /reconstruct's ``albedo=generated`` is refused (422)
+    until an alternate run trains a head against this generator; the other encoder outputs are checked to be
+    unchanged. Everything else is copied. The result is validated by :func:`facecore.bundle.load_bundle`.
+    """
+    import onnxruntime as ort
+
+    from training.checkpoint import latest_checkpoint
+    from training.weights import load_checkpoint_generator
+
+    source = load_bundle(bundle)
+    out, run_dir = Path(out), Path(albedo_run)
+    ckpt = run_dir if (run_dir / "meta.json").is_file() else latest_checkpoint(run_dir / "checkpoints")
+    if ckpt is None:
+        raise FileNotFoundError(f"no albedo checkpoint in {run_dir}")
+    generator = load_checkpoint_generator(ckpt)
+    generator.mean_w(mean_w_samples)
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    shutil.copytree(source.root, tmp)
+    manifest = json.loads((tmp / MANIFEST).read_text())
+    fp16 = manifest["graphs"]["albedo"]["weights_dtype"] == "float16"
+    G_cfg = generator.config
+    graphs = {
+        "mapping": GraphExport(MappingGraph(generator), {"z": torch.randn(2, G_cfg.z_dim)}, ["ws"]),
+        "albedo": GraphExport(AlbedoGraph(generator), {"ws": torch.randn(2, generator.num_ws, G_cfg.w_dim)}, ["albedo"]),
+    }
+    for gname, graph in graphs.items():
+        path = tmp / f"{gname}.onnx"
+        parity = export_onnx(graph, path, fp16)
+        with torch.no_grad():
+            shape = tuple(graph.module(*graph.inputs.values()).shape)
+        manifest["graphs"][gname] = _spec(graph, path, parity, {graph.outputs[0]: shape}, fp16)
+    np.save(tmp / "w_avg.npy", generator.mapping.w_avg.detach().cpu().numpy().astype(np.float32))
+    encoder = manifest["graphs"].get("encoder")
+    if encoder is not None and "ws" in encoder["outputs"]:
+        path = tmp / encoder["file"]
+        image = np.random.default_rng(0).random((2, 3, *encoder["inputs"]["image"]["shape"][2:]), dtype=np.float32)
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        before = dict(zip([o.name for o in session.get_outputs()], session.run(None, {"image": image}), strict=True))
+        removed = drop_graph_outputs(path, ["ws"])
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        after = dict(zip([o.name for o in session.get_outputs()], session.run(None, {"image": image}), strict=True))
+        for name, value in before.items():
+            if name != "ws" and not np.array_equal(after[name], value):
+                raise ExportError(f"{path.name}: output '{name}' changed when 'ws' was cut")
+        del encoder["outputs"]["ws"]
+        encoder["sha256"] = sha256_file(path)
+        logger.info("encoder: 'ws' output cut (%d nodes; it was the old generator's latent)", removed)
+    manifest["codes"].update(z_dim=G_cfg.z_dim, w_dim=G_cfg.w_dim, num_ws=generator.num_ws)
+    manifest["resolutions"]["albedo"] = G_cfg.img_resolution
+    manifest["generator_config"] = G_cfg.to_dict()
+    meta = json.loads((ckpt / "meta.json").read_text())
+    manifest["training"]["albedo"] = {"run": str(run_dir), "checkpoint": ckpt.name, "step": meta.get("step")}
+    manifest["metrics"] = {}  # they measured the old generator: benchmarks/bundle_metrics.py --write
+    if version is not None:
+        manifest["version"] = version
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    load_bundle(tmp)  # the service must accept what we wrote
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out
+
+
 def run(cfg: Mapping[str, Any], out: Path) -> None:
     """The ``export`` stage of ``training.run``.
 
@@ -458,18 +562,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--add-identity", type=Path, metavar="RUN/identity", help="copy --bundle with this identity stage's head added"
     )
-    parser.add_argument("--bundle", type=Path, help="the bundle --add-identity copies")
-    parser.add_argument("--version", help="the copy's manifest version (--add-identity)")
+    parser.add_argument(
+        "--replace-generator", type=Path, metavar="RUN/albedo", help="copy --bundle with this albedo run's G_ema"
+    )
+    parser.add_argument("--bundle", type=Path, help="the bundle --add-identity / --replace-generator copies")
+    parser.add_argument("--version", help="the copy's manifest version (--add-identity, --replace-generator)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if (args.add_identity or args.replace_generator) and args.bundle is None:
+        parser.error("--add-identity and --replace-generator need --bundle")
     if args.add_identity is not None:
-        if args.bundle is None:
-            parser.error("--add-identity needs --bundle")
         add_identity_head(args.bundle, args.add_identity, args.out, args.version)
+    elif args.replace_generator is not None:
+        replace_generator(args.bundle, args.replace_generator, args.out, args.version)
     elif args.untrained:
         export_untrained(args.out, args.resolution)
     else:
-        parser.error("give --untrained or --add-identity (trained bundles come from `python -m training.run export`)")
+        parser.error("give --untrained, --add-identity or --replace-generator (trained bundles come from `python -m training.run export`)")
     return 0
 
 

@@ -52,6 +52,9 @@ class SynthesisConfig:
         resample_filter: 1-D FIR taps for up-sampling.
         use_noise: per-layer noise inputs.
         activation: activation of the synthesis layers.
+        mean_image: add a learned (img_channels, R, R) image to the output (not in NVlabs). For data whose pixels
+            mean the same place in every image (registered UV albedo maps) it carries the registered average
+            (brows, lips, irises at their texels) from the first step, and the styled layers learn the variation.
     """
 
     channel_base: int = 32768
@@ -62,6 +65,7 @@ class SynthesisConfig:
     resample_filter: tuple[int, ...] = (1, 3, 3, 1)
     use_noise: bool = True
     activation: str = "lrelu"
+    mean_image: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "resample_filter", tuple(self.resample_filter))

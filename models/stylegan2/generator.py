@@ -362,6 +362,7 @@ class SynthesisNetwork(nn.Module):
         resample_filter: Sequence[int] = (1, 3, 3, 1),
         use_noise: bool = True,
         activation: str = "lrelu",
+        mean_image: bool = False,
     ) -> None:
         super().__init__()
         if img_resolution < 4 or img_resolution & (img_resolution - 1):
@@ -394,6 +395,8 @@ class SynthesisNetwork(nn.Module):
             )
             self.num_ws += block.num_conv + (block.num_torgb if is_last else 0)
             setattr(self, f"b{res}", block)
+        # the learned per-pixel image of SynthesisConfig.mean_image (registered layouts); None = plain StyleGAN2
+        self.img_bias = nn.Parameter(torch.zeros(1, img_channels, img_resolution, img_resolution)) if mean_image else None
 
     def forward(
         self,
@@ -427,7 +430,7 @@ class SynthesisNetwork(nn.Module):
             cur = ws[:, w_idx : w_idx + block.num_conv + block.num_torgb]
             x, img = block(x, img, cur, noise_mode=noise_mode, generator=generator, fused_modconv=fused)
             w_idx += block.num_conv
-        return img
+        return img if self.img_bias is None else img + self.img_bias
 
 
 class Generator(nn.Module):

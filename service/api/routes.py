@@ -227,6 +227,7 @@ def _json(result_id: str, meta: dict, cached: bool) -> Response:
         cached=cached,
         face=meta.get("face"),
         albedo=meta.get("albedo"),
+        texture=meta.get("texture") if isinstance(meta.get("texture"), dict) else None,
     )
     return JSONResponse(body.model_dump())
 

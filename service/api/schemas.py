@@ -74,3 +74,8 @@ class ResultBody(BaseModel):
     cached: bool = False
     face: dict | None = Field(None, description="/reconstruct: detected box, 5 points, fitted 68 landmarks")
     albedo: str | None = Field(None, description="/reconstruct: where the albedo came from, photo or generated")
+    texture: dict | None = Field(
+        None,
+        description="albedo texture: 'size' (texels a side, as asked) and 'native_resolution' (the size it was made "
+        "at: the generator's output, or the photo's unwrap; above it the texture is resampled and adds no detail)",
+    )

@@ -408,3 +408,35 @@ def test_grow_from_a_lower_resolution_run_starts_as_its_upsampled_generator(albe
     assert grown.shape == ref.shape and err < 0.05 and err < 0.2 * err_fresh, (err, err_fresh)
     with pytest.raises(FileNotFoundError, match="no albedo checkpoint"):
         grow_from(tmp_path / "nowhere", G, D)
+
+
+def test_mean_image_starts_the_generator_at_the_training_maps_average(albedo_dir, tmp_path):
+    """G.synthesis.mean_image: G's average output is the average training map from step 0 (eyes dark at their
+    texels), where a plain G's average is far off; the learned image trains, checkpoints and reloads."""
+    from training.albedo import AlbedoTrainer, DistInfo
+
+    synthesis = {"channel_base": 256, "channel_max": 32}
+
+    def mean_output(G: torch.nn.Module) -> torch.Tensor:
+        z = torch.randn(256, 32, generator=torch.Generator().manual_seed(11))  # other z than the start used
+        with torch.no_grad():
+            return G(z, None, noise_mode="const").mean(0)
+
+    info = DistInfo(0, 1, torch.device("cpu"), False)
+    with_image = AlbedoTrainer(
+        AlbedoTrainConfig.from_dict(tiny(albedo_dir, G={"synthesis": {**synthesis, "mean_image": True}})),
+        tmp_path / "a", info,
+    )  # fmt: skip
+    plain = AlbedoTrainer(AlbedoTrainConfig.from_dict(tiny(albedo_dir)), tmp_path / "b", info)
+    data = with_image.train_set.batch(range(len(with_image.train_set))).mean(0)
+    err = (mean_output(with_image.G_ema) - data).abs().mean().item()
+    err_plain = (mean_output(plain.G_ema) - data).abs().mean().item()
+    assert err < 0.06 and err < 0.1 * err_plain, (err, err_plain)
+    eye = mean_output(with_image.G_ema)[:, 7, 6]  # (x 0.38, y 0.42) of 16²: the dark eye of every map
+    assert eye.max().item() < -0.4, eye
+
+    cfg = AlbedoTrainConfig.from_dict(tiny(albedo_dir, steps=4, G={"synthesis": {**synthesis, "mean_image": True}}))
+    assert train(cfg, tmp_path / "run").done
+    G = load_checkpoint_generator(latest_checkpoint(tmp_path / "run" / "checkpoints"))
+    assert G.synthesis.img_bias is not None and G.config.synthesis.mean_image
+    assert not torch.equal(G.synthesis.img_bias, with_image.G_ema.synthesis.img_bias)  # it trained

@@ -1,0 +1,87 @@
+"""``training.export --replace-generator``: a bundle copy with a new AlbedoGAN, served end to end."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from facecore.bundle import load_bundle
+from training.albedo import AlbedoTrainConfig, train
+from training.checkpoint import latest_checkpoint
+from training.export import main as export_main
+from training.weights import load_checkpoint_generator
+
+REPO = Path(__file__).resolve().parents[2]
+BUNDLE = REPO / "service" / "bundled" / "default"
+PHOTO = REPO / "tests" / "fixtures" / "photos"
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def albedo_run(tmp_path_factory) -> Path:
+    """A 32² AlbedoGAN with a learned mean image, 4 steps on procedural albedos."""
+    cfg = {
+        "resolution": 32, "batch": 8, "steps": 4, "seed": 0, "progress": False, "sample_every": 0,
+        "checkpoint_every": 4, "mean_w_samples": 64, "metric": {"every": 0},
+        "G": {"z_dim": 32, "w_dim": 32, "mapping": {"num_layers": 2},
+              "synthesis": {"channel_base": 256, "channel_max": 32, "mean_image": True}},
+        "D": {"channel_base": 256, "channel_max": 32},
+        "data": {"kind": "synthetic", "num_samples": 32, "holdout": 0, "seed": 0},
+    }  # fmt: skip
+    out = tmp_path_factory.mktemp("albedo_run")
+    assert train(AlbedoTrainConfig.from_dict(cfg), out).done
+    return out
+
+
+def test_replaced_generator_is_served_and_the_old_latent_output_is_cut(albedo_run, tmp_path):
+    out = tmp_path / "bundle"
+    assert export_main(["--replace-generator", str(albedo_run), "--bundle", str(BUNDLE), "--out", str(out),
+                        "--version", "9.9.9"]) == 0  # fmt: skip
+    old, new = load_bundle(BUNDLE), load_bundle(out)
+    m = new.manifest
+    assert m.version == "9.9.9" and m.resolutions.albedo == 32 and m.codes.z_dim == 32 and m.codes.w_dim == 32
+    assert "ws" in old.manifest.graphs["encoder"].outputs and "ws" not in m.graphs["encoder"].outputs
+    assert m.graphs["albedo"].weights_dtype == old.manifest.graphs["albedo"].weights_dtype  # stored like the source
+
+    # the encoder's other outputs are what they were
+    image = np.random.default_rng(1).random((1, 3, 64, 64), dtype=np.float32)
+    runs = {}
+    for name, bundle in (("old", old), ("new", new)):
+        s = ort.InferenceSession(str(bundle.root / "encoder.onnx"), providers=["CPUExecutionProvider"])
+        runs[name] = dict(zip([o.name for o in s.get_outputs()], s.run(None, {"image": image}), strict=True))
+    assert set(runs["old"]) - set(runs["new"]) == {"ws"}
+    for key, value in runs["new"].items():
+        np.testing.assert_array_equal(value, runs["old"][key])
+
+    # the served albedo is the run's G_ema at the bundle's truncation centre
+    G = load_checkpoint_generator(latest_checkpoint(albedo_run / "checkpoints"))
+    z = torch.randn(2, 32, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        want = G(z, noise_mode="const").numpy()
+    mapping = ort.InferenceSession(str(out / "mapping.onnx"), providers=["CPUExecutionProvider"])
+    albedo = ort.InferenceSession(str(out / "albedo.onnx"), providers=["CPUExecutionProvider"])
+    got = albedo.run(None, {"ws": mapping.run(None, {"z": z.numpy()})[0]})[0]
+    assert np.abs(got - want).max() < 2e-2 * max(1.0, np.abs(want).max())
+
+    from service.app import create_app
+    from service.settings import Settings
+
+    settings = Settings(bundle=out, results_dir=tmp_path / "results", max_wait_ms=2.0)
+    with TestClient(create_app(settings)) as client:
+        r = client.post("/generate", json={"seed": 3, "texture_size": 256, "outputs": ["albedo"]})
+        assert r.status_code == 200, r.text
+        assert r.json()["texture"] == {"size": 256, "native_resolution": 32}
+        png = client.get(r.json()["links"]["albedo.png"]).content
+        assert Image.open(io.BytesIO(png)).size == (256, 256)
+        photo = sorted(PHOTO.glob("*.jpg"))[0].read_bytes()
+        r = client.post("/reconstruct", files={"image": ("p.jpg", photo, "image/jpeg")},
+                        data={"albedo": "generated"})  # fmt: skip
+        assert r.status_code == 422 and "ws" in r.json()["detail"]
