@@ -396,17 +396,26 @@ class AlbedoTrainer(TrainingLoop):
         self.writer = None
 
     @torch.no_grad()
-    def _start_mean_image(self, n: int = 1024, chunk: int = 32) -> None:
-        """``G.synthesis.mean_image``: start the learned image at (training maps' mean − G's mean output), so that
-        G's average output is the average training map from the first step: the registered features (brows, lips,
-        irises) sit at their texels at once, grown or fresh. A resumed run then loads its own image over this."""
+    def _start_mean_image(self, n: int = 1024, chunk: int = 32, min_spread: float = 0.02) -> None:
+        """``G.synthesis.mean_image``: start ``img_scale`` at the training maps' per-texel standard deviation (at
+        least ``min_spread``) and ``img_bias`` so that G's average output is their average map: the registered
+        features (brows, lips, irises) sit at their texels from the first step, grown or fresh, and the synthesis
+        layers work in standardised units. A resumed run then loads its own images over these."""
         m = min(n, len(self.train_set))
-        data = sum(self.train_set.batch(self.sampler.indices(i, min(chunk, m - i))).sum(0, keepdim=True)
-                   for i in range(0, m, chunk))  # fmt: skip
+        total = squares = 0.0
+        for i in range(0, m, chunk):
+            x = self.train_set.batch(self.sampler.indices(i, min(chunk, m - i))).to(self.device)
+            total, squares = total + x.sum(0, keepdim=True), squares + x.square().sum(0, keepdim=True)
+        mean = total / m
+        spread = (squares / m - mean.square()).clamp_min(0.0).sqrt().clamp_min(min_spread)
         g = torch.Generator(device=self.device).manual_seed(self.cfg.seed)
+        syn = self.G.synthesis
+        syn.img_bias.zero_()
+        syn.img_scale.fill_(1.0)
         out = sum(self.G(torch.randn([min(chunk, n - i), self.G.z_dim], generator=g, device=self.device),
                          noise_mode="const").sum(0, keepdim=True) for i in range(0, n, chunk))  # fmt: skip
-        self.G.synthesis.img_bias.add_(data.to(self.device) / m - out / n)
+        syn.img_scale.copy_(spread)
+        syn.img_bias.copy_(mean - spread * out / n)
 
     def _adam(self, module: nn.Module, lr: float, reg_interval: int | None) -> torch.optim.Adam:
         b1, b2 = self.cfg.betas

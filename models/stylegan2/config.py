@@ -52,9 +52,12 @@ class SynthesisConfig:
         resample_filter: 1-D FIR taps for up-sampling.
         use_noise: per-layer noise inputs.
         activation: activation of the synthesis layers.
-        mean_image: add a learned (img_channels, R, R) image to the output (not in NVlabs). For data whose pixels
-            mean the same place in every image (registered UV albedo maps) it carries the registered average
-            (brows, lips, irises at their texels) from the first step, and the styled layers learn the variation.
+        mean_image: the output is ``img_bias + img_scale · synthesis(ws)`` with two learned (img_channels, R, R)
+            images (not in NVlabs). For data whose pixels mean the same place in every image (registered UV albedo
+            maps), started at the training maps' per-texel mean and spread, they carry the registered average
+            (brows, lips, irises at their texels) from the first step and the styled layers learn standardised
+            variation (a skin-tone shift is as large where the data varies as it should be, small where it does
+            not).
     """
 
     channel_base: int = 32768

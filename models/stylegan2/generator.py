@@ -395,8 +395,10 @@ class SynthesisNetwork(nn.Module):
             )
             self.num_ws += block.num_conv + (block.num_torgb if is_last else 0)
             setattr(self, f"b{res}", block)
-        # the learned per-pixel image of SynthesisConfig.mean_image (registered layouts); None = plain StyleGAN2
-        self.img_bias = nn.Parameter(torch.zeros(1, img_channels, img_resolution, img_resolution)) if mean_image else None
+        # the learned per-pixel images of SynthesisConfig.mean_image (registered layouts); None = plain StyleGAN2
+        shape = (1, img_channels, img_resolution, img_resolution)
+        self.img_bias = nn.Parameter(torch.zeros(shape)) if mean_image else None
+        self.img_scale = nn.Parameter(torch.ones(shape)) if mean_image else None
 
     def forward(
         self,
@@ -430,7 +432,7 @@ class SynthesisNetwork(nn.Module):
             cur = ws[:, w_idx : w_idx + block.num_conv + block.num_torgb]
             x, img = block(x, img, cur, noise_mode=noise_mode, generator=generator, fused_modconv=fused)
             w_idx += block.num_conv
-        return img if self.img_bias is None else img + self.img_bias
+        return img if self.img_bias is None else self.img_bias + self.img_scale * img
 
 
 class Generator(nn.Module):

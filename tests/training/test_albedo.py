@@ -412,7 +412,8 @@ def test_grow_from_a_lower_resolution_run_starts_as_its_upsampled_generator(albe
 
 def test_mean_image_starts_the_generator_at_the_training_maps_average(albedo_dir, tmp_path):
     """G.synthesis.mean_image: G's average output is the average training map from step 0 (eyes dark at their
-    texels), where a plain G's average is far off; the learned image trains, checkpoints and reloads."""
+    texels), where a plain G's average is far off, and its scale is the maps' per-texel spread; the learned images
+    train, checkpoint and reload."""
     from training.albedo import AlbedoTrainer, DistInfo
 
     synthesis = {"channel_base": 256, "channel_max": 32}
@@ -434,6 +435,8 @@ def test_mean_image_starts_the_generator_at_the_training_maps_average(albedo_dir
     assert err < 0.06 and err < 0.1 * err_plain, (err, err_plain)
     eye = mean_output(with_image.G_ema)[:, 7, 6]  # (x 0.38, y 0.42) of 16²: the dark eye of every map
     assert eye.max().item() < -0.4, eye
+    spread = with_image.train_set.batch(range(len(with_image.train_set))).std(0, unbiased=False).clamp_min(0.02)
+    torch.testing.assert_close(with_image.G_ema.synthesis.img_scale[0], spread, atol=1e-4, rtol=1e-4)
 
     cfg = AlbedoTrainConfig.from_dict(tiny(albedo_dir, steps=4, G={"synthesis": {**synthesis, "mean_image": True}}))
     assert train(cfg, tmp_path / "run").done
