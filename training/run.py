@@ -91,6 +91,9 @@ def real_data(
     cfg["extract"] = extract
     shape["data"] = data
     albedo = cfg.setdefault("albedo", {})
+    if (albedo.get("data") or {}).get("kind", "synthetic") == "synthetic":  # a folder of ~1 k maps, not a stream
+        albedo["data"] = {**albedo.get("data", {}), "holdout": 64, "mirror": True}
+        albedo["augment"] = {**(albedo.get("augment") or {}), "policy": ["color"]}
     albedo["data"] = {**(albedo.get("data") or {}), "kind": "folder", "path": "auto"}
     return cfg
 

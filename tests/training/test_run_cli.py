@@ -71,6 +71,10 @@ def test_images_and_stylegan2_switch_every_data_source(tmp_path):
     assert cfg["extract"]["images"] == str(photos) and "synthetic" not in cfg["extract"]
     assert cfg["shape"]["data"] == {"kind": "photos", "path": str(photos), "seed": 0, "groups": 4, "views": 2}
     assert cfg["albedo"]["data"]["kind"] == "folder" and cfg["albedo"]["data"]["path"] == "auto"
+    # the default trains on the synthetic stream; a folder of extracted maps gets the small-folder settings
+    assert base["albedo"]["data"]["kind"] == "synthetic" and base["albedo"]["augment"]["policy"] == []
+    assert cfg["albedo"]["data"]["holdout"] == 64 and cfg["albedo"]["data"]["mirror"]
+    assert cfg["albedo"]["augment"]["policy"] == ["color"]
     assert "synthetic" in base["extract"]  # the loaded config is not modified
     pkl = tmp_path / "ffhq.pkl"
     pkl.write_bytes(b"x")
