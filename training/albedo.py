@@ -73,6 +73,7 @@ from models.stylegan2 import (
     mix_styles,
     sample_mixing_cutoff,
 )
+from models.stylegan2.ops import downsample2d, upsample2d
 from training.augment import AugmentConfig, diff_augment
 from training.checkpoint import latest_checkpoint
 from training.config import merge
@@ -369,10 +370,9 @@ class AlbedoTrainer(TrainingLoop):
         torch.manual_seed(config.seed)
         self.G = Generator.from_config(config.G).to(self.device).train()
         self.D = Discriminator.from_config(config.D).to(self.device).train()
-        if config.init_from:
-            grow_from(config.init_from, self.G, self.D)
+        grown_from = grow_from(config.init_from, self.G, self.D) if config.init_from else 0
         if self.G.synthesis.img_bias is not None:
-            self._start_mean_image()
+            self._start_mean_image(grown_from)
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
         self.G_pass = GeneratorPass(self.G)
         self.opt_G = self._adam(self.G, config.lr, config.pl_interval if config.pl_weight > 0 else None)
@@ -396,20 +396,30 @@ class AlbedoTrainer(TrainingLoop):
         self.writer = None
 
     @torch.no_grad()
-    def _start_mean_image(self, n: int = 1024, chunk: int = 32, min_spread: float = 0.02) -> None:
+    def _start_mean_image(self, grown_from: int = 0, n: int = 1024, chunk: int = 32, min_spread: float = 0.02) -> None:
         """``G.synthesis.mean_image``: start ``img_scale`` at the training maps' per-texel standard deviation (at
         least ``min_spread``) and ``img_bias`` so that G's average output is their average map: the registered
-        features (brows, lips, irises) sit at their texels from the first step, grown or fresh, and the synthesis
-        layers work in standardised units. A resumed run then loads its own images over these."""
+        features (brows, lips, irises) sit at their texels from the first step and the synthesis layers work in
+        standardised units. ``grown_from`` > 0 (a source's learned images of that resolution were carried over, see
+        :func:`grow_from`): keep them, which keep the source's colours, and add only the detail of the maps'
+        mean that the source's resolution could not hold. A resumed run then loads its own images over these."""
         m = min(n, len(self.train_set))
         total = squares = 0.0
         for i in range(0, m, chunk):
             x = self.train_set.batch(self.sampler.indices(i, min(chunk, m - i))).to(self.device)
             total, squares = total + x.sum(0, keepdim=True), squares + x.square().sum(0, keepdim=True)
         mean = total / m
+        syn = self.G.synthesis
+        if grown_from:
+            f, low, steps = syn.b4.resample_filter, mean, 0
+            while low.shape[-1] > grown_from:
+                low, steps = downsample2d(low, f), steps + 1
+            for _ in range(steps):
+                low = upsample2d(low, f)
+            syn.img_bias.add_(mean - low)
+            return
         spread = (squares / m - mean.square()).clamp_min(0.0).sqrt().clamp_min(min_spread)
         g = torch.Generator(device=self.device).manual_seed(self.cfg.seed)
-        syn = self.G.synthesis
         syn.img_bias.zero_()
         syn.img_scale.fill_(1.0)
         out = sum(self.G(torch.randn([min(chunk, n - i), self.G.z_dim], generator=g, device=self.device),
@@ -750,14 +760,21 @@ class AlbedoTrainer(TrainingLoop):
         barrier(self.info)
 
 
-def grow_from(source: str | Path, G: Generator, D: Discriminator) -> None:
+def grow_from(source: str | Path, G: Generator, D: Discriminator) -> int:
     """Start ``G`` and ``D`` from the G_ema and D of a (lower-resolution) albedo run (see ``init_from``).
+
+    A learned mean image (``mean_image``) of the source at a lower resolution is carried over upsampled (the
+    resampling filter of the skip images), so the grown G draws the source's images, colours included.
+
+    Returns:
+        The resolution of the mean image carried over this way, 0 if none was.
 
     Raises:
         FileNotFoundError: no checkpoint at ``source``.
         ValueError: nothing of the source fits (other widths), which would silently be a fresh start.
     """
     path = Path(source)
+    carried = 0
     ckpt = path if (path / "meta.json").is_file() else None
     for folder in (path / "checkpoints", path):
         if ckpt is None and folder.is_dir():
@@ -777,8 +794,16 @@ def grow_from(source: str | Path, G: Generator, D: Discriminator) -> None:
                 for key in new:
                     if ".torgb." in key and not key.split(".")[-2].startswith("affine"):
                         module.get_parameter(key).zero_()
+                for key in ("synthesis.img_bias", "synthesis.img_scale"):
+                    if key in new and key in state and own[key].shape[-1] % state[key].shape[-1] == 0:
+                        value, f = state[key].to(own[key]), module.synthesis.b4.resample_filter
+                        while value.shape[-1] < own[key].shape[-1]:
+                            value = upsample2d(value, f)
+                        module.get_parameter(key).copy_(value)
+                        carried = state[key].shape[-1]
         logger.info("%s from %s: %d tensors taken, %d new (%s)", "G" if name == "G_ema" else name, ckpt,
                     len(taken), len(new), ", ".join(sorted({".".join(k.split(".")[:2]) for k in new})))  # fmt: skip
+    return carried
 
 
 # settings that may change between a run and its resumption without changing the training trajectory

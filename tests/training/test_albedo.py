@@ -443,3 +443,39 @@ def test_mean_image_starts_the_generator_at_the_training_maps_average(albedo_dir
     G = load_checkpoint_generator(latest_checkpoint(tmp_path / "run" / "checkpoints"))
     assert G.synthesis.img_bias is not None and G.config.synthesis.mean_image
     assert not torch.equal(G.synthesis.img_bias, with_image.G_ema.synthesis.img_bias)  # it trained
+
+
+def test_growing_a_mean_image_run_keeps_its_images_and_adds_the_mean_detail(albedo_dir, tmp_path):
+    """init_from with mean_image on both sides: the grown G (step 0) draws the small run's images, colours
+    included (its learned bias and scale carried over upsampled), and its mean holds the maps' full-resolution
+    mean detail that the small run could not."""
+    import torch.nn.functional as F
+
+    from training.albedo import AlbedoTrainer, DistInfo
+
+    synthesis = {"channel_base": 256, "channel_max": 32, "mean_image": True}
+    small_cfg = tiny(albedo_dir, steps=8, augment={"policy": []}, G={"synthesis": synthesis})
+    assert train(AlbedoTrainConfig.from_dict(small_cfg), tmp_path / "small").done
+    small = load_checkpoint_generator(latest_checkpoint(tmp_path / "small" / "checkpoints"))
+    info = DistInfo(0, 1, torch.device("cpu"), False)
+    grown = AlbedoTrainer(
+        AlbedoTrainConfig.from_dict({**small_cfg, "resolution": 32, "init_from": str(tmp_path / "small")}),
+        tmp_path / "big", info,
+    ).G_ema  # fmt: skip
+    z = torch.randn(64, 32, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ref, big = small(z, None, noise_mode="const"), grown(z, None, noise_mode="const")
+    err = (F.avg_pool2d(big, 2) - ref).abs().mean().item()
+    assert err < 0.05, err
+    assert grown.synthesis.img_bias.shape[-1] == 32
+    from training.data.albedo_maps import DataConfig
+
+    maps, _ = build_data(DataConfig(kind="folder", path=str(albedo_dir), holdout=0), 32)  # the maps at 32²
+
+    def detail(x: torch.Tensor) -> torch.Tensor:  # what a 16² map cannot hold
+        return x - F.interpolate(F.avg_pool2d(x[None], 2), scale_factor=2, mode="bilinear")[0]
+
+    want = detail(maps.batch(range(len(maps))).mean(0))
+    got = (detail(big.mean(0)) - want).abs().mean().item()
+    without = (detail(F.interpolate(ref, scale_factor=2, mode="bilinear").mean(0)) - want).abs().mean().item()
+    assert got < 0.5 * without, (got, without)
