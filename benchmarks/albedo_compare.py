@@ -126,15 +126,17 @@ def main() -> None:
     for r in results.values():
         rows.append((r["bundle"], f"{r['native']}²", f"{r['kid256']:.2f} ± {r['kid256_std']:.2f}",
                      f"{r['kid64']:.2f} ± {r['kid64_std']:.2f}", f"{r['registration_pct']:.1f} %"))  # fmt: skip
-    rows.append(("truth vs truth (control: half vs half)", "—", f"{control['kid256'][0]:.2f} ± {control['kid256'][1]:.2f}",
-                 f"{control['kid64'][0]:.2f} ± {control['kid64'][1]:.2f}", "—"))  # fmt: skip
+    (c256, s256), (c64, s64) = control["kid256"], control["kid64"]
+    control_row = ("truth vs truth (control: half vs half)", "—", f"{c256:.2f} ± {s256:.2f}", f"{c64:.2f} ± {s64:.2f}")
+    rows.append((*control_row, "—"))
     ratio = results["baseline"]["kid256"] / max(results["this"]["kid256"], 1e-9)
     text = (
         f"AlbedoGAN vs {args.samples} held-out procedural truth maps (seed {args.seed}), maps served at 256²; "
         f"`python benchmarks/albedo_compare.py --samples {args.samples}` (baseline: the embedded bundle of "
         f"{args.baseline or args.baseline_rev}):\n\n"
-        + table(("generator", "native", "KID, 256² features", "KID, 64² features", "registration (worst, % width)"),
-                rows)  # fmt: skip
+        + table(
+            ("generator", "native", "KID, 256² features", "KID, 64² features", "registration (worst, % width)"), rows
+        )  # fmt: skip
         + f"\n\nKID (256² features) baseline / this: **{ratio:.1f}×** (target ≥ 5×; registration target ≤ 2 %)."
     )
     print(text)

@@ -70,6 +70,15 @@ class GraphExport:
     outputs: Sequence[str]
 
 
+def generator_graphs(generator: Generator) -> dict[str, GraphExport]:
+    """AlbedoGAN's two graphs: ``mapping`` (z → ws) and ``albedo`` (ws → map)."""
+    cfg = generator.config
+    return {
+        "mapping": GraphExport(MappingGraph(generator), {"z": torch.randn(2, cfg.z_dim)}, ["ws"]),
+        "albedo": GraphExport(AlbedoGraph(generator), {"ws": torch.randn(2, generator.num_ws, cfg.w_dim)}, ["albedo"]),
+    }
+
+
 def store_weights_fp16(path: Path, min_elements: int = FP16_MIN_ELEMENTS) -> int:
     """Rewrite an ONNX file so its large float32 weights are stored as float16 (the file roughly halves).
 
@@ -236,12 +245,7 @@ def export_bundle(
     shutil.copyfile(face_model_path, tmp / "face_model.npz")
     generator = generator.eval()
     G_cfg = generator.config
-    graphs: dict[str, GraphExport] = {
-        "mapping": GraphExport(MappingGraph(generator), {"z": torch.randn(2, G_cfg.z_dim)}, ["ws"]),
-        "albedo": GraphExport(
-            AlbedoGraph(generator), {"ws": torch.randn(2, generator.num_ws, G_cfg.w_dim)}, ["albedo"]
-        ),
-    }
+    graphs: dict[str, GraphExport] = generator_graphs(generator)
     codes = dict(codes or {})
     resolutions = dict(resolutions or {})
     if encoder is not None:
@@ -479,11 +483,7 @@ def replace_generator(
     manifest = json.loads((tmp / MANIFEST).read_text())
     fp16 = manifest["graphs"]["albedo"]["weights_dtype"] == "float16"
     G_cfg = generator.config
-    graphs = {
-        "mapping": GraphExport(MappingGraph(generator), {"z": torch.randn(2, G_cfg.z_dim)}, ["ws"]),
-        "albedo": GraphExport(AlbedoGraph(generator), {"ws": torch.randn(2, generator.num_ws, G_cfg.w_dim)}, ["albedo"]),
-    }
-    for gname, graph in graphs.items():
+    for gname, graph in generator_graphs(generator).items():
         path = tmp / f"{gname}.onnx"
         parity = export_onnx(graph, path, fp16)
         with torch.no_grad():
@@ -578,7 +578,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.untrained:
         export_untrained(args.out, args.resolution)
     else:
-        parser.error("give --untrained, --add-identity or --replace-generator (trained bundles come from `python -m training.run export`)")
+        parser.error(
+            "give --untrained, --add-identity or --replace-generator "
+            "(trained bundles come from `python -m training.run export`)"
+        )
     return 0
 
 
