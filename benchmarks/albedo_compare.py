@@ -17,8 +17,8 @@ run drew from (``SyntheticAlbedos(256, --seed)``; the recipes train on seeds 0 a
 
 The baseline is the embedded bundle of a git revision (``--baseline-rev``, extracted with ``git archive``) or a
 bundle folder. ``--sheet`` writes 16 maps of ``--bundle`` (4 × 4, seeds 0-15 of /generate's latent stream);
-``--readme`` writes the table into the README block ``albedo-compare``. Inception-based FID/KID are not computed
-(no downloads here) and not claimed.
+``--readme`` writes the table into the block ``albedo-compare`` of the README and of the bundle's model card.
+Inception-based FID/KID are not computed (no downloads here) and not claimed.
 """
 
 from __future__ import annotations
@@ -142,7 +142,10 @@ def main() -> None:
     print(text)
     if args.readme:
         write_block("albedo-compare", text)
-        print("wrote the README block albedo-compare")
+        card = Path(args.bundle) / "MODEL_CARD.md"
+        if card.is_file() and "<!-- albedo-compare:begin -->" in card.read_text():
+            write_block("albedo-compare", text, card)
+        print("wrote the block albedo-compare (README, and the model card where it has one)")
     if args.sheet:
         sheet(bundles["this"], args.sheet)
 

@@ -136,6 +136,16 @@ $("reconstruct-form").addEventListener("submit", async (event) => {
   } catch (err) { setStatus(`Could not reconstruct: ${err.message}`, true); }
 });
 
+// AlbedoGAN at the encoder's latent needs an encoder graph with a 'ws' output: offer it only where the bundle has one
+fetch("/models").then((r) => r.json()).then((models) => {
+  const encoder = models.manifest?.graphs?.encoder;
+  const option = document.querySelector('#albedo-source option[value="generated"]');
+  if (option && !(encoder && "ws" in encoder.outputs)) {
+    option.disabled = true;
+    option.textContent += " (not in this bundle)";
+  }
+}).catch(() => {});
+
 $("random").addEventListener("click", () => {
   $("seed").value = Math.floor(Math.random() * 2 ** 31);
   $("generate-form").requestSubmit();

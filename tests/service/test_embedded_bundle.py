@@ -32,7 +32,7 @@ def test_the_embedded_bundle_is_the_trained_default_and_small():
     assert m.name == "albedogan-default" and not m.training.get("untrained")
     assert m.training["final_dir"].endswith("alternate/final")
     assert bundle.capabilities == {"generate": True, "reconstruct": True}
-    assert "ws" in m.graphs["encoder"].outputs  # /reconstruct albedo=generated
+    assert m.resolutions.albedo >= 256 and m.generator_config["synthesis"]["mean_image"]  # issue 14
     assert all(g.weights_dtype == "float16" for g in m.graphs.values())
     size = sum(p.stat().st_size for p in EMBEDDED_BUNDLE.iterdir())
     assert size <= 50e6, f"{size / 1e6:.1f} MB"
@@ -51,6 +51,28 @@ def test_generated_albedos_are_skin_not_noise(client):
         assert r_ > g_ > b_ and 40 < r_ < 250, (seed, r_, g_, b_)  # skin reflects red most, blue least
         # smooth skin, not per-pixel noise: neighbouring texels differ far less than the map varies
         assert np.abs(np.diff(face, axis=1)).mean() < 0.25 * face.std()
+
+
+def test_generated_albedos_put_the_eyes_on_the_layouts_eye_texels(client):
+    """The pupils of every generated map sit at the layout's eye landmarks (bundle 1.1.0's generator put dark blotches
+    15 % of the width away, on the forehead, and left these texels skin-coloured)."""
+    model = load_bundle(EMBEDDED_BUNDLE).face_model
+    corners = model.uv[model.uv_faces[model.landmark_faces]].astype(np.float64)
+    uv = np.einsum("lk,lkc->lc", model.landmark_bary.astype(np.float64), corners)
+    for seed in (0, 1, 2, 3):
+        r = client.post("/generate?format=png", json={"seed": seed, "texture_size": 256, "outputs": ["albedo"]})
+        img = np.asarray(Image.open(io.BytesIO(r.content)).convert("L"), np.float64)
+        skin = np.median(img[77:179, 77:179])
+        for eye in (range(36, 42), range(42, 48)):
+            u, v = uv[list(eye)].mean(0)
+            x, y = int(round(np.mod(u, 1.0) * 256 - 0.5)), int(round((1.0 - v) * 256 - 0.5))
+            assert img[y - 1 : y + 2, x - 1 : x + 2].min() < 0.6 * skin, (seed, list(eye)[0])
+
+
+def test_generated_albedo_of_reconstruct_is_refused_without_a_latent_head(client):
+    r = client.post("/reconstruct", files={"image": ("f.jpg", FRONTAL.read_bytes(), "image/jpeg")},
+                    data={"albedo": "generated"})  # fmt: skip
+    assert r.status_code == 422 and "'ws' output" in r.json()["detail"]
 
 
 def test_reconstruct_fits_the_frontal_fixture(client):
