@@ -92,8 +92,9 @@ def test_generated_faces_have_pupils_a_dark_mouth_and_a_clean_neck(served, seed)
         assert rows >= 5 and gaps == 0
         notches, band = bottom_notches(image, mask)
         assert notches <= 0.02 * band, (notches, band)
-        # before (eyes and mouth from the albedo map): no pupil there
-        before, _, _ = render_face(fm, verts, albedo, 256, assets=False)
+        # the check can fail: eyes drawn from a skin-only map (what bundle 1.0's generator gave) have no pupil
+        skin_only = np.broadcast_to(np.median(albedo.reshape(-1, albedo.shape[-1]), 0), albedo.shape).copy()
+        before, _, _ = render_face(fm, verts, skin_only, 256, assets=False)
         assert max(eye_check(before, lm[list(e)]).contrast for e in (LEFT_EYE, RIGHT_EYE)) < MIN_PUPIL_CONTRAST
     expression = model.expression_vector({"jawOpen": 0.5})
     verts = geo.decode_vertices(model, shape[None], expression[None])[0]
