@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+import torch
 
 
 @pytest.fixture(scope="module")
@@ -19,3 +22,36 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# A tiny but real bundle (random-initialised networks exported through training.export, with an albedo head: the
+# encoder has a 'ws' output), shared per session by the service and training tests.
+DEFAULT_FACE_MODEL = Path(__file__).resolve().parents[1] / "models" / "face" / "data" / "anny_head.npz"
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory) -> Path:
+    from models.albedo_head import AlbedoHead
+    from models.displacement import DisplacementConfig, DisplacementDecoder
+    from models.encoder import Encoder, EncoderConfig
+    from models.face.model import FaceModel
+    from models.stylegan2 import Generator
+    from training.export import export_bundle
+
+    torch.manual_seed(0)
+    fm = FaceModel.from_file(DEFAULT_FACE_MODEL)
+    G = Generator(32, 0, 32, 32, 3, {"num_layers": 2}, {"channel_base": 256, "channel_max": 32})
+    G.mean_w(n_samples=256)
+    enc = Encoder.from_config(EncoderConfig.for_face_model(fm, depth=18, detail_dim=16, input_size=64, head_hidden=64))
+    disp = DisplacementDecoder.from_config(
+        DisplacementConfig.for_face_model(fm, detail_dim=16, resolution=32, coarse_resolution=8, channel_base=256,
+                                          channel_max=16, max_mm=2.0)
+    )  # fmt: skip
+    head = AlbedoHead.from_generator(G, n_samples=256, hidden=32)
+    with torch.no_grad():
+        head.out.weight.normal_(0.0, 0.1)  # a zero-initialised head would give every face the same w
+    out = tmp_path_factory.mktemp("bundle") / "tiny"
+    return export_bundle(
+        out, face_model_path=DEFAULT_FACE_MODEL, generator=G, encoder=enc, displacement=disp, albedo_head=head,
+        name="tiny-untrained", version="0.0.1", licence="test", training={"note": "random initialisation, for tests"},
+    )  # fmt: skip

@@ -277,7 +277,10 @@ def test_dead_batcher_worker_is_not_ready_then_restarted(client):
 
 async def _kill(batcher):
     batcher._task.cancel()
-    await asyncio.sleep(0.01)
+    for _ in range(500):  # until the cancellation has landed (a loaded machine takes longer than one tick)
+        if batcher._task.done():
+            return
+        await asyncio.sleep(0.01)
 
 
 def test_errors_outside_the_model_call_fail_only_that_batch():

@@ -19,7 +19,6 @@ from training.export import main as export_main
 from training.weights import load_checkpoint_generator
 
 REPO = Path(__file__).resolve().parents[2]
-BUNDLE = REPO / "service" / "bundled" / "default"
 PHOTO = REPO / "tests" / "fixtures" / "photos"
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -41,18 +40,19 @@ def albedo_run(tmp_path_factory) -> Path:
     return out
 
 
-def test_replaced_generator_is_served_and_the_old_latent_output_is_cut(albedo_run, tmp_path):
+def test_replaced_generator_is_served_and_the_old_latent_output_is_cut(albedo_run, tiny_bundle, tmp_path):
     out = tmp_path / "bundle"
-    assert export_main(["--replace-generator", str(albedo_run), "--bundle", str(BUNDLE), "--out", str(out),
+    assert export_main(["--replace-generator", str(albedo_run), "--bundle", str(tiny_bundle), "--out", str(out),
                         "--version", "9.9.9"]) == 0  # fmt: skip
-    old, new = load_bundle(BUNDLE), load_bundle(out)
+    old, new = load_bundle(tiny_bundle), load_bundle(out)
     m = new.manifest
     assert m.version == "9.9.9" and m.resolutions.albedo == 32 and m.codes.z_dim == 32 and m.codes.w_dim == 32
     assert "ws" in old.manifest.graphs["encoder"].outputs and "ws" not in m.graphs["encoder"].outputs
     assert m.graphs["albedo"].weights_dtype == old.manifest.graphs["albedo"].weights_dtype  # stored like the source
 
     # the encoder's other outputs are what they were
-    image = np.random.default_rng(1).random((1, 3, 64, 64), dtype=np.float32)
+    size = old.manifest.graphs["encoder"].inputs["image"].shape[-1]
+    image = np.random.default_rng(1).random((1, 3, size, size), dtype=np.float32)
     runs = {}
     for name, bundle in (("old", old), ("new", new)):
         s = ort.InferenceSession(str(bundle.root / "encoder.onnx"), providers=["CPUExecutionProvider"])
