@@ -14,7 +14,7 @@ import logging
 import shutil
 import subprocess
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -383,6 +383,27 @@ def export_trained(
     )
 
 
+def _edited_copy(bundle: str | Path, out: str | Path, version: str | None, edit: Callable[[Path, dict], None]) -> Path:
+    """Copy ``bundle`` to ``out``: ``edit(folder, manifest)`` changes the copy's files and manifest in a temporary
+    folder, ``version`` (if given) replaces the manifest's version, and the copy replaces ``out`` only once
+    :func:`facecore.bundle.load_bundle` accepts it."""
+    source, out = load_bundle(bundle), Path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    shutil.copytree(source.root, tmp)
+    manifest = json.loads((tmp / MANIFEST).read_text())
+    edit(tmp, manifest)
+    if version is not None:
+        manifest["version"] = version
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    load_bundle(tmp)  # the service must accept what we wrote
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out
+
+
 def add_identity_head(
     bundle: str | Path, identity_run: str | Path, out: str | Path, version: str | None = None
 ) -> Path:
@@ -395,30 +416,22 @@ def add_identity_head(
     from facecore.identity import IdentityHead
     from training.identity import HEAD_FILE, METRICS_FILE
 
-    source = load_bundle(bundle)
-    identity_run, out = Path(identity_run), Path(out)
+    identity_run = Path(identity_run)
     head = IdentityHead.load(identity_run / HEAD_FILE)
     metrics = json.loads((identity_run / METRICS_FILE).read_text())
-    tmp = out.with_name(out.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    shutil.copytree(source.root, tmp)
-    head.save(tmp / HEAD_FILE)
-    manifest = json.loads((tmp / MANIFEST).read_text())
-    manifest["identity"] = {
-        "file": HEAD_FILE,
-        "sha256": sha256_file(tmp / HEAD_FILE),
-        "features": head.features,
-        "metrics": {k: metrics[k] for k in ("model", "ridge_alpha", "train_identities", "held_out", "held_out_prior")},
-    }
-    if version is not None:
-        manifest["version"] = version
-    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
-    load_bundle(tmp)  # the service must accept what we wrote
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
-    return out
+
+    def edit(folder: Path, manifest: dict) -> None:
+        head.save(folder / HEAD_FILE)
+        manifest["identity"] = {
+            "file": HEAD_FILE,
+            "sha256": sha256_file(folder / HEAD_FILE),
+            "features": head.features,
+            "metrics": {
+                k: metrics[k] for k in ("model", "ridge_alpha", "train_identities", "held_out", "held_out_prior")
+            },
+        }
+
+    return _edited_copy(bundle, out, version, edit)
 
 
 def drop_graph_outputs(path: Path, names: Sequence[str]) -> int:
@@ -469,56 +482,48 @@ def replace_generator(
     from training.checkpoint import latest_checkpoint
     from training.weights import load_checkpoint_generator
 
-    source = load_bundle(bundle)
-    out, run_dir = Path(out), Path(albedo_run)
+    run_dir = Path(albedo_run)
     ckpt = run_dir if (run_dir / "meta.json").is_file() else latest_checkpoint(run_dir / "checkpoints")
     if ckpt is None:
         raise FileNotFoundError(f"no albedo checkpoint in {run_dir}")
     generator = load_checkpoint_generator(ckpt)
     generator.mean_w(mean_w_samples)
-    tmp = out.with_name(out.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    shutil.copytree(source.root, tmp)
-    manifest = json.loads((tmp / MANIFEST).read_text())
-    fp16 = manifest["graphs"]["albedo"]["weights_dtype"] == "float16"
     G_cfg = generator.config
-    for gname, graph in generator_graphs(generator).items():
-        path = tmp / f"{gname}.onnx"
-        parity = export_onnx(graph, path, fp16)
-        with torch.no_grad():
-            shape = tuple(graph.module(*graph.inputs.values()).shape)
-        manifest["graphs"][gname] = _spec(graph, path, parity, {graph.outputs[0]: shape}, fp16)
-    np.save(tmp / "w_avg.npy", generator.mapping.w_avg.detach().cpu().numpy().astype(np.float32))
-    encoder = manifest["graphs"].get("encoder")
-    if encoder is not None and "ws" in encoder["outputs"]:
-        path = tmp / encoder["file"]
-        image = np.random.default_rng(0).random((2, 3, *encoder["inputs"]["image"]["shape"][2:]), dtype=np.float32)
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        before = dict(zip([o.name for o in session.get_outputs()], session.run(None, {"image": image}), strict=True))
-        removed = drop_graph_outputs(path, ["ws"])
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        after = dict(zip([o.name for o in session.get_outputs()], session.run(None, {"image": image}), strict=True))
-        for name, value in before.items():
-            if name != "ws" and not np.array_equal(after[name], value):
-                raise ExportError(f"{path.name}: output '{name}' changed when 'ws' was cut")
-        del encoder["outputs"]["ws"]
-        encoder["sha256"] = sha256_file(path)
-        logger.info("encoder: 'ws' output cut (%d nodes; it was the old generator's latent)", removed)
-    manifest["codes"].update(z_dim=G_cfg.z_dim, w_dim=G_cfg.w_dim, num_ws=generator.num_ws)
-    manifest["resolutions"]["albedo"] = G_cfg.img_resolution
-    manifest["generator_config"] = G_cfg.to_dict()
-    meta = json.loads((ckpt / "meta.json").read_text())
-    manifest["training"]["albedo"] = {"run": str(run_dir), "checkpoint": ckpt.name, "step": meta.get("step")}
-    manifest["metrics"] = {}  # they measured the old generator: benchmarks/bundle_metrics.py --write
-    if version is not None:
-        manifest["version"] = version
-    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
-    load_bundle(tmp)  # the service must accept what we wrote
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
-    return out
+    step = json.loads((ckpt / "meta.json").read_text()).get("step")
+
+    def outputs(session: ort.InferenceSession, image: np.ndarray) -> dict[str, np.ndarray]:
+        return dict(zip([o.name for o in session.get_outputs()], session.run(None, {"image": image}), strict=True))
+
+    def edit(folder: Path, manifest: dict) -> None:
+        fp16 = manifest["graphs"]["albedo"]["weights_dtype"] == "float16"
+        for gname, graph in generator_graphs(generator).items():
+            path = folder / f"{gname}.onnx"
+            parity = export_onnx(graph, path, fp16)
+            with torch.no_grad():
+                shape = tuple(graph.module(*graph.inputs.values()).shape)
+            manifest["graphs"][gname] = _spec(graph, path, parity, {graph.outputs[0]: shape}, fp16)
+        np.save(folder / "w_avg.npy", generator.mapping.w_avg.detach().cpu().numpy().astype(np.float32))
+        encoder = manifest["graphs"].get("encoder")
+        if encoder is not None and "ws" in encoder["outputs"]:
+            path = folder / encoder["file"]
+            size = encoder["inputs"]["image"]["shape"][2:]
+            image = np.random.default_rng(0).random((2, 3, *size), dtype=np.float32)
+            before = outputs(ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]), image)
+            removed = drop_graph_outputs(path, ["ws"])
+            after = outputs(ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]), image)
+            for name, value in before.items():
+                if name != "ws" and not np.array_equal(after[name], value):
+                    raise ExportError(f"{path.name}: output '{name}' changed when 'ws' was cut")
+            del encoder["outputs"]["ws"]
+            encoder["sha256"] = sha256_file(path)
+            logger.info("encoder: 'ws' output cut (%d nodes; it was the old generator's latent)", removed)
+        manifest["codes"].update(z_dim=G_cfg.z_dim, w_dim=G_cfg.w_dim, num_ws=generator.num_ws)
+        manifest["resolutions"]["albedo"] = G_cfg.img_resolution
+        manifest["generator_config"] = G_cfg.to_dict()
+        manifest["training"]["albedo"] = {"run": str(run_dir), "checkpoint": ckpt.name, "step": step}
+        manifest["metrics"] = {}  # they measured the old generator: benchmarks/bundle_metrics.py --write
+
+    return _edited_copy(bundle, out, version, edit)
 
 
 def run(cfg: Mapping[str, Any], out: Path) -> None:
