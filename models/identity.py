@@ -2,7 +2,7 @@
 
 Default: :class:`FaceEmbedder`, dlib's face recognition ResNet (``dlib_face_recognition_resnet_model_v1.dat``,
 shipped in PyPI ``face-recognition-models`` 0.3.0, 99.38 % on LFW per its author) ported to PyTorch. Its
-weights are read straight from dlib's ``.dat`` file by :mod:`models.dlib_dat`; nothing is downloaded. The
+weights are read straight from dlib's ``.dat`` file by :mod:`facecore.dlib_dat`; nothing is downloaded. The
 network (dlib's ``dnn_face_recognition_ex.cpp`` type, 29 convolutions)::
 
     input_rgb_image_sized<150>: (pixel − avg_rgb) / 256, avg_rgb = (122.782, 117.001, 104.298) read from the file
@@ -62,7 +62,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from facecore.detect import model_path, similarity_transform
-from models.dlib_dat import DlibFormatError, DlibLayer, DlibNet, read_dlib_net
+from facecore.dlib_dat import DlibNet, read_dlib_net
+from facecore.dlib_onnx import (
+    RESNET_EMBEDDING_DIM,
+    RESNET_INPUT_SIZE,
+    RESNET_LEVELS,
+    RESNET_STEM_FILTERS,
+    Conv,
+    resnet_spec,
+    resnet_weights,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -86,9 +95,9 @@ __all__ = [
 ]
 
 DLIB_FILE = "dlib_face_recognition_resnet_model_v1.dat"
-DLIB_INPUT_SIZE = 150
+DLIB_INPUT_SIZE = RESNET_INPUT_SIZE
 DLIB_CHIP_PADDING = 0.25
-DLIB_EMBEDDING_DIM = 128
+DLIB_EMBEDDING_DIM = RESNET_EMBEDDING_DIM
 DLIB_MODEL_LICENCE = (
     "dlib_face_recognition_resnet_model_v1.dat by Davis King, shipped in PyPI face-recognition-models 0.3.0 "
     "(SHA-256 55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30). Public domain: the dlib-models "
@@ -100,15 +109,8 @@ DLIB_MODEL_LICENCE = (
     "the model's licence."
 )
 
-# (filters, blocks, first block downsamples) per residual level, input side first (dlib's alevel4 … alevel0)
-DLIB_LEVELS: tuple[tuple[int, int, bool], ...] = (
-    (32, 3, False),
-    (64, 4, True),
-    (128, 3, True),
-    (256, 3, True),
-    (256, 1, True),
-)
-DLIB_STEM_FILTERS = 32
+DLIB_LEVELS = RESNET_LEVELS
+DLIB_STEM_FILTERS = RESNET_STEM_FILTERS
 
 FEATURE_LAYERS: tuple[str, ...] = ("stem", "res32", "res64", "res128", "res256")
 """What :meth:`FaceEmbedder.features` returns, in order (shapes for a 150×150 input):
@@ -217,20 +219,7 @@ class _DlibResBlock(nn.Module):
         return F.relu(add_zero_padded(y, skip))
 
 
-def dlib_resnet_spec() -> list[str]:
-    """The layer kinds of dlib's face recognition network, input first (for :func:`models.dlib_dat.read_dlib_net`).
-
-    Built from :data:`DLIB_LEVELS`, the same table :class:`FaceEmbedder` is built from.
-    """
-    spec = ["input_rgb_image_sized", "con", "affine", "relu", "max_pool"]
-    branch = ["con", "affine", "relu", "con", "affine"]
-    for _, blocks, first_down in DLIB_LEVELS:
-        for i in range(blocks):
-            if i == 0 and first_down:  # add_prev2<avg_pool<skip1<tag2<block<tag1<x>>>>>>
-                spec += ["tag", *branch, "tag", "skip", "avg_pool", "add_prev", "relu"]
-            else:  # add_prev1<block<tag1<x>>>
-                spec += ["tag", *branch, "add_prev", "relu"]
-    return [*spec, "avg_pool", "fc"]
+dlib_resnet_spec = resnet_spec
 
 
 class FaceEmbedder(_Frozen):
@@ -273,7 +262,7 @@ class FaceEmbedder(_Frozen):
 
         Raises:
             FileNotFoundError: no file (and, for the default, a hint to install the package).
-            models.dlib_dat.DlibFormatError: the file is not this network (names the offending layer).
+            facecore.dlib_dat.DlibFormatError: the file is not this network (names the offending layer).
         """
         if path is None:
             path = model_path(DLIB_FILE)
@@ -284,88 +273,20 @@ class FaceEmbedder(_Frozen):
         return model
 
     def _load_net(self, net: DlibNet, name: str) -> None:
-        layers = list(net.layers)
-        pos = 0
+        """Copy a parsed network's weights in (checked layer by layer by :func:`facecore.dlib_onnx.resnet_weights`)."""
+        w = resnet_weights(net, name)
 
-        def fail(layer: DlibLayer, message: str) -> DlibFormatError:
-            return DlibFormatError(f"{name}: layer {layers.index(layer)} ({layer.kind} {layer.version}): {message}")
+        def copy(conv: nn.Conv2d, c: Conv) -> None:
+            conv.weight.copy_(torch.from_numpy(c.weight))
+            conv.bias.copy_(torch.from_numpy(c.bias))
 
-        def take(kind: str) -> DlibLayer:
-            nonlocal pos
-            layer = layers[pos]
-            if layer.kind != kind:  # cannot happen after read_dlib_net with our spec; kept as a guard
-                raise fail(layer, f"expected {kind}")
-            pos += 1
-            if kind == "relu" and layer.attrs["disabled"]:
-                raise fail(layer, "a disabled relu is not part of this network")
-            return layer
-
-        def pool(kind: str, size: int, stride: int) -> None:
-            layer = take(kind)
-            got = (layer.attrs["nr"], layer.attrs["nc"], layer.attrs["stride"], layer.attrs["padding"])
-            want = (size, size, (stride, stride), (0, 0))
-            if got != want:
-                raise fail(layer, f"(nr, nc, stride, padding) = {got}, expected {want}")
-
-        def conv_affine(conv: nn.Conv2d) -> None:
-            c, a = take("con"), take("affine")
-            want = {
-                "num_filters": conv.out_channels,
-                "in_channels": conv.in_channels,
-                "nr": conv.kernel_size[0],
-                "nc": conv.kernel_size[1],
-                "stride": tuple(conv.stride),
-                "padding": tuple(conv.padding),
-                "use_relu": False,
-            }
-            got = {k: c.attrs[k] for k in want}
-            if got != want:
-                raise fail(c, f"convolution {got} does not match the network's {want}")
-            weight = torch.from_numpy(c.params["weight"]).double()
-            bias = (
-                torch.from_numpy(c.params["bias"]).double() if c.attrs["use_bias"] else torch.zeros(conv.out_channels)
-            )
-            if a.attrs["disabled"]:
-                gamma, beta = torch.ones(conv.out_channels), torch.zeros(conv.out_channels)
-            else:
-                if a.attrs["mode"] != "conv" or a.attrs["channels"] != conv.out_channels:
-                    raise fail(a, f"expected a per-channel affine over {conv.out_channels} channels, got {a.attrs}")
-                gamma = torch.from_numpy(a.params["gamma"]).double()
-                beta = torch.from_numpy(a.params["beta"]).double()
-            with torch.no_grad():
-                conv.weight.copy_(weight * gamma[:, None, None, None])
-                conv.bias.copy_(bias * gamma + beta)
-
-        inp = take("input_rgb_image_sized")
-        if (inp.attrs["nr"], inp.attrs["nc"]) != (DLIB_INPUT_SIZE, DLIB_INPUT_SIZE):
-            raise fail(inp, f"input size {inp.attrs['nr']}×{inp.attrs['nc']}, expected {DLIB_INPUT_SIZE}²")
         with torch.no_grad():
-            self.avg_rgb.copy_(torch.from_numpy(inp.params["avg_rgb"]))
-        conv_affine(self.stem)
-        take("relu")
-        pool("max_pool", 3, 2)
-        for level in self.levels:
-            for block in level:
-                take("tag")
-                conv_affine(block.conv1)
-                take("relu")
-                conv_affine(block.conv2)
-                if block.down:
-                    take("tag")
-                    take("skip")
-                    pool("avg_pool", 2, 2)
-                take("add_prev")
-                take("relu")
-        pool("avg_pool", 0, 1)
-        fc = take("fc")
-        want = (self.fc.in_features, self.fc.out_features, False)
-        got = (fc.attrs["num_inputs"], fc.attrs["num_outputs"], fc.attrs["use_bias"])
-        if got != want:
-            raise fail(fc, f"(num_inputs, num_outputs, bias) = {got}, expected {want}")
-        with torch.no_grad():
-            self.fc.weight.copy_(torch.from_numpy(fc.params["weight"]).T)  # dlib: output = input · W
-        if pos != len(layers):
-            raise fail(layers[pos], "unexpected extra layers")
+            self.avg_rgb.copy_(torch.from_numpy(w.avg_rgb))
+            copy(self.stem, w.stem)
+            for module, block in zip((b for level in self.levels for b in level), w.blocks, strict=True):
+                copy(module.conv1, block.conv1)
+                copy(module.conv2, block.conv2)
+            self.fc.weight.copy_(torch.from_numpy(w.fc).T)  # dlib: output = input · W
 
     # ---------------------------------------------------------------------------------------- forward
     def _run(self, images: torch.Tensor, collect: bool) -> tuple[torch.Tensor | None, list[torch.Tensor]]:

@@ -1,4 +1,4 @@
-"""Face-embedding networks (models.identity) and the dlib .dat reader (models.dlib_dat).
+"""Face-embedding networks (models.identity) and the dlib .dat reader (facecore.dlib_dat).
 
 The dlib parity tests compare against dlib itself (PyPI dlib-bin) on the shared fixture photos; they skip when
 dlib, the model package or the photos are missing.
@@ -16,8 +16,8 @@ import pytest
 import torch
 from PIL import Image
 
+from facecore.dlib_dat import DlibFormatError, DlibLayer, DlibNet, parse_dlib_net, read_dlib_net
 from models import identity as idm
-from models.dlib_dat import DlibFormatError, DlibLayer, DlibNet, parse_dlib_net, read_dlib_net
 from models.encoder import IResNet
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -126,7 +126,7 @@ def tiny_net_bytes(rng: np.random.Generator) -> tuple[bytes, dict]:
 TINY_SPEC = ["input_rgb_image_sized", "con", "affine", "relu", "tag", "con", "add_prev", "max_pool", "fc"]
 
 
-# ================================================================================ models.dlib_dat
+# ================================================================================ facecore.dlib_dat
 def test_parser_reads_every_field_of_a_written_network():
     data, v = tiny_net_bytes(np.random.default_rng(0))
     net = parse_dlib_net(data, TINY_SPEC)

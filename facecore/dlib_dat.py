@@ -35,6 +35,8 @@ against it.
 Layer details understood (the first item is always a version string):
 
     ``input_rgb_image_sized``: float avg_red, avg_green, avg_blue, unsigned nr, nc.
+    ``input_rgb_image_pyramid`` / ``input_rgb_image_pyramid2``: float avg_red, avg_green, avg_blue (+ unsigned
+        pyramid_padding, pyramid_outer_padding; 10 and 11 for the first version).
     ``con_4`` / ``con_5`` / ``con_6``: tensor params, long num_filters, long nr, long nc, int stride_y,
         int stride_x, int padding_y, int padding_x, alias filters (num_filters, k, nr, nc), alias biases
         (1, num_filters), four doubles (learning-rate / weight-decay multipliers), bool use_bias (from con_5),
@@ -53,6 +55,11 @@ Layer details understood (the first item is always a version string):
     ``max_pool_2`` / ``avg_pool_2``: long nr, long nc, int stride_y, int stride_x, int padding_y, int padding_x
         (nr = nc = 0: the whole input, ``avg_pool_everything``).
     ``loss_metric_`` / ``loss_metric_2`` (+ float margin, float dist_thresh).
+    ``loss_mmod_``: the MMOD options: int version 1–4; detector windows (v1: one unsigned width, height; later:
+        a count, then per window int version 1–2, unsigned width, height, v2 a string label); doubles
+        loss_per_false_alarm, loss_per_missed_target, truth_match_iou_threshold; two box-overlap tests (non-max
+        suppression, ignore), each double iou_thresh, double percent_covered_thresh; from v3 one raw byte
+        assume_image_pyramid; from v4 bool use_bounding_box_regression, double bbr_lambda.
 
 Anything else — another version string, a layer of the wrong kind, tensors whose sizes disagree with their
 aliases, a truncated or over-long file — raises :class:`DlibFormatError` naming the byte offset and the layer.
@@ -83,8 +90,8 @@ COMPUTATIONAL_KINDS: tuple[str, ...] = ("con", "fc", "affine", "relu", "add_prev
 """Layer kinds with details in the stream (each one an ``add_layer``)."""
 WRAPPER_KINDS: tuple[str, ...] = ("tag", "skip")
 """Layer kinds without details (``add_tag_layer``, ``add_skip_layer``)."""
-INPUT_KINDS: tuple[str, ...] = ("input_rgb_image_sized",)
-LOSS_KINDS: tuple[str, ...] = ("loss_metric",)
+INPUT_KINDS: tuple[str, ...] = ("input_rgb_image_sized", "input_rgb_image_pyramid")
+LOSS_KINDS: tuple[str, ...] = ("loss_metric", "loss_mmod")
 
 _DETAIL_VERSIONS: dict[str, tuple[str, ...]] = {
     "con": ("con_4", "con_5", "con_6"),
@@ -95,7 +102,9 @@ _DETAIL_VERSIONS: dict[str, tuple[str, ...]] = {
     "max_pool": ("max_pool_2",),
     "avg_pool": ("avg_pool_2",),
     "input_rgb_image_sized": ("input_rgb_image_sized",),
+    "input_rgb_image_pyramid": ("input_rgb_image_pyramid", "input_rgb_image_pyramid2"),
     "loss_metric": ("loss_metric_", "loss_metric_2"),
+    "loss_mmod": ("loss_mmod_",),
 }
 
 _FLOAT_INF, _FLOAT_NINF, _FLOAT_NAN = 32000, 32001, 32002
@@ -371,6 +380,40 @@ def _read_input_rgb(r: _Reader, version: str) -> tuple[dict, dict]:
     return {"nr": nr, "nc": nc}, {"avg_rgb": avg}
 
 
+def _read_input_pyramid(r: _Reader, version: str) -> tuple[dict, dict]:
+    avg = np.array([r.real("avg_red"), r.real("avg_green"), r.real("avg_blue")], dtype=np.float32)
+    if version == "input_rgb_image_pyramid2":
+        padding = r.integer("pyramid_padding", signed=False)
+        outer = r.integer("pyramid_outer_padding", signed=False)
+    else:
+        padding, outer = 10, 11  # what dlib assumes for the first version
+    return {"pyramid_padding": padding, "pyramid_outer_padding": outer}, {"avg_rgb": avg}
+
+
+def _read_loss_mmod(r: _Reader, version: str) -> tuple[dict, dict]:
+    options = r.version_int("mmod_options version", (1, 2, 3, 4))
+    if options == 1:
+        windows = [(r.integer("window width", signed=False), r.integer("window height", signed=False), "")]
+    else:
+        windows = []
+        for i in range(r.integer("detector window count", signed=False)):
+            v = r.version_int(f"detector window {i} version", (1, 2))
+            w, h = r.integer("window width", signed=False), r.integer("window height", signed=False)
+            windows.append((w, h, r.string("window label") if v == 2 else ""))
+    attrs: dict[str, Any] = {"detector_windows": windows}
+    for name in ("loss_per_false_alarm", "loss_per_missed_target", "truth_match_iou_threshold"):
+        attrs[name] = r.real(name)
+    attrs["overlaps_nms"] = (r.real("nms iou_thresh"), r.real("nms percent_covered_thresh"))
+    attrs["overlaps_ignore"] = (r.real("ignore iou_thresh"), r.real("ignore percent_covered_thresh"))
+    attrs["assume_image_pyramid"] = bool(r.take(1)[0]) if options >= 3 else True
+    attrs["use_bounding_box_regression"] = r.boolean("use_bounding_box_regression") if options >= 4 else False
+    if options >= 4:
+        r.real("bbr_lambda")
+    if not windows:
+        raise r.fail("mmod options without detector windows")
+    return attrs, {}
+
+
 def _read_loss_metric(r: _Reader, version: str) -> tuple[dict, dict]:
     if version == "loss_metric_2":
         return {"margin": r.real("margin"), "dist_thresh": r.real("dist_thresh")}, {}
@@ -386,7 +429,9 @@ _DETAIL_READERS = {
     "max_pool": _read_pool,
     "avg_pool": _read_pool,
     "input_rgb_image_sized": _read_input_rgb,
+    "input_rgb_image_pyramid": _read_input_pyramid,
     "loss_metric": _read_loss_metric,
+    "loss_mmod": _read_loss_mmod,
 }
 
 
