@@ -342,6 +342,9 @@ def _session(model: bytes) -> Any:
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    # no busy-waiting of the intra-op threads after a call: the texture unwrap that follows detection needs the
+    # cores (spinning made it 1.5–6× slower in the service)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 

@@ -551,6 +551,11 @@ class _Layout:
     seed_area: np.ndarray
 
 
+def prepare(model: geo.FaceModelArrays, resolution: int) -> None:
+    """Build what :func:`extract` needs of the face model alone at ``resolution`` now (a service's warm-up)."""
+    _layout(model, int(resolution))
+
+
 def _layout(model: geo.FaceModelArrays, R: int) -> _Layout:
     def build() -> _Layout:
         texel, face, bary = geo.texel_sampling(model, R)

@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from service import pipeline
 from service.api import contract
 from service.api.routes import router
+from service.api.schemas import DEFAULT_MESH_RESOLUTION, DEFAULT_TEXTURE_SIZE
 from service.engine.batcher import QueueFull
 from service.engine.runtime import Runtime
 from service.metrics import Metrics
@@ -149,16 +150,22 @@ async def _too_large(send, limit: int) -> None:
 
 
 async def warmup(runtime: Runtime) -> None:
-    """Run every graph once (allocations, kernel selection) before reporting ready."""
+    """Run every graph once (allocations, kernel selection) and build the caches a request at the API's default
+    sizes would wait for (detectors, recogniser, UV tables, mesh sampling) before reporting ready."""
+    import asyncio
+
+    import numpy as np
+
     bundle = runtime.bundle
     if bundle.capabilities["generate"]:
-        import numpy as np
-
         req = pipeline.MeshRequest(
             seed=0, z=None, w=None, truncation=0.7, expression=np.zeros(bundle.face_model.n_expr, np.float32),
-            identity=None, texture_size=256, mesh_resolution=64, outputs=("glb",), blendshapes=False,
+            identity=None, texture_size=DEFAULT_TEXTURE_SIZE, mesh_resolution=DEFAULT_MESH_RESOLUTION,
+            outputs=pipeline.OUTPUT_KINDS, blendshapes=False,
         )  # fmt: skip
         await pipeline.generate(bundle, runtime.run_graph, req, pipeline.Timer())
+    if bundle.capabilities["reconstruct"]:
+        await asyncio.to_thread(pipeline.warm_reconstruct, bundle, DEFAULT_TEXTURE_SIZE)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -230,6 +230,19 @@ def unwrap_resolution(texture_size: int, albedo_resolution: int) -> int:
     return int(min(max(texture_size, albedo_resolution), MAX_UNWRAP_RESOLUTION))
 
 
+def warm_reconstruct(bundle: Bundle, texture_size: int) -> None:
+    """Load and build what /reconstruct's first request would otherwise wait for (~1–2 s): the detectors (the
+    CNN's graph), the 5-point predictor, the recogniser's graph and the unwrap tables at ``texture_size``."""
+    from facecore import detect, texture
+
+    detect.detect_landmarks5(np.full((256, 256, 3), 128, np.uint8))  # no face: HOG, then the CNN, both run
+    if bundle.identity_head is not None:
+        from facecore.identity import get_recogniser
+
+        get_recogniser().describe_chips(np.zeros((1, 150, 150, 3), np.uint8))
+    texture.prepare(bundle.face_model, unwrap_resolution(texture_size, bundle.manifest.resolutions.albedo))
+
+
 async def reconstruct(
     bundle: Bundle,
     run_graph: RunGraph,
@@ -478,10 +491,21 @@ class FileSource:
 
     _HEADER = ("bundle_digest", "texture_size", "mesh_resolution", "blendshapes", "outputs")
 
+    #: the albedo is held as multiples of 1/65535 and the rest as float32 values (:func:`_source` rounds them so),
+    #: so that the stored source is small (~2 MB for a 512² map instead of ~7 MB: writing it was ~70 ms of a
+    #: /reconstruct on this machine's disk) and files made from it later are the bytes made from it now
+    ALBEDO_STEPS = 65535
+
     def to_bytes(self) -> bytes:
         header = json.dumps({k: getattr(self, k) for k in self._HEADER}).encode()
         buf = io.BytesIO()
-        np.savez(buf, albedo=self.albedo, disp=self.disp, verts=self.verts, header=np.frombuffer(header, np.uint8))
+        np.savez(
+            buf,
+            albedo=np.round(self.albedo * self.ALBEDO_STEPS).astype(np.uint16),
+            disp=self.disp.astype(np.float32),
+            verts=self.verts.astype(np.float32),
+            header=np.frombuffer(header, np.uint8),
+        )
         return buf.getvalue()
 
     @classmethod
@@ -489,7 +513,9 @@ class FileSource:
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
             header = json.loads(npz["header"].tobytes())
             header["outputs"] = tuple(header["outputs"])
-            return cls(albedo=npz["albedo"], disp=npz["disp"], verts=npz["verts"], **header)
+            albedo = npz["albedo"].astype(np.float64) / cls.ALBEDO_STEPS
+            disp, verts = npz["disp"].astype(np.float64), npz["verts"].astype(np.float64)
+            return cls(albedo=albedo, disp=disp, verts=verts, **header)
 
 
 def _source(
@@ -506,6 +532,9 @@ def _source(
         disp = np.zeros((res, res))
     if not (np.isfinite(albedo).all() and np.isfinite(verts).all() and np.isfinite(disp).all()):
         raise RequestError("the request's latent or codes overflow float32 (non-finite outputs); use smaller values")
+    steps = FileSource.ALBEDO_STEPS
+    albedo = np.round(np.clip(albedo, 0.0, 1.0) * steps) / steps
+    disp, verts = (np.asarray(a, np.float32).astype(np.float64) for a in (disp, verts))
     return FileSource(
         bundle.digest, albedo, disp, verts, req.texture_size, req.mesh_resolution, req.blendshapes, tuple(req.outputs)
     )

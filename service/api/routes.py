@@ -21,7 +21,7 @@ from facecore.bundle import Bundle
 from service import pipeline
 from service.api.contract import MIN_MESH_RESOLUTION, MIN_Z_MAGNITUDE, OUTPUTS_PATTERN
 from service.api.deps import RuntimeDep, SettingsDep
-from service.api.schemas import ErrorBody, GenerateBody, ResultBody
+from service.api.schemas import DEFAULT_MESH_RESOLUTION, DEFAULT_TEXTURE_SIZE, ErrorBody, GenerateBody, ResultBody
 from service.engine import admission
 from service.settings import Settings
 from service.store import ResultTooLarge
@@ -348,8 +348,8 @@ async def reconstruct(
     runtime: RuntimeDep,
     settings: SettingsDep,
     image: Annotated[UploadFile, File(description="a face photo: JPEG, PNG or WebP")],
-    texture_size: Annotated[int, Form()] = 512,
-    mesh_resolution: Annotated[int, Form()] = 256,
+    texture_size: Annotated[int, Form()] = DEFAULT_TEXTURE_SIZE,
+    mesh_resolution: Annotated[int, Form()] = DEFAULT_MESH_RESOLUTION,
     outputs: Annotated[str, Form(description="comma-separated: albedo,displacement,normal,obj,glb")] = (
         "albedo,displacement,normal,obj,glb"
     ),

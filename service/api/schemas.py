@@ -24,6 +24,11 @@ Seed = Annotated[int, Field(ge=0, le=2**32 - 1), BeforeValidator(_integral)]
 OutputKind = Literal["albedo", "displacement", "normal", "obj", "glb"]
 
 
+#: the sizes a request gets unless it asks otherwise (the service warms up at them)
+DEFAULT_TEXTURE_SIZE = 512
+DEFAULT_MESH_RESOLUTION = 256
+
+
 class GenerateBody(BaseModel):
     """A random or specified face. Exactly one of ``seed``, ``z`` or ``w`` (default: seed 0)."""
 
@@ -40,9 +45,10 @@ class GenerateBody(BaseModel):
     identity: list[Annotated[float, Field(ge=-10.0, le=10.0, allow_inf_nan=False)]] | None = Field(
         None, max_length=4096, description="identity coefficients (leading components; σ units of the wide span)"
     )
-    texture_size: Integer = Field(512, description="output texture edge in texels (resampled)")
+    texture_size: Integer = Field(DEFAULT_TEXTURE_SIZE, description="output texture edge in texels (resampled)")
     mesh_resolution: Integer = Field(
-        256, description="detail of the detailed mesh: about as many skin vertices as an R × R grid over the UV layout"
+        DEFAULT_MESH_RESOLUTION,
+        description="detail of the detailed mesh: about as many skin vertices as an R × R grid over the UV layout",
     )
     outputs: list[OutputKind] = Field(default_factory=lambda: ["albedo", "displacement", "normal", "obj", "glb"])
     blendshapes: bool = Field(False, description="embed the ARKit expressions as GLB morph targets (large)")
