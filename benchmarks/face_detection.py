@@ -7,7 +7,7 @@ unseen by any training) rendered at |yaw| 0, 30, 45, 55, 65, 75, 85° with pitch
 30–50 % of a ``--size`` px image like the fixtures' faces. Detectors: ``hog``, ``cnn`` (dlib's CNN on the
 whole image), ``hog→cnn`` (the former ``"auto"``: the CNN whenever HOG finds nothing) and ``auto``
 (:data:`facecore.detect.CNN_COARSE_SIDES`: the CNN coarse to fine). Per detector: faces found, CPU time per
-image (thread time, so other processes on the machine count less), and on the synthetic heads the 5-point
+image (wall time: the CNN runs in onnxruntime's threads), and on the synthetic heads the 5-point
 error (mean distance to the renders' own landmarks / their outer-eye-corner distance). The last lines say
 whether ``auto`` found every face the CNN alone finds.
 """
@@ -81,9 +81,9 @@ def main() -> None:
     for name, image, truth, yaw in items:
         row = {"name": name, "yaw": yaw}
         for label, det in detectors.items():
-            t = time.thread_time()
+            t = time.perf_counter()
             found = det.detect(image)
-            seconds = time.thread_time() - t
+            seconds = time.perf_counter() - t
             err = math.nan
             if found and truth is not None:
                 box = max(found, key=lambda f: (f[0][2] - f[0][0]) * (f[0][3] - f[0][1]))[0]
