@@ -244,10 +244,10 @@ async def latency(url: str, n_generate: int) -> None:
             fetches = collections.defaultdict(list)  # file → seconds of its first GET (files made on first fetch)
             for i, (kind, arg) in enumerate(calls):
                 t = time.perf_counter()
-                if kind == "rec":  # a different mesh size each time: distinct ids, no cache hit
-                    form = {"texture_size": "512", "mesh_resolution": str(256 - i)}
+                if kind == "rec":  # the README's example; trailing bytes make each upload distinct (no cache hit)
+                    data = arg.read_bytes() + i.to_bytes(4, "little")
                     r = await client.post(
-                        "/reconstruct", files={"image": ("p.jpg", arg.read_bytes(), "image/jpeg")}, data=form
+                        "/reconstruct", files={"image": ("p.jpg", data, "image/jpeg")}, data={"texture_size": "512"}
                     )
                 else:
                     r = await client.post("/generate", json={"seed": arg})

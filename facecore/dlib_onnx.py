@@ -342,8 +342,11 @@ def _session(model: bytes) -> Any:
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    # no busy-waiting of the intra-op threads after a call: the texture unwrap that follows detection needs the
-    # cores (spinning made it 1.5–6× slower in the service)
+    # one thread, the caller's: these graphs take milliseconds, and the service runs detection in threads of
+    # lower CPU priority (service.engine.admission) so that a big upload does not slow everyone else; pool
+    # threads would run at normal priority (and busy-wait after each call, which slowed the unwrap after it)
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 

@@ -56,7 +56,7 @@ import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -167,6 +167,13 @@ class AlbedoTrainConfig:
             ``channel_base``/``channel_max`` every lower block does), the new blocks start fresh, and the new
             blocks' toRGB weights start at zero so the grown generator starts as the upsampled small one. Train
             most of the images cheaply at 64², then a short run at 256². Ignored when the run resumes.
+        grow_d_warmup: with ``init_from``: the first N steps train only D (G unchanged), so that D's new input
+            blocks learn the grown resolution before G follows D's gradients (a fresh D's gradients are noise
+            that the carried blocks would absorb).
+        grow_freeze_steps: with ``init_from``: for the first N steps only what the source did not have trains in
+            G (the new blocks and the learned mean image); the mapping and the carried blocks stay as the source
+            trained them (they hold the distribution of colours and shapes, which the grown resolution only
+            details).
     """
 
     resolution: int = 64
@@ -203,6 +210,8 @@ class AlbedoTrainConfig:
     mean_w_samples: int = 4096
     progress: bool = True
     init_from: str | None = None
+    grow_d_warmup: int = 0
+    grow_freeze_steps: int = 0
 
     def __post_init__(self) -> None:
         r = self.resolution
@@ -218,6 +227,8 @@ class AlbedoTrainConfig:
             raise ValueError(f"albedo.r1_gamma: a number or 'auto', got {self.r1_gamma!r}")
         if isinstance(self.ema_kimg, str) and self.ema_kimg != "auto":
             raise ValueError(f"albedo.ema_kimg: a number or 'auto', got {self.ema_kimg!r}")
+        if self.grow_d_warmup < 0 or self.grow_freeze_steps < 0:
+            raise ValueError("albedo.grow_d_warmup and albedo.grow_freeze_steps must be >= 0")
         for name in ("r1_interval", "pl_interval", "pl_batch_shrink", "log_every", "checkpoint_every", "grid_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"albedo.{name} must be >= 1, got {getattr(self, name)}")
@@ -319,7 +330,7 @@ class StepStats:
     """Per-step values for logging (floats; None where a phase did not run)."""
 
     step: int
-    loss_G: float
+    loss_G: float | None  # None: G did not train this step (a grown run's D warm-up)
     loss_D: float
     D_real: float
     D_fake: float
@@ -370,9 +381,11 @@ class AlbedoTrainer(TrainingLoop):
         torch.manual_seed(config.seed)
         self.G = Generator.from_config(config.G).to(self.device).train()
         self.D = Discriminator.from_config(config.D).to(self.device).train()
-        grown_from = grow_from(config.init_from, self.G, self.D) if config.init_from else 0
+        grown = grow_from(config.init_from, self.G, self.D) if config.init_from else Grown(0, ())
+        #: G's tensors carried over from the source run (``grow_freeze_steps`` keeps them); saved in checkpoints
+        self.carried: tuple[str, ...] = grown.carried
         if self.G.synthesis.img_bias is not None:
-            self._start_mean_image(grown_from)
+            self._start_mean_image(grown.resolution)
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
         self.G_pass = GeneratorPass(self.G)
         self.opt_G = self._adam(self.G, config.lr, config.pl_interval if config.pl_weight > 0 else None)
@@ -469,29 +482,38 @@ class AlbedoTrainer(TrainingLoop):
         scaler.step(opt)
         scaler.update()
 
+    def _G_step(self) -> None:
+        """G's optimiser step; while a grown run freezes them (``grow_freeze_steps``), the carried tensors keep
+        their values (no gradient: Adam skips them)."""
+        if self.carried and self.step < self.cfg.grow_freeze_steps:
+            for name in self.carried:
+                self.G.get_parameter(name).grad = None
+        self._opt_step(self.opt_G, self.scaler_G, self.G)
+
     def train_step(self) -> dict[str, Any]:
         """Run the phases of step ``self.step`` (Gmain, Greg, Dmain, Dreg), update G_ema, advance the data."""
         cfg, s = self.cfg, self.step
         reals = self._real_batch()
 
-        # Gmain: maximise D's logit of fakes (non-saturating loss)
-        self.G.requires_grad_(True)
-        self.D.requires_grad_(False)
-        g = self._rng(self._GMAIN)
-        z, z_mix, cut = self._latents(self.batch_local, g)
-        self.opt_G.zero_grad(set_to_none=True)
-        with self._autocast():
-            fake, _ = self.G_ddp(z, z_mix, cut, g)
-            logits = self.D(self._augment(fake, g))
-            loss_G = F.softplus(-logits.float()).mean()
-        self.scaler_G.scale(loss_G).backward()
-        self._opt_step(self.opt_G, self.scaler_G, self.G)
+        # Gmain: maximise D's logit of fakes (non-saturating loss); not while a grown run's D warms up
+        loss_G, pl_value = None, None
+        if not (self.carried and s < cfg.grow_d_warmup):
+            self.G.requires_grad_(True)
+            self.D.requires_grad_(False)
+            g = self._rng(self._GMAIN)
+            z, z_mix, cut = self._latents(self.batch_local, g)
+            self.opt_G.zero_grad(set_to_none=True)
+            with self._autocast():
+                fake, _ = self.G_ddp(z, z_mix, cut, g)
+                logits = self.D(self._augment(fake, g))
+                loss_G = F.softplus(-logits.float()).mean()
+            self.scaler_G.scale(loss_G).backward()
+            self._G_step()
 
-        # Greg: path-length regulariser (lazy)
-        pl_value = None
-        if cfg.pl_weight > 0 and s % cfg.pl_interval == 0:
-            pl_value = self._path_length_phase()
-        self.G.requires_grad_(False)
+            # Greg: path-length regulariser (lazy)
+            if cfg.pl_weight > 0 and s % cfg.pl_interval == 0:
+                pl_value = self._path_length_phase()
+            self.G.requires_grad_(False)
 
         # Dmain: logistic loss on fakes (no_sync) and reals (sync)
         self.D.requires_grad_(True)
@@ -522,7 +544,7 @@ class AlbedoTrainer(TrainingLoop):
         self.data_position += cfg.batch
         return StepStats(
             step=s,
-            loss_G=float(loss_G.detach()),
+            loss_G=None if loss_G is None else float(loss_G.detach()),
             loss_D=float(loss_fake.detach()) + float(loss_real.detach()),
             D_real=float(logits_real.detach().mean()),
             D_fake=float(logits_fake.detach().mean()),
@@ -551,7 +573,7 @@ class AlbedoTrainer(TrainingLoop):
         penalty = (lengths - self.pl_mean).square()
         loss = (img[:, 0, 0, 0].float() * 0 + penalty * cfg.pl_weight).mean() * cfg.pl_interval
         self.scaler_G.scale(loss).backward()
-        self._opt_step(self.opt_G, self.scaler_G, self.G)
+        self._G_step()
         return float(penalty.detach().mean())
 
     def _r1_phase(self, reals: torch.Tensor) -> float:
@@ -605,6 +627,7 @@ class AlbedoTrainer(TrainingLoop):
             "G_config": self.cfg.G.to_dict(),
             "D_config": self.cfg.D.to_dict(),
             "config": self.cfg.to_dict(),
+            "carried": list(self.carried),
         }
 
     def check_resumable(self, path: Path, extra: Mapping[str, Any]) -> None:
@@ -622,6 +645,7 @@ class AlbedoTrainer(TrainingLoop):
             self.scaler_G.load_state_dict(extra["scaler_G"])
             self.scaler_D.load_state_dict(extra["scaler_D"])
         self.metric_history = [m for m in extra.get("metric_history", []) if m["step"] <= step]
+        self.carried = tuple(extra.get("carried", self.carried))
         changed = sorted(
             k
             for k in set(_flatten(extra.get("config", {}))) | set(_flatten(self.cfg.to_dict()))
@@ -650,7 +674,8 @@ class AlbedoTrainer(TrainingLoop):
             self.evaluate()
 
     def progress_postfix(self, log: Mapping[str, Any]) -> dict[str, str]:
-        return {"G": f"{log['loss_G']:.3f}", "D": f"{log['loss_D']:.3f}"}
+        g = "—" if log["loss_G"] is None else f"{log['loss_G']:.3f}"  # D warm-up of a grown run
+        return {"G": g, "D": f"{log['loss_D']:.3f}"}
 
     def after_step(self, log: Mapping[str, Any], final: bool) -> None:
         cfg = self.cfg
@@ -760,14 +785,22 @@ class AlbedoTrainer(TrainingLoop):
         barrier(self.info)
 
 
-def grow_from(source: str | Path, G: Generator, D: Discriminator) -> int:
+class Grown(NamedTuple):
+    """What :func:`grow_from` carried over: the learned mean image's resolution (0: none) and G's parameters."""
+
+    resolution: int
+    carried: tuple[str, ...]
+
+
+def grow_from(source: str | Path, G: Generator, D: Discriminator) -> Grown:
     """Start ``G`` and ``D`` from the G_ema and D of a (lower-resolution) albedo run (see ``init_from``).
 
     A learned mean image (``mean_image``) of the source at a lower resolution is carried over upsampled (the
     resampling filter of the skip images), so the grown G draws the source's images, colours included.
 
     Returns:
-        The resolution of the mean image carried over this way, 0 if none was.
+        :class:`Grown`: the resolution of the mean image carried over this way (0 if none was) and the names of
+        G's parameters taken as they were (the mean image, resampled, is not among them).
 
     Raises:
         FileNotFoundError: no checkpoint at ``source``.
@@ -781,6 +814,7 @@ def grow_from(source: str | Path, G: Generator, D: Discriminator) -> int:
             ckpt = latest_checkpoint(folder)
     if ckpt is None:
         raise FileNotFoundError(f"albedo.init_from: no albedo checkpoint at {source}")
+    params_G: tuple[str, ...] = ()
     for name, module in (("G_ema", G), ("D", D)):
         state = load_file(str(ckpt / f"{name}.safetensors"))
         own = module.state_dict()
@@ -790,6 +824,7 @@ def grow_from(source: str | Path, G: Generator, D: Discriminator) -> int:
         module.load_state_dict(taken, strict=False)
         new = sorted(set(own) - set(taken))
         if name == "G_ema":
+            params_G = tuple(sorted(k for k, _ in module.named_parameters() if k in taken))
             with torch.no_grad():
                 for key in new:
                     if ".torgb." in key and not key.split(".")[-2].startswith("affine"):
@@ -803,7 +838,7 @@ def grow_from(source: str | Path, G: Generator, D: Discriminator) -> int:
                         carried = state[key].shape[-1]
         logger.info("%s from %s: %d tensors taken, %d new (%s)", "G" if name == "G_ema" else name, ckpt,
                     len(taken), len(new), ", ".join(sorted({".".join(k.split(".")[:2]) for k in new})))  # fmt: skip
-    return carried
+    return Grown(carried, params_G)
 
 
 # settings that may change between a run and its resumption without changing the training trajectory

@@ -410,6 +410,49 @@ def test_grow_from_a_lower_resolution_run_starts_as_its_upsampled_generator(albe
         grow_from(tmp_path / "nowhere", G, D)
 
 
+def test_grown_run_warms_up_d_then_trains_only_gs_new_tensors(albedo_dir, tmp_path):
+    """grow_d_warmup: the first steps leave G as grown; grow_freeze_steps: then only G's new tensors (the 32²
+    blocks) move, the mapping and the carried blocks stay at the source's values; after that, everything trains.
+    The carried names survive a checkpoint (a resumed run keeps freezing them)."""
+    from safetensors.torch import load_file
+
+    from training.albedo import AlbedoTrainer, DistInfo
+
+    assert train(AlbedoTrainConfig.from_dict(tiny(albedo_dir, steps=4)), tmp_path / "small").done
+    cfg = AlbedoTrainConfig.from_dict(
+        tiny(albedo_dir, resolution=32, steps=6, init_from=str(tmp_path / "small"), grow_d_warmup=2,
+             grow_freeze_steps=4, pl_weight=0.0)
+    )  # fmt: skip
+    trainer = AlbedoTrainer(cfg, tmp_path / "big", DistInfo(0, 1, torch.device("cpu"), False))
+    carried = set(trainer.carried)
+    names = {k for k, _ in trainer.G.named_parameters()}
+    assert carried and carried < names and not any(".b32." in k for k in carried)
+    assert {k for k in names - carried if k.startswith("mapping.")} == set()  # the whole mapping was carried
+    snap = lambda: {k: v.detach().clone() for k, v in trainer.G.named_parameters()}  # noqa: E731
+    start = snap()
+    D_start = {k: v.detach().clone() for k, v in trainer.D.named_parameters()}
+    logs = []
+    for _ in range(2):
+        logs.append(trainer.train_step())
+        trainer.step += 1
+    after_warmup = snap()
+    assert all(torch.equal(after_warmup[k], start[k]) for k in names)  # G untouched during D's warm-up
+    assert any(not torch.equal(v, D_start[k]) for k, v in trainer.D.named_parameters())
+    assert [log["loss_G"] for log in logs] == [None, None]
+    for _ in range(2):
+        logs.append(trainer.train_step())
+        trainer.step += 1
+    frozen = snap()
+    assert all(torch.equal(frozen[k], start[k]) for k in carried)
+    assert any(not torch.equal(frozen[k], start[k]) for k in names - carried)
+    assert logs[-1]["loss_G"] is not None
+    trainer.train_step()
+    trainer.step += 1
+    assert any(not torch.equal(trainer.G.get_parameter(k), start[k]) for k in carried)
+    assert set(trainer.checkpoint_extra()["carried"]) == carried
+    assert set(load_file(str(latest_checkpoint(tmp_path / "small" / "checkpoints") / "G_ema.safetensors"))) >= carried
+
+
 def test_mean_image_starts_the_generator_at_the_training_maps_average(albedo_dir, tmp_path):
     """G.synthesis.mean_image: G's average output is the average training map from step 0 (eyes dark at their
     texels), where a plain G's average is far off, and its scale is the maps' per-texel spread; the learned images
