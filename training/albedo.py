@@ -484,7 +484,7 @@ class AlbedoTrainer(TrainingLoop):
 
     def _G_step(self) -> None:
         """G's optimiser step; while a grown run freezes them (``grow_freeze_steps``), the carried tensors keep
-        their values (no gradient: Adam skips them)."""
+        their values (no gradient, which Adam skips; under DDP one may still arrive)."""
         if self.carried and self.step < self.cfg.grow_freeze_steps:
             for name in self.carried:
                 self.G.get_parameter(name).grad = None
@@ -499,6 +499,9 @@ class AlbedoTrainer(TrainingLoop):
         loss_G, pl_value = None, None
         if not (self.carried and s < cfg.grow_d_warmup):
             self.G.requires_grad_(True)
+            if self.carried and s < cfg.grow_freeze_steps:  # no gradient through the mapping and the carried blocks
+                for name in self.carried:
+                    self.G.get_parameter(name).requires_grad_(False)
             self.D.requires_grad_(False)
             g = self._rng(self._GMAIN)
             z, z_mix, cut = self._latents(self.batch_local, g)
