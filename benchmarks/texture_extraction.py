@@ -281,15 +281,17 @@ def clean_table(args: argparse.Namespace, fm: FaceModel) -> None:
     from facecore.texture import uv_regions
 
     regions = uv_regions(fm.arrays, R)
-    rows: dict[str, list[dict]] = {"before": [], "after": []}
-    seconds = {"before": 0.0, "after": 0.0}
+    variants = {"before": (True, False), "after": (False, False), "+warp": (False, True)}  # legacy, landmark warp
+    rows: dict[str, list[dict]] = {label: [] for label in variants}
+    seconds = dict.fromkeys(variants, 0.0)
     for r in recs:
         fit, face = r["fit"], r["face"]
         if fit.landmark_error > MAX_LANDMARK_ERROR:
             continue  # the CLI rejects the fit: no map is written
-        for label, legacy in (("before", True), ("after", False)):
+        for label, (legacy, warp) in variants.items():
             t0 = time.perf_counter()
-            tex = T.extract_texture(face.image, fit, fm, R, matrix=face.crop_to_image, legacy=legacy)
+            tex = T.extract_texture(face.image, fit, fm, R, matrix=face.crop_to_image, legacy=legacy,
+                                    landmarks=face.landmarks if warp else None)  # fmt: skip
             seconds[label] += time.perf_counter() - t0
             pixel = texel_pixels(fit, face, fm, R, 0.35) if legacy else tex.pixel
             sc = clean_scores(tex, r["albedo"], r["hair_uv"], r["bad_px"], pixel, regions)
@@ -305,12 +307,12 @@ def clean_table(args: argparse.Namespace, fm: FaceModel) -> None:
     )
     print(header)
     print("-" * len(header))
-    for label in ("before", "after"):
+    for label in variants:
         for r in rows[label] if n <= 16 else []:
             print(f"{label:>7} {r['index']:>5} {r['yaw']:>6.1f} " + " ".join(f"{r[k]:>8.1f}" for k in keys)
                   + f" {100 * r['contaminated']:>8.2f} {r['holes']:>6d} {r['white']:>6d} {r['flags']}")  # fmt: skip
     print("-" * len(header))
-    for label in ("before", "after"):
+    for label in variants:
         sel = rows[label]
         if not sel:
             continue
@@ -327,8 +329,9 @@ def clean_table(args: argparse.Namespace, fm: FaceModel) -> None:
         worst = {k: min(r[k] for r in sel) for k in keys}
         print(f"{label:>7} {'min':>5} {'':>6} " + " ".join(f"{worst[k]:>8.1f}" for k in keys)
               + f" {100 * max(r['contaminated'] for r in sel):>8.2f} (max)")  # fmt: skip
-    print(f"extraction time per face: before {seconds['before'] / max(n, 1):.2f} s, "
-          f"after {seconds['after'] / max(n, 1):.2f} s (R = {R})")  # fmt: skip
+    print("extraction time per face: " + ", ".join(f"{k} {v / max(n, 1):.2f} s" for k, v in seconds.items())
+          + f" (R = {R}); before: the legacy unwrap, after: clean (what the extract stage writes), +warp: clean "
+          "through facecore.texture.landmark_warp (the fit's landmark residual moved off the map)")
 
 
 def render_fit(fit: face_fit.FitResult, fm: FaceModel, crop: np.ndarray, albedo_lin: np.ndarray | None) -> np.ndarray:

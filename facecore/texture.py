@@ -383,6 +383,7 @@ def extract(
     silhouette_margin: float = 0.03,
     chroma_limit: float = 9.0,
     luminance_range: tuple[float, float] = (-0.6, 0.45),
+    lip_luminance: float = 0.4,
 ) -> CleanTexture:
     """Unwrap ``image`` (linear) onto the UV layout keeping only the face's skin, seen well; fill the rest.
 
@@ -395,8 +396,11 @@ def extract(
        distance² is below ``chroma_limit`` and its log-luminance is within ``luminance_range`` of the skin's
        (hair, eyewear, hands, background fail; specular highlights fail the upper bound). Brows, eye openings,
        lips and nostrils are kept as seen (the face's own features, whose colours are not skin's; an eye
-       opening's colour is capped at 0.8 so a de-lit sclera never turns white). Rejected areas grow by ~1 % of
-       the map (mixed pixels at their edges).
+       opening's colour is capped at 0.8 so a de-lit sclera never turns white), except the lips' outliers: the
+       lips get a colour model of their own, and texels off it in chroma (``chroma_limit``) or log-luminance
+       (``lip_luminance`` or 2.5 σ) show teeth or the mouth's interior through a fitted mouth that opens or
+       closes differently from the photo's. Rejected areas grow by ~1 % of the map (mixed pixels at their
+       edges).
     3. Each accepted texel's weight fades in with its facing angle and away from rejected areas (feathering);
        what is missing takes its mirror texel (u → 1 − u) with the mirror's weight, the rest a pull-push fill
        of everything accepted (a smooth prior: local averages that widen until they reach data), blended by
@@ -404,7 +408,8 @@ def extract(
 
     Args:
         model, verts, verts_px, image, resolution, sh, depth_tolerance: as :func:`unwrap` (``image`` linear).
-        min_facing, min_shading, clip_level, silhouette_margin, chroma_limit, luminance_range: see above.
+        min_facing, min_shading, clip_level, silhouette_margin, chroma_limit, luminance_range, lip_luminance:
+            see above.
 
     Returns:
         :class:`CleanTexture`.
@@ -461,6 +466,16 @@ def extract(
     seeds = layout.seed_area[idx] & (facing[idx] > 0.5)
     skin = fit_skin_model(feature[seeds])
     flags = colour_flags(colour_ok[seeds])
+    # the lips: kept as seen, but not what shows through them (teeth, the mouth's dark interior where the fit's
+    # lips close over an opening, or open over closed ones): the outliers of the lips' own colour model
+    lip_texels = layout.lips[idx]
+    lip = fit_skin_model(feature[lip_texels])
+    if lip is not None:
+        d2, dy = lip.distances(feature[lip_texels])
+        band = max(lip_luminance, 2.5 * lip.log_y_std)
+        off = np.zeros((R, R), bool)
+        off.flat[idx[lip_texels][(d2 >= chroma_limit) | (np.abs(dy) >= band)]] = True
+        ok &= ~((_box_sum(off, 1) > 0).reshape(-1) & layout.lips)
     accepted = ok
     if skin is None:
         flags = (*flags, "no_skin_model")
@@ -505,6 +520,56 @@ def extract(
     )
 
 
+WARP_LANDMARKS = np.arange(17, 68)  # brows, nose, eyes, mouth: points of the face itself (the jaw line is a contour)
+
+
+def landmark_warp(
+    points: np.ndarray,
+    fitted: np.ndarray,
+    detected: np.ndarray,
+    *,
+    sigma: float = 0.35,
+    smoothing: float = 0.5,
+    max_shift: float = 0.15,
+) -> np.ndarray:
+    """``points`` (N, 2) pixels moved by the smooth field that takes the fitted landmarks onto the detected ones.
+
+    A fit leaves residuals of a few pixels (its mesh cannot bend everywhere the photo's face does, and the prior
+    pulls it towards the mean); unwrapping through it puts the photo's lips, lids and brows a few texels off
+    their texels in the layout. This field (Gaussian radial basis functions on the inner landmarks, iBUG 17–67,
+    width ``sigma`` × the inter-ocular distance, ridge-regularised by ``smoothing`` so that one noisy point
+    cannot fold the map, each residual clipped to ``max_shift`` × the inter-ocular distance so a bad detection
+    cannot drag it far) is zero far from the face and follows the detections on it; sampling the photo at
+    ``points + field(points)`` registers its features to the layout's.
+
+    Args:
+        points: (N, 2) pixel positions to move (e.g. every vertex's projection).
+        fitted: (68, 2) the fitted model's landmarks, same pixels.
+        detected: (68, 2) the landmarks the fit was fitted to.
+    """
+    points = np.asarray(points, np.float64)
+    fitted = np.asarray(fitted, np.float64)[WARP_LANDMARKS]
+    detected = np.asarray(detected, np.float64)[WARP_LANDMARKS]
+    if not (np.all(np.isfinite(fitted)) and np.all(np.isfinite(detected))):
+        raise ValueError("landmarks: contain NaN or inf")
+    iod = float(np.linalg.norm(fitted[42 - 17 : 48 - 17].mean(0) - fitted[36 - 17 : 42 - 17].mean(0)))
+    if iod < 1e-6:
+        return points.copy()
+    residual = detected - fitted
+    length = np.linalg.norm(residual, axis=1, keepdims=True)
+    residual *= np.minimum(1.0, max_shift * iod / np.maximum(length, 1e-12))
+
+    def kernel(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        d2 = ((a[:, None, :] - b[None, :, :]) ** 2).sum(-1)
+        return np.exp(-d2 / (2.0 * (sigma * iod) ** 2))
+
+    weights = np.linalg.solve(kernel(fitted, fitted) + smoothing * np.eye(len(fitted)), residual)
+    out = points.copy()
+    for s in range(0, len(points), 65536):  # (chunk, 51) kernels: bounded memory for big meshes
+        out[s : s + 65536] += kernel(points[s : s + 65536], fitted) @ weights
+    return out
+
+
 def _project_texels(
     model: geo.FaceModelArrays, verts: np.ndarray, verts_px: np.ndarray, W: int, H: int, R: int, depth_tolerance: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -540,7 +605,8 @@ class _Layout:
         texel, corners, bary: (n,) flat index of each texel centre on the skin layout, (n, 3) the vertices of
             its triangle, (n, 3) float64 barycentric coordinates (:func:`facecore.geometry.texel_sampling`).
         keep_as_seen: (R²,) brows, eye openings, lips, nostrils (:func:`uv_regions`); ``openings``: the eye
-            openings; ``seed_area``: cheeks, forehead and nose, where the skin model's samples come from.
+            openings; ``lips``: the lips; ``seed_area``: cheeks, forehead and nose, where the skin model's
+            samples come from.
     """
 
     texel: np.ndarray
@@ -548,6 +614,7 @@ class _Layout:
     bary: np.ndarray
     keep_as_seen: np.ndarray
     openings: np.ndarray
+    lips: np.ndarray
     seed_area: np.ndarray
 
 
@@ -562,7 +629,9 @@ def _layout(model: geo.FaceModelArrays, R: int) -> _Layout:
         reg = {k: v.reshape(-1) for k, v in uv_regions(model, R).items()}
         keep = reg["brows"] | reg["eye_openings"] | reg["lips"] | reg["nostrils"]
         seed_area = reg["cheeks"] | reg["forehead"] | reg["nose"]
-        return _Layout(texel, model.faces[face], bary.astype(np.float64), keep, reg["eye_openings"], seed_area)
+        return _Layout(
+            texel, model.faces[face], bary.astype(np.float64), keep, reg["eye_openings"], reg["lips"], seed_area
+        )
 
     return _cached("layout", model, R, build)
 

@@ -106,6 +106,7 @@ def extract_texture(
     min_shading: float = 0.15,
     clip_level: float = 0.995,
     min_facing: float = 0.35,
+    landmarks: np.ndarray | None = None,
     legacy: bool = False,
 ) -> ExtractedTexture:
     """Unwrap ``image`` with the fitted mesh and light into a de-lit UV albedo.
@@ -123,6 +124,9 @@ def extract_texture(
         clip_level: texels whose photo colour reaches this in a channel are not valid (clipped highlights).
         min_facing: texels whose normal makes a cosine below this with the viewing direction count as hidden
             (``facecore.texture.extract``); the mirror fill takes them over.
+        landmarks: (68, 2) the landmarks the fit was fitted to (pixels of the fitted image), or None: the photo
+            is then sampled through ``facecore.texture.landmark_warp``, which moves the fit's residual off the
+            map (the photo's lips, lids and brows land on their texels).
         legacy: the extraction before issue 14 (``facecore.texture.unwrap`` + :func:`_correct`: every visible
             texel, hair and background included), kept for the benchmark's before/after comparison.
 
@@ -132,6 +136,8 @@ def extract_texture(
     img = image_float(image)
     verts = fit.posed_vertices(face_model)
     px = fit.to_pixels(verts)
+    if landmarks is not None and not legacy:
+        px = uv_texture.landmark_warp(px, fit.landmarks_px(face_model), landmarks)
     if matrix is not None:
         from facecore.detect import transform_points
 

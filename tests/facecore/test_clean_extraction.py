@@ -123,3 +123,67 @@ def test_regions_are_disjoint_and_on_the_layout(model):
     total = sum(reg[n].astype(int) for n in names)
     assert total.max() == 1 and all(reg[n].sum() > 20 for n in names)
     assert not (reg["eye_openings"] & ~reg["eyes"]).any()
+
+
+def test_teeth_seen_through_the_lips_stay_out_of_them(model, scene):
+    """The fitted mouth is closed, the photo's is open: teeth show across the middle of the lips' texels."""
+    img, _, _, verts, px = scene
+    img = img.copy()
+    lips = texture.uv_regions(model, R)["lips"]
+    lip = np.array([0.42, 0.12, 0.10])  # linear, redder and darker than the skin
+    mouth = geo.landmarks_3d(model, verts[None])[0][48:68]
+    # the photo: the lips' colour over the lips' landmark polygon, white teeth in a band through its middle
+    centre = px.mean(0)
+    mouth_px = centre + (texture_px(model, verts, mouth) - centre) * 1.04
+    rows, cols = np.mgrid[0 : img.shape[0], 0 : img.shape[1]]
+    (x0, y0), (x1, y1) = mouth_px.min(0), mouth_px.max(0)
+    box = (cols >= x0) & (cols <= x1) & (rows >= y0) & (rows <= y1)
+    img[box] = lip
+    teeth = box & (np.abs(rows - (y0 + y1) / 2) <= 0.12 * (y1 - y0))  # a quarter of the lips
+    img[teeth] = np.array([0.85, 0.82, 0.75])
+    out = texture.extract(model, verts, px, img, R)
+    own = np.isfinite(out.pixel[..., 0]) & lips
+    col = np.clip(np.rint(out.pixel[own][:, 0]).astype(int), 0, img.shape[1] - 1)
+    row = np.clip(np.rint(out.pixel[own][:, 1]).astype(int), 0, img.shape[0] - 1)
+    on_teeth = np.zeros_like(lips)
+    on_teeth[own] = teeth[row, col]
+    assert on_teeth.sum() >= 20  # the scene is what it claims: many lip texels look at the teeth
+    assert not out.accepted[on_teeth].any()
+    # the lips are lip-coloured throughout, the teeth's texels filled from the lips around them
+    assert np.abs(np.median(out.albedo[lips], 0) - lip).max() < 0.05
+    assert out.albedo[on_teeth].max(1).max() < 0.6
+
+
+def texture_px(model, verts, points):
+    """Pixels of 3-D points in the scene's orthographic view (the same mapping as its vertices')."""
+    size = 256
+    lo, hi = verts.min(0), verts.max(0)
+    view = render_ortho(verts, model.faces, size, (lo[:2] + hi[:2]) / 2, float(max(hi[:2] - lo[:2])) * 1.05)
+    return view.to_pixel(points[:, :2])
+
+
+def test_landmark_warp_moves_the_face_by_the_residual_and_nothing_far_from_it(model, scene):
+    _, _, _, verts, px = scene
+    fitted = texture_px(model, verts, geo.landmarks_3d(model, verts[None])[0])
+    iod = float(np.linalg.norm(fitted[42:48].mean(0) - fitted[36:42].mean(0)))
+    angle = np.linspace(0, 2 * np.pi, 50)
+    ring = fitted[17:].mean(0) + 4 * iod * np.stack([np.cos(angle), np.sin(angle)], 1)
+    px = np.concatenate([px, ring])
+    # vertices within 0.1 inter-ocular distances of an inner landmark (brows, eyes, nose, mouth)
+    face = np.linalg.norm(px[:, None] - fitted[None, 17:], axis=2).min(1) < 0.1 * iod
+    far = np.arange(len(px)) >= len(px) - len(ring)
+    assert face.sum() > 100
+    assert np.allclose(texture.landmark_warp(px, fitted, fitted), px)  # no residual, no move
+    shift = np.array([2.0, -1.5])
+    moved = texture.landmark_warp(px, fitted, fitted + shift) - px
+    # on the face the points follow the residual (the ridge keeps a little of it back), far ones stay
+    assert np.abs(moved[face] - shift).max() < 0.35 * np.abs(shift).max()  # the outermost (brow ends)
+    assert np.abs(moved[face].mean(0) - shift).max() < 0.1 * np.abs(shift).max()
+    assert np.abs(moved[far]).max() < 0.01
+    # a wild detection moves the map by at most about max_shift × the inter-ocular distance
+    wild = fitted.copy()
+    wild[30] += [10 * iod, 0.0]
+    jump = np.linalg.norm(texture.landmark_warp(px, fitted, wild) - px, axis=1).max()
+    assert 0.02 * iod < jump <= 0.15 * iod
+    with pytest.raises(ValueError):
+        texture.landmark_warp(px, fitted, np.full((68, 2), np.nan))
