@@ -495,12 +495,18 @@ def extract(
     inside = _box_mean(_box_mean(accepted.reshape(R, R), feather), feather).reshape(-1)
     w = accepted * np.clip((facing - min_facing) / 0.2, 0.0, 1.0) * np.clip(2.0 * inside - 0.5, 0.0, 1.0)
     w = np.where(layout.keep_as_seen & accepted, np.maximum(w, 0.8 * accepted), w)
-    w_m = (1.0 - w) * _mirror(w, R)
+    # the mirror never carries an eye opening onto skin or skin into an opening (the layout is not exactly
+    # symmetric: the other eye's white would land on these lids)
+    w_m = (1.0 - w) * _mirror(w, R) * (layout.openings == _mirror(layout.openings, R))
     weight = w + w_m
     mixed = w[:, None] * delit + w_m[:, None] * _mirror(delit, R)
     value = np.where(weight[:, None] > 0, mixed / np.maximum(weight, 1e-12)[:, None], 0.0)
-    # weight · value + (1 − weight) · (the pyramid's smooth completion): seamless by construction
-    albedo = _pull_push(value.reshape(R, R, 3), weight.reshape(R, R)).reshape(N, 3)
+    # weight · value + (1 − weight) · (the pyramid's smooth completion): seamless by construction. The eye
+    # openings are no source of that completion (their sclera and iris would spread onto the lids around them);
+    # they take their own colour over the completion from the skin around them.
+    sources = np.where(layout.openings, 0.0, weight)
+    albedo = _pull_push(value.reshape(R, R, 3), sources.reshape(R, R)).reshape(N, 3)
+    albedo[layout.openings] += weight[layout.openings, None] * (value - albedo)[layout.openings]
 
     source = np.zeros(N, np.uint8)
     source[texel] = SOURCE_FILLED
