@@ -329,9 +329,12 @@ def clean_table(args: argparse.Namespace, fm: FaceModel) -> None:
         worst = {k: min(r[k] for r in sel) for k in keys}
         print(f"{label:>7} {'min':>5} {'':>6} " + " ".join(f"{worst[k]:>8.1f}" for k in keys)
               + f" {100 * max(r['contaminated'] for r in sel):>8.2f} (max)")  # fmt: skip
-    print("extraction time per face: " + ", ".join(f"{k} {v / max(n, 1):.2f} s" for k, v in seconds.items())
-          + f" (R = {R}); before: the legacy unwrap, after: clean (what the extract stage writes), +warp: clean "
-          "through facecore.texture.landmark_warp (the fit's landmark residual moved off the map)")
+    print(
+        "extraction time per face: "
+        + ", ".join(f"{k} {v / max(n, 1):.2f} s" for k, v in seconds.items())
+        + f" (R = {R}); before: the legacy unwrap, after: clean (what the extract stage writes), +warp: clean "
+        "through facecore.texture.landmark_warp (the fit's landmark residual moved off the map)"
+    )
 
 
 def render_fit(fit: face_fit.FitResult, fm: FaceModel, crop: np.ndarray, albedo_lin: np.ndarray | None) -> np.ndarray:
