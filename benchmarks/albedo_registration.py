@@ -11,8 +11,11 @@ generator puts in the wrong place stays there), at 256² (maps of other sizes ar
   (iBUG 36–41 / 42–47, that side of the face only), vs that centre;
 * nostrils: the midpoint of the darkest blob on each side within ±8 % around the nose base (iBUG 31–35) and
   above the upper lip, vs its centre;
-* lips: the reddest blob (``R − (G + B) / 2``, smoothed) within ±10 % around the lips (iBUG 48–67), vs their centre;
-  a blob's position is the centroid of its signal above the search square's median within 3 % of its peak.
+* lips: the shift within ±10 % that best aligns the layout's lip polygon (iBUG 48–59 and a 4-texel margin of
+  skin, zero-mean) with the redness ``R − (G + B) / 2`` (smoothed): a matched filter of the lips' own shape, so a
+  red blotch elsewhere (1.2.0's mean map has one on the left cheek beside the nose, which the reddest point took
+  for the lips: 10.8 %) is not taken for them;
+  a dark blob's position is the centroid of its signal above the search square's median within 3 % of its peak.
 
 Offsets are printed in texels, in % of the map width and in mm on the mean head (one texel of the cylindrical
 layout spans ``2πr / R`` across and ``height / (v-span · R)`` down). Rows: the bundle's generator (truncation 1,
@@ -55,8 +58,9 @@ def landmark_texels(model: geo.FaceModelArrays) -> np.ndarray:
 def feature_offsets(mean_map: np.ndarray, model: geo.FaceModelArrays) -> dict[str, np.ndarray]:
     """Name → (dx, dy) texels at SIZE from the landmark centre to the feature found in ``mean_map`` (S, S, 3).
 
-    A feature is the strongest point of the smoothed darkness (pupils, nostrils) or redness (lips) in a square
-    around the landmark centre, refined to the centroid of that signal within :data:`BLOB` of it. An eye's square
+    A dark feature is the strongest point of the smoothed darkness (pupils, nostrils) in a square around the
+    landmark centre, refined to the centroid of that signal within :data:`BLOB` of it; the lips are
+    :func:`lips_shift`. An eye's square
     stops at the face's midline (it cannot take the other eye); the nostrils are one blob on each side, above
     the upper lip (it cannot take the mouth), and their midpoint.
     """
@@ -87,10 +91,38 @@ def feature_offsets(mean_map: np.ndarray, model: geo.FaceModelArrays) -> dict[st
         elif name == "nostrils":  # one on each side, above the upper lip (the line between the lips is darker)
             inside &= ys < lm[51, 1]
             found = 0.5 * (blob(signal, inside & (xs < mid)) + blob(signal, inside & (xs > mid)))
-        else:
-            found = blob(signal, inside)
+        else:  # the lips: where their shape lies in the redness (a blob of another shape, a flushed cheek, is not)
+            out[name] = lips_shift(signal, lm, inside)
+            continue
         out[name] = found - centre
     return out
+
+
+def lips_shift(redness: np.ndarray, lm: np.ndarray, inside: np.ndarray) -> np.ndarray:
+    """(dx, dy) texels that best align the layout's lips (the polygon of iBUG 48–59, zero-mean) with ``redness``:
+    the peak of their correlation among the shifts that keep the lips' centre ``inside``, refined to the
+    centroid of the response within 1.5 texels of it."""
+    from PIL import Image, ImageDraw
+    from scipy.signal import correlate
+
+    img = Image.new("L", (SIZE, SIZE), 0)
+    ImageDraw.Draw(img).polygon([(float(x), float(y)) for x, y in lm[48:60]], fill=255)
+    mask = np.asarray(img, np.float64) / 255.0
+    ys, xs = np.nonzero(mask)
+    pad = 4  # the skin around the lips belongs to the template: lips are redder than what surrounds them
+    y0, y1, x0, x1 = ys.min() - pad, ys.max() + pad + 1, xs.min() - pad, xs.max() + pad + 1
+    template = mask[y0:y1, x0:x1] - mask[y0:y1, x0:x1].mean()
+    response = correlate(redness - redness.mean(), template, mode="valid")  # [i, j]: template's corner at (j, i)
+    rows, cols = np.mgrid[0 : response.shape[0], 0 : response.shape[1]]
+    shifts = np.stack([cols - x0, rows - y0], -1).astype(np.float64)
+    centre = np.array([(x0 + x1 - 1) / 2.0, (y0 + y1 - 1) / 2.0]) + shifts  # the lips' box centre, shifted
+    col = np.clip(np.rint(centre[..., 0]).astype(int), 0, SIZE - 1)
+    row = np.clip(np.rint(centre[..., 1]).astype(int), 0, SIZE - 1)
+    allowed = inside[row, col]
+    peak = np.unravel_index(np.argmax(np.where(allowed, response, -np.inf)), response.shape)
+    near = allowed & (np.hypot(*(shifts - shifts[peak]).transpose(2, 0, 1)) <= 1.5)
+    weight = np.where(near, np.clip(response - response[near].min(), 0.0, None), 0.0)
+    return (weight[..., None] * shifts).sum((0, 1)) / max(weight.sum(), 1e-12)
 
 
 def generated_maps(bundle: Bundle, samples: int, seed: int) -> np.ndarray:
