@@ -15,6 +15,7 @@ import logging
 import shutil
 import tempfile
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -275,3 +276,24 @@ def _load_identity_head(root: Path, mpath: Path, manifest: Manifest) -> tuple[Id
             f"expected {DESCRIPTOR_DIM} (field 'identity.features') to {manifest.codes.shape} (field 'codes.shape')"
         )
     return head, digest
+
+
+def edited_copy(bundle: str | Path, out: str | Path, version: str | None, edit: Callable[[Path, dict], None]) -> Path:
+    """Copy ``bundle`` to ``out``: ``edit(folder, manifest)`` changes the copy's files and manifest in a temporary
+    folder, ``version`` (if given) replaces the manifest's version, and the copy replaces ``out`` (which may be
+    ``bundle`` itself) only once :func:`load_bundle` accepts it (the training side's bundle edits share this)."""
+    source, out = load_bundle(bundle), Path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    shutil.copytree(source.root, tmp)
+    manifest = json.loads((tmp / MANIFEST).read_text())
+    edit(tmp, manifest)
+    if version is not None:
+        manifest["version"] = version
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    load_bundle(tmp)  # the service must accept what we wrote
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out

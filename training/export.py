@@ -14,7 +14,7 @@ import logging
 import shutil
 import subprocess
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from facecore.bundle import MANIFEST, SCHEMA_VERSION, load_bundle, sha256_file
+from facecore.bundle import MANIFEST, SCHEMA_VERSION, edited_copy, load_bundle, sha256_file
 from facecore.geometry import FaceModelArrays
 from models.stylegan2 import Generator
 
@@ -383,27 +383,6 @@ def export_trained(
     )
 
 
-def _edited_copy(bundle: str | Path, out: str | Path, version: str | None, edit: Callable[[Path, dict], None]) -> Path:
-    """Copy ``bundle`` to ``out``: ``edit(folder, manifest)`` changes the copy's files and manifest in a temporary
-    folder, ``version`` (if given) replaces the manifest's version, and the copy replaces ``out`` only once
-    :func:`facecore.bundle.load_bundle` accepts it."""
-    source, out = load_bundle(bundle), Path(out)
-    tmp = out.with_name(out.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    shutil.copytree(source.root, tmp)
-    manifest = json.loads((tmp / MANIFEST).read_text())
-    edit(tmp, manifest)
-    if version is not None:
-        manifest["version"] = version
-    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
-    load_bundle(tmp)  # the service must accept what we wrote
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
-    return out
-
-
 def add_identity_head(
     bundle: str | Path, identity_run: str | Path, out: str | Path, version: str | None = None
 ) -> Path:
@@ -431,7 +410,7 @@ def add_identity_head(
             },
         }
 
-    return _edited_copy(bundle, out, version, edit)
+    return edited_copy(bundle, out, version, edit)
 
 
 def drop_graph_outputs(path: Path, names: Sequence[str]) -> int:
@@ -523,7 +502,7 @@ def replace_generator(
         manifest["training"]["albedo"] = {"run": str(run_dir), "checkpoint": ckpt.name, "step": step}
         manifest["metrics"] = {}  # they measured the old generator: benchmarks/bundle_metrics.py --write
 
-    return _edited_copy(bundle, out, version, edit)
+    return edited_copy(bundle, out, version, edit)
 
 
 def run(cfg: Mapping[str, Any], out: Path) -> None:
@@ -533,7 +512,8 @@ def run(cfg: Mapping[str, Any], out: Path) -> None:
     ``alternate/final`` folder beside ``out``) names the trained weights to export; ``export.fp16: true`` stores
     the weights in float16, ``export.model_card`` names a Markdown file copied in as ``MODEL_CARD.md`` and
     ``export.mouth_calibration_samples`` > 0 calibrates the encoder's mouth opening on that many held-out renders
-    (:mod:`training.calibration`).
+    (:mod:`training.calibration`), ``export.albedo_mean_samples`` > 0 the generator's mean map against that many
+    of ``albedo.data``'s training maps (:mod:`training.albedo_mean`).
     """
     section = dict(cfg.get("export", {}))
     if section.get("untrained"):
@@ -551,6 +531,10 @@ def run(cfg: Mapping[str, Any], out: Path) -> None:
         fp16_weights=bool(section.get("fp16", False)),
         model_card=Path(section["model_card"]).read_text() if section.get("model_card") else None,
     )
+    if int(section.get("albedo_mean_samples", 0)) > 0:  # the generator's mean map := its training maps' mean
+        from training.albedo_mean import calibrate
+
+        calibrate(out, out, (cfg.get("albedo") or {}).get("data") or {}, int(section["albedo_mean_samples"]))
     if int(section.get("mouth_calibration_samples", 0)) > 0:  # the encoder's lip gap vs held-out truth
         from training.calibration import calibrate_bundle
 
