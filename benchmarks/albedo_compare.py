@@ -38,7 +38,7 @@ from readme import table, write_block
 
 from facecore.bundle import Bundle, load_bundle
 from facecore.formats import resample_texture
-from service.engine.sessions import open_sessions
+from service.engine.sessions import generated_albedos, open_sessions
 from service.pipeline import latent_from_seed
 from service.settings import EMBEDDED_BUNDLE
 from training.evaluation import AlbedoFeatures, ReferenceSet
@@ -58,11 +58,9 @@ def baseline_from_git(rev: str, into: Path) -> Path:
 
 def served_maps(bundle: Bundle, latents: np.ndarray) -> np.ndarray:
     """(N, 256, 256, 3) sRGB maps in [0, 1]: the generator at truncation 1, resampled as the service does."""
-    sessions = open_sessions(bundle, ["CPUExecutionProvider"], 0)
     out = []
-    for start in range(0, len(latents), 32):
-        ws = sessions["mapping"].run({"z": latents[start : start + 32]})["ws"]
-        for img in sessions["albedo"].run({"ws": ws})["albedo"]:
+    for maps in generated_albedos(open_sessions(bundle, ["CPUExecutionProvider"], 0), latents):
+        for img in maps:
             hw3 = np.clip((np.transpose(img, (1, 2, 0)) + 1.0) / 2.0, 0.0, 1.0)
             out.append(np.clip(resample_texture(hw3, SIZE), 0.0, 1.0) if hw3.shape[0] != SIZE else hw3)
     return np.stack(out)

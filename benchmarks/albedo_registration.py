@@ -34,7 +34,7 @@ from PIL import Image
 
 from facecore import geometry as geo
 from facecore.bundle import Bundle, load_bundle
-from service.engine.sessions import open_sessions
+from service.engine.sessions import generated_albedos, open_sessions
 from service.pipeline import texel_size
 from service.settings import EMBEDDED_BUNDLE
 
@@ -127,14 +127,10 @@ def lips_shift(redness: np.ndarray, lm: np.ndarray, inside: np.ndarray) -> np.nd
 
 def generated_maps(bundle: Bundle, samples: int, seed: int) -> np.ndarray:
     """(N, S, S, 3) sRGB maps in [0, 1] from the bundle's generator at truncation 1."""
+    z = np.random.default_rng(seed).standard_normal((samples, bundle.manifest.codes.z_dim)).astype(np.float32)
     sessions = open_sessions(bundle, ["CPUExecutionProvider"], 0)
-    rng = np.random.default_rng(seed)
-    maps = []
-    for start in range(0, samples, 32):
-        z = rng.standard_normal((min(32, samples - start), bundle.manifest.codes.z_dim)).astype(np.float32)
-        img = sessions["albedo"].run({"ws": sessions["mapping"].run({"z": z})["ws"]})["albedo"]
-        maps.append(np.clip((np.transpose(img, (0, 2, 3, 1)) + 1.0) / 2.0, 0.0, 1.0))
-    return np.concatenate(maps)
+    maps = np.concatenate(list(generated_albedos(sessions, z)))
+    return np.clip((np.transpose(maps, (0, 2, 3, 1)) + 1.0) / 2.0, 0.0, 1.0)
 
 
 def truth_maps(samples: int, seed: int) -> np.ndarray:

@@ -52,7 +52,7 @@ from facecore import color
 from facecore import geometry as geo
 from facecore.bundle import Bundle, load_bundle
 from service import pipeline as P
-from service.engine.sessions import open_sessions
+from service.engine.sessions import generated_albedos, open_sessions
 from service.settings import EMBEDDED_BUNDLE
 
 PHOTOS = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "photos"
@@ -283,14 +283,10 @@ def kid_metrics(
     bundle = runner.bundle
     m = bundle.manifest
     res = m.resolutions.albedo
-    rng = np.random.default_rng(seed)
-    generated = []
-    for start in range(0, samples, 32):
-        z = rng.standard_normal((min(32, samples - start), m.codes.z_dim)).astype(np.float32)
-        ws = runner.sessions["mapping"].run({"z": z})["ws"]
-        img = runner.sessions["albedo"].run({"ws": ws})["albedo"]
-        generated.append(torch.as_tensor((img + 1.0) * 0.5).clamp(0, 1))
-    generated_t = torch.cat(generated)
+    z = np.random.default_rng(seed).standard_normal((samples, m.codes.z_dim)).astype(np.float32)
+    generated_t = torch.cat(
+        [torch.as_tensor((img + 1.0) * 0.5).clamp(0, 1) for img in generated_albedos(runner.sessions, z)]
+    )
     extractor = AlbedoFeatures()
     feats = extractor.extract(generated_t)
     source = SyntheticAlbedos(res, seed, samples, cache=False)

@@ -35,17 +35,15 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "albedo_256.yaml"
 logger = logging.getLogger(__name__)
 
 
-def generated_mean(bundle: Bundle, samples: int, seed: int = 0, chunk: int = 32) -> np.ndarray:
+def generated_mean(bundle: Bundle, samples: int, seed: int = 0) -> np.ndarray:
     """(3, R, R) float64 mean output of the bundle's mapping + albedo graphs over ``samples`` latents (ψ = 1)."""
-    from service.engine.sessions import open_sessions
+    from service.engine.sessions import generated_albedos, open_sessions
 
-    sessions = open_sessions(bundle, ["CPUExecutionProvider"], 0)
-    rng = np.random.default_rng(seed)
-    total = 0.0
-    for start in range(0, samples, chunk):
-        z = rng.standard_normal((min(chunk, samples - start), bundle.manifest.codes.z_dim)).astype(np.float32)
-        maps = sessions["albedo"].run({"ws": sessions["mapping"].run({"z": z})["ws"]})["albedo"]
-        total = total + maps.astype(np.float64).sum(0)
+    z = np.random.default_rng(seed).standard_normal((samples, bundle.manifest.codes.z_dim)).astype(np.float32)
+    total = sum(
+        maps.astype(np.float64).sum(0)
+        for maps in generated_albedos(open_sessions(bundle, ["CPUExecutionProvider"], 0), z)
+    )
     return np.asarray(total) / samples
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -72,3 +72,12 @@ def open_sessions(bundle: Bundle, providers: Sequence[str], threads: int = 0) ->
     }
     logger.info("graphs %s on %s", sorted(sessions), chosen)
     return sessions
+
+
+def generated_albedos(sessions: Mapping[str, GraphSession], z: np.ndarray, chunk: int = 32) -> Iterator[np.ndarray]:
+    """The bundle's AlbedoGAN at truncation 1 on latents ``z`` (N, z_dim), ``chunk`` at a time: (B, 3, R, R)
+    float32 batches in the generator's [-1, 1] units, not clipped (offline evaluation and calibration; the service
+    itself truncates and batches across requests)."""
+    for start in range(0, len(z), chunk):
+        ws = sessions["mapping"].run({"z": z[start : start + chunk]})["ws"]
+        yield sessions["albedo"].run({"ws": ws})["albedo"]
