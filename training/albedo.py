@@ -75,7 +75,7 @@ from models.stylegan2 import (
 )
 from models.stylegan2.ops import downsample2d, upsample2d
 from training.augment import AugmentConfig, diff_augment
-from training.checkpoint import latest_checkpoint
+from training.checkpoint import run_checkpoint
 from training.config import merge
 from training.data.albedo_maps import DataConfig, EpochSampler, build_data
 from training.data.images import to_uint8
@@ -482,10 +482,15 @@ class AlbedoTrainer(TrainingLoop):
         scaler.step(opt)
         scaler.update()
 
+    @property
+    def _frozen(self) -> bool:
+        """Whether this step of a grown run keeps the carried tensors as they are (``grow_freeze_steps``)."""
+        return bool(self.carried) and self.step < self.cfg.grow_freeze_steps
+
     def _G_step(self) -> None:
-        """G's optimiser step; while a grown run freezes them (``grow_freeze_steps``), the carried tensors keep
-        their values (no gradient, which Adam skips; under DDP one may still arrive)."""
-        if self.carried and self.step < self.cfg.grow_freeze_steps:
+        """G's optimiser step; while a grown run freezes them (:attr:`_frozen`), the carried tensors keep their
+        values (no gradient, which Adam skips; under DDP one may still arrive)."""
+        if self._frozen:
             for name in self.carried:
                 self.G.get_parameter(name).grad = None
         self._opt_step(self.opt_G, self.scaler_G, self.G)
@@ -499,7 +504,7 @@ class AlbedoTrainer(TrainingLoop):
         loss_G, pl_value = None, None
         if not (self.carried and s < cfg.grow_d_warmup):
             self.G.requires_grad_(True)
-            if self.carried and s < cfg.grow_freeze_steps:  # no gradient through the mapping and the carried blocks
+            if self._frozen:  # no gradient through the mapping and the carried blocks
                 for name in self.carried:
                     self.G.get_parameter(name).requires_grad_(False)
             self.D.requires_grad_(False)
@@ -809,12 +814,8 @@ def grow_from(source: str | Path, G: Generator, D: Discriminator) -> Grown:
         FileNotFoundError: no checkpoint at ``source``.
         ValueError: nothing of the source fits (other widths), which would silently be a fresh start.
     """
-    path = Path(source)
     carried = 0
-    ckpt = path if (path / "meta.json").is_file() else None
-    for folder in (path / "checkpoints", path):
-        if ckpt is None and folder.is_dir():
-            ckpt = latest_checkpoint(folder)
+    ckpt = run_checkpoint(source)
     if ckpt is None:
         raise FileNotFoundError(f"albedo.init_from: no albedo checkpoint at {source}")
     params_G: tuple[str, ...] = ()

@@ -182,6 +182,18 @@ def latest_checkpoint(directory: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
+def run_checkpoint(path: str | Path) -> Path | None:
+    """``path`` itself when it is a checkpoint, else the newest one in ``path/checkpoints`` (a run's stage folder)
+    or in ``path`` (a checkpoint directory); None when there is none."""
+    path = Path(path)
+    if (path / "meta.json").is_file():
+        return path
+    for folder in (path / "checkpoints", path):
+        if folder.is_dir() and (found := latest_checkpoint(folder)) is not None:
+            return found
+    return None
+
+
 def load_checkpoint(
     path: str | Path,
     modules: Mapping[str, torch.nn.Module],

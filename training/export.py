@@ -458,11 +458,11 @@ def replace_generator(
     """
     import onnxruntime as ort
 
-    from training.checkpoint import latest_checkpoint
+    from training.checkpoint import run_checkpoint
     from training.weights import load_checkpoint_generator
 
     run_dir = Path(albedo_run)
-    ckpt = run_dir if (run_dir / "meta.json").is_file() else latest_checkpoint(run_dir / "checkpoints")
+    ckpt = run_checkpoint(run_dir)
     if ckpt is None:
         raise FileNotFoundError(f"no albedo checkpoint in {run_dir}")
     generator = load_checkpoint_generator(ckpt)
