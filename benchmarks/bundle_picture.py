@@ -2,6 +2,9 @@
     python benchmarks/bundle_picture.py [--bundle service/bundled/default] [--out docs/default_bundle.jpg]
         [--seeds 0 1 2 3] [--photos tests/fixtures/photos] [--pick 001 006 013] [--size 192]
 
+    python benchmarks/bundle_picture.py --seeds $(seq 0 15) --pick --size 128 --out docs/albedogan_heads.jpg
+        (the 16 maps of docs/albedogan_samples.png on their heads)
+
 Top rows: /generate for each seed (the bundle's AlbedoGAN albedo on the identity /generate pairs with it),
 rendered by ``models.render`` at yaw 0°, 35° and 70° under one fixed light, then the albedo map itself.
 Bottom rows: for each picked photo, /reconstruct's aligned input crop | the reconstruction rendered over it
@@ -80,7 +83,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("docs/default_bundle.jpg"))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
     ap.add_argument("--photos", type=Path, default=PHOTOS)
-    ap.add_argument("--pick", nargs="+", default=["001", "006", "013"])
+    ap.add_argument("--pick", nargs="*", default=["001", "006", "013"], help="photos to reconstruct (none: only seeds)")
     ap.add_argument("--size", type=int, default=192)
     args = ap.parse_args()
     bundle = load_bundle(args.bundle)
