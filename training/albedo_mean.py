@@ -49,15 +49,16 @@ def generated_mean(bundle: Bundle, samples: int, seed: int = 0) -> np.ndarray:
 
 def training_mean(data: Mapping[str, Any], resolution: int, samples: int) -> tuple[np.ndarray, int]:
     """(3, R, R) float64 mean of up to ``samples`` training maps (in [-1, 1]) of an albedo ``data`` section, and
-    how many were averaged (the first ones of the training set: the held-out maps are never among them)."""
+    how many were averaged: spread evenly over the training set (its mirrored copies too, with ``mirror``); the
+    held-out maps are never among them."""
     from training.data.albedo_maps import DataConfig, build_data
 
     train, _ = build_data(DataConfig(**{**dict(data), "cache": False}), resolution)
-    n = min(samples, len(train))
+    picked = np.unique(np.linspace(0, len(train) - 1, min(samples, len(train))).round().astype(int))
     total = 0.0
-    for start in range(0, n, 64):
-        total = total + train.batch(range(start, min(start + 64, n))).double().sum(0).numpy()
-    return np.asarray(total) / n, n
+    for start in range(0, len(picked), 64):
+        total = total + train.batch(picked[start : start + 64].tolist()).double().sum(0).numpy()
+    return np.asarray(total) / len(picked), len(picked)
 
 
 def calibrate(
