@@ -501,6 +501,7 @@ def replace_generator(
         manifest["generator_config"] = G_cfg.to_dict()
         manifest["training"]["albedo"] = {"run": str(run_dir), "checkpoint": ckpt.name, "step": step}
         manifest["metrics"] = {}  # they measured the old generator: benchmarks/bundle_metrics.py --write
+        manifest.pop("albedo_mean", None)  # so did its mean calibration (python -m training.albedo_mean)
 
     return edited_copy(bundle, out, version, edit)
 

@@ -85,3 +85,15 @@ def test_replaced_generator_is_served_and_the_old_latent_output_is_cut(albedo_ru
         r = client.post("/reconstruct", files={"image": ("p.jpg", photo, "image/jpeg")},
                         data={"albedo": "generated"})  # fmt: skip
         assert r.status_code == 422 and "ws" in r.json()["detail"]
+
+
+def test_a_replaced_generator_drops_the_old_ones_mean_calibration(albedo_run, tiny_bundle, tmp_path):
+    from training.albedo_mean import calibrate
+    from training.export import replace_generator
+
+    data = {"kind": "synthetic", "num_samples": 32, "holdout": 0, "seed": 0}  # the run's own training maps
+    swapped = replace_generator(tiny_bundle, albedo_run, tmp_path / "a")
+    calibrated = calibrate(swapped, tmp_path / "b", data, samples=32)
+    assert load_bundle(calibrated).manifest.albedo_mean["training_maps"] == 32
+    again = load_bundle(replace_generator(calibrated, albedo_run, tmp_path / "c")).manifest
+    assert getattr(again, "albedo_mean", None) is None  # it described the generator that was replaced
