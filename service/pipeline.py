@@ -533,7 +533,9 @@ def _source(
     if not (np.isfinite(albedo).all() and np.isfinite(verts).all() and np.isfinite(disp).all()):
         raise RequestError("the request's latent or codes overflow float32 (non-finite outputs); use smaller values")
     steps = FileSource.ALBEDO_STEPS
-    albedo = np.round(np.clip(albedo, 0.0, 1.0) * steps) / steps
+    # in float64, as FileSource.from_bytes reads it back: a float32 map rounded here held other values than the
+    # stored one, and files made now (the CLI, eager outputs) differed by 1/255 from files made later (the neck fade)
+    albedo = np.round(np.clip(np.asarray(albedo, np.float64), 0.0, 1.0) * steps) / steps
     disp, verts = (np.asarray(a, np.float32).astype(np.float64) for a in (disp, verts))
     return FileSource(
         bundle.digest, albedo, disp, verts, req.texture_size, req.mesh_resolution, req.blendshapes, tuple(req.outputs)
