@@ -124,9 +124,10 @@ def extract_texture(
         clip_level: texels whose photo colour reaches this in a channel are not valid (clipped highlights).
         min_facing: texels whose normal makes a cosine below this with the viewing direction count as hidden
             (``facecore.texture.extract``); the mirror fill takes them over.
-        landmarks: (68, 2) the landmarks the fit was fitted to (pixels of the fitted image), or None: the photo
-            is then sampled through ``facecore.texture.landmark_warp``, which moves the fit's residual off the
-            map (the photo's lips, lids and brows land on their texels).
+        landmarks: (68, 2) the landmarks the fit was fitted to (pixels of the fitted image): given, the photo is
+            sampled through ``facecore.texture.landmark_warp``, which moves the fit's residual off the map (the
+            photo's lips, lids and brows land on their texels); None (the extract stage's choice: dlib's points
+            are noisier than the fit, see ``benchmarks/texture_extraction.py``), through the fit alone.
         legacy: the extraction before issue 14 (``facecore.texture.unwrap`` + :func:`_correct`: every visible
             texel, hair and background included), kept for the benchmark's before/after comparison.
 
