@@ -70,10 +70,6 @@ class BundleRunner:
     async def run_graph(self, name: str, inputs):
         return self.sessions[name].run(inputs)
 
-    @property
-    def has_generated_albedo(self) -> bool:
-        return "ws" in self.bundle.manifest.graphs["encoder"].outputs
-
     def reconstruct(self, image: np.ndarray, albedo: str = "photo") -> dict:
         req = P.ReconstructRequest("bench", self.texture_size, 64, ("albedo",), False, "auto", albedo)
         result = asyncio.run(P.reconstruct(self.bundle, self.run_graph, req, image, P.Timer()))
@@ -119,7 +115,7 @@ def synthetic_metrics(runner: BundleRunner, count: int, seed: int) -> dict:
     mean_neutral = fm(torch.as_tensor(model.shape_prior_mean, dtype=torch.float32)[None])[0]
     mean_lm = fm.landmarks(mean_neutral[None])[0, list(NOW_LANDMARKS)]
     coarse, detailed, mean_face, nme, failed = [], [], [], [], []
-    modes = ("photo", "generated") if runner.has_generated_albedo else ("photo",)
+    modes = ("photo", "generated") if runner.bundle.generated_reconstruct else ("photo",)
     mae: dict[str, list[float]] = {m: [] for m in modes}
     gain_rmse: dict[str, list[float]] = {m: [] for m in modes}
     detailed_dist = None

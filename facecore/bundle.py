@@ -36,6 +36,10 @@ CAPABILITIES: dict[str, tuple[str, ...]] = {
     "generate": ("mapping", "albedo"),
     "reconstruct": ("encoder", "displacement"),
 }
+# the photo's clean albedo (S × S, sRGB-encoded) → AlbedoGAN's ws: /reconstruct's albedo=generated for a generator
+# the encoder's own ``ws`` head was not trained against (training.albedo_latent)
+LATENT_GRAPH = "albedo_latent"
+GENERATED_MISSING = f"this bundle has neither an encoder 'ws' output nor an '{LATENT_GRAPH}' graph"
 
 
 class BundleError(ValueError):
@@ -129,6 +133,15 @@ class Bundle:
     @property
     def capabilities(self) -> dict[str, bool]:
         return {cap: all(g in self.manifest.graphs for g in graphs) for cap, graphs in CAPABILITIES.items()}
+
+    @property
+    def generated_reconstruct(self) -> bool:
+        """/reconstruct can answer ``albedo=generated``: it has the generator and a latent for the photo (the
+        encoder's ``ws`` output or the :data:`LATENT_GRAPH`)."""
+        graphs = self.manifest.graphs
+        if not self.capabilities["reconstruct"] or "albedo" not in graphs:
+            return False
+        return LATENT_GRAPH in graphs or "ws" in graphs["encoder"].outputs
 
     def graph_path(self, name: str) -> Path:
         return self.root / self.manifest.graphs[name].file

@@ -777,3 +777,15 @@ def _upsample_axis(a: np.ndarray, axis: int, size: int) -> np.ndarray:
     out[at(slice(1, -1, 2))] = lo * 0.75 + hi * 0.25
     out[at(-1)] = a[at(-1)] * 0.75 + a[at(-1)] * 0.25
     return out[at(slice(None, size))]
+
+
+def box_downsample(image: np.ndarray, size: int) -> np.ndarray:
+    """(H, W, C) float map → (size, size, C) float32 area average (exact box means when H and W are multiples of
+    ``size``, else PIL's area resampling per channel)."""
+    h, w, c = image.shape
+    if h % size == 0 and w % size == 0:
+        return image.reshape(size, h // size, size, w // size, c).mean((1, 3)).astype(np.float32)
+    from PIL import Image
+
+    planes = [Image.fromarray(np.ascontiguousarray(image[..., i], np.float32), mode="F") for i in range(c)]
+    return np.stack([np.asarray(p.resize((size, size), Image.BOX)) for p in planes], -1).astype(np.float32)

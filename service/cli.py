@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from facecore.bundle import Bundle, BundleError, load_bundle
+from facecore.bundle import GENERATED_MISSING, Bundle, BundleError, load_bundle
 from service import pipeline
 from service.settings import Settings
 
@@ -223,8 +223,8 @@ async def run_all(args: argparse.Namespace, jobs: Sequence[Job]) -> dict[str, in
     capability = runner.bundle.capabilities[args.command]
     if not capability:
         raise UsageError(f"the bundle {runner.settings.bundle} cannot {args.command} (graphs missing)")
-    if getattr(args, "albedo", None) == "generated" and "ws" not in runner.bundle.manifest.graphs["encoder"].outputs:
-        raise UsageError("--albedo generated needs an encoder graph with a 'ws' output; this bundle has none")
+    if getattr(args, "albedo", None) == "generated" and not runner.bundle.generated_reconstruct:
+        raise UsageError(f"--albedo generated needs a latent for the photo; {GENERATED_MISSING}")
     args.out.mkdir(parents=True, exist_ok=True)
     counts = {"done": 0, "skipped": 0, "failed": 0}
     for job in tqdm(jobs, unit="face", disable=args.quiet, dynamic_ncols=True):

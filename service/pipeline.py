@@ -22,7 +22,7 @@ import numpy as np
 
 from facecore import assets, color, formats, mouth
 from facecore import geometry as geo
-from facecore.bundle import Bundle
+from facecore.bundle import LATENT_GRAPH, Bundle
 
 RunGraph = Callable[[str, Mapping[str, np.ndarray]], Awaitable[dict[str, np.ndarray]]]
 #: ``await run_stage(stage_name, fn, *args)``: run blocking CPU work off the event loop (the service's version
@@ -253,7 +253,8 @@ async def reconstruct(
     now: Collection[str] = OUTPUT_KINDS,
 ) -> Result:
     """The /reconstruct pipeline: detect + align → encoder → codes → detailed mesh; albedo from the photo
-    (``req.albedo == "photo"``) or from AlbedoGAN at the encoder's latent (``"generated"``, the paper's).
+    (``req.albedo == "photo"``) or from AlbedoGAN at the face's latent (``"generated"``, the paper's: the encoder's
+    ``ws`` output, or the bundle's ``albedo_latent`` graph on the photo's clean albedo).
 
     Only the output kinds in ``now`` are encoded now; the others on their first fetch (see :func:`_files`)."""
     from facecore import texture
@@ -262,9 +263,12 @@ async def reconstruct(
     model = bundle.face_model
     size = m.resolutions.encoder_input
     generated = req.albedo == "generated"
+    # AlbedoGAN's latent from the encoder's own head, or from the photo's clean albedo (facecore.bundle)
+    latent_from_photo = generated and LATENT_GRAPH in m.graphs
+    unwrap = not generated or latent_from_photo
     tex_size = unwrap_resolution(req.texture_size, m.resolutions.albedo)
     with timer.stage("detect"):
-        face = await run_stage("detect", find_face, image, size, req.detector, None if generated else tex_size)
+        face = await run_stage("detect", find_face, image, size, req.detector, tex_size if unwrap else None)
     features = None
     if bundle.identity_head is not None:
         from facecore.identity import get_recogniser
@@ -273,12 +277,8 @@ async def reconstruct(
             features = await run_stage("detect", get_recogniser().describe, image, face.points)
     with timer.stage("encoder"):
         out = await run_graph("encoder", {"image": (face.crop.astype(np.float32) / 255.0).transpose(2, 0, 1)[None]})
-    gan_albedo = None
-    if generated:
-        with timer.stage("albedo"):
-            img = (await run_graph("albedo", {"ws": out.pop("ws")}))["albedo"][0]
-        gan_albedo = np.clip((np.transpose(img, (1, 2, 0)) + 1.0) / 2.0, 0.0, 1.0)  # sRGB-encoded, like /generate
-    codes = {k: v[0].astype(np.float64) for k, v in out.items() if k != "ws"}
+    ws = out.pop("ws", None)
+    codes = {k: v[0].astype(np.float64) for k, v in out.items()}
     expression = np.clip(codes["expression"], 0.0, 1.0)
     if features is not None:
         codes["shape"], codes["camera"] = identity_shape(bundle, features, codes, expression)
@@ -287,7 +287,9 @@ async def reconstruct(
     jaw_index = model.joint_names.index("jaw")
     disp = await _displacement(bundle, run_graph, codes["detail"], expression, codes["pose"][jaw_index], timer)
 
-    def geometry() -> tuple[FileSource, np.ndarray]:
+    def geometry() -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+        """(the photo's clean albedo, sRGB-encoded, or None when not unwrapped; the mesh; its 68 landmarks in the
+        photo)"""
         posed = geo.decode_vertices(model, codes["shape"][None], expression[None], codes["pose"][None])[0]
         # the exported mesh keeps the face's own articulation (jaw, eyes) but not the head's pose in the photo
         local = np.zeros_like(codes["pose"])
@@ -296,8 +298,8 @@ async def reconstruct(
                 local[model.joint_names.index(name)] = codes["pose"][model.joint_names.index(name)]
         verts = geo.decode_vertices(model, codes["shape"][None], expression[None], local[None])[0]
         lmk = face.crop_to_image(project(geo.landmarks_3d(model, posed[None])[0], codes["camera"], size))
-        if gan_albedo is not None:
-            return _source(bundle, req, gan_albedo, disp, verts), lmk
+        if not unwrap:
+            return None, verts, lmk
         # the texture crop frames the face like the encoder's crop, so the camera projects into it at its size
         px = project(posed, codes["camera"], tex_size)
         # shading multiplies linear light: de-light in linear space, store the albedo sRGB-encoded like the PNGs
@@ -305,10 +307,19 @@ async def reconstruct(
         # only the face's skin, seen well (no hair, background, highlights); the rest mirrored or filled smoothly:
         # the same extraction as the training set's (training.texture.extract_texture)
         clean = texture.extract(model, posed, px, linear, tex_size, sh=codes["light"])
-        return _source(bundle, req, color.linear_to_srgb(clean.albedo), disp, verts), lmk
+        return color.linear_to_srgb(clean.albedo), verts, lmk
 
     with timer.stage("texture"):
-        source, landmarks = await run_stage("texture", geometry)
+        albedo, verts, landmarks = await run_stage("texture", geometry)
+    if generated:
+        with timer.stage("albedo"):
+            if latent_from_photo:
+                side = m.graphs[LATENT_GRAPH].inputs["albedo"].shape[-1]
+                small = texture.box_downsample(albedo, side).transpose(2, 0, 1)[None]
+                ws = (await run_graph(LATENT_GRAPH, {"albedo": small}))["ws"]
+            img = (await run_graph("albedo", {"ws": ws}))["albedo"][0]
+        albedo = np.clip((np.transpose(img, (1, 2, 0)) + 1.0) / 2.0, 0.0, 1.0)  # sRGB-encoded, like /generate
+    source = _source(bundle, req, albedo, disp, verts)
     files, names = await _files(bundle, source, now, timer, run_stage)
     meta = {
         "endpoint": "reconstruct",

@@ -77,6 +77,8 @@ def calibrate(
     import onnx
     from onnx import numpy_helper
 
+    from training.albedo_latent import drop_latent_graph
+
     source = load_bundle(bundle)
     resolution = source.manifest.resolutions.albedo
     graph = onnx.load(str(source.root / source.manifest.graphs["albedo"].file))
@@ -105,6 +107,7 @@ def calibrate(
             "shift_max_abs": round(float(np.abs(shift).max()), 5),
         }
         manifest["metrics"] = {}  # they measured the uncalibrated generator
+        drop_latent_graph(folder, manifest)
 
     return edited_copy(bundle, out, version, edit)
 

@@ -458,6 +458,7 @@ def replace_generator(
     """
     import onnxruntime as ort
 
+    from training.albedo_latent import drop_latent_graph
     from training.checkpoint import run_checkpoint
     from training.weights import load_checkpoint_generator
 
@@ -502,6 +503,7 @@ def replace_generator(
         manifest["training"]["albedo"] = {"run": str(run_dir), "checkpoint": ckpt.name, "step": step}
         manifest["metrics"] = {}  # they measured the old generator: benchmarks/bundle_metrics.py --write
         manifest.pop("albedo_mean", None)  # so did its mean calibration (python -m training.albedo_mean)
+        drop_latent_graph(folder, manifest)  # and the photo → latent map (python -m training.albedo_latent)
 
     return edited_copy(bundle, out, version, edit)
 

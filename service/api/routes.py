@@ -17,7 +17,7 @@ from fastapi import APIRouter, File, Form, HTTPException, Query, Request, Respon
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from facecore.bundle import Bundle
+from facecore.bundle import GENERATED_MISSING, Bundle
 from service import pipeline
 from service.api.contract import MIN_MESH_RESOLUTION, MIN_Z_MAGNITUDE, OUTPUTS_PATTERN
 from service.api.deps import RuntimeDep, SettingsDep
@@ -369,10 +369,8 @@ async def reconstruct(
     bundle = runtime.bundle
     if not bundle.capabilities["reconstruct"]:
         raise HTTPException(503, detail="this bundle has no encoder/displacement graphs: /reconstruct is unavailable")
-    if albedo == "generated" and "ws" not in bundle.manifest.graphs["encoder"].outputs:
-        raise HTTPException(
-            422, detail="albedo: 'generated' needs an encoder graph with a 'ws' output; this bundle has none"
-        )
+    if albedo == "generated" and not bundle.generated_reconstruct:
+        raise HTTPException(422, detail=f"albedo: 'generated' needs a latent for the photo; {GENERATED_MISSING}")
     if not re.fullmatch(OUTPUTS_PATTERN, outputs):
         raise HTTPException(
             422, detail=f"outputs: {outputs[:100]!r} is not a comma-separated list of {list(pipeline.OUTPUT_KINDS)}"

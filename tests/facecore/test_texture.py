@@ -132,3 +132,14 @@ def test_srgb_transfer_round_trip():
     x = np.linspace(0, 1, 101)
     assert np.abs(color.linear_to_srgb(color.srgb_to_linear(x)) - x).max() < 1e-12
     assert abs(color.srgb_to_linear(np.array(0.5)) - 0.21404) < 1e-4  # the standard curve's mid-grey
+
+
+def test_box_downsample_averages_blocks_and_keeps_the_mean_of_odd_sizes():
+    from facecore.texture import box_downsample
+
+    image = np.random.default_rng(0).random((12, 12, 3))
+    got = box_downsample(image, 4)
+    assert got.shape == (4, 4, 3) and got.dtype == np.float32
+    np.testing.assert_allclose(got[1, 2], image[3:6, 6:9].reshape(-1, 3).mean(0), atol=1e-6)
+    odd = box_downsample(image, 5)  # 12 is no multiple of 5: area resampling
+    assert odd.shape == (5, 5, 3) and abs(odd.mean() - image.mean()) < 0.02

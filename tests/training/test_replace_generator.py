@@ -97,3 +97,65 @@ def test_a_replaced_generator_drops_the_old_ones_mean_calibration(albedo_run, ti
     assert load_bundle(calibrated).manifest.albedo_mean["training_maps"] == 32
     again = load_bundle(replace_generator(calibrated, albedo_run, tmp_path / "c")).manifest
     assert getattr(again, "albedo_mean", None) is None  # it described the generator that was replaced
+
+
+def test_a_latent_graph_fitted_to_the_new_generator_brings_back_generated_albedo(albedo_run, tiny_bundle, tmp_path):
+    from facecore.texture import box_downsample
+    from service.app import create_app
+    from service.settings import Settings
+    from training.albedo_latent import add_latent_graph
+    from training.albedo_mean import calibrate
+    from training.export import replace_generator
+
+    swapped = replace_generator(tiny_bundle, albedo_run, tmp_path / "a")
+    fitted = add_latent_graph(swapped, tmp_path / "b", count=16, size=8, seed=3)
+    m = load_bundle(fitted).manifest
+    assert m.graphs["albedo_latent"].inputs["albedo"].shape == [None, 3, 8, 8]
+    assert m.graphs["albedo_latent"].outputs["ws"].shape == [None, m.codes.num_ws, 32]
+    report = m.albedo_latent
+    assert report["pairs"] + report["failed"] == 16 and report["validation_pairs"] >= 1
+    assert report["penalty"] in (1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0) and np.isfinite(report["psnr_db"])
+
+    photo = sorted(PHOTO.glob("*.jpg"))[0].read_bytes()
+    settings = Settings(bundle=fitted, results_dir=tmp_path / "results", max_wait_ms=2.0)
+    with TestClient(create_app(settings)) as client:
+        maps = {}
+        for mode in ("photo", "generated"):
+            r = client.post("/reconstruct", files={"image": ("p.jpg", photo, "image/jpeg")},
+                            data={"albedo": mode, "texture_size": "256", "outputs": "albedo"})  # fmt: skip
+            assert r.status_code == 200, r.text
+            assert r.json()["texture"]["native_resolution"] == (256 if mode == "photo" else 32)
+            png = client.get(r.json()["links"]["albedo.png"]).content
+            maps[mode] = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), np.float32) / 255.0
+    # generated = the generator at the latent graph's w for the photo's own albedo (averaged down to 8²)
+    latent = ort.InferenceSession(str(fitted / "albedo_latent.onnx"), providers=["CPUExecutionProvider"])
+    albedo = ort.InferenceSession(str(fitted / "albedo.onnx"), providers=["CPUExecutionProvider"])
+    ws = latent.run(None, {"albedo": box_downsample(maps["photo"], 8).transpose(2, 0, 1)[None]})[0]
+    want = np.clip((albedo.run(None, {"ws": ws})[0][0].transpose(1, 2, 0) + 1) / 2, 0, 1)
+    got = box_downsample(maps["generated"], 32)
+    assert np.abs(got - want).mean() < 0.02
+    mean_map = np.clip((albedo.run(None, {"ws": np.repeat(load_bundle(fitted).w_avg[None, None], ws.shape[1], 1)})[0][0]
+                        .transpose(1, 2, 0) + 1) / 2, 0, 1)  # fmt: skip
+    assert np.abs(want - mean_map).mean() > 1e-3  # the photo moved the latent off the mean
+
+    # edits that change what a latent draws drop the graph: generated is refused again
+    data = {"kind": "synthetic", "num_samples": 32, "holdout": 0, "seed": 0}
+    edits = (calibrate(fitted, tmp_path / "c", data, samples=32), replace_generator(fitted, albedo_run, tmp_path / "d"))
+    for edited in edits:
+        bundle = load_bundle(edited)
+        assert "albedo_latent" not in bundle.manifest.graphs and not (edited / "albedo_latent.onnx").exists()
+        assert getattr(bundle.manifest, "albedo_latent", None) is None and not bundle.generated_reconstruct
+
+
+def test_ridge_recovers_a_linear_map_in_both_forms():
+    from training.albedo_latent import ridge
+
+    rng = np.random.default_rng(0)
+    for n, d in ((40, 120), (300, 12)):  # fewer samples than features (dual form), then more (primal form)
+        x = rng.random((n, d))
+        A, b = rng.standard_normal((d, 5)), rng.standard_normal(5)
+        t = x @ A + b
+        got_A, got_b = ridge(x, t, 1e-8)
+        assert np.abs(x @ got_A + got_b - t).max() < 1e-5
+        shrunk, _ = ridge(x, t, 1e6)  # a huge penalty: the mean
+        assert np.abs(shrunk).max() < 1e-2 * np.abs(got_A).max()

@@ -523,11 +523,15 @@ class SyntheticFaces:
         return self.render(torch.tensor(indices), albedo_params.to(self.device), scene.to(self.device))
 
     @torch.no_grad()
-    def render(self, index: torch.Tensor, albedo_params: AlbedoParams, scene: SceneParams) -> SyntheticBatch:
-        """Turn drawn parameters into a :class:`SyntheticBatch` (deterministic)."""
+    def render(
+        self, index: torch.Tensor, albedo_params: AlbedoParams, scene: SceneParams, albedo: torch.Tensor | None = None
+    ) -> SyntheticBatch:
+        """Turn drawn parameters into a :class:`SyntheticBatch` (deterministic). ``albedo`` ((B, 3, Hu, Wu) linear,
+        in the face model's UV layout) replaces the procedural albedo of ``albedo_params`` (which still colour the
+        irises), e.g. an AlbedoGAN's maps."""
         cfg = self.config
         fm = self.face_model
-        albedo = self.albedo(albedo_params, cfg.albedo_size)
+        albedo = self.albedo(albedo_params, cfg.albedo_size) if albedo is None else albedo.to(self.device)
         codes = scene.codes
         verts = fm(codes.shape, codes.expression, codes.pose)
         lm_world = fm.landmarks(verts)
