@@ -55,8 +55,24 @@ class Pairs:
     failed: list[str]
 
 
-def make_pairs(bundle: Bundle, count: int, seed: int, size: int, texture_size: int = 256) -> Pairs:
-    """``count`` training pairs (see the module's docstring); sample ``i`` depends only on ``(seed, i)``."""
+def make_pairs(bundle: Bundle, count: int, seed: int, size: int, texture_size: int = 256, workers: int = 1) -> Pairs:
+    """``count`` training pairs (see the module's docstring); sample ``i`` depends only on ``(seed, i)``, so
+    ``workers`` processes (one thread each, contiguous index ranges) give the same pairs as one."""
+    if workers <= 1:
+        return _pairs(bundle.root, range(count), seed, size, texture_size, threads=0)
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    bounds = np.linspace(0, count, workers + 1).round().astype(int)
+    chunks = [range(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
+    with ProcessPoolExecutor(len(chunks), mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_pairs, bundle.root, c, seed, size, texture_size, 1) for c in chunks]
+        parts = [f.result() for f in futures]
+    maps, w = (np.concatenate([getattr(p, k) for p in parts]) for k in ("maps", "w"))
+    return Pairs(maps, w, [f for p in parts for f in p.failed])
+
+
+def _pairs(root: Path, indices: range, seed: int, size: int, texture_size: int, threads: int) -> Pairs:
     from PIL import Image
 
     from facecore import color
@@ -65,7 +81,10 @@ def make_pairs(bundle: Bundle, count: int, seed: int, size: int, texture_size: i
     from service.engine.sessions import open_sessions
     from training.data.synthetic import SyntheticConfig, SyntheticFaces
 
-    sessions = open_sessions(bundle, ["CPUExecutionProvider"], 0)
+    if threads:
+        torch.set_num_threads(threads)
+    bundle = load_bundle(root)
+    sessions = open_sessions(bundle, ["CPUExecutionProvider"], threads)
 
     async def run_graph(name: str, inputs):
         return sessions[name].run(inputs)
@@ -77,7 +96,7 @@ def make_pairs(bundle: Bundle, count: int, seed: int, size: int, texture_size: i
     )
     req = P.ReconstructRequest("albedo_latent", texture_size, 64, ("albedo",), False, "auto", "photo")
     maps, ws, failed = [], [], []
-    for i in range(count):
+    for n, i in enumerate(indices):
         z = np.random.default_rng([seed, i]).standard_normal((1, bundle.manifest.codes.z_dim)).astype(np.float32)
         w = sessions["mapping"].run({"z": z})["ws"]
         drawn = np.clip((sessions["albedo"].run({"ws": w})["albedo"][0] + 1.0) / 2.0, 0.0, 1.0)
@@ -93,8 +112,8 @@ def make_pairs(bundle: Bundle, count: int, seed: int, size: int, texture_size: i
         albedo = np.asarray(Image.open(io.BytesIO(result.files["albedo.png"])).convert("RGB"), np.float32) / 255.0
         maps.append(box_downsample(albedo, size).transpose(2, 0, 1))
         ws.append(w[0, 0])
-        if (i + 1) % 100 == 0:
-            logger.info("pairs: %d / %d (%d without a face)", i + 1, count, len(failed))
+        if (n + 1) % 100 == 0:
+            logger.info("pairs %d–%d: %d done (%d without a face)", indices.start, indices.stop - 1, n + 1, len(failed))
     return Pairs(np.stack(maps), np.stack(ws).astype(np.float32), failed)
 
 
@@ -182,7 +201,13 @@ def fit(bundle: Bundle, pairs: Pairs, validation: float = 0.15) -> tuple[np.ndar
 
 
 def add_latent_graph(
-    bundle: str | Path, out: str | Path, count: int, size: int = 32, seed: int = 20261204, version: str | None = None
+    bundle: str | Path,
+    out: str | Path,
+    count: int,
+    size: int = 32,
+    seed: int = 20261204,
+    version: str | None = None,
+    workers: int = 1,
 ) -> Path:
     """A copy of ``bundle`` with the ``albedo_latent`` graph fitted on ``count`` pairs (see the module)."""
     from training.export import GraphExport, _spec, export_onnx
@@ -190,7 +215,7 @@ def add_latent_graph(
     source = load_bundle(bundle)
     if not source.capabilities["generate"] or not source.capabilities["reconstruct"]:
         raise ValueError(f"{source.root}: needs both AlbedoGAN (mapping, albedo) and the /reconstruct graphs")
-    pairs = make_pairs(source, count, seed, size)
+    pairs = make_pairs(source, count, seed, size, workers=workers)
     weight, bias, report = fit(source, pairs)
     report.update(seed=seed, size=size, failed=len(pairs.failed))
     logger.info("albedo latent: %s", report)
@@ -226,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--samples", type=int, default=2000, help="rendered training pairs")
     ap.add_argument("--size", type=int, default=32, help="the photo albedo is averaged down to size² texels")
     ap.add_argument("--seed", type=int, default=20261204, help="the pairs' stream (keep it apart from evaluations')")
+    ap.add_argument("--workers", type=int, default=1, help="processes rendering pairs (one thread each)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.samples < 8:
@@ -233,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     if not 4 <= args.size <= 128:
         ap.error("--size must be within 4..128")
     try:
-        add_latent_graph(args.bundle, args.out, args.samples, args.size, args.seed, args.version)
+        add_latent_graph(args.bundle, args.out, args.samples, args.size, args.seed, args.version, args.workers)
     except (ValueError, FileNotFoundError) as exc:
         raise SystemExit(f"error: {exc}") from None
     return 0
