@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -208,6 +209,7 @@ def add_latent_graph(
     seed: int = 20261204,
     version: str | None = None,
     workers: int = 1,
+    pairs_file: Path | None = None,
 ) -> Path:
     """A copy of ``bundle`` with the ``albedo_latent`` graph fitted on ``count`` pairs (see the module)."""
     from training.export import GraphExport, _spec, export_onnx
@@ -215,7 +217,15 @@ def add_latent_graph(
     source = load_bundle(bundle)
     if not source.capabilities["generate"] or not source.capabilities["reconstruct"]:
         raise ValueError(f"{source.root}: needs both AlbedoGAN (mapping, albedo) and the /reconstruct graphs")
-    pairs = make_pairs(source, count, seed, size, workers=workers)
+    key = dict(count=count, seed=seed, size=size, generator=source.manifest.graphs["albedo"].sha256)
+    if pairs_file is not None and pairs_file.is_file() and json.loads(str(np.load(pairs_file)["key"])) == key:
+        with np.load(pairs_file) as f:
+            pairs = Pairs(f["maps"], f["w"], json.loads(str(f["failed"])))
+        logger.info("pairs: %d read from %s", len(pairs.w), pairs_file)
+    else:
+        pairs = make_pairs(source, count, seed, size, workers=workers)
+        if pairs_file is not None:  # to refit without rendering again
+            np.savez(pairs_file, maps=pairs.maps, w=pairs.w, failed=json.dumps(pairs.failed), key=json.dumps(key))
     weight, bias, report = fit(source, pairs)
     report.update(seed=seed, size=size, failed=len(pairs.failed))
     logger.info("albedo latent: %s", report)
@@ -252,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=int, default=32, help="the photo albedo is averaged down to size² texels")
     ap.add_argument("--seed", type=int, default=20261204, help="the pairs' stream (keep it apart from evaluations')")
     ap.add_argument("--workers", type=int, default=1, help="processes rendering pairs (one thread each)")
+    ap.add_argument("--pairs", type=Path, help="an .npz cache of the pairs (reused when made with the same settings)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.samples < 8:
@@ -259,7 +270,9 @@ def main(argv: list[str] | None = None) -> int:
     if not 4 <= args.size <= 128:
         ap.error("--size must be within 4..128")
     try:
-        add_latent_graph(args.bundle, args.out, args.samples, args.size, args.seed, args.version, args.workers)
+        add_latent_graph(
+            args.bundle, args.out, args.samples, args.size, args.seed, args.version, args.workers, args.pairs
+        )
     except (ValueError, FileNotFoundError) as exc:
         raise SystemExit(f"error: {exc}") from None
     return 0
