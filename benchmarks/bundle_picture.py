@@ -5,6 +5,9 @@
     python benchmarks/bundle_picture.py --seeds $(seq 0 15) --pick --size 128 --out docs/albedogan_heads.jpg
         (the 16 maps of docs/albedogan_samples.png on their heads)
 
+    python benchmarks/bundle_picture.py --seeds --pick 001 006 013 028 --albedo generated \
+        --out docs/reconstruct_generated.jpg  (/reconstruct with AlbedoGAN's map at the photo's latent)
+
 Top rows: /generate for each seed (the bundle's AlbedoGAN albedo on the identity /generate pairs with it),
 rendered by ``models.render`` at yaw 0°, 35° and 70° under one fixed light, then the albedo map itself.
 Bottom rows: for each picked photo, /reconstruct's aligned input crop | the reconstruction rendered over it
@@ -81,10 +84,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bundle", type=Path, default=EMBEDDED_BUNDLE)
     ap.add_argument("--out", type=Path, default=Path("docs/default_bundle.jpg"))
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
+    ap.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2, 3], help="/generate seeds (none: only photos)")
     ap.add_argument("--photos", type=Path, default=PHOTOS)
     ap.add_argument("--pick", nargs="*", default=["001", "006", "013"], help="photos to reconstruct (none: only seeds)")
     ap.add_argument("--size", type=int, default=192)
+    ap.add_argument("--albedo", choices=("photo", "generated"), default="photo", help="/reconstruct's albedo")
     args = ap.parse_args()
     bundle = load_bundle(args.bundle)
     runner = BundleRunner(bundle, 0)
@@ -100,7 +104,7 @@ def main() -> None:
         if path is None:
             raise SystemExit(f"no photo matching {key!r} in {args.photos}")
         image = P.decode_photo(path.read_bytes(), 50_000_000)
-        meta = runner.reconstruct(image)
+        meta = runner.reconstruct(image, args.albedo)
         crop = P.find_face(image, 2 * S, "auto").crop
         codes = codes_arrays(meta, bundle.face_model)
         local = np.zeros_like(codes["pose"])
@@ -109,7 +113,7 @@ def main() -> None:
                             np.clip(codes["expression"], 0, 1), local)  # fmt: skip
         tiles = [tile(crop, S), tile(render_over(bundle, meta, crop), S), tile(alone, S),
                  tile((meta["albedo_srgb"] * 255).astype(np.uint8), S)]  # fmt: skip
-        rows.append((f"/reconstruct {path.name}: input | render | 35 deg | albedo", tiles))
+        rows.append((f"/reconstruct {path.name}: input | render | 35 deg | albedo={args.albedo}", tiles))
     label_h = 16
     sheet = Image.new("RGB", (4 * S, len(rows) * (S + label_h)), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)

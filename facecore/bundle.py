@@ -291,6 +291,16 @@ def _load_identity_head(root: Path, mpath: Path, manifest: Manifest) -> tuple[Id
     return head, digest
 
 
+def drop_latent_graph(folder: Path, manifest: dict) -> None:
+    """In an :func:`edited_copy` edit that changes the maps the generator draws: remove the :data:`LATENT_GRAPH` (it
+    was fitted to the old maps; ``python -m training.albedo_latent`` fits it again) and its record."""
+    spec = manifest["graphs"].pop(LATENT_GRAPH, None)
+    if spec is not None:
+        (folder / spec["file"]).unlink(missing_ok=True)
+        logger.info("%s: dropped (fitted to the generator before this edit)", LATENT_GRAPH)
+    manifest.pop("albedo_latent", None)
+
+
 def edited_copy(bundle: str | Path, out: str | Path, version: str | None, edit: Callable[[Path, dict], None]) -> Path:
     """Copy ``bundle`` to ``out``: ``edit(folder, manifest)`` changes the copy's files and manifest in a temporary
     folder, ``version`` (if given) replaces the manifest's version, and the copy replaces ``out`` (which may be

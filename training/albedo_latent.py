@@ -243,16 +243,6 @@ def add_latent_graph(
     return edited_copy(bundle, out, version, edit)
 
 
-def drop_latent_graph(folder: Path, manifest: dict) -> None:
-    """In a bundle edit (:func:`facecore.bundle.edited_copy`): remove the ``albedo_latent`` graph and its record,
-    for an edit that changes the maps the generator draws (the graph was fitted to the old ones)."""
-    spec = manifest["graphs"].pop(GRAPH, None)
-    if spec is not None:
-        (folder / spec["file"]).unlink(missing_ok=True)
-        logger.info("%s: dropped (fitted to the generator before this edit; %s fits it again)", GRAPH, __name__)
-    manifest.pop("albedo_latent", None)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m training.albedo_latent", description=__doc__.split("\n\n")[0])
     ap.add_argument("--bundle", type=Path, required=True)

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from facecore.bundle import Bundle, edited_copy, load_bundle, sha256_file
+from facecore.bundle import Bundle, drop_latent_graph, edited_copy, load_bundle, sha256_file
 
 BIAS_NAMES = ("synthesis.img_bias", "synthesis.img_bias__fp16")  # as exported (fp32 or fp16 weights)
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "albedo_256.yaml"
@@ -76,8 +76,6 @@ def calibrate(
     """
     import onnx
     from onnx import numpy_helper
-
-    from training.albedo_latent import drop_latent_graph
 
     source = load_bundle(bundle)
     resolution = source.manifest.resolutions.albedo

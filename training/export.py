@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from facecore.bundle import MANIFEST, SCHEMA_VERSION, edited_copy, load_bundle, sha256_file
+from facecore.bundle import MANIFEST, SCHEMA_VERSION, drop_latent_graph, edited_copy, load_bundle, sha256_file
 from facecore.geometry import FaceModelArrays
 from models.stylegan2 import Generator
 
@@ -458,7 +458,6 @@ def replace_generator(
     """
     import onnxruntime as ort
 
-    from training.albedo_latent import drop_latent_graph
     from training.checkpoint import run_checkpoint
     from training.weights import load_checkpoint_generator
 
