@@ -266,7 +266,8 @@ async def reconstruct(
     # AlbedoGAN's latent from the encoder's own head, or from the photo's clean albedo (facecore.bundle)
     latent_from_photo = generated and LATENT_GRAPH in m.graphs
     unwrap = not generated or latent_from_photo
-    tex_size = unwrap_resolution(req.texture_size, m.resolutions.albedo)
+    # the latent graph reads the photo albedo as it was fitted on: unwrapped at the generator's resolution
+    tex_size = unwrap_resolution(m.resolutions.albedo if generated else req.texture_size, m.resolutions.albedo)
     with timer.stage("detect"):
         face = await run_stage("detect", find_face, image, size, req.detector, tex_size if unwrap else None)
     features = None

@@ -13,12 +13,13 @@ bundle's own generator instead. It reads what /reconstruct already makes, the ph
 Training pairs go through the service's own path: a latent z → the bundle's mapping + albedo graphs → that map
 (linear) rendered on a synthetic head (random identity, expression, pose, light, framing, background:
 :class:`training.data.synthetic.SyntheticFaces`) → ``service.pipeline.reconstruct`` (dlib detection, 5-point
-alignment, ONNX encoder, extraction) → its albedo map. The map is regressed onto w by ridge regression in
-normalised W units (each dimension by its mean and spread under the mapping network), the penalty chosen on the
-last ``validation`` fraction of the pairs, which the fit for that choice never sees; the final map is refitted on
-all pairs. The manifest records the held-out fit (``albedo_latent``): PSNR of the generator at the predicted latent
-against the generator at the true one, beside the same for the mean latent (w_avg, what a head that learned
-nothing gives).
+alignment, ONNX encoder, extraction, unwrapped at the generator's resolution as /reconstruct does for
+``albedo=generated`` whatever the texture size asked) → its albedo map. The map is regressed onto w by ridge
+regression in normalised W units (each dimension by its mean and spread under the mapping network), the penalty
+chosen on the last ``validation`` fraction of the pairs, which the fit for that choice never sees; the final map is
+refitted on all pairs. The manifest records the held-out fit (``albedo_latent``): PSNR of the generator at the
+predicted latent against the generator at the true one, beside the same for the mean latent (w_avg, what a head
+that learned nothing gives).
 
 Run it after the generator is final: ``--replace-generator`` and :mod:`training.albedo_mean` change the maps a
 latent draws, so they drop the graph.
@@ -56,24 +57,24 @@ class Pairs:
     failed: list[str]
 
 
-def make_pairs(bundle: Bundle, count: int, seed: int, size: int, texture_size: int = 256, workers: int = 1) -> Pairs:
+def make_pairs(bundle: Bundle, count: int, seed: int, size: int, workers: int = 1) -> Pairs:
     """``count`` training pairs (see the module's docstring); sample ``i`` depends only on ``(seed, i)``, so
     ``workers`` processes (one thread each, contiguous index ranges) give the same pairs as one."""
     if workers <= 1:
-        return _pairs(bundle.root, range(count), seed, size, texture_size, threads=0)
+        return _pairs(bundle.root, range(count), seed, size, threads=0)
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     bounds = np.linspace(0, count, workers + 1).round().astype(int)
     chunks = [range(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
     with ProcessPoolExecutor(len(chunks), mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(_pairs, bundle.root, c, seed, size, texture_size, 1) for c in chunks]
+        futures = [pool.submit(_pairs, bundle.root, c, seed, size, 1) for c in chunks]
         parts = [f.result() for f in futures]
     maps, w = (np.concatenate([getattr(p, k) for p in parts]) for k in ("maps", "w"))
     return Pairs(maps, w, [f for p in parts for f in p.failed])
 
 
-def _pairs(root: Path, indices: range, seed: int, size: int, texture_size: int, threads: int) -> Pairs:
+def _pairs(root: Path, indices: range, seed: int, size: int, threads: int) -> Pairs:
     from PIL import Image
 
     from facecore import color
@@ -95,7 +96,8 @@ def _pairs(root: Path, indices: range, seed: int, size: int, texture_size: int, 
         SyntheticConfig(image_size=224, albedo_size=max(res, 64), seed=seed),  # the size of maps not drawn here
         face_model=FaceModel.from_file(bundle.root / bundle.manifest.face_model.file),
     )
-    req = P.ReconstructRequest("albedo_latent", texture_size, 64, ("albedo",), False, "auto", "photo")
+    # at the generator's resolution, the unwrap /reconstruct makes for albedo=generated whatever the texture size
+    req = P.ReconstructRequest("albedo_latent", res, 64, ("albedo",), False, "auto", "photo")
     maps, ws, failed = [], [], []
     for n, i in enumerate(indices):
         z = np.random.default_rng([seed, i]).standard_normal((1, bundle.manifest.codes.z_dim)).astype(np.float32)
