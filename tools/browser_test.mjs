@@ -1,6 +1,6 @@
 // Headless-Chromium check of the web viewer: node tools/browser_test.mjs URL OUT.png [CHROMIUM]
 // Opens the page, presses Generate, waits for the head to load, saves a screenshot of the canvas and
-// prints JSON {loaded, vertexCount, error, console} on stdout. Exits 1 if the face did not load.
+// prints JSON {loaded, vertexCount, error, generatedOption, console} on stdout. Exits 1 if the face did not load.
 import { chromium } from "playwright-core";
 
 const [url, out, executablePath = "/usr/bin/chromium"] = process.argv.slice(2);
@@ -23,7 +23,10 @@ try {
   await page.waitForTimeout(500); // a few animation frames
   await page.locator("#canvas").screenshot({ path: out });
   const state = await page.evaluate(() => window.viewerState);
-  console.log(JSON.stringify({ ...state, console: logs }));
+  // /reconstruct's albedo choice: the "generated" option is enabled where /models lists it
+  const generatedOption = await page.evaluate(
+    () => !document.querySelector('#albedo-source option[value="generated"]').disabled);
+  console.log(JSON.stringify({ ...state, generatedOption, console: logs }));
   process.exitCode = state.loaded ? 0 : 1;
 } catch (err) {
   console.log(JSON.stringify({ loaded: false, error: String(err), console: logs }));

@@ -472,6 +472,8 @@ async def models(runtime: RuntimeDep) -> dict:
         "manifest": bundle.manifest.model_dump(),
         "digest": bundle.digest,
         "capabilities": bundle.capabilities,
+        # what /reconstruct's ``albedo`` accepts with this bundle (``generated`` needs a latent for the photo)
+        "reconstruct_albedo": ["photo", "generated"] if bundle.generated_reconstruct else ["photo"],
         "providers": {name: s.providers for name, s in runtime.sessions.items()},
         "expressions": list(bundle.face_model.expr_names),
     }

@@ -136,11 +136,11 @@ $("reconstruct-form").addEventListener("submit", async (event) => {
   } catch (err) { setStatus(`Could not reconstruct: ${err.message}`, true); }
 });
 
-// AlbedoGAN at the encoder's latent needs an encoder graph with a 'ws' output: offer it only where the bundle has one
+// AlbedoGAN at the face's latent needs a latent for the photo (an encoder 'ws' output or an albedo_latent graph):
+// offer it only where the bundle has one
 fetch("/models").then((r) => r.json()).then((models) => {
-  const encoder = models.manifest?.graphs?.encoder;
   const option = document.querySelector('#albedo-source option[value="generated"]');
-  if (option && !(encoder && "ws" in encoder.outputs)) {
+  if (option && !(models.reconstruct_albedo || []).includes("generated")) {
     option.disabled = true;
     option.textContent += " (not in this bundle)";
   }

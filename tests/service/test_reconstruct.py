@@ -157,6 +157,8 @@ def test_generated_albedo_is_albedogan_at_the_encoders_latent(client, tiny_bundl
 
 def test_generated_albedo_needs_an_encoder_with_ws(client, monkeypatch):
     outputs = client.app.state.runtime.bundle.manifest.graphs["encoder"].outputs
+    assert client.get("/models").json()["reconstruct_albedo"] == ["photo", "generated"]
     monkeypatch.delitem(outputs, "ws")  # a bundle exported without the albedo head
     r = post(client, jpeg(np.zeros((64, 64, 3), np.uint8)), albedo="generated")
     assert r.status_code == 422 and "'ws' output" in r.json()["detail"]
+    assert client.get("/models").json()["reconstruct_albedo"] == ["photo"]  # the viewer disables the option

@@ -24,11 +24,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture()
-def live_server(tiny_bundle, tmp_path):
+@pytest.fixture(params=["tiny", "embedded"])
+def live_server(request, tiny_bundle, tmp_path):
+    """The service on a free port with the tests' tiny bundle (its encoder has a 'ws' output) or the embedded one
+    (an albedo_latent graph instead)."""
+    from service.settings import EMBEDDED_BUNDLE
+
+    bundle = tiny_bundle if request.param == "tiny" else EMBEDDED_BUNDLE
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "service", "--port", str(port), "--bundle", str(tiny_bundle), "--log-level", "warning"],
+        [sys.executable, "-m", "service", "--port", str(port), "--bundle", str(bundle), "--log-level", "warning"],
         cwd=ROOT,
         env={"FACE_RESULTS_DIR": str(tmp_path / "results"), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
     )
@@ -81,6 +86,7 @@ def test_viewer_generates_a_visible_head(live_server, tmp_path):
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert out.returncode == 0 and report["loaded"], report
     assert report["vertexCount"] > 10_000
+    assert report["generatedOption"] is True  # both bundles have a latent for the photo (/models lists it)
     artifacts = ROOT / "out" / "test-artifacts"
     artifacts.mkdir(parents=True, exist_ok=True)
     shutil.copy(shot, artifacts / "viewer.png")
