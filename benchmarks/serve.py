@@ -129,9 +129,9 @@ def bench_throughput(bundle: Path, n: int, seed0: int) -> None:
 RECONSTRUCT_BODY = {"texture_size": "512"}  # the README's example; the rest at the service's defaults
 
 
-def bench_reconstruct(bundle: Path, photos: Path, n: int) -> dict | None:
-    """/reconstruct with the README's body at concurrency 1: p50/p95 of the latency and of each stage, and
-    per photo (the detector used tells which photos needed the CNN)."""
+def bench_reconstruct(bundle: Path, photos: Path, n: int, albedo: str = "photo") -> dict | None:
+    """/reconstruct with the README's body (and ``albedo``) at concurrency 1: p50/p95 of the latency and of each
+    stage, and per photo (the detector used tells which photos needed the CNN)."""
     from PIL import Image
 
     files = sorted(photos.glob("*.jpg"))
@@ -151,11 +151,11 @@ def bench_reconstruct(bundle: Path, photos: Path, n: int) -> dict | None:
                 r = client.post(
                     url + "/reconstruct",
                     files={"image": ("p.jpg", buf.getvalue(), "image/jpeg")},
-                    data=RECONSTRUCT_BODY,
+                    data={**RECONSTRUCT_BODY, "albedo": albedo},
                 )
                 if r.status_code == 200:
                     rows.append((files[i % len(files)].stem, time.perf_counter() - t, r.json()))
-    body = ", ".join(f"{k} {v}" for k, v in RECONSTRUCT_BODY.items())
+    body = ", ".join(f"{k} {v}" for k, v in {**RECONSTRUCT_BODY, "albedo": albedo}.items())
     print(f"\n/reconstruct at concurrency 1 ({n} uploads of {len(files)} photos; {body}, the rest default):")
     if not rows:
         print("  no request succeeded")
@@ -176,6 +176,7 @@ def bench_reconstruct(bundle: Path, photos: Path, n: int) -> dict | None:
         print(f"  {name}: mean {1000 * statistics.mean(s for s, _ in mine):.0f} ms, detector {'/'.join(detectors)}, "
               f"detect {detect_ms:.0f} ms")  # fmt: skip
     return {
+        "albedo": albedo,
         "n": len(rows),
         "photos": len(files),
         "p50": 1000 * pct(lat, 50),
@@ -218,6 +219,7 @@ def bench_onnx_vs_eager(bundle: Path, repeat: int = 5) -> list[tuple[int, float,
 
 
 def main() -> None:
+    from facecore.bundle import load_bundle
     from service.settings import EMBEDDED_BUNDLE
 
     parser = argparse.ArgumentParser()
@@ -231,13 +233,14 @@ def main() -> None:
     manifest = json.loads((args.bundle / "manifest.json").read_text())
     print(f"bundle {manifest['name']} {manifest['version']} ({args.bundle}); CPU cores: {os.cpu_count()}")
     seed0 = int(time.time()) % 1_000_000 * 1000
-    gen = rec = None
+    gen = None
+    recs: list[dict] = []
     if not args.reconstruct_only:
         gen = bench_generate(args.bundle, args.requests, seed0)
     if "encoder" in manifest["graphs"]:
-        rec = bench_reconstruct(
-            args.bundle, args.photos, args.requests if args.reconstruct_only else max(6, args.requests // 3)
-        )
+        n = args.requests if args.reconstruct_only else max(6, args.requests // 3)
+        modes = ["photo", "generated"] if load_bundle(args.bundle).generated_reconstruct else ["photo"]
+        recs = [r for r in (bench_reconstruct(args.bundle, args.photos, n, mode) for mode in modes) if r]
     else:
         print("\n/reconstruct: this bundle has no encoder graph; skipped")
     if not args.reconstruct_only:
@@ -245,10 +248,10 @@ def main() -> None:
             bench_throughput(args.bundle, args.requests, seed0 + 500)
         bench_onnx_vs_eager(args.bundle)
     if args.readme:
-        write_latency(args.bundle, gen, rec)
+        write_latency(args.bundle, gen, recs)
 
 
-def latency_table(gen: dict | None, rec: dict | None) -> str:
+def latency_table(gen: dict | None, recs: list[dict]) -> str:
     def stages(d: dict) -> str:
         return ", ".join(f"{k} {v:.0f}" for k, v in d["stages"].items())
 
@@ -256,18 +259,18 @@ def latency_table(gen: dict | None, rec: dict | None) -> str:
     if gen:
         rows.append((f"/generate, default body (texture 512, mesh 256, all outputs), {gen['n']} distinct seeds",
                      f"{gen['p50']:.0f} ms", f"{gen['p95']:.0f} ms", stages(gen)))  # fmt: skip
-    if rec:
-        body = ", ".join(f"{k} {v}" for k, v in RECONSTRUCT_BODY.items())
+    for rec in recs:
+        body = ", ".join(f"{k} {v}" for k, v in {**RECONSTRUCT_BODY, "albedo": rec["albedo"]}.items())
         rows.append((f"/reconstruct ({body}), {rec['n']} uploads of {rec['photos']} fixture photos",
                      f"{rec['p50']:.0f} ms", f"{rec['p95']:.0f} ms", stages(rec)))  # fmt: skip
     header = ("endpoint, concurrency 1, HTTP on loopback", "p50", "p95", "stages (mean ms over all requests)")
     return table(header, rows)
 
 
-def write_latency(bundle: Path, gen: dict | None, rec: dict | None) -> None:
+def write_latency(bundle: Path, gen: dict | None, recs: list[dict]) -> None:
     from service.settings import EMBEDDED_BUNDLE
 
-    text = f"On this {os.cpu_count()}-core CPU (`python benchmarks/serve.py --readme`):\n\n" + latency_table(gen, rec)
+    text = f"On this {os.cpu_count()}-core CPU (`python benchmarks/serve.py --readme`):\n\n" + latency_table(gen, recs)
     write_block("serve-latency", text)
     print("wrote the README's serve-latency block")
     if bundle.resolve() == Path(EMBEDDED_BUNDLE).resolve():
