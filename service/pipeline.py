@@ -288,9 +288,9 @@ async def reconstruct(
     jaw_index = model.joint_names.index("jaw")
     disp = await _displacement(bundle, run_graph, codes["detail"], expression, codes["pose"][jaw_index], timer)
 
-    def geometry() -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
-        """(the photo's clean albedo, sRGB-encoded, or None when not unwrapped; the mesh; its 68 landmarks in the
-        photo)"""
+    def geometry() -> tuple[np.ndarray | None, tuple[str, ...], np.ndarray, np.ndarray]:
+        """(the photo's clean albedo, sRGB-encoded, or None when not unwrapped; its flags (facecore.texture
+        .colour_flags: greyscale, colour_cast, or no_skin_model); the mesh; its 68 landmarks in the photo)"""
         posed = geo.decode_vertices(model, codes["shape"][None], expression[None], codes["pose"][None])[0]
         # the exported mesh keeps the face's own articulation (jaw, eyes) but not the head's pose in the photo
         local = np.zeros_like(codes["pose"])
@@ -300,7 +300,7 @@ async def reconstruct(
         verts = geo.decode_vertices(model, codes["shape"][None], expression[None], local[None])[0]
         lmk = face.crop_to_image(project(geo.landmarks_3d(model, posed[None])[0], codes["camera"], size))
         if not unwrap:
-            return None, verts, lmk
+            return None, (), verts, lmk
         # the texture crop frames the face like the encoder's crop, so the camera projects into it at its size
         px = project(posed, codes["camera"], tex_size)
         # shading multiplies linear light: de-light in linear space, store the albedo sRGB-encoded like the PNGs
@@ -308,10 +308,10 @@ async def reconstruct(
         # only the face's skin, seen well (no hair, background, highlights); the rest mirrored or filled smoothly:
         # the same extraction as the training set's (training.texture.extract_texture)
         clean = texture.extract(model, posed, px, linear, tex_size, sh=codes["light"])
-        return color.linear_to_srgb(clean.albedo), verts, lmk
+        return color.linear_to_srgb(clean.albedo), clean.flags, verts, lmk
 
     with timer.stage("texture"):
-        albedo, verts, landmarks = await run_stage("texture", geometry)
+        albedo, flags, verts, landmarks = await run_stage("texture", geometry)
     if generated:
         with timer.stage("albedo"):
             if latent_from_photo:
@@ -326,7 +326,13 @@ async def reconstruct(
         "endpoint": "reconstruct",
         "bundle": {"name": m.name, "version": m.version},
         "albedo": req.albedo,
-        "texture": {"size": req.texture_size, "native_resolution": m.resolutions.albedo if generated else tex_size},
+        "texture": {
+            "size": req.texture_size,
+            "native_resolution": m.resolutions.albedo if generated else tex_size,
+            # why the photo's albedo (and a latent read off it) may not be the person's colour: a greyscale or
+            # colour-cast photo, or no skin seen to model
+            "flags": list(flags),
+        },
         "codes": {
             "shape": codes["shape"].round(6).tolist(),
             "expression": _named(bundle, expression),

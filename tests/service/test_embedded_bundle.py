@@ -82,7 +82,7 @@ def test_generated_albedo_of_reconstruct_follows_the_photos_skin(client):
             r = client.post("/reconstruct", files={"image": ("p.jpg", (PHOTOS / name).read_bytes(), "image/jpeg")},
                             data={"albedo": mode, "texture_size": "256", "outputs": "albedo"})  # fmt: skip
             assert r.status_code == 200, r.text
-            assert r.json()["albedo"] == mode
+            assert r.json()["albedo"] == mode and r.json()["texture"]["flags"] == []  # colour photos
             png = client.get(r.json()["links"]["albedo.png"]).content
             maps[mode] = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), np.float64) / 255.0
         grey = maps["generated"].mean(2)
@@ -95,6 +95,15 @@ def test_generated_albedo_of_reconstruct_follows_the_photos_skin(client):
     (pale_photo, dark_photo) = (c["photo"] for c in cheeks)
     (pale, dark) = (c["generated"] for c in cheeks)
     assert pale_photo > dark_photo + 0.1 and pale > dark + 0.1, cheeks  # measured (1.5.0): 0.60 vs 0.46; 0.69 vs 0.46
+
+
+def test_a_greyscale_photo_is_flagged_in_either_albedo(client):
+    """002 is black and white: its albedo cannot carry the person's colour, and the result says so."""
+    for mode in ("photo", "generated"):
+        r = client.post("/reconstruct", files={"image": ("p.jpg", (PHOTOS / "cc0-interfaces-002.jpg").read_bytes(),
+                        "image/jpeg")}, data={"albedo": mode, "texture_size": "256", "outputs": "albedo"})  # fmt: skip
+        assert r.status_code == 200, r.text
+        assert r.json()["texture"]["flags"] == ["greyscale"]
 
 
 def test_reconstruct_fits_the_frontal_fixture(client):
