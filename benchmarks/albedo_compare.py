@@ -39,7 +39,7 @@ from readme import table, write_block
 from facecore.bundle import Bundle, load_bundle
 from facecore.formats import resample_texture
 from service.engine.sessions import generated_albedos, open_sessions
-from service.pipeline import latent_from_seed
+from service.pipeline import generator_image, latent_from_seed
 from service.settings import EMBEDDED_BUNDLE
 from training.evaluation import AlbedoFeatures, ReferenceSet
 
@@ -61,7 +61,7 @@ def served_maps(bundle: Bundle, latents: np.ndarray) -> np.ndarray:
     out = []
     for maps in generated_albedos(open_sessions(bundle, ["CPUExecutionProvider"], 0), latents):
         for img in maps:
-            hw3 = np.clip((np.transpose(img, (1, 2, 0)) + 1.0) / 2.0, 0.0, 1.0)
+            hw3 = generator_image(img)
             out.append(np.clip(resample_texture(hw3, SIZE), 0.0, 1.0) if hw3.shape[0] != SIZE else hw3)
     return np.stack(out)
 

@@ -103,7 +103,7 @@ def main() -> None:
         result = asyncio.run(P.generate(bundle, runner.run_graph, req, P.Timer()))
         albedo = np.asarray(Image.open(io.BytesIO(result.files["albedo.png"])).convert("RGB"), np.float64) / 255.0
         raw = asyncio.run(runner.run_graph("albedo", {"ws": _ws(bundle, runner, seed)}))["albedo"][0]
-        albedo_before = np.clip((np.transpose(raw, (1, 2, 0)) + 1.0) / 2.0, 0.0, 1.0)  # no neck fill
+        albedo_before = P.generator_image(raw)  # no neck fill
         shape = np.array(result.meta["codes"]["shape"])
         rest = np.zeros((model.n_joints, 3))
         both(f"/generate seed {seed}", shape, np.zeros(n_expr), rest, albedo, albedo_before, "generate")

@@ -224,6 +224,11 @@ def identity_shape(
 MAX_UNWRAP_RESOLUTION = 512
 
 
+def generator_image(albedo: np.ndarray) -> np.ndarray:
+    """One AlbedoGAN output (3, R, R), in the generator's [-1, 1] units → (R, R, 3) sRGB-encoded map in [0, 1]."""
+    return np.clip((np.transpose(albedo, (1, 2, 0)) + 1.0) / 2.0, 0.0, 1.0)
+
+
 def unwrap_resolution(texture_size: int, albedo_resolution: int) -> int:
     """The side of the photo texture /reconstruct unwraps: the requested texture size, at least the bundle's
     albedo resolution and at most ``MAX_UNWRAP_RESOLUTION`` (beyond it the maps are resampled)."""
@@ -319,7 +324,7 @@ async def reconstruct(
                 small = texture.box_downsample(albedo, side).transpose(2, 0, 1)[None]
                 ws = (await run_graph(LATENT_GRAPH, {"albedo": small}))["ws"]
             img = (await run_graph("albedo", {"ws": ws}))["albedo"][0]
-        albedo = np.clip((np.transpose(img, (1, 2, 0)) + 1.0) / 2.0, 0.0, 1.0)  # sRGB-encoded, like /generate
+        albedo = generator_image(img)
     source = _source(bundle, req, albedo, disp, verts)
     files, names = await _files(bundle, source, now, timer, run_stage)
     meta = {
@@ -429,8 +434,7 @@ async def generate(
 
     def coarse() -> FileSource:
         verts = geo.decode_vertices(bundle.face_model, shape[None], req.expression[None])[0]
-        albedo_hw3 = np.clip((np.transpose(albedo, (1, 2, 0)) + 1.0) / 2.0, 0.0, 1.0)
-        return _source(bundle, req, albedo_hw3, disp, verts)
+        return _source(bundle, req, generator_image(albedo), disp, verts)
 
     with timer.stage("geometry"):
         source = await run_stage("geometry", coarse)

@@ -42,6 +42,7 @@ from torch import nn
 from facecore.bundle import LATENT_GRAPH as GRAPH
 from facecore.bundle import Bundle, edited_copy, load_bundle
 from facecore.texture import box_downsample
+from service.engine.sessions import GraphSession, open_sessions
 
 LAMBDAS = (1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0)  # ridge penalties tried (features are [0, 1] texels)
 logger = logging.getLogger(__name__)
@@ -80,7 +81,6 @@ def _pairs(root: Path, indices: range, seed: int, size: int, threads: int) -> Pa
     from facecore import color
     from models.face.model import FaceModel
     from service import pipeline as P
-    from service.engine.sessions import open_sessions
     from training.data.synthetic import SyntheticConfig, SyntheticFaces
 
     if threads:
@@ -120,12 +120,11 @@ def _pairs(root: Path, indices: range, seed: int, size: int, threads: int) -> Pa
     return Pairs(np.stack(maps), np.stack(ws).astype(np.float32), failed)
 
 
-def w_statistics(bundle: Bundle, samples: int = 4096, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Per-dimension mean and standard deviation of W under the bundle's mapping graph (ψ = 1)."""
-    from service.engine.sessions import open_sessions
-
-    mapping = open_sessions(bundle, ["CPUExecutionProvider"], 0)["mapping"]
-    z = np.random.default_rng(seed).standard_normal((samples, bundle.manifest.codes.z_dim)).astype(np.float32)
+def w_statistics(
+    mapping: GraphSession, z_dim: int, samples: int = 4096, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension mean and standard deviation of W under a bundle's ``mapping`` graph (ψ = 1)."""
+    z = np.random.default_rng(seed).standard_normal((samples, z_dim)).astype(np.float32)
     w = np.concatenate([mapping.run({"z": z[s : s + 256]})["ws"][:, 0] for s in range(0, samples, 256)])
     return w.mean(0).astype(np.float64), np.maximum(w.std(0), 1e-6).astype(np.float64)
 
@@ -161,19 +160,18 @@ def psnr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return 10.0 * np.log10(1.0 / np.maximum(mse, 1e-12))
 
 
-def generated_maps(bundle: Bundle, w: np.ndarray) -> np.ndarray:
-    """(N, 3, R, R) the bundle's AlbedoGAN at the latents ``w`` (N, w_dim), sRGB-encoded in [0, 1]."""
-    from service.engine.sessions import open_sessions
-
-    albedo = open_sessions(bundle, ["CPUExecutionProvider"], 0)["albedo"]
-    ws = np.repeat(w[:, None].astype(np.float32), bundle.manifest.codes.num_ws, 1)
+def generated_maps(albedo: GraphSession, w: np.ndarray, num_ws: int) -> np.ndarray:
+    """(N, 3, R, R) a bundle's ``albedo`` graph at the latents ``w`` (N, w_dim), sRGB-encoded in [0, 1]."""
+    ws = np.repeat(w[:, None].astype(np.float32), num_ws, 1)
     maps = [albedo.run({"ws": ws[s : s + 16]})["albedo"] for s in range(0, len(w), 16)]
     return np.clip((np.concatenate(maps) + 1.0) / 2.0, 0.0, 1.0)
 
 
 def fit(bundle: Bundle, pairs: Pairs, validation: float = 0.15) -> tuple[np.ndarray, np.ndarray, dict]:
     """(weight (3·S·S, w_dim), bias (w_dim,), report): the ridge map in W units and its held-out measurements."""
-    mean, std = w_statistics(bundle)
+    sessions = open_sessions(bundle, ["CPUExecutionProvider"], 0)
+    num_ws = bundle.manifest.codes.num_ws
+    mean, std = w_statistics(sessions["mapping"], bundle.manifest.codes.z_dim)
     x = pairs.maps.reshape(len(pairs.maps), -1).astype(np.float64)
     t = (pairs.w.astype(np.float64) - mean) / std
     n_val = max(1, int(round(validation * len(x))))
@@ -187,9 +185,9 @@ def fit(bundle: Bundle, pairs: Pairs, validation: float = 0.15) -> tuple[np.ndar
     best = min(errors, key=errors.__getitem__)
     A, b = ridge(fit_x, fit_t, best)
     val_pred = (val_x @ A + b) * std + mean
-    truth = generated_maps(bundle, pairs.w[-n_val:])
-    got = generated_maps(bundle, val_pred)
-    mean_map = generated_maps(bundle, bundle.w_avg[None].astype(np.float64))
+    truth = generated_maps(sessions["albedo"], pairs.w[-n_val:], num_ws)
+    got = generated_maps(sessions["albedo"], val_pred, num_ws)
+    mean_map = generated_maps(sessions["albedo"], bundle.w_avg[None], num_ws)
     report = {
         "pairs": len(x),
         "validation_pairs": n_val,
@@ -220,11 +218,13 @@ def add_latent_graph(
     if not source.capabilities["generate"] or not source.capabilities["reconstruct"]:
         raise ValueError(f"{source.root}: needs both AlbedoGAN (mapping, albedo) and the /reconstruct graphs")
     key = dict(count=count, seed=seed, size=size, generator=source.manifest.graphs["albedo"].sha256)
-    if pairs_file is not None and pairs_file.is_file() and json.loads(str(np.load(pairs_file)["key"])) == key:
+    pairs = None
+    if pairs_file is not None and pairs_file.is_file():
         with np.load(pairs_file) as f:
-            pairs = Pairs(f["maps"], f["w"], json.loads(str(f["failed"])))
-        logger.info("pairs: %d read from %s", len(pairs.w), pairs_file)
-    else:
+            if json.loads(str(f["key"])) == key:
+                pairs = Pairs(f["maps"], f["w"], json.loads(str(f["failed"])))
+                logger.info("pairs: %d read from %s", len(pairs.w), pairs_file)
+    if pairs is None:
         pairs = make_pairs(source, count, seed, size, workers=workers)
         if pairs_file is not None:  # to refit without rendering again
             np.savez(pairs_file, maps=pairs.maps, w=pairs.w, failed=json.dumps(pairs.failed), key=json.dumps(key))
