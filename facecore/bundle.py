@@ -24,7 +24,15 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from facecore.geometry import FaceModelArrays
-from facecore.identity import DESCRIPTOR_DIM, FEATURES, IdentityHead
+from facecore.identity import (
+    DESCRIPTOR_DIM,
+    FEATURES_GRAPH,
+    FEATURES_GRAPH_INPUT,
+    FEATURES_GRAPH_OUTPUT,
+    GRAPH_FEATURES,
+    SERVICE_FEATURES,
+    IdentityHead,
+)
 from facecore.mouth import MouthCalibration
 
 logger = logging.getLogger(__name__)
@@ -75,7 +83,7 @@ class IdentitySpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     file: str = "identity_head.npz"
     sha256: str
-    features: str = Field(description="what the head reads; the service computes facecore.identity.FEATURES")
+    features: str = Field(description="what the head reads: one of facecore.identity.SERVICE_FEATURES")
     metrics: dict[str, Any] = Field(default_factory=dict, description="held-out measurements of the fit")
 
 
@@ -275,10 +283,24 @@ def _load_identity_head(root: Path, mpath: Path, manifest: Manifest) -> tuple[Id
     digest = sha256_file(path)
     if digest != spec.sha256:
         raise BundleError(f"{path}: sha256 does not match field 'identity.sha256' of {MANIFEST}")
-    if spec.features != FEATURES:
+    if spec.features not in SERVICE_FEATURES:
         raise BundleError(
-            f"{mpath}: field 'identity.features' is {spec.features!r}; this service computes {FEATURES!r}"
+            f"{mpath}: field 'identity.features' is {spec.features!r}; this service computes one of {SERVICE_FEATURES}"
         )
+    if spec.features == GRAPH_FEATURES:
+        graph = manifest.graphs.get(FEATURES_GRAPH)
+        want_in, want_out = [None, 3, 150, 150], [None, DESCRIPTOR_DIM]
+        if (
+            graph is None
+            or graph.inputs.get(FEATURES_GRAPH_INPUT) is None
+            or list(graph.inputs[FEATURES_GRAPH_INPUT].shape) != want_in
+            or graph.outputs.get(FEATURES_GRAPH_OUTPUT) is None
+            or list(graph.outputs[FEATURES_GRAPH_OUTPUT].shape) != want_out
+        ):
+            raise BundleError(
+                f"{mpath}: field 'identity.features' reads the graph '{FEATURES_GRAPH}', which must be in 'graphs' "
+                f"with input '{FEATURES_GRAPH_INPUT}' {want_in} and output '{FEATURES_GRAPH_OUTPUT}' {want_out}"
+            )
     try:
         head = IdentityHead.load(path)
     except ValueError as exc:

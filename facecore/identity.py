@@ -8,6 +8,9 @@ code here, so what the head was fitted on is what it sees:
   ports to torch) on dlib's 150-px face chip (padding 0.25) aligned on the 5 points of
   :func:`facecore.detect.detect_landmarks5`, its weights run by onnxruntime (:mod:`facecore.dlib_onnx`).
   Output: dlib's raw 128-d descriptor of the chip and of its mirror image (2, 128).
+* Or a bundle's own network on the same chips (:data:`GRAPH_FEATURES`): dlib's network fine-tuned on synthetic
+  renders to predict the face region's shape (``training.identity_finetune``), shipped as the bundle graph
+  :data:`FEATURES_GRAPH` and run on the chip and its mirror image (:func:`chips_input`, :func:`pair_features`).
 * :class:`IdentityHead`: ``f(x) = ((x − x_mean) / x_std) · weight + y_mean``, the ridge regression
   descriptor → shape code fitted by ``training.identity`` on synthetic identities, applied to both descriptors:
   ``shape = (f(x) + mirror(f(x_mirrored))) / 2`` where ``mirror`` maps a code to its left–right mirror image's
@@ -40,6 +43,16 @@ DESCRIPTOR_DIM = 128
 FEATURES = (
     f"dlib:{RECOGNISER_FILE}:descriptor{DESCRIPTOR_DIM}:chip{CHIP_SIZE}:padding{CHIP_PADDING}:points5:and_mirrored"
 )
+#: a bundle's own feature network (``training.identity_finetune``: dlib's network trained further to predict
+#: the face's shape) on the same chips, run as the bundle graph :data:`FEATURES_GRAPH`
+FEATURES_GRAPH = "identity_features"
+FEATURES_GRAPH_INPUT = "chips"  # (N, 3, 150, 150) float32 RGB in [0, 1] (:func:`chips_input`)
+FEATURES_GRAPH_OUTPUT = "features"  # (N, 128)
+GRAPH_FEATURES = (
+    f"graph:{FEATURES_GRAPH}:features{DESCRIPTOR_DIM}:chip{CHIP_SIZE}:padding{CHIP_PADDING}:points5:and_mirrored"
+)
+#: the features a head may read in this service
+SERVICE_FEATURES = (FEATURES, GRAPH_FEATURES)
 RECOGNISER_LICENCE = (
     f"{RECOGNISER_FILE} by Davis King (PyPI face-recognition-models 0.3.0): public domain / CC0 1.0 (see "
     "models.identity.DLIB_MODEL_LICENCE). Trained on ≈ 3 million faces of 7485 identities."
@@ -91,6 +104,24 @@ class FaceRecogniser:
         return np.stack([both[: len(chips)], both[len(chips) :]], 1)
 
 
+def chips_input(chips: np.ndarray) -> np.ndarray:
+    """(N, 150, 150, 3) uint8 chips and their mirror images → the (2N, 3, 150, 150) float32 input of
+    :data:`FEATURES_GRAPH` (chips first, then the mirror images: :func:`pair_features` splits them)."""
+    chips = np.asarray(chips)
+    if chips.ndim != 4 or chips.shape[1:] != (CHIP_SIZE, CHIP_SIZE, 3) or chips.dtype != np.uint8:
+        raise ValueError(f"chips: expected (N, {CHIP_SIZE}, {CHIP_SIZE}, 3) uint8, got {chips.shape} {chips.dtype}")
+    both = np.concatenate([chips, chips[:, :, ::-1]])
+    return np.ascontiguousarray(both.transpose(0, 3, 1, 2), np.float32) / np.float32(255.0)
+
+
+def pair_features(features: np.ndarray) -> np.ndarray:
+    """:data:`FEATURES_GRAPH`'s (2N, D) output on :func:`chips_input` → (N, 2, D) float64 (chip, mirror image),
+    the layout :meth:`FaceRecogniser.describe_with_mirror` gives and :class:`IdentityHead` reads."""
+    features = np.asarray(features, np.float64)
+    n = len(features) // 2
+    return np.stack([features[:n], features[n:]], 1)
+
+
 @functools.cache
 def get_recogniser() -> FaceRecogniser:
     """The shared, lazily loaded recogniser (loading takes ≈ 0.3 s)."""
@@ -113,7 +144,7 @@ class IdentityHead:
             training features, and the fitted map extrapolates them to implausible heads (measured on the
             fixture photos: ``‖ε‖`` 17–86 where adults have 12.2 ± 0.7, faces 15 % smaller than the prior's
             mean); held-out synthetic faces lose nothing at a radius of 14.5 (0.881 vs 0.882 of the spread).
-        features: what ``x`` is (:data:`FEATURES` for heads the service can run).
+        features: what ``x`` is (one of :data:`SERVICE_FEATURES` for heads the service can run).
     """
 
     x_mean: np.ndarray

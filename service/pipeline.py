@@ -221,6 +221,22 @@ def identity_shape(
     return shape, np.array([fitted, *(target.mean(0) - fitted * new.mean(0))])
 
 
+async def identity_features(
+    bundle: Bundle, run_graph: RunGraph, run_stage: RunStage, image: np.ndarray, points5: np.ndarray
+) -> np.ndarray:
+    """(2, 128) recognition features of the face at ``points5`` and of its mirror image, as the bundle's identity
+    head reads them: dlib's descriptors, or the bundle's fine-tuned feature graph on dlib's chips."""
+    from facecore import identity
+
+    assert bundle.identity_head is not None
+    recogniser = identity.get_recogniser()
+    if bundle.identity_head.features != identity.GRAPH_FEATURES:
+        return await run_stage("detect", recogniser.describe, image, points5)
+    chip = await run_stage("detect", recogniser.chip, image, points5)
+    out = await run_graph(identity.FEATURES_GRAPH, {identity.FEATURES_GRAPH_INPUT: identity.chips_input(chip[None])})
+    return identity.pair_features(out[identity.FEATURES_GRAPH_OUTPUT])[0]
+
+
 MAX_UNWRAP_RESOLUTION = 512
 
 
@@ -277,10 +293,8 @@ async def reconstruct(
         face = await run_stage("detect", find_face, image, size, req.detector, tex_size if unwrap else None)
     features = None
     if bundle.identity_head is not None:
-        from facecore.identity import get_recogniser
-
         with timer.stage("identity"):
-            features = await run_stage("detect", get_recogniser().describe, image, face.points)
+            features = await identity_features(bundle, run_graph, run_stage, image, face.points)
     with timer.stage("encoder"):
         out = await run_graph("encoder", {"image": (face.crop.astype(np.float32) / 255.0).transpose(2, 0, 1)[None]})
     ws = out.pop("ws", None)

@@ -389,17 +389,28 @@ def add_identity_head(
     """A copy of ``bundle`` with the head of an ``identity`` stage run (``identity_run``: its output folder) added.
 
     The head goes in as ``identity_head.npz`` with a manifest entry (``identity``: file, sha256, features and the
-    run's held-out metrics); everything else is copied unchanged. ``version`` replaces the manifest's version.
+    run's held-out metrics); a head that reads a fine-tuned feature network brings that graph along
+    (:data:`facecore.identity.FEATURES_GRAPH`); a feature graph of an earlier head that the new one does not
+    read is removed. Everything else is copied unchanged. ``version`` replaces the manifest's version.
     The result is validated by :func:`facecore.bundle.load_bundle` before it replaces ``out``.
     """
-    from facecore.identity import IdentityHead
-    from training.identity import HEAD_FILE, METRICS_FILE
+    from facecore.identity import FEATURES_GRAPH, GRAPH_FEATURES, IdentityHead
+    from training.identity import GRAPH_FILE, HEAD_FILE, METRICS_FILE
 
     identity_run = Path(identity_run)
     head = IdentityHead.load(identity_run / HEAD_FILE)
     metrics = json.loads((identity_run / METRICS_FILE).read_text())
 
     def edit(folder: Path, manifest: dict) -> None:
+        old = manifest["graphs"].pop(FEATURES_GRAPH, None)
+        if old is not None:
+            (folder / old["file"]).unlink(missing_ok=True)
+        if head.features == GRAPH_FEATURES:
+            shutil.copyfile(identity_run / GRAPH_FILE, folder / GRAPH_FILE)
+            spec = metrics["features_graph"]
+            if spec is None or sha256_file(folder / GRAPH_FILE) != spec["sha256"]:
+                raise ValueError(f"{identity_run}: {GRAPH_FILE} does not match the run's metrics (features_graph)")
+            manifest["graphs"][FEATURES_GRAPH] = spec
         head.save(folder / HEAD_FILE)
         manifest["identity"] = {
             "file": HEAD_FILE,

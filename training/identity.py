@@ -9,7 +9,10 @@
 2. Each render goes through the service's feature path: dlib's detector and 5-point model
    (:func:`facecore.detect.detect_landmarks5`, as ``/reconstruct``), dlib's chip and face-recognition network
    on the chip and on its mirror image (:class:`facecore.identity.FaceRecogniser`, the same object the service
-   calls). Renders where no face is found are dropped (the service answers 422 there).
+   calls). Renders where no face is found are dropped (the service answers 422 there). With ``features_net``
+   (a ``training.identity_finetune`` run's network: dlib's network trained further to predict the face's shape)
+   the chips go through that network instead, exported as the ONNX graph the bundle will carry
+   (``OUT/identity_features.onnx``) and run on onnxruntime as the service runs it.
 3. A ridge regression descriptor → shape code is fitted on single views (one photo per request in the
    service), each chip's mirror image a second row with the mirrored code (:func:`code_mirror`), split by
    identity (``test_fraction`` held out, ``val_fraction`` of the rest chooses λ by the face-region error of
@@ -22,7 +25,8 @@
    error of predicting the mean identity (the prior's mean for the prior set: "the prior's spread").
 
 Writes ``OUT/identity_head.npz`` (:class:`facecore.identity.IdentityHead`), ``OUT/metrics.json`` and the
-features per chunk of identities under ``OUT/features/`` (a rerun renders only the missing chunks).
+chips per chunk of identities under ``OUT/renders/`` (a rerun renders only the missing chunks; the features of
+any network are computed from them in a minute or two).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +45,15 @@ from scipy.stats import chi
 
 from facecore.config import parse_section, section_dict
 from facecore.geometry import FaceModelArrays
-from facecore.identity import CHIP_SIZE, DESCRIPTOR_DIM, IdentityHead, get_recogniser
+from facecore.identity import (
+    CHIP_SIZE,
+    DESCRIPTOR_DIM,
+    FEATURES,
+    FEATURES_GRAPH,
+    GRAPH_FEATURES,
+    IdentityHead,
+    get_recogniser,
+)
 from models.face.model import FaceModel
 from training.data.identity_set import IDENTITY_SAMPLINGS, render_identity_chips, sample_identity_shapes
 from training.data.synthetic import SyntheticConfig, SyntheticFaces
@@ -52,6 +64,7 @@ logger = logging.getLogger(__name__)
 
 EVAL_FIRST_SAMPLE = 50_000_000  # synthetic sample indices of the evaluation set (the training set's start at 0)
 HEAD_FILE = "identity_head.npz"
+GRAPH_FILE = f"{FEATURES_GRAPH}.onnx"
 METRICS_FILE = "metrics.json"
 
 
@@ -74,6 +87,7 @@ class IdentityStageConfig:
     chunk: int = 100
     threads: int | None = 1
     prior_radius_quantile: float = 0.999
+    features_net: str | None = None  # a training.identity_finetune run's identity_net.pt: fit on its features
 
     def __post_init__(self) -> None:
         if self.sampling not in IDENTITY_SAMPLINGS:
@@ -115,13 +129,13 @@ def code_mirror(model: FaceModelArrays) -> tuple[np.ndarray, np.ndarray]:
     return solution[:-1], solution[-1]
 
 
-def _features(cfg: IdentityStageConfig, part: _Part, faces: SyntheticFaces, folder: Path) -> dict[str, np.ndarray]:
-    """Shapes (N, K), descriptors (N, V, 2, 128: chip, mirrored chip; NaN where no face was found) and yaw (N, V)
-    of a part, by chunk."""
+def _renders(cfg: IdentityStageConfig, part: _Part, faces: SyntheticFaces, folder: Path) -> dict[str, np.ndarray]:
+    """Shapes (N, K), the service's chips (N, V, 150, 150, 3) uint8, "a face was found" (N, V) and yaw (N, V) of
+    a part, rendered by chunk (a chunk on disk is not rendered again)."""
     chunks = []
     recogniser = get_recogniser()
     for c, start in enumerate(range(0, part.identities, cfg.chunk)):
-        path = folder / f"{part.name}_c{c:04d}.npz"
+        path = folder / f"{part.name}_chips_c{c:04d}.npz"
         n = min(cfg.chunk, part.identities - start)
         if not path.exists():
             t = time.perf_counter()
@@ -131,10 +145,8 @@ def _features(cfg: IdentityStageConfig, part: _Part, faces: SyntheticFaces, fold
             chips = render_identity_chips(
                 faces, shapes, part.views, first_index=first, chip_size=CHIP_SIZE, align="detect5", cut=recogniser.chip
             )
-            desc = np.full((n, part.views, 2, DESCRIPTOR_DIM), np.nan)
-            desc[chips.detected] = recogniser.describe_with_mirror(chips.chips[chips.detected])
             tmp = path.with_suffix(".tmp.npz")
-            np.savez(tmp, shapes=chips.shapes, desc=desc, yaw=chips.yaw_deg)
+            np.savez(tmp, shapes=chips.shapes, chips=chips.chips, found=chips.detected, yaw=chips.yaw_deg)
             tmp.rename(path)
             logger.info(
                 "%s chunk %d: %d renders, %.0f %% with a face, %.2f s each",
@@ -143,6 +155,46 @@ def _features(cfg: IdentityStageConfig, part: _Part, faces: SyntheticFaces, fold
         with np.load(path) as data:
             chunks.append({k: data[k] for k in data.files})
     return {k: np.concatenate([ch[k] for ch in chunks]) for k in chunks[0]}
+
+
+def _describe(data: dict[str, np.ndarray], describe: Callable[[np.ndarray], np.ndarray]) -> dict[str, np.ndarray]:
+    """Shapes, features (N, V, 2, D: chip, mirrored chip; NaN where no face was found) and yaw of rendered chips;
+    ``describe``: (M, 150, 150, 3) uint8 chips → (M, 2, D)."""
+    found = data["found"]
+    first = describe(data["chips"][found][:1])
+    desc = np.full((*found.shape, 2, first.shape[-1]), np.nan)
+    desc[found] = describe(data["chips"][found])
+    return {"shapes": data["shapes"], "desc": desc, "yaw": data["yaw"]}
+
+
+def export_graph(features_net: str | Path, out: Path) -> dict[str, Any]:
+    """Export a ``training.identity_finetune`` network as ``out/``:data:`GRAPH_FILE` (float16 weights, as bundles
+    store them); returns its bundle graph entry (``manifest.json["graphs"]``)."""
+    from facecore.identity import FEATURES_GRAPH_OUTPUT
+    from training.export import _spec
+    from training.identity_finetune import export_features
+
+    graph, parity = export_features(features_net, out / GRAPH_FILE)
+    return _spec(graph, out / GRAPH_FILE, parity, {FEATURES_GRAPH_OUTPUT: (2, DESCRIPTOR_DIM)}, fp16=True)
+
+
+def graph_describer(path: Path, batch: int = 32) -> Callable[[np.ndarray], np.ndarray]:
+    """The fine-tuned feature graph (:data:`facecore.identity.FEATURES_GRAPH`) on onnxruntime, as the service
+    runs it: (M, 150, 150, 3) uint8 chips → (M, 2, 128) features of each chip and its mirror image."""
+    import onnxruntime as ort
+
+    from facecore.identity import FEATURES_GRAPH_INPUT, chips_input, pair_features
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+    def describe(chips: np.ndarray) -> np.ndarray:
+        parts = [
+            pair_features(session.run(None, {FEATURES_GRAPH_INPUT: chips_input(chips[i : i + batch])})[0])
+            for i in range(0, len(chips), batch)
+        ]
+        return np.concatenate(parts) if parts else np.zeros((0, 2, DESCRIPTOR_DIM))
+
+    return describe
 
 
 def _rows(data: dict[str, np.ndarray], ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -181,7 +233,7 @@ def run(cfg: Mapping[str, Any], out: Path) -> None:
     if c.threads is not None:
         torch.set_num_threads(c.threads)
     t0 = time.perf_counter()
-    folder = out / "features"
+    folder = out / "renders"
     folder.mkdir(parents=True, exist_ok=True)
     fm = FaceModel.from_file()
     faces = SyntheticFaces(SyntheticConfig(image_size=c.image_size, albedo_size=c.albedo_size, seed=c.seed), fm)
@@ -189,11 +241,20 @@ def run(cfg: Mapping[str, Any], out: Path) -> None:
         "sampling": c.sampling, "prior_scale": c.prior_scale, "wide_scale": c.wide_scale,
         "wide_fraction": c.wide_fraction,
     }  # fmt: skip
-    train = _features(c, _Part("train", c.identities, c.views, train_sampling, 0), faces, folder)
-    prior = _features(
+    train = _renders(c, _Part("train", c.identities, c.views, train_sampling, 0), faces, folder)
+    prior = _renders(
         c, _Part("eval_prior", c.eval_identities, 1, {"sampling": "prior"}, EVAL_FIRST_SAMPLE), faces, folder
     )
     t_data = time.perf_counter() - t0
+    t = time.perf_counter()
+    graph_spec = None
+    if c.features_net is None:
+        features, describe = FEATURES, get_recogniser().describe_with_mirror
+    else:  # the fine-tuned network, exported as the bundle will carry it, run as the service runs it
+        graph_spec = export_graph(c.features_net, out)
+        features, describe = GRAPH_FEATURES, graph_describer(out / GRAPH_FILE)
+    train, prior = _describe(train, describe), _describe(prior, describe)
+    t_features = time.perf_counter() - t
 
     order = np.random.default_rng(c.seed).permutation(c.identities)
     n_test = max(1, round(c.test_fraction * c.identities))
@@ -220,7 +281,7 @@ def run(cfg: Mapping[str, Any], out: Path) -> None:
     ridge = fit_ridge(x_fit, y_fit, x_val, y_val, val_error=region_error)
     radius = chi.ppf(c.prior_radius_quantile, fm.n_shape)  # ‖ε‖ of prior samples, ε ~ N(0, I_K)
     limit = (np.asarray(arrays.shape_prior_mean), np.asarray(arrays.shape_prior_chol), np.array(radius))
-    head = IdentityHead(ridge.x_mean, ridge.x_std, ridge.W, ridge.y_mean, mirror, mirror_offset, *limit)
+    head = IdentityHead(ridge.x_mean, ridge.x_std, ridge.W, ridge.y_mean, mirror, mirror_offset, *limit, features)
     t_fit = time.perf_counter() - t
     head.save(out / HEAD_FILE)
 
@@ -237,7 +298,8 @@ def run(cfg: Mapping[str, Any], out: Path) -> None:
             metric, head, x_test, y_test, train["shapes"][np.concatenate([fit, val])].mean(0), yaw_test
         ),
         "held_out_prior": _scores(metric, head, x_prior, y_prior, np.asarray(arrays.shape_prior_mean), yaw_prior),
-        "seconds": {"data": t_data, "fit": t_fit, "total": time.perf_counter() - t0},
+        "seconds": {"data": t_data, "features": t_features, "fit": t_fit, "total": time.perf_counter() - t0},
+        "features_graph": graph_spec,
         "config": section_dict(c),
     }
     (out / METRICS_FILE).write_text(json.dumps(metrics, indent=1))

@@ -11,27 +11,48 @@ import pytest
 from fastapi.testclient import TestClient
 
 from facecore.bundle import BundleError, load_bundle
-from facecore.identity import DESCRIPTOR_DIM, IdentityHead, get_recogniser
+from facecore.identity import (
+    DESCRIPTOR_DIM,
+    FEATURES,
+    FEATURES_GRAPH,
+    GRAPH_FEATURES,
+    IdentityHead,
+    chips_input,
+    get_recogniser,
+    pair_features,
+)
 from service.app import create_app
 from service.settings import Settings
 from training.export import add_identity_head
-from training.identity import HEAD_FILE, METRICS_FILE
+from training.identity import GRAPH_FILE, HEAD_FILE, METRICS_FILE
 
 PHOTOS = Path(__file__).resolve().parents[1] / "fixtures" / "photos"
 FRONTAL = PHOTOS / "cc0-interfaces-001.jpg"
 
 
-def _identity_run(folder: Path, n_shape: int, seed: int = 0) -> Path:
-    """A stand-in for an ``identity`` stage run: a head with known random weights and its metrics file."""
+def _identity_run(folder: Path, n_shape: int, seed: int = 0, graph: bool = False) -> Path:
+    """A stand-in for an ``identity`` stage run: a head with known random weights and its metrics file; with
+    ``graph`` the head reads a feature graph (dlib's own weights through training.identity_finetune's export)."""
     rng = np.random.default_rng(seed)
     head = IdentityHead(
         rng.normal(0, 0.1, DESCRIPTOR_DIM), np.full(DESCRIPTOR_DIM, 0.1),
         rng.normal(0, 1 / DESCRIPTOR_DIM, (DESCRIPTOR_DIM, n_shape)), np.zeros(n_shape), np.eye(n_shape),
         np.zeros(n_shape), np.zeros(n_shape), np.eye(n_shape), np.array(1e9),
+        GRAPH_FEATURES if graph else FEATURES,
     )  # fmt: skip
     folder.mkdir(parents=True, exist_ok=True)
     head.save(folder / HEAD_FILE)
     metrics = {"model": "ridge", "ridge_alpha": 1.0, "train_identities": 0, "held_out": {}, "held_out_prior": {}}
+    if graph:
+        import torch
+
+        from models.identity import FaceEmbedder
+        from training.identity import export_graph
+        from training.identity_finetune import NET_FILE, FinetuneConfig, ShapeReader, save_net
+
+        reader = ShapeReader(FaceEmbedder.from_dlib_dat(), torch.zeros(n_shape), torch.ones(n_shape))
+        save_net(reader, folder / NET_FILE, FinetuneConfig())
+        metrics["features_graph"] = export_graph(folder / NET_FILE, folder)
     (folder / METRICS_FILE).write_text(json.dumps(metrics))
     return folder
 
@@ -113,3 +134,47 @@ def test_reconstruct_takes_the_shape_from_the_head(tiny_bundle, head_bundle, tmp
     lmk_plain, lmk_headed = np.array(plain["face"]["landmarks68"]), np.array(headed["face"]["landmarks68"])
     box = np.array(plain["face"]["box"])
     assert np.linalg.norm(lmk_headed - lmk_plain, axis=1).mean() < 0.05 * (box[2] - box[0])
+
+
+@pytest.fixture(scope="module")
+def graph_bundle(tiny_bundle, tmp_path_factory) -> Path:
+    n_shape = load_bundle(tiny_bundle).manifest.codes.shape
+    run = _identity_run(tmp_path_factory.mktemp("identity_graph"), n_shape, graph=True)
+    return add_identity_head(tiny_bundle, run, tmp_path_factory.mktemp("bundles") / "with_graph", version="0.0.3")
+
+
+def test_head_on_the_feature_graph(tiny_bundle, graph_bundle, tmp_path):
+    """A head that reads the fine-tuned feature graph brings it into the bundle, /reconstruct runs it on dlib's chip
+    and its mirror image, and a bundle whose manifest lacks the graph is refused."""
+    import shutil
+
+    import onnxruntime as ort
+
+    bundle = load_bundle(graph_bundle)
+    assert bundle.manifest.identity.features == GRAPH_FEATURES and (graph_bundle / GRAPH_FILE).is_file()
+    assert bundle.manifest.graphs[FEATURES_GRAPH].weights_dtype == "float16"
+    result = _reconstruct(graph_bundle, tmp_path / "graph")
+    assert result["timings_ms"]["identity"] > 0
+
+    from PIL import Image
+
+    image = np.asarray(Image.open(FRONTAL).convert("RGB"))
+    chip = get_recogniser().chip(image, np.array(result["face"]["points5"]))
+    session = ort.InferenceSession(str(graph_bundle / GRAPH_FILE), providers=["CPUExecutionProvider"])
+    features = pair_features(session.run(None, {"chips": chips_input(chip[None])})[0])[0]
+    np.testing.assert_allclose(result["codes"]["shape"], bundle.identity_head(features), atol=2e-6)
+    # the graph here is dlib's own network (fp16 weights): its features are dlib's descriptors to rounding
+    dlib = get_recogniser().describe(image, np.array(result["face"]["points5"]))
+    assert np.linalg.norm(features - dlib, axis=1).max() < 0.01
+
+    copy = Path(shutil.copytree(graph_bundle, tmp_path / "b"))
+    manifest = json.loads((copy / "manifest.json").read_text())
+    del manifest["graphs"][FEATURES_GRAPH]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=f"reads the graph '{FEATURES_GRAPH}'"):
+        load_bundle(copy)
+
+    # a dlib-feature head added to that bundle drops the graph it no longer reads
+    n_shape = bundle.manifest.codes.shape
+    plain = add_identity_head(graph_bundle, _identity_run(tmp_path / "plain_run", n_shape), tmp_path / "plain")
+    assert FEATURES_GRAPH not in load_bundle(plain).manifest.graphs and not (plain / GRAPH_FILE).exists()

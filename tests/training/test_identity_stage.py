@@ -41,16 +41,45 @@ def test_stage_writes_a_head_and_held_out_metrics(tiny_run):
         m = metrics[part]
         assert m["rows"] >= 1 and m["centred_mean_identity_mm"] > 1.0  # identities differ by millimetres
         assert m["centred_ratio"] == pytest.approx(m["centred_mm"] / m["centred_mean_identity_mm"])
-    features = sorted(p.name for p in (tiny_run / "features").iterdir())
-    assert features == ["eval_prior_c0000.npz", "train_c0000.npz", "train_c0001.npz"]
+    renders = sorted(p.name for p in (tiny_run / "renders").iterdir())
+    assert renders == ["eval_prior_chips_c0000.npz", "train_chips_c0000.npz", "train_chips_c0001.npz"]
 
 
-def test_stage_resumes_from_its_feature_chunks(tiny_run):
-    stamps = {p: p.stat().st_mtime_ns for p in (tiny_run / "features").iterdir()}
+def test_stage_resumes_from_its_render_chunks(tiny_run):
+    stamps = {p: p.stat().st_mtime_ns for p in (tiny_run / "renders").iterdir()}
     before = IdentityHead.load(tiny_run / HEAD_FILE)
     assert main(["identity", "--config", str(TINY), "--out", str(tiny_run.parent)]) == 0
-    assert {p: p.stat().st_mtime_ns for p in (tiny_run / "features").iterdir()} == stamps  # nothing re-rendered
+    assert {p: p.stat().st_mtime_ns for p in (tiny_run / "renders").iterdir()} == stamps  # nothing re-rendered
     np.testing.assert_array_equal(IdentityHead.load(tiny_run / HEAD_FILE).weight, before.weight)
+
+
+def test_stage_fits_on_a_fine_tuned_network(tiny_run, tmp_path):
+    """With ``features_net`` the same renders go through the exported feature graph; the head reads it."""
+    import shutil
+
+    import torch
+
+    from facecore.identity import GRAPH_FEATURES
+    from models.identity import FaceEmbedder
+    from training.identity import GRAPH_FILE
+    from training.identity_finetune import NET_FILE, FinetuneConfig, ShapeReader, save_net
+
+    shutil.copytree(tiny_run, tmp_path / "identity")
+    stamps = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "identity" / "renders").iterdir()}
+    net = save_net(ShapeReader(FaceEmbedder.from_dlib_dat(), torch.zeros(150), torch.ones(150)),
+                   tmp_path / NET_FILE, FinetuneConfig())  # fmt: skip
+    args = ["identity", "--config", str(TINY), "--out", str(tmp_path), "--set", f"identity.features_net={net}"]
+    assert main(args) == 0
+    run = tmp_path / "identity"
+    assert {p.name: p.stat().st_mtime_ns for p in (run / "renders").iterdir()} == stamps  # the renders are reused
+    head = IdentityHead.load(run / HEAD_FILE)
+    metrics = json.loads((run / METRICS_FILE).read_text())
+    assert head.features == GRAPH_FEATURES and (run / GRAPH_FILE).is_file()
+    assert metrics["features_graph"]["parity_max_abs"] < 1e-3
+    # dlib's own weights (fp16): the head is the dlib head's to within rounding of the features
+    dlib_head = IdentityHead.load(tiny_run / HEAD_FILE)
+    x = np.random.default_rng(0).normal(dlib_head.x_mean, dlib_head.x_std, (4, 2, 128))
+    assert np.abs(head(x) - dlib_head(x)).max() < 0.05 * np.abs(dlib_head(x) - dlib_head.prior_mean).max()
 
 
 @pytest.mark.parametrize(

@@ -524,11 +524,17 @@ class SyntheticFaces:
 
     @torch.no_grad()
     def render(
-        self, index: torch.Tensor, albedo_params: AlbedoParams, scene: SceneParams, albedo: torch.Tensor | None = None
+        self,
+        index: torch.Tensor,
+        albedo_params: AlbedoParams,
+        scene: SceneParams,
+        albedo: torch.Tensor | None = None,
+        eyes: torch.Tensor | None = None,
     ) -> SyntheticBatch:
         """Turn drawn parameters into a :class:`SyntheticBatch` (deterministic). ``albedo`` ((B, 3, Hu, Wu) linear,
         in the face model's UV layout) replaces the procedural albedo of ``albedo_params`` (which still colour the
-        irises), e.g. an AlbedoGAN's maps."""
+        irises), e.g. an AlbedoGAN's maps. ``eyes``: the :func:`eye_atlases` of ``albedo_params`` when the caller
+        has them (they are numpy work on the CPU, ~30 ms a sample: a GPU stream computes them in its loader)."""
         cfg = self.config
         fm = self.face_model
         albedo = self.albedo(albedo_params, cfg.albedo_size) if albedo is None else albedo.to(self.device)
@@ -537,7 +543,7 @@ class SyntheticFaces:
         lm_world = fm.landmarks(verts)
         camera = frame_camera(lm_world, scene.face_fill, scene.face_offset)
         background = render_background(scene.background, cfg.image_size)
-        eyes = eye_atlases(fm, albedo_params).to(verts.device)
+        eyes = (eye_atlases(fm, albedo_params) if eyes is None else eyes).to(verts.device)
         out = self.renderer(verts, camera, albedo, scene.sh, background, asset_texture=eyes)
         H = W = cfg.image_size
         lm = camera.project(lm_world)
