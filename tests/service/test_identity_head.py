@@ -15,10 +15,10 @@ from facecore.identity import (
     DESCRIPTOR_DIM,
     FEATURES,
     FEATURES_GRAPH,
-    GRAPH_FEATURES,
     IdentityHead,
     chips_input,
     get_recogniser,
+    graph_features,
     pair_features,
 )
 from service.app import create_app
@@ -38,7 +38,7 @@ def _identity_run(folder: Path, n_shape: int, seed: int = 0, graph: bool = False
         rng.normal(0, 0.1, DESCRIPTOR_DIM), np.full(DESCRIPTOR_DIM, 0.1),
         rng.normal(0, 1 / DESCRIPTOR_DIM, (DESCRIPTOR_DIM, n_shape)), np.zeros(n_shape), np.eye(n_shape),
         np.zeros(n_shape), np.zeros(n_shape), np.eye(n_shape), np.array(1e9),
-        GRAPH_FEATURES if graph else FEATURES,
+        graph_features("descriptor") if graph else FEATURES,
     )  # fmt: skip
     folder.mkdir(parents=True, exist_ok=True)
     head.save(folder / HEAD_FILE)
@@ -52,7 +52,7 @@ def _identity_run(folder: Path, n_shape: int, seed: int = 0, graph: bool = False
 
         reader = ShapeReader(FaceEmbedder.from_dlib_dat(), torch.zeros(n_shape), torch.ones(n_shape))
         save_net(reader, folder / NET_FILE, FinetuneConfig())
-        metrics["features_graph"] = export_graph(folder / NET_FILE, folder)
+        metrics["features_graph"] = export_graph("descriptor", folder / NET_FILE, folder)
     (folder / METRICS_FILE).write_text(json.dumps(metrics))
     return folder
 
@@ -151,7 +151,7 @@ def test_head_on_the_feature_graph(tiny_bundle, graph_bundle, tmp_path):
     import onnxruntime as ort
 
     bundle = load_bundle(graph_bundle)
-    assert bundle.manifest.identity.features == GRAPH_FEATURES and (graph_bundle / GRAPH_FILE).is_file()
+    assert bundle.manifest.identity.features == graph_features("descriptor") and (graph_bundle / GRAPH_FILE).is_file()
     assert bundle.manifest.graphs[FEATURES_GRAPH].weights_dtype == "float16"
     result = _reconstruct(graph_bundle, tmp_path / "graph")
     assert result["timings_ms"]["identity"] > 0

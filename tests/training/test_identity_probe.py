@@ -97,6 +97,14 @@ def test_region_metric_matches_identity_distance(face_model):
     assert (mean_vertex_distance(moved, verts) > 1.0).all()
     np.testing.assert_allclose(mean_vertex_distance(moved, verts, rigid=True), 0.0, atol=1e-9)
     np.testing.assert_allclose(mean_vertex_distance(verts + 7.0, verts), 0.0, atol=1e-9)
+    # a similarity alignment also removes a scale (and only then: the rigid one keeps it)
+    bigger = 1.08 * moved
+    assert (mean_vertex_distance(bigger, verts, rigid=True) > 0.5).all()
+    np.testing.assert_allclose(mean_vertex_distance(bigger, verts, rigid=True, scale=True), 0.0, atol=1e-9)
+    similar = metric.error_mm(za, zb, rigid=True, scale=True)
+    assert (similar <= rigid + 1e-9).all() and (similar < rigid).any()
+    with pytest.raises(ValueError, match="scale: needs rigid"):
+        mean_vertex_distance(verts, verts, scale=True)
 
 
 def test_ridge_recovers_a_linear_map():

@@ -53,33 +53,41 @@ def test_stage_resumes_from_its_render_chunks(tiny_run):
     np.testing.assert_array_equal(IdentityHead.load(tiny_run / HEAD_FILE).weight, before.weight)
 
 
-def test_stage_fits_on_a_fine_tuned_network(tiny_run, tmp_path):
-    """With ``features_net`` the same renders go through the exported feature graph; the head reads it."""
+@pytest.mark.parametrize("graph", ["descriptor", "grid"])
+def test_stage_fits_on_a_feature_graph(tiny_run, tmp_path, graph):
+    """With ``features_graph`` the same renders go through the exported feature graph; the head reads it. The
+    descriptor graph of a network saved by training.identity_finetune (dlib's own weights here) reproduces the
+    dlib head; the grid graph gives 1024 features and goes into a bundle."""
     import shutil
 
     import torch
 
-    from facecore.identity import GRAPH_FEATURES
+    from facecore.identity import graph_features
     from models.identity import FaceEmbedder
     from training.identity import GRAPH_FILE
     from training.identity_finetune import NET_FILE, FinetuneConfig, ShapeReader, save_net
 
     shutil.copytree(tiny_run, tmp_path / "identity")
     stamps = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "identity" / "renders").iterdir()}
-    net = save_net(ShapeReader(FaceEmbedder.from_dlib_dat(), torch.zeros(150), torch.ones(150)),
-                   tmp_path / NET_FILE, FinetuneConfig())  # fmt: skip
-    args = ["identity", "--config", str(TINY), "--out", str(tmp_path), "--set", f"identity.features_net={net}"]
-    assert main(args) == 0
+    sets = ["--set", f"identity.features_graph={graph}"]
+    if graph == "descriptor":
+        reader = ShapeReader(FaceEmbedder.from_dlib_dat(), torch.zeros(150), torch.ones(150))
+        sets += ["--set", f"identity.features_net={save_net(reader, tmp_path / NET_FILE, FinetuneConfig())}"]
+    assert main(["identity", "--config", str(TINY), "--out", str(tmp_path), *sets]) == 0
     run = tmp_path / "identity"
     assert {p.name: p.stat().st_mtime_ns for p in (run / "renders").iterdir()} == stamps  # the renders are reused
     head = IdentityHead.load(run / HEAD_FILE)
     metrics = json.loads((run / METRICS_FILE).read_text())
-    assert head.features == GRAPH_FEATURES and (run / GRAPH_FILE).is_file()
-    assert metrics["features_graph"]["parity_max_abs"] < 1e-3
-    # dlib's own weights (fp16): the head is the dlib head's to within rounding of the features
-    dlib_head = IdentityHead.load(tiny_run / HEAD_FILE)
-    x = np.random.default_rng(0).normal(dlib_head.x_mean, dlib_head.x_std, (4, 2, 128))
-    assert np.abs(head(x) - dlib_head(x)).max() < 0.05 * np.abs(dlib_head(x) - dlib_head.prior_mean).max()
+    assert head.features == graph_features(graph) and (run / GRAPH_FILE).is_file()
+    assert metrics["features_graph"]["parity_max_abs"] < 1e-2  # export_onnx checked it against its own bound
+    if graph == "descriptor":  # dlib's own weights (fp16): the dlib head to within rounding of the features
+        dlib_head = IdentityHead.load(tiny_run / HEAD_FILE)
+        x = np.random.default_rng(0).normal(dlib_head.x_mean, dlib_head.x_std, (4, 2, 128))
+        assert np.abs(head(x) - dlib_head(x)).max() < 0.05 * np.abs(dlib_head(x) - dlib_head.prior_mean).max()
+    else:
+        assert head.n_features == 1024
+        bundle = load_bundle(add_identity_head(BUNDLE, run, tmp_path / "bundle"))
+        assert bundle.manifest.graphs["identity_features"].outputs["features"].shape == [None, 1024]
 
 
 @pytest.mark.parametrize(
@@ -88,6 +96,8 @@ def test_stage_fits_on_a_fine_tuned_network(tiny_run, tmp_path):
         ("identity.sampling=adults", "identity: sampling: expected one of"),
         ("identity.colour=1", "colour"),
         ("identity.views=0", "views ≥ 1"),
+        ("identity.features_graph=pixels", "features_graph: expected one of"),
+        ("identity.features_net=net.pt", "features_net: needs features_graph"),
     ],
 )
 def test_stage_refuses_bad_config(tmp_path, caplog, override, message):
