@@ -13,6 +13,7 @@ after (``--dry-run``: printed only). Renders the detector misses are skipped.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 from pathlib import Path
@@ -34,7 +35,15 @@ def measure(bundle: Bundle, samples: int, seed: int) -> np.ndarray:
 
     model = bundle.face_model
     size = bundle.manifest.resolutions.encoder_input
-    encoder = open_sessions(bundle, ["CPUExecutionProvider"], 0)["encoder"]
+    sessions = open_sessions(bundle, ["CPUExecutionProvider"], 0)
+    encoder = sessions["encoder"]
+
+    async def run_graph(name: str, inputs: dict) -> dict:
+        return sessions[name].run(inputs)
+
+    async def run_stage(_stage: str, fn, *args):  # noqa: ANN001, ANN202 (the pipeline's RunStage, inline)
+        return fn(*args)
+
     faces = SyntheticFaces(SyntheticConfig(image_size=224, albedo_size=64, seed=seed))
     if faces.face_model.arrays.expr_names != model.expr_names:
         raise SystemExit("the synthetic source's face model is not the bundle's: no common truth to calibrate on")
@@ -49,10 +58,8 @@ def measure(bundle: Bundle, samples: int, seed: int) -> np.ndarray:
         out = encoder.run({"image": (face.crop.astype(np.float32) / 255.0).transpose(2, 0, 1)[None]})
         codes = {k: v[0].astype(np.float64) for k, v in out.items() if k != "ws"}
         expression = np.clip(codes["expression"], 0.0, 1.0)
-        if bundle.identity_head is not None:
-            from facecore.identity import get_recogniser
-
-            features = get_recogniser().describe(image, face.points)
+        if bundle.identity_head is not None:  # the head's features as /reconstruct computes them
+            features = asyncio.run(P.identity_features(bundle, run_graph, run_stage, image, face.points))
             codes["shape"], _ = P.identity_shape(bundle, features, codes, expression)
         c = item.codes
         truth = mouth.lip_gap(

@@ -116,3 +116,21 @@ def test_head_goes_into_a_copy_of_the_bundle(tiny_run, tmp_path):
     )
     assert load_bundle(BUNDLE).manifest.identity == source  # the source is left as it was
     assert source is None or bundle.manifest.identity.sha256 != source.sha256  # and the copy has the new head
+
+
+def test_photo_like_copies_of_chips():
+    """degrade_chips: same shape and dtype, blurred and JPEG-compressed (changed, yet the same picture), and
+    deterministic in its generator."""
+    from PIL import Image
+
+    from training.identity import degrade_chips
+
+    photo = Path(__file__).resolve().parents[1] / "fixtures" / "photos" / "cc0-interfaces-001.jpg"
+    chip = np.asarray(Image.open(photo).convert("RGB").resize((150, 150)))
+    chips = np.stack([chip, chip[:, ::-1]])[None]  # (1, 2, 150, 150, 3): identities × views
+    a = degrade_chips(chips, np.random.default_rng(3))
+    b = degrade_chips(chips, np.random.default_rng(3))
+    assert a.shape == chips.shape and a.dtype == np.uint8
+    np.testing.assert_array_equal(a, b)
+    diff = np.abs(a.astype(float) - chips).mean((-3, -2, -1))
+    assert (diff > 0.3).all() and (diff < 12).all(), diff
