@@ -96,6 +96,9 @@ class IdentityStageConfig:
     # fit on each training chip and on this many photo-like copies of it (JPEG q25–90, blur σ ≤ 1 px): the grid
     # features moved a fixture photo's head by 1.4 mm under JPEG q40 when fitted on clean renders alone
     photo_copies: int = 0
+    # the ridge penalty (relative to the rows); null: chosen by the held-out synthetic identities' error. Those
+    # choose little shrinkage, which real photos (outside the synthetic features) turn into unstable heads
+    ridge_alpha: float | None = None
 
     def __post_init__(self) -> None:
         if self.sampling not in IDENTITY_SAMPLINGS:
@@ -112,6 +115,8 @@ class IdentityStageConfig:
             )
         if self.photo_copies < 0:
             raise ValueError("photo_copies: expected ≥ 0")
+        if self.ridge_alpha is not None and not self.ridge_alpha > 0:
+            raise ValueError("ridge_alpha: expected a positive penalty or null")
         if self.features_net is not None and self.features_graph is None:
             raise ValueError("features_net: needs features_graph (which output of the network to fit on)")
         if min(self.prior_scale, self.wide_scale) <= 0 or not 0 <= self.wide_fraction <= 1:
@@ -325,7 +330,8 @@ def run(cfg: Mapping[str, Any], out: Path) -> None:
         return float(metric.error_mm(metric.to_z(pred), metric.to_z(true)).mean())
 
     t = time.perf_counter()
-    ridge = fit_ridge(x_fit, y_fit, x_val, y_val, val_error=region_error)
+    alphas = {} if c.ridge_alpha is None else {"alphas": [c.ridge_alpha]}
+    ridge = fit_ridge(x_fit, y_fit, x_val, y_val, val_error=region_error, **alphas)
     radius = chi.ppf(c.prior_radius_quantile, fm.n_shape)  # ‖ε‖ of prior samples, ε ~ N(0, I_K)
     limit = (np.asarray(arrays.shape_prior_mean), np.asarray(arrays.shape_prior_chol), np.array(radius))
     head = IdentityHead(ridge.x_mean, ridge.x_std, ridge.W, ridge.y_mean, mirror, mirror_offset, *limit, features)

@@ -70,6 +70,8 @@ def test_stage_fits_on_a_feature_graph(tiny_run, tmp_path, graph):
     shutil.copytree(tiny_run, tmp_path / "identity")
     stamps = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "identity" / "renders").iterdir()}
     sets = ["--set", f"identity.features_graph={graph}"]
+    if graph == "grid":
+        sets += ["--set", "identity.ridge_alpha=3"]
     if graph == "descriptor":
         reader = ShapeReader(FaceEmbedder.from_dlib_dat(), torch.zeros(150), torch.ones(150))
         sets += ["--set", f"identity.features_net={save_net(reader, tmp_path / NET_FILE, FinetuneConfig())}"]
@@ -79,6 +81,8 @@ def test_stage_fits_on_a_feature_graph(tiny_run, tmp_path, graph):
     head = IdentityHead.load(run / HEAD_FILE)
     metrics = json.loads((run / METRICS_FILE).read_text())
     assert head.features == graph_features(graph) and (run / GRAPH_FILE).is_file()
+    if graph == "grid":
+        assert metrics["ridge_alpha"] == 3.0  # fixed by the config, not chosen on the validation identities
     assert metrics["features_graph"]["parity_max_abs"] < 1e-2  # export_onnx checked it against its own bound
     if graph == "descriptor":  # dlib's own weights (fp16): the dlib head to within rounding of the features
         dlib_head = IdentityHead.load(tiny_run / HEAD_FILE)
@@ -98,6 +102,7 @@ def test_stage_fits_on_a_feature_graph(tiny_run, tmp_path, graph):
         ("identity.views=0", "views ≥ 1"),
         ("identity.features_graph=pixels", "features_graph: expected one of"),
         ("identity.features_net=net.pt", "features_net: needs features_graph"),
+        ("identity.ridge_alpha=0", "ridge_alpha: expected a positive"),
     ],
 )
 def test_stage_refuses_bad_config(tmp_path, caplog, override, message):
