@@ -62,6 +62,11 @@ def graph_features(output: str) -> str:
     return f"graph:{FEATURES_GRAPH}:{output}{dim}:chip{CHIP_SIZE}:padding{CHIP_PADDING}:points5:and_mirrored"
 
 
+#: an identity stage run's files (``training.identity``), which ``training.export --add-identity`` puts into a bundle
+HEAD_FILE = "identity_head.npz"
+GRAPH_FILE = f"{FEATURES_GRAPH}.onnx"
+IDENTITY_METRICS_FILE = "metrics.json"
+
 #: the features a head may read in this service, and their dimension
 SERVICE_FEATURES = {FEATURES: DESCRIPTOR_DIM, **{graph_features(o): d for o, d in GRAPH_OUTPUTS.items()}}
 

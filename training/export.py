@@ -394,8 +394,8 @@ def add_identity_head(
     read is removed. Everything else is copied unchanged. ``version`` replaces the manifest's version.
     The result is validated by :func:`facecore.bundle.load_bundle` before it replaces ``out``.
     """
-    from facecore.identity import FEATURES_GRAPH, IdentityHead, reads_graph
-    from training.identity import GRAPH_FILE, HEAD_FILE, METRICS_FILE
+    from facecore.identity import FEATURES_GRAPH, GRAPH_FILE, HEAD_FILE, IdentityHead, reads_graph
+    from facecore.identity import IDENTITY_METRICS_FILE as METRICS_FILE
 
     identity_run = Path(identity_run)
     head = IdentityHead.load(identity_run / HEAD_FILE)

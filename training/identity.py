@@ -46,12 +46,13 @@ import torch
 from scipy.stats import chi
 
 from facecore.config import parse_section, section_dict
-from facecore.geometry import FaceModelArrays
 from facecore.identity import (
     CHIP_SIZE,
     FEATURES,
-    FEATURES_GRAPH,
+    GRAPH_FILE,
     GRAPH_OUTPUTS,
+    HEAD_FILE,
+    IDENTITY_METRICS_FILE,
     IdentityHead,
     get_recogniser,
     graph_features,
@@ -59,15 +60,14 @@ from facecore.identity import (
 from models.face.model import FaceModel
 from training.data.identity_set import IDENTITY_SAMPLINGS, render_identity_chips, sample_identity_shapes
 from training.data.synthetic import SyntheticConfig, SyntheticFaces
-from training.evaluation import identity_region, mirror_vertex_index
-from training.identity_regression import ALIGNMENTS, RegionMetric, fit_ridge
+from training.evaluation import identity_region
+from training.identity_regression import ALIGNMENTS, RegionMetric, code_mirror, fit_ridge
 
 logger = logging.getLogger(__name__)
 
+METRICS_FILE = IDENTITY_METRICS_FILE  # the run's file names are facecore.identity's: training.export reads them too
+
 EVAL_FIRST_SAMPLE = 50_000_000  # synthetic sample indices of the evaluation set (the training set's start at 0)
-HEAD_FILE = "identity_head.npz"
-GRAPH_FILE = f"{FEATURES_GRAPH}.onnx"
-METRICS_FILE = "metrics.json"
 
 
 @dataclass(frozen=True)
@@ -132,22 +132,6 @@ class _Part:
     views: int
     sampling: dict[str, Any]
     first_sample: int
-
-
-def code_mirror(model: FaceModelArrays) -> tuple[np.ndarray, np.ndarray]:
-    """(K, K) M and (K,) c such that ``code · M + c`` is the code of ``code``'s head mirrored left–right (x → −x,
-    vertices swapped with their mirror partners), least squares over every vertex. The default face model's
-    basis holds its mirror images to 1 % (relative residual)."""
-    index = mirror_vertex_index(model)
-    flip = np.array([-1.0, 1.0, 1.0])
-    basis = np.asarray(model.shape_basis, np.float64)
-    mean = np.asarray(model.mean, np.float64)
-    flat = basis.reshape(len(basis), -1)
-    targets = np.concatenate(
-        [(basis[:, index] * flip).reshape(len(basis), -1), (mean[index] * flip - mean).reshape(1, -1)]
-    )
-    solution = np.linalg.lstsq(flat.T, targets.T, rcond=None)[0].T  # (K + 1, K): rows · flat ≈ targets
-    return solution[:-1], solution[-1]
 
 
 def _renders(cfg: IdentityStageConfig, part: _Part, faces: SyntheticFaces, folder: Path) -> dict[str, np.ndarray]:

@@ -231,8 +231,7 @@ def run(
 ) -> dict[str, Any]:
     """Train (or resume) into ``out``; ``dat``: the recogniser's weights (a dlib ``.dat`` or a state dict ``.pt``)."""
     from training.evaluation import identity_region
-    from training.identity import code_mirror
-    from training.identity_regression import RegionMetric
+    from training.identity_regression import RegionMetric, code_mirror
 
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
