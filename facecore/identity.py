@@ -90,10 +90,13 @@ class FaceRecogniser:
     BATCH = 32
 
     def __init__(self) -> None:
+        self._dlib = _import_dlib()
+
+    @functools.cached_property
+    def _net(self):  # noqa: ANN202 (facecore.dlib_onnx.Recogniser) loaded on first use: a head on a bundle graph uses only the chip
         from facecore.dlib_onnx import get_recogniser as onnx_recogniser
 
-        self._dlib = _import_dlib()
-        self._net = onnx_recogniser(model_path(RECOGNISER_FILE))
+        return onnx_recogniser(model_path(RECOGNISER_FILE))
 
     def chip(self, image: np.ndarray, points5: np.ndarray) -> np.ndarray:
         """dlib's (150, 150, 3) uint8 face chip of ``image`` (H, W, 3) uint8 RGB on the (5, 2) points of

@@ -258,9 +258,12 @@ def warm_reconstruct(bundle: Bundle, texture_size: int) -> None:
 
     detect.detect_landmarks5(np.full((256, 256, 3), 128, np.uint8))  # no face: HOG, then the CNN, both run
     if bundle.identity_head is not None:
-        from facecore.identity import get_recogniser
+        from facecore import identity
 
-        get_recogniser().describe_chips(np.zeros((1, 150, 150, 3), np.uint8))
+        if identity.reads_graph(bundle.identity_head.features):
+            identity.get_recogniser()  # dlib's chip only: the features are the bundle graph's, loaded with the others
+        else:
+            identity.get_recogniser().describe_chips(np.zeros((1, 150, 150, 3), np.uint8))
     texture.prepare(bundle.face_model, unwrap_resolution(texture_size, bundle.manifest.resolutions.albedo))
 
 

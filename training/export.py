@@ -389,9 +389,9 @@ def add_identity_head(
     """A copy of ``bundle`` with the head of an ``identity`` stage run (``identity_run``: its output folder) added.
 
     The head goes in as ``identity_head.npz`` with a manifest entry (``identity``: file, sha256, features and the
-    run's held-out metrics); a head that reads a fine-tuned feature network brings that graph along
-    (:data:`facecore.identity.FEATURES_GRAPH`); a feature graph of an earlier head that the new one does not
-    read is removed. Everything else is copied unchanged. ``version`` replaces the manifest's version.
+    run's held-out metrics); a head that reads a feature graph brings it along (:data:`facecore.identity
+    .FEATURES_GRAPH`, exported by the run); a feature graph of an earlier head that the new one does not read is
+    removed. Everything else is copied unchanged. ``version`` replaces the manifest's version.
     The result is validated by :func:`facecore.bundle.load_bundle` before it replaces ``out``.
     """
     from facecore.identity import FEATURES_GRAPH, GRAPH_FILE, HEAD_FILE, IdentityHead, reads_graph
