@@ -14,17 +14,19 @@
    onnxruntime as the service runs it): dlib's network computing its descriptor or the 2×2 grid of a middle
    level (``grid``: where the face's parts are, not only who it is), with dlib's weights or those of a
    ``training.identity_finetune`` run (``features_net``).
-3. A ridge regression descriptor → shape code is fitted on single views (one photo per request in the
-   service), each chip's mirror image a second row with the mirrored code (:func:`code_mirror`), split by
-   identity (``test_fraction`` held out, ``val_fraction`` of the rest chooses λ by the face-region error of
-   :class:`training.identity_regression.RegionMetric`). The head averages its estimate from the chip and the
-   mirrored estimate from the mirror image and keeps the result within the face model's adult prior
+3. A ridge regression features → shape code is fitted on single views (one photo per request in the
+   service), each chip's mirror image a second row with the mirrored code
+   (:func:`training.identity_regression.code_mirror`), split by identity (``test_fraction`` held out,
+   ``val_fraction`` of the rest chooses λ by the face-region error of
+   :class:`training.identity_regression.RegionMetric`, unless ``ridge_alpha`` sets it: the validation identities
+   are synthetic, and real photos need more shrinkage to give stable heads). The head averages its estimate from
+   the chip and the mirrored estimate from the mirror image and keeps the result within the face model's adult prior
    (whitened radius ≤ the ``prior_radius_quantile`` of the prior's own radii; :class:`facecore.identity.IdentityHead`).
 4. Measured on data the fit never saw: the held-out identities of the training distribution and a separate set
    of ``eval_identities`` adult-prior identities (one view each, its own render indices). Each error is the mean
    vertex distance over the face region (centred; also after rigid and after similarity alignment, the NoW
-   protocol's), reported as a fraction of the
-   error of predicting the mean identity (the prior's mean for the prior set: "the prior's spread").
+   protocol's), reported as a fraction of the error of predicting the mean identity (the prior's mean for the
+   prior set: "the prior's spread").
 
 Writes ``OUT/identity_head.npz`` (:class:`facecore.identity.IdentityHead`), ``OUT/metrics.json`` and the
 chips per chunk of identities under ``OUT/renders/`` (a rerun renders only the missing chunks; the features of
