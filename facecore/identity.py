@@ -44,8 +44,8 @@ DESCRIPTOR_DIM = 128
 FEATURES = (
     f"dlib:{RECOGNISER_FILE}:descriptor{DESCRIPTOR_DIM}:chip{CHIP_SIZE}:padding{CHIP_PADDING}:points5:and_mirrored"
 )
-#: a bundle's own feature network (``training.identity_finetune``: dlib's network trained further to predict
-#: the face's shape) on the same chips, run as the bundle graph :data:`FEATURES_GRAPH`
+#: a bundle graph of dlib's network (its own weights, or trained further by ``training.identity_finetune``) on the
+#: same chips
 FEATURES_GRAPH = "identity_features"
 FEATURES_GRAPH_INPUT = "chips"  # (N, 3, 150, 150) float32 RGB in [0, 1] (:func:`chips_input`)
 FEATURES_GRAPH_OUTPUT = "features"  # (N, D)
@@ -93,7 +93,8 @@ class FaceRecogniser:
         self._dlib = _import_dlib()
 
     @functools.cached_property
-    def _net(self):  # noqa: ANN202 (facecore.dlib_onnx.Recogniser) loaded on first use: a head on a bundle graph uses only the chip
+    def _net(self):  # noqa: ANN202 (facecore.dlib_onnx's recogniser)
+        """dlib's network, loaded on first use: a head on a bundle graph needs only the chip."""
         from facecore.dlib_onnx import get_recogniser as onnx_recogniser
 
         return onnx_recogniser(model_path(RECOGNISER_FILE))
