@@ -95,8 +95,8 @@ class IdentityStageConfig:
     # them (facecore.identity.GRAPH_OUTPUTS) with dlib's weights or a training.identity_finetune run's network
     features_graph: str | None = None
     features_net: str | None = None
-    # fit on each training chip and on this many photo-like copies of it (JPEG q25–90, blur σ ≤ 1 px): the grid
-    # features moved a fixture photo's head by 1.4 mm under JPEG q40 when fitted on clean renders alone
+    # fit on each training chip and on this many photo-like copies of it (JPEG q25–90, blur σ ≤ 1 px). Tried
+    # against the grid head's JPEG sensitivity on the fixture photos: one copy made it worse (1.4 → 1.7 mm)
     photo_copies: int = 0
     # the ridge penalty (relative to the rows); null: chosen by the held-out synthetic identities' error. Those
     # choose little shrinkage, which real photos (outside the synthetic features) turn into unstable heads
@@ -168,9 +168,9 @@ def _describe(data: dict[str, np.ndarray], describe: Callable[[np.ndarray], np.n
     """Shapes, features (N, V, 2, D: chip, mirrored chip; NaN where no face was found) and yaw of rendered chips;
     ``describe``: (M, 150, 150, 3) uint8 chips → (M, 2, D)."""
     found = data["found"]
-    first = describe(data["chips"][found][:1])
-    desc = np.full((*found.shape, 2, first.shape[-1]), np.nan)
-    desc[found] = describe(data["chips"][found])
+    features = describe(data["chips"][found])
+    desc = np.full((*found.shape, 2, features.shape[-1]), np.nan)
+    desc[found] = features
     return {"shapes": data["shapes"], "desc": desc, "yaw": data["yaw"]}
 
 
@@ -207,7 +207,7 @@ def export_graph(output: str, features_net: str | Path | None, out: Path) -> dic
 
 
 def graph_describer(path: Path, batch: int = 32) -> Callable[[np.ndarray], np.ndarray]:
-    """The fine-tuned feature graph (:data:`facecore.identity.FEATURES_GRAPH`) on onnxruntime, as the service
+    """The feature graph (:data:`facecore.identity.FEATURES_GRAPH`) on onnxruntime, as the service
     runs it: (M, 150, 150, 3) uint8 chips → (M, 2, D) features of each chip and its mirror image."""
     import onnxruntime as ort
 
