@@ -256,15 +256,15 @@ def run(
     mirror = tuple(torch.as_tensor(a, dtype=torch.float32, device=device) for a in (M, c))
     ref, _ = sample_identity_shapes(fm, 8192, torch.Generator().manual_seed(12345), "mixed", cfg.wide_scale,
                                     cfg.wide_fraction, cfg.prior_scale)  # fmt: skip
-    if dat is not None and dat.endswith(".pt"):  # the network's state dict (e.g. fp16, smaller to carry)
-        net = FaceEmbedder()
-        net.load_state_dict({k: v.float() for k, v in torch.load(dat, map_location="cpu").items()})
+    if init is not None:  # the network and read-out of an earlier run's NET_FILE (e.g. trained on a GPU)
+        state = torch.load(init, map_location="cpu", weights_only=False)
+        net = embedder(state["net"])
+    elif dat is not None and dat.endswith(".pt"):  # the network's state dict (e.g. fp16, smaller to carry)
+        net = embedder(torch.load(dat, map_location="cpu"))
     else:
         net = FaceEmbedder.from_dlib_dat(dat)
     model = ShapeReader(net, ref.mean(0), ref.std(0))
-    if init is not None:  # the network and read-out of an earlier run's NET_FILE (e.g. trained on a GPU)
-        state = torch.load(init, map_location="cpu", weights_only=False)
-        model.net.load_state_dict({k: v.float() for k, v in state["net"].items()})
+    if init is not None:
         model.readout.load_state_dict(state["readout"])
         model.code_mean.copy_(state["code_mean"])
         model.code_std.copy_(state["code_std"])
@@ -374,8 +374,10 @@ class FeaturesGraph(nn.Module):
 
     def __init__(self, net: FaceEmbedder, output: str = "descriptor"):
         super().__init__()
-        if output not in ("descriptor", "grid"):
-            raise ValueError(f"output: expected 'descriptor' or 'grid', got {output!r}")
+        from facecore.identity import GRAPH_OUTPUTS
+
+        if output not in GRAPH_OUTPUTS:
+            raise ValueError(f"output: expected one of {tuple(GRAPH_OUTPUTS)}, got {output!r}")
         self.net, self.output = net, output
 
     def forward(self, chips: torch.Tensor) -> torch.Tensor:
@@ -397,12 +399,17 @@ def save_net(model: ShapeReader, path: str | Path, cfg: FinetuneConfig) -> Path:
     return Path(path)
 
 
+def embedder(state_dict: dict[str, torch.Tensor]) -> FaceEmbedder:
+    """A :class:`models.identity.FaceEmbedder` with these weights (float16 ones, as :func:`save_net` stores them,
+    back in float32)."""
+    net = FaceEmbedder()
+    net.load_state_dict({k: v.float() for k, v in state_dict.items()})
+    return net
+
+
 def load_net(path: str | Path) -> FaceEmbedder:
     """The fine-tuned network of a run's :data:`NET_FILE`."""
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    net = FaceEmbedder()
-    net.load_state_dict({k: v.float() for k, v in state["net"].items()})
-    return net
+    return embedder(torch.load(path, map_location="cpu", weights_only=False)["net"])
 
 
 def export_features(
