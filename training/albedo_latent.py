@@ -42,7 +42,7 @@ from torch import nn
 from facecore.bundle import LATENT_GRAPH as GRAPH
 from facecore.bundle import Bundle, edited_copy, load_bundle
 from facecore.texture import box_downsample
-from service.engine.sessions import GraphSession, open_sessions
+from service.engine.sessions import GraphSession, inline_runner, open_sessions
 
 LAMBDAS = (1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0)  # ridge penalties tried (features are [0, 1] texels)
 logger = logging.getLogger(__name__)
@@ -87,9 +87,7 @@ def _pairs(root: Path, indices: range, seed: int, size: int, threads: int) -> Pa
         torch.set_num_threads(threads)
     bundle = load_bundle(root)
     sessions = open_sessions(bundle, ["CPUExecutionProvider"], threads)
-
-    async def run_graph(name: str, inputs):
-        return sessions[name].run(inputs)
+    run_graph = inline_runner(sessions)
 
     res = bundle.manifest.resolutions.albedo
     faces = SyntheticFaces(

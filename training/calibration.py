@@ -30,19 +30,14 @@ logger = logging.getLogger(__name__)
 def measure(bundle: Bundle, samples: int, seed: int) -> np.ndarray:
     """(N, 2) lip gaps in metres, (truth, encoder), of the renders the detector finds."""
     from service import pipeline as P
-    from service.engine.sessions import open_sessions
+    from service.engine.sessions import inline_runner, open_sessions
     from training.data.synthetic import SyntheticConfig, SyntheticFaces
 
     model = bundle.face_model
     size = bundle.manifest.resolutions.encoder_input
     sessions = open_sessions(bundle, ["CPUExecutionProvider"], 0)
     encoder = sessions["encoder"]
-
-    async def run_graph(name: str, inputs: dict) -> dict:
-        return sessions[name].run(inputs)
-
-    async def run_stage(_stage: str, fn, *args):  # noqa: ANN001, ANN202 (the pipeline's RunStage, inline)
-        return fn(*args)
+    run_graph = inline_runner(sessions)
 
     faces = SyntheticFaces(SyntheticConfig(image_size=224, albedo_size=64, seed=seed))
     if faces.face_model.arrays.expr_names != model.expr_names:
@@ -59,7 +54,7 @@ def measure(bundle: Bundle, samples: int, seed: int) -> np.ndarray:
         codes = {k: v[0].astype(np.float64) for k, v in out.items() if k != "ws"}
         expression = np.clip(codes["expression"], 0.0, 1.0)
         if bundle.identity_head is not None:  # the head's features as /reconstruct computes them
-            features = asyncio.run(P.identity_features(bundle, run_graph, run_stage, image, face.points))
+            features = asyncio.run(P.identity_features(bundle, run_graph, P.in_thread, image, face.points))
             codes["shape"], _ = P.identity_shape(bundle, features, codes, expression)
         c = item.codes
         truth = mouth.lip_gap(

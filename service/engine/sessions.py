@@ -74,6 +74,16 @@ def open_sessions(bundle: Bundle, providers: Sequence[str], threads: int = 0) ->
     return sessions
 
 
+def inline_runner(sessions: Mapping[str, GraphSession]):  # noqa: ANN201 (service.pipeline.RunGraph)
+    """``service.pipeline``'s ``run_graph`` on these sessions, in the caller's thread, one call at a time (offline
+    use of the pipeline: calibration, fitting; the service batches across requests instead)."""
+
+    async def run_graph(name: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return sessions[name].run(inputs)
+
+    return run_graph
+
+
 def generated_albedos(sessions: Mapping[str, GraphSession], z: np.ndarray, chunk: int = 32) -> Iterator[np.ndarray]:
     """The bundle's AlbedoGAN at truncation 1 on latents ``z`` (N, z_dim), ``chunk`` at a time: (B, 3, R, R)
     float32 batches in the generator's [-1, 1] units, not clipped (offline evaluation and calibration; the service
