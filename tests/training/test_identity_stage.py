@@ -98,6 +98,7 @@ def test_stage_fits_on_a_feature_graph(tiny_run, tmp_path, graph):
     ("override", "message"),
     [
         ("identity.sampling=adults", "identity: sampling: expected one of"),
+        ("identity.identity=adults", "identity: identity: expected one of"),
         ("identity.colour=1", "colour"),
         ("identity.views=0", "views ≥ 1"),
         ("identity.features_graph=pixels", "features_graph: expected one of"),

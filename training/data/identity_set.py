@@ -3,7 +3,8 @@
 * :func:`sample_identity_shapes` draws identity codes from the face model's generation prior (plausible adults,
   ``shape_prior_mean`` + ``shape_prior_chol`` · ε), from the *wide* basis itself (the basis is scaled so that
   the wide build sample — every face change over its full range, all ages and phenotypes — has zero mean and
-  unit variance per coefficient, so wide identities are N(0, I)), or from a 50/50 mixture.
+  unit variance per coefficient, so wide identities are N(0, I)), or from a 50/50 mixture; given the identities'
+  albedos, the prior draws follow the sex, age and skin those show (:mod:`training.data.phenotype`).
 * :func:`render_identity_chips` renders ``views`` images of every identity (each view its own expression, pose,
   light, framing and background from the synthetic stream; the identity's albedo is the one of its first view,
   so skin, hair, brows and beard stay with the person) and cuts dlib's aligned face chip
@@ -24,6 +25,7 @@ import torch
 from facecore.detect import DLIB5_TO_IBUG68, detect_landmarks5
 from models.face.model import FaceCodes, FaceModel
 from models.identity import DLIB_INPUT_SIZE, FaceEmbedder, extract_dlib_chip
+from training.data.phenotype import phenotype_shapes
 from training.data.procedural_albedo import AlbedoParams
 from training.data.synthetic import SyntheticFaces, head_angles_deg
 
@@ -39,6 +41,7 @@ def sample_identity_shapes(
     wide_scale: float = 1.0,
     wide_fraction: float = 0.5,
     prior_scale: float = 1.0,
+    albedo: AlbedoParams | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(n, K) float32 identity codes and (n,) bool "drawn from the wide basis".
 
@@ -51,6 +54,9 @@ def sample_identity_shapes(
         wide_scale: spread of the wide draws (1: the wide build sample's).
         wide_fraction: the mixture weight of ``mixed``.
         prior_scale: multiplies the generation prior's spread (1: plausible adults as built).
+        albedo: the identities' albedos: the prior draws follow their sex, age and skin
+            (:func:`training.data.phenotype.phenotype_shapes`, ``prior_scale`` scaling what those do not explain);
+            None: independent of the albedo.
     """
     if sampling not in IDENTITY_SAMPLINGS:
         raise ValueError(f"sampling: expected one of {IDENTITY_SAMPLINGS}, got {sampling!r}")
@@ -66,7 +72,13 @@ def sample_identity_shapes(
         wide = torch.ones(n, dtype=torch.bool)
     else:
         wide = torch.rand(n, generator=generator, dtype=torch.float64) < wide_fraction
-    shapes = torch.where(wide[:, None], wide_scale * eps, mean + prior_scale * eps @ chol.T)
+    if albedo is None:
+        prior = mean + prior_scale * eps @ chol.T
+    else:
+        if len(albedo) != n:
+            raise ValueError(f"albedo: expected {n} parameter sets, got {len(albedo)}")
+        prior = phenotype_shapes(face_model, albedo.to("cpu"), generator, prior_scale).double()
+    shapes = torch.where(wide[:, None], wide_scale * eps, prior)
     return shapes.float(), wide
 
 

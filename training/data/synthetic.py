@@ -3,8 +3,8 @@
 Two layers over the procedural albedo (:mod:`training.data.procedural_albedo`):
 
 1. **Scene codes** (:func:`sample_face_codes`, :func:`sample_sh`, :func:`frame_camera`,
-   :func:`render_background`): identity from the face model's generation prior, sparse expressions, head
-   pose, SH light, a weak-perspective camera framing the face, and a smooth random background.
+   :func:`render_background`): identity from the face model's generation prior (or, ``identity: phenotype``,
+   given the sex, age and skin the albedo shows), sparse expressions, head pose, SH light, a weak-perspective camera framing the face, and a smooth random background.
 2. **Rendered samples** (:class:`SyntheticFaces`): every index has its own random stream (seeded from
    ``(seed, index)``), so a sample is the same whatever batch it is drawn in, training resumes exactly, and
    DDP ranks shard by index. Each batch is a frozen :class:`SyntheticBatch` with the sRGB image, the linear
@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from models.face.model import FaceCodes, FaceModel, axis_angle_to_matrix
 from models.render import SH_CONSTANTS, MeshRenderer, WeakPerspectiveCamera, sh_basis
 from training.data.procedural_albedo import AlbedoParams, ProceduralAlbedo, sample_albedo_params
+from training.data.phenotype import phenotype_shapes
 from training.data.sampling import Batched, bernoulli, log_uniform, uniform
 from training.data.skin import iris_linear_rgb, linear_to_srgb
 
@@ -379,6 +380,9 @@ class SceneParams(Batched):
     background: BackgroundParams
 
 
+SYNTHETIC_IDENTITIES = ("prior", "phenotype")
+
+
 @dataclass(frozen=True)
 class SyntheticConfig:
     """Settings of :class:`SyntheticFaces`.
@@ -392,6 +396,9 @@ class SyntheticConfig:
         face_fill: range of the fraction of the image spanned by the larger side of the landmarks' box.
         landmark_depth_tolerance: a landmark is visible when it lies at most this far (metres) behind the
             visible surface at its pixel (plus four pixels' worth of depth slope).
+        identity: ``prior`` — the head from the face model's generation prior, independent of the albedo;
+            ``phenotype`` — the head drawn given the sex, age and skin the albedo shows
+            (:func:`training.data.phenotype.phenotype_shapes`; the default anny face model only).
     """
 
     image_size: int = 224
@@ -401,8 +408,11 @@ class SyntheticConfig:
     pose: PoseRanges = PoseRanges()
     face_fill: tuple[float, float] = (0.6, 0.8)
     landmark_depth_tolerance: float = 0.003
+    identity: str = "prior"
 
     def __post_init__(self) -> None:
+        if self.identity not in SYNTHETIC_IDENTITIES:
+            raise ValueError(f"identity: expected one of {SYNTHETIC_IDENTITIES}, got {self.identity!r}")
         if not 16 <= self.image_size <= 4096:
             raise ValueError(f"image_size: expected 16–4096 pixels, got {self.image_size}")
         if not 64 <= self.albedo_size <= 1024:
@@ -511,6 +521,9 @@ class SyntheticFaces:
             fill = uniform(g, lo, hi).float()
             offset = ((torch.rand(1, 2, generator=g, dtype=torch.float64) * 2 - 1) * 0.6 * (1 - fill - 0.04)).float()
             background = sample_background_params(1, g)
+            if self.config.identity == "phenotype":  # drawn last: every other draw of the sample stays as it was
+                shape = phenotype_shapes(self._sampling_model, albedo[-1], g)
+                codes = FaceCodes(shape, codes.expression, codes.pose)
             scenes.append(SceneParams(codes=codes, sh=sh, face_fill=fill, face_offset=offset, background=background))
         return AlbedoParams.cat(albedo), SceneParams.cat(scenes)
 
