@@ -46,6 +46,7 @@ CAPABILITIES: dict[str, tuple[str, ...]] = {
 # the photo's clean albedo (S × S, sRGB-encoded) → AlbedoGAN's ws: /reconstruct's albedo=generated for a generator
 # the encoder's own ``ws`` head was not trained against (training.albedo_latent)
 LATENT_GRAPH = "albedo_latent"
+CODES_GRAPH = "codes"  # /generate's latent → identity: inputs ws and noise (N(0, I), from the seed), output shape
 GENERATED_MISSING = f"this bundle has neither an encoder 'ws' output nor an '{LATENT_GRAPH}' graph"
 
 
@@ -260,6 +261,15 @@ def load_bundle(path: str | Path) -> Bundle:
         raise BundleError(f"{wpath}: not a readable .npy ({exc})") from exc
     if w_avg.shape != (codes.w_dim,) or not np.all(np.isfinite(w_avg)):
         raise BundleError(f"{wpath}: expected {codes.w_dim} finite values (field 'codes.w_dim'), got {w_avg.shape}")
+    codes_graph = manifest.graphs.get(CODES_GRAPH)
+    if codes_graph is not None:
+        want = {"ws": [None, codes.num_ws, codes.w_dim], "noise": [None, codes.shape]}
+        if {n: list(t.shape) for n, t in codes_graph.inputs.items()} != want or [
+            list(t.shape) for n, t in codes_graph.outputs.items() if n == "shape"
+        ] != [[None, codes.shape]]:
+            raise BundleError(
+                f"{mpath}: field 'graphs.{CODES_GRAPH}' must take inputs {want} and give 'shape' [None, {codes.shape}]"
+            )
     identity_head = None
     if manifest.identity is not None:
         identity_head, head_hash = _load_identity_head(root, mpath, manifest)
@@ -314,14 +324,16 @@ def _load_identity_head(root: Path, mpath: Path, manifest: Manifest) -> tuple[Id
     return head, digest
 
 
-def drop_latent_graph(folder: Path, manifest: dict) -> None:
-    """In an :func:`edited_copy` edit that changes the maps the generator draws: remove the :data:`LATENT_GRAPH` (it
-    was fitted to the old maps; ``python -m training.albedo_latent`` fits it again) and its record."""
-    spec = manifest["graphs"].pop(LATENT_GRAPH, None)
-    if spec is not None:
-        (folder / spec["file"]).unlink(missing_ok=True)
-        logger.info("%s: dropped (fitted to the generator before this edit)", LATENT_GRAPH)
-    manifest.pop("albedo_latent", None)
+def drop_latent_graphs(folder: Path, manifest: dict) -> None:
+    """In an :func:`edited_copy` edit that changes the maps the generator draws: remove the graphs fitted to the old
+    maps and their records — :data:`LATENT_GRAPH` (``python -m training.albedo_latent`` fits it again) and
+    :data:`CODES_GRAPH` (``python -m training.latent_identity``)."""
+    for graph, record in ((LATENT_GRAPH, "albedo_latent"), (CODES_GRAPH, "latent_identity")):
+        spec = manifest["graphs"].pop(graph, None)
+        if spec is not None:
+            (folder / spec["file"]).unlink(missing_ok=True)
+            logger.info("%s: dropped (fitted to the generator before this edit)", graph)
+        manifest.pop(record, None)
 
 
 def edited_copy(bundle: str | Path, out: str | Path, version: str | None, edit: Callable[[Path, dict], None]) -> Path:

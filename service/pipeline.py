@@ -22,7 +22,7 @@ import numpy as np
 
 from facecore import assets, color, formats, mouth
 from facecore import geometry as geo
-from facecore.bundle import LATENT_GRAPH, Bundle
+from facecore.bundle import CODES_GRAPH, LATENT_GRAPH, Bundle
 
 RunGraph = Callable[[str, Mapping[str, np.ndarray]], Awaitable[dict[str, np.ndarray]]]
 #: ``await run_stage(stage_name, fn, *args)``: run blocking CPU work off the event loop (the service's version
@@ -440,13 +440,16 @@ async def generate(
     with timer.stage("codes"):
         if req.identity is not None:
             shape = req.identity
-        elif "codes" in m.graphs:
-            shape = (await run_graph("codes", {"ws": ws}))["shape"][0]
         else:
             stream = [req.seed if req.seed is not None else 0, 1]
             if req.seed is None:  # derive from the latent itself
                 stream = list(np.frombuffer(hashlib.sha256(ws.tobytes()).digest()[:8], dtype=np.uint32))
-            shape = bundle.face_model.sample_shape(np.random.default_rng(stream))[0]
+            rng = np.random.default_rng(stream)
+            if CODES_GRAPH in m.graphs:  # the head its face implies, plus the seed's own rest
+                noise = rng.standard_normal((1, m.codes.shape)).astype(np.float32)
+                shape = (await run_graph(CODES_GRAPH, {"ws": ws, "noise": noise}))["shape"][0]
+            else:
+                shape = bundle.face_model.sample_shape(rng)[0]
     disp = await _displacement(bundle, run_graph, None, req.expression, None, timer)
 
     def coarse() -> FileSource:

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from facecore.bundle import Bundle, drop_latent_graph, edited_copy, load_bundle, sha256_file
+from facecore.bundle import Bundle, drop_latent_graphs, edited_copy, load_bundle, sha256_file
 
 BIAS_NAMES = ("synthesis.img_bias", "synthesis.img_bias__fp16")  # as exported (fp32 or fp16 weights)
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "albedo_256.yaml"
@@ -105,7 +105,7 @@ def calibrate(
             "shift_max_abs": round(float(np.abs(shift).max()), 5),
         }
         manifest["metrics"] = {}  # they measured the uncalibrated generator
-        drop_latent_graph(folder, manifest)
+        drop_latent_graphs(folder, manifest)
 
     return edited_copy(bundle, out, version, edit)
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from facecore.bundle import MANIFEST, SCHEMA_VERSION, drop_latent_graph, edited_copy, load_bundle, sha256_file
+from facecore.bundle import MANIFEST, SCHEMA_VERSION, drop_latent_graphs, edited_copy, load_bundle, sha256_file
 from facecore.geometry import FaceModelArrays
 from models.stylegan2 import Generator
 
@@ -513,7 +513,7 @@ def replace_generator(
         manifest["training"]["albedo"] = {"run": str(run_dir), "checkpoint": ckpt.name, "step": step}
         manifest["metrics"] = {}  # they measured the old generator: benchmarks/bundle_metrics.py --write
         manifest.pop("albedo_mean", None)  # so did its mean calibration (python -m training.albedo_mean)
-        drop_latent_graph(folder, manifest)  # and the photo → latent map (python -m training.albedo_latent)
+        drop_latent_graphs(folder, manifest)  # and the photo → latent map (python -m training.albedo_latent)
 
     return edited_copy(bundle, out, version, edit)
 

@@ -41,26 +41,31 @@ def default_phenotype_prior() -> PhenotypePrior:
     return PhenotypePrior.load(DEFAULT_PATH)
 
 
+def covariates_from_cues(male: float, grey: float, melanin: float, u: tuple[float, float, float]) -> np.ndarray:
+    """(4,) covariates (gender, age, african, asian) of one face's cues (see the module doc) and three uniform
+    draws ``u``; ``male`` may be a probability (the gender is then the mixture's), ``u = (0.5, 0.5, 0.5)`` gives the
+    expected face of its cues (grey ≤ 0.1 counts as none)."""
+    gender = male * 0.2 * u[0] + (1.0 - male) * (0.8 + 0.2 * u[0])  # anny: 0 male, 1 female
+    t = min(1.0, 0.45 + 0.55 * grey * (0.8 + 0.4 * u[1])) if grey > 0.1 else 0.9 * u[1]
+    age = AGE_RANGE[0] + (AGE_RANGE[1] - AGE_RANGE[0]) * t
+    african = 1.0 / (1.0 + math.exp(-(math.log(max(melanin, 1e-4)) - math.log(AFRICAN_HALF_MELANIN)) / AFRICAN_WIDTH))
+    asian_share = _beta07(u[2]) * (0.3 if melanin < 0.03 else 1.0)
+    return np.array([gender, age, african, (1.0 - african) * asian_share])
+
+
 def phenotype_covariates(albedo: AlbedoParams, generator: torch.Generator) -> np.ndarray:
     """(B, 4) covariates (gender, age, african, asian) for the albedos' cues; 3 draws per sample from
     ``generator`` (CPU), one sample after the other."""
     rows = []
     for i in range(len(albedo)):
-        u = torch.rand(3, generator=generator, dtype=torch.float64).tolist()
-        male = float(albedo.male[i]) > 0.5
-        gender = 0.2 * u[0] if male else 0.8 + 0.2 * u[0]  # anny: 0 male, 1 female
-        grey = float(albedo.hair_grey[i])
-        t = min(1.0, 0.45 + 0.55 * grey * (0.8 + 0.4 * u[1])) if grey > 0 else 0.9 * u[1]
-        age = AGE_RANGE[0] + (AGE_RANGE[1] - AGE_RANGE[0]) * t
-        melanin = float(albedo.melanin[i])
-        african = 1.0 / (1.0 + math.exp(-(math.log(melanin) - math.log(AFRICAN_HALF_MELANIN)) / AFRICAN_WIDTH))
-        asian_share = float(np.clip(_beta07(u[2]), 0.0, 1.0)) * (0.3 if melanin < 0.03 else 1.0)
-        rows.append((gender, age, african, (1.0 - african) * asian_share))
-    return np.array(rows, np.float64)
+        u = tuple(torch.rand(3, generator=generator, dtype=torch.float64).tolist())
+        male = 1.0 if float(albedo.male[i]) > 0.5 else 0.0
+        rows.append(covariates_from_cues(male, float(albedo.hair_grey[i]), float(albedo.melanin[i]), u))
+    return np.stack(rows)
 
 
 def _beta07(u: float) -> float:
-    """Beta(0.7, 0.7) by inverting its CDF on a grid (one uniform draw → one sample)."""
+    """Beta(0.7, 0.7) by inverting its CDF on a grid (one uniform draw → one sample; 0.5 → 0.5)."""
     return float(np.interp(u, _BETA07_CDF, _BETA07_X))
 
 

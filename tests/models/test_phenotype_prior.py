@@ -8,6 +8,7 @@ import pytest
 from facecore import geometry as geo
 from models.face.model import DEFAULT_FACE_MODEL
 from models.face.phenotype import COVARIATES, PhenotypePrior, fit
+from training.latent_identity import face_length_mm
 
 
 @pytest.fixture(scope="module")
@@ -18,12 +19,6 @@ def arrays() -> geo.FaceModelArrays:
 @pytest.fixture(scope="module")
 def prior() -> PhenotypePrior:
     return PhenotypePrior.load()
-
-
-def _brow_chin_mm(arrays: geo.FaceModelArrays, codes: np.ndarray) -> np.ndarray:
-    verts = arrays.mean[None] + np.einsum("nk,kvc->nvc", codes, arrays.shape_basis.astype(np.float64))
-    lmk = 1000 * geo.landmarks_3d(arrays, verts)
-    return np.linalg.norm(lmk[:, 27] - lmk[:, 8], axis=1)
 
 
 def test_fit_recovers_a_linear_relation_and_its_residual(tmp_path):
@@ -57,7 +52,7 @@ def test_shipped_prior_matches_the_face_model_and_says_how_sex_moves_a_face(arra
     assert np.trace(prior.resid_chol @ prior.resid_chol.T) < 0.85 * np.trace(prior_cov)
     # anny's gender runs from male (0) to female (1): a man's face is longer (brow to chin)
     men, women = prior.mean(np.array([[0.1, 0.82, 0.1, 0.3]])), prior.mean(np.array([[0.9, 0.82, 0.1, 0.3]]))
-    longer = _brow_chin_mm(arrays, men) - _brow_chin_mm(arrays, women)
+    longer = face_length_mm(arrays, men) - face_length_mm(arrays, women)
     assert 4.0 < longer[0] < 15.0
     # the covariates drawn as the generation prior draws them give back the prior's mean head
     rng = np.random.default_rng(0)
@@ -71,7 +66,7 @@ def test_shipped_prior_matches_the_face_model_and_says_how_sex_moves_a_face(arra
         ],
         axis=1,
     )
-    drift = np.abs(_brow_chin_mm(arrays, prior.mean(z).mean(0, keepdims=True)) - _brow_chin_mm(
+    drift = np.abs(face_length_mm(arrays, prior.mean(z).mean(0, keepdims=True)) - face_length_mm(
         arrays, arrays.shape_prior_mean.astype(np.float64)[None]
     ))  # fmt: skip
     assert drift[0] < 0.5

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from facecore import geometry as geo
 from models.face.model import FaceModel
 from training.data.identity_set import sample_identity_shapes
 from training.data.phenotype import phenotype_covariates, phenotype_shapes
 from training.data.synthetic import SyntheticConfig, SyntheticFaces
+from training.latent_identity import face_length_mm
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -21,12 +21,6 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def streams() -> tuple[SyntheticFaces, SyntheticFaces]:
     cfg = SyntheticConfig(image_size=64, albedo_size=64, seed=5)
     return SyntheticFaces(cfg), SyntheticFaces(dataclasses.replace(cfg, identity="phenotype"))
-
-
-def _brow_chin_mm(arrays: geo.FaceModelArrays, codes: torch.Tensor) -> np.ndarray:
-    verts = arrays.mean[None] + np.einsum("nk,kvc->nvc", codes.double().numpy(), arrays.shape_basis.astype(np.float64))
-    lmk = 1000 * geo.landmarks_3d(arrays, verts)
-    return np.linalg.norm(lmk[:, 27] - lmk[:, 8], axis=1)
 
 
 def test_covariates_follow_the_albedo(streams):
@@ -60,7 +54,10 @@ def test_phenotype_stream_gives_men_longer_faces_and_keeps_every_other_draw(stre
         torch.testing.assert_close(a, b, rtol=0, atol=0)  # fmt: skip
     arrays = coupled.face_model.arrays
     male = albedo1.male.numpy() > 0.5
-    length0, length1 = _brow_chin_mm(arrays, scene0.codes.shape), _brow_chin_mm(arrays, scene1.codes.shape)
+    length0, length1 = (
+        face_length_mm(arrays, scene0.codes.shape.double().numpy()),
+        face_length_mm(arrays, scene1.codes.shape.double().numpy()),
+    )
     assert abs(length0[male].mean() - length0[~male].mean()) < 2.5  # independent: sex does not show in the head
     assert length1[male].mean() - length1[~male].mean() > 5.0  # coupled (the prior file: 7.5 mm at equal age)
     assert 0.7 < length1.std() / length0.std() < 1.3  # about the prior's spread

@@ -1,0 +1,115 @@
+"""/generate's head from its face (training.latent_identity): cue readers, the codes graph, the service's use of it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from facecore.bundle import BundleError, load_bundle
+from service import pipeline as P
+from service.engine.sessions import open_sessions
+from training.latent_identity import (
+    expected_covariates,
+    fit_codes,
+    fit_readers,
+    truth_maps,
+)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def with_codes(tiny_bundle, tmp_path_factory):
+    from training.latent_identity import add_codes_graph
+
+    return add_codes_graph(tiny_bundle, tmp_path_factory.mktemp("codes") / "b", count=96, truth_count=96, seed=4)
+
+
+def _generate(bundle, seed, identity=None) -> np.ndarray:
+    sessions = open_sessions(bundle, ["CPUExecutionProvider"], 1)
+
+    async def run_graph(name, inputs):
+        return sessions[name].run(inputs)
+
+    req = P.MeshRequest(
+        seed, None, None, 0.7, np.zeros(bundle.face_model.n_expr), identity, 256, 32, ("albedo",), False
+    )
+    result = asyncio.run(P.generate(bundle, run_graph, req, P.Timer()))
+    return np.array(result.meta["codes"]["shape"])
+
+
+def test_cue_readers_read_held_out_truth_maps():
+    x, cues = truth_maps(480, seed=1, size=64)
+    A, b, report = fit_readers(x, cues)
+    assert report["maps"] == 480 and report["validation_maps"] == 96
+    assert report["male_accuracy"] > 0.7 and report["log_melanin_r2"] > 0.8 and report["hair_grey_r2"] > 0.3
+    x2, cues2 = truth_maps(96, seed=2, size=64)  # maps no fit saw
+    read = x2 @ A + b
+    assert np.corrcoef(read[:, 2], cues2[:, 2])[0, 1] > 0.9  # skin melanin
+
+
+def test_expected_covariates_of_cues():
+    z = expected_covariates(np.array([[1.0, 0.0, np.log(0.02)], [0.0, 0.8, np.log(0.5)], [1.7, -0.2, np.log(0.2)]]))
+    gender, age, african, asian = z.T
+    np.testing.assert_allclose(gender, [0.1, 0.9, 0.1])  # anny: 0 male; a reading above 1 counts as male
+    assert age[1] > age[0] == pytest.approx(age[2])  # grey hair: older; a negative grey reading counts as none
+    assert african[0] < 0.01 and african[1] > 0.9 and african[2] == pytest.approx(0.5)
+    assert asian[0] == pytest.approx(0.3 * 0.5 * (1 - african[0]))  # fair skin: mostly European ancestry
+
+
+def test_fit_codes_recovers_a_linear_head(tiny_bundle):
+    bundle = load_bundle(tiny_bundle)
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((400, bundle.manifest.codes.w_dim)).astype(np.float32)
+    A = rng.standard_normal((w.shape[1], bundle.manifest.codes.shape)) * 0.05
+    teacher = w @ A + np.asarray(bundle.face_model.shape_prior_mean, np.float64)
+    weight, bias, report = fit_codes(bundle, w, teacher)
+    assert report["error_ratio"] < 0.1 and report["validation_samples"] == 60
+    assert np.abs(w @ weight + bias - teacher).max() < 0.05 * np.abs(teacher - teacher.mean(0)).max()
+
+
+def test_generate_draws_the_head_its_face_implies(tiny_bundle, with_codes):
+    bundle, plain = load_bundle(with_codes), load_bundle(tiny_bundle)
+    spec = bundle.manifest.graphs["codes"]
+    assert spec.inputs["noise"].shape == [None, 150] and spec.outputs["shape"].shape == [None, 150]
+    report = bundle.manifest.latent_identity
+    assert report["samples"] == 96 and np.isfinite(report["error_ratio"]) and "male_accuracy" in report["readers"]
+    assert set(report["held_out_face_length_mm"]) == {"read_male", "read_female"}
+    shape = _generate(bundle, 5)
+    np.testing.assert_array_equal(shape, _generate(bundle, 5))  # a seed gives one person
+    assert np.abs(shape - _generate(bundle, 6)).max() > 0.1
+    assert np.abs(shape - _generate(plain, 5)).max() > 1e-3  # not the prior's head any more
+    # the graph at the seed's latent and noise: the same stream the prior head was drawn from
+    sessions = open_sessions(bundle, ["CPUExecutionProvider"], 1)
+    z = P.latent_from_seed(5, bundle.manifest.codes.z_dim)[None]
+    ws = sessions["mapping"].run({"z": z})["ws"]
+    ws = (bundle.w_avg + 0.7 * (ws - bundle.w_avg)).astype(np.float32)
+    noise = np.random.default_rng([5, 1]).standard_normal((1, 150)).astype(np.float32)
+    codes = ort.InferenceSession(str(with_codes / "codes.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(shape, codes.run(None, {"ws": ws, "noise": noise})[0][0], atol=2e-6)
+    explicit = np.linspace(-1, 1, 150).astype(np.float32)
+    np.testing.assert_allclose(_generate(bundle, 5, explicit), explicit, atol=1e-6)  # a request's identity wins
+
+
+def test_bundle_refuses_a_codes_graph_of_the_wrong_shape(with_codes, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(with_codes, bad)
+    manifest = json.loads((bad / "manifest.json").read_text())
+    manifest["graphs"]["codes"]["inputs"]["noise"]["shape"] = [None, 10]
+    (bad / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="graphs.codes' must take inputs"):
+        load_bundle(bad)
+
+
+def test_edits_of_the_generator_drop_the_codes_graph(with_codes, tmp_path):
+    """--replace-generator and albedo_mean change what a latent draws: the graph fitted to the old maps goes."""
+    from facecore.bundle import drop_latent_graphs, edited_copy
+
+    bundle = load_bundle(edited_copy(with_codes, tmp_path / "edited", None, drop_latent_graphs))
+    assert "codes" not in bundle.manifest.graphs and not (bundle.root / "codes.onnx").exists()
+    assert getattr(bundle.manifest, "latent_identity", None) is None
