@@ -9,12 +9,14 @@ albedo shows. This fits the mapping in three steps, each measured on data its fi
 
 1. **Cue readers** (ridge regressions on the map averaged down to ``READ_SIZE``², sRGB): the sex cue (stubble,
    brows, hairline), the grey-hair fraction and log skin melanin, fitted on procedural truth maps, whose
-   parameters are known (:mod:`training.data.procedural_albedo`, the maps AlbedoGAN learned). Reported: held-out
-   sex accuracy, grey and melanin R².
+   parameters are known (:mod:`training.data.procedural_albedo`, the maps AlbedoGAN learned); the sex and grey
+   readings become probabilities by Platt scaling on held-out maps. Reported: held-out sex and grey-hair accuracy,
+   grey and melanin R².
 2. **Teacher heads**: ``samples`` latents (z ~ N(0, I), truncation ψ ~ U(0.4, 1) as /generate may ask) through
    the bundle's mapping and albedo graphs (onnxruntime, as the service runs them); each map's read cues → the
-   expected phenotype covariates of those cues (:func:`training.data.phenotype.covariates_from_cues`) → the mean
-   head of those covariates (:class:`models.face.phenotype.PhenotypePrior`).
+   expected phenotype covariates of those cues (:meth:`CueReaders.covariates`,
+   :func:`training.data.phenotype.covariates_from_cues`) → the mean head of those covariates
+   (:class:`models.face.phenotype.PhenotypePrior`).
 3. **Latent → head**: a ridge map from w (normalised per dimension) to that mean head, the penalty chosen on the
    last ``validation`` fraction (face-region error vs the teacher's mean head, :class:`training.identity_regression
    .RegionMetric`), refitted on all. The graph ``codes`` is ``(ws, noise) → shape = w·A + b + noise·Lᵀ``, ``L``
@@ -32,12 +34,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from facecore.bundle import CODES_GRAPH as GRAPH
 from facecore.bundle import Bundle, edited_copy, load_bundle
 from facecore.geometry import FaceModelArrays, landmarks_3d
 from facecore.texture import box_downsample
@@ -46,7 +50,6 @@ from service.engine.sessions import open_sessions
 from training.albedo_latent import generated_maps, ridge, w_statistics
 from training.data.phenotype import covariates_from_cues, default_phenotype_prior
 
-GRAPH = "codes"
 READ_SIZE = 32
 CUES = ("male", "hair_grey", "log_melanin")
 LAMBDAS = (1e-1, 1.0, 10.0, 100.0, 1000.0, 10_000.0)
@@ -84,13 +87,64 @@ def _split(n: int, validation: float) -> int:
     return n_val
 
 
-def fit_readers(x: np.ndarray, cues: np.ndarray, validation: float = 0.2) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Ridge cue readers (one penalty per cue, chosen on the held-out tail), refitted on all: (A, b, report)."""
+def _platt(score: np.ndarray, label: np.ndarray, iterations: int = 50) -> np.ndarray:
+    """(slope, offset) of P(label) = σ(slope · score + offset), by Newton's method on the log-loss (lightly
+    penalised, so separable scores stay finite)."""
+    theta = np.zeros(2)
+    X = np.stack([score, np.ones_like(score)], 1)
+    for _ in range(iterations):
+        p = 1.0 / (1.0 + np.exp(-(X @ theta)))
+        grad = X.T @ (p - label) + 1e-3 * theta
+        hess = (X * (p * (1 - p))[:, None]).T @ X + 1e-3 * np.eye(2)
+        theta -= np.linalg.solve(hess, grad)
+    return theta
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+@dataclass(frozen=True)
+class CueReaders:
+    """Linear readings of (male, grey, log melanin) from map features, and the probabilities of a male face and of
+    grey hair from the first two (Platt scaling fitted on held-out readings)."""
+
+    weight: np.ndarray  # (D, 3)
+    bias: np.ndarray  # (3,)
+    platt: np.ndarray  # (2, 2): (slope, offset) of P(male), P(grey hair)
+
+    def read(self, x: np.ndarray) -> np.ndarray:
+        """(N, 3) readings of (N, D) features."""
+        return x @ self.weight + self.bias
+
+    def probabilities(self, reading: np.ndarray) -> np.ndarray:
+        """(N, 2) P(male), P(grey hair) of (N, 3) readings."""
+        return _sigmoid(reading[:, :2] * self.platt[:, 0] + self.platt[:, 1])
+
+    def covariates(self, x: np.ndarray) -> np.ndarray:
+        """(N, 4) the expected phenotype covariates of the faces (N, D) features show: the covariates of the read
+        skin and sex probability, with and without grey hair (of the read amount, at least 0.2) by its probability."""
+        reading = self.read(x)
+        prob = self.probabilities(reading)
+        half = (0.5, 0.5, 0.5)
+        rows = []
+        for (p_male, p_grey), (_, grey, log_melanin) in zip(prob, reading, strict=True):
+            melanin = float(np.exp(log_melanin))
+            with_grey = covariates_from_cues(p_male, float(np.clip(grey, 0.2, 1.0)), melanin, half)
+            without = covariates_from_cues(p_male, 0.0, melanin, half)
+            rows.append(p_grey * with_grey + (1 - p_grey) * without)
+        return np.stack(rows)
+
+
+def fit_readers(x: np.ndarray, cues: np.ndarray, validation: float = 0.2) -> tuple[CueReaders, dict]:
+    """Ridge cue readers (one penalty per cue, chosen on the held-out tail) and Platt scaling of the male and grey
+    readings on that tail; the readers are then refitted on all maps."""
     n_val = _split(len(x), validation)
     mx, sx = x[:-n_val].mean(0), x[:-n_val].std(0) + 1e-6
     z = (x - mx) / sx
     A = np.zeros((x.shape[1], len(CUES)))
     b = np.zeros(len(CUES))
+    platt = np.zeros((2, 2))
     report = {"maps": len(x), "validation_maps": n_val}
     for j, cue in enumerate(CUES):
         t = cues[:, j]
@@ -101,22 +155,15 @@ def fit_readers(x: np.ndarray, cues: np.ndarray, validation: float = 0.2) -> tup
         lam = min(errors, key=errors.__getitem__)
         a, c = ridge(z[:-n_val], t[:-n_val], lam * len(x))
         pred = z[-n_val:] @ a + c
-        if cue == "male":
-            report["male_accuracy"] = round(float(((pred > 0.5) == (t[-n_val:] > 0.5)).mean()), 4)
-        else:
+        if j < 2:  # male, grey hair: a probability of the reading
+            label = (t[-n_val:] > 0.5 if cue == "male" else t[-n_val:] > 0).astype(np.float64)
+            platt[j] = _platt(pred, label)
+            prob = _sigmoid(platt[j, 0] * pred + platt[j, 1])
+            report[f"{cue}_accuracy"] = round(float(((prob > 0.5) == (label > 0.5)).mean()), 4)
+        if j > 0:
             report[f"{cue}_r2"] = round(1.0 - errors[lam] / float(t[-n_val:].var()), 4)
         A[:, j], b[j] = ridge(z, t, lam * len(x))
-    return A / sx[:, None], b - (mx / sx) @ A, report
-
-
-def expected_covariates(cues: np.ndarray) -> np.ndarray:
-    """(N, 4) the expected phenotype covariates of (N, 3) read cues (male clipped to [0, 1], grey to ≥ 0)."""
-    return np.stack(
-        [
-            covariates_from_cues(float(np.clip(m, 0, 1)), max(float(g), 0.0), float(np.exp(lm)), (0.5, 0.5, 0.5))
-            for m, g, lm in cues
-        ]
-    )
+    return CueReaders(A / sx[:, None], b - (mx / sx) @ A, platt), report
 
 
 def generator_samples(bundle: Bundle, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -199,26 +246,28 @@ def add_codes_graph(
     if not source.capabilities["generate"]:
         raise ValueError(f"{source.root}: needs AlbedoGAN (mapping, albedo)")
     prior = prior if prior is not None else default_phenotype_prior()
-    if prior.n_shape != source.face_model.shape_basis.shape[0]:
-        raise ValueError(f"{source.root}: its face model has not the phenotype prior's {prior.n_shape} components")
+    fm = source.face_model
+    if prior.n_shape != fm.shape_basis.shape[0] or fm.metadata.get("name") != "anny-head":
+        raise ValueError(f"{source.root}: the phenotype prior is built for the default anny face model, not this one")
     x, cues = truth_maps(truth_count, seed)
-    read_A, read_b, readers = fit_readers(x, cues)
-    logger.info("cue readers on held-out truth maps: %s", readers)
+    readers, readers_report = fit_readers(x, cues)
+    logger.info("cue readers on held-out truth maps: %s", readers_report)
     w, maps = generator_samples(source, count, seed + 1)
-    read = _read_features(maps) @ read_A + read_b
-    teacher = prior.mean(expected_covariates(read))
+    features = _read_features(maps)
+    prob = readers.probabilities(readers.read(features))
+    teacher = prior.mean(readers.covariates(features))
     weight, bias, report = fit_codes(source, w, teacher)
     n_val = report["validation_samples"]
     length = face_length_mm(source.face_model, w[-n_val:] @ weight + bias)
-    male = read[-n_val:, 0] > 0.5
+    male = prob[-n_val:, 0] > 0.5
     report["held_out_face_length_mm"] = {  # brow to chin of the mean heads the graph gives held-out latents
         "read_male": round(float(length[male].mean()), 2) if male.any() else None,
         "read_female": round(float(length[~male].mean()), 2) if (~male).any() else None,
     }
     report.update(
-        readers=readers,
-        generated_male_fraction=round(float((read[:, 0] > 0.5).mean()), 4),
-        generated_grey_fraction=round(float((read[:, 1] > 0.1).mean()), 4),
+        readers=readers_report,
+        generated_male_fraction=round(float(prob[:, 0].mean()), 4),  # expected fractions over the generated maps
+        generated_grey_fraction=round(float(prob[:, 1].mean()), 4),
         seed=seed,
     )
     logger.info("latent → identity: %s", report)
@@ -230,9 +279,10 @@ def add_codes_graph(
     )
 
     def edit(folder: Path, manifest: dict) -> None:
+        fp16 = manifest["graphs"]["albedo"]["weights_dtype"] == "float16"  # stored as the bundle stores its graphs
         path = folder / f"{GRAPH}.onnx"
-        parity = export_onnx(graph, path, False)
-        manifest["graphs"][GRAPH] = _spec(graph, path, parity, {"shape": (2, m.shape)}, False)
+        parity = export_onnx(graph, path, fp16)
+        manifest["graphs"][GRAPH] = _spec(graph, path, parity, {"shape": (2, m.shape)}, fp16)
         manifest["latent_identity"] = report
 
     return edited_copy(bundle, out, version, edit)

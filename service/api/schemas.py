@@ -43,7 +43,10 @@ class GenerateBody(BaseModel):
         default_factory=dict, max_length=256, description="ARKit blendshape name → weight in [0, 1]"
     )
     identity: list[Annotated[float, Field(ge=-10.0, le=10.0, allow_inf_nan=False)]] | None = Field(
-        None, max_length=4096, description="identity coefficients (leading components; σ units of the wide span)"
+        None,
+        max_length=4096,
+        description="identity coefficients (leading components; σ units of the wide span); "
+        "absent: the head the face implies (the bundle's codes graph) or else one from the face model's prior",
     )
     texture_size: Integer = Field(DEFAULT_TEXTURE_SIZE, description="output texture edge in texels (resampled)")
     mesh_resolution: Integer = Field(

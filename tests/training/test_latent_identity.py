@@ -13,12 +13,7 @@ import pytest
 from facecore.bundle import BundleError, load_bundle
 from service import pipeline as P
 from service.engine.sessions import open_sessions
-from training.latent_identity import (
-    expected_covariates,
-    fit_codes,
-    fit_readers,
-    truth_maps,
-)
+from training.latent_identity import CueReaders, fit_codes, fit_readers, truth_maps
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -45,19 +40,27 @@ def _generate(bundle, seed, identity=None) -> np.ndarray:
 
 def test_cue_readers_read_held_out_truth_maps():
     x, cues = truth_maps(480, seed=1, size=64)
-    A, b, report = fit_readers(x, cues)
+    readers, report = fit_readers(x, cues)
     assert report["maps"] == 480 and report["validation_maps"] == 96
     assert report["male_accuracy"] > 0.7 and report["log_melanin_r2"] > 0.8 and report["hair_grey_r2"] > 0.3
-    x2, cues2 = truth_maps(96, seed=2, size=64)  # maps no fit saw
-    read = x2 @ A + b
+    assert report["hair_grey_accuracy"] > 0.8
+    x2, cues2 = truth_maps(192, seed=2, size=64)  # maps no fit saw
+    read = readers.read(x2)
     assert np.corrcoef(read[:, 2], cues2[:, 2])[0, 1] > 0.9  # skin melanin
+    prob = readers.probabilities(read)
+    assert ((prob[:, 0] > 0.5) == (cues2[:, 0] > 0.5)).mean() > 0.7
+    assert prob[cues2[:, 0] > 0.5, 0].mean() > prob[cues2[:, 0] < 0.5, 0].mean() + 0.3
 
 
-def test_expected_covariates_of_cues():
-    z = expected_covariates(np.array([[1.0, 0.0, np.log(0.02)], [0.0, 0.8, np.log(0.5)], [1.7, -0.2, np.log(0.2)]]))
+def test_covariates_of_read_cues():
+    """Readings (here set by the bias alone) → expected covariates: a sure man, a sure grey-haired dark-skinned
+    woman, and a face whose sex is a coin toss."""
+    rows = np.array([[9.0, -9.0, np.log(0.02)], [-9.0, 9.0, np.log(0.5)], [0.0, -9.0, np.log(0.2)]])
+    readers = CueReaders(np.zeros((1, 3)), np.zeros(3), np.array([[1.0, 0.0], [1.0, 0.0]]))
+    z = np.concatenate([CueReaders(readers.weight, r, readers.platt).covariates(np.zeros((1, 1))) for r in rows])
     gender, age, african, asian = z.T
-    np.testing.assert_allclose(gender, [0.1, 0.9, 0.1])  # anny: 0 male; a reading above 1 counts as male
-    assert age[1] > age[0] == pytest.approx(age[2])  # grey hair: older; a negative grey reading counts as none
+    np.testing.assert_allclose(gender, [0.1, 0.9, 0.5], atol=1e-3)  # anny: 0 male, 1 female
+    assert age[1] > age[0] + 0.04 and age[0] == pytest.approx(age[2])  # grey hair: older
     assert african[0] < 0.01 and african[1] > 0.9 and african[2] == pytest.approx(0.5)
     assert asian[0] == pytest.approx(0.3 * 0.5 * (1 - african[0]))  # fair skin: mostly European ancestry
 
