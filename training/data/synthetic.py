@@ -4,7 +4,8 @@ Two layers over the procedural albedo (:mod:`training.data.procedural_albedo`):
 
 1. **Scene codes** (:func:`sample_face_codes`, :func:`sample_sh`, :func:`frame_camera`,
    :func:`render_background`): identity from the face model's generation prior (or, ``identity: phenotype``,
-   given the sex, age and skin the albedo shows), sparse expressions, head pose, SH light, a weak-perspective camera framing the face, and a smooth random background.
+   given the sex, age and skin the albedo shows), sparse expressions, head pose, SH light, a weak-perspective
+   camera framing the face, and a smooth random background.
 2. **Rendered samples** (:class:`SyntheticFaces`): every index has its own random stream (seeded from
    ``(seed, index)``), so a sample is the same whatever batch it is drawn in, training resumes exactly, and
    DDP ranks shard by index. Each batch is a frozen :class:`SyntheticBatch` with the sRGB image, the linear
@@ -28,8 +29,8 @@ import torch.nn.functional as F
 
 from models.face.model import FaceCodes, FaceModel, axis_angle_to_matrix
 from models.render import SH_CONSTANTS, MeshRenderer, WeakPerspectiveCamera, sh_basis
-from training.data.procedural_albedo import AlbedoParams, ProceduralAlbedo, sample_albedo_params
 from training.data.phenotype import phenotype_shapes
+from training.data.procedural_albedo import AlbedoParams, ProceduralAlbedo, sample_albedo_params
 from training.data.sampling import Batched, bernoulli, log_uniform, uniform
 from training.data.skin import iris_linear_rgb, linear_to_srgb
 
