@@ -2,7 +2,7 @@
 
 The generation prior (``shape_prior_mean`` + ``shape_prior_chol`` · ε) is one Gaussian over plausible adults. Part
 of its spread is what a photo shows at a glance — whether the person is a woman or a man, young or old, of which
-ancestry — and most of the head's size goes with it. :class:`PhenotypePrior` stores that part: a linear
+ancestry — and part of the head's size goes with it. :class:`PhenotypePrior` stores that part: a linear
 regression of the identity coefficients on the covariates ``z = (gender, age, african, asian)`` (anny's units:
 gender 0 male … 1 female (its two anchors, in that order), age 0.77 ≈ 18 y … 0.87 ≈ 75 y, ancestry fractions;
 caucasian is the rest) over adult heads drawn exactly as the prior is drawn, and the Cholesky factor of what is
