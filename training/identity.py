@@ -62,9 +62,10 @@ from facecore.identity import (
 )
 from models.face.model import FaceModel
 from training.data.identity_set import IDENTITY_SAMPLINGS, render_identity_chips, sample_identity_shapes
+from training.data.phenotype import covariates_from_cues, default_phenotype_prior
 from training.data.synthetic import SYNTHETIC_IDENTITIES, SyntheticConfig, SyntheticFaces
 from training.evaluation import identity_region
-from training.identity_regression import ALIGNMENTS, RegionMetric, code_mirror, fit_ridge
+from training.identity_regression import ALIGNMENTS, LinearMap, RegionMetric, code_mirror, fit_ridge
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +83,10 @@ class IdentityStageConfig:
     # "phenotype": the adult-prior heads (training and evaluation) go with the sex, age and skin their albedos
     # show (SyntheticConfig.identity); "prior": independent of them
     identity: str = "prior"
+    # with identity "phenotype": the head reads the sex, age and ancestry the features show first (a ridge probe to
+    # the covariates the albedo's cues imply, its penalty by validation, through the phenotype prior's mean head),
+    # and fits the rest with ridge_alpha; combined it is one linear head like the others
+    phenotype_head: bool = False
     sampling: str = "mixed"
     prior_scale: float = 1.5
     wide_scale: float = 0.5
@@ -109,6 +114,8 @@ class IdentityStageConfig:
     def __post_init__(self) -> None:
         if self.identity not in SYNTHETIC_IDENTITIES:
             raise ValueError(f"identity: expected one of {SYNTHETIC_IDENTITIES}, got {self.identity!r}")
+        if self.phenotype_head and self.identity != "phenotype":
+            raise ValueError("phenotype_head: needs identity: phenotype (heads that go with their albedos)")
         if self.sampling not in IDENTITY_SAMPLINGS:
             raise ValueError(f"sampling: expected one of {IDENTITY_SAMPLINGS}, got {self.sampling!r}")
         if self.identities < 4 or self.views < 1 or self.eval_identities < 2 or self.chunk < 1:
@@ -181,6 +188,51 @@ def _describe(data: dict[str, np.ndarray], describe: Callable[[np.ndarray], np.n
     desc = np.full((*found.shape, 2, features.shape[-1]), np.nan)
     desc[found] = features
     return {"shapes": data["shapes"], "desc": desc, "yaw": data["yaw"]}
+
+
+def _phenotype_fit(
+    c: IdentityStageConfig,
+    faces: SyntheticFaces,
+    train: dict[str, np.ndarray],
+    fit: np.ndarray,
+    val: np.ndarray,
+    with_mirrored: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]],
+    region_error: Callable[[np.ndarray, np.ndarray], float],
+    alphas: dict[str, list[float]],
+) -> tuple[LinearMap, dict[str, Any]]:
+    """The ``phenotype_head`` fit: features → the covariates the identity's albedo cues imply (ridge, penalty by
+    validation), through the phenotype prior's mean head, plus a ridge on what that leaves; one linear map."""
+    prior = default_phenotype_prior()
+    n = len(train["shapes"])
+    albedo, _ = faces.sample_params(range(0, n * c.views, c.views))  # each identity's albedo: its view 0's
+    half = (0.5, 0.5, 0.5)
+    cues = zip(albedo.male.tolist(), albedo.hair_grey.tolist(), albedo.melanin.tolist(), strict=True)
+    z_all = np.stack([covariates_from_cues(m, g, mel, half) for m, g, mel in cues])
+
+    def rows(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        x, y, _ = _rows(train, ids)
+        found = np.isfinite(train["desc"][ids]).all((-2, -1))
+        z = np.broadcast_to(z_all[ids][:, None], (*found.shape, z_all.shape[1]))[found]
+        x2, y2 = with_mirrored(x, y)
+        return x2, y2, np.concatenate([z, z])  # a mirror image shows the same person
+
+    (xf, yf, zf), (xv, yv, zv) = rows(fit), rows(val)
+    probe = fit_ridge(xf, zf, xv, zv)
+    rf, rv = yf - prior.mean(probe(xf)), yv - prior.mean(probe(xv))
+    residual = fit_ridge(xf, rf, xv, rv, val_error=region_error, **alphas)
+    if not (np.allclose(probe.x_mean, residual.x_mean) and np.allclose(probe.x_std, residual.x_std)):
+        raise RuntimeError("the probe and the residual fit standardised their features differently")
+    W = probe.W @ prior.coef[1:] + residual.W
+    y_mean = prior.coef[0] + probe.y_mean @ prior.coef[1:] + residual.y_mean
+    z_val = probe(xv)
+    report = {
+        "alpha": probe.alpha,
+        "covariates": list(prior.covariates),
+        "validation_r2": [round(float(r), 4) for r in 1 - ((z_val - zv) ** 2).mean(0) / zv.var(0)],
+        "validation_sex_accuracy": round(float(((z_val[:, 0] > 0.5) == (zv[:, 0] > 0.5)).mean()), 4),
+    }
+    logger.info("phenotype probe: %s", report)
+    return LinearMap(residual.x_mean, residual.x_std, W, y_mean, residual.alpha), report
 
 
 def degrade_chips(chips: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -327,7 +379,11 @@ def run(cfg: Mapping[str, Any], out: Path) -> None:
 
     t = time.perf_counter()
     alphas = {} if c.ridge_alpha is None else {"alphas": [c.ridge_alpha]}
-    ridge = fit_ridge(x_fit, y_fit, x_val, y_val, val_error=region_error, **alphas)
+    probe = None
+    if c.phenotype_head:
+        ridge, probe = _phenotype_fit(c, faces, train, fit, val, with_mirrored, region_error, alphas)
+    else:
+        ridge = fit_ridge(x_fit, y_fit, x_val, y_val, val_error=region_error, **alphas)
     radius = chi.ppf(c.prior_radius_quantile, fm.n_shape)  # ‖ε‖ of prior samples, ε ~ N(0, I_K)
     limit = (np.asarray(arrays.shape_prior_mean), np.asarray(arrays.shape_prior_chol), np.array(radius))
     head = IdentityHead(ridge.x_mean, ridge.x_std, ridge.W, ridge.y_mean, mirror, mirror_offset, *limit, features)
@@ -338,8 +394,9 @@ def run(cfg: Mapping[str, Any], out: Path) -> None:
     x_prior, y_prior, yaw_prior = _rows(prior, np.arange(c.eval_identities))
     metrics = {
         "features": head.features,
-        "model": "ridge",
+        "model": "ridge" if probe is None else "phenotype probe + ridge",
         "ridge_alpha": ridge.alpha,
+        "phenotype_probe": probe,
         "train_identities": len(fit) + len(val),
         "train_rows": len(x_fit) + len(x_val),
         "photo_copies": c.photo_copies,

@@ -99,6 +99,7 @@ def test_stage_fits_on_a_feature_graph(tiny_run, tmp_path, graph):
     [
         ("identity.sampling=adults", "identity: sampling: expected one of"),
         ("identity.identity=adults", "identity: identity: expected one of"),
+        ("identity.phenotype_head=true", "phenotype_head: needs identity: phenotype"),
         ("identity.colour=1", "colour"),
         ("identity.views=0", "views ≥ 1"),
         ("identity.features_graph=pixels", "features_graph: expected one of"),
@@ -109,6 +110,32 @@ def test_stage_fits_on_a_feature_graph(tiny_run, tmp_path, graph):
 def test_stage_refuses_bad_config(tmp_path, caplog, override, message):
     assert main(["identity", "--config", str(TINY), "--out", str(tmp_path), "--set", override]) == 2
     assert message in caplog.text
+
+
+def test_stage_with_heads_that_go_with_their_faces(tmp_path):
+    """identity: phenotype renders heads drawn given their albedos' cues (own chunk files); phenotype_head fits the
+    covariates first, through the phenotype prior, and the rest after: still one linear head of the same kind."""
+    sets = ["identity.identity=phenotype", "identity.phenotype_head=true"]
+    assert (
+        main(["identity", "--config", str(TINY), "--out", str(tmp_path)] + [a for x in sets for a in ("--set", x)]) == 0
+    )
+    run = tmp_path / "identity"
+    renders = sorted(p.name for p in (run / "renders").iterdir())
+    assert renders == [
+        "eval_prior_phenotype_chips_c0000.npz", "train_phenotype_chips_c0000.npz", "train_phenotype_chips_c0001.npz"
+    ]  # fmt: skip
+    metrics = json.loads((run / METRICS_FILE).read_text())
+    probe = metrics["phenotype_probe"]
+    assert metrics["model"] == "phenotype probe + ridge" and probe["covariates"] == [
+        "gender",
+        "age",
+        "african",
+        "asian",
+    ]
+    assert len(probe["validation_r2"]) == 4 and 0.0 <= probe["validation_sex_accuracy"] <= 1.0
+    head = IdentityHead.load(run / HEAD_FILE)
+    assert head.n_shape == 150 and np.isfinite(head.weight).all()
+    assert metrics["held_out_prior"]["centred_mean_identity_mm"] > 1.0
 
 
 def test_head_goes_into_a_copy_of_the_bundle(tiny_run, tmp_path):
