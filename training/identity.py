@@ -87,6 +87,7 @@ class IdentityStageConfig:
     # the covariates the albedo's cues imply, its penalty by validation, through the phenotype prior's mean head),
     # and fits the rest with ridge_alpha; combined it is one linear head like the others
     phenotype_head: bool = False
+    probe_alpha: float | None = None  # the probe's ridge penalty; null: chosen by the validation identities
     sampling: str = "mixed"
     prior_scale: float = 1.5
     wide_scale: float = 0.5
@@ -114,6 +115,8 @@ class IdentityStageConfig:
     def __post_init__(self) -> None:
         if self.identity not in SYNTHETIC_IDENTITIES:
             raise ValueError(f"identity: expected one of {SYNTHETIC_IDENTITIES}, got {self.identity!r}")
+        if self.probe_alpha is not None and not self.probe_alpha > 0:
+            raise ValueError("probe_alpha: expected a positive penalty or null")
         if self.phenotype_head and self.identity != "phenotype":
             raise ValueError("phenotype_head: needs identity: phenotype (heads that go with their albedos)")
         if self.sampling not in IDENTITY_SAMPLINGS:
@@ -217,7 +220,7 @@ def _phenotype_fit(
         return x2, y2, np.concatenate([z, z])  # a mirror image shows the same person
 
     (xf, yf, zf), (xv, yv, zv) = rows(fit), rows(val)
-    probe = fit_ridge(xf, zf, xv, zv)
+    probe = fit_ridge(xf, zf, xv, zv, **({} if c.probe_alpha is None else {"alphas": [c.probe_alpha]}))
     rf, rv = yf - prior.mean(probe(xf)), yv - prior.mean(probe(xv))
     residual = fit_ridge(xf, rf, xv, rv, val_error=region_error, **alphas)
     if not (np.allclose(probe.x_mean, residual.x_mean) and np.allclose(probe.x_std, residual.x_std)):

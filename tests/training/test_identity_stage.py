@@ -100,6 +100,7 @@ def test_stage_fits_on_a_feature_graph(tiny_run, tmp_path, graph):
         ("identity.sampling=adults", "identity: sampling: expected one of"),
         ("identity.identity=adults", "identity: identity: expected one of"),
         ("identity.phenotype_head=true", "phenotype_head: needs identity: phenotype"),
+        ("identity.probe_alpha=-1", "probe_alpha: expected a positive"),
         ("identity.colour=1", "colour"),
         ("identity.views=0", "views ≥ 1"),
         ("identity.features_graph=pixels", "features_graph: expected one of"),
