@@ -210,7 +210,7 @@ def add_latent_graph(
     pairs_file: Path | None = None,
 ) -> Path:
     """A copy of ``bundle`` with the ``albedo_latent`` graph fitted on ``count`` pairs (see the module)."""
-    from training.export import GraphExport, _spec, export_onnx
+    from training.export import GraphExport, graph_edit
 
     source = load_bundle(bundle)
     if not source.capabilities["generate"] or not source.capabilities["reconstruct"]:
@@ -232,15 +232,8 @@ def add_latent_graph(
     num_ws = source.manifest.codes.num_ws
     graph = GraphExport(LatentGraph(weight, bias, num_ws), {"albedo": torch.rand(2, 3, size, size)}, ["ws"])
 
-    def edit(folder: Path, manifest: dict) -> None:
-        fp16 = manifest["graphs"]["albedo"]["weights_dtype"] == "float16"
-        path = folder / f"{GRAPH}.onnx"
-        parity = export_onnx(graph, path, fp16)
-        shape = (2, num_ws, manifest["codes"]["w_dim"])
-        manifest["graphs"][GRAPH] = _spec(graph, path, parity, {"ws": shape}, fp16)
-        manifest["albedo_latent"] = report
-
-    return edited_copy(bundle, out, version, edit)
+    shape = (2, num_ws, source.manifest.codes.w_dim)
+    return edited_copy(bundle, out, version, graph_edit(GRAPH, graph, {"ws": shape}, "albedo_latent", report))
 
 
 def main(argv: list[str] | None = None) -> int:

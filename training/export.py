@@ -14,7 +14,7 @@ import logging
 import shutil
 import subprocess
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -197,6 +197,23 @@ def _spec(
         "weights_dtype": "float16" if fp16 else "float32",
         "parity_max_abs": parity,
     }
+
+
+def graph_edit(
+    name: str, graph: GraphExport, output_shapes: Mapping[str, Sequence[int]], record: str, report: dict
+) -> Callable[[Path, dict], None]:
+    """An :func:`facecore.bundle.edited_copy` edit that adds ``graph`` as ``name`` (weights stored as the bundle
+    stores its AlbedoGAN's: float16 or not), ``output_shapes`` its outputs' example shapes, and
+    ``manifest[record] = report`` (the fit's held-out numbers)."""
+
+    def edit(folder: Path, manifest: dict) -> None:
+        fp16 = manifest["graphs"]["albedo"]["weights_dtype"] == "float16"
+        path = folder / f"{name}.onnx"
+        parity = export_onnx(graph, path, fp16)
+        manifest["graphs"][name] = _spec(graph, path, parity, output_shapes, fp16)
+        manifest[record] = report
+
+    return edit
 
 
 def export_bundle(

@@ -240,7 +240,7 @@ def add_codes_graph(
     prior: PhenotypePrior | None = None,
 ) -> Path:
     """A copy of ``bundle`` with the ``codes`` graph (see the module)."""
-    from training.export import GraphExport, _spec, export_onnx
+    from training.export import GraphExport, graph_edit
 
     source = load_bundle(bundle)
     if not source.capabilities["generate"]:
@@ -278,13 +278,7 @@ def add_codes_graph(
         ["shape"],
     )
 
-    def edit(folder: Path, manifest: dict) -> None:
-        fp16 = manifest["graphs"]["albedo"]["weights_dtype"] == "float16"  # stored as the bundle stores its graphs
-        path = folder / f"{GRAPH}.onnx"
-        parity = export_onnx(graph, path, fp16)
-        manifest["graphs"][GRAPH] = _spec(graph, path, parity, {"shape": (2, m.shape)}, fp16)
-        manifest["latent_identity"] = report
-
+    edit = graph_edit(GRAPH, graph, {"shape": (2, m.shape)}, "latent_identity", report)
     return edited_copy(bundle, out, version, edit)
 
 

@@ -433,6 +433,16 @@ def build(
     return model
 
 
+def anny_installed() -> bool:
+    """Whether anny (the ``build-face`` extra) can be imported; if not, says how to install it."""
+    try:
+        import anny  # noqa: F401
+    except ImportError:
+        logger.error("anny is not installed: pip install -e '.[build-face]'")
+        return False
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
@@ -442,10 +452,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        import anny  # noqa: F401
-    except ImportError:
-        logger.error("anny is not installed: pip install -e '.[build-face]'")
+    if not anny_installed():
         return 2
     model = build(args.n_wide, args.n_prior, args.components, args.seed)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -172,10 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=11)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        import anny  # noqa: F401
-    except ImportError:
-        logger.error("anny is not installed: pip install -e '.[build-face]'")
+    from models.face.build_default import anny_installed
+
+    if not anny_installed():
         return 2
     t = time.time()
     prior, _, _ = build(args.n, args.seed)
