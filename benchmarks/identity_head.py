@@ -31,6 +31,12 @@ Bundle 1.6.0 (``--bundle`` 1.6.0, ``--baseline`` 1.5.0 = the dlib-descriptor hea
 head: 4,000 identities, ridge penalty 3): 193/200 found; centred 0.880 vs 0.914, rigid 0.896 vs 0.932, after a
 similarity alignment (the NoW protocol's) 0.771 vs 0.822; fixture photos worst nuisance 0.82 mm (JPEG q40) vs 0.87,
 between people 2.38 vs 3.08 mm; identity stage 14 ms either way.
+
+Heads that go with their albedos (``--identity phenotype``; the 1.7.0 bundle = 1.6.0's head as baseline; the head of
+``identity: phenotype`` + ``phenotype_head: true``, 4,000 coupled identities, probe penalty by validation 0.1,
+residual 3; ``--repeats 1``): coupled stream 190/200 found, centred 0.828 vs 0.871, rigid 0.852 vs 0.888, similarity
+0.752 vs 0.769; independent stream (``--identity prior``) 193/200, 0.893 vs 0.880, 0.898 vs 0.896, 0.792 vs 0.771;
+fixture photos worst nuisance 1.10 mm (mirror; JPEG q40 1.08) vs 0.82 — over the 1.0 target, so not shipped.
 """
 
 from __future__ import annotations
