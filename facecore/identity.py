@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from facecore.detect import _import_dlib, model_path
+from facecore.geometry import pull_within
 
 RECOGNISER_FILE = "dlib_face_recognition_resnet_model_v1.dat"
 CHIP_SIZE = 150
@@ -232,8 +233,8 @@ class IdentityHead:
 
     def limit(self, code: np.ndarray) -> np.ndarray:
         """(…, K) codes with ``‖ε‖`` (whitened by the prior) above ``max_prior_radius`` pulled back onto it."""
-        radius = np.maximum(np.linalg.norm((code - self.prior_mean) @ self._whiten, axis=-1, keepdims=True), 1e-12)
-        return self.prior_mean + (code - self.prior_mean) * np.minimum(1.0, self.max_prior_radius / radius)
+        radius = np.linalg.norm((code - self.prior_mean) @ self._whiten, axis=-1, keepdims=True)
+        return pull_within(code, self.prior_mean, radius, float(self.max_prior_radius))
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)

@@ -448,6 +448,8 @@ async def generate(
             if CODES_GRAPH in m.graphs:  # the head its face implies, plus the seed's own rest
                 noise = rng.standard_normal((1, m.codes.shape)).astype(np.float32)
                 shape = (await run_graph(CODES_GRAPH, {"ws": ws, "noise": noise}))["shape"][0]
+                # a latent far outside the mapping's range (an explicit w) would map to an absurd head
+                shape = bundle.face_model.limit_shape(shape).astype(np.float32)
             else:
                 shape = bundle.face_model.sample_shape(rng)[0]
     disp = await _displacement(bundle, run_graph, None, req.expression, None, timer)

@@ -191,3 +191,16 @@ def test_detailed_mesh_rejects_bad_input(arrays):
         geo.detailed_mesh(arrays, verts, np.full((8, 8), np.nan), resolution=64)
     with pytest.raises(ValueError, match="displacement: expected a"):
         geo.detailed_mesh(arrays, verts, np.zeros((8, 8, 3)), resolution=64)
+
+
+def test_limit_shape_pulls_only_heads_outside_the_prior(arrays):
+    model = arrays
+    rng = np.random.default_rng(0)
+    draws = model.sample_shape(rng, 20_000)
+    limited = model.limit_shape(draws)
+    moved = np.abs(limited - draws).max(1) > 1e-9
+    assert 5 <= moved.sum() <= 60  # about 0.1 % of the prior's own heads lie beyond its 99.9 % radius
+    far = model.shape_prior_mean + 50.0 * (draws[0] - model.shape_prior_mean)
+    eps = np.linalg.solve(model.shape_prior_chol.astype(np.float64), model.limit_shape(far) - model.shape_prior_mean)
+    assert np.linalg.norm(eps) == pytest.approx(geo.prior_radius(model.n_shape), rel=1e-6)
+    assert geo.prior_radius(150) == pytest.approx(14.466, abs=0.005)  # scipy's chi(150).ppf(0.999): 14.466

@@ -116,3 +116,22 @@ def test_edits_of_the_generator_drop_the_codes_graph(with_codes, tmp_path):
     bundle = load_bundle(edited_copy(with_codes, tmp_path / "edited", None, drop_latent_graphs))
     assert "codes" not in bundle.manifest.graphs and not (bundle.root / "codes.onnx").exists()
     assert getattr(bundle.manifest, "latent_identity", None) is None
+
+
+def test_a_latent_far_outside_the_mapping_gives_a_plausible_head(with_codes):
+    """An explicit w (the API allows ±10⁴ per coordinate) maps linearly to an absurd head; the service pulls it back
+    within the radius 99.9 % of the prior's own heads stay within."""
+    from facecore.geometry import prior_radius
+
+    bundle = load_bundle(with_codes)
+    sessions = open_sessions(bundle, ["CPUExecutionProvider"], 1)
+
+    async def run_graph(name, inputs):
+        return sessions[name].run(inputs)
+
+    w = np.full(bundle.manifest.codes.w_dim, 1e4, np.float32)
+    req = P.MeshRequest(None, None, w, 1.0, np.zeros(bundle.face_model.n_expr), None, 256, 32, ("albedo",), False)
+    shape = np.array(asyncio.run(P.generate(bundle, run_graph, req, P.Timer())).meta["codes"]["shape"])
+    model = bundle.face_model
+    eps = np.linalg.solve(model.shape_prior_chol.astype(np.float64), shape - model.shape_prior_mean)
+    assert np.linalg.norm(eps) == pytest.approx(prior_radius(150), rel=1e-3)
