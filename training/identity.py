@@ -119,6 +119,8 @@ class IdentityStageConfig:
             raise ValueError("probe_alpha: expected a positive penalty or null")
         if self.phenotype_head and self.identity != "phenotype":
             raise ValueError("phenotype_head: needs identity: phenotype (heads that go with their albedos)")
+        if self.phenotype_head and self.photo_copies:
+            raise ValueError("phenotype_head: fits on the clean chips only (photo_copies: 0)")
         if self.sampling not in IDENTITY_SAMPLINGS:
             raise ValueError(f"sampling: expected one of {IDENTITY_SAMPLINGS}, got {self.sampling!r}")
         if self.identities < 4 or self.views < 1 or self.eval_identities < 2 or self.chunk < 1:

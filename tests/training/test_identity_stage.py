@@ -101,6 +101,7 @@ def test_stage_fits_on_a_feature_graph(tiny_run, tmp_path, graph):
         ("identity.identity=adults", "identity: identity: expected one of"),
         ("identity.phenotype_head=true", "phenotype_head: needs identity: phenotype"),
         ("identity.probe_alpha=-1", "probe_alpha: expected a positive"),
+        ("identity.photo_copies=1 identity.identity=phenotype identity.phenotype_head=true", "clean chips only"),
         ("identity.colour=1", "colour"),
         ("identity.views=0", "views ≥ 1"),
         ("identity.features_graph=pixels", "features_graph: expected one of"),
@@ -109,7 +110,8 @@ def test_stage_fits_on_a_feature_graph(tiny_run, tmp_path, graph):
     ],
 )
 def test_stage_refuses_bad_config(tmp_path, caplog, override, message):
-    assert main(["identity", "--config", str(TINY), "--out", str(tmp_path), "--set", override]) == 2
+    sets = [a for one in override.split() for a in ("--set", one)]
+    assert main(["identity", "--config", str(TINY), "--out", str(tmp_path), *sets]) == 2
     assert message in caplog.text
 
 
