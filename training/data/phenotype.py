@@ -27,11 +27,12 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from models.face.build_default import ADULT_AGE
 from models.face.model import FaceModel
 from models.face.phenotype import DEFAULT_PATH, PhenotypePrior
 from training.data.procedural_albedo import AlbedoParams
 
-AGE_RANGE = (0.77, 0.87)  # anny units, models.face.build_default.ADULT_AGE
+AGE_RANGE = ADULT_AGE  # anny units: the generation prior's adults
 AFRICAN_HALF_MELANIN = 0.2
 AFRICAN_WIDTH = 0.3  # of the logistic, in log melanin
 
