@@ -11,7 +11,7 @@ face model's phenotype prior puts men's faces ~7.5 mm longer than women's at equ
 the correlation of the read skin melanin with the head's nose width (landmarks 31–35), which ancestry moves too.
 
 Measured (``--baseline`` 1.6.0, 300 seeds, 165 read male; judging readers: sex 0.84, grey hair 0.97 held out):
-bundle 1.7.0 (codes graph) men 109.7 mm, women 105.7 mm, gap 4.0 ± 1.2 mm, corr(melanin, nose width) 0.41;
+bundle 1.7.0 (codes graph) men 109.6 mm, women 104.6 mm, gap 5.0 ± 1.2 mm, corr(melanin, nose width) 0.41;
 1.6.0 (prior head) 108.1 / 107.9 mm, gap 0.2 ± 1.3 mm, corr −0.03.
 """
 

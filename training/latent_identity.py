@@ -17,13 +17,14 @@ albedo shows. This fits the mapping in three steps, each measured on data its fi
    expected phenotype covariates of those cues (:meth:`CueReaders.covariates`,
    :func:`training.data.phenotype.covariates_from_cues`) → the mean head of those covariates
    (:class:`models.face.phenotype.PhenotypePrior`).
-3. **Latent → head**: a ridge map from w (normalised per dimension) to that mean head, the penalty chosen on the
-   last ``validation`` fraction (face-region error vs the teacher's mean head, :class:`training.identity_regression
-   .RegionMetric`), refitted on all. The graph ``codes`` is ``(ws, noise) → shape = w·A + b + noise·Lᵀ``, ``L``
-   the phenotype prior's residual factor: a seed's head is the mean its face implies plus its own random rest
-   (the service draws ``noise`` from the seed, as it drew the prior head before). The manifest records the
-   held-out numbers (``latent_identity``), among them the brow-to-chin length of the mean heads of held-out latents
-   whose maps read male and female.
+3. **Latent → head**: a ridge map from w (normalised per dimension) to the map's three readings, the penalty
+   chosen on the last ``validation`` fraction by the face-region error of the heads those predicted readings give
+   against the teacher heads (:class:`training.identity_regression.RegionMetric`), refitted on all. The graph
+   ``codes`` is ``(ws, noise) → shape``: the readings w·A + b, the same Platt scaling and expected covariates as the
+   teacher (:func:`cue_covariates`), the phenotype prior's mean head of those, plus ``noise · Lᵀ`` (``L`` the prior's
+   residual factor): a seed's head is the mean its face implies plus its own random rest (the service draws ``noise``
+   from the seed, as it drew the prior head before). The manifest records the held-out numbers (``latent_identity``),
+   among them the brow-to-chin length of the mean heads of held-out latents whose maps read male and female.
 
 The detail code stays 0 for /generate: nothing here knows a generated face's detail (the synthetic source has none).
 Run it after the generator is final (``--replace-generator`` and :mod:`training.albedo_mean` change what a latent
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,7 +50,7 @@ from facecore.texture import box_downsample
 from models.face.phenotype import PhenotypePrior
 from service.engine.sessions import open_sessions
 from training.albedo_latent import generated_maps, ridge, w_statistics
-from training.data.phenotype import covariates_from_cues, default_phenotype_prior
+from training.data.phenotype import AFRICAN_HALF_MELANIN, AFRICAN_WIDTH, AGE_RANGE, default_phenotype_prior
 
 READ_SIZE = 32
 CUES = ("male", "hair_grey", "log_melanin")
@@ -122,18 +124,27 @@ class CueReaders:
         return _sigmoid(reading[:, :2] * self.platt[:, 0] + self.platt[:, 1])
 
     def covariates(self, x: np.ndarray) -> np.ndarray:
-        """(N, 4) the expected phenotype covariates of the faces (N, D) features show: the covariates of the read
-        skin and sex probability, with and without grey hair (of the read amount, at least 0.2) by its probability."""
-        reading = self.read(x)
-        prob = self.probabilities(reading)
-        half = (0.5, 0.5, 0.5)
-        rows = []
-        for (p_male, p_grey), (_, grey, log_melanin) in zip(prob, reading, strict=True):
-            melanin = float(np.exp(log_melanin))
-            with_grey = covariates_from_cues(p_male, float(np.clip(grey, 0.2, 1.0)), melanin, half)
-            without = covariates_from_cues(p_male, 0.0, melanin, half)
-            rows.append(p_grey * with_grey + (1 - p_grey) * without)
-        return np.stack(rows)
+        """(N, 4) the expected phenotype covariates of the faces (N, D) features show (:func:`cue_covariates`)."""
+        reading = torch.from_numpy(self.read(x))
+        return cue_covariates(reading, torch.from_numpy(np.asarray(self.platt, np.float64))).numpy()
+
+
+def cue_covariates(reading: torch.Tensor, platt: torch.Tensor) -> torch.Tensor:
+    """(N, 4) expected covariates (gender, age, african, asian) of (N, 3) readings (male, grey, log melanin) and the
+    (2, 2) Platt scaling of the first two: :func:`training.data.phenotype.covariates_from_cues` at its expected draws
+    (u = ½) for the read skin and sex probability, mixed with and without grey hair (of the read amount, at least
+    0.2) by its probability. Torch, so that the ``codes`` graph computes exactly what the teacher heads were."""
+    prob = torch.sigmoid(reading[:, :2] * platt[:, 0] + platt[:, 1])
+    p_male, p_grey = prob[:, 0], prob[:, 1]
+    gender = 0.1 * p_male + 0.9 * (1.0 - p_male)
+    lo, hi = AGE_RANGE
+    t_grey = torch.clamp(0.45 + 0.55 * reading[:, 1].clamp(0.2, 1.0), max=1.0)
+    age = lo + (hi - lo) * (p_grey * t_grey + (1.0 - p_grey) * 0.45)
+    log_melanin = reading[:, 2].clamp(min=math.log(1e-4))
+    african = torch.sigmoid((log_melanin - math.log(AFRICAN_HALF_MELANIN)) / AFRICAN_WIDTH)
+    fair = log_melanin < math.log(0.03)
+    asian = (1.0 - african) * 0.5 * torch.where(fair, torch.full_like(african, 0.3), torch.ones_like(african))
+    return torch.stack([gender, age, african, asian], 1)
 
 
 def fit_readers(x: np.ndarray, cues: np.ndarray, validation: float = 0.2) -> tuple[CueReaders, dict]:
@@ -185,36 +196,50 @@ def face_length_mm(model: FaceModelArrays, shapes: np.ndarray) -> np.ndarray:
 
 
 class CodesGraph(nn.Module):
-    """(B, num_ws, w_dim) ws, (B, K) noise → (B, K) shape = ws[:, 0] · A + b + noise · Lᵀ."""
+    """(B, num_ws, w_dim) ws, (B, K) noise → (B, K) shape: the readings w·A + b → :func:`cue_covariates` → the
+    phenotype prior's mean head, plus noise · Lᵀ (L its residual factor)."""
 
-    def __init__(self, weight: np.ndarray, bias: np.ndarray, residual: np.ndarray):
+    def __init__(self, weight: np.ndarray, bias: np.ndarray, platt: np.ndarray, prior: PhenotypePrior):
         super().__init__()
-        self.register_buffer("weight", torch.as_tensor(weight, dtype=torch.float32))
-        self.register_buffer("bias", torch.as_tensor(bias, dtype=torch.float32))
-        self.register_buffer("residual_t", torch.as_tensor(residual.T, dtype=torch.float32))
+        for name, value in (("weight", weight), ("bias", bias), ("platt", platt), ("coef", prior.coef)):
+            self.register_buffer(name, torch.as_tensor(value, dtype=torch.float32))
+        self.register_buffer("residual_t", torch.as_tensor(prior.resid_chol.T, dtype=torch.float32))
 
     def forward(self, ws: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        return ws[:, 0] @ self.weight + self.bias + noise @ self.residual_t
+        reading = ws[:, 0] @ self.weight + self.bias
+        z = cue_covariates(reading, self.platt)
+        return self.coef[0] + z @ self.coef[1:] + noise @ self.residual_t
 
 
 def fit_codes(
-    bundle: Bundle, w: np.ndarray, teacher: np.ndarray, validation: float = 0.15
+    bundle: Bundle,
+    w: np.ndarray,
+    reading: np.ndarray,
+    readers: CueReaders,
+    prior: PhenotypePrior,
+    validation: float = 0.15,
 ) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Ridge w → teacher mean head in normalised W units, the penalty by the held-out face-region error (mm)."""
+    """Ridge w → the maps' readings (normalised W units); the penalty by the held-out face-region error of the heads
+    the predicted readings give against the teacher heads the maps' own readings give. Returns (A, b, report)."""
     from training.evaluation import identity_region
     from training.identity_regression import RegionMetric
 
     model = bundle.face_model
     metric = RegionMetric(model, identity_region(model))
+    platt = torch.from_numpy(np.asarray(readers.platt, np.float64))
+
+    def heads(r: np.ndarray) -> np.ndarray:
+        return prior.mean(cue_covariates(torch.from_numpy(r), platt).numpy())
+
     sessions = open_sessions(bundle, ["CPUExecutionProvider"], 0)
     mean, std = w_statistics(sessions["mapping"], bundle.manifest.codes.z_dim)
     x = (w.astype(np.float64) - mean) / std
     n_val = _split(len(x), validation)
-    truth = metric.to_z(teacher[-n_val:])
+    truth = metric.to_z(heads(reading[-n_val:]))
     errors = {}
     for lam in LAMBDAS:
-        A, b = ridge(x[:-n_val], teacher[:-n_val], lam)
-        errors[lam] = float(metric.error_mm(metric.to_z(x[-n_val:] @ A + b), truth).mean())
+        A, b = ridge(x[:-n_val], reading[:-n_val], lam)
+        errors[lam] = float(metric.error_mm(metric.to_z(heads(x[-n_val:] @ A + b)), truth).mean())
     best = min(errors, key=errors.__getitem__)
     prior_mean = np.broadcast_to(metric.to_z(np.asarray(model.shape_prior_mean, np.float64)[None]), truth.shape)
     spread = float(metric.error_mm(prior_mean, truth).mean())
@@ -226,7 +251,7 @@ def fit_codes(
         "teacher_spread_mm": round(spread, 3),  # the teacher heads' distance from the prior's mean face
         "error_ratio": round(errors[best] / spread, 4),
     }
-    A, b = ridge(x, teacher, best)
+    A, b = ridge(x, reading, best)
     return A / std[:, None], b - (mean / std) @ A, report
 
 
@@ -253,12 +278,15 @@ def add_codes_graph(
     readers, readers_report = fit_readers(x, cues)
     logger.info("cue readers on held-out truth maps: %s", readers_report)
     w, maps = generator_samples(source, count, seed + 1)
-    features = _read_features(maps)
-    prob = readers.probabilities(readers.read(features))
-    teacher = prior.mean(readers.covariates(features))
-    weight, bias, report = fit_codes(source, w, teacher)
+    reading = readers.read(_read_features(maps))
+    prob = readers.probabilities(reading)
+    weight, bias, report = fit_codes(source, w, reading, readers, prior)
+    graph_module = CodesGraph(weight, bias, readers.platt, prior)
     n_val = report["validation_samples"]
-    length = face_length_mm(source.face_model, w[-n_val:] @ weight + bias)
+    with torch.no_grad():
+        held_out = torch.from_numpy(w[-n_val:, None].astype(np.float32))
+        mean_heads = graph_module(held_out, torch.zeros(n_val, prior.n_shape)).double().numpy()
+    length = face_length_mm(source.face_model, mean_heads)
     male = prob[-n_val:, 0] > 0.5
     report["held_out_face_length_mm"] = {  # brow to chin of the mean heads the graph gives held-out latents
         "read_male": round(float(length[male].mean()), 2) if male.any() else None,
@@ -273,7 +301,7 @@ def add_codes_graph(
     logger.info("latent → identity: %s", report)
     m = source.manifest.codes
     graph = GraphExport(
-        CodesGraph(weight, bias, prior.resid_chol),
+        graph_module,
         {"ws": torch.randn(2, m.num_ws, m.w_dim), "noise": torch.randn(2, m.shape)},
         ["shape"],
     )
