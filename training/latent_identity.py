@@ -13,9 +13,9 @@ albedo shows. This fits the mapping in three steps, each measured on data its fi
    readings become probabilities by Platt scaling on held-out maps. Reported: held-out sex and grey-hair accuracy,
    grey and melanin R².
 2. **Teacher heads**: ``samples`` latents (z ~ N(0, I), truncation ψ ~ U(0.4, 1) as /generate may ask) through
-   the bundle's mapping and albedo graphs (onnxruntime, as the service runs them); each map's read cues → the
-   expected phenotype covariates of those cues (:meth:`CueReaders.covariates`,
-   :func:`training.data.phenotype.covariates_from_cues`) → the mean head of those covariates
+   the bundle's mapping and albedo graphs (onnxruntime, as the service runs them); each map's readings → the
+   expected phenotype covariates of those cues (:func:`cue_covariates`: the synthetic source's
+   :func:`training.data.phenotype.covariates_from_cues` at its expected draws) → the mean head of those covariates
    (:class:`models.face.phenotype.PhenotypePrior`).
 3. **Latent → head**: a ridge map from w (normalised per dimension) to the map's three readings, the penalty
    chosen on the last ``validation`` fraction by the face-region error of the heads those predicted readings give
@@ -122,11 +122,6 @@ class CueReaders:
     def probabilities(self, reading: np.ndarray) -> np.ndarray:
         """(N, 2) P(male), P(grey hair) of (N, 3) readings."""
         return _sigmoid(reading[:, :2] * self.platt[:, 0] + self.platt[:, 1])
-
-    def covariates(self, x: np.ndarray) -> np.ndarray:
-        """(N, 4) the expected phenotype covariates of the faces (N, D) features show (:func:`cue_covariates`)."""
-        reading = torch.from_numpy(self.read(x))
-        return cue_covariates(reading, torch.from_numpy(np.asarray(self.platt, np.float64))).numpy()
 
 
 def cue_covariates(reading: torch.Tensor, platt: torch.Tensor) -> torch.Tensor:

@@ -55,11 +55,10 @@ def test_cue_readers_read_held_out_truth_maps():
 
 
 def test_covariates_of_read_cues():
-    """Readings (here set by the bias alone) → expected covariates: a sure man, a sure grey-haired dark-skinned
-    woman, and a face whose sex is a coin toss."""
+    """Readings → expected covariates: a sure man, a sure grey-haired dark-skinned woman, and a face whose sex is a
+    coin toss."""
     rows = np.array([[9.0, -9.0, np.log(0.02)], [-9.0, 9.0, np.log(0.5)], [0.0, -9.0, np.log(0.2)]])
-    readers = CueReaders(np.zeros((1, 3)), np.zeros(3), np.array([[1.0, 0.0], [1.0, 0.0]]))
-    z = np.concatenate([CueReaders(readers.weight, r, readers.platt).covariates(np.zeros((1, 1))) for r in rows])
+    z = cue_covariates(torch.from_numpy(rows), torch.tensor([[1.0, 0.0], [1.0, 0.0]], dtype=torch.float64)).numpy()
     gender, age, african, asian = z.T
     np.testing.assert_allclose(gender, [0.1, 0.9, 0.5], atol=1e-3)  # anny: 0 male, 1 female
     assert age[1] > age[0] + 0.04 and age[0] == pytest.approx(age[2])  # grey hair: older
