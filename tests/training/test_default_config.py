@@ -18,7 +18,7 @@ TINY = [
     "albedo.metric.num_subsets=2", "albedo.checkpoint_every=2", "albedo.sample_every=4",
     "shape.schedule.shape_steps=3", "shape.eval.num_samples=8", "shape.checkpoint_every=2",
     "alternate.schedule.shape_steps=2", "alternate.schedule.albedo_steps=2", "alternate.schedule.cycles=1",
-    "export.albedo_mean_samples=64",
+    "export.albedo_mean_samples=64", "export.latent_identity_samples=48", "export.latent_identity_truth=48",
 ]  # fmt: skip
 
 
@@ -39,6 +39,8 @@ def test_default_recipe_chains_extract_albedo_shape_alternate_export(tmp_path):
     assert all(g.weights_dtype == "float16" for g in bundle.manifest.graphs.values())
     # the generator's mean map was matched to 64 of its training maps (the 2 held-out ones are not among them)
     assert bundle.manifest.albedo_mean["training_maps"] == 64 and bundle.manifest.albedo_mean["samples"] == 64
+    # /generate's latent → head graph, fitted after the mean map (which would have dropped it)
+    assert "codes" in bundle.manifest.graphs and bundle.manifest.latent_identity["samples"] == 48
     encoder = onnx.load(str(out / "export" / "encoder.onnx"))
     fc = [t for t in encoder.graph.initializer if tuple(t.dims) == (512, 2048)]  # the 2×2-grid fc, stored fp16
     assert len(fc) == 1 and fc[0].data_type == onnx.TensorProto.FLOAT16
