@@ -543,9 +543,8 @@ def run(cfg: Mapping[str, Any], out: Path) -> None:
     the weights in float16, ``export.model_card`` names a Markdown file copied in as ``MODEL_CARD.md`` and
     ``export.mouth_calibration_samples`` > 0 calibrates the encoder's mouth opening on that many held-out renders
     (:mod:`training.calibration`), ``export.albedo_mean_samples`` > 0 the generator's mean map against that many
-    of ``albedo.data``'s training maps (:mod:`training.albedo_mean`), and ``export.latent_identity_samples`` > 0
-    fits /generate's latent → head graph on that many generated maps (``export.latent_identity_truth`` procedural
-    truth maps for its cue readers; :mod:`training.latent_identity`).
+    of ``albedo.data``'s training maps (:mod:`training.albedo_mean`). ``training.run``'s export stage then adds
+    /generate's latent → head graph (:mod:`training.bundle_stage`).
     """
     section = dict(cfg.get("export", {}))
     if section.get("untrained"):
@@ -567,11 +566,6 @@ def run(cfg: Mapping[str, Any], out: Path) -> None:
         from training.albedo_mean import calibrate
 
         calibrate(out, out, (cfg.get("albedo") or {}).get("data") or {}, int(section["albedo_mean_samples"]))
-    if int(section.get("latent_identity_samples", 0)) > 0:  # /generate's head from its face, for the final generator
-        from training.latent_identity import add_codes_graph
-
-        truth = int(section.get("latent_identity_truth", 3000))
-        add_codes_graph(out, out, int(section["latent_identity_samples"]), truth)
     if int(section.get("mouth_calibration_samples", 0)) > 0:  # the encoder's lip gap vs held-out truth
         from training.calibration import calibrate_bundle
 

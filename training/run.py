@@ -38,7 +38,7 @@ STAGES: dict[str, str] = {
     "albedo": "training.albedo",
     "shape": "training.alternate:run_shape",
     "alternate": "training.alternate",
-    "export": "training.export",
+    "export": "training.bundle_stage",
     "identity": "training.identity",
 }
 ORDER = ("recipe", "extract", "albedo", "shape", "alternate", "export")
