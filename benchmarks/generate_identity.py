@@ -29,24 +29,18 @@ import numpy as np
 from PIL import Image
 from readme import table, write_block
 
-from facecore import geometry as geo
-from facecore.bundle import load_bundle
+from facecore.bundle import Bundle, load_bundle
 from service import pipeline as P
-from service.engine.sessions import open_sessions
+from service.engine.sessions import inline_runner, open_sessions
 from service.settings import EMBEDDED_BUNDLE
-from training.latent_identity import _read_features, face_length_mm, fit_readers, truth_maps
+from training.latent_identity import _read_features, face_length_mm, fit_readers, landmark_distance_mm, truth_maps
 
 READER_SEED = 4_242_001  # a truth-map stream apart from training.latent_identity's
 
 
-def generated(bundle_dir: Path, seeds: int) -> tuple[np.ndarray, np.ndarray]:
+def generated(bundle: Bundle, seeds: int) -> tuple[np.ndarray, np.ndarray]:
     """(N, 3, 256, 256) sRGB albedo maps in [0, 1] and (N, K) head codes of /generate's seeds 0…N−1."""
-    bundle = load_bundle(bundle_dir)
-    sessions = open_sessions(bundle, ["CPUExecutionProvider"], 0)
-
-    async def run_graph(name, inputs):
-        return sessions[name].run(inputs)
-
+    run_graph = inline_runner(open_sessions(bundle, ["CPUExecutionProvider"], 0))
     maps, shapes = [], []
     for seed in range(seeds):
         expression = np.zeros(bundle.face_model.n_expr)
@@ -56,12 +50,6 @@ def generated(bundle_dir: Path, seeds: int) -> tuple[np.ndarray, np.ndarray]:
         maps.append(image.transpose(2, 0, 1))
         shapes.append(result.meta["codes"]["shape"])
     return np.stack(maps), np.array(shapes, np.float64)
-
-
-def nose_width_mm(model: geo.FaceModelArrays, shapes: np.ndarray) -> np.ndarray:
-    verts = model.mean[None] + np.einsum("nk,kvc->nvc", shapes, model.shape_basis.astype(np.float64))
-    lmk = 1000.0 * geo.landmarks_3d(model, verts)
-    return np.linalg.norm(lmk[:, 31] - lmk[:, 35], axis=1)
 
 
 def main() -> None:
@@ -79,10 +67,11 @@ def main() -> None:
     rows = []
     for path in [args.bundle] + ([args.baseline] if args.baseline else []):
         bundle = load_bundle(path)
-        maps, shapes = generated(path, args.seeds)
+        maps, shapes = generated(bundle, args.seeds)
         reading = readers.read(_read_features(maps))
         male = readers.probabilities(reading)[:, 0] > 0.5
-        length, nose = face_length_mm(bundle.face_model, shapes), nose_width_mm(bundle.face_model, shapes)
+        length = face_length_mm(bundle.face_model, shapes)
+        nose = landmark_distance_mm(bundle.face_model, shapes, 31, 35)  # nose width
         gap = length[male].mean() - length[~male].mean()
         se = np.sqrt(length[male].var() / male.sum() + length[~male].var() / (~male).sum())
         r = np.corrcoef(reading[:, 2], nose)[0, 1]

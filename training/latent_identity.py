@@ -183,11 +183,17 @@ def generator_samples(bundle: Bundle, count: int, seed: int) -> tuple[np.ndarray
     return w, generated_maps(sessions["albedo"], w, bundle.manifest.codes.num_ws)
 
 
+def landmark_distance_mm(model: FaceModelArrays, shapes: np.ndarray, a: int, b: int) -> np.ndarray:
+    """(N,) distance (mm) between landmarks ``a`` and ``b`` (iBUG 68 order) of (N, K) identity codes' neutral heads."""
+    from training.evaluation import neutral_vertices
+
+    lmk = 1000.0 * landmarks_3d(model, neutral_vertices(model, shapes))
+    return np.linalg.norm(lmk[:, a] - lmk[:, b], axis=1)
+
+
 def face_length_mm(model: FaceModelArrays, shapes: np.ndarray) -> np.ndarray:
     """(N,) brow-to-chin length (landmarks 27–8, neutral, mm) of (N, K) identity codes."""
-    verts = model.mean[None] + np.einsum("nk,kvc->nvc", shapes, model.shape_basis.astype(np.float64))
-    lmk = 1000.0 * landmarks_3d(model, verts)
-    return np.linalg.norm(lmk[:, 27] - lmk[:, 8], axis=1)
+    return landmark_distance_mm(model, shapes, 27, 8)
 
 
 class CodesGraph(nn.Module):

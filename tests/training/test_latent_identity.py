@@ -13,7 +13,7 @@ import torch
 
 from facecore.bundle import BundleError, load_bundle
 from service import pipeline as P
-from service.engine.sessions import open_sessions
+from service.engine.sessions import inline_runner, open_sessions
 from training.data.phenotype import default_phenotype_prior
 from training.latent_identity import CueReaders, cue_covariates, fit_codes, fit_readers, truth_maps
 
@@ -28,11 +28,7 @@ def with_codes(tiny_bundle, tmp_path_factory):
 
 
 def _generate(bundle, seed, identity=None) -> np.ndarray:
-    sessions = open_sessions(bundle, ["CPUExecutionProvider"], 1)
-
-    async def run_graph(name, inputs):
-        return sessions[name].run(inputs)
-
+    run_graph = inline_runner(open_sessions(bundle, ["CPUExecutionProvider"], 1))
     req = P.MeshRequest(
         seed, None, None, 0.7, np.zeros(bundle.face_model.n_expr), identity, 256, 32, ("albedo",), False
     )
@@ -144,11 +140,7 @@ def test_a_latent_far_outside_the_mapping_gives_a_plausible_head(with_codes):
     from facecore.geometry import prior_radius
 
     bundle = load_bundle(with_codes)
-    sessions = open_sessions(bundle, ["CPUExecutionProvider"], 1)
-
-    async def run_graph(name, inputs):
-        return sessions[name].run(inputs)
-
+    run_graph = inline_runner(open_sessions(bundle, ["CPUExecutionProvider"], 1))
     w = np.full(bundle.manifest.codes.w_dim, 1e4, np.float32)
     req = P.MeshRequest(None, None, w, 1.0, np.zeros(bundle.face_model.n_expr), None, 256, 32, ("albedo",), False)
     shape = np.array(asyncio.run(P.generate(bundle, run_graph, req, P.Timer())).meta["codes"]["shape"])
