@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,7 +49,7 @@ from facecore.texture import box_downsample
 from models.face.phenotype import PhenotypePrior
 from service.engine.sessions import open_sessions
 from training.albedo_latent import generated_maps, ridge, w_statistics
-from training.data.phenotype import AFRICAN_HALF_MELANIN, AFRICAN_WIDTH, AGE_RANGE, default_phenotype_prior
+from training.data.phenotype import covariates, default_phenotype_prior
 
 READ_SIZE = 32
 CUES = ("male", "hair_grey", "log_melanin")
@@ -126,20 +125,14 @@ class CueReaders:
 
 def cue_covariates(reading: torch.Tensor, platt: torch.Tensor) -> torch.Tensor:
     """(N, 4) expected covariates (gender, age, african, asian) of (N, 3) readings (male, grey, log melanin) and the
-    (2, 2) Platt scaling of the first two: :func:`training.data.phenotype.covariates_from_cues` at its expected draws
-    (u = ½) for the read skin and sex probability, mixed with and without grey hair (of the read amount, at least
-    0.2) by its probability. Torch, so that the ``codes`` graph computes exactly what the teacher heads were."""
+    (2, 2) Platt scaling of the first two: :func:`training.data.phenotype.covariates` at its expected draws (u = ½)
+    for the read skin and sex probability, mixed with and without grey hair (of the read amount, at least 0.2) by
+    its probability. Torch, so that the ``codes`` graph computes exactly what the teacher heads were."""
     prob = torch.sigmoid(reading[:, :2] * platt[:, 0] + platt[:, 1])
     p_male, p_grey = prob[:, 0], prob[:, 1]
-    gender = 0.1 * p_male + 0.9 * (1.0 - p_male)
-    lo, hi = AGE_RANGE
-    t_grey = torch.clamp(0.45 + 0.55 * reading[:, 1].clamp(0.2, 1.0), max=1.0)
-    age = lo + (hi - lo) * (p_grey * t_grey + (1.0 - p_grey) * 0.45)
-    log_melanin = reading[:, 2].clamp(min=math.log(1e-4))
-    african = torch.sigmoid((log_melanin - math.log(AFRICAN_HALF_MELANIN)) / AFRICAN_WIDTH)
-    fair = log_melanin < math.log(0.03)
-    asian = (1.0 - african) * 0.5 * torch.where(fair, torch.full_like(african, 0.3), torch.ones_like(african))
-    return torch.stack([gender, age, african, asian], 1)
+    with_grey = covariates(p_male, reading[:, 1].clamp(0.2, 1.0), reading[:, 2], 0.5, 0.5, 0.5)
+    without = covariates(p_male, torch.zeros_like(p_male), reading[:, 2], 0.5, 0.5, 0.5)
+    return p_grey[:, None] * with_grey + (1.0 - p_grey[:, None]) * without
 
 
 def fit_readers(x: np.ndarray, cues: np.ndarray, validation: float = 0.2) -> tuple[CueReaders, dict]:

@@ -42,16 +42,32 @@ def default_phenotype_prior() -> PhenotypePrior:
     return PhenotypePrior.load(DEFAULT_PATH)
 
 
-def covariates_from_cues(male: float, grey: float, melanin: float, u: tuple[float, float, float]) -> np.ndarray:
-    """(4,) covariates (gender, age, african, asian) of one face's cues (see the module doc) and three uniform
-    draws ``u``; ``male`` may be a probability (the gender is then the mixture's), ``u = (0.5, 0.5, 0.5)`` gives the
-    expected face of its cues (grey ≤ 0.1 counts as none)."""
-    gender = male * 0.2 * u[0] + (1.0 - male) * (0.8 + 0.2 * u[0])  # anny: 0 male, 1 female
-    t = min(1.0, 0.45 + 0.55 * grey * (0.8 + 0.4 * u[1])) if grey > 0.1 else 0.9 * u[1]
+def covariates(
+    male: torch.Tensor,
+    grey: torch.Tensor,
+    log_melanin: torch.Tensor,
+    u_gender: torch.Tensor | float,
+    u_age: torch.Tensor | float,
+    asian_share: torch.Tensor | float,
+) -> torch.Tensor:
+    """(N, 4) covariates (gender, age, african, asian) of (N,) cues (see the module doc), batched in torch (the
+    ``codes`` graph computes it too): ``male`` may be a probability (the gender is then the mixture's), grey ≤ 0.1
+    counts as none, ``u_*`` are the uniform draws of gender and age and ``asian_share`` the Beta(0.7, 0.7) draw."""
+    gender = male * 0.2 * u_gender + (1.0 - male) * (0.8 + 0.2 * u_gender)  # anny: 0 male, 1 female
+    t = torch.where(grey > 0.1, torch.clamp(0.45 + 0.55 * grey * (0.8 + 0.4 * u_age), max=1.0), 0.9 * u_age)
     age = AGE_RANGE[0] + (AGE_RANGE[1] - AGE_RANGE[0]) * t
-    african = 1.0 / (1.0 + math.exp(-(math.log(max(melanin, 1e-4)) - math.log(AFRICAN_HALF_MELANIN)) / AFRICAN_WIDTH))
-    asian_share = _beta07(u[2]) * (0.3 if melanin < 0.03 else 1.0)
-    return np.array([gender, age, african, (1.0 - african) * asian_share])
+    log_melanin = log_melanin.clamp(min=math.log(1e-4))
+    african = torch.sigmoid((log_melanin - math.log(AFRICAN_HALF_MELANIN)) / AFRICAN_WIDTH)
+    fair = log_melanin < math.log(0.03)
+    share = asian_share * torch.where(fair, torch.full_like(african, 0.3), torch.ones_like(african))
+    return torch.stack([gender, age, african, (1.0 - african) * share], -1)
+
+
+def covariates_from_cues(male: float, grey: float, melanin: float, u: tuple[float, float, float]) -> np.ndarray:
+    """(4,) :func:`covariates` of one face's cues and three uniform draws ``u``; ``u = (0.5, 0.5, 0.5)`` gives the
+    expected face of its cues."""
+    cue = [torch.tensor([float(v)], dtype=torch.float64) for v in (male, grey, math.log(max(melanin, 1e-4)))]
+    return covariates(*cue, u[0], u[1], _beta07(u[2]))[0].numpy()
 
 
 def phenotype_covariates(albedo: AlbedoParams, generator: torch.Generator) -> np.ndarray:
