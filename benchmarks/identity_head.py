@@ -74,13 +74,13 @@ def synthetic_renders(bundle: Bundle, count: int, seed: int, identity: str = "pr
 
     fm = FaceModel.from_file(bundle.root / bundle.manifest.face_model.file)
     faces = SyntheticFaces(SyntheticConfig(image_size=224, albedo_size=128, seed=SYNTHETIC_SEED + seed), fm)
-    albedo = faces.sample_params(range(count))[0] if identity == "phenotype" else None
+    albedo_all, scene_all = faces.sample_params(range(count))  # every draw once: the renders' and the heads'
     g = torch.Generator().manual_seed(SYNTHETIC_SEED + seed)
-    shapes, _ = sample_identity_shapes(fm, count, g, "prior", albedo=albedo)
+    shapes, _ = sample_identity_shapes(fm, count, g, "prior", albedo=albedo_all if identity == "phenotype" else None)
     images = []
     for start in range(0, count, 16):
         idx = list(range(start, min(count, start + 16)))
-        albedo, scene = faces.sample_params(idx)
+        albedo, scene = albedo_all.select(torch.tensor(idx)), scene_all.select(torch.tensor(idx))
         scene = replace(scene, codes=FaceCodes(shapes[idx], scene.codes.expression, scene.codes.pose))
         with torch.no_grad():
             out = faces.render(torch.tensor(idx), albedo, scene)

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,7 +48,7 @@ from facecore.bundle import Bundle, edited_copy, load_bundle
 from facecore.geometry import FaceModelArrays, landmarks_3d
 from facecore.texture import box_downsample
 from models.face.phenotype import PhenotypePrior
-from service.engine.sessions import open_sessions
+from service.engine.sessions import GraphSession, open_sessions
 from training.albedo_latent import generated_maps, ridge, w_statistics
 from training.data.phenotype import covariates, default_phenotype_prior
 
@@ -165,9 +166,10 @@ def fit_readers(x: np.ndarray, cues: np.ndarray, validation: float = 0.2) -> tup
     return CueReaders(A / sx[:, None], b - (mx / sx) @ A, platt), report
 
 
-def generator_samples(bundle: Bundle, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def generator_samples(
+    bundle: Bundle, sessions: Mapping[str, GraphSession], count: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """(count, w_dim) truncated latents and (count, 3, R, R) their maps through the bundle's graphs."""
-    sessions = open_sessions(bundle, ["CPUExecutionProvider"], 0)
     rng = np.random.default_rng(seed)
     z = rng.standard_normal((count, bundle.manifest.codes.z_dim)).astype(np.float32)
     psi = rng.uniform(0.4, 1.0, (count, 1)).astype(np.float32)
@@ -207,6 +209,7 @@ class CodesGraph(nn.Module):
 
 def fit_codes(
     bundle: Bundle,
+    mapping: GraphSession,
     w: np.ndarray,
     reading: np.ndarray,
     readers: CueReaders,
@@ -225,8 +228,7 @@ def fit_codes(
     def heads(r: np.ndarray) -> np.ndarray:
         return prior.mean(cue_covariates(torch.from_numpy(r), platt).numpy())
 
-    sessions = open_sessions(bundle, ["CPUExecutionProvider"], 0)
-    mean, std = w_statistics(sessions["mapping"], bundle.manifest.codes.z_dim)
+    mean, std = w_statistics(mapping, bundle.manifest.codes.z_dim)
     x = (w.astype(np.float64) - mean) / std
     n_val = _split(len(x), validation)
     truth = metric.to_z(heads(reading[-n_val:]))
@@ -271,10 +273,11 @@ def add_codes_graph(
     x, cues = truth_maps(truth_count, seed)
     readers, readers_report = fit_readers(x, cues)
     logger.info("cue readers on held-out truth maps: %s", readers_report)
-    w, maps = generator_samples(source, count, seed + 1)
+    sessions = open_sessions(source, ["CPUExecutionProvider"], 0)
+    w, maps = generator_samples(source, sessions, count, seed + 1)
     reading = readers.read(_read_features(maps))
     prob = readers.probabilities(reading)
-    weight, bias, report = fit_codes(source, w, reading, readers, prior)
+    weight, bias, report = fit_codes(source, sessions["mapping"], w, reading, readers, prior)
     graph_module = CodesGraph(weight, bias, readers.platt, prior)
     n_val = report["validation_samples"]
     with torch.no_grad():

@@ -86,7 +86,8 @@ def test_fit_codes_recovers_linear_readings(tiny_bundle):
     A = rng.standard_normal((w.shape[1], 3)) * 0.05
     reading = w @ A + np.array([0.5, 0.2, -2.0])
     readers = CueReaders(np.zeros((1, 3)), np.zeros(3), np.array([[6.0, -3.0], [9.0, -2.0]]))
-    weight, bias, report = fit_codes(bundle, w, reading, readers, default_phenotype_prior())
+    mapping = open_sessions(bundle, ["CPUExecutionProvider"], 1)["mapping"]
+    weight, bias, report = fit_codes(bundle, mapping, w, reading, readers, default_phenotype_prior())
     assert report["error_ratio"] < 0.1 and report["validation_samples"] == 60
     assert np.abs(w @ weight + bias - reading).max() < 0.1 * np.abs(reading - reading.mean(0)).max()
 
