@@ -1,7 +1,8 @@
 """Texture extraction accuracy on synthetic renders with ground truth, speed, and a contact sheet of real photos.
 
     python benchmarks/texture_extraction.py [--count 16] [--seed 2024] [--landmarks detect|truth]
-        [--sheet contact.png] [--photos ../shared/fixtures/photos] [--threads 1] [--batch 4]
+        [--sheet contact.png] [--photos ../shared/fixtures/photos] [--threads 1] [--batch 4] [--cache fits.pkl]
+        [--readme]
 
 The synthetic faces are rendered by ``training.data.synthetic`` with a seed disjoint from the one the fit's
 defaults were chosen on (1000), picked to cover |yaw| < 20°, 20–40° and > 40° equally. The fit sees only the
@@ -243,18 +244,46 @@ def clean_scores(tex: T.ExtractedTexture, truth: np.ndarray, hair_uv: np.ndarray
     return out
 
 
+def truth_texture(rec: dict, fm: FaceModel, R: int) -> T.ExtractedTexture:
+    """The clean extraction through the render's own mesh, camera and light: what a perfect fit would give."""
+    from facecore import texture as ft
+
+    lin = color.srgb_to_linear(rec["face"].image.astype(np.float64) / 255.0)
+    return T.ExtractedTexture.from_clean(ft.extract(fm.arrays, rec["truth_verts"], rec["truth_px"], lin, R,
+                                                    sh=rec["truth_sh"]))  # fmt: skip
+
+
+# variant: (the fit it unwraps through, legacy unwrap, landmark warp)
+CLEAN_VARIANTS = {
+    "before": ("fit", True, False),
+    "flat fit": ("fit_flat", False, False),
+    "after": ("fit", False, False),
+    "+warp": ("fit", False, True),
+    "truth": (None, False, False),
+}
+CLEAN_NOTES = {
+    "before": "the legacy unwrap (every visible texel, hair and background included)",
+    "flat fit": "clean extraction through a fit whose photometric term renders one skin colour to the end",
+    "after": "clean extraction through the default fit (textured last stage): what the extract stage writes",
+    "+warp": "as after, sampled through facecore.texture.landmark_warp (the fit's residual to dlib's points moved off)",
+    "truth": "clean extraction through the render's own mesh, camera and light: the ceiling of a perfect fit",
+}
+
+
 def clean_table(args: argparse.Namespace, fm: FaceModel) -> None:
     """Before (legacy) / after (clean) extraction on held-out synthetic faces with hair, brows, stubble and
-    backgrounds: per-region PSNR, contamination, holes, per face for small runs and as means."""
+    backgrounds: per-region PSNR, contamination, holes, per face for small runs and as means; with ``--readme``
+    the means and worst faces go into the README's ``texture-extraction`` block."""
+    import dataclasses
     import pickle
 
     config = SyntheticConfig(image_size=224, albedo_size=256, seed=args.seed)
     ds = SyntheticFaces(config, face_model=FaceModel(fm.arrays))
     cache = Path(args.cache) if args.cache else None
+    cfg = face_fit.FitConfig(steps=args.steps)
     if cache is not None and cache.exists():
         recs = pickle.loads(cache.read_bytes())
     else:
-        cfg = face_fit.FitConfig(steps=args.steps)
         renderer = MeshRenderer.from_face_model(fm, cfg.render_size)
         recs = []
         for i in pick_indices(ds, args.count):
@@ -267,33 +296,41 @@ def clean_table(args: argparse.Namespace, fm: FaceModel) -> None:
                 print(f"skipped {i}: {type(exc).__name__}: {exc}")
                 continue
             hair_uv, hair_px, bg_px = hair_truth(ds, item)
+            verts = item.verts_world[0].double().numpy()
+            s, (tx, ty) = float(item.camera.scale[0]), item.camera.translation[0].double().numpy()
+            H, W = image.shape[:2]
+            px = np.stack([(s * verts[:, 0] + tx + 1.0) * 0.5 * W - 0.5, (1.0 - s * verts[:, 1] - ty) * 0.5 * H - 0.5], 1)
             recs.append({"index": i, "face": face, "yaw": float(head_angles_deg(item.codes.pose)[0, 0]),
                          "albedo": item.albedo_uv[0].permute(1, 2, 0).double().numpy(), "hair_uv": hair_uv,
-                         "bad_px": hair_px | bg_px})  # fmt: skip
-        for s in range(0, len(recs), args.batch):
-            chunk = recs[s : s + args.batch]
-            crops, lms = [r["face"].crop for r in chunk], np.stack([r["face"].landmarks for r in chunk])
-            for r, fit in zip(chunk, face_fit.fit_faces(crops, lms, fm, renderer, config=cfg), strict=True):
-                r["fit"] = fit
+                         "bad_px": hair_px | bg_px, "truth_verts": verts, "truth_px": px,
+                         "truth_sh": item.sh[0].double().numpy()})  # fmt: skip
+        for key, fit_cfg in (("fit", cfg), ("fit_flat", dataclasses.replace(cfg, texture="flat"))):
+            for s in range(0, len(recs), args.batch):
+                chunk = recs[s : s + args.batch]
+                crops, lms = [r["face"].crop for r in chunk], np.stack([r["face"].landmarks for r in chunk])
+                for r, fit in zip(chunk, face_fit.fit_faces(crops, lms, fm, renderer, config=fit_cfg), strict=True):
+                    r[key] = fit
         if cache is not None:
             cache.write_bytes(pickle.dumps(recs))
     R = 256
     from facecore.texture import uv_regions
 
     regions = uv_regions(fm.arrays, R)
-    variants = {"before": (True, False), "after": (False, False), "+warp": (False, True)}  # legacy, landmark warp
-    rows: dict[str, list[dict]] = {label: [] for label in variants}
-    seconds = dict.fromkeys(variants, 0.0)
+    rows: dict[str, list[dict]] = {label: [] for label in CLEAN_VARIANTS}
+    seconds = dict.fromkeys(CLEAN_VARIANTS, 0.0)
     for r in recs:
-        fit, face = r["fit"], r["face"]
-        if fit.landmark_error > MAX_LANDMARK_ERROR:
+        face = r["face"]
+        if r["fit"].landmark_error > MAX_LANDMARK_ERROR:
             continue  # the CLI rejects the fit: no map is written
-        for label, (legacy, warp) in variants.items():
+        for label, (key, legacy, warp) in CLEAN_VARIANTS.items():
             t0 = time.perf_counter()
-            tex = T.extract_texture(face.image, fit, fm, R, matrix=face.crop_to_image, legacy=legacy,
-                                    landmarks=face.landmarks if warp else None)  # fmt: skip
+            if key is None:
+                tex = truth_texture(r, fm, R)
+            else:
+                tex = T.extract_texture(face.image, r[key], fm, R, matrix=face.crop_to_image, legacy=legacy,
+                                        landmarks=face.landmarks if warp else None)  # fmt: skip
             seconds[label] += time.perf_counter() - t0
-            pixel = texel_pixels(fit, face, fm, R, 0.35) if legacy else tex.pixel
+            pixel = texel_pixels(r[key], face, fm, R, 0.35) if legacy else tex.pixel
             sc = clean_scores(tex, r["albedo"], r["hair_uv"], r["bad_px"], pixel, regions)
             rows[label].append({"index": r["index"], "yaw": r["yaw"], "flags": ",".join(tex.flags), **sc})
     n = len(rows["after"])
@@ -301,18 +338,18 @@ def clean_table(args: argparse.Namespace, fm: FaceModel) -> None:
           f"{len(recs) - n} fit(s) the CLI rejects left out): gain-corrected PSNR (dB) per region")  # fmt: skip
     keys = ("face", *REGIONS)
     header = (
-        f"{'':>7} {'idx':>5} {'yaw':>6} "
+        f"{'':>8} {'idx':>5} {'yaw':>6} "
         + " ".join(f"{k:>8}" for k in keys)
         + f" {'contam%':>8} {'holes':>6} {'white':>6}"
     )
     print(header)
     print("-" * len(header))
-    for label in variants:
+    for label in CLEAN_VARIANTS:
         for r in rows[label] if n <= 16 else []:
-            print(f"{label:>7} {r['index']:>5} {r['yaw']:>6.1f} " + " ".join(f"{r[k]:>8.1f}" for k in keys)
+            print(f"{label:>8} {r['index']:>5} {r['yaw']:>6.1f} " + " ".join(f"{r[k]:>8.1f}" for k in keys)
                   + f" {100 * r['contaminated']:>8.2f} {r['holes']:>6d} {r['white']:>6d} {r['flags']}")  # fmt: skip
     print("-" * len(header))
-    for label in variants:
+    for label in CLEAN_VARIANTS:
         sel = rows[label]
         if not sel:
             continue
@@ -321,20 +358,40 @@ def clean_table(args: argparse.Namespace, fm: FaceModel) -> None:
             if not part:
                 continue
             span = "all" if (lo, hi) == (0.0, 90.0) else f"{lo:.0f}-{hi:.0f}"
-            print(f"{label:>7} {'n=' + str(len(part)):>5} {span:>6} "
+            print(f"{label:>8} {'n=' + str(len(part)):>5} {span:>6} "
                   + " ".join(f"{np.mean([r[k] for r in part]):>8.1f}" for k in keys)
                   + f" {100 * np.mean([r['contaminated'] for r in part]):>8.2f}"
                   f" {int(np.sum([r['holes'] for r in part])):>6d}"
                   f" {int(np.sum([r['white'] for r in part])):>6d}")  # fmt: skip
         worst = {k: min(r[k] for r in sel) for k in keys}
-        print(f"{label:>7} {'min':>5} {'':>6} " + " ".join(f"{worst[k]:>8.1f}" for k in keys)
+        print(f"{label:>8} {'min':>5} {'':>6} " + " ".join(f"{worst[k]:>8.1f}" for k in keys)
               + f" {100 * max(r['contaminated'] for r in sel):>8.2f} (max)")  # fmt: skip
     print(
         "extraction time per face: "
         + ", ".join(f"{k} {v / max(n, 1):.2f} s" for k, v in seconds.items())
-        + f" (R = {R}); before: the legacy unwrap, after: clean (what the extract stage writes), +warp: clean "
-        "through facecore.texture.landmark_warp (the fit's landmark residual moved off the map)"
+        + f" (R = {R}); "
+        + "; ".join(f"{k}: {v}" for k, v in CLEAN_NOTES.items())
     )
+    if args.readme and n:
+        from readme import table, write_block
+
+        body = [
+            (f"{label}", *(f"{np.mean([r[k] for r in rows[label]]):.1f}" for k in keys),
+             f"{min(r['face'] for r in rows[label]):.1f}",
+             f"{100 * np.mean([r['contaminated'] for r in rows[label]]):.2f}",
+             str(int(np.sum([r['holes'] for r in rows[label]]))))
+            for label in CLEAN_VARIANTS
+        ]  # fmt: skip
+        text = (
+            f"Texture extraction on {n} held-out synthetic renders (224 px, yaw up to ±{max(abs(r['yaw']) for r in rows['after']):.0f}°, "
+            f"seed {args.seed}, dlib's landmarks; `python benchmarks/texture_extraction.py --readme`): gain-corrected "
+            "PSNR (dB) of the 256² albedo against the truth, mean per region, the worst face, hair/background "
+            "contamination of the texels taken from the photo, and texels left black or empty.\n\n"
+            + table(("", *keys, "worst face", "contam. %", "holes"), body)
+            + "\n\n"
+            + "\n".join(f"- {k}: {v}" for k, v in CLEAN_NOTES.items())
+        )
+        write_block("texture-extraction", text)
 
 
 def render_fit(fit: face_fit.FitResult, fm: FaceModel, crop: np.ndarray, albedo_lin: np.ndarray | None) -> np.ndarray:
@@ -428,6 +485,7 @@ def main() -> None:
     parser.add_argument("--no-clean", action="store_true", help="skip the before/after clean-extraction table")
     parser.add_argument("--cache", default="", help="pickle of the clean table's renders + fits (reused if present)")
     parser.add_argument("--no-photos", action="store_true")
+    parser.add_argument("--readme", action="store_true", help="rewrite the README's texture-extraction block")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     fm = FaceModel.from_file()

@@ -95,6 +95,20 @@ class ExtractedTexture:
     pixel: np.ndarray | None = None
     flags: tuple[str, ...] = ()
 
+    @classmethod
+    def from_clean(cls, clean: uv_texture.CleanTexture) -> ExtractedTexture:
+        """The extract stage's record of ``facecore.texture.extract``'s result."""
+        return cls(
+            albedo=clean.albedo,
+            colour=clean.colour,
+            source=clean.source,
+            shading=clean.shading,
+            valid=clean.accepted & (clean.source == uv_texture.SOURCE_SEEN),
+            weight=clean.weight,
+            pixel=clean.pixel,
+            flags=clean.flags,
+        )
+
 
 def extract_texture(
     image: np.ndarray,
@@ -162,16 +176,7 @@ def extract_texture(
         face_model.arrays, verts, px, lin, resolution, sh=fit.sh,
         min_facing=min_facing, min_shading=min_shading, clip_level=clip_level,
     )  # fmt: skip
-    return ExtractedTexture(
-        albedo=clean.albedo,
-        colour=clean.colour,
-        source=clean.source,
-        shading=clean.shading,
-        valid=clean.accepted & (clean.source == uv_texture.SOURCE_SEEN),
-        weight=clean.weight,
-        pixel=clean.pixel,
-        flags=clean.flags,
-    )
+    return ExtractedTexture.from_clean(clean)
 
 
 def _correct(un: uv_texture.Unwrapped, min_shading: float, clip_level: float) -> ExtractedTexture:
