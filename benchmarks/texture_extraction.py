@@ -299,7 +299,9 @@ def clean_table(args: argparse.Namespace, fm: FaceModel) -> None:
             verts = item.verts_world[0].double().numpy()
             s, (tx, ty) = float(item.camera.scale[0]), item.camera.translation[0].double().numpy()
             H, W = image.shape[:2]
-            px = np.stack([(s * verts[:, 0] + tx + 1.0) * 0.5 * W - 0.5, (1.0 - s * verts[:, 1] - ty) * 0.5 * H - 0.5], 1)
+            px = np.stack(
+                [(s * verts[:, 0] + tx + 1.0) * 0.5 * W - 0.5, (1.0 - s * verts[:, 1] - ty) * 0.5 * H - 0.5], 1
+            )
             recs.append({"index": i, "face": face, "yaw": float(head_angles_deg(item.codes.pose)[0, 0]),
                          "albedo": item.albedo_uv[0].permute(1, 2, 0).double().numpy(), "hair_uv": hair_uv,
                          "bad_px": hair_px | bg_px, "truth_verts": verts, "truth_px": px,
@@ -375,6 +377,7 @@ def clean_table(args: argparse.Namespace, fm: FaceModel) -> None:
     if args.readme and n:
         from readme import table, write_block
 
+        max_yaw = max(abs(r["yaw"]) for r in rows["after"])
         body = [
             (f"{label}", *(f"{np.mean([r[k] for r in rows[label]]):.1f}" for k in keys),
              f"{min(r['face'] for r in rows[label]):.1f}",
@@ -383,7 +386,7 @@ def clean_table(args: argparse.Namespace, fm: FaceModel) -> None:
             for label in CLEAN_VARIANTS
         ]  # fmt: skip
         text = (
-            f"Texture extraction on {n} held-out synthetic renders (224 px, yaw up to ±{max(abs(r['yaw']) for r in rows['after']):.0f}°, "
+            f"Texture extraction on {n} held-out synthetic renders (224 px, yaw up to ±{max_yaw:.0f}°, "
             f"seed {args.seed}, dlib's landmarks; `python benchmarks/texture_extraction.py --readme`): gain-corrected "
             "PSNR (dB) of the 256² albedo against the truth, mean per region, the worst face, hair/background "
             "contamination of the texels taken from the photo, and texels left black or empty.\n\n"

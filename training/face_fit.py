@@ -232,7 +232,6 @@ class FitConfig:
         texture: ``"procedural"`` (the textured stage) or ``"flat"`` (one skin colour to the end).
         texture_components, texture_resolution: the texture model's principal directions and texels per side.
         w_texture, lr_texture: prior weight on the texture model's (whitened) coefficients; their learning rate.
-        photo_landmark_weight: the landmark term's weight in the photometric stages relative to the others.
         texture_fraction: the textured stage starts after this fraction of the steps (≥ ``landmark_fraction``).
         texture_margin: a textured stage that moves the landmarks away from their targets by more than this many
             inter-ocular distances (mean, weighted as the landmark loss) is undone.
@@ -268,7 +267,6 @@ class FitConfig:
     texture_resolution: int = 128
     w_texture: float = 1e-3
     lr_texture: float = 0.05
-    photo_landmark_weight: float = 1.0
     texture_fraction: float = 0.75
     texture_margin: float = 0.03
 
@@ -292,8 +290,8 @@ class FitConfig:
             raise ValueError(f"texture_resolution: expected 32–512 texels, got {self.texture_resolution}")
         if not self.landmark_fraction <= self.texture_fraction <= 1.0:
             raise ValueError(f"texture_fraction: expected landmark_fraction–1, got {self.texture_fraction}")
-        if self.photo_landmark_weight < 0 or self.w_texture < 0:
-            raise ValueError("photo_landmark_weight and w_texture: expected >= 0")
+        if self.w_texture < 0:
+            raise ValueError(f"w_texture: expected >= 0, got {self.w_texture}")
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any] | None) -> FitConfig:
@@ -497,9 +495,7 @@ def fit_faces(
     region = torch.tensor(face_region(arrays), device=device)
     textured = config.texture == "procedural"
     tex_model = (
-        procedural_texture_model(face_model, config.texture_components, config.texture_resolution)
-        if textured
-        else None
+        procedural_texture_model(face_model, config.texture_components, config.texture_resolution) if textured else None
     )
     photo_region = torch.tensor(face_region(arrays, features=True), device=device) if textured else region
     chol = face_model.shape_prior_chol
@@ -585,7 +581,7 @@ def fit_faces(
         l_sh = (p_sh * p_sh).sum((-1, -2))
         l_jaw = (p_jaw * p_jaw).sum(-1)
         l_photo = torch.full((B,), float("nan"), device=device)
-        total = config.w_landmark * (config.photo_landmark_weight if stage == "photo" else 1.0) * l_lmk
+        total = config.w_landmark * l_lmk
         if stage != "rigid":
             total = total + config.w_shape * l_shape + config.w_expression * l_expr + config.w_jaw * l_jaw
         if stage == "photo":
@@ -643,7 +639,9 @@ def fit_faces(
     if snapshot and have_lm:
         with torch.no_grad():
             shape, psi, pose = decode()
-            lm = WeakPerspectiveCamera(p_logs.exp(), p_trans).project(face_model.landmarks(face_model(shape, psi, pose)))
+            lm = WeakPerspectiveCamera(p_logs.exp(), p_trans).project(
+                face_model.landmarks(face_model(shape, psi, pose))
+            )
             l_end = ((lm[..., :2] - target).norm(dim=-1) * lm_weight).sum(-1)
             reverted = (l_end - lmk_ref) / iod > config.texture_margin
             for p, p0 in zip(leaves, snapshot, strict=True):
@@ -736,10 +734,10 @@ def _light_convention(
 
 def _skin_mean(texture: torch.Tensor, face_model: FaceModel, region: torch.Tensor) -> torch.Tensor:
     """(B, 3) mean of (B, 3, R, R) albedo maps over the UV centroids of the ``region``'s triangles."""
-    arrays = face_model.arrays
-    centroid = arrays.uv[arrays.uv_faces[region.cpu().numpy() > 0]].astype(np.float64).mean(1)
     from models.render.texture import uv_to_grid
 
+    arrays = face_model.arrays
+    centroid = arrays.uv[arrays.uv_faces[region.cpu().numpy() > 0]].astype(np.float64).mean(1)
     grid = uv_to_grid(torch.as_tensor(centroid, dtype=texture.dtype, device=texture.device))
     grid = grid[None, None].expand(texture.shape[0], -1, -1, -1)
     return F.grid_sample(texture, grid, mode="bilinear", align_corners=False)[:, :, 0].mean(-1)
