@@ -514,12 +514,17 @@ def alignment_matrix(points: np.ndarray, output_size: int = 224, scale: float = 
         scale: zoom out by this factor around the crop centre (1: the template framing, the whole face from
             hairline to chin; 1.5: more context, e.g. hair and ears).
     """
+    return anchors_matrix(alignment_anchors(points), output_size, scale)
+
+
+def anchors_matrix(anchors: np.ndarray, output_size: int = 224, scale: float = 1.0) -> np.ndarray:
+    """:func:`alignment_matrix` from the (3, 2) anchors themselves (:func:`alignment_anchors`)."""
     if not (isinstance(output_size, int | np.integer) and 8 <= output_size <= 4096):
         raise ValueError(f"output_size: expected an integer in [8, 4096], got {output_size!r}")
     if not (np.isfinite(scale) and 0.1 <= scale <= 10):
         raise ValueError(f"scale: expected a number in [0.1, 10], got {scale!r}")
     template = (0.5 + (ALIGN_TEMPLATE - 0.5) / scale) * output_size - 0.5  # unit square → pixel centres
-    return similarity_transform(alignment_anchors(points), template)
+    return similarity_transform(np.asarray(anchors, np.float64), template)
 
 
 def align_face(

@@ -606,6 +606,7 @@ def build_eval_set(cfg: ShapeTrainConfig, face_model: FaceModel, albedo_resoluti
         views=1,
         albedo_size=e.albedo_size,
         align=d.align if d.kind == "synthetic" else True,
+        align_jitter=d.align_jitter if e.align_jitter is None else e.align_jitter,
         render_scale=d.render_scale,
         face_fill=d.face_fill if d.kind == "synthetic" else None,
     )

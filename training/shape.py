@@ -248,6 +248,10 @@ class DataSection:
         albedo_size: synthetic: resolution of the ground-truth albedo it renders with.
         align: synthetic: crop and align the renders like the service's face crops (the inputs ``/reconstruct``
             gives the encoder), from their true landmarks; False = use the framed renders as they are.
+        align_jitter: synthetic with ``align``: standard deviation of the noise added to the alignment's anchors
+            (eye centres, nose bottom), in eye-centre distances: the service crops on dlib's detected 5 points, not
+            the true ones, and an encoder trained on exact crops takes any offset of the face in its crop for
+            the template's framing (see ``benchmarks/alignment_noise.py``). 0 = exact crops.
         render_scale: synthetic with ``align``: renders are ``render_scale × input_size`` pixels, then cropped.
         face_fill: synthetic: fraction of the render spanned by the landmarks' box; None = (0.31, 0.38) with
             ``align`` (the aligned crop then covers ≈ the render at zoom ≈ 1, no aliasing, no black borders for
@@ -264,6 +268,7 @@ class DataSection:
     num_identities: int | None = None
     albedo_size: int = 64
     align: bool = True
+    align_jitter: float = 0.0
     render_scale: float = 1.6
     face_fill: tuple[float, float] | None = None
     landmark_cache: str | None = None
@@ -274,6 +279,8 @@ class DataSection:
             object.__setattr__(self, "face_fill", tuple(float(x) for x in self.face_fill))
         if not 1.0 <= self.render_scale <= 4.0:
             raise ValueError(f"data.render_scale: expected 1–4, got {self.render_scale}")
+        if not 0.0 <= self.align_jitter <= 0.5:
+            raise ValueError(f"data.align_jitter: expected 0–0.5 eye-centre distances, got {self.align_jitter}")
         if self.kind not in DATA_KINDS:
             raise ValueError(f"data.kind: expected one of {list(DATA_KINDS)}, got {self.kind!r}")
         if self.kind != "synthetic" and not self.path:
@@ -422,6 +429,7 @@ class EvalSection:
             skin only, like a scanner: the face model's skin also has vertices inside the eye sockets and lips).
         icp_iterations: rigid refinements after the landmark alignment.
         albedo_size: resolution of the held-out renders' true albedo.
+        align_jitter: the noise of their crops' anchors (``data.align_jitter``); None = the training data's.
     """
 
     num_samples: int = 32
@@ -433,6 +441,7 @@ class EvalSection:
     scan_resolution: int = 128
     icp_iterations: int = 5
     albedo_size: int = 64
+    align_jitter: float | None = None
 
 
 @dataclass(frozen=True)

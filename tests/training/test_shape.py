@@ -102,6 +102,31 @@ def test_synthetic_groups_share_identity_and_albedo(face_model):
     assert src.batch(step=0, rank=1, world_size=2).identity.tolist() == [1, 1, 1]
 
 
+def test_alignment_jitter_moves_the_crop_not_the_truth(face_model):
+    """With data.align_jitter the crops are cut from noisy anchors (as the service cuts them from detected points):
+    the face sits off the template by about the jitter, reproducibly, and the returned landmarks are still the
+    true ones in the crop that was cut."""
+    from facecore.detect import ALIGN_TEMPLATE, alignment_anchors
+
+    exact = SyntheticGroups(DataSection(groups=4, views=2), 64, 48, face_model).batch(0)
+    noisy_src = SyntheticGroups(DataSection(groups=4, views=2, align_jitter=0.1), 64, 48, face_model)
+    noisy = noisy_src.batch(0)
+    torch.testing.assert_close(noisy_src.batch(0).image, noisy.image, rtol=0, atol=0)  # seeded per sample
+    template = ALIGN_TEMPLATE * 64 - 0.5
+    eyes = np.linalg.norm(template[1] - template[0])
+
+    def anchors(b) -> np.ndarray:
+        return np.stack([alignment_anchors(lm) for lm in b.landmarks_px.double().numpy()])
+
+    # the same faces (same stream), cut around noisy anchors: each anchor moves by ~the jitter in the crop
+    moved = np.linalg.norm(anchors(noisy) - anchors(exact), axis=-1) / eyes
+    assert 0.04 < moved.mean() < 0.2, moved.mean()  # √(π/2)·0.1 ≈ 0.125 per anchor, less after the similarity fit
+    assert moved.min(1).max() > 0.01  # every crop moved
+    torch.testing.assert_close(noisy.gt.codes.pose, exact.gt.codes.pose, rtol=0, atol=0)  # only the crop differs
+    with pytest.raises(ValueError, match="align_jitter"):
+        DataSection(align_jitter=0.8)
+
+
 def test_chips_cut_the_face(face_model):
     """The chip matrices put the landmarks where dlib's chip template wants them, in normalised coordinates."""
     src = SyntheticGroups(DataSection(groups=1, views=2), 64, 150, face_model)

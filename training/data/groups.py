@@ -70,9 +70,16 @@ def align_to_template(
     mask: torch.Tensor | None,
     out_size: int,
     crop_scale: float = 1.0,
+    jitter: float = 0.0,
+    seeds: Sequence[Sequence[int]] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Crop and align images like the service's face alignment (:func:`facecore.detect.alignment_matrix`: eye
     centres and nose bottom onto the template, zoomed out by ``crop_scale``), in torch (bilinear, black outside).
+
+    With ``jitter`` each anchor (eye centres, nose bottom) is moved by Gaussian noise of that standard deviation,
+    in units of the eye-centre distance, before the crop is cut (drawn from ``seeds[b]``, one seed sequence per
+    image): the service aligns on detected points, which miss the true ones; the landmarks returned are still
+    the true ones, in the jittered crop.
 
     Args:
         image: (B, C, H, W) images (square).
@@ -85,10 +92,17 @@ def align_to_template(
     Returns:
         (images (B, C, S, S), landmarks (B, 68, 2) in crop pixels, visibility, mask).
     """
-    from facecore.detect import alignment_matrix, invert_affine
+    from facecore.detect import alignment_anchors, anchors_matrix, invert_affine
 
     pts = landmarks_px.detach().cpu().double().numpy()
-    to_crop = np.stack([alignment_matrix(p, out_size, crop_scale) for p in pts])  # image → crop pixels
+    anchors = np.stack([alignment_anchors(p) for p in pts])
+    if jitter > 0:
+        if seeds is None or len(seeds) != len(pts):
+            raise ValueError("align_to_template: jitter needs one seed sequence per image")
+        eyes = np.linalg.norm(anchors[:, 1] - anchors[:, 0], axis=-1)[:, None, None]
+        noise = np.stack([np.random.default_rng(list(s)).normal(size=(3, 2)) for s in seeds])
+        anchors = anchors + jitter * eyes * noise
+    to_crop = np.stack([anchors_matrix(a, out_size, crop_scale) for a in anchors])  # image → crop pixels
     to_image = np.stack([invert_affine(m) for m in to_crop])
     theta = torch.from_numpy(affine_theta(to_image, image.shape[-1], out_size)).to(image)
     grid = F.affine_grid(theta, [image.shape[0], image.shape[1], out_size, out_size], align_corners=False)
@@ -236,7 +250,10 @@ class SyntheticGroups(GroupSource):
         identity = torch.tensor([g for g in groups for _ in range(v)])
         image, lm, vis, mask = gt.image_srgb, gt.landmarks_px, gt.landmarks_visible.float(), gt.mask
         if self.cfg.align:
-            image, lm, vis, mask = align_to_template(image, lm, vis, mask, self.image_size, self.crop_scale)
+            seeds = [(self.cfg.seed, m, 0xA119) for m in members]
+            image, lm, vis, mask = align_to_template(
+                image, lm, vis, mask, self.image_size, self.crop_scale, self.cfg.align_jitter, seeds
+            )
         return self._finish(image, lm, vis, identity, mask=mask, gt=gt)
 
 
