@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from facecore import color
+from facecore.geometry import project_points
 from models.face.model import FaceModel
 from models.render import MeshRenderer, WeakPerspectiveCamera
 from training import face_fit
@@ -297,11 +298,8 @@ def clean_table(args: argparse.Namespace, fm: FaceModel) -> None:
                 continue
             hair_uv, hair_px, bg_px = hair_truth(ds, item)
             verts = item.verts_world[0].double().numpy()
-            s, (tx, ty) = float(item.camera.scale[0]), item.camera.translation[0].double().numpy()
-            H, W = image.shape[:2]
-            px = np.stack(
-                [(s * verts[:, 0] + tx + 1.0) * 0.5 * W - 0.5, (1.0 - s * verts[:, 1] - ty) * 0.5 * H - 0.5], 1
-            )
+            camera = (float(item.camera.scale[0]), *item.camera.translation[0].tolist())
+            px = project_points(verts, camera, image.shape[1])
             recs.append({"index": i, "face": face, "yaw": float(head_angles_deg(item.codes.pose)[0, 0]),
                          "albedo": item.albedo_uv[0].permute(1, 2, 0).double().numpy(), "hair_uv": hair_uv,
                          "bad_px": hair_px | bg_px, "truth_verts": verts, "truth_px": px,

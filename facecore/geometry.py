@@ -888,6 +888,15 @@ def coarse_mesh(model: FaceModelArrays, verts: np.ndarray) -> MeshData:
     )
 
 
+def project_points(points: np.ndarray, camera: np.ndarray, size: int) -> np.ndarray:
+    """(N, 3) posed points → (N, 2) pixels of a ``size`` × ``size`` image by the weak-perspective camera ``(s, tx,
+    ty)`` (``x_ndc = s·x + tx``, NDC spanning the image; x right, y down, pixel centres at integers)."""
+    s, tx, ty = (float(v) for v in camera)
+    x_ndc = s * points[:, 0] + tx
+    y_ndc = s * points[:, 1] + ty
+    return np.stack([(x_ndc + 1.0) / 2.0 * size - 0.5, (1.0 - y_ndc) / 2.0 * size - 0.5], 1)
+
+
 def sample_map(image: np.ndarray, uv: np.ndarray, wrap_u: bool = False) -> np.ndarray:
     """Bilinear lookup of a (H, W) or (H, W, C) map at uv (N, 2) (v up, texel centres at half-integers).
 

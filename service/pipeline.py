@@ -192,14 +192,6 @@ def find_face(image: np.ndarray, size: int, detector: str, texture_size: int | N
     return FaceCrop(aligned.crop, aligned.crop_to_image, face.box, face.points, face.detector, texture_crop)
 
 
-def project(verts: np.ndarray, camera: np.ndarray, size: int) -> np.ndarray:
-    """Weak perspective (scale, tx, ty) → crop pixels (x right, y down, centres at integers)."""
-    s, tx, ty = camera
-    x_ndc = s * verts[:, 0] + tx
-    y_ndc = s * verts[:, 1] + ty
-    return np.stack([(x_ndc + 1.0) / 2.0 * size - 0.5, (1.0 - y_ndc) / 2.0 * size - 0.5], 1)
-
-
 def identity_shape(
     bundle: Bundle, features: np.ndarray, codes: Mapping[str, np.ndarray], expression: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -320,11 +312,11 @@ async def reconstruct(
             if name in model.joint_names:
                 local[model.joint_names.index(name)] = codes["pose"][model.joint_names.index(name)]
         verts = geo.decode_vertices(model, codes["shape"][None], expression[None], local[None])[0]
-        lmk = face.crop_to_image(project(geo.landmarks_3d(model, posed[None])[0], codes["camera"], size))
+        lmk = face.crop_to_image(geo.project_points(geo.landmarks_3d(model, posed[None])[0], codes["camera"], size))
         if not unwrap:
             return None, (), verts, lmk
         # the texture crop frames the face like the encoder's crop, so the camera projects into it at its size
-        px = project(posed, codes["camera"], tex_size)
+        px = geo.project_points(posed, codes["camera"], tex_size)
         # shading multiplies linear light: de-light in linear space, store the albedo sRGB-encoded like the PNGs
         linear = color.srgb_to_linear(face.texture_crop / 255.0)
         # only the face's skin, seen well (no hair, background, highlights); the rest mirrored or filled smoothly:

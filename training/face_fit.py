@@ -55,7 +55,7 @@ import torch.nn.functional as F
 from facecore import texture as uv_texture
 from facecore.color import srgb_to_linear
 from facecore.config import parse_section
-from facecore.geometry import FaceModelArrays
+from facecore.geometry import FaceModelArrays, project_points
 from models.face.model import FaceCodes, FaceModel
 from models.render import MeshRenderer, WeakPerspectiveCamera, rasterize
 
@@ -347,10 +347,7 @@ class FitResult:
 
     def to_pixels(self, points: np.ndarray) -> np.ndarray:
         """(N, 3) posed points → (N, 2) pixels of the fitted image (x right, y down, centres at integers)."""
-        s, tx, ty = (float(v) for v in self.camera)
-        H, W = self.image_size
-        x_ndc, y_ndc = s * points[:, 0] + tx, s * points[:, 1] + ty
-        return np.stack([(x_ndc + 1.0) * 0.5 * W - 0.5, (1.0 - y_ndc) * 0.5 * H - 0.5], 1)
+        return project_points(points, self.camera, self.image_size[1])  # fitted images are square
 
     def landmarks_px(self, face_model: FaceModel) -> np.ndarray:
         """(68, 2) fitted landmarks in pixels of the fitted image."""
