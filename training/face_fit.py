@@ -612,7 +612,7 @@ def fit_faces(
                 total = total + config.w_texture * (p_tex * p_tex).sum(-1)
         opt.zero_grad(set_to_none=True)
         total.sum().backward()
-        for p in (p for g in groups.values() for p in g):
+        for p in leaves:
             if not any(p is a for a in active):
                 p.grad = None
         opt.step()
