@@ -217,6 +217,14 @@ def render(
     return (img * 255.0 + 0.5).clip(0, 255).astype(np.uint8)
 
 
+def served_crop(image: np.ndarray, meta: dict, size: int) -> np.ndarray:
+    """The photo's crop as /reconstruct framed it (its ``face.anchors``), at ``size``."""
+    from facecore import detect
+
+    matrix = detect.anchors_matrix(np.array(meta["face"]["anchors"]), size)
+    return detect.warp_crop(image, matrix, size).crop
+
+
 def render_over(bundle: Bundle, meta: dict, crop: np.ndarray) -> np.ndarray:
     """The reconstruction rendered (albedo × the predicted SH shading) over the aligned crop it came from."""
     codes = codes_arrays(meta, bundle.face_model)
@@ -238,15 +246,15 @@ def photo_metrics(runner: BundleRunner, photos: Path) -> tuple[dict, list[tuple[
         detected = landmarks68(image)
         pred = np.array(meta["face"]["landmarks68"])
         iod = np.linalg.norm(detected[36] - detected[45])
-        face = P.find_face(image, IDENTITY_SIZE, "auto")
-        render = render_over(bundle, meta, face.crop)
-        crop_lmk = landmarks68(face.crop)
-        chips = [extract_dlib_chip(img, crop_lmk) for img in (face.crop, render)]
+        crop = served_crop(image, meta, IDENTITY_SIZE)
+        render = render_over(bundle, meta, crop)
+        crop_lmk = landmarks68(crop)
+        chips = [extract_dlib_chip(img, crop_lmk) for img in (crop, render)]
         with torch.no_grad():
             emb = embedder(torch.as_tensor(np.stack(chips), dtype=torch.float32).permute(0, 3, 1, 2) / 255.0)
         rows.append({"photo": path.name, "landmark_nme_vs_detector": float(
             np.linalg.norm(pred - detected, axis=1).mean() / iod)})  # fmt: skip
-        crops.append((path.name, face.crop, render, emb.numpy(), meta["albedo_srgb"]))
+        crops.append((path.name, crop, render, emb.numpy(), meta["albedo_srgb"]))
     emb_photo = np.stack([c[3][0] for c in crops])
     emb_render = np.stack([c[3][1] for c in crops])
     sim = emb_photo @ emb_render.T  # photo i vs render j

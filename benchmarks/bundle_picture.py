@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bundle_metrics import PHOTOS, BundleRunner, codes_arrays, render, render_over
+from bundle_metrics import PHOTOS, BundleRunner, codes_arrays, render, render_over, served_crop
 from PIL import Image, ImageDraw
 
 from facecore import color
@@ -105,7 +105,7 @@ def main() -> None:
             raise SystemExit(f"no photo matching {key!r} in {args.photos}")
         image = P.decode_photo(path.read_bytes(), 50_000_000)
         meta = runner.reconstruct(image, args.albedo)
-        crop = P.find_face(image, 2 * S, "auto").crop
+        crop = served_crop(image, meta, 2 * S)
         codes = codes_arrays(meta, bundle.face_model)
         local = np.zeros_like(codes["pose"])
         local[1:] = codes["pose"][1:]  # the face's own articulation, not the head pose of the photo

@@ -105,6 +105,14 @@ class Resolutions(BaseModel):
     encoder_input: int = Field(0, ge=0)
 
 
+class LocaliserSpec(BaseModel):
+    """``manifest.json["localiser"]``: the ``landmarks`` graph's crop (:mod:`facecore.localise`) and its numbers."""
+
+    crop_scale: float = Field(gt=0.5, le=4.0)
+    passes: int = Field(ge=1, le=8)
+    metrics: dict[str, Any] = Field(default_factory=dict)
+
+
 class Manifest(BaseModel):
     """``manifest.json`` (schema version 1)."""
 
@@ -123,6 +131,7 @@ class Manifest(BaseModel):
     displacement_scale_m: float = Field(0.0, ge=0.0, description="displacement graph output units → metres")
     identity: IdentitySpec | None = None
     mouth: MouthCalibration | None = Field(None, description="the encoder's lip gap calibrated (facecore.mouth)")
+    localiser: LocaliserSpec | None = Field(None, description="how /reconstruct runs the landmarks graph")
     training: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, Any] = Field(default_factory=dict)
 
@@ -270,6 +279,7 @@ def load_bundle(path: str | Path) -> Bundle:
             raise BundleError(
                 f"{mpath}: field 'graphs.{CODES_GRAPH}' must take inputs {want} and give 'shape' [None, {codes.shape}]"
             )
+    _check_localiser(mpath, manifest)
     identity_head = None
     if manifest.identity is not None:
         identity_head, head_hash = _load_identity_head(root, mpath, manifest)
@@ -280,6 +290,32 @@ def load_bundle(path: str | Path) -> Bundle:
     digest = hashlib.sha256("".join(hashes).encode()).hexdigest()
     logger.info("bundle %s %s from %s", manifest.name, manifest.version, root)
     return Bundle(root, manifest, face_model, w_avg, digest, identity_head)
+
+
+def _check_localiser(mpath: Path, manifest: Manifest) -> None:
+    """The ``landmarks`` graph and ``manifest["localiser"]`` come together; the graph reads square crops."""
+    from facecore import localise
+
+    graph = manifest.graphs.get(localise.GRAPH)
+    if (graph is None) != (manifest.localiser is None):
+        raise BundleError(f"{mpath}: fields 'graphs.{localise.GRAPH}' and 'localiser' must both be present or absent")
+    if graph is None:
+        return
+    image = graph.inputs.get(localise.GRAPH_INPUT)
+    points = graph.outputs.get(localise.GRAPH_OUTPUT)
+    if (
+        image is None
+        or len(image.shape) != 4
+        or image.shape[1] != 3
+        or not isinstance(image.shape[2], int)
+        or image.shape[2] != image.shape[3]
+        or points is None
+        or list(points.shape) != [None, 68, 2]
+    ):
+        raise BundleError(
+            f"{mpath}: graph '{localise.GRAPH}' must take '{localise.GRAPH_INPUT}' [None, 3, S, S] and give "
+            f"'{localise.GRAPH_OUTPUT}' [None, 68, 2]"
+        )
 
 
 def _load_identity_head(root: Path, mpath: Path, manifest: Manifest) -> tuple[IdentityHead, str]:

@@ -552,6 +552,16 @@ def align_face(
     image = check_image(image)
     points = landmarks.points if isinstance(landmarks, FaceLandmarks) else landmarks
     matrix = alignment_matrix(points, output_size, scale)
+    return warp_crop(image, matrix, output_size, fill=fill)
+
+
+def warp_crop(
+    image: np.ndarray, matrix: np.ndarray, output_size: int, *, fill: tuple[int, int, int] = (0, 0, 0)
+) -> AlignedFace:
+    """The (S, S) crop of ``image`` (H, W, 3 uint8) under the (2, 3) image → crop ``matrix`` (bilinear; a crop
+    that shrinks the image 2× or more box-reduces it by the integer factor first, so it is not aliased).
+    ValueError for a singular matrix."""
+    invert_affine(matrix)
     zoom = math.sqrt(abs(float(np.linalg.det(matrix[:, :2]))))
     pil = Image.fromarray(image)
     # reduced pixel j covers full pixels [f*j, f*j + f): x_full = f * x_reduced + (f - 1) / 2

@@ -8,6 +8,7 @@ content-addressed: the same request gives the same id and the same bytes.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import io
 import json
@@ -20,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from facecore import assets, color, formats, mouth
+from facecore import assets, color, detect, formats, localise, mouth
 from facecore import geometry as geo
 from facecore.bundle import CODES_GRAPH, LATENT_GRAPH, Bundle
 
@@ -167,29 +168,87 @@ class FaceCrop:
     crop: np.ndarray  # (S, S, 3) uint8
     crop_to_image: Callable[[np.ndarray], np.ndarray]
     box: np.ndarray
-    points: np.ndarray
+    points: np.ndarray  # (5, 2) the detector's points
     detector: str
     texture_crop: np.ndarray | None = None  # (T, T, 3) uint8: the same framing at the texture's resolution
+    anchors: np.ndarray | None = None  # (3, 2) the crop's alignment anchors in the photo (facecore.detect)
+    aligned_on: str = "points5"  # what found the anchors: "points5" (the detector's) or "localiser"
 
 
-def find_face(image: np.ndarray, size: int, detector: str, texture_size: int | None = None) -> FaceCrop:
-    """Detect the largest face (5-point model) and align it into a ``size`` crop; PhotoError without a face.
-
-    With ``texture_size`` the same alignment is also sampled at that size from the original photo (the
-    texture is unwrapped from it: the encoder's crop is small, the photo usually is not).
-    """
-    from facecore import detect
-
+def detect_face(image: np.ndarray, detector: str) -> detect.FaceLandmarks:
+    """The largest face (box and dlib's 5 points); PhotoError without one."""
     try:
         faces = detect.detect_landmarks5(image, detector=detector)
-        face = detect.largest_face(faces, image.shape)
+        return detect.largest_face(faces, image.shape)
     except detect.NoFaceError as exc:
         raise PhotoError(f"image: {exc}") from exc
     except ValueError as exc:  # facecore.detect.check_image: too small, degenerate after downscaling, …
         raise PhotoError(str(exc) if str(exc).startswith("image:") else f"image: {exc}") from exc
-    aligned = detect.align_face(image, face, output_size=size)
-    texture_crop = detect.align_face(image, face, output_size=texture_size).crop if texture_size else None
-    return FaceCrop(aligned.crop, aligned.crop_to_image, face.box, face.points, face.detector, texture_crop)
+
+
+def find_face(
+    image: np.ndarray,
+    size: int,
+    detector: str,
+    texture_size: int | None = None,
+    face: detect.FaceLandmarks | None = None,
+    anchors: np.ndarray | None = None,
+) -> FaceCrop:
+    """Detect the largest face (5-point model; or take ``face``) and align it into a ``size`` crop around
+    ``anchors`` (default: those of the detector's points); PhotoError without a face.
+
+    With ``texture_size`` the same alignment is also sampled at that size from the original photo (the
+    texture is unwrapped from it: the encoder's crop is small, the photo usually is not).
+    """
+    face = face if face is not None else detect_face(image, detector)
+    own = anchors is None
+    anchors = detect.alignment_anchors(face.points) if own else np.asarray(anchors, np.float64)
+    aligned = detect.warp_crop(image, detect.anchors_matrix(anchors, size), size)
+    texture_crop = (
+        detect.warp_crop(image, detect.anchors_matrix(anchors, texture_size), texture_size).crop
+        if texture_size
+        else None
+    )
+    return FaceCrop(
+        aligned.crop,
+        aligned.crop_to_image,
+        face.box,
+        face.points,
+        face.detector,
+        texture_crop,
+        anchors,
+        "points5" if own else "localiser",
+    )
+
+
+async def locate_face(
+    bundle: Bundle,
+    run_graph: RunGraph,
+    run_stage: RunStage,
+    image: np.ndarray,
+    detector: str,
+    texture_size: int | None = None,
+    timer: Timer | None = None,
+) -> FaceCrop:
+    """/reconstruct's face: detected (dlib), its anchors found by the bundle's landmark localiser when it has one
+    (:mod:`facecore.localise`, started at dlib's 5 points; else dlib's points), the encoder's crop (and the
+    texture's, at ``texture_size``) cut around them. Everything that wants the service's framing calls this."""
+    timer = timer or Timer()
+    with timer.stage("detect"):
+        found = await run_stage("detect", detect_face, image, detector)
+    anchors, spec = None, bundle.manifest.localiser
+    if spec is not None:
+        side = bundle.manifest.graphs[localise.GRAPH].inputs[localise.GRAPH_INPUT].shape[-1]
+        crop_stage = functools.partial(run_stage, "detect")
+        with timer.stage("landmarks"):
+            points = await localise.localise(
+                run_graph, image, found.points, side, spec.passes, spec.crop_scale, crop_stage
+            )
+        anchors = detect.alignment_anchors(points)
+    size = bundle.manifest.resolutions.encoder_input
+    with timer.stage("align"):
+        face = await run_stage("detect", find_face, image, size, detector, texture_size, found, anchors)
+    return face
 
 
 def identity_shape(
@@ -246,7 +305,7 @@ def unwrap_resolution(texture_size: int, albedo_resolution: int) -> int:
 def warm_reconstruct(bundle: Bundle, texture_size: int) -> None:
     """Load and build what /reconstruct's first request would otherwise wait for (~1–2 s): the detectors (the
     CNN's graph), the 5-point predictor, the recogniser's graph and the unwrap tables at ``texture_size``."""
-    from facecore import detect, texture
+    from facecore import texture
 
     detect.detect_landmarks5(np.full((256, 256, 3), 128, np.uint8))  # no face: HOG, then the CNN, both run
     if bundle.identity_head is not None:
@@ -284,8 +343,7 @@ async def reconstruct(
     unwrap = not generated or latent_from_photo
     # the latent graph reads the photo albedo as it was fitted on: unwrapped at the generator's resolution
     tex_size = unwrap_resolution(m.resolutions.albedo if generated else req.texture_size, m.resolutions.albedo)
-    with timer.stage("detect"):
-        face = await run_stage("detect", find_face, image, size, req.detector, tex_size if unwrap else None)
+    face = await locate_face(bundle, run_graph, run_stage, image, req.detector, tex_size if unwrap else None, timer)
     features = None
     if bundle.identity_head is not None:
         with timer.stage("identity"):
@@ -359,6 +417,10 @@ async def reconstruct(
             "box": face.box.round(2).tolist(),
             "detector": face.detector,
             "points5": face.points.round(2).tolist(),
+            # where the crops were cut: eye centres and nose bottom in the photo (facecore.detect.anchors_matrix
+            # reproduces the framing at any size), found by the bundle's landmark localiser or from points5
+            "anchors": face.anchors.round(3).tolist(),
+            "aligned_on": face.aligned_on,
             "landmarks68": landmarks.round(2).tolist(),
         },
     }

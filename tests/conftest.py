@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -55,3 +56,29 @@ def tiny_bundle(tmp_path_factory) -> Path:
         out, face_model_path=DEFAULT_FACE_MODEL, generator=G, encoder=enc, displacement=disp, albedo_head=head,
         name="tiny-untrained", version="0.0.1", licence="test", training={"note": "random initialisation, for tests"},
     )  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def localised_bundle(tiny_bundle, tmp_path_factory) -> Path:
+    """The tiny bundle with a landmarks graph (``training.localiser.add_localiser``): an untrained localiser whose
+    answer is its mean points (the template's face in its crop, slightly turned), so /reconstruct re-frames."""
+    import json
+
+    from facecore import detect, localise
+    from facecore.config import section_dict
+    from models.localiser import Localiser
+    from training.localiser import METRICS_FILE, WEIGHTS_FILE, LocaliserStageConfig, add_localiser
+
+    c = LocaliserStageConfig(input_size=64, channels=(8, 16, 16))
+    torch.manual_seed(0)
+    net = Localiser(c.input_size, c.channels)
+    rng = np.random.default_rng(0)
+    units = rng.normal(0.0, 0.15, size=(68, 2))
+    anchors = (0.5 + (detect.ALIGN_TEMPLATE - 0.5) / localise.CROP_SCALE) - 0.5  # the template's anchors, in units
+    units[[36, 39]], units[[42, 45]], units[33] = anchors[0] + 0.02, anchors[1] + 0.02, anchors[2] + [0.04, 0.0]
+    with torch.no_grad():
+        net.mean_points.copy_(torch.as_tensor(units))
+    run = tmp_path_factory.mktemp("localiser")
+    torch.save({"config": section_dict(c), "state": net.state_dict()}, run / WEIGHTS_FILE)
+    (run / METRICS_FILE).write_text(json.dumps({"held_out": {"note": "untrained, for tests"}}))
+    return add_localiser(tiny_bundle, run, tmp_path_factory.mktemp("bundle") / "localised", "0.0.2")

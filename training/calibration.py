@@ -4,10 +4,11 @@
 
 Each render (``training.data.synthetic``, stream ``--seed``: the training draws from 0 and 7, its evaluation from
 1000003 and ``benchmarks/bundle_metrics.py`` from 20261125, so none of those) goes through the service's own
-front half — dlib detection and 5-point alignment, the ONNX encoder, the identity head when the bundle has one —
-and the lip gap of the codes is set against the truth's. The line ``truth ≈ slope · encoder + intercept``
-(least absolute deviations: the median) is written to ``manifest.json["mouth"]`` with the errors before and
-after (``--dry-run``: printed only). Renders the detector misses are skipped.
+front half — dlib detection, alignment (on the bundle's landmark localiser when it has one), the ONNX encoder,
+the identity head when the bundle has one — and the lip gap of the codes is set against the truth's. The line
+``truth ≈ slope · encoder + intercept`` (least absolute deviations: the median) is written to
+``manifest.json["mouth"]`` with the errors before and after (``--dry-run``: printed only). Renders the detector
+misses are skipped.
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ def measure(bundle: Bundle, samples: int, seed: int) -> np.ndarray:
     from training.data.synthetic import SyntheticConfig, SyntheticFaces
 
     model = bundle.face_model
-    size = bundle.manifest.resolutions.encoder_input
     sessions = open_sessions(bundle, ["CPUExecutionProvider"], 0)
     encoder = sessions["encoder"]
     run_graph = inline_runner(sessions)
@@ -47,7 +47,7 @@ def measure(bundle: Bundle, samples: int, seed: int) -> np.ndarray:
         item = faces.batch([i])
         image = (item.image_srgb[0].permute(1, 2, 0).numpy() * 255.0 + 0.5).clip(0, 255).astype(np.uint8)
         try:
-            face = P.find_face(image, size, "auto")
+            face = asyncio.run(P.locate_face(bundle, run_graph, P.in_thread, image, "auto"))
         except P.PhotoError:
             continue
         out = encoder.run({"image": (face.crop.astype(np.float32) / 255.0).transpose(2, 0, 1)[None]})

@@ -535,16 +535,17 @@ def replace_generator(
     return edited_copy(bundle, out, version, edit)
 
 
-def run(cfg: Mapping[str, Any], out: Path) -> None:
+def run(cfg: Mapping[str, Any], out: Path, calibrate_mouth: bool = True) -> None:
     """The ``export`` stage of ``training.run``.
 
     ``export.untrained: true`` writes a labelled random bundle; otherwise ``export.final`` (default: the
     ``alternate/final`` folder beside ``out``) names the trained weights to export; ``export.fp16: true`` stores
     the weights in float16, ``export.model_card`` names a Markdown file copied in as ``MODEL_CARD.md`` and
     ``export.mouth_calibration_samples`` > 0 calibrates the encoder's mouth opening on that many held-out renders
-    (:mod:`training.calibration`), ``export.albedo_mean_samples`` > 0 the generator's mean map against that many
-    of ``albedo.data``'s training maps (:mod:`training.albedo_mean`). ``training.run``'s export stage then adds
-    /generate's latent → head graph (:mod:`training.bundle_stage`).
+    (:mod:`training.calibration`; not with ``calibrate_mouth=False``: :mod:`training.bundle_stage` calibrates after
+    adding the landmark localiser, which changes the encoder's crops), ``export.albedo_mean_samples`` > 0 the
+    generator's mean map against that many of ``albedo.data``'s training maps (:mod:`training.albedo_mean`).
+    ``training.run``'s export stage then adds /generate's latent → head graph (:mod:`training.bundle_stage`).
     """
     section = dict(cfg.get("export", {}))
     if section.get("untrained"):
@@ -566,7 +567,7 @@ def run(cfg: Mapping[str, Any], out: Path) -> None:
         from training.albedo_mean import calibrate
 
         calibrate(out, out, (cfg.get("albedo") or {}).get("data") or {}, int(section["albedo_mean_samples"]))
-    if int(section.get("mouth_calibration_samples", 0)) > 0:  # the encoder's lip gap vs held-out truth
+    if calibrate_mouth and int(section.get("mouth_calibration_samples", 0)) > 0:  # lip gap vs held-out truth
         from training.calibration import calibrate_bundle
 
         calibrate_bundle(out, int(section["mouth_calibration_samples"]))

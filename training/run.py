@@ -2,8 +2,9 @@
 
 Stages (each a function ``run(cfg: dict, out: Path) -> None`` of a module): ``recipe`` (the paper's StyleGAN2 shape
 data, only with a ``recipe`` section), ``extract`` (texture extraction), ``albedo`` (AlbedoGAN pretraining),
-``shape`` and ``alternate`` (shape model, alternate descent), ``export`` (model bundle) and ``all`` (every stage
-in order, each resuming from its own checkpoints). ``identity`` (identity head on face-recognition features,
+``shape`` and ``alternate`` (shape model, alternate descent), ``localiser`` (the landmark network /reconstruct
+frames its crops with), ``export`` (model bundle) and ``all`` (every stage in order, each resuming from its own
+checkpoints). ``identity`` (identity head on face-recognition features,
 ``training.identity``) is not part of ``all``: ``python -m training.export --add-identity`` puts its head into a
 bundle. The resolved configuration is written into the output
 folder; runs resume from their latest checkpoint.
@@ -40,8 +41,9 @@ STAGES: dict[str, str] = {
     "alternate": "training.alternate",
     "export": "training.bundle_stage",
     "identity": "training.identity",
+    "localiser": "training.localiser",
 }
-ORDER = ("recipe", "extract", "albedo", "shape", "alternate", "export")
+ORDER = ("recipe", "extract", "albedo", "shape", "alternate", "localiser", "export")
 
 
 class StageUnavailable(RuntimeError):

@@ -81,7 +81,11 @@ class ResultBody(BaseModel):
     bundle: dict
     timings_ms: dict[str, float]
     cached: bool = False
-    face: dict | None = Field(None, description="/reconstruct: detected box, 5 points, fitted 68 landmarks")
+    face: dict | None = Field(
+        None,
+        description="/reconstruct: detected box, 5 points, the crop's alignment anchors (and what found them), "
+        "fitted 68 landmarks",
+    )
     albedo: str | None = Field(None, description="/reconstruct: where the albedo came from, photo or generated")
     texture: dict | None = Field(
         None,

@@ -18,6 +18,8 @@ TINY = [
     "albedo.metric.num_subsets=2", "albedo.checkpoint_every=2", "albedo.sample_every=4",
     "shape.schedule.shape_steps=3", "shape.eval.num_samples=8", "shape.checkpoint_every=2",
     "alternate.schedule.shape_steps=2", "alternate.schedule.albedo_steps=2", "alternate.schedule.cycles=1",
+    "localiser.renders=256", "localiser.render_size=96", "localiser.eval_renders=4", "localiser.steps=4",
+    "localiser.batch=8", "localiser.input_size=64", "localiser.channels=[8,16,16]", "localiser.checkpoint_every=2",
     "export.albedo_mean_samples=64", "export.latent_identity_samples=48", "export.latent_identity_truth=48",
 ]  # fmt: skip
 
@@ -39,6 +41,9 @@ def test_default_recipe_chains_extract_albedo_shape_alternate_export(tmp_path):
     assert all(g.weights_dtype == "float16" for g in bundle.manifest.graphs.values())
     # the generator's mean map was matched to 64 of its training maps (the 2 held-out ones are not among them)
     assert bundle.manifest.albedo_mean["training_maps"] == 64 and bundle.manifest.albedo_mean["samples"] == 64
+    # the landmark localiser frames /reconstruct's crops; the mouth was calibrated on those crops, after it
+    assert "landmarks" in bundle.manifest.graphs and bundle.manifest.localiser.metrics["steps"] == 4
+    assert bundle.manifest.mouth is not None
     # /generate's latent → head graph, fitted after the mean map (which would have dropped it)
     assert "codes" in bundle.manifest.graphs and bundle.manifest.latent_identity["samples"] == 48
     encoder = onnx.load(str(out / "export" / "encoder.onnx"))
