@@ -110,6 +110,7 @@ class LocaliserSpec(BaseModel):
 
     crop_scale: float = Field(gt=0.5, le=4.0)
     passes: int = Field(ge=1, le=8)
+    refine: bool = Field(False, description="refine the encoder's codes onto the landmarks (facecore.refine)")
     metrics: dict[str, Any] = Field(default_factory=dict)
 
 

@@ -442,12 +442,20 @@ def _check_pose(model: FaceModelArrays, pose: Any, batch: int) -> np.ndarray:
 def skin(model: FaceModelArrays, verts: np.ndarray, theta: np.ndarray) -> np.ndarray:
     """Linear blend skinning. verts: (B, V, 3) unposed, theta: (B, J, 3) (already clamped) → (B, V, 3)."""
     joints = np.einsum("jv,bvc->bjc", model.joint_regressor, verts)  # (B, J, 3)
+    return skin_with_joints(model.joint_parents, model.lbs_weights, verts, joints, theta)
+
+
+def skin_with_joints(
+    parents: np.ndarray, lbs_weights: np.ndarray, verts: np.ndarray, joints: np.ndarray, theta: np.ndarray
+) -> np.ndarray:
+    """:func:`skin` given the rest joints (B, J, 3): any subset of vertices (with their ``lbs_weights`` rows)
+    skins as it does in the whole head."""
     rot = axis_angle_to_matrix(theta)  # (B, J, 3, 3)
     B, J = joints.shape[:2]
     rot = np.broadcast_to(rot, (B, J, 3, 3))
     g_rot = np.empty((B, J, 3, 3))
     g_t = np.empty((B, J, 3))
-    for j, p in enumerate(model.joint_parents):
+    for j, p in enumerate(parents):
         if p < 0:
             g_rot[:, j] = rot[:, j]
             g_t[:, j] = joints[:, j]
@@ -456,7 +464,7 @@ def skin(model: FaceModelArrays, verts: np.ndarray, theta: np.ndarray) -> np.nda
             g_t[:, j] = g_t[:, p] + np.einsum("bij,bj->bi", g_rot[:, p], joints[:, j] - joints[:, p])
     # Transform relative to the rest pose: x -> G_rot (x - J_rest) + G_t
     rel_t = g_t - np.einsum("bjik,bjk->bji", g_rot, joints)
-    w = model.lbs_weights.astype(np.float64)
+    w = lbs_weights.astype(np.float64)
     a_rot = np.einsum("vj,bjik->bvik", w, g_rot)
     a_t = np.einsum("vj,bji->bvi", w, rel_t)
     return np.einsum("bvik,bvk->bvi", a_rot, verts) + a_t

@@ -8,6 +8,7 @@ content-addressed: the same request gives the same id and the same bytes.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import hashlib
 import io
@@ -21,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from facecore import assets, color, detect, formats, localise, mouth
+from facecore import assets, color, detect, formats, localise, mouth, refine
 from facecore import geometry as geo
 from facecore.bundle import CODES_GRAPH, LATENT_GRAPH, Bundle
 
@@ -173,6 +174,12 @@ class FaceCrop:
     texture_crop: np.ndarray | None = None  # (T, T, 3) uint8: the same framing at the texture's resolution
     anchors: np.ndarray | None = None  # (3, 2) the crop's alignment anchors in the photo (facecore.detect)
     aligned_on: str = "points5"  # what found the anchors: "points5" (the detector's) or "localiser"
+    landmarks: np.ndarray | None = None  # (68, 2) the localiser's landmarks in the photo, when it ran
+
+
+#: a refinement whose landmarks stay further than this from the localiser's (/ their eye-corner distance) is
+#: dropped: the head cannot make that face, so the landmarks are wrong (held-out renders end at ~0.03)
+MAX_REFINED_ERROR = 0.15
 
 
 def detect_face(image: np.ndarray, detector: str) -> detect.FaceLandmarks:
@@ -248,7 +255,7 @@ async def locate_face(
     size = bundle.manifest.resolutions.encoder_input
     with timer.stage("align"):
         face = await run_stage("detect", find_face, image, size, detector, texture_size, found, anchors)
-    return face
+    return face if anchors is None else dataclasses.replace(face, landmarks=points)
 
 
 def identity_shape(
@@ -355,7 +362,18 @@ async def reconstruct(
     expression = np.clip(codes["expression"], 0.0, 1.0)
     if features is not None:
         codes["shape"], codes["camera"] = identity_shape(bundle, features, codes, expression)
-    if m.mouth is not None:  # the encoder's mouth opening, calibrated (facecore.mouth)
+    refined = m.localiser is not None and m.localiser.refine and face.landmarks is not None
+    if refined:  # the head's landmarks moved onto the localiser's (facecore.refine)
+        with timer.stage("refine"):
+            matrix = detect.anchors_matrix(face.anchors, size)
+            target = detect.transform_points(face.landmarks, matrix)
+            codes["expression"] = expression
+            moved, err = await run_stage("detect", refine.refine, model, codes, target, size)
+            # landmarks the head cannot meet (not a face the localiser saw, a gross miss): keep the encoder's codes
+            refined = err["after"] <= MAX_REFINED_ERROR
+            if refined:
+                codes, expression = moved, moved["expression"]
+    if m.mouth is not None and not refined:  # the encoder's mouth opening, calibrated (facecore.mouth)
         expression, codes["pose"] = mouth.calibrate(model, m.mouth, codes["shape"], expression, codes["pose"])
     jaw_index = model.joint_names.index("jaw")
     disp = await _displacement(bundle, run_graph, codes["detail"], expression, codes["pose"][jaw_index], timer)
@@ -421,6 +439,9 @@ async def reconstruct(
             # reproduces the framing at any size), found by the bundle's landmark localiser or from points5
             "anchors": face.anchors.round(3).tolist(),
             "aligned_on": face.aligned_on,
+            # the localiser's own 68 landmarks in the photo (what the head was refined onto), when it ran
+            **({"localiser68": face.landmarks.round(2).tolist()} if face.landmarks is not None else {}),
+            "refined": refined,
             "landmarks68": landmarks.round(2).tolist(),
         },
     }

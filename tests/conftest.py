@@ -60,8 +60,8 @@ def tiny_bundle(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def localised_bundle(tiny_bundle, tmp_path_factory) -> Path:
-    """The tiny bundle with a landmarks graph (``training.localiser.add_localiser``): an untrained localiser whose
-    answer is its mean points (the template's face in its crop, slightly turned), so /reconstruct re-frames."""
+    """The tiny bundle with a landmarks graph (``training.localiser.add_localiser``, refining): an untrained
+    localiser whose answer is its mean points whatever the photo, so /reconstruct re-frames and refines."""
     import json
 
     from facecore import detect, localise
@@ -72,10 +72,20 @@ def localised_bundle(tiny_bundle, tmp_path_factory) -> Path:
     c = LocaliserStageConfig(input_size=64, channels=(8, 16, 16))
     torch.manual_seed(0)
     net = Localiser(c.input_size, c.channels)
-    rng = np.random.default_rng(0)
-    units = rng.normal(0.0, 0.15, size=(68, 2))
-    anchors = (0.5 + (detect.ALIGN_TEMPLATE - 0.5) / localise.CROP_SCALE) - 0.5  # the template's anchors, in units
-    units[[36, 39]], units[[42, 45]], units[33] = anchors[0] + 0.02, anchors[1] + 0.02, anchors[2] + [0.04, 0.0]
+    # its answer: the face model's mean head seen from the front with its mouth open (jaw 0.2 rad, jawOpen 0.4),
+    # framed as the localiser's crop frames it (so the head has something to follow)
+    from facecore import geometry as geo
+    from facecore.bundle import load_bundle
+
+    model = load_bundle(tiny_bundle).face_model
+    pose = np.zeros((model.n_joints, 3))
+    pose[model.joint_names.index("jaw"), 0] = 0.2
+    expression = np.zeros(model.n_expr)
+    expression[model.expr_names.index("jawOpen")] = 0.4
+    head = geo.decode_vertices(model, None, expression, pose).astype(np.float64)
+    points = geo.landmarks_3d(model, head)[0][:, :2] * [1, -1]
+    matrix = detect.anchors_matrix(detect.alignment_anchors(points), c.input_size, localise.CROP_SCALE)
+    units = localise.pixels_to_units(detect.transform_points(points, matrix), c.input_size)
     with torch.no_grad():
         net.mean_points.copy_(torch.as_tensor(units))
     run = tmp_path_factory.mktemp("localiser")

@@ -379,10 +379,12 @@ def load_localiser(run_dir: Path) -> tuple[torch.nn.Module, LocaliserStageConfig
     return net.eval(), c
 
 
-def add_localiser(bundle: str | Path, run_dir: str | Path, out: str | Path, version: str | None = None) -> Path:
+def add_localiser(
+    bundle: str | Path, run_dir: str | Path, out: str | Path, version: str | None = None, refine: bool = True
+) -> Path:
     """A copy of ``bundle`` with the run's localiser as the ``landmarks`` graph (parity-checked ONNX, weights
-    stored as the bundle stores its others) and ``manifest["localiser"]``: crop zoom, passes and the run's
-    held-out numbers."""
+    stored as the bundle stores its others) and ``manifest["localiser"]``: crop zoom, passes, whether /reconstruct
+    refines the encoder's codes onto the landmarks (:mod:`facecore.refine`) and the run's held-out numbers."""
     from facecore.bundle import edited_copy
     from training.export import GraphExport, graph_edit
 
@@ -395,6 +397,7 @@ def add_localiser(bundle: str | Path, run_dir: str | Path, out: str | Path, vers
     report = {
         "crop_scale": localise.CROP_SCALE,
         "passes": localise.PASSES,
+        "refine": refine,
         "metrics": {"held_out": metrics["held_out"], "renders": c.renders, "steps": c.steps, "seed": c.seed},
     }
     edit = graph_edit(localise.GRAPH, graph, {localise.GRAPH_OUTPUT: (2, 68, 2)}, "localiser", report)
@@ -411,12 +414,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bundle", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--version")
+    parser.add_argument("--no-refine", action="store_true", help="frame the crops only, keep the encoder's codes")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for name in (WEIGHTS_FILE, METRICS_FILE):
         if not (args.run / name).is_file():
             parser.error(f"{args.run}: no {name} (has the localiser stage finished?)")
-    add_localiser(args.bundle, args.run, args.out, args.version)
+    add_localiser(args.bundle, args.run, args.out, args.version, refine=not args.no_refine)
     return 0
 
 

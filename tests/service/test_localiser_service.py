@@ -67,3 +67,23 @@ def test_a_landmarks_graph_needs_its_manifest_section(localised_bundle, tmp_path
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match="localiser"):
         load_bundle(copy)
+
+
+def test_the_head_is_refined_onto_the_localisers_landmarks(localised_bundle, tmp_path):
+    unrefined = tmp_path / "unrefined"
+    shutil.copytree(localised_bundle, unrefined)
+    manifest = json.loads((unrefined / "manifest.json").read_text())
+    manifest["localiser"]["refine"] = False
+    (unrefined / "manifest.json").write_text(json.dumps(manifest))
+    refined = reconstruct(localised_bundle, tmp_path)
+    plain = reconstruct(unrefined, tmp_path / "b")
+    assert refined["face"]["refined"] and not plain["face"]["refined"]
+    assert refined["timings_ms"]["refine"] > 0 and "refine" not in plain["timings_ms"]
+    found = np.array(refined["face"]["localiser68"])
+    assert np.allclose(found, plain["face"]["localiser68"])  # the same localiser, the same photo
+    iod = np.linalg.norm(found[36] - found[45])
+
+    def error(body: dict) -> float:
+        return float(np.linalg.norm(np.array(body["face"]["landmarks68"]) - found, axis=1).mean() / iod)
+
+    assert error(refined) < 0.5 * error(plain)

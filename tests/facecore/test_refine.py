@@ -1,0 +1,65 @@
+"""facecore.refine: the landmark subset decodes as the whole head does, and the refinement finds the landmarks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from facecore import geometry as geo
+from facecore import refine
+from facecore.bundle import load_bundle
+from service.settings import EMBEDDED_BUNDLE
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_bundle(EMBEDDED_BUNDLE).face_model
+
+
+def random_codes(model, rng):
+    pose = np.zeros((model.n_joints, 3))
+    pose[0] = rng.normal(0, [0.15, 0.4, 0.05])
+    pose[model.joint_names.index("jaw"), 0] = rng.uniform(0, 0.2)
+    return {
+        "shape": rng.normal(0, 0.5, model.n_shape),
+        "expression": rng.uniform(0, 0.4, model.n_expr),
+        "pose": pose,
+        "camera": np.array([rng.uniform(7, 10), rng.normal(0, 0.05), rng.normal(0, 0.05)]),
+    }
+
+
+def test_the_landmark_subset_decodes_like_the_whole_head(model):
+    rng = np.random.default_rng(0)
+    lm = refine.landmark_model(model)
+    assert len(lm.vertices) < model.n_verts // 10
+    batch = [random_codes(model, rng) for _ in range(3)]
+    got = lm.landmarks(*(np.stack([c[k] for c in batch]) for k in ("shape", "expression", "pose")))
+    for i, c in enumerate(batch):
+        verts = geo.decode_vertices(model, c["shape"], c["expression"], c["pose"]).astype(np.float64)
+        np.testing.assert_allclose(got[i], geo.landmarks_3d(model, verts)[0], atol=2e-6)  # float32 decode
+
+
+def test_refinement_moves_a_perturbed_fit_onto_the_landmarks(model):
+    rng = np.random.default_rng(1)
+    errors = []
+    for _ in range(4):
+        truth = random_codes(model, rng)
+        lmk = refine.landmark_model(model).landmarks(truth["shape"], truth["expression"], truth["pose"])
+        target = geo.project_points(lmk, truth["camera"], 64)
+        start = dict(truth)
+        start["expression"] = np.clip(truth["expression"] + rng.normal(0, 0.15, model.n_expr), 0, 1)
+        start["pose"] = truth["pose"] + np.r_[[rng.normal(0, 0.08, 3)], np.zeros((model.n_joints - 1, 3))]
+        start["camera"] = truth["camera"] * [1.06, 1, 1] + [0, 0.04, -0.03]
+        out, err = refine.refine(model, start, target, 64)
+        errors.append((err["before"], err["after"]))
+        assert np.array_equal(out["shape"], truth["shape"])  # identity is the identity head's
+        gaze = [i for i, n in enumerate(model.expr_names) if n.startswith("eyeLook")]
+        assert np.array_equal(out["expression"][gaze], start["expression"][gaze])
+        assert out["expression"].min() >= 0 and out["expression"].max() <= 1
+        got = geo.project_points(
+            refine.landmark_model(model).landmarks(out["shape"], out["expression"], out["pose"]), out["camera"], 64
+        )
+        iod = np.linalg.norm(target[36] - target[45])
+        assert np.linalg.norm(got - target, axis=1).mean() / iod == pytest.approx(err["after"], rel=1e-6)
+    before, after = np.array(errors).T
+    assert before.min() > 0.15 and after.max() < 0.05 * before.min()  # to ~0.005: the priors pull a little
