@@ -485,11 +485,15 @@ def extract(
         lo = min(lo, -2.5 * skin.log_y_std)
         hi = max(hi, 2.5 * skin.log_y_std)
         good = (d2 < chroma_limit) & (dy < hi) & (dy > lo)
-        good |= layout.keep_as_seen[idx]
+        # brows are hair: kept as seen when skin-like or darker than the skin, not when brighter and off its
+        # chroma (the background or a hat where a wide fit puts a brow's tail)
+        keep = layout.keep_as_seen.copy()
+        keep[idx[layout.brows[idx] & (d2 >= chroma_limit) & (dy > 0)]] = False
+        good |= keep[idx]
         rejected = np.zeros((R, R), bool)
         rejected.flat[idx[~good]] = True
         grow = max(1, int(round(R / 128)))
-        accepted = ok & ~((_box_sum(rejected, grow) > 0).reshape(-1) & ~layout.keep_as_seen)
+        accepted = ok & ~((_box_sum(rejected, grow) > 0).reshape(-1) & ~keep)
     # weights: facing fade-in and feathering away from everything not accepted
     feather = max(1, int(round(R / 96)))
     inside = _box_mean(_box_mean(accepted.reshape(R, R), feather), feather).reshape(-1)
@@ -612,7 +616,7 @@ class _Layout:
             its triangle, (n, 3) float64 barycentric coordinates (:func:`facecore.geometry.texel_sampling`).
         keep_as_seen: (R²,) brows, eye openings, lips, nostrils (:func:`uv_regions`); ``openings``: the eye
             openings; ``lips``: the lips; ``seed_area``: cheeks, forehead and nose, where the skin model's
-            samples come from.
+            samples come from; ``brows``: the brows.
     """
 
     texel: np.ndarray
@@ -622,6 +626,7 @@ class _Layout:
     openings: np.ndarray
     lips: np.ndarray
     seed_area: np.ndarray
+    brows: np.ndarray
 
 
 def prepare(model: geo.FaceModelArrays, resolution: int) -> None:
@@ -636,7 +641,14 @@ def _layout(model: geo.FaceModelArrays, R: int) -> _Layout:
         keep = reg["brows"] | reg["eye_openings"] | reg["lips"] | reg["nostrils"]
         seed_area = reg["cheeks"] | reg["forehead"] | reg["nose"]
         return _Layout(
-            texel, model.faces[face], bary.astype(np.float64), keep, reg["eye_openings"], reg["lips"], seed_area
+            texel,
+            model.faces[face],
+            bary.astype(np.float64),
+            keep,
+            reg["eye_openings"],
+            reg["lips"],
+            seed_area,
+            reg["brows"],
         )
 
     return _cached("layout", model, R, build)

@@ -208,24 +208,14 @@ def find_face(
     texture is unwrapped from it: the encoder's crop is small, the photo usually is not).
     """
     face = face if face is not None else detect_face(image, detector)
-    own = anchors is None
-    anchors = detect.alignment_anchors(face.points) if own else np.asarray(anchors, np.float64)
+    anchors = detect.alignment_anchors(face.points) if anchors is None else np.asarray(anchors, np.float64)
     aligned = detect.warp_crop(image, detect.anchors_matrix(anchors, size), size)
     texture_crop = (
         detect.warp_crop(image, detect.anchors_matrix(anchors, texture_size), texture_size).crop
         if texture_size
         else None
     )
-    return FaceCrop(
-        aligned.crop,
-        aligned.crop_to_image,
-        face.box,
-        face.points,
-        face.detector,
-        texture_crop,
-        anchors,
-        "points5" if own else "localiser",
-    )
+    return FaceCrop(aligned.crop, aligned.crop_to_image, face.box, face.points, face.detector, texture_crop, anchors)
 
 
 async def locate_face(
@@ -255,7 +245,7 @@ async def locate_face(
     size = bundle.manifest.resolutions.encoder_input
     with timer.stage("align"):
         face = await run_stage("detect", find_face, image, size, detector, texture_size, found, anchors)
-    return face if anchors is None else dataclasses.replace(face, landmarks=points)
+    return face if anchors is None else dataclasses.replace(face, aligned_on="localiser", landmarks=points)
 
 
 def identity_shape(

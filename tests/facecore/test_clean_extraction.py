@@ -215,3 +215,29 @@ def test_the_eyes_sclera_does_not_spread_onto_the_lids(model, scene):
     assert np.abs(np.median(out.albedo[inner], 0) - np.median(truth[inner], 0)).max() < 0.03
     shown = regions["eye_openings"] & out.accepted
     assert shown.sum() > 10 and np.median(out.albedo[shown], 0).min() > 0.5  # the openings keep what they showed
+
+
+def test_brows_are_kept_as_seen_but_not_a_bright_background_on_them(model, scene):
+    """A fit wider than the face puts a brow's tail on the background: dark brow hair stays, pink wall does not."""
+    img, _, _, verts, px = scene
+    img = img.copy()
+    brows = texture.uv_regions(model, R)["brows"]
+    centre = px.mean(0)
+    brow_px = centre + (texture_px(model, verts, geo.landmarks_3d(model, verts[None])[0][17:27]) - centre) * 1.04
+    rows, cols = np.mgrid[0 : img.shape[0], 0 : img.shape[1]]
+    (x0, y0), (x1, y1) = brow_px.min(0), brow_px.max(0)
+    pad = 0.15 * (y1 - y0 + 10)
+    band = (rows >= y0 - pad - 4) & (rows <= y1 + pad + 4) & (cols >= x0 - 4) & (cols <= x1 + 4)
+    tail = band & (np.abs(cols - (x0 + x1) / 2) > 0.3 * (x1 - x0))  # each brow's outer part
+    img[band] = np.array([0.03, 0.02, 0.015])  # dark brow hair
+    img[tail] = np.array([0.8, 0.2, 0.5])  # a bright pink wall
+    out = texture.extract(model, verts, px, img, R)
+    own = np.isfinite(out.pixel[..., 0]) & brows
+    col = np.clip(np.rint(out.pixel[own][:, 0]).astype(int), 0, img.shape[1] - 1)
+    row = np.clip(np.rint(out.pixel[own][:, 1]).astype(int), 0, img.shape[0] - 1)
+    on_pink, on_hair = np.zeros_like(brows), np.zeros_like(brows)
+    on_pink[own], on_hair[own] = tail[row, col], (band & ~tail)[row, col]
+    assert on_pink.sum() >= 20 and on_hair.sum() >= 20  # the scene is what it claims
+    assert not out.accepted[on_pink].any()
+    assert out.accepted[on_hair].mean() > 0.9  # brows are not skin-coloured, and are kept
+    assert out.albedo[on_pink][:, 0].max() < 0.5  # filled from around, not pink

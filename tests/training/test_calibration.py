@@ -36,7 +36,8 @@ def test_cli_writes_a_calibration_the_bundle_loads(tmp_path):
     calibration.main(["--bundle", str(bundle), "--samples", "14"])
     cal = load_bundle(bundle).manifest.mouth
     assert cal is not None and 10 <= cal.samples <= 14 and 0.0 <= cal.slope <= 1.0
-    # bundle 1.0's encoder opens closed mouths: the calibration lowers its typical gap
-    assert cal.target(0.013) < 0.008
+    # the encoder opens closed mouths: the calibration lowers its typical gap (1.8.0's crops, 14 renders: 10 mm
+    # for 13; 1.0's on dlib's crops: < 8) and fits the truth better than the encoder
+    assert cal.target(0.013) < 0.012 and cal.rmse_calibrated_m < cal.rmse_encoder_m
     with pytest.raises(SystemExit, match="not a bundle folder"):
         calibration.main(["--bundle", str(tmp_path)])
