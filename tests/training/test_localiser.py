@@ -106,3 +106,16 @@ def render_data(run_dir, c):
     from training.localiser import render_set
 
     return render_set(run_dir / "renders", c.seed, c.renders, c.render_size, c.face_fill)
+
+
+def test_cli_puts_a_finished_run_into_a_bundle_and_refuses_an_unfinished_one(tiny_run, tiny_bundle, tmp_path, capsys):
+    from facecore.bundle import load_bundle
+    from training.localiser import main
+
+    with pytest.raises(SystemExit) as exc:
+        main([str(tmp_path), "--bundle", str(tiny_bundle), "--out", str(tmp_path / "b")])
+    assert exc.value.code == 2 and "has the localiser stage finished" in capsys.readouterr().err
+    assert main([str(tiny_run), "--bundle", str(tiny_bundle), "--out", str(tmp_path / "b"), "--no-refine"]) == 0
+    spec = load_bundle(tmp_path / "b").manifest
+    assert spec.localiser.refine is False and spec.graphs[localise.GRAPH].inputs["image"].shape == [None, 3, 64, 64]
+    assert spec.localiser.metrics["steps"] == 12
