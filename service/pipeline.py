@@ -238,10 +238,14 @@ async def locate_face(
         side = bundle.manifest.graphs[localise.GRAPH].inputs[localise.GRAPH_INPUT].shape[-1]
         crop_stage = functools.partial(run_stage, "detect")
         with timer.stage("landmarks"):
-            points = await localise.localise(
-                run_graph, image, found.points, side, spec.passes, spec.crop_scale, crop_stage
-            )
-        anchors = detect.alignment_anchors(points)
+            try:
+                points = await localise.localise(
+                    run_graph, image, found.points, side, spec.passes, spec.crop_scale, crop_stage
+                )
+                anchors = detect.alignment_anchors(points)
+                detect.anchors_matrix(anchors)  # a similarity onto the template exists
+            except ValueError:  # degenerate points (coinciding anchors, non-finite): frame on dlib's instead
+                anchors = None
     size = bundle.manifest.resolutions.encoder_input
     with timer.stage("align"):
         face = await run_stage("detect", find_face, image, size, detector, texture_size, found, anchors)
@@ -358,7 +362,10 @@ async def reconstruct(
             matrix = detect.anchors_matrix(face.anchors, size)
             target = detect.transform_points(face.landmarks, matrix)
             codes["expression"] = expression
-            moved, err = await run_stage("detect", refine.refine, model, codes, target, size)
+            try:
+                moved, err = await run_stage("detect", refine.refine, model, codes, target, size)
+            except (ValueError, np.linalg.LinAlgError):  # a camera scale ≤ 0, a singular step: nothing to refine
+                moved, err = codes, {"after": np.inf}
             # landmarks the head cannot meet (not a face the localiser saw, a gross miss): keep the encoder's codes
             refined = err["after"] <= MAX_REFINED_ERROR
             if refined:

@@ -87,3 +87,25 @@ def test_the_head_is_refined_onto_the_localisers_landmarks(localised_bundle, tmp
         return float(np.linalg.norm(np.array(body["face"]["landmarks68"]) - found, axis=1).mean() / iod)
 
     assert error(refined) < 0.5 * error(plain)
+
+
+def test_a_degenerate_localiser_answer_falls_back_to_dlibs_framing(localised_bundle, tmp_path, monkeypatch):
+    async def collapsed(run_graph, image, points, *args, **kwargs):
+        return np.zeros((68, 2))  # every point at one place: no similarity maps the template onto it
+
+    monkeypatch.setattr(localise, "localise", collapsed)
+    body = reconstruct(localised_bundle, tmp_path)
+    face = body["face"]
+    assert face["aligned_on"] == "points5" and not face["refined"] and "localiser68" not in face
+    np.testing.assert_allclose(face["anchors"], detect.alignment_anchors(np.array(face["points5"])), atol=2e-3)
+
+
+def test_a_refinement_that_cannot_run_keeps_the_encoders_codes(localised_bundle, tmp_path, monkeypatch):
+    from facecore import refine
+
+    def impossible(model, codes, target, size):
+        raise ValueError("camera: the scale must be positive, got -1.0")
+
+    monkeypatch.setattr(refine, "refine", impossible)
+    face = reconstruct(localised_bundle, tmp_path)["face"]
+    assert face["aligned_on"] == "localiser" and not face["refined"]
