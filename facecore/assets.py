@@ -34,8 +34,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from facecore import formats
+from facecore import color, formats
 from facecore import geometry as geo
+from facecore import mouth as lips
 
 EYE_PARTS = ("eyeball_left", "eyeball_right")
 DEFAULT_IRIS_SRGB = (0.38, 0.25, 0.14)  # hazel brown: the commonest iris colour, used when none is measured
@@ -51,6 +52,7 @@ MOUTH_DEPTH_M = 0.03  # depth behind the lip line at which the cavity reaches it
 _MOUTH_STOPS = ((0.0, (0.55, 0.27, 0.26)), (0.12, (0.36, 0.13, 0.12)), (0.45, (0.16, 0.05, 0.05)),
                 (1.0, (0.03, 0.012, 0.012)))  # fmt: skip
 NECK_MARGIN_V = 0.025  # the neck fill starts this far (in v) above the neck opening's highest point
+GAP_STEP_M = 0.00025  # exports darken the mouth and teeth for the lip gap rounded to this (cached textures)
 
 
 @dataclass(frozen=True, eq=False)
@@ -68,6 +70,8 @@ class FaceAssets:
         iris_uv_radius: (2,) radius of that disc in u.
         neck_v: v below which :func:`fill_neck` replaces the albedo, or None (no open neck boundary).
         teeth: the :class:`Teeth` (None for a model without a mouth cavity or a jaw joint).
+        teeth_depth_m: how far the upper incisors' fronts lie behind the inner lips' line on the mean head (for
+            :func:`slit_light`; 0 without teeth).
     """
 
     eye_faces: np.ndarray
@@ -80,6 +84,7 @@ class FaceAssets:
     iris_uv_radius: np.ndarray
     neck_v: float | None
     teeth: Teeth | None = None
+    teeth_depth_m: float = 0.0
 
 
 def _eye_radius_map(theta: np.ndarray) -> np.ndarray:
@@ -169,6 +174,9 @@ def _build(model: geo.FaceModelArrays) -> FaceAssets:
         mouth_uv = np.stack([0.5 + 0.45 * mv[..., 0] / half, 0.02 + 0.96 * depth], -1)
     else:
         mouth_uv = np.zeros((0, 3, 2))
+    teeth = _build_teeth(model, mean, mouth)
+    lip_line = 0.5 * (lmk[lips.UPPER].mean(0) + lmk[lips.LOWER].mean(0))
+    teeth_depth = max(float(lip_line[2] - teeth.rest[teeth.upper][:, 2].max()), 0.0) if teeth is not None else 0.0
     return FaceAssets(
         eye_faces=np.concatenate(eye_faces),
         eye_uv=np.concatenate(eye_uv).astype(np.float32),
@@ -179,7 +187,8 @@ def _build(model: geo.FaceModelArrays) -> FaceAssets:
         iris_uv=np.array(iris_uv, np.float64),
         iris_uv_radius=np.array(iris_r, np.float64),
         neck_v=_neck_v(model),
-        teeth=_build_teeth(model, mean, mouth),
+        teeth=teeth,
+        teeth_depth_m=teeth_depth,
     )
 
 
@@ -622,9 +631,14 @@ def eye_texture(assets: FaceAssets, iris_srgb=DEFAULT_IRIS_SRGB, size: int = 512
     return np.clip(img, 0.0, 1.0)
 
 
+def _mouth_row_depth(size: int) -> np.ndarray:
+    """(size,) depth fraction (of :data:`MOUTH_DEPTH_M`) behind the lips of :func:`mouth_texture`'s rows."""
+    return np.clip((1.0 - (np.arange(size) + 0.5) / size - 0.02) / 0.96, 0.0, 1.0)
+
+
 def mouth_texture(size: int = 64) -> np.ndarray:
     """(size, size, 3) sRGB oral-interior texture (row 0 is v = 1; v is the depth behind the lips)."""
-    depth = (1.0 - (np.arange(size) + 0.5) / size - 0.02) / 0.96  # row → depth fraction
+    depth = _mouth_row_depth(size)
     stops = np.array([t for t, _ in _MOUTH_STOPS])
     cols = np.array([c for _, c in _MOUTH_STOPS])
     row = np.stack([np.interp(depth, stops, cols[:, k]) for k in range(3)], -1)
@@ -636,6 +650,43 @@ def asset_atlas(assets: FaceAssets, iris_srgb=DEFAULT_IRIS_SRGB, size: int = 256
     (one renderer texture; the teeth's third is black for a model without teeth)."""
     teeth = teeth_texture(assets.teeth, size) if assets.teeth is not None else np.zeros((size, size, 3))
     return np.concatenate([eye_texture(assets, iris_srgb, size), mouth_texture(size), teeth], axis=1)
+
+
+# ------------------------------------------------------------------------------------- mouth occlusion
+def slit_light(gap_m, depth_m) -> np.ndarray:
+    """The share of an even (sky-like) light that reaches a surface ``depth_m`` behind the lips through their
+    opening, ``gap_m`` high.
+
+    The SH light of the renderer lights every surface as if nothing hid it, so the teeth behind lips a few
+    millimetres apart came out white through the gap, where a photo shows them in the mouth's shadow. The mouth
+    is a long horizontal slit: a surface behind it sees the sky only within α = atan(gap / (2·depth)) of the
+    slit's normal, and the cosine-weighted share of the hemisphere inside such a wedge is
+    sin α = gap / √(gap² + 4·depth²): 1 at the lips (depth 0), 0.27 for teeth 5.3 mm behind lips 3 mm apart,
+    0.69 for lips 10 mm apart, 0.88 at 20 mm (a wide smile), 0 for closed lips.
+    """
+    g = np.maximum(np.asarray(gap_m, np.float64), 0.0)
+    d = np.maximum(np.asarray(depth_m, np.float64), 0.0)
+    return np.where(d > 0.0, g / np.sqrt(np.maximum(g * g + 4.0 * d * d, 1e-18)), 1.0)
+
+
+def mouth_light(assets: FaceAssets, gap_m: float, size: int) -> tuple[np.ndarray, float]:
+    """The occlusion of the mouth for lips ``gap_m`` apart (:func:`slit_light`): ``(rows, teeth)``, the (size,)
+    factor on :func:`mouth_texture`'s rows (by their depth) and the teeth's (at ``teeth_depth_m``); both
+    multiply linear colour."""
+    rows = slit_light(gap_m, _mouth_row_depth(size) * MOUTH_DEPTH_M)
+    return rows, float(slit_light(gap_m, assets.teeth_depth_m))
+
+
+def atlas_light(assets: FaceAssets, gaps_m: np.ndarray, size: int) -> np.ndarray:
+    """(B, size, 3·size) factors on :func:`asset_atlas` (linear colour) for (B,) lip gaps: 1 on the eyes,
+    :func:`mouth_light` on the mouth and the teeth."""
+    gaps = np.atleast_1d(np.asarray(gaps_m, np.float64))
+    out = np.ones((len(gaps), size, 3 * size))
+    for b, gap in enumerate(gaps):
+        rows, teeth = mouth_light(assets, float(gap), size)
+        out[b, :, size : 2 * size] = rows[:, None]
+        out[b, :, 2 * size :] = teeth
+    return out
 
 
 def atlas_corner_uv(model: geo.FaceModelArrays) -> tuple[np.ndarray, np.ndarray]:
@@ -816,8 +867,13 @@ def export_parts(
 ) -> list[ExportPart]:  # fmt: skip
     """The ``eyes`` and ``mouth`` primitives from per-coarse-vertex ``positions`` and ``normals`` (V, 3), and
     the ``teeth`` (:class:`Teeth`) when ``verts`` (V, 3), the coarse vertices the positions came from, is given
-    (the teeth are made from vertices the detailed mesh resamples)."""
+    (the teeth are made from vertices the detailed mesh resamples). With ``verts`` the mouth's and the teeth's
+    textures are darkened for how far their lips are apart (:func:`mouth_light`), as a photo shows them."""
     a = face_assets(model)
+    step, rows, teeth_light = None, np.ones(64), 1.0
+    if verts is not None:  # the lip gap in steps of GAP_STEP_M, so that the darkened textures (and PNGs) are shared
+        step = int(round(float(lips.vertex_lip_gap(model, np.asarray(verts)[None])[0]) / GAP_STEP_M))
+        rows, teeth_light = mouth_light(a, step * GAP_STEP_M, 64)
     parts = []
     mesh, vertex = _part_mesh(model, positions, normals, a.eye_faces, a.eye_uv)
     iris = tuple(np.round(check_iris(iris_srgb) * 255.0) / 255.0)
@@ -825,16 +881,22 @@ def export_parts(
     parts.append(ExportPart("eyes", mesh, eyes, vertex, 0.15))
     if len(a.mouth_faces):
         mesh, vertex = _part_mesh(model, positions, normals, a.mouth_faces, a.mouth_uv)
-        texture = _export_cached(("mouth", 64), None, lambda: mouth_texture(64))
+        texture = _export_cached(("mouth", 64, step), None, lambda: _lit(mouth_texture(64), rows[:, None, None]))
         parts.append(ExportPart("mouth", mesh, texture, vertex, 0.5))
     if verts is not None and a.teeth is not None:
-        parts.append(teeth_part(model, verts))
+        parts.append(teeth_part(model, verts, (step, teeth_light)))
     return parts
 
 
-def teeth_part(model: geo.FaceModelArrays, verts: np.ndarray) -> ExportPart:
+def _lit(texture_srgb: np.ndarray, factor) -> np.ndarray:
+    """An sRGB texture with its linear colour times ``factor``."""
+    return color.linear_to_srgb(color.srgb_to_linear(texture_srgb) * factor).clip(0.0, 1.0)
+
+
+def teeth_part(model: geo.FaceModelArrays, verts: np.ndarray, light: tuple[int, float] | None = None) -> ExportPart:
     """The ``teeth`` primitive (:class:`Teeth`) of the coarse vertices ``verts`` (V, 3), with its own morph
-    basis; raises ``ValueError`` for a model without teeth."""
+    basis; ``light``: (a cache key, the factor on the texture's linear colour), default unlit (1). Raises
+    ``ValueError`` for a model without teeth."""
     teeth = face_assets(model).teeth
     if teeth is None:
         raise ValueError("face model: no teeth (no mouth cavity or no jaw joint)")
@@ -842,7 +904,8 @@ def teeth_part(model: geo.FaceModelArrays, verts: np.ndarray) -> ExportPart:
     normals = geo.vertex_normals(pos[None], teeth.faces)[0]
     mesh = geo.MeshData(pos.astype(np.float32), normals.astype(np.float32), teeth.uv.astype(np.float32), teeth.faces)
     none = np.full(len(pos), -1, np.int64)  # no coarse vertex: the morphs are the teeth's own
-    texture = _export_cached(("teeth", id(teeth), 512), teeth, lambda: teeth_texture(teeth, 512))
+    key, factor = light if light is not None else (None, 1.0)
+    texture = _export_cached(("teeth", id(teeth), 512, key), teeth, lambda: _lit(teeth_texture(teeth, 512), factor))
     return ExportPart("teeth", mesh, texture, none, 0.35, teeth.deltas(model.expr_basis))
 
 

@@ -54,9 +54,14 @@ def lip_gap(model: geo.FaceModelArrays, shape: np.ndarray, expression: np.ndarra
     verts = geo.decode_vertices(
         model, np.atleast_2d(shape), np.atleast_2d(expression), pose if not single else pose[None]
     )
-    lm = geo.landmarks_3d(model, verts)
-    gap = np.linalg.norm(lm[:, UPPER].mean(1) - lm[:, LOWER].mean(1), axis=-1)
+    gap = vertex_lip_gap(model, verts)
     return gap[0] if single else gap
+
+
+def vertex_lip_gap(model: geo.FaceModelArrays, verts: np.ndarray) -> np.ndarray:
+    """(B,) lip gaps (metres) of (B, V, 3) vertices, posed or not."""
+    lm = geo.landmarks_3d(model, np.asarray(verts, np.float64))
+    return np.linalg.norm(lm[:, UPPER].mean(1) - lm[:, LOWER].mean(1), axis=-1)
 
 
 def opening_scaled(

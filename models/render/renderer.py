@@ -8,6 +8,7 @@ is covered) is not differentiable.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -18,6 +19,7 @@ from torch import nn
 
 from facecore import assets as fa
 from facecore import color
+from facecore import mouth as lips
 
 from .camera import PerspectiveCamera, WeakPerspectiveCamera
 from .rasterizer import Fragments, _image_size, interpolate_packed, rasterize, scatter_packed
@@ -75,6 +77,10 @@ class MeshRenderer(nn.Module):
         extra_vertices: ``(anchors (n,), weights (T, n))``: T vertices appended to every input's V as
             ``weights @ verts[:, anchors]`` (e.g. the teeth, :class:`facecore.assets.Teeth`), which ``faces``
             may index as V..V+T-1; or None. Inputs may also come with them already appended.
+        mouth_light: ``(corners (6, 3), bary (6, 3), factors)``: the inner lips' middle points (upper three, lower
+            three) as barycentric points of the vertices, and ``factors(gaps (B,) metres, Ht) → (B, Ht, Wt)``,
+            the asset texture's darkening for lips that far apart (:func:`facecore.assets.atlas_light`: the
+            teeth and the mouth's interior in the mouth's shadow); or None (assets lit like the skin).
     """
 
     faces: torch.Tensor
@@ -100,6 +106,7 @@ class MeshRenderer(nn.Module):
         asset_uv_corners: torch.Tensor | None = None,
         asset_texture: torch.Tensor | None = None,
         extra_vertices: tuple[torch.Tensor, torch.Tensor] | None = None,
+        mouth_light: tuple[torch.Tensor, torch.Tensor, Callable[[np.ndarray, int], np.ndarray]] | None = None,
     ):
         super().__init__()
         faces, uv, uv_faces = (torch.as_tensor(t) for t in (faces, uv, uv_faces))
@@ -152,6 +159,15 @@ class MeshRenderer(nn.Module):
             anchors, weights = anchors.long(), weights.float()
         self.register_buffer("extra_anchors", anchors, persistent=False)
         self.register_buffer("extra_weights", weights, persistent=False)
+        corners = bary = None
+        self.mouth_factors = None
+        if mouth_light is not None:
+            corners, bary, self.mouth_factors = mouth_light
+            corners, bary = torch.as_tensor(corners).long(), torch.as_tensor(bary).float()
+            if corners.shape != (6, 3) or bary.shape != (6, 3):
+                raise ValueError(f"mouth_light: expected (6, 3) corners and bary, got {tuple(corners.shape)}")
+        self.register_buffer("lip_corners", corners, persistent=False)
+        self.register_buffer("lip_bary", bary, persistent=False)
 
     @classmethod
     def from_face_model(
@@ -184,6 +200,14 @@ class MeshRenderer(nn.Module):
                 material = np.concatenate([material, np.full(len(t.faces), 3)])
                 corner_uv = np.concatenate([corner_uv, fa.teeth_atlas_uv(t)])
                 kwargs.setdefault("extra_vertices", (torch.as_tensor(t.anchors), torch.as_tensor(t.weights)))
+            arrays = face_model.arrays
+            lip = np.array(lips.UPPER + lips.LOWER)
+            corners = arrays.faces[arrays.landmark_faces[lip]]
+            assets_ = fa.face_assets(arrays)
+            kwargs.setdefault(
+                "mouth_light",
+                (corners, arrays.landmark_bary[lip], lambda gaps, size: fa.atlas_light(assets_, gaps, size)),
+            )
             kwargs.setdefault("material", torch.as_tensor(material))
             kwargs.setdefault("asset_uv_corners", torch.as_tensor(corner_uv))
             kwargs.setdefault("asset_texture", cls.asset_textures(face_model, None)[0])
@@ -215,6 +239,13 @@ class MeshRenderer(nn.Module):
             "tn,bnc->btc", self.extra_weights.to(verts_world.dtype), verts_world[:, self.extra_anchors]
         )
         return torch.cat([verts_world, extra], 1)
+
+    def _mouth_factors(self, verts_world: torch.Tensor, height: int) -> torch.Tensor:
+        """(B, Ht, Wt) asset-texture factors for the lip gap of each of the (B, V, 3) meshes (not differentiated)."""
+        with torch.no_grad():
+            points = torch.einsum("bkjc,kj->bkc", verts_world[:, self.lip_corners], self.lip_bary.to(verts_world))
+            gaps = (points[:, :3].mean(1) - points[:, 3:].mean(1)).norm(dim=-1)
+        return torch.as_tensor(self.mouth_factors(gaps.double().cpu().numpy(), height), dtype=torch.float32)
 
     def rasterize(self, verts_ndc: torch.Tensor, *, perspective_correct: bool = False) -> Fragments:
         """Visibility and barycentrics of projected vertices (B, V, 3) with this renderer's settings."""
@@ -298,6 +329,8 @@ class MeshRenderer(nn.Module):
             tex = self.asset_texture[None] if asset_texture is None else asset_texture
             if tex.dim() != 4 or tex.shape[1] != 3 or tex.shape[0] not in (1, B):
                 raise ValueError(f"asset_texture: expected (B or 1, 3, Ht, Wt), got {tuple(tex.shape)}")
+            if self.mouth_factors is not None:  # the teeth and the mouth's interior in the mouth's shadow
+                tex = tex * self._mouth_factors(verts_world, tex.shape[2]).to(tex.device, tex.dtype)[:, None]
             is_asset = self.material[frags.face_packed] > 0
             asset_uv = interpolate_packed(frags, self.asset_uv_corners.to(dtype), kind="corner")
             asset = sample_texture_packed(tex.to(dtype).expand(B, -1, -1, -1), asset_uv, batch)

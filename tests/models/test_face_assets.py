@@ -13,7 +13,9 @@ import pytest
 from PIL import Image
 
 from facecore import assets as fa
+from facecore import color
 from facecore import geometry as geo
+from facecore import mouth as lips
 from facecore.bundle import load_bundle
 from models.face.model import FaceModel
 from models.render.checks import (
@@ -276,3 +278,42 @@ def test_teeth_follow_the_jaw_and_the_renderer_draws_them():
     assert full.shape[1] == model.n_verts + len(teeth.rest)
     np.testing.assert_allclose(full[0, model.n_verts :].numpy(), teeth.vertices(posed.astype(np.float64)), atol=1e-5)
     assert MeshRenderer.from_face_model(fm, 64).faces.shape[0] == len(model.faces)  # off by default
+
+
+def test_mouth_light_darkens_teeth_behind_a_narrow_opening(served):
+    """The slit occlusion (facecore.assets.slit_light): the formula's values, and both the renderer and the GLB
+    export darken the teeth more for lips 3 mm apart than for a wide-open mouth."""
+    torch = pytest.importorskip("torch")
+    from models.render import MeshRenderer
+
+    # sin(atan(g / 2d)): 1 at the lips, 0 for closed lips, 3 mm at 5.3 mm deep → 0.272, wider → brighter
+    np.testing.assert_allclose(fa.slit_light([0.0, 0.003, 0.003, 0.01], [0.0053, 0.0, 0.0053, 0.0053]),
+                               [0.0, 1.0, 0.3 / np.sqrt(0.09 + 4 * 0.53**2), 1.0 / np.sqrt(1.0 + 4 * 0.53**2)],
+                               rtol=1e-9)  # fmt: skip
+    bundle, _, fm = served
+    model = bundle.face_model
+    a = fa.face_assets(model)
+    assert 0.003 < a.teeth_depth_m < 0.01  # the incisors a few millimetres behind the lip line
+    rows, teeth = fa.mouth_light(a, 0.003, 64)
+    assert rows[-1] > 0.9 and rows[0] < 0.1 and np.all(np.diff(rows) >= 0)  # row 0 is the deepest (v = 1)
+    assert teeth == pytest.approx(float(fa.slit_light(0.003, a.teeth_depth_m)))
+    jaw = model.joint_names.index("jaw")
+    renderer = MeshRenderer.from_face_model(fm, 64, teeth=True)
+    texture, means = {}, {}
+    for name, opening in (("narrow", 0.04), ("wide", 0.3)):
+        pose = np.zeros((model.n_joints, 3))
+        pose[jaw, 0] = opening
+        verts = geo.decode_vertices(model, None, None, pose[None])[0]
+        gap = float(lips.vertex_lip_gap(model, verts[None])[0])
+        factors = renderer._mouth_factors(torch.as_tensor(verts, dtype=torch.float32)[None], 32)[0].numpy()
+        np.testing.assert_allclose(factors, fa.atlas_light(a, np.array([gap]), 32)[0], rtol=1e-5)
+        assert np.all(factors[:, :32] == 1.0)  # the eyes are not in the mouth
+        means[name] = (gap, factors[0, 64])
+        _, _, parts = fa.split_detailed(model, geo.detailed_mesh(model, verts, None, 32), 32, verts=verts)
+        texture[name] = {p.name: color.srgb_to_linear(p.texture_srgb).mean() for p in parts}
+    (g_narrow, f_narrow), (g_wide, f_wide) = means["narrow"], means["wide"]
+    assert 0.002 < g_narrow < 0.006 < 0.015 < g_wide, (g_narrow, g_wide)
+    assert f_narrow < 0.6 * f_wide, (f_narrow, f_wide)
+    for part in ("teeth", "mouth"):  # the exported textures carry the same darkening
+        assert texture["narrow"][part] < 0.8 * texture["wide"][part], (part, texture)
+    assert texture["narrow"]["eyes"] == pytest.approx(texture["wide"]["eyes"])

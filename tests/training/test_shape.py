@@ -222,11 +222,15 @@ def test_photo_groups_detect_once_and_cache(tmp_path, monkeypatch):
 
 # ------------------------------------------------------------------------------------------------ shape step
 def test_shape_steps_lower_the_loss(tmp_path):
-    """A few shape steps on one synthetic batch lower the total loss (every term on, identity + perceptual)."""
+    """A few shape steps on one synthetic batch lower the total loss (every term on, identity + perceptual) and
+    the photometric term by a third. (The priors start at 0 for the zero-initialised codes and rise as the codes
+    move, so the total falls less, by how much depends on the tiny network's path: 0.80–0.88 × in 8 steps.)"""
     tr = make_trainer(tmp_path, tiny_config("shape", "shape.optim.lr=0.001"))
     b = tr.batch(0)
-    totals = [tr.shape_step(b)[0]["total"] for _ in range(8)]
-    assert totals[-1] < 0.85 * totals[0], totals
+    terms = [tr.shape_step(b)[0] for _ in range(8)]
+    totals = [t["total"] for t in terms]
+    assert totals[-1] < 0.92 * totals[0], totals
+    assert terms[-1]["reconstruction"] < 0.67 * terms[0]["reconstruction"], [t["reconstruction"] for t in terms]
     assert tr.ctx.embedder is not None
 
 
