@@ -355,6 +355,7 @@ class CleanTexture:
         pixel: (R, R, 2) the photo pixel (x, y) each seen texel sampled (NaN where not seen).
         skin: the photo's :class:`SkinModel`, or None when too little skin was seen to build one.
         flags: ``greyscale`` / ``colour_cast`` (:func:`colour_flags`), ``no_skin_model``.
+        sh: (9, 3) the light the albedo was de-lit with (``relight``: the fitted one), or None without one.
     """
 
     albedo: np.ndarray
@@ -366,6 +367,77 @@ class CleanTexture:
     pixel: np.ndarray
     skin: SkinModel | None
     flags: tuple[str, ...]
+    sh: np.ndarray | None = None
+
+
+def fit_light(
+    normals: np.ndarray,
+    colours: np.ndarray,
+    sh: np.ndarray,
+    *,
+    prior: float = 0.3,
+    iterations: int = 4,
+    min_shading: float = 0.15,
+    min_lit: float = 0.9,
+) -> np.ndarray:
+    """The SH light (9, 3) whose shape explains a photo's skin at its normals, at ``sh``'s level and colour.
+
+    The encoder's light is a guess from a small crop; where it gets the light's direction wrong, the side it
+    thinks lit comes out dark in the albedo and the clean extraction rejects it as not skin (then mirrors the
+    other side over it), and the face re-rendered over the photo is lighter than the photo there. Skin albedo
+    varies little over the cheeks, forehead and nose, so their luminance is close to ``a · B(n) · L``: a linear
+    least-squares problem in ``a · L`` (iteratively reweighted: hair, brows, cast shadows and highlights, which
+    no SH light explains, lose their weight), with a ridge of relative strength ``prior`` towards ``sh``'s
+    luminance at the skin's scale. Only the constant and linear (directional) terms are fitted: the quadratic
+    ones, which the skin's own albedo variation (redder nose and cheeks) can mimic, stay ``sh``'s. The shape is
+    fitted on luminance, one for every channel: fitted per channel, the skin's colour variation (a beard, a
+    flush) became coloured shading and tinted the albedo magenta or green where it was "explained". The
+    albedo's scale cannot be told from the light's: each channel keeps ``sh``'s mean shading over the samples
+    (the encoder's brightness and colour of the light, hence its albedo level and tone). The ridge (0.3) costs
+    a little on held-out renders against a weaker one (0.05) and keeps real photos, whose skin varies more than
+    the renders' (beards, brows, make-up), from having that variation read as light; ``benchmarks/light_fit.py``
+    measures the re-fit against the encoder's light. If the fitted light left more than 1 − ``min_lit`` of the
+    samples' shading below ``min_shading`` × its mean (a light that leaves the skin it was fitted to unlit
+    explains it badly), it is blended back towards ``sh``.
+
+    Args:
+        normals: (N, 3) unit normals of the skin samples (camera space, +z towards the camera).
+        colours: (N, 3) their linear colours in the photo.
+        sh: (9, 3) the starting light (:func:`sh_basis` convention).
+
+    Returns:
+        (9, 3) the fitted light (``sh`` itself when fewer than 50 samples or a degenerate fit).
+    """
+    sh = np.asarray(sh, np.float64)
+    B = sh_basis(np.asarray(normals, np.float64))
+    y = np.asarray(colours, np.float64) @ LUMA
+    sh_y = sh @ LUMA
+    if len(B) < 50 or sh_y[0] <= 0 or np.any((B @ sh).mean(0) <= 0):
+        return sh
+    target = sh_y * np.median(y / np.maximum(B @ sh_y, 1e-6))  # the ridge's centre, at the skin's albedo
+    w = np.ones(len(B))
+    fitted = target.copy()
+    k = 4  # the constant and linear terms; the quadratic ones stay the starting light's (at the skin's scale)
+    fixed = B[:, k:] @ target[k:]
+    for _ in range(iterations):
+        A = B[:, :k] * w[:, None]
+        lam = prior * w.sum() * np.eye(k) * float((B[:, 0] ** 2).mean())
+        fitted[:k] = np.linalg.solve(A.T @ B[:, :k] + lam, A.T @ (y - fixed) + lam @ target[:k])
+        r = np.log(np.maximum(y / np.maximum(B @ fitted, 1e-6), 1e-3))  # ≈ 0 on skin the light explains
+        spread = max(1.4826 * float(np.median(np.abs(r - np.median(r)))), 0.02)
+        w = 1.0 / (1.0 + (r / (2.0 * spread)) ** 2)  # Cauchy weights on the log ratio
+    mean = float((B @ fitted).mean())
+    if mean <= 0:
+        return sh
+    # the fitted shape in every channel at the starting light's mean shading over the samples (the constant term
+    # alone would not keep the albedo's level: the faces' normals all point forwards)
+    light = fitted[:, None] * ((B @ sh).mean(0) / mean)[None]
+    for alpha in (1.0, 0.5, 0.25):
+        blend = sh + alpha * (light - sh)
+        shade = B @ blend
+        if np.mean(np.all(shade >= min_shading * shade.mean(0), axis=1)) >= min_lit:
+            return blend
+    return sh
 
 
 def extract(
@@ -384,6 +456,7 @@ def extract(
     chroma_limit: float = 9.0,
     luminance_range: tuple[float, float] = (-0.6, 0.45),
     lip_luminance: float = 0.4,
+    relight: bool = False,
 ) -> CleanTexture:
     """Unwrap ``image`` (linear) onto the UV layout keeping only the face's skin, seen well; fill the rest.
 
@@ -410,6 +483,8 @@ def extract(
         model, verts, verts_px, image, resolution, sh, depth_tolerance: as :func:`unwrap` (``image`` linear).
         min_facing, min_shading, clip_level, silhouette_margin, chroma_limit, luminance_range, lip_luminance:
             see above.
+        relight: re-fit the light's shape to the photo's skin before de-lighting (:func:`fit_light`; needs
+            ``sh``); the light used is :attr:`CleanTexture.sh`.
 
     Returns:
         :class:`CleanTexture`.
@@ -433,8 +508,11 @@ def extract(
     seen = visible & (nrm[:, 2] >= min_facing) & inner[row, col]
     at = texel[seen]  # the seen texels' indices in the map, ascending
 
-    texel_shading = np.ones((len(texel), 3)) if sh is None else sh_basis(nrm) @ sh
     seen_colour = geo.sample_map(img, _uv_of_pixels(px[seen], W, H))
+    if relight and sh is not None:  # the light's shape from the photo's own skin (fit_light)
+        skin_samples = layout.seed_area[at] & (nrm[seen, 2] > 0.3) & (seen_colour.max(1) < clip_level)
+        sh = fit_light(nrm[seen][skin_samples], seen_colour[skin_samples], sh)
+    texel_shading = np.ones((len(texel), 3)) if sh is None else sh_basis(nrm) @ sh
     seen_shading = texel_shading[seen]
     raw = seen_colour / np.maximum(seen_shading, 0.05)
     lit = (seen_shading.min(1) >= min_shading) & (seen_colour.max(1) < clip_level)
@@ -527,6 +605,7 @@ def extract(
         pixel=pixel.reshape(R, R, 2),
         skin=skin,
         flags=flags,
+        sh=sh,
     )
 
 

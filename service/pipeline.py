@@ -319,6 +319,11 @@ def warm_reconstruct(bundle: Bundle, texture_size: int) -> None:
     texture.prepare(bundle.face_model, unwrap_resolution(texture_size, bundle.manifest.resolutions.albedo))
 
 
+# the light's shape re-fitted to the photo's skin before de-lighting (facecore.texture.fit_light): the meta's light is
+# the fitted one; benchmarks/light_fit.py turns it off to measure what it does
+RELIGHT = True
+
+
 async def reconstruct(
     bundle: Bundle,
     run_graph: RunGraph,
@@ -375,9 +380,10 @@ async def reconstruct(
     jaw_index = model.joint_names.index("jaw")
     disp = await _displacement(bundle, run_graph, codes["detail"], expression, codes["pose"][jaw_index], timer)
 
-    def geometry() -> tuple[np.ndarray | None, tuple[str, ...], np.ndarray, np.ndarray]:
+    def geometry() -> tuple[np.ndarray | None, tuple[str, ...], np.ndarray, np.ndarray, np.ndarray]:
         """(the photo's clean albedo, sRGB-encoded, or None when not unwrapped; its flags (facecore.texture
-        .colour_flags: greyscale, colour_cast, or no_skin_model); the mesh; its 68 landmarks in the photo)"""
+        .colour_flags: greyscale, colour_cast, or no_skin_model); the mesh; its 68 landmarks in the photo; the
+        light: the encoder's, its shape re-fitted to the photo's skin where the photo was unwrapped)"""
         posed = geo.decode_vertices(model, codes["shape"][None], expression[None], codes["pose"][None])[0]
         # the exported mesh keeps the face's own articulation (jaw, eyes) but not the head's pose in the photo
         local = np.zeros_like(codes["pose"])
@@ -387,18 +393,19 @@ async def reconstruct(
         verts = geo.decode_vertices(model, codes["shape"][None], expression[None], local[None])[0]
         lmk = face.crop_to_image(geo.project_points(geo.landmarks_3d(model, posed[None])[0], codes["camera"], size))
         if not unwrap:
-            return None, (), verts, lmk
+            return None, (), verts, lmk, codes["light"]
         # the texture crop frames the face like the encoder's crop, so the camera projects into it at its size
         px = geo.project_points(posed, codes["camera"], tex_size)
         # shading multiplies linear light: de-light in linear space, store the albedo sRGB-encoded like the PNGs
         linear = color.srgb_to_linear(face.texture_crop / 255.0)
         # only the face's skin, seen well (no hair, background, highlights); the rest mirrored or filled smoothly:
         # the same extraction as the training set's (training.texture.extract_texture)
-        clean = texture.extract(model, posed, px, linear, tex_size, sh=codes["light"])
-        return color.linear_to_srgb(clean.albedo), clean.flags, verts, lmk
+        # (the encoder's light re-fitted to the photo's skin: its wrong side would come out dark and be rejected)
+        clean = texture.extract(model, posed, px, linear, tex_size, sh=codes["light"], relight=RELIGHT)
+        return color.linear_to_srgb(clean.albedo), clean.flags, verts, lmk, clean.sh
 
     with timer.stage("texture"):
-        albedo, flags, verts, landmarks = await run_stage("texture", geometry)
+        albedo, flags, verts, landmarks, codes["light"] = await run_stage("texture", geometry)
     if generated:
         with timer.stage("albedo"):
             if latent_from_photo:

@@ -162,3 +162,30 @@ def test_generated_albedo_needs_an_encoder_with_ws(client, monkeypatch):
     r = post(client, jpeg(np.zeros((64, 64, 3), np.uint8)), albedo="generated")
     assert r.status_code == 422 and "'ws' output" in r.json()["detail"]
     assert client.get("/models").json()["reconstruct_albedo"] == ["photo"]  # the viewer disables the option
+
+
+def test_the_light_is_refitted_to_the_photo_and_reported(tiny_bundle, monkeypatch):
+    """/reconstruct de-lights the photo with the encoder's light re-fitted to the photo's skin
+    (facecore.texture.fit_light): the light it reports is near the encoder's in level and differs in direction,
+    and the albedo changes with it."""
+    import asyncio
+
+    from facecore.bundle import load_bundle
+    from service import pipeline as P
+    from service.engine.sessions import inline_runner, open_sessions
+
+    bundle = load_bundle(tiny_bundle)
+    run_graph = inline_runner(open_sessions(bundle, ["CPUExecutionProvider"], 1))
+    image = P.decode_photo(FRONTAL.read_bytes(), 50_000_000)
+    req = P.ReconstructRequest("t", 256, 64, ("albedo",), False, "auto", "photo")
+    out = {}
+    for relight in (False, True):
+        monkeypatch.setattr(P, "RELIGHT", relight)
+        result = asyncio.run(P.reconstruct(bundle, run_graph, req, image, P.Timer()))
+        albedo = np.asarray(Image.open(io.BytesIO(result.files["albedo.png"])), np.float64)
+        out[relight] = np.array(result.meta["codes"]["light"]), albedo
+    (encoder, albedo0), (fitted, albedo1) = out[False], out[True]
+    assert np.all(np.isfinite(fitted)) and fitted.shape == (9, 3)
+    np.testing.assert_allclose(fitted[0], encoder[0], rtol=0.25)  # the mean shading is kept, not the constant
+    assert np.abs(fitted[1:4] - encoder[1:4]).max() > 1e-3 * np.abs(encoder[0]).max()
+    assert np.abs(albedo1 - albedo0).mean() > 0.5  # sRGB levels
