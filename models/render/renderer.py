@@ -8,6 +8,7 @@ is covered) is not differentiable.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
@@ -203,10 +204,9 @@ class MeshRenderer(nn.Module):
             arrays = face_model.arrays
             lip = np.array(lips.UPPER + lips.LOWER)
             corners = arrays.faces[arrays.landmark_faces[lip]]
-            assets_ = fa.face_assets(arrays)
             kwargs.setdefault(
                 "mouth_light",
-                (corners, arrays.landmark_bary[lip], lambda gaps, size: fa.atlas_light(assets_, gaps, size)),
+                (corners, arrays.landmark_bary[lip], functools.partial(fa.atlas_light, fa.face_assets(arrays))),
             )
             kwargs.setdefault("material", torch.as_tensor(material))
             kwargs.setdefault("asset_uv_corners", torch.as_tensor(corner_uv))
