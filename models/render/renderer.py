@@ -329,7 +329,9 @@ class MeshRenderer(nn.Module):
             tex = self.asset_texture[None] if asset_texture is None else asset_texture
             if tex.dim() != 4 or tex.shape[1] != 3 or tex.shape[0] not in (1, B):
                 raise ValueError(f"asset_texture: expected (B or 1, 3, Ht, Wt), got {tuple(tex.shape)}")
-            if self.mouth_factors is not None:  # the teeth and the mouth's interior in the mouth's shadow
+            # the teeth and the mouth's interior in the mouth's shadow (on an atlas of three square thirds: a texture
+            # of another shape, e.g. a flat one for masks, is taken as it is)
+            if self.mouth_factors is not None and tex.shape[3] == 3 * tex.shape[2]:
                 tex = tex * self._mouth_factors(verts_world, tex.shape[2]).to(tex.device, tex.dtype)[:, None]
             is_asset = self.material[frags.face_packed] > 0
             asset_uv = interpolate_packed(frags, self.asset_uv_corners.to(dtype), kind="corner")

@@ -317,3 +317,12 @@ def test_mouth_light_darkens_teeth_behind_a_narrow_opening(served):
     for part in ("teeth", "mouth"):  # the exported textures carry the same darkening
         assert texture["narrow"][part] < 0.8 * texture["wide"][part], (part, texture)
     assert texture["narrow"]["eyes"] == pytest.approx(texture["wide"]["eyes"])
+    # an asset texture that is not the atlas (a flat one, for masks) is used as given
+    from models.render import WeakPerspectiveCamera
+
+    v = torch.as_tensor(verts, dtype=torch.float32)[None]
+    sh = torch.zeros(1, 9, 3)
+    sh[0, 0] = 3.5
+    out = renderer(v, WeakPerspectiveCamera.framing(v, 0.02), torch.ones(1, 3, 8, 8), sh,
+                   asset_texture=torch.zeros(1, 3, 8, 8))  # fmt: skip
+    assert out.image.shape == (1, 3, 64, 64) and torch.isfinite(out.image).all()
