@@ -52,7 +52,7 @@ MOUTH_DEPTH_M = 0.03  # depth behind the lip line at which the cavity reaches it
 _MOUTH_STOPS = ((0.0, (0.55, 0.27, 0.26)), (0.12, (0.36, 0.13, 0.12)), (0.45, (0.16, 0.05, 0.05)),
                 (1.0, (0.03, 0.012, 0.012)))  # fmt: skip
 NECK_MARGIN_V = 0.025  # the neck fill starts this far (in v) above the neck opening's highest point
-GAP_STEP_M = 0.00025  # exports darken the mouth and teeth for the lip gap rounded to this (cached textures)
+GAP_STEP_M = 0.00025  # exports darken the mouth's texture for the lip gap rounded to this (cached textures)
 
 
 @dataclass(frozen=True, eq=False)
@@ -833,6 +833,8 @@ class ExportPart:
         roughness: glTF roughness of the material (the wet eye and mouth are glossier than skin).
         morph_basis: (E, N, 3) the part's own expression deltas where they are not ``expr_basis[:, vertex]``
             (the teeth: :meth:`Teeth.deltas`), else None.
+        colour_factor: on the texture's linear colour, as the material's base-colour factor (the teeth's
+            :func:`mouth_light`: a factor, not a re-encoded 512² texture per lip gap).
     """
 
     name: str
@@ -841,6 +843,7 @@ class ExportPart:
     vertex: np.ndarray
     roughness: float
     morph_basis: np.ndarray | None = None
+    colour_factor: float = 1.0
 
 
 def _part_mesh(
@@ -884,7 +887,7 @@ def export_parts(
         texture = _export_cached(("mouth", 64, step), None, lambda: _lit(mouth_texture(64), rows[:, None, None]))
         parts.append(ExportPart("mouth", mesh, texture, vertex, 0.5))
     if verts is not None and a.teeth is not None:
-        parts.append(teeth_part(model, verts, (step, teeth_light)))
+        parts.append(teeth_part(model, verts, teeth_light))
     return parts
 
 
@@ -893,10 +896,10 @@ def _lit(texture_srgb: np.ndarray, factor) -> np.ndarray:
     return color.linear_to_srgb(color.srgb_to_linear(texture_srgb) * factor).clip(0.0, 1.0)
 
 
-def teeth_part(model: geo.FaceModelArrays, verts: np.ndarray, light: tuple[int, float] | None = None) -> ExportPart:
+def teeth_part(model: geo.FaceModelArrays, verts: np.ndarray, light: float = 1.0) -> ExportPart:
     """The ``teeth`` primitive (:class:`Teeth`) of the coarse vertices ``verts`` (V, 3), with its own morph
-    basis; ``light``: (a cache key, the factor on the texture's linear colour), default unlit (1). Raises
-    ``ValueError`` for a model without teeth."""
+    basis and ``light`` (the factor on the texture's linear colour) as its colour factor. Raises ``ValueError``
+    for a model without teeth."""
     teeth = face_assets(model).teeth
     if teeth is None:
         raise ValueError("face model: no teeth (no mouth cavity or no jaw joint)")
@@ -904,9 +907,8 @@ def teeth_part(model: geo.FaceModelArrays, verts: np.ndarray, light: tuple[int, 
     normals = geo.vertex_normals(pos[None], teeth.faces)[0]
     mesh = geo.MeshData(pos.astype(np.float32), normals.astype(np.float32), teeth.uv.astype(np.float32), teeth.faces)
     none = np.full(len(pos), -1, np.int64)  # no coarse vertex: the morphs are the teeth's own
-    key, factor = light if light is not None else (None, 1.0)
-    texture = _export_cached(("teeth", id(teeth), 512, key), teeth, lambda: _lit(teeth_texture(teeth, 512), factor))
-    return ExportPart("teeth", mesh, texture, none, 0.35, teeth.deltas(model.expr_basis))
+    texture = _export_cached(("teeth", id(teeth), 512), teeth, lambda: teeth_texture(teeth, 512))
+    return ExportPart("teeth", mesh, texture, none, 0.35, teeth.deltas(model.expr_basis), float(light))
 
 
 def split_detailed(
@@ -981,5 +983,9 @@ def export_primitives(
                 targets[k] = (basis if basis is not None else model.expr_basis[index[k]][part.vertex]).astype(
                     np.float32
                 )
-        out.append(formats.MaterialPart(part.name, part.mesh, _texture_png(part.texture_srgb), part.roughness, targets))
+        out.append(
+            formats.MaterialPart(
+                part.name, part.mesh, _texture_png(part.texture_srgb), part.roughness, targets, part.colour_factor
+            )
+        )
     return skin, skin_targets, out, iris

@@ -240,6 +240,8 @@ class MaterialPart:
         roughness: glTF roughness (the MTL's ``Ns`` follows it).
         morph_targets: name → (N, 3) position deltas, the same names and order as the main mesh's (glTF
             needs every primitive of a mesh to have the same targets), or None.
+        colour_factor: in [0, 1], multiplies the texture's linear colour (glTF ``baseColorFactor``, the MTL's
+            ``Kd``): e.g. the teeth in the mouth's shadow without re-encoding their texture.
     """
 
     name: str
@@ -247,6 +249,7 @@ class MaterialPart:
     albedo_png: bytes
     roughness: float = 0.5
     morph_targets: Mapping[str, np.ndarray] | None = None
+    colour_factor: float = 1.0
 
 
 def _check_parts(parts: Sequence[MaterialPart]) -> list[MaterialPart]:
@@ -256,9 +259,15 @@ def _check_parts(parts: Sequence[MaterialPart]) -> list[MaterialPart]:
             raise ValueError(f"parts[{i}]: expected MaterialPart, got {type(part).__name__}")
         _check_name(part.name)
         _check_png(f"parts[{i}].albedo_png", part.albedo_png)
-        if not 0.0 <= float(part.roughness) <= 1.0:
-            raise ValueError(f"parts[{i}].roughness: must lie in [0, 1], got {part.roughness!r}")
-        out.append(MaterialPart(part.name, _check_mesh(part.mesh), part.albedo_png, part.roughness, part.morph_targets))
+        for field in ("roughness", "colour_factor"):
+            if not 0.0 <= float(getattr(part, field)) <= 1.0:
+                raise ValueError(f"parts[{i}].{field}: must lie in [0, 1], got {getattr(part, field)!r}")
+        out.append(
+            MaterialPart(
+                part.name, _check_mesh(part.mesh), part.albedo_png, part.roughness, part.morph_targets,
+                float(part.colour_factor),
+            )
+        )  # fmt: skip
     if len({p.name for p in out}) != len(out):
         raise ValueError(f"parts: names must be unique, got {[p.name for p in out]}")
     return out
@@ -310,8 +319,9 @@ def _mtl_bytes(name: str, texture_files: Mapping[str, str], parts: Sequence[Mate
         lines += [f"norm {texture_files['normal']}", f"map_Bump {texture_files['normal']}"]
     for part in parts:
         shininess = round(1000.0 * (1.0 - float(part.roughness)) ** 2 + 1.0)  # glossier parts, higher Ns
-        lines += ["", f"newmtl {name}_{part.name}", "Ka 0 0 0", "Kd 1 1 1", "Ks 0.1 0.1 0.1", f"Ns {shininess}",
-                  "d 1", "illum 2", f"map_Kd {name}_{part.name}.png"]  # fmt: skip
+        kd = f"{float(part.colour_factor):.4g}"
+        lines += ["", f"newmtl {name}_{part.name}", "Ka 0 0 0", f"Kd {kd} {kd} {kd}", "Ks 0.1 0.1 0.1",
+                  f"Ns {shininess}", "d 1", "illum 2", f"map_Kd {name}_{part.name}.png"]  # fmt: skip
         lines.append(f"Pr {float(part.roughness):g}")
     return ("\n".join(lines) + "\n").encode("ascii")
 
@@ -545,6 +555,7 @@ def glb_bytes(
                 name=f"{name}_{part.name}",
                 pbrMetallicRoughness=pygltflib.PbrMetallicRoughness(
                     baseColorTexture=pygltflib.TextureInfo(index=first_part_image + i),
+                    baseColorFactor=[float(part.colour_factor)] * 3 + [1.0],
                     metallicFactor=0.0,
                     roughnessFactor=float(part.roughness),
                 ),

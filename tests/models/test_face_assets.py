@@ -141,6 +141,15 @@ def test_exports_carry_eye_and_mouth_materials(served, tmp_path):
     prims = gltf.meshes[0].primitives
     assert [gltf.materials[p.material].name for p in prims] == ["face", "face_eyes", "face_mouth", "face_teeth"]
     model = served[0].face_model
+    # the teeth in the mouth's shadow as the material's factor (the MTL's Kd too); the other materials unscaled
+    verts = np.array(geo.decode_vertices(model, np.array(result.meta["codes"]["shape"])[None])[0])
+    shade = fa.mouth_light(fa.face_assets(model), float(lips.vertex_lip_gap(model, verts[None])[0]), 64)[1]
+    factors = [gltf.materials[p.material].pbrMetallicRoughness.baseColorFactor for p in prims]
+    # (the export rounds the gap to GAP_STEP_M and poses the jaw as the result did: within 0.01)
+    assert 0.0 < shade < 0.5 and factors[3] == pytest.approx([shade] * 3 + [1.0], abs=0.01), (shade, factors)
+    assert all(f == [1.0, 1.0, 1.0, 1.0] for f in factors[:3])
+    kd = factors[3][0]
+    assert f"Kd {kd:.4g} {kd:.4g} {kd:.4g}" in mtl.split("newmtl mesh_teeth")[1]
     assert all(len(p.targets) == len(model.expr_names) for p in prims)  # morphs on every primitive
     # the teeth's morph targets are their own: jawOpen moves the lower arch (with the chin), not the upper
     teeth = fa.face_assets(model).teeth
@@ -310,11 +319,11 @@ def test_mouth_light_darkens_teeth_behind_a_narrow_opening(served):
         assert np.all(factors[:, :32] == 1.0)  # the eyes are not in the mouth
         means[name] = (gap, factors[0, 64])
         _, _, parts = fa.split_detailed(model, geo.detailed_mesh(model, verts, None, 32), 32, verts=verts)
-        texture[name] = {p.name: color.srgb_to_linear(p.texture_srgb).mean() for p in parts}
+        texture[name] = {p.name: color.srgb_to_linear(p.texture_srgb).mean() * p.colour_factor for p in parts}
     (g_narrow, f_narrow), (g_wide, f_wide) = means["narrow"], means["wide"]
     assert 0.002 < g_narrow < 0.006 < 0.015 < g_wide, (g_narrow, g_wide)
     assert f_narrow < 0.6 * f_wide, (f_narrow, f_wide)
-    for part in ("teeth", "mouth"):  # the exported textures carry the same darkening
+    for part in ("teeth", "mouth"):  # the exports carry the same darkening (teeth: the material's colour factor)
         assert texture["narrow"][part] < 0.8 * texture["wide"][part], (part, texture)
     assert texture["narrow"]["eyes"] == pytest.approx(texture["wide"]["eyes"])
     # an asset texture that is not the atlas (a flat one, for masks) is used as given
