@@ -870,11 +870,12 @@ def export_parts(
 ) -> list[ExportPart]:  # fmt: skip
     """The ``eyes`` and ``mouth`` primitives from per-coarse-vertex ``positions`` and ``normals`` (V, 3), and
     the ``teeth`` (:class:`Teeth`) when ``verts`` (V, 3), the coarse vertices the positions came from, is given
-    (the teeth are made from vertices the detailed mesh resamples). With ``verts`` the mouth's and the teeth's
-    textures are darkened for how far their lips are apart (:func:`mouth_light`), as a photo shows them."""
+    (the teeth are made from vertices the detailed mesh resamples). With ``verts`` the mouth's texture and the
+    teeth's colour factor are darkened for how far their lips are apart (:func:`mouth_light`), as a photo shows
+    them."""
     a = face_assets(model)
     step, rows, teeth_light = None, np.ones(64), 1.0
-    if verts is not None:  # the lip gap in steps of GAP_STEP_M, so that the darkened textures (and PNGs) are shared
+    if verts is not None:  # the lip gap in steps of GAP_STEP_M, so that the darkened mouth textures (PNGs) are shared
         step = int(round(float(lips.vertex_lip_gap(model, np.asarray(verts)[None])[0]) / GAP_STEP_M))
         rows, teeth_light = mouth_light(a, step * GAP_STEP_M, 64)
     parts = []
