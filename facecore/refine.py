@@ -93,14 +93,12 @@ class LandmarkModel:
         return out.reshape(*batch, 68, 3)
 
 
-_CACHE: dict[int, LandmarkModel] = {}
+_CACHE: dict = {}
 
 
 def landmark_model(model: geo.FaceModelArrays) -> LandmarkModel:
-    found = _CACHE.get(id(model))
-    if found is None or found.model is not model:
-        found = _CACHE[id(model)] = LandmarkModel(model)
-    return found
+    """The model's :class:`LandmarkModel`, built once (bounded like geometry's other per-model caches)."""
+    return geo._cached(_CACHE, model, 0, lambda: LandmarkModel(model))
 
 
 def _ndc(points_px: np.ndarray, size: int) -> np.ndarray:

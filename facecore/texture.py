@@ -412,7 +412,8 @@ def fit_light(
     B = sh_basis(np.asarray(normals, np.float64))
     y = np.asarray(colours, np.float64) @ LUMA
     sh_y = sh @ LUMA
-    if len(B) < 50 or sh_y[0] <= 0 or np.any((B @ sh).mean(0) <= 0):
+    start = (B @ sh).mean(0)  # the starting light's mean shading over the samples, per channel
+    if len(B) < 50 or sh_y[0] <= 0 or np.any(start <= 0):
         return sh
     target = sh_y * np.median(y / np.maximum(B @ sh_y, 1e-6))  # the ridge's centre, at the skin's albedo
     w = np.ones(len(B))
@@ -431,7 +432,7 @@ def fit_light(
         return sh
     # the fitted shape in every channel at the starting light's mean shading over the samples (the constant term
     # alone would not keep the albedo's level: the faces' normals all point forwards)
-    light = fitted[:, None] * ((B @ sh).mean(0) / mean)[None]
+    light = fitted[:, None] * (start / mean)[None]
     for alpha in (1.0, 0.5, 0.25):
         blend = sh + alpha * (light - sh)
         shade = B @ blend
