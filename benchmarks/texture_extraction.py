@@ -1,17 +1,18 @@
 """Texture extraction accuracy on synthetic renders with ground truth, speed, and a contact sheet of real photos.
 
-    python benchmarks/texture_extraction.py [--count 16] [--seed 2024] [--landmarks detect|truth]
+    python benchmarks/texture_extraction.py [--count 16] [--seed 2024] [--landmarks localiser|dlib|truth] [--bundle B]
         [--sheet contact.png] [--photos ../shared/fixtures/photos] [--threads 1] [--batch 4] [--cache fits.pkl]
         [--readme]
 
 The synthetic faces are rendered by ``training.data.synthetic`` with a seed disjoint from the one the fit's
 defaults were chosen on (1000), picked to cover |yaw| < 20°, 20–40° and > 40° equally. The fit sees only the
-image and dlib's 68 landmarks (``--landmarks truth`` gives it the renders' own landmarks instead, as an upper
-bound); the ground truth (landmarks, identity, albedo) is used for scoring only.
+image and 68 detected landmarks, found as the extract stage finds them (``--landmarks localiser``: the bundle's
+landmark localiser; ``dlib``: dlib's 68-point model; ``truth``: the renders' own landmarks, an upper bound); the
+ground truth (landmarks, identity, albedo) is used for scoring only.
 
-Columns: ``det``/``fit`` landmark error (mean distance / inter-ocular distance) of dlib's points and of the fitted
-model; ``shape``/``mean``: per-vertex RMS (mm) of the fitted / the prior-mean neutral identity vs the truth over
-the facial-skin vertices after the best rigid alignment (rotation + translation, no scale); albedo mean abs
+Columns: ``det``/``fit`` landmark error (mean distance / inter-ocular distance) of the detected points and of the
+fitted model; ``shape``/``mean``: per-vertex RMS (mm) of the fitted / the prior-mean neutral identity vs the truth
+over the facial-skin vertices after the best rigid alignment (rotation + translation, no scale); albedo mean abs
 errors (linear [0, 1]) on the texels seen in the photo: ``raw`` (seen colours), ``delit`` (de-lit albedo),
 ``gain`` (de-lit after one least-squares gain per channel: the albedo/light scale is a convention); PSNR on the
 fixed facial-skin texels: ``psnr`` (gain-corrected), ``abs`` (no gain), ``noflip`` (mirror fill replaced by the
@@ -68,7 +69,7 @@ def synthetic_table(args: argparse.Namespace, fm: FaceModel) -> None:
         image = color.to_uint8(item.image_srgb[0].permute(1, 2, 0).numpy())
         given = item.landmarks_px[0].double().numpy() if args.landmarks == "truth" else None
         try:
-            prepared.append((i, item, T.prepare_face(image, given)))
+            prepared.append((i, item, T.prepare_face(image, given, localiser=args.localiser)))
         except Exception as exc:
             skipped.append((i, float(head_angles_deg(item.codes.pose)[0, 0]), f"{type(exc).__name__}: {exc}"))
     t_detect = (time.perf_counter() - t_detect) / len(indices)
@@ -266,7 +267,7 @@ CLEAN_NOTES = {
     "before": "the legacy unwrap (every visible texel, hair and background included)",
     "flat fit": "clean extraction through a fit whose photometric term renders one skin colour to the end",
     "after": "clean extraction through the default fit (textured last stage): what the extract stage writes",
-    "+warp": "as after, sampled through facecore.texture.landmark_warp (the fit's residual to dlib's points moved off)",
+    "+warp": "as after, sampled through facecore.texture.landmark_warp (the fit's residual to its landmarks moved off)",
     "truth": "clean extraction through the render's own mesh, camera and light: the ceiling of a perfect fit",
 }
 
@@ -292,7 +293,7 @@ def clean_table(args: argparse.Namespace, fm: FaceModel) -> None:
             image = color.to_uint8(item.image_srgb[0].permute(1, 2, 0).numpy())
             given = item.landmarks_px[0].double().numpy() if args.landmarks == "truth" else None
             try:
-                face = T.prepare_face(image, given)
+                face = T.prepare_face(image, given, localiser=args.localiser)
             except Exception as exc:
                 print(f"skipped {i}: {type(exc).__name__}: {exc}")
                 continue
@@ -385,9 +386,9 @@ def clean_table(args: argparse.Namespace, fm: FaceModel) -> None:
         ]  # fmt: skip
         text = (
             f"Texture extraction on {n} held-out synthetic renders (224 px, yaw up to ±{max_yaw:.0f}°, "
-            f"seed {args.seed}, dlib's landmarks; `python benchmarks/texture_extraction.py --readme`): gain-corrected "
-            "PSNR (dB) of the 256² albedo against the truth, mean per region, the worst face, hair/background "
-            "contamination of the texels taken from the photo, and texels left black or empty.\n\n"
+            f"seed {args.seed}, landmarks {args.landmarks}; `python benchmarks/texture_extraction.py --readme`): "
+            "gain-corrected PSNR (dB) of the 256² albedo against the truth, mean per region, the worst face, "
+            "hair/background contamination of the texels taken from the photo, and texels left black or empty.\n\n"
             + table(("", *keys, "worst face", "contam. %", "holes"), body)
             + "\n\n"
             + "\n".join(f"- {k}: {v}" for k, v in CLEAN_NOTES.items())
@@ -426,7 +427,7 @@ def photos(args: argparse.Namespace, fm: FaceModel) -> None:
     for path in files:
         image = T._load_image(path)
         try:
-            face = T.prepare_face(image)
+            face = T.prepare_face(image, localiser=args.localiser)
         except Exception as exc:
             lines.append(f"{path.name}: skipped ({type(exc).__name__}: {exc})")
             continue
@@ -457,7 +458,7 @@ def photos(args: argparse.Namespace, fm: FaceModel) -> None:
         textured = np.asarray(Image.fromarray(textured).resize((256, 256), Image.Resampling.BILINEAR))
         old_albedo = color.to_uint8(color.linear_to_srgb(before.albedo))
         rows.append(np.concatenate([crop, np.asarray(flat_img), textured, old_albedo, albedo], 1))
-    print("\nReal photos (input | fit: flat skin colour under the fitted light, dlib points red, fitted green | "
+    print("\nReal photos (input | fit: flat skin colour under the fitted light, its landmarks red, fitted green | "
           "re-rendered with the clean albedo | UV albedo before (legacy extraction) | after (clean)):")  # fmt: skip
     for ln in lines:
         print("  " + ln)
@@ -478,7 +479,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=2024)
     parser.add_argument("--steps", type=int, default=face_fit.FitConfig().steps)
     parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--landmarks", choices=("detect", "truth"), default="detect")
+    parser.add_argument(
+        "--landmarks",
+        choices=(*T.LANDMARK_SOURCES, "truth"),
+        default="localiser",
+        help="the fit's landmarks: as the extract stage's `landmarks`, or the renders' own",
+    )
+    parser.add_argument("--bundle", default=None, help="the bundle whose localiser runs (default: the embedded one)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core CPU)")
     parser.add_argument("--photos", default=str(PHOTOS))
     parser.add_argument("--sheet", default="", help="write the real-photo contact sheet (PNG) here")
@@ -489,6 +496,7 @@ def main() -> None:
     parser.add_argument("--readme", action="store_true", help="rewrite the README's texture-extraction block")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    args.localiser = T.landmark_localiser("dlib" if args.landmarks == "truth" else args.landmarks, args.bundle)
     fm = FaceModel.from_file()
     if not args.no_synthetic:
         synthetic_table(args, fm)
