@@ -63,3 +63,32 @@ def test_refinement_moves_a_perturbed_fit_onto_the_landmarks(model):
         assert np.linalg.norm(got - target, axis=1).mean() / iod == pytest.approx(err["after"], rel=1e-6)
     before, after = np.array(errors).T
     assert before.min() > 0.15 and after.max() < 0.05 * before.min()  # to ~0.005: the priors pull a little
+
+
+def test_the_closed_lips_prior_closes_a_slightly_open_mouth_and_keeps_an_open_one(model):
+    from facecore import mouth
+
+    lm = refine.landmark_model(model)
+    jaw = model.joint_names.index("jaw")
+    gaps = {}
+    for opening in (0.02, 0.15):  # jaw rotation (rad): lips a couple of millimetres apart / wide open
+        truth = {
+            "shape": np.zeros(model.n_shape),
+            "expression": np.zeros(model.n_expr),
+            "pose": np.zeros((model.n_joints, 3)),
+            "camera": np.array([8.0, 0.0, 0.0]),
+        }
+        truth["pose"][jaw, 0] = opening
+        target = geo.project_points(
+            lm.landmarks(truth["shape"], truth["expression"], truth["pose"]), truth["camera"], 96
+        )
+        start = {**truth, "camera": truth["camera"] * [1.03, 1, 1]}
+        for weight in (0.0, refine.RefineConfig().closed_lips_weight):
+            out, _ = refine.refine(model, start, target, 96, refine.RefineConfig(closed_lips_weight=weight))
+            gaps[opening, weight] = 1000 * mouth.lip_gap(model, out["shape"], out["expression"], out["pose"])
+        gaps[opening, "truth"] = 1000 * mouth.lip_gap(model, truth["shape"], truth["expression"], truth["pose"])
+    small, wide = gaps[0.02, "truth"], gaps[0.15, "truth"]
+    assert 1.0 < small < 4.0 and wide > 10.0, gaps
+    assert gaps[0.02, 0.0] == pytest.approx(small, abs=0.3)  # without the prior the landmarks' gap is met
+    assert gaps[0.02, 2.0] < 0.5 * small  # with it the lips close ...
+    assert gaps[0.15, 2.0] > 0.85 * wide  # ... unless the landmarks show a clearly open mouth
