@@ -370,6 +370,18 @@ class CleanTexture:
     sh: np.ndarray | None = None
 
 
+def achromatic(sh: np.ndarray) -> np.ndarray:
+    """(..., 9, 3) SH lights → the same luminance in every channel: a white light of the same shape and brightness.
+
+    The encoder's light colour is a constant guess: on held-out renders (stream 4242) its warm–cool tint (red −
+    blue of the frontal shading, relative) is +0.105 ± 0.037 and its green–magenta tint −0.103 ± 0.016 where the
+    renders' lights have +0.014 ± 0.055 and +0.011 ± 0.027, uncorrelated with them; de-lit by it, every photo's
+    albedo came out tinted green-grey (the fixture photos' lights: magenta −0.08 … −0.15). A photo's white balance
+    makes its light white on average, and the skin's colour cannot be told from the light's in one photo."""
+    y = np.asarray(sh, np.float64) @ LUMA
+    return np.repeat(y[..., None], 3, -1)
+
+
 def fit_light(
     normals: np.ndarray,
     colours: np.ndarray,

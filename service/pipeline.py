@@ -322,6 +322,8 @@ def warm_reconstruct(bundle: Bundle, texture_size: int) -> None:
 # the light's shape re-fitted to the photo's skin before de-lighting (facecore.texture.fit_light): the meta's light is
 # the fitted one; benchmarks/light_fit.py turns it off to measure what it does
 RELIGHT = True
+# the encoder's light made white (facecore.texture.achromatic) before de-lighting: its colour is a constant guess
+NEUTRAL_LIGHT = True
 
 
 async def reconstruct(
@@ -377,6 +379,8 @@ async def reconstruct(
                 codes, expression = moved, moved["expression"]
     if m.mouth is not None and not refined:  # the encoder's mouth opening, calibrated (facecore.mouth)
         expression, codes["pose"] = mouth.calibrate(model, m.mouth, codes["shape"], expression, codes["pose"])
+    if NEUTRAL_LIGHT:
+        codes["light"] = texture.achromatic(codes["light"])
     jaw_index = model.joint_names.index("jaw")
     disp = await _displacement(bundle, run_graph, codes["detail"], expression, codes["pose"][jaw_index], timer)
 
