@@ -350,3 +350,24 @@ def test_image_is_the_srgb_encoded_render(batch, dataset: SyntheticFaces) -> Non
     out = dataset.renderer(batch.verts_world, batch.camera, batch.albedo_uv, batch.sh, bg, asset_texture=eyes)
     assert torch.allclose(linear_to_srgb(out.image), batch.image_srgb, atol=1e-5)
     assert math.isclose(float(out.mask.mean()), float(batch.mask.mean()))
+
+
+def test_supersampled_renders_blur_edges_like_a_camera_and_keep_the_landmarks(fm, dataset, batch):
+    from dataclasses import replace
+
+    fine = SyntheticFaces(replace(dataset.config, supersample=2), face_model=fm).batch([0, 1, 2, 3, 4, 5])
+    torch.testing.assert_close(fine.landmarks_px, batch.landmarks_px)  # the same faces, framed the same
+    assert (fine.landmarks_visible == batch.landmarks_visible).float().mean() > 0.97
+    # the same picture (mean difference small) ...
+    assert (fine.image_srgb - batch.image_srgb).abs().mean() < 0.02
+    # ... whose silhouette is partly covered pixels, not a staircase of whole ones
+    assert set(batch.mask.unique().tolist()) <= {0.0, 1.0}
+    edge = (fine.mask > 0) & (fine.mask < 1)
+    assert edge.float().mean() > 0.005 and set(fine.mask[edge].unique().tolist()) >= {0.25, 0.5, 0.75}
+
+    # each pixel is the mean, in linear light, of the 2×2 pixels of a render twice the size
+    big = SyntheticFaces(replace(dataset.config, image_size=256), face_model=fm).batch([0, 1, 2, 3, 4, 5])
+    pooled = linear_to_srgb(torch.nn.functional.avg_pool2d(srgb_to_linear(big.image_srgb), 2))
+    torch.testing.assert_close(fine.image_srgb, pooled, atol=2e-5, rtol=0)
+    with pytest.raises(ValueError, match="supersample"):
+        SyntheticConfig(supersample=0)

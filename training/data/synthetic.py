@@ -397,6 +397,11 @@ class SyntheticConfig:
         face_fill: range of the fraction of the image spanned by the larger side of the landmarks' box.
         landmark_depth_tolerance: a landmark is visible when it lies at most this far (metres) behind the
             visible surface at its pixel (plus four pixels' worth of depth slope).
+        supersample: each pixel is the mean of ``supersample``² rendered samples (a ``supersample`` times larger
+            render, box-averaged in linear light; ``mask`` then holds the coverage): edges, lips that nearly meet
+            and the eyes' rims come out as a camera blurs them instead of a 1-px staircase (closed lips as a
+            jagged black-and-white slit at 1: mouth crops of both looked at). Landmarks and their visibility are
+            the same either way. Cost at 192 px on this 2-core CPU: 52 → 82 ms a face at 2.
         identity: ``prior`` — the head from the face model's generation prior, independent of the albedo;
             ``phenotype`` — the head drawn given the sex, age and skin the albedo shows
             (:func:`training.data.phenotype.phenotype_shapes`; the default anny face model only).
@@ -409,6 +414,7 @@ class SyntheticConfig:
     pose: PoseRanges = PoseRanges()
     face_fill: tuple[float, float] = (0.6, 0.8)
     landmark_depth_tolerance: float = 0.003
+    supersample: int = 1
     identity: str = "prior"
 
     def __post_init__(self) -> None:
@@ -416,6 +422,8 @@ class SyntheticConfig:
             raise ValueError(f"identity: expected one of {SYNTHETIC_IDENTITIES}, got {self.identity!r}")
         if not 16 <= self.image_size <= 4096:
             raise ValueError(f"image_size: expected 16–4096 pixels, got {self.image_size}")
+        if not 1 <= self.supersample <= 4:
+            raise ValueError(f"supersample: expected 1–4 samples per pixel side, got {self.supersample}")
         if not 64 <= self.albedo_size <= 1024:
             raise ValueError(f"albedo_size: expected 64–1024 texels, got {self.albedo_size}")
         if self.length < 1:
@@ -496,7 +504,8 @@ class SyntheticFaces:
         self._sampling_model = fm if on.type == "cpu" else FaceModel(fm.arrays)
         self.face_model = fm if on == self.device else FaceModel(fm.arrays).to(self.device)
         self.albedo = ProceduralAlbedo(self.face_model)
-        self.renderer = MeshRenderer.from_face_model(self.face_model, config.image_size, teeth=True).to(self.device)
+        size = config.image_size * config.supersample
+        self.renderer = MeshRenderer.from_face_model(self.face_model, size, teeth=True).to(self.device)
 
     def __len__(self) -> int:
         return self.config.length
@@ -556,24 +565,28 @@ class SyntheticFaces:
         verts = fm(codes.shape, codes.expression, codes.pose)
         lm_world = fm.landmarks(verts)
         camera = frame_camera(lm_world, scene.face_fill, scene.face_offset)
-        background = render_background(scene.background, cfg.image_size)
+        k = cfg.supersample
+        background = render_background(scene.background, cfg.image_size * k)
         eyes = (eye_atlases(fm, albedo_params) if eyes is None else eyes).to(verts.device)
         out = self.renderer(verts, camera, albedo, scene.sh, background, asset_texture=eyes)
         H = W = cfg.image_size
         lm = camera.project(lm_world)
         px = torch.stack([(lm[..., 0] + 1) * 0.5 * W - 0.5, (1 - lm[..., 1]) * 0.5 * H - 0.5], -1)
-        col, row = torch.floor(px[..., 0] + 0.5).long(), torch.floor(px[..., 1] + 0.5).long()
-        inside = (col >= 0) & (col < W) & (row >= 0) & (row < H)
+        # visibility from the render's own buffers, at the sample nearest each landmark
+        hi = (px + 0.5) * k - 0.5
+        col, row = torch.floor(hi[..., 0] + 0.5).long(), torch.floor(hi[..., 1] + 0.5).long()
+        inside = (col >= 0) & (col < W * k) & (row >= 0) & (row < H * k)
         b = torch.arange(len(index), device=verts.device)[:, None].expand_as(col)
-        flat = (b * H + row.clamp(0, H - 1)) * W + col.clamp(0, W - 1)
+        flat = (b * H * k + row.clamp(0, H * k - 1)) * W * k + col.clamp(0, W * k - 1)
         face = out.face_id.reshape(-1)[flat]
         depth = out.fragments.depth.reshape(-1)[flat]
         pixel_m = 2.0 / (camera.scale[:, None] * W)
         visible = inside & (face >= 0) & (lm[..., 2] >= depth - cfg.landmark_depth_tolerance - 4 * pixel_m)
+        image, mask = (out.image, out.mask) if k == 1 else (F.avg_pool2d(out.image, k), F.avg_pool2d(out.mask, k))
         return SyntheticBatch(
             index=index.to(verts.device),
-            image_srgb=linear_to_srgb(out.image),
-            mask=out.mask,
+            image_srgb=linear_to_srgb(image),
+            mask=mask,
             albedo_uv=albedo,
             codes=codes,
             sh=scene.sh,
