@@ -53,6 +53,8 @@ class LocaliserStageConfig:
         render_size: their side, pixels.
         face_fill: the face's landmark box as a fraction of the render (smaller than the shape stage's, so that
             the wide crop sees background).
+        supersample: the training renders' samples per pixel side (``SyntheticConfig.supersample``: edges and
+            nearly closed lips blurred as a camera blurs them); the held-out renders stay at 1, so runs compare.
         eval_seed, eval_renders: the held-out renders.
         input_size: the network's crop side, pixels.
         channels: widths of the network's stages (:class:`models.localiser.Localiser`).
@@ -67,6 +69,7 @@ class LocaliserStageConfig:
     renders: int = 12_288
     render_size: int = 192
     face_fill: tuple[float, float] = (0.3, 0.55)
+    supersample: int = 1
     eval_seed: int = 2_000_031
     eval_renders: int = 512
     input_size: int = 96
@@ -95,7 +98,9 @@ class LocaliserStageConfig:
 
 
 # ------------------------------------------------------------------------------------------------------ renders
-def render_set(out: Path, seed: int, count: int, size: int, face_fill: tuple[float, float]) -> dict[str, np.ndarray]:
+def render_set(
+    out: Path, seed: int, count: int, size: int, face_fill: tuple[float, float], supersample: int = 1
+) -> dict[str, np.ndarray]:
     """``count`` renders of stream ``seed`` (rendered into ``out`` by chunks on the first call, loaded after):
     ``image`` (N, S, S, 3) uint8 sRGB, ``landmarks`` (N, 68, 2) float32 pixels, ``visible`` (N, 68) bool."""
     from models.face.model import FaceModel
@@ -105,10 +110,13 @@ def render_set(out: Path, seed: int, count: int, size: int, face_fill: tuple[flo
     faces = None
     parts: list[dict[str, np.ndarray]] = []
     for start in range(0, count, CHUNK):
-        path = out / f"{seed}_{start:07d}_{min(count, start + CHUNK) - start}.npz"
+        tag = f"_ss{supersample}" if supersample > 1 else ""
+        path = out / f"{seed}_{start:07d}_{min(count, start + CHUNK) - start}{tag}.npz"
         if not path.is_file():
             if faces is None:
-                config = SyntheticConfig(image_size=size, albedo_size=128, seed=seed, face_fill=face_fill)
+                config = SyntheticConfig(
+                    image_size=size, albedo_size=128, seed=seed, face_fill=face_fill, supersample=supersample
+                )
                 faces = SyntheticFaces(config, face_model=FaceModel.from_file())
             t0 = time.perf_counter()
             items = [
@@ -347,7 +355,7 @@ def run(cfg: Mapping[str, Any], out: Path) -> None:
     if c.threads:
         torch.set_num_threads(c.threads)
     t0 = time.perf_counter()
-    data = render_set(out / "renders", c.seed, c.renders, c.render_size, c.face_fill)
+    data = render_set(out / "renders", c.seed, c.renders, c.render_size, c.face_fill, c.supersample)
     held_out = render_set(out / "renders", c.eval_seed, c.eval_renders, c.render_size, c.face_fill)
     render_s = time.perf_counter() - t0
     trainer = LocaliserTrainer(c, out, data)
