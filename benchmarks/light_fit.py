@@ -25,11 +25,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bundle_metrics import PHOTOS, BundleRunner, codes_arrays, face_model_path, render, served_crop, torch_face_model
+from bundle_metrics import (
+    PHOTOS,
+    BundleRunner,
+    albedo_errors,
+    codes_arrays,
+    face_model_path,
+    render,
+    served_crop,
+    torch_face_model,
+)
 from PIL import Image, ImageDraw
 
-from facecore import color
 from facecore import geometry as geo
+from facecore import texture
 from facecore.bundle import load_bundle
 from service import pipeline as P
 from service.settings import EMBEDDED_BUNDLE
@@ -68,11 +77,7 @@ def synthetic(runner: BundleRunner, count: int, seed: int) -> np.ndarray:
         try:
             for relight in (False, True):
                 meta = reconstruct(runner, P.decode_photo(png.getvalue(), 50_000_000), relight)
-                served = (meta["albedo_srgb"] * 255 + 0.5).astype(np.uint8)
-                albedo = np.asarray(Image.fromarray(served).resize((res, res), Image.BICUBIC))
-                got = color.srgb_to_linear(albedo / 255.0)[seen]
-                gain = (got * truth).sum(0) / np.maximum((got * got).sum(0), 1e-12)
-                row.append((np.abs(got - truth).mean(), np.sqrt(((gain * got - truth) ** 2).mean())))
+                row.append(albedo_errors(meta["albedo_srgb"], truth, seen))
         except P.PhotoError:
             continue
         rows.append(row)
@@ -103,8 +108,7 @@ def photo_bias(runner: BundleRunner, path: Path, relight: bool, size: int = 384)
     verts = geo.decode_vertices(model, codes["shape"][None], expression[None], codes["pose"][None])[0]
     drawn = render(runner.bundle, verts, codes["camera"], meta["albedo_srgb"], codes["light"], crop / 255.0)
     mask = inner_face(model, verts, codes["camera"], size)
-    luma = np.array([0.2126, 0.7152, 0.0722])
-    return float(((drawn.astype(float) - crop.astype(float)) @ luma)[mask].mean())
+    return float(((drawn.astype(float) - crop.astype(float)) @ texture.LUMA)[mask].mean())
 
 
 def main() -> None:

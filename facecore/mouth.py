@@ -60,8 +60,12 @@ def lip_gap(model: geo.FaceModelArrays, shape: np.ndarray, expression: np.ndarra
 
 def vertex_lip_gap(model: geo.FaceModelArrays, verts: np.ndarray) -> np.ndarray:
     """(B,) lip gaps (metres) of (B, V, 3) vertices, posed or not."""
-    lm = geo.landmarks_3d(model, np.asarray(verts, np.float64))
-    return np.linalg.norm(lm[:, UPPER].mean(1) - lm[:, LOWER].mean(1), axis=-1)
+    return landmarks_lip_gap(geo.landmarks_3d(model, np.asarray(verts, np.float64)))
+
+
+def landmarks_lip_gap(landmarks: np.ndarray) -> np.ndarray:
+    """(...,) lip gaps of (..., 68, 3) landmarks: the distance between the inner lips' middle points."""
+    return np.linalg.norm(landmarks[..., UPPER, :].mean(-2) - landmarks[..., LOWER, :].mean(-2), axis=-1)
 
 
 def opening_scaled(

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from facecore import geometry as geo
-from facecore.mouth import LOWER, UPPER
+from facecore.mouth import landmarks_lip_gap
 
 #: expression shapes left to the encoder: gaze turns the eyeballs, which no landmark sees
 FIXED_EXPRESSIONS_PREFIX = "eyeLook"
@@ -177,8 +177,7 @@ def refine(
         lmk = ((projected - target) / sigma[:, None]).reshape(*p.shape[:-1], -1)
         out = [lmk, (p[..., 3:] - p0[3:]) / prior_sigma]
         if config.closed_lips_weight > 0:
-            gap = np.linalg.norm(pts[..., UPPER, :].mean(-2) - pts[..., LOWER, :].mean(-2), axis=-1)
-            x = gap[..., None] / config.closed_lips_sigma_m  # Cauchy: r² = w² log(1 + (gap / σ)²)
+            x = landmarks_lip_gap(pts)[..., None] / config.closed_lips_sigma_m  # Cauchy: r² = w² log(1 + (gap / σ)²)
             out.append(config.closed_lips_weight * np.sqrt(np.log1p(x * x)))
         return np.concatenate(out, -1)
 
