@@ -354,7 +354,8 @@ class CleanTexture:
         accepted: (R, R) bool: seen texels accepted as well-seen skin (or eye/brow/lip feature).
         pixel: (R, R, 2) the photo pixel (x, y) each seen texel sampled (NaN where not seen).
         skin: the photo's :class:`SkinModel`, or None when too little skin was seen to build one.
-        flags: ``greyscale`` / ``colour_cast`` (:func:`colour_flags`), ``no_skin_model``.
+        flags: ``greyscale`` / ``colour_cast`` (:func:`colour_flags`), ``over_exposed`` / ``under_exposed``
+            (:func:`bound_albedo_level`), ``no_skin_model``.
         sh: (9, 3) the light the albedo was de-lit with (``relight``: the fitted one), or None without one.
     """
 
@@ -453,6 +454,46 @@ def fit_light(
     return sh
 
 
+SKIN_LUMINANCE = (0.05, 0.6)
+"""The range of a face's median skin albedo luminance (linear) that :func:`extract` keeps: the procedural skin
+model's (``training.data.skin``) draws span 0.053 (deeply pigmented) to 0.60 (very fair; 99th percentile 0.57) over
+600 maps of an unseen stream, as measured reflectances of skin do (~0.05–0.6 in the visible)."""
+
+
+def bound_albedo_level(
+    normals: np.ndarray, colours: np.ndarray, sh: np.ndarray, bounds: tuple[float, float] = SKIN_LUMINANCE
+) -> tuple[np.ndarray, tuple[str, ...]]:
+    """``sh`` scaled so the skin it de-lights has a median luminance within ``bounds``, and the flag saying so.
+
+    One photo cannot tell the albedo's level from the light's (and the camera's exposure): the encoder guesses the
+    light's brightness from a small crop. On an over-exposed or high-key portrait (a pale face on white, the light
+    far brighter than the encoder's guess) the de-lit skin came out above any skin's reflectance, clipped at 1 in
+    every channel and white; an under-exposed one gives a near-black albedo. Then the light takes the excess, so
+    the albedo keeps the photo's skin chroma at the nearest plausible level (the render over the photo is the same:
+    albedo × light is unchanged), and the result says ``over_exposed`` / ``under_exposed``: the level is a bound,
+    not a measurement.
+
+    Args:
+        normals: (N, 3) unit normals of the skin samples (camera space); colours: (N, 3) their linear colours.
+        sh: (9, 3) the light.
+
+    Returns:
+        (the light, ``()`` or ``("over_exposed",)`` or ``("under_exposed",)``); ``sh`` itself with fewer than 50
+        samples or where it leaves them unlit.
+    """
+    shading = sh_basis(np.asarray(normals, np.float64)) @ (np.asarray(sh, np.float64) @ LUMA)
+    lit = shading > 1e-3
+    if lit.sum() < 50:
+        return sh, ()
+    level = float(np.median((np.asarray(colours, np.float64) @ LUMA)[lit] / shading[lit]))
+    lo, hi = bounds
+    if level > hi:
+        return sh * (level / hi), ("over_exposed",)
+    if 0 < level < lo:
+        return sh * (level / lo), ("under_exposed",)
+    return sh, ()
+
+
 def extract(
     model: geo.FaceModelArrays,
     verts: np.ndarray,
@@ -470,6 +511,7 @@ def extract(
     luminance_range: tuple[float, float] = (-0.6, 0.45),
     lip_luminance: float = 0.4,
     relight: bool = False,
+    skin_luminance: tuple[float, float] | None = SKIN_LUMINANCE,
 ) -> CleanTexture:
     """Unwrap ``image`` (linear) onto the UV layout keeping only the face's skin, seen well; fill the rest.
 
@@ -498,6 +540,8 @@ def extract(
             see above.
         relight: re-fit the light's shape to the photo's skin before de-lighting (:func:`fit_light`; needs
             ``sh``); the light used is :attr:`CleanTexture.sh`.
+        skin_luminance: the skin albedo's plausible median luminance; with ``sh``, a light that de-lights the
+            skin outside it is scaled to its bound (:func:`bound_albedo_level`); None: never.
 
     Returns:
         :class:`CleanTexture`.
@@ -522,9 +566,13 @@ def extract(
     at = texel[seen]  # the seen texels' indices in the map, ascending
 
     seen_colour = geo.sample_map(img, _uv_of_pixels(px[seen], W, H))
-    if relight and sh is not None:  # the light's shape from the photo's own skin (fit_light)
+    exposure: tuple[str, ...] = ()
+    if sh is not None and (relight or skin_luminance is not None):
         skin_samples = layout.seed_area[at] & (nrm[seen, 2] > 0.3) & (seen_colour.max(1) < clip_level)
-        sh = fit_light(nrm[seen][skin_samples], seen_colour[skin_samples], sh)
+        if relight:  # the light's shape from the photo's own skin (fit_light)
+            sh = fit_light(nrm[seen][skin_samples], seen_colour[skin_samples], sh)
+        if skin_luminance is not None:  # its level within skin's (bound_albedo_level)
+            sh, exposure = bound_albedo_level(nrm[seen][skin_samples], seen_colour[skin_samples], sh, skin_luminance)
     texel_shading = np.ones((len(texel), 3)) if sh is None else sh_basis(nrm) @ sh
     seen_shading = texel_shading[seen]
     raw = seen_colour / np.maximum(seen_shading, 0.05)
@@ -568,6 +616,7 @@ def extract(
         off.flat[idx[lip_texels][(d2 >= chroma_limit) | (np.abs(dy) >= band)]] = True
         ok &= ~((_box_sum(off, 1) > 0).reshape(-1) & layout.lips)
     accepted = ok
+    flags = (*flags, *exposure)
     if skin is None:
         flags = (*flags, "no_skin_model")
     else:

@@ -57,9 +57,10 @@ MASK_PNG_VALUES = {"outside": 0, "mean_filled": 64, "mirrored": 128, "seen_inval
 clipping, corrected), seen and valid (:attr:`ExtractedTexture.valid`)."""
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 FLAGGED_DIR = "flagged"
-FLAG_NAMES = ("greyscale", "colour_cast", "no_skin_model")
-"""Maps of photos flagged by the extraction (greyscale, colour cast, no skin model: ``ExtractedTexture.flags``)
-are written under ``OUT/flagged/`` (same layout), outside ``OUT/albedo/``, AlbedoGAN's training folder."""
+FLAG_NAMES = ("greyscale", "colour_cast", "over_exposed", "under_exposed", "no_skin_model")
+"""Maps of photos flagged by the extraction (greyscale, colour cast, over- or under-exposed, no skin model:
+``ExtractedTexture.flags``) are written under ``OUT/flagged/`` (same layout), outside ``OUT/albedo/``, AlbedoGAN's
+training folder."""
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -82,8 +83,8 @@ class ExtractedTexture:
             or the face's own features).
         weight: (R, R) the photo's share of each texel's albedo (own sample + mirror), or None (legacy).
         pixel: (R, R, 2) photo pixel (x, y) each seen texel sampled, NaN elsewhere, or None (legacy).
-        flags: ``greyscale`` / ``colour_cast`` / ``no_skin_model`` (``facecore.texture.extract``): the map is
-            written but kept out of AlbedoGAN's training set.
+        flags: ``greyscale`` / ``colour_cast`` / ``over_exposed`` / ``under_exposed`` / ``no_skin_model``
+            (``facecore.texture.extract``): the map is written but kept out of AlbedoGAN's training set.
     """
 
     albedo: np.ndarray

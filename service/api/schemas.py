@@ -92,5 +92,6 @@ class ResultBody(BaseModel):
         description="albedo texture: 'size' (texels a side, as asked) and 'native_resolution' (the size it was made "
         "at: the generator's output, or the photo's unwrap; above it the texture is resampled and adds no detail); "
         "/reconstruct also 'flags': why the photo's albedo (and a latent read off it) may not be the person's colour "
-        "('greyscale', 'colour_cast', 'no_skin_model'; empty when none)",
+        "('greyscale', 'colour_cast', 'over_exposed' / 'under_exposed': the skin's level was brought within skin's "
+        "range by the light, 'no_skin_model'; empty when none)",
     )

@@ -277,3 +277,32 @@ def test_the_light_refit_finds_the_side_light_the_start_missed(model, scene):
     assert err_after < 0.4 * err_before, (err_before, err_after)
     # too few samples to fit: the start is kept
     assert np.array_equal(texture.fit_light(n[:10], lit[mask][:10], guess), guess)
+
+
+def test_an_over_or_under_exposed_photo_keeps_a_skin_level_and_says_so(model, scene):
+    """texture.bound_albedo_level: de-lit with a light 2.5 times too dim (a high-key portrait whose light the
+    encoder under-estimates) the skin comes out at luminance ~0.7, its red channel clipped at 1; the light now takes
+    the excess: the skin's median luminance is the bound, its colour the truth's, and the flag says so. With a light
+    8 times too bright (an under-exposed photo) it is lifted to the lower bound; with the right one, untouched."""
+    img, truth, bad, verts, px = scene
+    flat = np.zeros((9, 3))
+    flat[0] = 1.0 / texture.sh_basis(np.array([[0.0, 0.0, 1.0]]))[0, 0]  # a constant shading of 1
+    regions = texture.uv_regions(model, R)
+    skin = regions["cheeks"] | regions["forehead"]
+    lo, hi = texture.SKIN_LUMINANCE
+
+    def level(albedo: np.ndarray) -> float:
+        return float(np.median(albedo[skin] @ texture.LUMA))
+
+    plain = texture.extract(model, verts, px, img, R, sh=flat)
+    assert plain.flags == () and np.array_equal(plain.sh, flat)
+    unbounded = texture.extract(model, verts, px, img, R, sh=0.4 * flat, skin_luminance=None)
+    out = texture.extract(model, verts, px, img, R, sh=0.4 * flat)
+    assert unbounded.flags == () and level(unbounded.albedo) > 0.65
+    assert np.median(unbounded.albedo[skin][:, 0]) == 1.0  # clipped: redder skin would look the same
+    assert out.flags == ("over_exposed",) and out.sh[0, 0] > 1.1 * 0.4 * flat[0, 0]
+    assert abs(level(out.albedo) - hi) < 0.03, level(out.albedo)  # measured 0.62: the bound sees the fringe too
+    ratio = np.median(out.albedo[skin], 0) / np.median(truth[skin], 0)
+    assert ratio.max() / ratio.min() < 1.05, ratio  # only the level differs from the truth's
+    dark = texture.extract(model, verts, px, img, R, sh=8.0 * flat)
+    assert dark.flags == ("under_exposed",) and abs(level(dark.albedo) - lo) < 0.005, level(dark.albedo)
