@@ -929,6 +929,29 @@ def run(cfg: Mapping[str, Any], out: Path) -> None:
     train(AlbedoTrainConfig.from_dict(section), out)
 
 
+def grow_section(cfg: Mapping[str, Any], out: Path) -> dict | None:
+    """The ``grow`` stage's training section: ``cfg['albedo']`` with ``cfg['grow']`` merged over it, or None when
+    the config has no ``grow`` section. ``init_from: auto`` is the same run's ``albedo`` stage (``out``'s sibling)."""
+    if not cfg.get("grow"):
+        return None
+    section = merge(cfg.get("albedo") or {}, cfg["grow"])
+    if section.get("init_from") == "auto":
+        section["init_from"] = str(Path(out).parent / "albedo")
+    return section
+
+
+def run_grow(cfg: Mapping[str, Any], out: Path) -> None:
+    """Stage ``grow`` of ``python -m training.run``: the ``albedo`` stage's generator grown to a higher resolution
+    (progressive growing: :func:`grow_from`), trained on :func:`grow_section` in ``out``. The shape and alternate
+    stages keep training against the ``albedo`` stage's smaller generator (a renderer step at 256² costs ~16× one
+    at 64²); the ``export`` stage puts the grown one in the bundle. Without a ``grow`` section: nothing to do."""
+    section = grow_section(cfg, out)
+    if section is None:
+        logger.info("grow: no 'grow' section in the config; the bundle keeps the albedo stage's generator")
+        return
+    run({**cfg, "albedo": section}, out)
+
+
 def iter_checkpoints(run_dir: str | Path) -> Iterator[Path]:
     """The checkpoint folders of a run, oldest first."""
     ckpts = Path(run_dir) / "checkpoints"

@@ -1,13 +1,23 @@
-"""The ``export`` stage of ``training.run``: the bundle (:func:`training.export.run`), then the graphs fitted to its
-final generator.
+"""The ``export`` stage of ``training.run``: the bundle (:func:`training.export.run`), then what the run's other
+stages made goes in, in this order:
 
-``export.latent_identity_samples`` > 0 fits /generate's latent → head graph on that many generated maps
-(``export.latent_identity_truth`` procedural truth maps for its cue readers, 3,000 by default;
-:mod:`training.latent_identity`). It runs after :func:`training.export.run`, whose generator mean-map calibration
-would drop it, and lives here because :mod:`training.latent_identity` builds on :mod:`training.export`.
+1. a finished ``grow`` stage (``RUN/grow``, :func:`training.albedo.run_grow`): its generator replaces the albedo
+   stage's (:func:`training.export.replace_generator`) and the mean-map calibration (``export.albedo_mean_samples``)
+   runs on the grown one, with the grow stage's data;
+2. a finished ``identity`` stage (``RUN/identity``): its head and feature graph (:func:`training.export
+   .add_identity_head`);
+3. a finished ``localiser`` stage (``RUN/localiser``): the ``landmarks`` graph (:func:`training.localiser
+   .add_localiser`), before the mouth calibration (``export.mouth_calibration_samples``), which it moves the
+   encoder's crops for, and which is fitted on the final identity head's shapes;
+4. ``export.latent_identity_samples`` > 0: /generate's latent → head graph on that many generated maps
+   (``export.latent_identity_truth`` procedural truth maps for its cue readers, 3,000 by default;
+   :mod:`training.latent_identity`), after the mean-map calibration, which would drop it;
+5. ``export.albedo_latent_samples`` > 0: /reconstruct's photo albedo → latent graph on that many rendered faces
+   through the finished bundle (:mod:`training.albedo_latent`, ``export.albedo_latent_workers`` processes): last,
+   since it reads albedos through the final head, light and generator.
 
-A finished ``localiser`` stage of the same run (``RUN/localiser``) goes in as the ``landmarks`` graph
-(:func:`training.localiser.add_localiser`).
+It lives here because :mod:`training.latent_identity` and :mod:`training.albedo_latent` build on
+:mod:`training.export`.
 """
 
 from __future__ import annotations
@@ -16,18 +26,32 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from facecore.identity import IDENTITY_METRICS_FILE
 from training import export
+from training.albedo import grow_section
+from training.albedo_latent import add_latent_graph
+from training.albedo_mean import calibrate as calibrate_mean
 from training.calibration import calibrate_bundle
+from training.checkpoint import run_checkpoint
 from training.latent_identity import add_codes_graph
 from training.localiser import METRICS_FILE, add_localiser
 
 
 def run(cfg: Mapping[str, Any], out: Path) -> None:
     section = dict(cfg.get("export", {}))
-    export.run(cfg, out, calibrate_mouth=False)
+    run_dir = out.parent
+    grown = None if section.get("untrained") else run_checkpoint(run_dir / "grow")
+    export.run(cfg, out, calibrate_mouth=False, calibrate_mean=grown is None)
     if section.get("untrained"):
         return
-    localiser = out.parent / "localiser"
+    if grown is not None:
+        export.replace_generator(out, run_dir / "grow", out)
+        samples = int(section.get("albedo_mean_samples", 0))
+        if samples > 0:
+            calibrate_mean(out, out, (grow_section(cfg, run_dir / "grow") or {}).get("data") or {}, samples)
+    if (run_dir / "identity" / IDENTITY_METRICS_FILE).is_file():
+        export.add_identity_head(out, run_dir / "identity", out)
+    localiser = run_dir / "localiser"
     if (localiser / METRICS_FILE).is_file():  # before the mouth calibration: it moves the encoder's crops
         add_localiser(out, localiser, out)
     if int(section.get("mouth_calibration_samples", 0)) > 0:  # the encoder's lip gap vs held-out truth
@@ -35,3 +59,6 @@ def run(cfg: Mapping[str, Any], out: Path) -> None:
     if int(section.get("latent_identity_samples", 0)) > 0:
         truth = int(section.get("latent_identity_truth", 3000))
         add_codes_graph(out, out, int(section["latent_identity_samples"]), truth)
+    if int(section.get("albedo_latent_samples", 0)) > 0:
+        workers = int(section.get("albedo_latent_workers", 1))
+        add_latent_graph(out, out, int(section["albedo_latent_samples"]), workers=workers)

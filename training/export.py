@@ -535,7 +535,7 @@ def replace_generator(
     return edited_copy(bundle, out, version, edit)
 
 
-def run(cfg: Mapping[str, Any], out: Path, calibrate_mouth: bool = True) -> None:
+def run(cfg: Mapping[str, Any], out: Path, calibrate_mouth: bool = True, calibrate_mean: bool = True) -> None:
     """The ``export`` stage of ``training.run``.
 
     ``export.untrained: true`` writes a labelled random bundle; otherwise ``export.final`` (default: the
@@ -544,7 +544,8 @@ def run(cfg: Mapping[str, Any], out: Path, calibrate_mouth: bool = True) -> None
     ``export.mouth_calibration_samples`` > 0 calibrates the encoder's mouth opening on that many held-out renders
     (:mod:`training.calibration`; not with ``calibrate_mouth=False``: :mod:`training.bundle_stage` calibrates after
     adding the landmark localiser, which changes the encoder's crops), ``export.albedo_mean_samples`` > 0 the
-    generator's mean map against that many of ``albedo.data``'s training maps (:mod:`training.albedo_mean`).
+    generator's mean map against that many of ``albedo.data``'s training maps (:mod:`training.albedo_mean`; not
+    with ``calibrate_mean=False``: the bundle stage replaces the generator by a grown one first).
     ``training.run``'s export stage then adds /generate's latent → head graph (:mod:`training.bundle_stage`).
     """
     section = dict(cfg.get("export", {}))
@@ -563,7 +564,7 @@ def run(cfg: Mapping[str, Any], out: Path, calibrate_mouth: bool = True) -> None
         fp16_weights=bool(section.get("fp16", False)),
         model_card=Path(section["model_card"]).read_text() if section.get("model_card") else None,
     )
-    if int(section.get("albedo_mean_samples", 0)) > 0:  # the generator's mean map := its training maps' mean
+    if calibrate_mean and int(section.get("albedo_mean_samples", 0)) > 0:  # its mean map := its training maps' mean
         from training.albedo_mean import calibrate
 
         calibrate(out, out, (cfg.get("albedo") or {}).get("data") or {}, int(section["albedo_mean_samples"]))

@@ -325,6 +325,10 @@ def _scores(metric: RegionMetric, head: IdentityHead, x: np.ndarray, y: np.ndarr
 def run(cfg: Mapping[str, Any], out: Path) -> None:
     """``python -m training.run identity``: see the module doc; config section ``identity``."""
     c = parse_section(IdentityStageConfig, cfg.get("identity"), "identity")
+    done = out / METRICS_FILE
+    if done.is_file() and json.loads(done.read_text()).get("config") == json.loads(json.dumps(section_dict(c))):
+        logger.info("identity: %s is this config's finished head; nothing to do", out)
+        return
     if c.threads is not None:
         torch.set_num_threads(c.threads)
     t0 = time.perf_counter()

@@ -2,12 +2,11 @@
 
 Stages (each a function ``run(cfg: dict, out: Path) -> None`` of a module): ``recipe`` (the paper's StyleGAN2 shape
 data, only with a ``recipe`` section), ``extract`` (texture extraction), ``albedo`` (AlbedoGAN pretraining),
-``shape`` and ``alternate`` (shape model, alternate descent), ``localiser`` (the landmark network /reconstruct
-frames its crops with), ``export`` (model bundle) and ``all`` (every stage in order, each resuming from its own
-checkpoints). ``identity`` (identity head on face-recognition features,
-``training.identity``) is not part of ``all``: ``python -m training.export --add-identity`` puts its head into a
-bundle. The resolved configuration is written into the output
-folder; runs resume from their latest checkpoint.
+``grow`` (that generator grown to a higher resolution, with a ``grow`` section), ``shape`` and ``alternate`` (shape
+model, alternate descent), ``identity`` (identity head on face-recognition features), ``localiser`` (the landmark
+network /reconstruct frames its crops with), ``export`` (model bundle: the trained networks, then what the other
+stages made goes in) and ``all`` (every stage in order, each resuming from its own checkpoints). The resolved
+configuration is written into the output folder, each stage's wall time into ``stage_times.jsonl`` there.
 
 Real data instead of the synthetic source (applied on top of ``--config``):
 
@@ -24,8 +23,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import logging
 import sys
+import time
 from pathlib import Path
 
 from training.config import ConfigError, load_config, save_resolved
@@ -37,13 +38,16 @@ STAGES: dict[str, str] = {
     "recipe": "training.data.stylegan_recipe",
     "extract": "training.texture",
     "albedo": "training.albedo",
+    "grow": "training.albedo:run_grow",
     "shape": "training.alternate:run_shape",
     "alternate": "training.alternate",
     "export": "training.bundle_stage",
     "identity": "training.identity",
     "localiser": "training.localiser",
 }
-ORDER = ("recipe", "extract", "albedo", "shape", "alternate", "localiser", "export")
+ORDER = ("recipe", "extract", "albedo", "grow", "shape", "alternate", "identity", "localiser", "export")
+TIMES_FILE = "stage_times.jsonl"
+"""One line per stage a ``training.run`` command ran in the run folder: stage, wall seconds, finished (UTC)."""
 
 
 class StageUnavailable(RuntimeError):
@@ -123,7 +127,17 @@ def main(argv: list[str] | None = None) -> int:
         save_resolved(args.out, cfg)
         for stage, run in runners:
             logger.info("stage %s → %s", stage, args.out / stage)
+            t0 = time.perf_counter()
             run(cfg, args.out / stage)
+            seconds = time.perf_counter() - t0
+            logger.info("stage %s: %.1f min", stage, seconds / 60)
+            record = {
+                "stage": stage,
+                "seconds": round(seconds, 1),
+                "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+            with (args.out / TIMES_FILE).open("a") as f:  # a resumed stage adds a line: the run's cost is the sum
+                f.write(json.dumps(record) + "\n")
     except (ConfigError, StageUnavailable, FileNotFoundError, ValueError) as exc:
         logger.error("%s", exc)
         return 2

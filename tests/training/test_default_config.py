@@ -20,12 +20,16 @@ TINY = [
     "alternate.schedule.shape_steps=2", "alternate.schedule.albedo_steps=2", "alternate.schedule.cycles=1",
     "localiser.renders=256", "localiser.render_size=96", "localiser.eval_renders=4", "localiser.steps=4",
     "localiser.batch=8", "localiser.input_size=64", "localiser.channels=[8,16,16]", "localiser.checkpoint_every=2",
+    "grow.data.num_samples=96", "grow.metric.every=500",
+    "identity.identities=8", "identity.eval_identities=3", "identity.test_fraction=0.25",
+    "identity.val_fraction=0.2", "identity.image_size=192", "identity.albedo_size=64", "identity.chunk=4",
     "export.albedo_mean_samples=64", "export.latent_identity_samples=48", "export.latent_identity_truth=48",
+    "export.mouth_calibration_samples=24", "export.albedo_latent_samples=24",
 ]  # fmt: skip
 
 
 @pytest.mark.slow
-def test_default_recipe_chains_extract_albedo_shape_alternate_export(tmp_path):
+def test_default_recipe_chains_every_stage_into_the_shipped_bundle(tmp_path):
     out = tmp_path / "run"
     argv = ["all", "--config", str(DEFAULT), "--out", str(out)] + [a for kv in TINY for a in ("--set", kv)]
     assert run_cli.main(argv) == 0
@@ -37,10 +41,19 @@ def test_default_recipe_chains_extract_albedo_shape_alternate_export(tmp_path):
     assert json.loads((out / "alternate" / "train_config.json").read_text())  # the alternation ran from shape/final
     bundle = load_bundle(out / "export")
     assert bundle.capabilities == {"generate": True, "reconstruct": True}
-    assert bundle.manifest.name == "albedogan-default"
+    assert bundle.manifest.name == "albedogan-default" and bundle.manifest.version == "2.0.0"
+    # the 64² generator grown to 256² is the bundle's; the encoder's latent head (of the 64² W space) was cut, and
+    # /reconstruct's albedo=generated reads the photo albedo's latent through the refitted albedo_latent graph
+    assert bundle.manifest.resolutions.albedo == 256 and bundle.manifest.training["albedo"]["run"].endswith("grow")
+    assert "ws" not in bundle.manifest.graphs["encoder"].outputs and "albedo_latent" in bundle.manifest.graphs
+    # the identity stage's head reads its feature graph, which came along
+    assert bundle.identity_head is not None and "identity_features" in bundle.manifest.graphs
     assert all(g.weights_dtype == "float16" for g in bundle.manifest.graphs.values())
-    # the generator's mean map was matched to 64 of its training maps (the 2 held-out ones are not among them)
+    # the grown generator's mean map was matched to 64 of its training maps (the 2 held-out ones are not among them)
     assert bundle.manifest.albedo_mean["training_maps"] == 64 and bundle.manifest.albedo_mean["samples"] == 64
+    # every stage's wall time is in the run folder
+    times = [json.loads(line) for line in (out / "stage_times.jsonl").read_text().splitlines()]
+    assert [t["stage"] for t in times] == list(run_cli.ORDER) and all(t["seconds"] >= 0 for t in times)
     # the landmark localiser frames /reconstruct's crops; the mouth was calibrated on those crops, after it
     assert "landmarks" in bundle.manifest.graphs and bundle.manifest.localiser.metrics["steps"] == 4
     assert bundle.manifest.mouth is not None
