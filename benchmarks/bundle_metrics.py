@@ -207,9 +207,13 @@ def render(
     bundle: Bundle, verts: np.ndarray, camera: np.ndarray, albedo_srgb: np.ndarray, sh, background: np.ndarray
 ) -> np.ndarray:
     """(V, 3) posed vertices seen by the weak-perspective ``camera`` (s, tx, ty), textured with an sRGB albedo map
-    and lit by ``sh`` (9, 3), over an sRGB ``background`` (S, S, 3) in [0, 1] → (S, S, 3) uint8 (torch renderer)."""
-    from models.render import WeakPerspectiveCamera
+    and lit by ``sh`` (9, 3), over an sRGB ``background`` (S, S, 3) in [0, 1] → (S, S, 3) uint8 (torch renderer);
+    the eyes' iris has the colour the exports give them (facecore.assets.iris_colour of the map)."""
+    from facecore.assets import iris_colour
+    from models.render import MeshRenderer, WeakPerspectiveCamera
 
+    fm = torch_face_model(face_model_path(bundle))
+    eyes = MeshRenderer.asset_textures(fm, [iris_colour(bundle.face_model, albedo_srgb)[0]])
     s, tx, ty = camera
     cam = WeakPerspectiveCamera(torch.tensor([s]).float(), torch.tensor([[tx, ty]]).float())
     albedo = torch.as_tensor(color.srgb_to_linear(albedo_srgb), dtype=torch.float32).permute(2, 0, 1)[None]
@@ -217,7 +221,7 @@ def render(
     with torch.no_grad():
         out = _renderer(face_model_path(bundle), background.shape[0])(
             torch.as_tensor(verts, dtype=torch.float32)[None], cam, albedo,
-            torch.as_tensor(sh, dtype=torch.float32).reshape(1, 9, 3), background=back,
+            torch.as_tensor(sh, dtype=torch.float32).reshape(1, 9, 3), background=back, asset_texture=eyes,
         )  # fmt: skip
     img = color.linear_to_srgb(out.image[0].permute(1, 2, 0).clamp(0, 1).numpy())
     return (img * 255.0 + 0.5).clip(0, 255).astype(np.uint8)

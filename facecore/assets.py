@@ -52,6 +52,7 @@ MOUTH_DEPTH_M = 0.03  # depth behind the lip line at which the cavity reaches it
 _MOUTH_STOPS = ((0.0, (0.55, 0.27, 0.26)), (0.12, (0.36, 0.13, 0.12)), (0.45, (0.16, 0.05, 0.05)),
                 (1.0, (0.03, 0.012, 0.012)))  # fmt: skip
 NECK_MARGIN_V = 0.025  # the neck fill starts this far (in v) above the neck opening's highest point
+_LUMA = np.array([0.2126, 0.7152, 0.0722])
 GAP_STEP_M = 0.00025  # exports darken the mouth's texture for the lip gap rounded to this (cached textures)
 
 
@@ -733,8 +734,116 @@ def iris_colour(model: geo.FaceModelArrays, albedo_srgb: np.ndarray) -> tuple[np
     img = np.asarray(albedo_srgb, dtype=np.float64)
     if img.ndim != 3 or img.shape[2] != 3:
         raise ValueError(f"albedo_srgb: expected (H, W, 3), got {img.shape}")
+    samples = [img[rows, cols] for rows, cols in _iris_discs(a, *img.shape[:2])]
+    if not samples or sum(len(s) for s in samples) < 4:
+        return np.array(DEFAULT_IRIS_SRGB), False
+    px = np.concatenate(samples)
+    lum = px @ _LUMA
+    lo, hi = np.percentile(lum, [15, 55])
+    band = px[(lum >= lo) & (lum <= hi)]
+    colour = np.median(band if len(band) else px, axis=0)
+    y = float(colour @ _LUMA)
+    if not 0.04 <= y <= 0.45:
+        return np.array(DEFAULT_IRIS_SRGB), False
+    return np.clip(colour, 0.0, 1.0), True
+
+
+IRIS_HUE_BAND = (5.0, 35.0)
+IRIS_LEVEL_BAND = (20.0, 50.0)
+"""Luminance percentiles of a photo's eye-opening pixels that :func:`photo_iris_colour` reads the iris's hue and
+its level from. Chosen on synthetic renders whose iris colour is known (stream 20261125, 39 faces, the localiser's
+eye contours): the 5–35 % band had the truest hue (chromaticity error 0.031; 20–50 %: 0.055, 35–65 %: 0.119), the
+lids' and sclera's colour creeping in above it, but was 0.10 darker than the truth in sRGB luminance (the pupil and
+the lash line); 15–45 % and 25–55 % came out 0.04 too dark and too light. ``benchmarks/iris_colour.py`` measures
+the result on another stream."""
+IRIS_LUMINANCE = (0.10, 0.45)
+"""sRGB luminance range of a painted iris (:func:`paint_iris`): within what :func:`iris_colour` accepts; the lower
+bound is about the darkest brown irises' and keeps the pupil (0.02) visible on them. A photo's eye sits in the lids'
+and brows' shade, darker than the skin the de-lighting gain comes from: 006's and 013's dark brown eyes measured
+0.12 and 0.05 (the exports' pupil-contrast check then failed on 3 of their 4 eyes)."""
+_EYE_LANDMARKS = (slice(36, 42), slice(42, 48))  # the 68-point layout's two eye contours
+
+
+def _inside_polygon(poly: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Even-odd rule: which points (x, y) lie inside the closed polygon ``poly`` (n, 2)."""
+    inside = np.zeros(np.broadcast(x, y).shape, bool)
+    for (x1, y1), (x2, y2) in zip(poly, np.roll(poly, -1, axis=0), strict=True):
+        if y1 == y2:
+            continue
+        crosses = (y1 > y) != (y2 > y)
+        inside ^= crosses & (x < (x2 - x1) * (y - y1) / (y2 - y1) + x1)
+    return inside
+
+
+def photo_iris_colour(image_srgb: np.ndarray, landmarks: np.ndarray, min_pixels: int = 12) -> np.ndarray | None:
+    """The iris colour (sRGB) a photo shows between the lids of its 68 landmarks' eyes, or None.
+
+    The pixels inside both eye contours (36–41, 42–47; each shrunk to 85 % about its centre, so the lid margins
+    stay out) are sorted by luminance; the iris has the hue of the median colour of the :data:`IRIS_HUE_BAND`
+    percentiles and the (linear) luminance of the :data:`IRIS_LEVEL_BAND`'s: the darkest are pupil and lashes, the
+    bright half sclera and lid. The eye-opening texels of an unwrapped photo
+    (what :func:`iris_colour` reads) rarely hold it: a fitted opening a pixel or two off the photo's holds the lids,
+    and generated maps hold the generator's eyes. None with fewer than ``min_pixels`` pixels (eyes closed, turned
+    away, too small).
+
+    Args:
+        image_srgb: (H, W, 3) the photo, uint8 or floats in [0, 1].
+        landmarks: (68, 2) its landmarks (x, y) in pixels.
+    """
+    img = np.asarray(image_srgb)
+    img = img / 255.0 if img.dtype == np.uint8 else np.asarray(img, np.float64)
+    points = np.asarray(landmarks, np.float64)
+    if img.ndim != 3 or img.shape[2] != 3 or points.shape != (68, 2) or not np.all(np.isfinite(points)):
+        raise ValueError(f"image_srgb (H, W, 3) and landmarks (68, 2) expected, got {img.shape}, {points.shape}")
     H, W = img.shape[:2]
-    samples = []
+    pixels = []
+    for part in _EYE_LANDMARKS:
+        contour = points[part]
+        centre = contour.mean(0)
+        contour = centre + 0.85 * (contour - centre)
+        x0, y0 = np.maximum(np.floor(contour.min(0)).astype(int), 0)
+        x1, y1 = np.minimum(np.ceil(contour.max(0)).astype(int), [W - 1, H - 1])
+        if x1 < x0 or y1 < y0:
+            continue
+        yy, xx = np.mgrid[y0 : y1 + 1, x0 : x1 + 1]
+        pixels.append(img[yy, xx][_inside_polygon(contour, xx + 0.5, yy + 0.5)])
+    px = np.concatenate(pixels) if pixels else np.zeros((0, 3))
+    if len(px) < min_pixels:
+        return None
+    luma = px @ _LUMA
+
+    def band(percentiles: tuple[float, float]) -> np.ndarray:
+        lo, hi = np.percentile(luma, percentiles)
+        return color.srgb_to_linear(np.median(px[(luma >= lo) & (luma <= hi)], axis=0))
+
+    hue, level = band(IRIS_HUE_BAND), band(IRIS_LEVEL_BAND)
+    return color.linear_to_srgb(np.clip(hue * (float(level @ _LUMA) / max(float(hue @ _LUMA), 1e-6)), 0.0, 1.0))
+
+
+def paint_iris(model: geo.FaceModelArrays, albedo_srgb: np.ndarray, iris_srgb: np.ndarray) -> np.ndarray:
+    """A copy of an sRGB albedo map with the eyes' iris discs of the skin layout (where :func:`iris_colour` reads)
+    set to ``iris_srgb``, its luminance brought within :data:`IRIS_LUMINANCE` (hue and saturation kept). Those
+    texels sit under the eyeballs: the skin never shows them, only the exported iris colour changes."""
+    a = face_assets(model)
+    out = np.array(albedo_srgb, dtype=np.float64, copy=True)
+    colour = check_iris(np.clip(iris_srgb, 0.0, 1.0))
+    y = float(colour @ _LUMA)
+    lo, hi = IRIS_LUMINANCE
+    if y > hi:
+        colour = colour * (hi / y)
+    elif y < lo:  # a near-black measurement has no reliable hue: towards the default brown at the lowest level
+        brown = np.array(DEFAULT_IRIS_SRGB) * (lo / float(np.array(DEFAULT_IRIS_SRGB) @ _LUMA))
+        t = y / lo
+        colour = t * colour * (lo / max(y, 1e-6)) + (1.0 - t) * brown
+    colour = np.clip(colour, 0.0, 1.0)
+    for rows, cols in _iris_discs(a, *out.shape[:2]):
+        out[rows, cols] = colour
+    return out
+
+
+def _iris_discs(a: FaceAssets, H: int, W: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(rows, cols) of the texels of an (H, W) map inside each eye's iris disc of the skin layout."""
+    discs = []
     for (cu, cv), r in zip(a.iris_uv, a.iris_uv_radius, strict=True):
         if r <= 0:
             continue
@@ -742,19 +851,8 @@ def iris_colour(model: geo.FaceModelArrays, albedo_srgb: np.ndarray) -> tuple[np
         rows = np.arange(int(np.floor((1 - cv - r) * H)), int(np.ceil((1 - cv + r) * H)) + 1)
         cc, rr = np.meshgrid(cols, rows)
         inside = ((cc + 0.5) / W - cu) ** 2 + ((1 - (rr + 0.5) / H) - cv) ** 2 <= r * r
-        cc, rr = cc[inside] % W, np.clip(rr[inside], 0, H - 1)
-        samples.append(img[rr, cc])
-    if not samples or sum(len(s) for s in samples) < 4:
-        return np.array(DEFAULT_IRIS_SRGB), False
-    px = np.concatenate(samples)
-    lum = px @ np.array([0.2126, 0.7152, 0.0722])
-    lo, hi = np.percentile(lum, [15, 55])
-    band = px[(lum >= lo) & (lum <= hi)]
-    colour = np.median(band if len(band) else px, axis=0)
-    y = float(colour @ np.array([0.2126, 0.7152, 0.0722]))
-    if not 0.04 <= y <= 0.45:
-        return np.array(DEFAULT_IRIS_SRGB), False
-    return np.clip(colour, 0.0, 1.0), True
+        discs.append((np.clip(rr[inside], 0, H - 1), cc[inside] % W))
+    return discs
 
 
 def fill_neck(model: geo.FaceModelArrays, albedo: np.ndarray) -> np.ndarray:

@@ -671,6 +671,16 @@ def extract(
     )
 
 
+def delighting_gain(clean: CleanTexture) -> np.ndarray:
+    """(3,) what de-lighting multiplied the photo's linear colour by on the skin it kept (the median over the
+    texels taken from the photo itself): the same factor turns another colour of that photo, lit about as the skin
+    was, into an albedo (e.g. the iris). Ones when no texel was kept."""
+    own = clean.accepted & (clean.source == SOURCE_SEEN)
+    if own.sum() < 10:
+        return np.ones(3)
+    return np.median(clean.albedo[own] / np.maximum(clean.colour[own], 1e-4), axis=0)
+
+
 WARP_LANDMARKS = np.arange(17, 68)  # brows, nose, eyes, mouth: points of the face itself (the jaw line is a contour)
 
 

@@ -324,6 +324,9 @@ def warm_reconstruct(bundle: Bundle, texture_size: int) -> None:
 RELIGHT = True
 # the encoder's light made white (facecore.texture.achromatic) before de-lighting: its colour is a constant guess
 NEUTRAL_LIGHT = True
+# the exports' iris colour measured between the photo's lids (facecore.assets.photo_iris_colour) instead of read off
+# the albedo map's eye texels (benchmarks/iris_colour.py compares them)
+PHOTO_IRIS = True
 
 
 async def reconstruct(
@@ -384,10 +387,11 @@ async def reconstruct(
     jaw_index = model.joint_names.index("jaw")
     disp = await _displacement(bundle, run_graph, codes["detail"], expression, codes["pose"][jaw_index], timer)
 
-    def geometry() -> tuple[np.ndarray | None, tuple[str, ...], np.ndarray, np.ndarray, np.ndarray]:
+    def geometry() -> tuple[np.ndarray | None, tuple[str, ...], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(the photo's clean albedo, sRGB-encoded, or None when not unwrapped; its flags (facecore.texture
         .colour_flags: greyscale, colour_cast, or no_skin_model); the mesh; its 68 landmarks in the photo; the
-        light: the encoder's, its shape re-fitted to the photo's skin where the photo was unwrapped)"""
+        light: the encoder's, its shape re-fitted to the photo's skin where the photo was unwrapped; the
+        de-lighting's gain on the skin (facecore.texture.delighting_gain; ones when not unwrapped))"""
         posed = geo.decode_vertices(model, codes["shape"][None], expression[None], codes["pose"][None])[0]
         # the exported mesh keeps the face's own articulation (jaw, eyes) but not the head's pose in the photo
         local = np.zeros_like(codes["pose"])
@@ -397,7 +401,7 @@ async def reconstruct(
         verts = geo.decode_vertices(model, codes["shape"][None], expression[None], local[None])[0]
         lmk = face.crop_to_image(geo.project_points(geo.landmarks_3d(model, posed[None])[0], codes["camera"], size))
         if not unwrap:
-            return None, (), verts, lmk, codes["light"]
+            return None, (), verts, lmk, codes["light"], np.ones(3)
         # the texture crop frames the face like the encoder's crop, so the camera projects into it at its size
         px = geo.project_points(posed, codes["camera"], tex_size)
         # shading multiplies linear light: de-light in linear space, store the albedo sRGB-encoded like the PNGs
@@ -406,10 +410,10 @@ async def reconstruct(
         # the same extraction as the training set's (training.texture.extract_texture)
         # (the encoder's light re-fitted to the photo's skin: its wrong side would come out dark and be rejected)
         clean = texture.extract(model, posed, px, linear, tex_size, sh=codes["light"], relight=RELIGHT)
-        return color.linear_to_srgb(clean.albedo), clean.flags, verts, lmk, clean.sh
+        return color.linear_to_srgb(clean.albedo), clean.flags, verts, lmk, clean.sh, texture.delighting_gain(clean)
 
     with timer.stage("texture"):
-        albedo, flags, verts, landmarks, codes["light"] = await run_stage("texture", geometry)
+        albedo, flags, verts, landmarks, codes["light"], gain = await run_stage("texture", geometry)
     if generated:
         with timer.stage("albedo"):
             if latent_from_photo:
@@ -418,6 +422,21 @@ async def reconstruct(
                 ws = (await run_graph(LATENT_GRAPH, {"albedo": small}))["ws"]
             img = (await run_graph("albedo", {"ws": ws}))["albedo"][0]
         albedo = generator_image(img)
+    # the person's iris colour, measured between the photo's lids (the localiser's eye contours, else the fitted
+    # head's), de-lit like the skin, goes where the exports read it (facecore.assets.paint_iris)
+    # (a greyscale photo has no eye colour to measure, nor does its map: the default iris)
+    iris, iris_source = None, "photo"
+    if "greyscale" in flags:
+        iris, iris_source = np.array(assets.DEFAULT_IRIS_SRGB), "default"
+    elif PHOTO_IRIS:
+        iris = assets.photo_iris_colour(image, face.landmarks if face.landmarks is not None else landmarks)
+        if iris is not None:
+            iris = color.linear_to_srgb(np.clip(color.srgb_to_linear(iris) * gain, 0.0, 1.0))
+    if iris is not None:
+        albedo = assets.paint_iris(model, albedo, iris)
+    iris_srgb, measured = assets.iris_colour(model, albedo)
+    if iris is None:
+        iris_source = "albedo" if measured else "default"
     source = _source(bundle, req, albedo, disp, verts)
     files, names = await _files(bundle, source, now, timer, run_stage)
     meta = {
@@ -430,6 +449,12 @@ async def reconstruct(
             # why the photo's albedo (and a latent read off it) may not be the person's colour: a greyscale or
             # colour-cast photo, or no skin seen to model
             "flags": list(flags),
+            # the eyes' iris colour in the exports: measured in the photo, or read off the albedo map, or the
+            # default (facecore.assets)
+            "iris": {
+                "srgb": iris_srgb.round(4).tolist(),
+                "source": iris_source,
+            },
         },
         "codes": {
             "shape": codes["shape"].round(6).tolist(),

@@ -93,5 +93,7 @@ class ResultBody(BaseModel):
         "at: the generator's output, or the photo's unwrap; above it the texture is resampled and adds no detail); "
         "/reconstruct also 'flags': why the photo's albedo (and a latent read off it) may not be the person's colour "
         "('greyscale', 'colour_cast', 'over_exposed' / 'under_exposed': the skin's level was brought within skin's "
-        "range by the light, 'no_skin_model'; empty when none)",
+        "range by the light, 'no_skin_model'; empty when none) and 'iris': the exported eyes' iris colour ('srgb') and "
+        "where it came from ('source': 'photo', measured between the photo's lids; 'albedo', read off the map's eye "
+        "texels; 'default')",
     )

@@ -335,3 +335,55 @@ def test_mouth_light_darkens_teeth_behind_a_narrow_opening(served):
     out = renderer(v, WeakPerspectiveCamera.framing(v, 0.02), torch.ones(1, 3, 8, 8), sh,
                    asset_texture=torch.zeros(1, 3, 8, 8))  # fmt: skip
     assert out.image.shape == (1, 3, 64, 64) and torch.isfinite(out.image).all()
+
+
+def _eye_photo(iris_srgb, size: int = 200) -> tuple[np.ndarray, np.ndarray]:
+    """(a photo of skin with two almond eye openings — sclera, an iris disc of ``iris_srgb``, a black pupil, a dark
+    lash line along the upper lid — and its 68 landmarks (only the eyes' 36-47 matter))."""
+    img = np.empty((size, size, 3))
+    img[...] = (0.85, 0.62, 0.52)  # skin
+    yy, xx = np.mgrid[0:size, 0:size] + 0.5
+    lm = np.zeros((68, 2))
+    for first, cx in ((36, 60.0), (42, 140.0)):
+        cy, half_w, half_h = 100.0, 24.0, 10.0
+        t = np.array([0.0, 0.3, 0.7, 1.0, 0.7, 0.3])
+        x = cx - half_w + 2 * half_w * t
+        y = cy + np.array([0.0, -1, -1, 0.0, 1, 1]) * half_h * np.sin(np.pi * t)
+        lm[first : first + 6] = np.stack([x, y], 1)
+        opening = ((xx - cx) / half_w) ** 2 + ((yy - cy) / half_h) ** 2 <= 1.0
+        img[opening] = (0.88, 0.86, 0.82)  # sclera
+        r2 = (xx - cx) ** 2 + (yy - cy) ** 2
+        img[opening & (r2 <= 9.0**2)] = iris_srgb
+        img[opening & (r2 <= 3.5**2)] = (0.02, 0.02, 0.02)  # pupil
+        img[opening & (yy < cy - 0.75 * half_h)] = (0.1, 0.06, 0.05)  # lashes
+    return img, lm
+
+
+def test_the_iris_colour_is_measured_between_the_photos_lids_and_painted_where_exports_read_it():
+    """facecore.assets.photo_iris_colour finds a blue and a brown iris between the lids of drawn eyes (sclera,
+    pupil, lashes and skin around them), and paint_iris puts a colour where iris_colour reads it, its luminance
+    within IRIS_LUMINANCE; closed eyes (no pixels between the lids) measure nothing."""
+    model = load_bundle(EMBEDDED_BUNDLE).face_model
+    for iris in ((0.30, 0.42, 0.58), (0.40, 0.24, 0.12)):
+        img, lm = _eye_photo(iris)
+        got = fa.photo_iris_colour((img * 255).astype(np.uint8), lm)
+        assert got is not None
+        chroma = got / got.sum()
+        np.testing.assert_allclose(chroma, np.array(iris) / sum(iris), atol=0.03)
+        assert abs(float(got @ fa._LUMA) - float(np.array(iris) @ fa._LUMA)) < 0.08
+    closed = lm.copy()
+    closed[[37, 38, 40, 41, 43, 44, 46, 47], 1] = 100.0
+    assert fa.photo_iris_colour(img, closed) is None
+    with pytest.raises(ValueError):
+        fa.photo_iris_colour(img, lm[:40])
+    albedo = np.full((256, 256, 3), 0.7)
+    for colour in ((0.2, 0.35, 0.5), (0.01, 0.01, 0.03), (0.9, 0.8, 0.7)):
+        read, measured = fa.iris_colour(model, fa.paint_iris(model, albedo, colour))
+        lum = float(read @ fa._LUMA)
+        assert measured and fa.IRIS_LUMINANCE[0] - 1e-6 <= lum <= fa.IRIS_LUMINANCE[1] + 1e-6
+        if colour == (0.2, 0.35, 0.5):
+            np.testing.assert_allclose(read, colour, atol=1e-6)  # within the range: unchanged
+    # near black: lifted towards the default brown, not its noise's blue
+    dark = fa.iris_colour(model, fa.paint_iris(model, albedo, (0.0, 0.0, 0.02)))[0]
+    assert dark[0] > dark[2]
+    assert np.array_equal(fa.paint_iris(model, albedo, (0.2, 0.35, 0.5))[:50], albedo[:50])  # only the eyes

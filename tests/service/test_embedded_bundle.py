@@ -102,6 +102,24 @@ def test_generated_albedo_of_reconstruct_follows_the_photos_skin(client):
     assert pale_photo > dark_photo + 0.06 and pale > dark + 0.03, cheeks
 
 
+def test_the_exported_iris_has_the_photos_eye_colour(client):
+    """The iris colour of /reconstruct's eyes is measured between the photo's lids: 001's blue-grey eyes and 006's
+    dark brown ones (looked at), where the albedo map's eye texels gave brown for both (measured before: 001 the
+    default hazel, 006 a skin-coloured 0.50/0.33/0.25 off the lids)."""
+    colours = {}
+    for name in ("cc0-interfaces-001.jpg", "cc0-interfaces-006.jpg"):
+        r = client.post("/reconstruct", files={"image": ("p.jpg", (PHOTOS / name).read_bytes(), "image/jpeg")},
+                        data={"texture_size": "256", "outputs": "albedo"})  # fmt: skip
+        assert r.status_code == 200, r.text
+        iris = r.json()["texture"]["iris"]
+        assert iris["source"] == "photo"
+        colours[name] = np.array(iris["srgb"])
+    blue, brown = colours["cc0-interfaces-001.jpg"], colours["cc0-interfaces-006.jpg"]
+    # measured: 0.28 0.26 0.34 and 0.15 0.11 0.10
+    assert blue[2] > blue[0] + 0.03 and brown[0] > brown[2] + 0.03, colours
+    assert blue.mean() > brown.mean() + 0.08
+
+
 def test_a_greyscale_photo_is_flagged_in_either_albedo(client):
     """002 is black and white: its albedo cannot carry the person's colour, and the result says so."""
     for mode in ("photo", "generated"):
@@ -109,6 +127,8 @@ def test_a_greyscale_photo_is_flagged_in_either_albedo(client):
                         "image/jpeg")}, data={"albedo": mode, "texture_size": "256", "outputs": "albedo"})  # fmt: skip
         assert r.status_code == 200, r.text
         assert r.json()["texture"]["flags"] == ["greyscale"]
+        # nor can its eyes': the default iris, not a grey one
+        assert r.json()["texture"]["iris"]["source"] == "default"
 
 
 def test_reconstruct_fits_the_frontal_fixture(client):
