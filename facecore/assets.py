@@ -37,6 +37,7 @@ import numpy as np
 from facecore import color, formats
 from facecore import geometry as geo
 from facecore import mouth as lips
+from facecore.texture import LUMA
 
 EYE_PARTS = ("eyeball_left", "eyeball_right")
 DEFAULT_IRIS_SRGB = (0.38, 0.25, 0.14)  # hazel brown: the commonest iris colour, used when none is measured
@@ -52,7 +53,6 @@ MOUTH_DEPTH_M = 0.03  # depth behind the lip line at which the cavity reaches it
 _MOUTH_STOPS = ((0.0, (0.55, 0.27, 0.26)), (0.12, (0.36, 0.13, 0.12)), (0.45, (0.16, 0.05, 0.05)),
                 (1.0, (0.03, 0.012, 0.012)))  # fmt: skip
 NECK_MARGIN_V = 0.025  # the neck fill starts this far (in v) above the neck opening's highest point
-_LUMA = np.array([0.2126, 0.7152, 0.0722])
 GAP_STEP_M = 0.00025  # exports darken the mouth's texture for the lip gap rounded to this (cached textures)
 
 
@@ -738,41 +738,27 @@ def iris_colour(model: geo.FaceModelArrays, albedo_srgb: np.ndarray) -> tuple[np
     if not samples or sum(len(s) for s in samples) < 4:
         return np.array(DEFAULT_IRIS_SRGB), False
     px = np.concatenate(samples)
-    lum = px @ _LUMA
+    lum = px @ LUMA
     lo, hi = np.percentile(lum, [15, 55])
     band = px[(lum >= lo) & (lum <= hi)]
     colour = np.median(band if len(band) else px, axis=0)
-    y = float(colour @ _LUMA)
+    y = float(colour @ LUMA)
     if not 0.04 <= y <= 0.45:
         return np.array(DEFAULT_IRIS_SRGB), False
     return np.clip(colour, 0.0, 1.0), True
 
 
-IRIS_HUE_BAND = (5.0, 35.0)
+IRIS_HUE_BAND = (5.0, 35.0)  # see IRIS_LEVEL_BAND
 IRIS_LEVEL_BAND = (20.0, 50.0)
-"""Luminance percentiles of a photo's eye-opening pixels that :func:`photo_iris_colour` reads the iris's hue and
-its level from. Chosen on synthetic renders whose iris colour is known (stream 20261125, 39 faces, the localiser's
-eye contours): the 5–35 % band had the truest hue (chromaticity error 0.031; 20–50 %: 0.055, 35–65 %: 0.119), the
-lids' and sclera's colour creeping in above it, but was 0.10 darker than the truth in sRGB luminance (the pupil and
-the lash line); 15–45 % and 25–55 % came out 0.04 too dark and too light. ``benchmarks/iris_colour.py`` measures
-the result on another stream."""
+"""(With IRIS_HUE_BAND.) Luminance percentiles of a photo's eye-opening pixels that :func:`photo_iris_colour`
+reads the iris's hue and its level from: below them the pupil and the lash line, above them the lids and the
+sclera. Chosen on synthetic renders of known iris colour (stream 20261125, the localiser's eye contours):
+``benchmarks/iris_colour.py --seed 20261125 --bands``; the benchmark's default stream is another."""
 IRIS_LUMINANCE = (0.10, 0.45)
 """sRGB luminance range of a painted iris (:func:`paint_iris`): within what :func:`iris_colour` accepts; the lower
-bound is about the darkest brown irises' and keeps the pupil (0.02) visible on them. A photo's eye sits in the lids'
-and brows' shade, darker than the skin the de-lighting gain comes from: 006's and 013's dark brown eyes measured
-0.12 and 0.05 (the exports' pupil-contrast check then failed on 3 of their 4 eyes)."""
+bound is about the darkest brown irises' and keeps the pupil (0.02) visible on them (the face-assets benchmark's
+pupil check): a photo's eyes sit in the lids' and brows' shade, and 013's dark eyes measure near black."""
 _EYE_LANDMARKS = (slice(36, 42), slice(42, 48))  # the 68-point layout's two eye contours
-
-
-def _inside_polygon(poly: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Even-odd rule: which points (x, y) lie inside the closed polygon ``poly`` (n, 2)."""
-    inside = np.zeros(np.broadcast(x, y).shape, bool)
-    for (x1, y1), (x2, y2) in zip(poly, np.roll(poly, -1, axis=0), strict=True):
-        if y1 == y2:
-            continue
-        crosses = (y1 > y) != (y2 > y)
-        inside ^= crosses & (x < (x2 - x1) * (y - y1) / (y2 - y1) + x1)
-    return inside
 
 
 def photo_iris_colour(image_srgb: np.ndarray, landmarks: np.ndarray, min_pixels: int = 12) -> np.ndarray | None:
@@ -806,33 +792,35 @@ def photo_iris_colour(image_srgb: np.ndarray, landmarks: np.ndarray, min_pixels:
         if x1 < x0 or y1 < y0:
             continue
         yy, xx = np.mgrid[y0 : y1 + 1, x0 : x1 + 1]
-        pixels.append(img[yy, xx][_inside_polygon(contour, xx + 0.5, yy + 0.5)])
+        inside = geo.inside_polygon(np.stack([xx.ravel(), yy.ravel()], 1), contour)  # pixel centres: integers
+        pixels.append(img[yy.ravel()[inside], xx.ravel()[inside]])
     px = np.concatenate(pixels) if pixels else np.zeros((0, 3))
     if len(px) < min_pixels:
         return None
-    luma = px @ _LUMA
+    luma = px @ LUMA
 
     def band(percentiles: tuple[float, float]) -> np.ndarray:
         lo, hi = np.percentile(luma, percentiles)
         return color.srgb_to_linear(np.median(px[(luma >= lo) & (luma <= hi)], axis=0))
 
     hue, level = band(IRIS_HUE_BAND), band(IRIS_LEVEL_BAND)
-    return color.linear_to_srgb(np.clip(hue * (float(level @ _LUMA) / max(float(hue @ _LUMA), 1e-6)), 0.0, 1.0))
+    return color.linear_to_srgb(np.clip(hue * (float(level @ LUMA) / max(float(hue @ LUMA), 1e-6)), 0.0, 1.0))
 
 
 def paint_iris(model: geo.FaceModelArrays, albedo_srgb: np.ndarray, iris_srgb: np.ndarray) -> np.ndarray:
     """A copy of an sRGB albedo map with the eyes' iris discs of the skin layout (where :func:`iris_colour` reads)
-    set to ``iris_srgb``, its luminance brought within :data:`IRIS_LUMINANCE` (hue and saturation kept). Those
-    texels sit under the eyeballs: the skin never shows them, only the exported iris colour changes."""
+    set to ``iris_srgb``, its luminance brought within :data:`IRIS_LUMINANCE` (hue kept; a near-black colour's hue,
+    mostly noise, blended towards the default brown). Those texels sit under the eyeballs: the skin never shows
+    them, only the exported iris colour changes."""
     a = face_assets(model)
     out = np.array(albedo_srgb, dtype=np.float64, copy=True)
     colour = check_iris(np.clip(iris_srgb, 0.0, 1.0))
-    y = float(colour @ _LUMA)
+    y = float(colour @ LUMA)
     lo, hi = IRIS_LUMINANCE
     if y > hi:
         colour = colour * (hi / y)
     elif y < lo:  # a near-black measurement has no reliable hue: towards the default brown at the lowest level
-        brown = np.array(DEFAULT_IRIS_SRGB) * (lo / float(np.array(DEFAULT_IRIS_SRGB) @ _LUMA))
+        brown = np.array(DEFAULT_IRIS_SRGB) * (lo / float(np.array(DEFAULT_IRIS_SRGB) @ LUMA))
         t = y / lo
         colour = t * colour * (lo / max(y, 1e-6)) + (1.0 - t) * brown
     colour = np.clip(colour, 0.0, 1.0)

@@ -896,6 +896,19 @@ def coarse_mesh(model: FaceModelArrays, verts: np.ndarray) -> MeshData:
     )
 
 
+def inside_polygon(points: np.ndarray, polygon: np.ndarray) -> np.ndarray:
+    """(N,) bool: which points (N, 2) lie inside the closed polygon (K, 2) (even-odd crossing rule). For pixels,
+    pass their centres: integer (x, y) is a pixel's centre in this project."""
+    points = np.asarray(points, np.float64)
+    x, y = points[:, 0], points[:, 1]
+    inside = np.zeros(len(points), bool)
+    for (x0, y0), (x1, y1) in zip(polygon, np.roll(polygon, -1, axis=0), strict=True):
+        if y0 == y1:
+            continue
+        inside ^= ((y0 > y) != (y1 > y)) & (x < x0 + (y - y0) * (x1 - x0) / (y1 - y0))
+    return inside
+
+
 def project_points(points: np.ndarray, camera: np.ndarray, size: int) -> np.ndarray:
     """(N, 3) posed points → (N, 2) pixels of a ``size`` × ``size`` image by the weak-perspective camera ``(s, tx,
     ty)`` (``x_ndc = s·x + tx``, NDC spanning the image; x right, y down, pixel centres at integers)."""

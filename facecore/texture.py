@@ -462,8 +462,9 @@ model's (``training.data.skin``) draws span 0.053 (deeply pigmented) to 0.60 (ve
 
 def bound_albedo_level(
     normals: np.ndarray, colours: np.ndarray, sh: np.ndarray, bounds: tuple[float, float] = SKIN_LUMINANCE
-) -> tuple[np.ndarray, tuple[str, ...]]:
-    """``sh`` scaled so the skin it de-lights has a median luminance within ``bounds``, and the flag saying so.
+) -> tuple[float, tuple[str, ...]]:
+    """The factor that scales ``sh`` so the skin it de-lights has a median luminance within ``bounds``, and the
+    flag saying so.
 
     One photo cannot tell the albedo's level from the light's (and the camera's exposure): the encoder guesses the
     light's brightness from a small crop. On an over-exposed or high-key portrait (a pale face on white, the light
@@ -478,20 +479,20 @@ def bound_albedo_level(
         sh: (9, 3) the light.
 
     Returns:
-        (the light, ``()`` or ``("over_exposed",)`` or ``("under_exposed",)``); ``sh`` itself with fewer than 50
-        samples or where it leaves them unlit.
+        (the factor, ``()`` or ``("over_exposed",)`` or ``("under_exposed",)``); 1 with fewer than 50 samples or
+        where ``sh`` leaves them unlit.
     """
     shading = sh_basis(np.asarray(normals, np.float64)) @ (np.asarray(sh, np.float64) @ LUMA)
     lit = shading > 1e-3
     if lit.sum() < 50:
-        return sh, ()
+        return 1.0, ()
     level = float(np.median((np.asarray(colours, np.float64) @ LUMA)[lit] / shading[lit]))
     lo, hi = bounds
     if level > hi:
-        return sh * (level / hi), ("over_exposed",)
+        return level / hi, ("over_exposed",)
     if 0 < level < lo:
-        return sh * (level / lo), ("under_exposed",)
-    return sh, ()
+        return level / lo, ("under_exposed",)
+    return 1.0, ()
 
 
 def extract(
@@ -567,16 +568,21 @@ def extract(
 
     seen_colour = geo.sample_map(img, _uv_of_pixels(px[seen], W, H))
     exposure: tuple[str, ...] = ()
+    level = 1.0  # the light's factor that brings the skin's albedo level within skin_luminance
     if sh is not None and (relight or skin_luminance is not None):
         skin_samples = layout.seed_area[at] & (nrm[seen, 2] > 0.3) & (seen_colour.max(1) < clip_level)
         if relight:  # the light's shape from the photo's own skin (fit_light)
             sh = fit_light(nrm[seen][skin_samples], seen_colour[skin_samples], sh)
         if skin_luminance is not None:  # its level within skin's (bound_albedo_level)
-            sh, exposure = bound_albedo_level(nrm[seen][skin_samples], seen_colour[skin_samples], sh, skin_luminance)
+            level, exposure = bound_albedo_level(nrm[seen][skin_samples], seen_colour[skin_samples], sh, skin_luminance)
     texel_shading = np.ones((len(texel), 3)) if sh is None else sh_basis(nrm) @ sh
     seen_shading = texel_shading[seen]
-    raw = seen_colour / np.maximum(seen_shading, 0.05)
+    # which texels are lit is the light's shape, judged before its level is bounded: a bound that dims the light
+    # (an under-exposed photo) must not leave the whole face "in shadow"
     lit = (seen_shading.min(1) >= min_shading) & (seen_colour.max(1) < clip_level)
+    if sh is not None:
+        sh, texel_shading, seen_shading = sh * level, texel_shading * level, seen_shading * level
+    raw = seen_colour / np.maximum(seen_shading, 0.05 * level)
     idx = at[lit]
     # the skin model's features: the photo's own chroma (clipping the de-lit values would distort it) at the
     # de-lit luminance
@@ -671,14 +677,15 @@ def extract(
     )
 
 
-def delighting_gain(clean: CleanTexture) -> np.ndarray:
-    """(3,) what de-lighting multiplied the photo's linear colour by on the skin it kept (the median over the
-    texels taken from the photo itself): the same factor turns another colour of that photo, lit about as the skin
-    was, into an albedo (e.g. the iris). Ones when no texel was kept."""
-    own = clean.accepted & (clean.source == SOURCE_SEEN)
-    if own.sum() < 10:
+def delighting_gain(model: geo.FaceModelArrays, clean: CleanTexture) -> np.ndarray:
+    """(3,) the factor de-lighting applied at the eye openings: 1 / the light's shading there (the median over the
+    openings' texels, whose normals face about as the irises do), which turns the colour the photo shows between
+    the lids into an albedo (:func:`facecore.assets.paint_iris`). Ones without a light."""
+    R = clean.shading.shape[0]
+    at = clean.shading.reshape(-1, 3)[_layout(model, R).openings]
+    if not len(at):
         return np.ones(3)
-    return np.median(clean.albedo[own] / np.maximum(clean.colour[own], 1e-4), axis=0)
+    return 1.0 / np.maximum(np.median(at, axis=0), 0.05)
 
 
 WARP_LANDMARKS = np.arange(17, 68)  # brows, nose, eyes, mouth: points of the face itself (the jaw line is a contour)

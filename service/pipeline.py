@@ -389,9 +389,10 @@ async def reconstruct(
 
     def geometry() -> tuple[np.ndarray | None, tuple[str, ...], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(the photo's clean albedo, sRGB-encoded, or None when not unwrapped; its flags (facecore.texture
-        .colour_flags: greyscale, colour_cast, or no_skin_model); the mesh; its 68 landmarks in the photo; the
-        light: the encoder's, its shape re-fitted to the photo's skin where the photo was unwrapped; the
-        de-lighting's gain on the skin (facecore.texture.delighting_gain; ones when not unwrapped))"""
+        .colour_flags: greyscale, colour_cast; over_exposed, under_exposed; no_skin_model); the mesh; its 68
+        landmarks in the photo; the light: the encoder's, its shape re-fitted to the photo's skin where the photo
+        was unwrapped; the de-lighting's gain at the eyes (facecore.texture.delighting_gain; ones when not
+        unwrapped))"""
         posed = geo.decode_vertices(model, codes["shape"][None], expression[None], codes["pose"][None])[0]
         # the exported mesh keeps the face's own articulation (jaw, eyes) but not the head's pose in the photo
         local = np.zeros_like(codes["pose"])
@@ -410,10 +411,19 @@ async def reconstruct(
         # the same extraction as the training set's (training.texture.extract_texture)
         # (the encoder's light re-fitted to the photo's skin: its wrong side would come out dark and be rejected)
         clean = texture.extract(model, posed, px, linear, tex_size, sh=codes["light"], relight=RELIGHT)
-        return color.linear_to_srgb(clean.albedo), clean.flags, verts, lmk, clean.sh, texture.delighting_gain(clean)
+        gain = texture.delighting_gain(model, clean)
+        return color.linear_to_srgb(clean.albedo), clean.flags, verts, lmk, clean.sh, gain
 
     with timer.stage("texture"):
         albedo, flags, verts, landmarks, codes["light"], gain = await run_stage("texture", geometry)
+    # the person's iris colour, measured between the photo's lids (the localiser's eye contours when the head was
+    # refined onto them, else the fitted head's), goes where the exports read it, before the latent graph reads
+    # the map (it was fitted on served maps)
+    iris, iris_source = (
+        photo_iris(image, face.landmarks if refined else landmarks, flags, gain) if unwrap else (None, "")
+    )
+    if iris is not None:
+        albedo = assets.paint_iris(model, albedo, iris)
     if generated:
         with timer.stage("albedo"):
             if latent_from_photo:
@@ -422,18 +432,8 @@ async def reconstruct(
                 ws = (await run_graph(LATENT_GRAPH, {"albedo": small}))["ws"]
             img = (await run_graph("albedo", {"ws": ws}))["albedo"][0]
         albedo = generator_image(img)
-    # the person's iris colour, measured between the photo's lids (the localiser's eye contours, else the fitted
-    # head's), de-lit like the skin, goes where the exports read it (facecore.assets.paint_iris)
-    # (a greyscale photo has no eye colour to measure, nor does its map: the default iris)
-    iris, iris_source = None, "photo"
-    if "greyscale" in flags:
-        iris, iris_source = np.array(assets.DEFAULT_IRIS_SRGB), "default"
-    elif PHOTO_IRIS:
-        iris = assets.photo_iris_colour(image, face.landmarks if face.landmarks is not None else landmarks)
         if iris is not None:
-            iris = color.linear_to_srgb(np.clip(color.srgb_to_linear(iris) * gain, 0.0, 1.0))
-    if iris is not None:
-        albedo = assets.paint_iris(model, albedo, iris)
+            albedo = assets.paint_iris(model, albedo, iris)
     iris_srgb, measured = assets.iris_colour(model, albedo)
     if iris is None:
         iris_source = "albedo" if measured else "default"
@@ -447,7 +447,7 @@ async def reconstruct(
             "size": req.texture_size,
             "native_resolution": m.resolutions.albedo if generated else tex_size,
             # why the photo's albedo (and a latent read off it) may not be the person's colour: a greyscale or
-            # colour-cast photo, or no skin seen to model
+            # colour-cast photo, an albedo level bounded for an over- or under-exposed one, or no skin seen to model
             "flags": list(flags),
             # the eyes' iris colour in the exports: measured in the photo, or read off the albedo map, or the
             # default (facecore.assets)
@@ -479,6 +479,25 @@ async def reconstruct(
         },
     }
     return Result(files, names, meta, timer.timings)
+
+
+def photo_iris(
+    image: np.ndarray, eye_points: np.ndarray, flags: Collection[str], gain: np.ndarray
+) -> tuple[np.ndarray | None, str]:
+    """The iris colour /reconstruct paints into its albedo (sRGB) and its source: measured between the photo's lids
+    (facecore.assets.photo_iris_colour) and de-lit by ``gain`` ("photo"); the default for a greyscale photo, which
+    has no eye colour to measure ("default"); ``(None, "")`` where the photo shows none (the map's own then)."""
+    if "greyscale" in flags:
+        return np.array(assets.DEFAULT_IRIS_SRGB), "default"
+    if not PHOTO_IRIS:
+        return None, ""
+    try:
+        iris = assets.photo_iris_colour(image, eye_points)
+    except ValueError:  # landmarks off the image's numbers (non-finite): nothing measured
+        return None, ""
+    if iris is None:
+        return None, ""
+    return color.linear_to_srgb(np.clip(color.srgb_to_linear(iris) * gain, 0.0, 1.0)), "photo"
 
 
 @dataclass

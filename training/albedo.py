@@ -920,13 +920,20 @@ def run(cfg: Mapping[str, Any], out: Path) -> None:
     ``OUT/extract/albedo``: the paper's recipe, AlbedoGAN trained on extracted textures.
     """
     section = dict(cfg.get("albedo") or {})
-    data = dict(section.get("data") or {})
+    section["data"] = resolve_data(section.get("data") or {}, Path(out).parent)
+    train(AlbedoTrainConfig.from_dict(section), out)
+
+
+def resolve_data(data: Mapping[str, Any], run_dir: Path) -> dict:
+    """An albedo data section with ``path: auto`` (``kind: folder``) made the run's extracted maps,
+    ``RUN/extract/albedo`` (raises FileNotFoundError when the extract stage has not written them)."""
+    data = dict(data)
     if data.get("kind") == "folder" and data.get("path") == "auto":
-        extracted = Path(out).parent / "extract" / "albedo"
+        extracted = Path(run_dir) / "extract" / "albedo"
         if not extracted.is_dir():
             raise FileNotFoundError(f"albedo.data.path: auto needs the extract stage's output {extracted} (run it)")
-        section["data"] = {**data, "path": str(extracted)}
-    train(AlbedoTrainConfig.from_dict(section), out)
+        data["path"] = str(extracted)
+    return data
 
 
 def grow_section(cfg: Mapping[str, Any], out: Path) -> dict | None:
@@ -937,6 +944,7 @@ def grow_section(cfg: Mapping[str, Any], out: Path) -> dict | None:
     section = merge(cfg.get("albedo") or {}, cfg["grow"])
     if section.get("init_from") == "auto":
         section["init_from"] = str(Path(out).parent / "albedo")
+    section["data"] = resolve_data(section.get("data") or {}, Path(out).parent)
     return section
 
 

@@ -22,6 +22,7 @@ It lives here because :mod:`training.latent_identity` and :mod:`training.albedo_
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -37,18 +38,32 @@ from training.latent_identity import add_codes_graph
 from training.localiser import METRICS_FILE, add_localiser
 
 
+def finished_grow(cfg: Mapping[str, Any], run_dir: Path) -> dict | None:
+    """The ``grow`` stage's section when the config has one and ``RUN/grow`` holds its last step's checkpoint;
+    None without a grow section (a stale grow run of another config stays out of the bundle); raises when the
+    stage is configured but not finished."""
+    section = grow_section(cfg, run_dir / "grow")
+    if section is None:
+        return None
+    ckpt = run_checkpoint(run_dir / "grow")
+    step = json.loads((ckpt / "meta.json").read_text()).get("step", 0) if ckpt is not None else 0
+    if step < int(section.get("steps", 0)):
+        raise FileNotFoundError(f"export: the grow stage is at step {step} of {section.get('steps')} (run it first)")
+    return section
+
+
 def run(cfg: Mapping[str, Any], out: Path) -> None:
     section = dict(cfg.get("export", {}))
     run_dir = out.parent
-    grown = None if section.get("untrained") else run_checkpoint(run_dir / "grow")
-    export.run(cfg, out, calibrate_mouth=False, calibrate_mean=grown is None)
+    grow = None if section.get("untrained") else finished_grow(cfg, run_dir)
+    export.run(cfg, out, calibrate_mouth=False, calibrate_mean=grow is None)
     if section.get("untrained"):
         return
-    if grown is not None:
+    if grow is not None:
         export.replace_generator(out, run_dir / "grow", out)
         samples = int(section.get("albedo_mean_samples", 0))
         if samples > 0:
-            calibrate_mean(out, out, (grow_section(cfg, run_dir / "grow") or {}).get("data") or {}, samples)
+            calibrate_mean(out, out, grow.get("data") or {}, samples)
     if (run_dir / "identity" / IDENTITY_METRICS_FILE).is_file():
         export.add_identity_head(out, run_dir / "identity", out)
     localiser = run_dir / "localiser"

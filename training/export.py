@@ -546,7 +546,7 @@ def run(cfg: Mapping[str, Any], out: Path, calibrate_mouth: bool = True, calibra
     adding the landmark localiser, which changes the encoder's crops), ``export.albedo_mean_samples`` > 0 the
     generator's mean map against that many of ``albedo.data``'s training maps (:mod:`training.albedo_mean`; not
     with ``calibrate_mean=False``: the bundle stage replaces the generator by a grown one first).
-    ``training.run``'s export stage then adds /generate's latent → head graph (:mod:`training.bundle_stage`).
+    ``training.run``'s export stage then puts in what the run's other stages made (:mod:`training.bundle_stage`).
     """
     section = dict(cfg.get("export", {}))
     if section.get("untrained"):
@@ -565,9 +565,11 @@ def run(cfg: Mapping[str, Any], out: Path, calibrate_mouth: bool = True, calibra
         model_card=Path(section["model_card"]).read_text() if section.get("model_card") else None,
     )
     if calibrate_mean and int(section.get("albedo_mean_samples", 0)) > 0:  # its mean map := its training maps' mean
+        from training.albedo import resolve_data
         from training.albedo_mean import calibrate
 
-        calibrate(out, out, (cfg.get("albedo") or {}).get("data") or {}, int(section["albedo_mean_samples"]))
+        data = resolve_data((cfg.get("albedo") or {}).get("data") or {}, out.parent)
+        calibrate(out, out, data, int(section["albedo_mean_samples"]))
     if calibrate_mouth and int(section.get("mouth_calibration_samples", 0)) > 0:  # lip gap vs held-out truth
         from training.calibration import calibrate_bundle
 

@@ -326,7 +326,11 @@ def run(cfg: Mapping[str, Any], out: Path) -> None:
     """``python -m training.run identity``: see the module doc; config section ``identity``."""
     c = parse_section(IdentityStageConfig, cfg.get("identity"), "identity")
     done = out / METRICS_FILE
-    if done.is_file() and json.loads(done.read_text()).get("config") == json.loads(json.dumps(section_dict(c))):
+
+    def settings(config: Mapping[str, Any]) -> dict:  # what the head depends on (not the thread count)
+        return {k: v for k, v in json.loads(json.dumps(config)).items() if k != "threads"}
+
+    if done.is_file() and settings(json.loads(done.read_text()).get("config") or {}) == settings(section_dict(c)):
         logger.info("identity: %s is this config's finished head; nothing to do", out)
         return
     if c.threads is not None:

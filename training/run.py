@@ -46,6 +46,7 @@ STAGES: dict[str, str] = {
     "localiser": "training.localiser",
 }
 ORDER = ("recipe", "extract", "albedo", "grow", "shape", "alternate", "identity", "localiser", "export")
+SECTION_STAGES = ("identity",)  # stages `all` runs only when the config has their section
 TIMES_FILE = "stage_times.jsonl"
 """One line per stage a ``training.run`` command ran in the run folder: stage, wall seconds, finished (UTC)."""
 
@@ -94,6 +95,10 @@ def real_data(
         cfg["recipe"] = {**(cfg.get("recipe") or {}), "stylegan2": str(stylegan2)}
         extract["images"] = str(out / "recipe" / "images")
         data.update(kind="stylegan2_recipe", path=str(out / "recipe"))
+    # the grow stage trains on the same extracted maps: extract them at its resolution, or it only upsamples
+    grow = cfg.get("grow") or {}
+    if int(grow.get("resolution", 0)) > int(extract.get("resolution", 0)):
+        extract["resolution"] = int(grow["resolution"])
     cfg["extract"] = extract
     shape["data"] = data
     albedo = cfg.setdefault("albedo", {})
@@ -121,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         cfg = real_data(load_config(args.config, args.overrides), args.out, args.images, args.stylegan2, args.data)
-        stages = ORDER if args.stage == "all" else (args.stage,)
+        # in `all`, the identity stage runs where the config has its section (a recipe without one: no head)
+        stages = [s for s in ORDER if s not in SECTION_STAGES or s in cfg] if args.stage == "all" else [args.stage]
         runners = [(stage, stage_runner(stage)) for stage in stages]  # fail before any work starts
         args.out.mkdir(parents=True, exist_ok=True)
         save_resolved(args.out, cfg)

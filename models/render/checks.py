@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from facecore import geometry as geo
+
 _LUMA = np.array([0.2126, 0.7152, 0.0722])
 LEFT_EYE = tuple(range(42, 48))  # iBUG-68: the subject's left eye (image right in a frontal view)
 RIGHT_EYE = tuple(range(36, 42))
@@ -29,14 +31,8 @@ def polygon_mask(points: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """(H, W) bool: pixel centres inside the polygon ``points`` (K, 2) in pixels (x right, y down)."""
     H, W = shape
     ys, xs = np.mgrid[0:H, 0:W]
-    x, y = xs.ravel().astype(np.float64), ys.ravel().astype(np.float64)
-    inside = np.zeros(x.shape, bool)
-    for (x0, y0), (x1, y1) in zip(points, np.roll(points, -1, axis=0), strict=True):
-        if y0 == y1:
-            continue
-        crosses = ((y0 > y) != (y1 > y)) & (x < x0 + (y - y0) * (x1 - x0) / (y1 - y0))
-        inside ^= crosses
-    return inside.reshape(H, W)
+    centres = np.stack([xs.ravel(), ys.ravel()], 1)
+    return geo.inside_polygon(centres, np.asarray(points, np.float64)).reshape(H, W)
 
 
 @dataclass(frozen=True)

@@ -306,3 +306,8 @@ def test_an_over_or_under_exposed_photo_keeps_a_skin_level_and_says_so(model, sc
     assert ratio.max() / ratio.min() < 1.05, ratio  # only the level differs from the truth's
     dark = texture.extract(model, verts, px, img, R, sh=8.0 * flat)
     assert dark.flags == ("under_exposed",) and abs(level(dark.albedo) - lo) < 0.005, level(dark.albedo)
+    # a dim photo: the bound dims the light 10-fold, and which texels are lit is still judged on the light's shape
+    # (the bound had left every texel "in shadow": no skin kept at all)
+    dim = texture.extract(model, verts, px, img * 0.02, R, sh=flat)
+    as_lit = texture.extract(model, verts, px, img * 0.02, R, sh=flat, skin_luminance=None)
+    assert dim.flags == ("under_exposed",) and dim.accepted.sum() == as_lit.accepted.sum() > 1000

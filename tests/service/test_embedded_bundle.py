@@ -115,9 +115,9 @@ def test_the_exported_iris_has_the_photos_eye_colour(client):
         assert iris["source"] == "photo"
         colours[name] = np.array(iris["srgb"])
     blue, brown = colours["cc0-interfaces-001.jpg"], colours["cc0-interfaces-006.jpg"]
-    # measured: 0.28 0.26 0.34 and 0.15 0.11 0.10
-    assert blue[2] > blue[0] + 0.03 and brown[0] > brown[2] + 0.03, colours
-    assert blue.mean() > brown.mean() + 0.08
+    # measured (sRGB): 0.34 0.30 0.37 and 0.17 0.13 0.11
+    assert blue[2] > max(blue[0], blue[1]) and brown[0] > brown[2] + 0.03, colours
+    assert blue[2] / blue[0] > brown[2] / brown[0] + 0.3 and blue.mean() > brown.mean() + 0.1
 
 
 def test_a_greyscale_photo_is_flagged_in_either_albedo(client):

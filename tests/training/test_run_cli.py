@@ -76,6 +76,13 @@ def test_images_and_stylegan2_switch_every_data_source(tmp_path):
     assert cfg["albedo"]["data"]["holdout"] == 64 and cfg["albedo"]["data"]["mirror"]
     assert cfg["albedo"]["augment"]["policy"] == ["color"]
     assert "synthetic" in base["extract"]  # the loaded config is not modified
+    # the grow stage trains on the same maps at 256²: they are extracted at that size, and every stage that reads
+    # them (grow, the export's mean-map calibration) finds the extract stage's folder for `path: auto`
+    assert cfg["extract"]["resolution"] == cfg["grow"]["resolution"] == 256
+    (tmp_path / "run" / "extract" / "albedo").mkdir(parents=True)
+    from training.albedo import grow_section
+
+    assert grow_section(cfg, tmp_path / "run" / "grow")["data"]["path"] == str(tmp_path / "run" / "extract" / "albedo")
     pkl = tmp_path / "ffhq.pkl"
     pkl.write_bytes(b"x")
     cfg = run_cli.real_data(base, tmp_path / "run", None, pkl)

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
+from facecore import geometry as geo
 from models.face.model import FaceModel
 from models.render import MeshRenderer, WeakPerspectiveCamera, sample_texture, sh_basis
 from training.data.procedural_albedo import (
     MELANIN_RANGE,
     AlbedoParams,
     ProceduralAlbedo,
-    _inside_polygon,
     sample_albedo_params,
 )
 from training.data.skin import (
@@ -183,7 +183,7 @@ def test_eyeballs_sample_the_eye_colours(fm: FaceModel, albedo_gen: ProceduralAl
         frags = out.fragments
         part = torch.as_tensor(fm.arrays.face_part)[frags.face_packed]
         uv = torch.einsum("nk,nkc->nc", frags.bary_packed, renderer.uv_corners[frags.face_packed]).numpy()
-        in_opening = _inside_polygon(uv, outlines[0]) | _inside_polygon(uv, outlines[1])
+        in_opening = geo.inside_polygon(uv, outlines[0]) | geo.inside_polygon(uv, outlines[1])
         eye = ((part == 1) | (part == 2)).numpy()
         assert eye.sum() > 60
         assert in_opening[eye].mean() > 0.99  # every visible eyeball pixel samples the lid opening
@@ -194,7 +194,7 @@ def test_eyeballs_sample_the_eye_colours(fm: FaceModel, albedo_gen: ProceduralAl
         assert (rel > 3).float().mean() > 0.15  # sclera (far brighter than this dark skin)
         assert (rel < 0.5).float().mean() > 0.1  # dark-brown iris and the pupil
     poles = albedo_gen.layout.iris_centre_uv
-    assert all(_inside_polygon(poles[e : e + 1], outlines[e])[0] for e in range(2))
+    assert all(geo.inside_polygon(poles[e : e + 1], outlines[e])[0] for e in range(2))
     assert luminance(_uv_at(fm, a, poles)[0]).max() < 0.02  # pupils at the eyeballs' front poles
 
 

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from facecore import geometry as geo
 from models.face.model import FaceModel
 from training.data.face_layout import FaceLayout
 from training.data.sampling import Batched, bernoulli, log_uniform, uniform
@@ -95,23 +96,10 @@ def _polyline_distance(pts: np.ndarray, line: np.ndarray, closed: bool = False) 
     return best, arc, side
 
 
-def _inside_polygon(pts: np.ndarray, poly: np.ndarray) -> np.ndarray:
-    """(N,) bool: crossing-number point-in-polygon test."""
-    inside = np.zeros(len(pts), bool)
-    x, y = pts[:, 0], pts[:, 1]
-    for i in range(len(poly)):
-        (x0, y0), (x1, y1) = poly[i], poly[(i + 1) % len(poly)]
-        if y0 == y1:
-            continue
-        cond = ((y0 > y) != (y1 > y)) & (x < (x1 - x0) * (y - y0) / (y1 - y0) + x0)
-        inside ^= cond
-    return inside
-
-
 def _signed_distance(pts: np.ndarray, poly: np.ndarray) -> np.ndarray:
     """(N,) distance to a closed polygon's boundary, positive inside."""
     d, _, _ = _polyline_distance(pts, poly, closed=True)
-    return np.where(_inside_polygon(pts, poly), d, -d)
+    return np.where(geo.inside_polygon(pts, poly), d, -d)
 
 
 def _piecewise_linear(xk: torch.Tensor, yk: torch.Tensor, x: torch.Tensor, smooth: bool = False) -> torch.Tensor:
