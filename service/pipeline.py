@@ -493,7 +493,7 @@ def photo_iris(
         return None, ""
     try:
         iris = assets.photo_iris_colour(image, eye_points)
-    except ValueError:  # landmarks off the image's numbers (non-finite): nothing measured
+    except ValueError:  # non-finite landmarks: nothing measured
         return None, ""
     if iris is None:
         return None, ""
