@@ -31,7 +31,8 @@
 
 Writes ``OUT/identity_head.npz`` (:class:`facecore.identity.IdentityHead`), ``OUT/metrics.json`` and the
 chips per chunk of identities under ``OUT/renders/`` (a rerun renders only the missing chunks; the features of
-any network are computed from them in a minute or two).
+any network are computed from them in a minute or two). A rerun with the finished head's settings (the thread
+count aside) keeps it: ``training.run all`` resumes past this stage.
 """
 
 from __future__ import annotations
