@@ -767,10 +767,9 @@ def photo_iris_colour(image_srgb: np.ndarray, landmarks: np.ndarray, min_pixels:
     The pixels inside both eye contours (36–41, 42–47; each shrunk to 85 % about its centre, so the lid margins
     stay out) are sorted by luminance; the iris has the hue of the median colour of the :data:`IRIS_HUE_BAND`
     percentiles and the (linear) luminance of the :data:`IRIS_LEVEL_BAND`'s: the darkest are pupil and lashes, the
-    bright half sclera and lid. The eye-opening texels of an unwrapped photo
-    (what :func:`iris_colour` reads) rarely hold it: a fitted opening a pixel or two off the photo's holds the lids,
-    and generated maps hold the generator's eyes. None with fewer than ``min_pixels`` pixels (eyes closed, turned
-    away, too small).
+    bright half sclera and lid. The eye-opening texels of an unwrapped photo (what :func:`iris_colour` reads)
+    rarely hold it: a fitted opening a pixel or two off the photo's holds the lids, and generated maps hold the
+    generator's eyes. None with fewer than ``min_pixels`` pixels (eyes closed, turned away, too small).
 
     Args:
         image_srgb: (H, W, 3) the photo, uint8 or floats in [0, 1].

@@ -387,11 +387,11 @@ async def reconstruct(
     jaw_index = model.joint_names.index("jaw")
     disp = await _displacement(bundle, run_graph, codes["detail"], expression, codes["pose"][jaw_index], timer)
 
-    def geometry() -> tuple[np.ndarray | None, tuple[str, ...], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(the photo's clean albedo, sRGB-encoded, or None when not unwrapped; its flags (facecore.texture
-        .colour_flags: greyscale, colour_cast; over_exposed, under_exposed; no_skin_model); the mesh; its 68
-        landmarks in the photo; the light: the encoder's, its shape re-fitted to the photo's skin where the photo
-        was unwrapped; the de-lighting's gain at the eyes (facecore.texture.delighting_gain; ones when not
+    def geometry() -> tuple[np.ndarray | None, tuple[str, ...], np.ndarray, np.ndarray, np.ndarray, Any]:
+        """(the photo's clean albedo, sRGB-encoded, its irises painted, or None when not unwrapped; its flags
+        (facecore.texture.colour_flags: greyscale, colour_cast; over_exposed, under_exposed; no_skin_model); the
+        mesh; its 68 landmarks in the photo; the light: the encoder's, its shape re-fitted to the photo's skin where
+        the photo was unwrapped; the iris colour and its source (:func:`photo_iris`; (None, "") when not
         unwrapped))"""
         posed = geo.decode_vertices(model, codes["shape"][None], expression[None], codes["pose"][None])[0]
         # the exported mesh keeps the face's own articulation (jaw, eyes) but not the head's pose in the photo
@@ -402,7 +402,7 @@ async def reconstruct(
         verts = geo.decode_vertices(model, codes["shape"][None], expression[None], local[None])[0]
         lmk = face.crop_to_image(geo.project_points(geo.landmarks_3d(model, posed[None])[0], codes["camera"], size))
         if not unwrap:
-            return None, (), verts, lmk, codes["light"], np.ones(3)
+            return None, (), verts, lmk, codes["light"], (None, "")
         # the texture crop frames the face like the encoder's crop, so the camera projects into it at its size
         px = geo.project_points(posed, codes["camera"], tex_size)
         # shading multiplies linear light: de-light in linear space, store the albedo sRGB-encoded like the PNGs
@@ -411,19 +411,18 @@ async def reconstruct(
         # the same extraction as the training set's (training.texture.extract_texture)
         # (the encoder's light re-fitted to the photo's skin: its wrong side would come out dark and be rejected)
         clean = texture.extract(model, posed, px, linear, tex_size, sh=codes["light"], relight=RELIGHT)
-        gain = texture.delighting_gain(model, clean)
-        return color.linear_to_srgb(clean.albedo), clean.flags, verts, lmk, clean.sh, gain
+        albedo = color.linear_to_srgb(clean.albedo)
+        # the person's iris colour, measured between the photo's lids (the localiser's eye contours when the head
+        # was refined onto them, else the fitted head's), goes where the exports read it, before the latent graph
+        # reads the map (it was fitted on served maps)
+        eyes = face.landmarks if refined else lmk
+        iris = photo_iris(image, eyes, clean.flags, texture.delighting_gain(model, clean))
+        if iris[0] is not None:
+            albedo = assets.paint_iris(model, albedo, iris[0])
+        return albedo, clean.flags, verts, lmk, clean.sh, iris
 
     with timer.stage("texture"):
-        albedo, flags, verts, landmarks, codes["light"], gain = await run_stage("texture", geometry)
-    # the person's iris colour, measured between the photo's lids (the localiser's eye contours when the head was
-    # refined onto them, else the fitted head's), goes where the exports read it, before the latent graph reads
-    # the map (it was fitted on served maps)
-    iris, iris_source = (
-        photo_iris(image, face.landmarks if refined else landmarks, flags, gain) if unwrap else (None, "")
-    )
-    if iris is not None:
-        albedo = assets.paint_iris(model, albedo, iris)
+        albedo, flags, verts, landmarks, codes["light"], (iris, iris_source) = await run_stage("texture", geometry)
     if generated:
         with timer.stage("albedo"):
             if latent_from_photo:
