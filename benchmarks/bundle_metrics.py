@@ -508,7 +508,11 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--write", action="store_true", help="write the report into the bundle (and the README)")
+    ap.add_argument("--no-tone-match", action="store_true", help="albedo=generated without the photo's skin tone")
     args = ap.parse_args()
+    if args.write and args.no_tone_match:
+        raise SystemExit("--write measures the service as it runs: without --no-tone-match")
+    P.TONE_MATCH = not args.no_tone_match
     if args.threads:
         torch.set_num_threads(args.threads)
     bundle = load_bundle(args.bundle)

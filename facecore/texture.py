@@ -273,6 +273,11 @@ class SkinModel:
     log_y_std: float
     count: int
 
+    def colour(self) -> np.ndarray:
+        """(3,) the linear colour with the model's mean chroma at its median luminance."""
+        rgb = np.exp([self.mean[0], 0.0, self.mean[1]])
+        return rgb * math.exp(self.log_y) / float(rgb @ LUMA)
+
     def distances(self, albedo: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(N, 3) linear albedo → (chroma Mahalanobis distance², log-luminance minus the model's), each (N,)."""
         chroma, log_y = _chroma(albedo)
@@ -675,6 +680,45 @@ def extract(
         flags=flags,
         sh=sh,
     )
+
+
+#: flags under which a photo's skin colour is not the person's (:func:`colour_flags`, :func:`bound_albedo_level`)
+UNTRUSTED_COLOUR = ("greyscale", "colour_cast", "over_exposed", "under_exposed", "no_skin_model")
+
+
+def match_skin_tone(
+    model: geo.FaceModelArrays,
+    albedo: np.ndarray,
+    skin: SkinModel,
+    level_offset: float = 0.0,
+    level_tolerance: float = 0.0,
+    limit: float = math.log(4.0),
+) -> np.ndarray:
+    """``albedo`` (R, R, 3, linear) recoloured towards ``skin``'s tone by one gain per channel over the whole map:
+    the log-chroma (R/G, B/G) of its cheeks, nose and forehead (the texels a photo's :class:`SkinModel` is fitted
+    on) moved to the model's, their median log-luminance to within ``level_tolerance`` of the model's plus
+    ``level_offset``; each log-gain within ±``limit``.
+
+    For a map that is right in structure but not in colour: AlbedoGAN's map at a latent read off a photo keeps the
+    generator's features and skin texture, but the latent misses the tone of faces unlike its training pairs (a dark
+    skin came out 2.3× too light). A photo's skin chroma is a good measurement; its level is not (the light's
+    brightness and the albedo's trade off): the offset corrects its bias and the tolerance leaves the map's own
+    level where the two agree within the photo's error (``benchmarks/skin_tone.py`` measures both). One gain per
+    channel keeps the map's own contrasts (brows, lips, hair against skin). A map without 30 skin texels is
+    returned as it is.
+    """
+    R = albedo.shape[0]
+    seed = _layout(model, R).seed_area
+    flat = np.asarray(albedo, np.float64).reshape(-1, 3)
+    own = fit_skin_model(flat[seed])
+    if own is None:
+        return albedo
+    d_rg, d_bg = np.clip(skin.mean - own.mean, -limit, limit)
+    toned = flat * np.exp([d_rg, 0.0, d_bg])
+    gap = skin.log_y + level_offset - float(np.median(np.log(np.maximum(toned[seed] @ LUMA, 1e-4))))
+    move = math.copysign(max(abs(gap) - level_tolerance, 0.0), gap)
+    toned *= math.exp(float(np.clip(move, -limit, limit)))
+    return np.clip(toned, 0.0, 1.0).reshape(albedo.shape)
 
 
 def delighting_gain(model: geo.FaceModelArrays, clean: CleanTexture) -> np.ndarray:

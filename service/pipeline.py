@@ -324,6 +324,15 @@ def warm_reconstruct(bundle: Bundle, texture_size: int) -> None:
 RELIGHT = True
 # the encoder's light made white (facecore.texture.achromatic) before de-lighting: its colour is a constant guess
 NEUTRAL_LIGHT = True
+# /reconstruct's albedo=generated map recoloured to the photo's skin tone (facecore.texture.match_skin_tone);
+# benchmarks/bundle_metrics.py --no-tone-match measures it without
+TONE_MATCH = True
+# the photo's de-lit skin against the truth on held-out renders (benchmarks/skin_tone.py, stream 20261207): its
+# chroma is off by 0.02-0.04 (median, log R/G and B/G; the generated map's by 0.05-0.06) and goes all the way; its
+# log-luminance is 0.23 too dark on average and 0.21 off (median; the generated map's 0.12): the map's level moves
+# only by what exceeds 0.2 of the photo's, bias-corrected (a latent far off the photo's skin: a dark skin read light)
+PHOTO_LEVEL_OFFSET = 0.23
+TONE_LEVEL_TOLERANCE = 0.2
 # the exports' iris colour measured between the photo's lids (facecore.assets.photo_iris_colour) instead of read off
 # the albedo map's eye texels (benchmarks/iris_colour.py compares them)
 PHOTO_IRIS = True
@@ -387,12 +396,12 @@ async def reconstruct(
     jaw_index = model.joint_names.index("jaw")
     disp = await _displacement(bundle, run_graph, codes["detail"], expression, codes["pose"][jaw_index], timer)
 
-    def geometry() -> tuple[np.ndarray | None, tuple[str, ...], np.ndarray, np.ndarray, np.ndarray, Any]:
+    def geometry() -> tuple[np.ndarray | None, tuple[str, ...], np.ndarray, np.ndarray, np.ndarray, Any, Any]:
         """(the photo's clean albedo, sRGB-encoded, its irises painted, or None when not unwrapped; its flags
         (facecore.texture.colour_flags: greyscale, colour_cast; over_exposed, under_exposed; no_skin_model); the
         mesh; its 68 landmarks in the photo; the light: the encoder's, its shape re-fitted to the photo's skin where
         the photo was unwrapped; the iris colour and its source (:func:`photo_iris`; (None, "") when not
-        unwrapped))"""
+        unwrapped); the photo's skin model (facecore.texture.SkinModel; None when not unwrapped or not built))"""
         posed = geo.decode_vertices(model, codes["shape"][None], expression[None], codes["pose"][None])[0]
         # the exported mesh keeps the face's own articulation (jaw, eyes) but not the head's pose in the photo
         local = np.zeros_like(codes["pose"])
@@ -402,7 +411,7 @@ async def reconstruct(
         verts = geo.decode_vertices(model, codes["shape"][None], expression[None], local[None])[0]
         lmk = face.crop_to_image(geo.project_points(geo.landmarks_3d(model, posed[None])[0], codes["camera"], size))
         if not unwrap:
-            return None, (), verts, lmk, codes["light"], (None, "")
+            return None, (), verts, lmk, codes["light"], (None, ""), None
         # the texture crop frames the face like the encoder's crop, so the camera projects into it at its size
         px = geo.project_points(posed, codes["camera"], tex_size)
         # shading multiplies linear light: de-light in linear space, store the albedo sRGB-encoded like the PNGs
@@ -419,10 +428,12 @@ async def reconstruct(
         iris = photo_iris(image, eyes, clean.flags, texture.delighting_gain(model, clean))
         if iris[0] is not None:
             albedo = assets.paint_iris(model, albedo, iris[0])
-        return albedo, clean.flags, verts, lmk, clean.sh, iris
+        return albedo, clean.flags, verts, lmk, clean.sh, iris, clean.skin
 
     with timer.stage("texture"):
-        albedo, flags, verts, landmarks, codes["light"], (iris, iris_source) = await run_stage("texture", geometry)
+        texture_stage = await run_stage("texture", geometry)
+    albedo, flags, verts, landmarks, codes["light"], (iris, iris_source), skin = texture_stage
+    skin_tone = "photo" if not generated else "generator"
     if generated:
         with timer.stage("albedo"):
             if latent_from_photo:
@@ -431,6 +442,13 @@ async def reconstruct(
                 ws = (await run_graph(LATENT_GRAPH, {"albedo": small}))["ws"]
             img = (await run_graph("albedo", {"ws": ws}))["albedo"][0]
         albedo = generator_image(img)
+        # the latent carries the map's structure, the photo's skin model its tone (when the photo's colour is the
+        # person's: facecore.texture.UNTRUSTED_COLOUR)
+        if TONE_MATCH and skin is not None and not set(flags) & set(texture.UNTRUSTED_COLOUR):
+            linear = texture.match_skin_tone(
+                model, color.srgb_to_linear(albedo), skin, PHOTO_LEVEL_OFFSET, TONE_LEVEL_TOLERANCE
+            )
+            albedo, skin_tone = color.linear_to_srgb(linear), "photo"
         if iris is not None:
             albedo = assets.paint_iris(model, albedo, iris)
     iris_srgb, measured = assets.iris_colour(model, albedo)
@@ -454,6 +472,11 @@ async def reconstruct(
                 "srgb": iris_srgb.round(4).tolist(),
                 "source": iris_source,
             },
+            # where the skin's colour comes from: the photo (its de-lit skin; albedo=generated: the generator's map
+            # recoloured to it) or the generator alone (albedo=generated without a trustworthy photo colour)
+            "skin_tone": skin_tone,
+            # the photo's skin colour, de-lit (sRGB; its level is a bound under over_exposed / under_exposed)
+            "skin_srgb": None if skin is None else color.linear_to_srgb(np.clip(skin.colour(), 0, 1)).round(4).tolist(),
         },
         "codes": {
             "shape": codes["shape"].round(6).tolist(),

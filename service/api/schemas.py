@@ -95,5 +95,7 @@ class ResultBody(BaseModel):
         "('greyscale', 'colour_cast', 'over_exposed' / 'under_exposed': the skin's level was brought within skin's "
         "range by the light, 'no_skin_model'; empty when none) and 'iris': the exported eyes' iris colour ('srgb') and "
         "where it came from ('source': 'photo', measured between the photo's lids; 'albedo', read off the map's eye "
-        "texels; 'default')",
+        "texels; 'default'); 'skin_srgb': the photo's de-lit skin colour (null when no skin model was built) and "
+        "'skin_tone': where the map's skin colour comes from ('photo'; 'generator': albedo=generated on a photo "
+        "whose colour is flagged, or without a photo albedo)",
     )

@@ -311,3 +311,43 @@ def test_an_over_or_under_exposed_photo_keeps_a_skin_level_and_says_so(model, sc
     dim = texture.extract(model, verts, px, img * 0.02, R, sh=flat)
     as_lit = texture.extract(model, verts, px, img * 0.02, R, sh=flat, skin_luminance=None)
     assert dim.flags == ("under_exposed",) and dim.accepted.sum() == as_lit.accepted.sum() > 1000
+
+
+def test_a_map_takes_a_photos_skin_tone_and_keeps_its_own_contrasts(model):
+    """texture.match_skin_tone: a map with pale skin, dark brows and red lips, recoloured to the skin model of a
+    deeply pigmented skin (2.5× darker, redder, less blue), has that skin's chroma and level on its cheeks, nose
+    and forehead, while brows and lips keep their ratio to the skin; a target beyond the limit moves only as far
+    as the limit; a map without skin texels is returned as it is."""
+    regions = texture.uv_regions(model, R)
+    seed = regions["cheeks"] | regions["forehead"] | regions["nose"]
+    pale = np.array([0.55, 0.40, 0.33])
+    albedo = skin_albedo(R) / SKIN * pale
+    albedo[regions["brows"]] = [0.06, 0.04, 0.03]
+    albedo[regions["lips"]] = [0.45, 0.18, 0.15]
+    dark = albedo * np.array([0.5, 0.4, 0.3])  # the same face, deeply pigmented
+    target = texture.fit_skin_model(dark[seed])
+    own = texture.fit_skin_model(albedo[seed])
+    out = texture.match_skin_tone(model, albedo, target)
+    got = texture.fit_skin_model(out[seed])
+    assert np.abs(got.mean - target.mean).max() < 0.01, (got.mean, target.mean)
+    assert abs(got.log_y - target.log_y) < 0.01, (got.log_y, target.log_y)
+    assert np.abs(out - dark).max() < 0.01  # one gain per channel: brows and lips keep their contrasts
+    # far off (a target 20× darker): the level moves by the limit (4×) only, after the chroma's gains
+    far = texture.SkinModel(target.mean, target.cov, target.log_y - np.log(20.0), target.log_y_std, target.count)
+    chroma_only = albedo * np.exp([target.mean[0] - own.mean[0], 0.0, target.mean[1] - own.mean[1]])
+    level = np.median(texture.match_skin_tone(model, albedo, far)[seed] @ texture.LUMA)
+    assert level == pytest.approx(np.median(chroma_only[seed] @ texture.LUMA) / 4.0, rel=1e-6)
+
+    # a tolerance leaves the map's level where it is within that of the target's (offset included), and moves it
+    # by the excess beyond
+    def lum(x: np.ndarray) -> float:
+        return float(np.log(np.median(x[seed] @ texture.LUMA)))
+
+    base = lum(chroma_only)
+    gap = target.log_y - base  # ≈ log 0.4: the dark face is 2.5× darker
+    near = texture.match_skin_tone(model, albedo, target, level_offset=-gap + 0.1, level_tolerance=0.15)
+    assert lum(near) == pytest.approx(base, abs=1e-9)
+    beyond = texture.match_skin_tone(model, albedo, target, level_offset=0.0, level_tolerance=0.3)
+    assert lum(beyond) == pytest.approx(base + gap + 0.3, abs=1e-6) and gap < -0.5
+    no_skin = np.zeros((8, 8, 3))
+    assert texture.match_skin_tone(model, no_skin, target) is no_skin

@@ -83,6 +83,7 @@ def test_generated_albedo_of_reconstruct_follows_the_photos_skin(client):
                             data={"albedo": mode, "texture_size": "256", "outputs": "albedo"})  # fmt: skip
             assert r.status_code == 200, r.text
             assert r.json()["albedo"] == mode and r.json()["texture"]["flags"] == []  # colour photos
+            assert r.json()["texture"]["skin_tone"] == "photo"  # the generated map recoloured to the photo's skin
             png = client.get(r.json()["links"]["albedo.png"]).content
             maps[mode] = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), np.float64) / 255.0
         grey = maps["generated"].mean(2)
@@ -98,8 +99,10 @@ def test_generated_albedo_of_reconstruct_follows_the_photos_skin(client):
     # brighter on the pale face, its albedo darker) 0.52 vs 0.43, 0.69 vs 0.61; with the light re-fit to the photo
     # (facecore.texture.fit_light) 0.55 vs 0.46, 0.66 vs 0.59; 1.8.1 (de-lit with a white light, albedo_latent
     # re-fitted for it: held-out renders' generated-albedo error 0.048 -> 0.045) 0.56 vs 0.47, 0.67 vs 0.63 — the
-    # generated map follows a real photo's skin tone only weakly (the model card's limits)
-    assert pale_photo > dark_photo + 0.06 and pale > dark + 0.03, cheeks
+    # generated map followed a real photo's skin tone only weakly; recoloured to the photo's skin model
+    # (facecore.texture.match_skin_tone: its chroma, and its level where the two differ by more than the photo's
+    # error) 0.67 vs 0.53: the dark skin is no longer read light
+    assert pale_photo > dark_photo + 0.06 and pale > dark + 0.1, cheeks
 
 
 def test_the_exported_iris_has_the_photos_eye_colour(client):

@@ -1,0 +1,89 @@
+"""The skin tone of /reconstruct's albedo maps against the truth, on held-out synthetic renders.
+
+    python benchmarks/skin_tone.py [--seed 20261207] [--count 40] [--bundle DIR]
+
+For each render (the synthetic source's procedural albedo on a random head, pose, light and background) the
+service reconstructs the photo (``albedo=photo``) and the generated map (``albedo=generated``, with and without
+the photo's tone, ``service.pipeline.TONE_MATCH``), and the skin of each map (a :class:`facecore.texture.SkinModel`
+of its cheeks, nose and forehead) is compared with the truth's: log-chroma (log R/G, log B/G) and log-luminance,
+mean (the bias) and median / 90th percentile of the absolute error. "photo" is the photo's own skin model (the
+result's ``texture.skin_srgb``, what the tone is matched to). Renders whose photo colour is flagged untrusted
+(``facecore.texture.UNTRUSTED_COLOUR``) are counted and left out: the service does not match them.
+
+``service.pipeline.PHOTO_LEVEL_OFFSET`` and ``TONE_LEVEL_TOLERANCE`` were chosen on stream 20261207;
+``benchmarks/bundle_metrics.py`` (stream 20261125) measures the result on other renders.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+from bundle_metrics import BundleRunner
+
+from facecore import color, texture
+from facecore.bundle import load_bundle
+from service import pipeline as P
+from service.settings import EMBEDDED_BUNDLE
+
+NAMES = ("log R/G", "log B/G", "log Y")
+
+
+def skin_stats(model, albedo_linear: np.ndarray) -> np.ndarray:
+    """(3,): log R/G, log B/G, log-luminance of a map's skin model."""
+    seed = texture.uv_regions(model, albedo_linear.shape[0])
+    area = (seed["cheeks"] | seed["forehead"] | seed["nose"]).reshape(-1)
+    skin = texture.fit_skin_model(albedo_linear.reshape(-1, 3)[area])
+    return np.array([*skin.mean, skin.log_y])
+
+
+def main() -> None:
+    from models.face.model import FaceModel
+    from training.data.images import resize_uv
+    from training.data.synthetic import SyntheticConfig, SyntheticFaces
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--bundle", default=EMBEDDED_BUNDLE)
+    ap.add_argument("--seed", type=int, default=20261207)
+    ap.add_argument("--count", type=int, default=40)
+    args = ap.parse_args()
+    bundle = load_bundle(args.bundle)
+    model = bundle.face_model
+    runner = BundleRunner(bundle, 0, 256)
+    faces = SyntheticFaces(
+        SyntheticConfig(image_size=224, albedo_size=256, seed=args.seed),
+        face_model=FaceModel.from_file(bundle.root / bundle.manifest.face_model.file),
+    )
+    rows: dict[str, list[np.ndarray]] = {"photo": [], "generated": [], "generated, tone matched": []}
+    skipped = failed = 0
+    for i in range(args.count):
+        item = faces.batch([i])
+        image = (item.image_srgb[0].permute(1, 2, 0).numpy() * 255.0 + 0.5).clip(0, 255).astype(np.uint8)
+        truth = skin_stats(model, resize_uv(item.albedo_uv, 256)[0].permute(1, 2, 0).numpy())
+        try:
+            P.TONE_MATCH = False
+            plain = runner.reconstruct(image, "generated")
+            P.TONE_MATCH = True
+            matched = runner.reconstruct(image, "generated")
+        except P.PhotoError:
+            failed += 1
+            continue
+        if set(matched["texture"]["flags"]) & set(texture.UNTRUSTED_COLOUR):
+            skipped += 1
+            continue
+        photo = color.srgb_to_linear(np.array(matched["texture"]["skin_srgb"]))
+        rows["photo"].append(np.r_[np.log(photo[[0, 2]] / photo[1]), np.log(photo @ texture.LUMA)] - truth)
+        for name, meta in (("generated", plain), ("generated, tone matched", matched)):
+            rows[name].append(skin_stats(model, color.srgb_to_linear(meta["albedo_srgb"])) - truth)
+    n = len(rows["photo"])
+    print(f"skin tone vs truth, {n} renders of stream {args.seed} ({skipped} flagged untrusted, {failed} no face)")
+    print(f"{'':<26}" + "".join(f"{k + ': bias / p50 / p90':>30}" for k in NAMES))
+    for name, errors in rows.items():
+        e = np.array(errors)
+        cells = [f"{m:+.3f} / {p50:.3f} / {p90:.3f}" for m, p50, p90 in zip(
+            e.mean(0), np.median(np.abs(e), 0), np.percentile(np.abs(e), 90, 0), strict=True)]  # fmt: skip
+        print(f"{name:<26}" + "".join(f"{c:>30}" for c in cells))
+
+
+if __name__ == "__main__":
+    main()
