@@ -7,11 +7,11 @@ service reconstructs the photo (``albedo=photo``) and the generated map (``albed
 the photo's tone, ``service.pipeline.TONE_MATCH``), and the skin of each map (a :class:`facecore.texture.SkinModel`
 of its cheeks, nose and forehead) is compared with the truth's: log-chroma (log R/G, log B/G) and log-luminance,
 mean (the bias) and median / 90th percentile of the absolute error. "photo" is the photo's own skin model (the
-result's ``texture.skin_srgb``, what the tone is matched to). Renders whose photo colour is flagged untrusted
-(``facecore.texture.UNTRUSTED_COLOUR``) are counted and left out: the service does not match them.
+result's ``texture.skin_srgb``; the tone is matched to its chroma and to its level plus
+``service.pipeline.PHOTO_LEVEL_OFFSET``). Renders with any colour flag are counted and left out.
 
-``service.pipeline.PHOTO_LEVEL_OFFSET`` and ``TONE_LEVEL_TOLERANCE`` were chosen on stream 20261207;
-``benchmarks/bundle_metrics.py`` (stream 20261125) measures the result on other renders.
+``service.pipeline.PHOTO_LEVEL_OFFSET`` and ``TONE_LEVEL_TOLERANCE`` were chosen on stream 20261207 (the
+default); ``--seed 20261125`` (``benchmarks/bundle_metrics.py``'s stream) measures them on other renders.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def main() -> None:
         except P.PhotoError:
             failed += 1
             continue
-        if set(matched["texture"]["flags"]) & set(texture.UNTRUSTED_COLOUR):
+        if matched["texture"]["flags"]:
             skipped += 1
             continue
         photo = color.srgb_to_linear(np.array(matched["texture"]["skin_srgb"]))
@@ -76,7 +76,9 @@ def main() -> None:
         for name, meta in (("generated", plain), ("generated, tone matched", matched)):
             rows[name].append(skin_stats(model, color.srgb_to_linear(meta["albedo_srgb"])) - truth)
     n = len(rows["photo"])
-    print(f"skin tone vs truth, {n} renders of stream {args.seed} ({skipped} flagged untrusted, {failed} no face)")
+    if not n:
+        raise SystemExit(f"no render of stream {args.seed} to measure ({skipped} flagged, {failed} without a face)")
+    print(f"skin tone vs truth, {n} renders of stream {args.seed} ({skipped} with a colour flag, {failed} no face)")
     print(f"{'':<26}" + "".join(f"{k + ': bias / p50 / p90':>30}" for k in NAMES))
     for name, errors in rows.items():
         e = np.array(errors)

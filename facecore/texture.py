@@ -682,7 +682,8 @@ def extract(
     )
 
 
-#: flags under which a photo's skin colour is not the person's (:func:`colour_flags`, :func:`bound_albedo_level`)
+#: flags under which a photo's skin colour is not the person's (:func:`colour_flags`; :func:`bound_albedo_level`:
+#: the level is a bound, and clipping washes an over-exposed skin's chroma out: fixture 013's is near grey)
 UNTRUSTED_COLOUR = ("greyscale", "colour_cast", "over_exposed", "under_exposed", "no_skin_model")
 
 
@@ -693,31 +694,34 @@ def match_skin_tone(
     level_offset: float = 0.0,
     level_tolerance: float = 0.0,
     limit: float = math.log(4.0),
-) -> np.ndarray:
-    """``albedo`` (R, R, 3, linear) recoloured towards ``skin``'s tone by one gain per channel over the whole map:
-    the log-chroma (R/G, B/G) of its cheeks, nose and forehead (the texels a photo's :class:`SkinModel` is fitted
-    on) moved to the model's, their median log-luminance to within ``level_tolerance`` of the model's plus
-    ``level_offset``; each log-gain within ±``limit``.
+) -> np.ndarray | None:
+    """``albedo`` (R, R, 3, linear) recoloured towards ``skin``'s tone by one gain per channel over the map (the eye
+    openings excepted: the eyeball's colour is not the skin's): the log-chroma (R/G, B/G) of its cheeks, nose and
+    forehead (the texels a photo's :class:`SkinModel` is fitted on) moved to the model's at the map's own level,
+    then that level (the trimmed median log-luminance) to within ``level_tolerance`` of the model's plus
+    ``level_offset`` (``inf``: chroma only); each log-gain within ±``limit``. None when there is nothing to match
+    (fewer than 30 skin texels, or not finite).
 
     For a map that is right in structure but not in colour: AlbedoGAN's map at a latent read off a photo keeps the
     generator's features and skin texture, but the latent misses the tone of faces unlike its training pairs (a dark
     skin came out 2.3× too light). A photo's skin chroma is a good measurement; its level is not (the light's
     brightness and the albedo's trade off): the offset corrects its bias and the tolerance leaves the map's own
     level where the two agree within the photo's error (``benchmarks/skin_tone.py`` measures both). One gain per
-    channel keeps the map's own contrasts (brows, lips, hair against skin). A map without 30 skin texels is
-    returned as it is.
+    channel keeps the map's own contrasts (brows, lips, hair against skin).
     """
     R = albedo.shape[0]
-    seed = _layout(model, R).seed_area
+    layout = _layout(model, R)
     flat = np.asarray(albedo, np.float64).reshape(-1, 3)
-    own = fit_skin_model(flat[seed])
-    if own is None:
-        return albedo
+    own = fit_skin_model(flat[layout.seed_area])
+    if own is None or not all(np.isfinite([*own.mean, own.log_y, *skin.mean, skin.log_y])):
+        return None
     d_rg, d_bg = np.clip(skin.mean - own.mean, -limit, limit)
-    toned = flat * np.exp([d_rg, 0.0, d_bg])
-    gap = skin.log_y + level_offset - float(np.median(np.log(np.maximum(toned[seed] @ LUMA, 1e-4))))
+    gains = np.exp([d_rg, 0.0, d_bg])
+    chroma = fit_skin_model(flat[layout.seed_area] * gains)  # the chroma moved; its level, back to the map's own
+    gap = skin.log_y + level_offset - own.log_y
     move = math.copysign(max(abs(gap) - level_tolerance, 0.0), gap)
-    toned *= math.exp(float(np.clip(move, -limit, limit)))
+    gains = gains * math.exp(own.log_y + float(np.clip(move, -limit, limit)) - chroma.log_y)
+    toned = np.where(layout.openings[:, None], flat, flat * gains)
     return np.clip(toned, 0.0, 1.0).reshape(albedo.shape)
 
 

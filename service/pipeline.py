@@ -442,13 +442,13 @@ async def reconstruct(
                 ws = (await run_graph(LATENT_GRAPH, {"albedo": small}))["ws"]
             img = (await run_graph("albedo", {"ws": ws}))["albedo"][0]
         albedo = generator_image(img)
-        # the latent carries the map's structure, the photo's skin model its tone (when the photo's colour is the
-        # person's: facecore.texture.UNTRUSTED_COLOUR)
+        # the latent carries the map's structure, the photo's skin model its tone (unless the photo's colour is not
+        # the person's: facecore.texture.UNTRUSTED_COLOUR)
         if TONE_MATCH and skin is not None and not set(flags) & set(texture.UNTRUSTED_COLOUR):
-            linear = texture.match_skin_tone(
-                model, color.srgb_to_linear(albedo), skin, PHOTO_LEVEL_OFFSET, TONE_LEVEL_TOLERANCE
-            )
-            albedo, skin_tone = color.linear_to_srgb(linear), "photo"
+            with timer.stage("albedo"):
+                toned = await run_stage("texture", tone, model, albedo, skin, PHOTO_LEVEL_OFFSET, TONE_LEVEL_TOLERANCE)
+            if toned is not None:
+                albedo, skin_tone = toned, "photo"
         if iris is not None:
             albedo = assets.paint_iris(model, albedo, iris)
     iris_srgb, measured = assets.iris_colour(model, albedo)
@@ -473,10 +473,12 @@ async def reconstruct(
                 "source": iris_source,
             },
             # where the skin's colour comes from: the photo (its de-lit skin; albedo=generated: the generator's map
-            # recoloured to it) or the generator alone (albedo=generated without a trustworthy photo colour)
+            # recoloured to it) or the generator (albedo=generated on a photo with a colour flag, or from the
+            # encoder's own latent: its tone is the latent's)
             "skin_tone": skin_tone,
-            # the photo's skin colour, de-lit (sRGB; its level is a bound under over_exposed / under_exposed)
-            "skin_srgb": None if skin is None else color.linear_to_srgb(np.clip(skin.colour(), 0, 1)).round(4).tolist(),
+            # the photo's de-lit skin colour (sRGB; see flags: not the person's on a greyscale or colour-cast photo,
+            # a bound in level on an over- or under-exposed one)
+            "skin_srgb": None if skin is None else color.linear_to_srgb(skin.colour()).round(4).tolist(),
         },
         "codes": {
             "shape": codes["shape"].round(6).tolist(),
@@ -501,6 +503,14 @@ async def reconstruct(
         },
     }
     return Result(files, names, meta, timer.timings)
+
+
+def tone(model: geo.FaceModelArrays, albedo: np.ndarray, skin: Any, offset: float, tolerance: float) -> Any:
+    """An sRGB-encoded map in the photo's skin tone (facecore.texture.match_skin_tone), or None (nothing matched)."""
+    from facecore import texture
+
+    toned = texture.match_skin_tone(model, color.srgb_to_linear(albedo), skin, offset, tolerance)
+    return None if toned is None else color.linear_to_srgb(toned)
 
 
 def photo_iris(

@@ -314,40 +314,52 @@ def test_an_over_or_under_exposed_photo_keeps_a_skin_level_and_says_so(model, sc
 
 
 def test_a_map_takes_a_photos_skin_tone_and_keeps_its_own_contrasts(model):
-    """texture.match_skin_tone: a map with pale skin, dark brows and red lips, recoloured to the skin model of a
-    deeply pigmented skin (2.5× darker, redder, less blue), has that skin's chroma and level on its cheeks, nose
-    and forehead, while brows and lips keep their ratio to the skin; a target beyond the limit moves only as far
-    as the limit; a map without skin texels is returned as it is."""
+    """texture.match_skin_tone: a map with pale skin, dark brows, red lips and white eyes, recoloured to the skin
+    model of a deeply pigmented skin (2.5× darker, redder, less blue), has that skin's chroma and level on its
+    cheeks, nose and forehead, while brows and lips keep their ratio to the skin and the eye openings their colour;
+    the chroma moves at the map's own level; a level beyond the limit moves only as far as the limit, one within
+    the tolerance not at all; a map without skin texels or with NaN skin gives None."""
     regions = texture.uv_regions(model, R)
     seed = regions["cheeks"] | regions["forehead"] | regions["nose"]
+    eyes = regions["eye_openings"]
     pale = np.array([0.55, 0.40, 0.33])
     albedo = skin_albedo(R) / SKIN * pale
     albedo[regions["brows"]] = [0.06, 0.04, 0.03]
     albedo[regions["lips"]] = [0.45, 0.18, 0.15]
+    albedo[eyes] = [0.7, 0.7, 0.7]
     dark = albedo * np.array([0.5, 0.4, 0.3])  # the same face, deeply pigmented
     target = texture.fit_skin_model(dark[seed])
     own = texture.fit_skin_model(albedo[seed])
-    out = texture.match_skin_tone(model, albedo, target)
-    got = texture.fit_skin_model(out[seed])
-    assert np.abs(got.mean - target.mean).max() < 0.01, (got.mean, target.mean)
-    assert abs(got.log_y - target.log_y) < 0.01, (got.log_y, target.log_y)
-    assert np.abs(out - dark).max() < 0.01  # one gain per channel: brows and lips keep their contrasts
-    # far off (a target 20× darker): the level moves by the limit (4×) only, after the chroma's gains
-    far = texture.SkinModel(target.mean, target.cov, target.log_y - np.log(20.0), target.log_y_std, target.count)
-    chroma_only = albedo * np.exp([target.mean[0] - own.mean[0], 0.0, target.mean[1] - own.mean[1]])
-    level = np.median(texture.match_skin_tone(model, albedo, far)[seed] @ texture.LUMA)
-    assert level == pytest.approx(np.median(chroma_only[seed] @ texture.LUMA) / 4.0, rel=1e-6)
 
+    def skin(x: np.ndarray) -> texture.SkinModel:
+        return texture.fit_skin_model(x[seed])
+
+    out = texture.match_skin_tone(model, albedo, target)
+    assert np.abs(skin(out).mean - target.mean).max() < 0.01, (skin(out).mean, target.mean)
+    assert abs(skin(out).log_y - target.log_y) < 0.01, (skin(out).log_y, target.log_y)
+    assert np.abs(out - dark)[~eyes].max() < 0.01  # one gain per channel: brows and lips keep their contrasts
+    assert np.array_equal(out[eyes], albedo[eyes])
+    # chroma only (no level step): the map's own level, the target's chroma
+    chroma = texture.match_skin_tone(model, albedo, target, level_tolerance=np.inf)
+    assert abs(skin(chroma).log_y - own.log_y) < 1e-6 and np.abs(skin(chroma).mean - target.mean).max() < 0.01
+    # far off (a target 20× darker): the level moves by the limit (4×) only
+    far = texture.SkinModel(target.mean, target.cov, target.log_y - np.log(20.0), target.log_y_std, target.count)
+    assert skin(texture.match_skin_tone(model, albedo, far)).log_y == pytest.approx(own.log_y - np.log(4.0), abs=1e-6)
     # a tolerance leaves the map's level where it is within that of the target's (offset included), and moves it
     # by the excess beyond
-    def lum(x: np.ndarray) -> float:
-        return float(np.log(np.median(x[seed] @ texture.LUMA)))
-
-    base = lum(chroma_only)
-    gap = target.log_y - base  # ≈ log 0.4: the dark face is 2.5× darker
+    gap = target.log_y - own.log_y  # ≈ log 0.4: the dark face is 2.5× darker
     near = texture.match_skin_tone(model, albedo, target, level_offset=-gap + 0.1, level_tolerance=0.15)
-    assert lum(near) == pytest.approx(base, abs=1e-9)
+    assert skin(near).log_y == pytest.approx(own.log_y, abs=1e-6)
     beyond = texture.match_skin_tone(model, albedo, target, level_offset=0.0, level_tolerance=0.3)
-    assert lum(beyond) == pytest.approx(base + gap + 0.3, abs=1e-6) and gap < -0.5
-    no_skin = np.zeros((8, 8, 3))
-    assert texture.match_skin_tone(model, no_skin, target) is no_skin
+    assert skin(beyond).log_y == pytest.approx(own.log_y + gap + 0.3, abs=1e-6) and gap < -0.5
+    assert texture.match_skin_tone(model, np.zeros((8, 8, 3)), target) is None
+    broken = albedo.copy()
+    broken[np.argwhere(seed)[0][0], np.argwhere(seed)[0][1]] = np.nan
+    assert texture.match_skin_tone(model, broken, target) is None
+
+
+def test_a_skin_models_colour_is_its_chroma_at_its_level():
+    """SkinModel.colour: fitted on one colour (with a little noise), it gives that colour back."""
+    rgb = np.array([0.42, 0.27, 0.19])
+    samples = rgb * np.exp(np.random.default_rng(0).normal(0.0, 0.01, (500, 3)))
+    assert np.abs(texture.fit_skin_model(samples).colour() - rgb).max() < 0.005

@@ -130,8 +130,9 @@ def test_a_greyscale_photo_is_flagged_in_either_albedo(client):
                         "image/jpeg")}, data={"albedo": mode, "texture_size": "256", "outputs": "albedo"})  # fmt: skip
         assert r.status_code == 200, r.text
         assert r.json()["texture"]["flags"] == ["greyscale"]
-        # nor can its eyes': the default iris, not a grey one
+        # nor can its eyes': the default iris, not a grey one; nor its skin: a generated map keeps the latent's tone
         assert r.json()["texture"]["iris"]["source"] == "default"
+        assert r.json()["texture"]["skin_tone"] == {"photo": "photo", "generated": "generator"}[mode]
 
 
 def test_reconstruct_fits_the_frontal_fixture(client):

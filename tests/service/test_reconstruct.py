@@ -141,6 +141,8 @@ def test_generated_albedo_is_albedogan_at_the_encoders_latent(client, tiny_bundl
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["albedo"] == "generated"
+    # the encoder's own latent: no photo albedo, no skin model, the latent's tone
+    assert body["texture"]["skin_tone"] == "generator" and body["texture"]["skin_srgb"] is None
     got = np.asarray(Image.open(io.BytesIO(client.get(body["links"]["albedo.png"]).content)))
     # the same computation by hand: encoder ws → the albedo graph, resampled 32 → 256 like every map
     crop = find_face(np.asarray(Image.open(FRONTAL).convert("RGB")), 64, "auto").crop
