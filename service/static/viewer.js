@@ -4,7 +4,7 @@ import { GLTFLoader } from "three/addons/loaders/GLTFLoader.js";
 import { OrbitControls } from "three/addons/controls/OrbitControls.js";
 
 const $ = (id) => document.getElementById(id);
-const state = { loaded: false, error: null, vertexCount: 0, resultId: null };
+const state = { loaded: false, error: null, vertexCount: 0, resultId: null, notes: [] };
 window.viewerState = state; // read by the browser test
 
 const canvas = $("canvas");
@@ -68,6 +68,24 @@ function showDownloads(links) {
   }
 }
 
+// what a /reconstruct result says about its colours (result.texture): why they may not be the person's, and where
+// the skin tone and the iris colour came from
+const FLAG_TEXT = {
+  greyscale: "greyscale photo: no skin or eye colour to take",
+  colour_cast: "colour cast: the skin colour is the light's",
+  over_exposed: "over-exposed: the skin level is a guess",
+  under_exposed: "under-exposed: the skin level is a guess",
+  no_skin_model: "too little skin seen to model its colour",
+};
+
+function colourNotes(texture) {
+  if (!texture || !texture.iris) return [];
+  const notes = (texture.flags || []).map((f) => FLAG_TEXT[f] || f);
+  if (texture.skin_tone) notes.push(`skin tone from the ${texture.skin_tone}`);
+  notes.push(`iris colour from the ${texture.iris.source}`);
+  return notes;
+}
+
 async function showResult(result) {
   const gltf = await new GLTFLoader().loadAsync(result.links["mesh.glb"]);
   if (head) scene.remove(head);
@@ -91,8 +109,9 @@ async function showResult(result) {
   scene.add(head);
   applyMode();
   showDownloads(result.links);
-  Object.assign(state, { loaded: true, error: null, vertexCount: vertices, resultId: result.id });
-  setStatus(`Face ${result.id.slice(0, 12)}… · ${vertices.toLocaleString()} vertices`);
+  const notes = colourNotes(result.texture);
+  Object.assign(state, { loaded: true, error: null, vertexCount: vertices, resultId: result.id, notes });
+  setStatus([`Face ${result.id.slice(0, 12)}… · ${vertices.toLocaleString()} vertices`, ...notes].join(" · "));
 }
 
 async function request(url, options) {

@@ -79,14 +79,18 @@ def test_viewer_generates_a_visible_head(live_server, tmp_path):
     if not (ROOT / "service" / "static" / "node_modules" / "three").is_dir():
         pytest.skip("viewer assets missing: npm ci --prefix service/static")
     shot = tmp_path / "viewer.png"
+    photo = ROOT / "tests" / "fixtures" / "photos" / "cc0-interfaces-002.jpg"  # a greyscale portrait
     out = subprocess.run(
-        [node, str(ROOT / "tools" / "browser_test.mjs"), live_server + "/", str(shot), CHROMIUM],
-        capture_output=True, text=True, timeout=240,
+        [node, str(ROOT / "tools" / "browser_test.mjs"), live_server + "/", str(shot), CHROMIUM, str(photo)],
+        capture_output=True, text=True, timeout=360,
     )  # fmt: skip
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert out.returncode == 0 and report["loaded"], report
     assert report["vertexCount"] > 10_000
     assert report["generatedOption"] is True  # both bundles have a latent for the photo (/models lists it)
+    # then a greyscale photo: the status line says why its colours are not the person's
+    assert report["reconstructed"] is True, report
+    assert "greyscale photo" in report["status"] and "iris colour from the default" in report["status"], report
     artifacts = ROOT / "out" / "test-artifacts"
     artifacts.mkdir(parents=True, exist_ok=True)
     shutil.copy(shot, artifacts / "viewer.png")
