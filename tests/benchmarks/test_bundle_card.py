@@ -65,7 +65,7 @@ def test_a_broken_times_file_is_a_clear_error(tmp_path, capsys):
     (run / "stage_times.jsonl").write_text('{"stage": "shape", "seconds": 5.0}\nnot json\n')
     assert bundle_card.main(["--run", str(run), "--bundle", str(bundle)]) == 2
     assert "stage_times.jsonl:2" in capsys.readouterr().err
-    assert "training" not in json.loads((bundle / "manifest.json").read_text())  # nothing half-written
+    assert "stages" not in json.loads((bundle / "manifest.json").read_text())["training"]  # nothing half-written
     assert bundle_card.main(["--run", str(tmp_path / "nowhere"), "--bundle", str(bundle)]) == 2
 
 
