@@ -123,8 +123,61 @@ def card_block(training: Mapping[str, Any]) -> str:
             "|---|---|---|",
             *rows,
             f"| **all** | | **{_duration(total)}** |",
+            *evaluation_lines(training.get("evaluation") or {}),
         ]
     )
+
+
+EVAL_STAGES = ("shape", "alternate")
+"""The stages whose ``eval.json`` (held-out renders, torch, crops on the true landmarks) the card reports."""
+
+
+def stage_evaluation(run_dir: Path) -> dict[str, dict]:
+    """Per training stage with an ``eval.json``: its final held-out evaluation and the samples it was measured on."""
+    out = {}
+    for stage in EVAL_STAGES:
+        path = run_dir / stage / "eval.json"
+        if path.is_file():
+            data = json.loads(path.read_text())
+            final = data.get("final") or {}
+            out[stage] = {
+                "step": final.get("step"),
+                "samples": final.get("num_samples"),
+                "data": (data.get("protocol") or {}).get("samples", ""),
+                **{k: final[k] for k in ("now_coarse_mm", "landmark_nme", "gt_shape_mm", "albedo_mae") if k in final},
+            }
+    return out
+
+
+def _num(value: float | None, fmt: str) -> str:
+    return "—" if value is None else format(value, fmt)
+
+
+def evaluation_lines(evaluation: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """The training-time evaluation table (torch, before export) under the stage table; none without one."""
+    if not evaluation:
+        return []
+    rows = []
+    for stage, e in evaluation.items():
+        now = e.get("now_coarse_mm") or {}
+        cells = [
+            f"{_num(now.get('median'), '.2f')} / {_num(now.get('mean'), '.2f')}",
+            _num(e.get("landmark_nme"), ".3f"),
+            _num(e.get("gt_shape_mm"), ".2f"),
+            _num(e.get("albedo_mae"), ".3f"),
+        ]
+        rows.append(f"| after {stage} (step {e.get('step')}) | " + " | ".join(cells) + " |")
+    first = next(iter(evaluation.values()))
+    return [
+        "",
+        f"Training-time evaluation (PyTorch, {first.get('samples')} {first.get('data')}, crops on the true "
+        "landmarks; the exported bundle through the service: the metrics below):",
+        "",
+        "| | NoW coarse, median / mean (mm) | landmark error / eye distance | identity code vs truth (mm) "
+        "| AlbedoGAN albedo at the predicted latent, MAE |",
+        "|---|---|---|---|---|",
+        *rows,
+    ]
 
 
 def _pct(x: float) -> str:
@@ -234,6 +287,7 @@ def record(run_dir: Path, bundle_dir: Path, machine: str, config: str = "trainin
         "command": f"python -m training.run all --config {config} --out {run_dir.name}",
         "machine": machine,
         "stages": {s: {**v, "what": describe(s, cfg)} for s, v in stages.items() if float(v["seconds"]) > 0},
+        "evaluation": stage_evaluation(run_dir),
     }
     manifest_path = bundle_dir / "manifest.json"
     manifest = json.loads(manifest_path.read_text())

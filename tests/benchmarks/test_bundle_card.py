@@ -58,6 +58,24 @@ def test_resumed_stages_add_up_in_training_order(tmp_path):
     assert "| albedo |" in card and "| 50 min |" in card
     assert "| **all** | | **81 min** |" in card  # 4,830.5 s
     assert card.index("| albedo |") < card.index("| shape |") < card.index("| export |")
+    assert "Training-time evaluation" not in card  # the run has no eval.json
+
+
+def test_training_time_evaluation_comes_from_the_stages_eval_files(tmp_path):
+    run, bundle = make_run(tmp_path, [{"stage": "shape", "seconds": 60.0, "finished": "t"}])
+    final = {
+        "step": 1500,
+        "num_samples": 32,
+        "now_coarse_mm": {"median": 1.2034, "mean": 1.5133},
+        "landmark_nme": 0.0583,
+    }
+    (run / "shape").mkdir()
+    (run / "shape" / "eval.json").write_text(json.dumps({"final": final, "protocol": {"samples": "renders of 9"}}))
+    training = bundle_card.record(run, bundle, "a test box")
+    assert list(training["evaluation"]) == ["shape"] and training["evaluation"]["shape"]["step"] == 1500
+    card = (bundle / "MODEL_CARD.md").read_text()
+    assert "PyTorch, 32 renders of 9" in card
+    assert "| after shape (step 1500) | 1.20 / 1.51 | 0.058 | — | — |" in card
 
 
 def test_a_broken_times_file_is_a_clear_error(tmp_path, capsys):
