@@ -24,15 +24,13 @@ Inception-based FID/KID are not computed (no downloads here) and not claimed.
 from __future__ import annotations
 
 import argparse
-import subprocess
-import tarfile
 import tempfile
-from io import BytesIO
 from pathlib import Path
 
 import numpy as np
 import torch
 from albedo_registration import SIZE, feature_offsets, mean_at_size, truth_maps
+from baseline import baseline_from_git
 from PIL import Image
 from readme import table, write_block
 
@@ -43,17 +41,7 @@ from service.pipeline import generator_image, latent_from_seed
 from service.settings import EMBEDDED_BUNDLE
 from training.evaluation import AlbedoFeatures, ReferenceSet
 
-REPO = Path(__file__).resolve().parents[1]
 BASELINE_REV = "f3edfc3"  # bundle 1.1.0: bundle 1.0's 64² generator trained on extracted maps
-
-
-def baseline_from_git(rev: str, into: Path) -> Path:
-    """Extract the embedded bundle of git revision ``rev`` into ``into``; returns its folder."""
-    rel = EMBEDDED_BUNDLE.relative_to(REPO)
-    blob = subprocess.run(["git", "-C", str(REPO), "archive", rev, str(rel)], capture_output=True, check=True).stdout
-    with tarfile.open(fileobj=BytesIO(blob)) as tar:
-        tar.extractall(into, filter="data")
-    return into / rel
 
 
 def served_maps(bundle: Bundle, latents: np.ndarray) -> np.ndarray:

@@ -1,12 +1,14 @@
 """Service benchmark over real HTTP on loopback; prints tables.
 
-    python benchmarks/serve.py [--bundle PATH] [--requests 30] [--photos DIR] [--readme]
+    python benchmarks/serve.py [--bundle PATH] [--requests 30] [--photos DIR] [--baseline-rev REV] [--readme]
 
 * /generate and /reconstruct latency p50/p95 at concurrency 1 (every request distinct: no cache hits),
   with the mean time per pipeline stage from the responses;
 * /generate throughput at concurrency 1, 4, 16, 64, with dynamic batching (max batch 16) and without
   (max batch 1), each against a fresh server;
-* ONNX (onnxruntime) vs eager PyTorch for the same graphs at the same batch in this process.
+* ONNX (onnxruntime) vs eager PyTorch for the same graphs at the same batch in this process;
+* ``--baseline-rev REV``: /generate against the embedded bundle of git revision REV (e.g. bundle 1.0's, 9f7484e),
+  paired: both servers up, each seed sent to both in alternating order, so drift in the machine's load hits both.
 
 ``--readme`` writes the latency table into the README's ``serve-latency`` block and, for the embedded bundle,
 its model card's ``latency`` block (numbers are never typed by hand).
@@ -30,6 +32,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from baseline import baseline_from_git
 from readme import table, write_block
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,6 +108,38 @@ def bench_generate(bundle: Path, n: int, seed0: int) -> dict:
     print(f"\n/generate at concurrency 1 ({n} distinct seeds, the default body: texture 512, mesh 256, all outputs):")
     print(f"  p50 {out['p50']:.0f} ms   p95 {out['p95']:.0f} ms")
     print("  mean per stage (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in out["stages"].items()))
+    return out
+
+
+def bench_generate_paired(bundle: Path, baseline: Path, n: int, seed0: int) -> dict:
+    """/generate latency of ``bundle`` and ``baseline`` on the same seeds, interleaved (A B, B A, …)."""
+
+    async def run(urls: dict[str, str]) -> dict[str, list[float]]:
+        lat: dict[str, list[float]] = {k: [] for k in urls}
+        async with httpx.AsyncClient(timeout=300) as client:
+            for url in urls.values():  # warm-up: the first request at a mesh size builds its topology
+                (await client.post(url + "/generate", json=dict(GEN_BODY, seed=seed0 - 1))).raise_for_status()
+            for i in range(n):
+                order = list(urls) if i % 2 == 0 else list(urls)[::-1]
+                for key in order:
+                    t = time.perf_counter()
+                    r = await client.post(urls[key] + "/generate", json=dict(GEN_BODY, seed=seed0 + i))
+                    lat[key].append(time.perf_counter() - t)
+                    r.raise_for_status()
+        return lat
+
+    with server(bundle, max_batch=16) as url, server(baseline, max_batch=16) as base_url:
+        lat = asyncio.run(run({"this": url, "baseline": base_url}))
+    this, base = (1000 * np.asarray(lat[k]) for k in ("this", "baseline"))
+    out = {
+        "n": n,
+        "p50": float(np.median(this)),
+        "baseline_p50": float(np.median(base)),
+        "paired_ratio": float(np.median(this / base)),
+    }
+    print(f"\n/generate, paired with the baseline bundle ({n} seeds, each to both servers, alternating order):")
+    print(f"  p50 this {out['p50']:.0f} ms, baseline {out['baseline_p50']:.0f} ms; "
+          f"median per-seed ratio this / baseline {out['paired_ratio']:.2f}")  # fmt: skip
     return out
 
 
@@ -228,6 +263,7 @@ def main() -> None:
     parser.add_argument("--photos", type=Path, default=ROOT / "tests" / "fixtures" / "photos")
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--reconstruct-only", action="store_true", help="only /reconstruct, --requests uploads")
+    parser.add_argument("--baseline-rev", default=None, help="/generate paired with this git revision's bundle")
     parser.add_argument("--readme", action="store_true", help="write the latency table into the README (and card)")
     args = parser.parse_args()
     manifest = json.loads((args.bundle / "manifest.json").read_text())
@@ -235,8 +271,15 @@ def main() -> None:
     seed0 = int(time.time()) % 1_000_000 * 1000
     gen = None
     recs: list[dict] = []
+    paired = None
     if not args.reconstruct_only:
         gen = bench_generate(args.bundle, args.requests, seed0)
+        if args.baseline_rev:
+            with tempfile.TemporaryDirectory() as tmp:
+                baseline = baseline_from_git(args.baseline_rev, Path(tmp))
+                base_version = json.loads((baseline / "manifest.json").read_text())["version"]
+                paired = {"rev": args.baseline_rev, "version": base_version,
+                          **bench_generate_paired(args.bundle, baseline, args.requests, seed0 + 200)}  # fmt: skip
     if "encoder" in manifest["graphs"]:
         n = args.requests if args.reconstruct_only else max(6, args.requests // 3)
         modes = ["photo", "generated"] if load_bundle(args.bundle).generated_reconstruct else ["photo"]
@@ -248,7 +291,7 @@ def main() -> None:
             bench_throughput(args.bundle, args.requests, seed0 + 500)
         bench_onnx_vs_eager(args.bundle)
     if args.readme:
-        write_latency(args.bundle, gen, recs)
+        write_latency(args.bundle, gen, recs, paired)
 
 
 def latency_table(gen: dict | None, recs: list[dict]) -> str:
@@ -267,10 +310,17 @@ def latency_table(gen: dict | None, recs: list[dict]) -> str:
     return table(header, rows)
 
 
-def write_latency(bundle: Path, gen: dict | None, recs: list[dict]) -> None:
+def write_latency(bundle: Path, gen: dict | None, recs: list[dict], paired: dict | None = None) -> None:
     from service.settings import EMBEDDED_BUNDLE
 
-    text = f"On this {os.cpu_count()}-core CPU (`python benchmarks/serve.py --readme`):\n\n" + latency_table(gen, recs)
+    command = "python benchmarks/serve.py" + (f" --baseline-rev {paired['rev']}" if paired else "") + " --readme"
+    text = f"On this {os.cpu_count()}-core CPU (`{command}`):\n\n" + latency_table(gen, recs)
+    if paired:
+        text += (
+            f"\n\n/generate against bundle {paired['version']} (git {paired['rev']}) in the same run, {paired['n']} "
+            f"seeds sent to both servers in alternating order: p50 {paired['p50']:.0f} ms vs "
+            f"{paired['baseline_p50']:.0f} ms, median per-seed ratio {paired['paired_ratio']:.2f}."
+        )
     write_block("serve-latency", text)
     print("wrote the README's serve-latency block")
     if bundle.resolve() == Path(EMBEDDED_BUNDLE).resolve():
