@@ -326,62 +326,97 @@ def _spread(v: dict) -> str:
     return f"median {v['median']:.2f}, mean {v['mean']:.2f} ± {v['std']:.2f}"
 
 
+def _with_previous(header: tuple[str, str, str], rows: list[tuple], prev: dict | None) -> str:
+    """A table of (label, this, previous, note) rows; the previous bundle's column only when there is one."""
+    if prev is None:
+        return table(header, [(a, b, d) for a, b, _, d in rows])
+    head = (header[0], header[1], f"{prev['bundle']['name']} {prev['bundle']['version']}", header[2])
+    return table(head, [(a, b, c or "—", d) for a, b, c, d in rows])
+
+
+def previous_report(path: Path, args: argparse.Namespace) -> dict:
+    """Another bundle's ``--json`` report, measured the same way (same stream, counts and photos), for the column
+    beside this bundle's; only what the tables show is kept."""
+    prev = json.loads(path.read_text())
+    s = prev.get("synthetic") or {}
+    if s and (s.get("seed") != args.seed or s.get("num_samples") != args.synthetic):
+        raise SystemExit(f"--previous {path}: measured on stream {s.get('seed')} × {s.get('num_samples')}, "
+                         f"not {args.seed} × {args.synthetic}")  # fmt: skip
+    return {k: prev[k] for k in ("bundle", "synthetic", "photos") if k in prev}
+
+
 def card_tables(report: dict) -> str:
     """The model card's metric tables from a report of :func:`main`."""
     out = [f"Bundle size: {report['bundle']['megabytes']} MB (every file of the bundle folder)."]
+    prev = report.get("previous")
     if "synthetic" in report:
         s = report["synthetic"]
+        ps = (prev or {}).get("synthetic")
+        rows = [
+            (
+                "shape error, NoW protocol, coarse mesh (mm, over scan points)",
+                _spread(s["now_coarse_mm"]),
+                ps and _spread(ps["now_coarse_mm"]),
+                "the prior's mean face: " + _spread(s["now_prior_mean_mm"]),
+            ),
+            (
+                "shape error, NoW protocol, detailed mesh (mm)",
+                _spread(s["now_detailed_mm"]),
+                ps and _spread(ps["now_detailed_mm"]),
+                "",
+            ),
+            (
+                "68-landmark error / inter-ocular distance vs the renders' truth",
+                f"{s['landmark_nme']:.3f}",
+                ps and f"{ps['landmark_nme']:.3f}",
+                "",
+            ),
+        ] + [
+            (
+                f"albedo error on the seen texels, `albedo={mode}` (linear)",
+                f"MAE {mae:.3f}, RMSE after a per-channel gain {s['albedo_rmse_gain_corrected'][mode]:.3f}",
+                ps
+                and mode in ps["albedo_mae"]
+                and f"MAE {ps['albedo_mae'][mode]:.3f}, {ps['albedo_rmse_gain_corrected'][mode]:.3f}",
+                "",
+            )
+            for mode, mae in s["albedo_mae"].items()
+        ]
         out.append(
             f"**Synthetic held-out faces**: {s['num_reconstructed']} of {s['num_samples']} renders of stream seed "
             f"{s['seed']} (never trained on) reconstructed through the service pipeline"
             + (f"; not found: {', '.join(s['failures'])}" if s["failures"] else "")
+            + (f" ({prev['bundle']['version']}: {ps['num_reconstructed']} of them)" if ps else "")
             + ".\n\n"
-            + table(
-                ("", "this bundle", "reference"),
-                [
-                    (
-                        "shape error, NoW protocol, coarse mesh (mm, over scan points)",
-                        _spread(s["now_coarse_mm"]),
-                        "the prior's mean face: " + _spread(s["now_prior_mean_mm"]),
-                    ),
-                    ("shape error, NoW protocol, detailed mesh (mm)", _spread(s["now_detailed_mm"]), ""),
-                    ("68-landmark error / inter-ocular distance vs the renders' truth", f"{s['landmark_nme']:.3f}", ""),
-                ]
-                + [
-                    (
-                        f"albedo error on the seen texels, `albedo={mode}` (linear)",
-                        f"MAE {mae:.3f}, RMSE after a per-channel gain {s['albedo_rmse_gain_corrected'][mode]:.3f}",
-                        "",
-                    )
-                    for mode, mae in s["albedo_mae"].items()
-                ],
-            )
+            + _with_previous(("", "this bundle", "reference"), rows, prev)
         )
     if "photos" in report:
         p = report["photos"]
+        pp = (prev or {}).get("photos")
         names = ", ".join(r["photo"].split(".")[0] for r in p["per_photo"])
+        rows = [
+            (
+                "68-landmark error of the reconstruction vs dlib's 68-point detector",
+                f"{p['landmark_nme_vs_detector']:.3f}",
+                pp and f"{pp['landmark_nme_vs_detector']:.3f}",
+                ", ".join(f"{r['landmark_nme_vs_detector']:.3f}" for r in p["per_photo"]),
+            ),
+            (
+                "identity cosine, photo vs its reconstruction rendered over it (dlib embedding)",
+                f"{p['identity_cosine_own_render']:.3f}",
+                pp and f"{pp['identity_cosine_own_render']:.3f}",
+                f"rank-1 {p['identity_rank1']:.2f}",
+            ),
+            (
+                "identity cosine, photo vs the other photos' renders",
+                f"{p['identity_cosine_other_renders']:.3f}",
+                pp and f"{pp['identity_cosine_other_renders']:.3f}",
+                "",
+            ),
+        ]
         out.append(
             f"**Real photos** ({p['num_photos']} CC0 fixture portraits, no ground truth; per photo: {names}):\n\n"
-            + table(
-                ("", "mean", "per photo"),
-                [
-                    (
-                        "68-landmark error of the reconstruction vs dlib's 68-point detector",
-                        f"{p['landmark_nme_vs_detector']:.3f}",
-                        ", ".join(f"{r['landmark_nme_vs_detector']:.3f}" for r in p["per_photo"]),
-                    ),
-                    (
-                        "identity cosine, photo vs its reconstruction rendered over it (dlib embedding)",
-                        f"{p['identity_cosine_own_render']:.3f}",
-                        f"rank-1 {p['identity_rank1']:.2f}",
-                    ),
-                    (
-                        "identity cosine, photo vs the other photos' renders",
-                        f"{p['identity_cosine_other_renders']:.3f}",
-                        "",
-                    ),
-                ],
-            )
+            + _with_previous(("", "mean", "per photo"), rows, prev)
         )
     if "albedogan" in report:
         a = report["albedogan"]
@@ -509,6 +544,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--write", action="store_true", help="write the report into the bundle (and the README)")
     ap.add_argument("--no-tone-match", action="store_true", help="albedo=generated without the photo's skin tone")
+    ap.add_argument("--previous", type=Path, default=None, help="another bundle's --json report: a column beside")
     args = ap.parse_args()
     if args.write and args.no_tone_match:
         raise SystemExit("--write measures the service as it runs: without --no-tone-match")
@@ -524,6 +560,7 @@ def main() -> None:
     report: dict = {
         "bundle": {"name": bundle.manifest.name, "version": bundle.manifest.version, "megabytes": round(size / 1e6, 1)}
     }
+    previous = previous_report(args.previous, args) if args.previous else None
     t0 = time.perf_counter()
     if args.synthetic:
         report["synthetic"] = synthetic_metrics(runner, args.synthetic, args.seed)
@@ -553,6 +590,8 @@ def main() -> None:
         print("AlbedoGAN KID " + "  ".join(f"{k[4:]} {a[k]:.2f} ± {a[k + '_std']:.2f}" for k in a
                                            if k.startswith("kid_") and not k.endswith("_std")))  # fmt: skip
     report["seconds"] = round(time.perf_counter() - t0, 1)
+    if previous:
+        report["previous"] = previous
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
     if args.write:
