@@ -534,9 +534,11 @@ def extract(
        lips get a colour model of their own, and texels off it in chroma (``chroma_limit``) or log-luminance
        (``lip_luminance`` or 2.5 σ) show teeth or the mouth's interior through a fitted mouth that opens or
        closes differently from the photo's. Rejected areas grow by ~1 % of the map (mixed pixels at their
-       edges).
+       edges), except *specks*: rejected areas too thin to hold a square of ~3 % of the map, in skin that was
+       otherwise taken (a highlight on a wrinkle, a pore, a stray hair), which grow by one texel.
     3. Each accepted texel's weight fades in with its facing angle and away from rejected areas (feathering);
-       what is missing takes its mirror texel (u → 1 − u) with the mirror's weight, the rest a pull-push fill
+       what is missing takes its mirror texel (u → 1 − u) with the mirror's weight (not around specks: the
+       skin around them is the better guess, the mirror side's light and wrinkles differ), the rest a pull-push fill
        of everything accepted (a smooth prior: local averages that widen until they reach data), blended by
        weight, so there are no seams, holes, or black texels anywhere in the map.
 
@@ -627,6 +629,7 @@ def extract(
         off.flat[idx[lip_texels][(d2 >= chroma_limit) | (np.abs(dy) >= band)]] = True
         ok &= ~((_box_sum(off, 1) > 0).reshape(-1) & layout.lips)
     accepted = ok
+    local = np.zeros(N, bool)  # texels around specks of rejected skin: filled from around them, not mirrored
     flags = (*flags, *exposure)
     if skin is None:
         flags = (*flags, "no_skin_model")
@@ -644,7 +647,19 @@ def extract(
         rejected = np.zeros((R, R), bool)
         rejected.flat[idx[~good]] = True
         grow = max(1, int(round(R / 128)))
-        accepted = ok & ~((_box_sum(rejected, grow) > 0).reshape(-1) & ~keep)
+        # specks: rejected areas too thin to hold a (2·speck + 1)² square (a highlight on a wrinkle or the nose, a
+        # pore, a stray hair): their surroundings are the best guess of the skin under them, not the mirror side,
+        # whose light and wrinkles differ (mirrored squares on 006's forehead); grown by one texel only. What
+        # survives the opening is hair, eyewear, background: grown by `grow` (mixed pixels at their edges).
+        speck = max(1, int(round(R / 64)))
+        reach = grow + 2 * max(1, int(round(R / 96)))  # as far as the feathering below lowers a weight
+        thin = rejected & ~(_box_sum(_box_sum(rejected, speck) == (2 * speck + 1) ** 2, speck) > 0)
+        # ... and isolated: in skin that was otherwise taken (not the lids' and lashes' rejections around an eye)
+        specks = thin & (_box_mean(rejected | ~ok.reshape(R, R), reach) < 0.1)
+        large = rejected & ~specks
+        grown = (_box_sum(large, grow) > 0) | (_box_sum(specks, 1) > 0)
+        accepted = ok & ~(grown.reshape(-1) & ~keep)
+        local = ((_box_sum(specks, reach) > 0) & ~(_box_sum(large, reach) > 0)).reshape(-1)
     # weights: facing fade-in and feathering away from everything not accepted
     feather = max(1, int(round(R / 96)))
     inside = _box_mean(_box_mean(accepted.reshape(R, R), feather), feather).reshape(-1)
@@ -652,7 +667,7 @@ def extract(
     w = np.where(layout.keep_as_seen & accepted, np.maximum(w, 0.8 * accepted), w)
     # the mirror never carries an eye opening onto skin or skin into an opening (the layout is not exactly
     # symmetric: the other eye's white would land on these lids)
-    w_m = (1.0 - w) * _mirror(w, R) * (layout.openings == _mirror(layout.openings, R))
+    w_m = (1.0 - w) * _mirror(w, R) * (layout.openings == _mirror(layout.openings, R)) * ~local
     weight = w + w_m
     mixed = w[:, None] * delit + w_m[:, None] * _mirror(delit, R)
     value = np.where(weight[:, None] > 0, mixed / np.maximum(weight, 1e-12)[:, None], 0.0)

@@ -363,3 +363,44 @@ def test_a_skin_models_colour_is_its_chroma_at_its_level():
     rgb = np.array([0.42, 0.27, 0.19])
     samples = rgb * np.exp(np.random.default_rng(0).normal(0.0, 0.01, (500, 3)))
     assert np.abs(texture.fit_skin_model(samples).colour() - rgb).max() < 0.005
+
+
+def test_highlight_specks_take_the_skin_around_them_not_the_mirror_side(model, scene):
+    """Small bright specks (highlights on a wrinkle or the nose) are rejected; what fills them is this side's skin
+    around them: the mirror side, 30 % darker here (a hard side light the de-lighting missed), would show as
+    dark squares (fixture 006's forehead)."""
+    _, _, _, verts, px = scene
+    size = 256
+    lo, hi = verts.min(0), verts.max(0)
+    centre, extent = (lo[:2] + hi[:2]) / 2, float(max(hi[:2] - lo[:2])) * 1.05
+    view = render_ortho(verts, model.faces, size, centre, extent)
+    mask = view.face >= 0
+    uv = np.einsum("nk,nkc->nc", view.bary[mask], model.uv[model.uv_faces[view.face[mask]]])
+    v, u = np.mgrid[0:R, 0:R] / R
+    truth = skin_albedo(R) * np.where(u > 0.5, 0.7, 1.0)[..., None]
+    img = np.zeros((size, size, 3))
+    img[...] = np.array([0.1, 0.35, 0.2])
+    img[mask] = geo.sample_map(truth, uv)
+    fit_px = view.to_pixel(verts[:, :2])
+    first = texture.extract(model, verts, fit_px, img, R)
+    cheeks = texture.uv_regions(model, R)["cheeks"] & first.accepted & (u < 0.45)
+    rows, cols = np.nonzero(cheeks)
+    pick = np.linspace(0, len(rows) - 1, 6).astype(int)[1:-1]
+    yy, xx = np.mgrid[0:size, 0:size]
+    spots = np.zeros((size, size), bool)
+    for r, c in zip(rows[pick], cols[pick], strict=True):
+        x, y = first.pixel[r, c]
+        spots |= (xx - x) ** 2 + (yy - y) ** 2 <= 2.0**2
+    lit = img.copy()
+    lit[spots] = 0.97  # specular: near white
+    out = texture.extract(model, verts, fit_px, lit, R)
+    H, W = spots.shape
+    own = np.isfinite(out.pixel[..., 0])
+    col = np.clip(np.rint(out.pixel[..., 0]).astype(int), 0, W - 1)
+    row = np.clip(np.rint(out.pixel[..., 1]).astype(int), 0, H - 1)
+    hit = own & spots[row, col]
+    assert hit.sum() >= 4 and not out.accepted[hit].any()  # the specks were rejected
+    rel = out.albedo[hit] / truth[hit]
+    # filled from around: within a few % of the truth; the mirror's 0.7 would be 30 % off (measured before
+    # specks were told apart from hair: 0.68)
+    assert np.abs(np.median(rel, 0) - 1.0).max() < 0.08, np.median(rel, 0)  # measured 0.999
