@@ -7,16 +7,18 @@ import tarfile
 from io import BytesIO
 from pathlib import Path
 
+from service.settings import EMBEDDED_BUNDLE
+
 REPO = Path(__file__).resolve().parents[1]
-EMBEDDED = Path("service") / "bundled" / "default"
-BUNDLE_1_0 = "9f7484e"  # the first shipped default bundle (1.0.0)
+BUNDLE_1_0 = "9f7484e"  # the revision that shipped the first trained default bundle (1.0.0)
 
 
 def baseline_from_git(rev: str, into: Path) -> Path:
     """Extract the embedded bundle of git revision ``rev`` into ``into``; returns its folder."""
-    proc = subprocess.run(["git", "-C", str(REPO), "archive", rev, str(EMBEDDED)], capture_output=True)
+    rel = EMBEDDED_BUNDLE.relative_to(REPO)
+    proc = subprocess.run(["git", "-C", str(REPO), "archive", rev, str(rel)], capture_output=True)
     if proc.returncode != 0:
         raise SystemExit(f"no embedded bundle at git revision {rev!r}: {proc.stderr.decode().strip()}")
     with tarfile.open(fileobj=BytesIO(proc.stdout)) as tar:
         tar.extractall(into, filter="data")
-    return into / EMBEDDED
+    return into / rel

@@ -5,8 +5,11 @@ in the manifest when it was made, and every graph's ONNX parity).
 
     python benchmarks/bundle_card.py --run runs/default --bundle service/bundled/default
 
-Reads ``RUN/stage_times.jsonl`` (one line per stage a ``training.run`` command ran; a stage resumed after a kill
-adds a line, so a stage's cost is the sum of its lines) and ``RUN/config.yaml`` (the sizes each row states).
+Reads ``RUN/stage_times.jsonl`` and ``RUN/config.yaml`` (the sizes each row states). ``training.run`` writes a
+stage's time when the stage finishes, so a run of it that was killed is not in the sum: its work up to its last
+checkpoint was resumed, not counted (since ``started`` lines exist, the table says how many runs were cut short).
+The bundle must be the run's export (``manifest.json["training"]["final_dir"]`` inside ``--run``), and the card
+must have both blocks; nothing is written otherwise.
 """
 
 from __future__ import annotations
@@ -19,28 +22,36 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from readme import write_block
+from readme import table, write_block
 
 from training.run import ORDER, TIMES_FILE
 
 
 def stage_seconds(run_dir: Path) -> dict[str, dict[str, float | int]]:
-    """Per stage, in ``training.run``'s order: wall seconds summed over its lines and how many lines (parts)."""
+    """Per stage, in ``training.run``'s order: wall seconds summed over its finished runs, and how many of its
+    runs started and never finished (killed; only counted where the run wrote ``started`` lines)."""
     path = run_dir / TIMES_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no stage times (is {run_dir} a training.run output folder?)")
     totals: dict[str, dict[str, float | int]] = {}
+    open_run: str | None = None  # the stage whose `started` line has no `finished` line yet
     for n, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
-            stage, seconds = str(row["stage"]), float(row["seconds"])
+            stage = str(row["stage"])
+            seconds = None if "started" in row else float(row["seconds"])
         except (ValueError, KeyError, TypeError) as exc:
             raise ValueError(f"{path}:{n}: not a stage-time line ({exc})") from exc
-        entry = totals.setdefault(stage, {"seconds": 0.0, "parts": 0})
-        entry["seconds"] = round(float(entry["seconds"]) + seconds, 1)
-        entry["parts"] = int(entry["parts"]) + 1
+        entry = totals.setdefault(stage, {"seconds": 0.0, "interrupted": 0})
+        if open_run is not None and (seconds is None or open_run != stage):
+            totals[open_run]["interrupted"] = int(totals[open_run]["interrupted"]) + 1
+        if seconds is None:
+            open_run = stage
+        else:
+            entry["seconds"] = round(float(entry["seconds"]) + seconds, 1)
+            open_run = None
     order = {s: i for i, s in enumerate(ORDER)}
     return dict(sorted(totals.items(), key=lambda kv: order.get(kv[0], len(order))))
 
@@ -59,13 +70,14 @@ def describe(stage: str, cfg: Mapping[str, Any]) -> str:
     if stage == "albedo":
         data = c.get("data") or {}
         kimg = int(c.get("steps", 0)) * int(c.get("batch", 0)) / 1000
+        mean_image = ", learned mean image" if ((c.get("G") or {}).get("synthesis") or {}).get("mean_image") else ""
         source = (
             f"{data.get('num_samples')} procedural true albedo maps ({data.get('holdout')} more held out)"
             if data.get("kind") == "synthetic"
             else "the extracted maps"
         )
         return (
-            f"AlbedoGAN (StyleGAN2, {c.get('resolution')}², learned mean image) on {source}: "
+            f"AlbedoGAN (StyleGAN2, {c.get('resolution')}²{mean_image}) on {source}: "
             f"{c.get('steps')} steps × {c.get('batch')} = {kimg:g} kimg"
         )
     if stage == "grow":
@@ -88,7 +100,8 @@ def describe(stage: str, cfg: Mapping[str, Any]) -> str:
         return f"landmark localiser: {c.get('renders')} synthetic renders, {c.get('steps')} steps"
     if stage == "export":
         return (
-            f"ONNX bundle {c.get('name')} {c.get('version')} (fp16 weights, parity checked), mean-map, mouth, "
+            f"ONNX bundle {c.get('name')} {c.get('version')} ({'float16' if c.get('fp16') else 'float32'} weights, "
+            "parity checked), mean-map, mouth, "
             "latent → head and photo albedo → latent calibrations"
         )
     if stage == "recipe":
@@ -97,32 +110,29 @@ def describe(stage: str, cfg: Mapping[str, Any]) -> str:
 
 
 def _duration(seconds: float) -> str:
-    minutes = seconds / 60
-    if minutes < 1:
+    if seconds < 60:
         return f"{seconds:.0f} s"
-    if minutes < 90:
-        return f"{minutes:.0f} min"
-    return f"{int(minutes // 60)} h {minutes % 60:02.0f} min"
+    minutes = round(seconds / 60)
+    return f"{minutes} min" if minutes < 90 else f"{minutes // 60} h {minutes % 60:02d} min"
 
 
 def card_block(training: Mapping[str, Any]) -> str:
     """The model card's ``recipe`` block from ``manifest.json["training"]``."""
     rows = []
     for stage, entry in training["stages"].items():
-        parts = int(entry["parts"])
-        resumed = f" ({parts} parts)" if parts > 1 else ""
-        rows.append(f"| {stage} | {entry['what']} | {_duration(float(entry['seconds']))}{resumed} |")
+        cut = int(entry.get("interrupted", 0))
+        note = f" (+ {cut} run{'s' * (cut > 1)} killed and resumed, not counted)" if cut else ""
+        rows.append((stage, entry["what"], _duration(float(entry["seconds"])) + note))
     total = sum(float(e["seconds"]) for e in training["stages"].values())
+    rows.append(("**all**", "", f"**{_duration(total)}**"))
     return "\n".join(
         [
-            f"`{training['command']}` on {training['machine']}; wall time per stage summed over the run's parts "
-            "(a stage killed and resumed adds a part; other work on the same cores stretches it). "
-            "Written by `python benchmarks/bundle_card.py`.",
+            f"`{training['command']}` on {training['machine']}. Wall time per stage: the sum over its runs that "
+            "finished (a run killed before the stage's end is not counted: its work up to its last checkpoint was "
+            "resumed; other work on the same cores stretches every number). Written by "
+            "`python benchmarks/bundle_card.py`.",
             "",
-            "| stage | what | wall time |",
-            "|---|---|---|",
-            *rows,
-            f"| **all** | | **{_duration(total)}** |",
+            table(("stage", "what", "wall time"), rows),
             *evaluation_lines(training.get("evaluation") or {}),
         ]
     )
@@ -160,28 +170,34 @@ def evaluation_lines(evaluation: Mapping[str, Mapping[str, Any]]) -> list[str]:
     rows = []
     for stage, e in evaluation.items():
         now = e.get("now_coarse_mm") or {}
-        cells = [
-            f"{_num(now.get('median'), '.2f')} / {_num(now.get('mean'), '.2f')}",
-            _num(e.get("landmark_nme"), ".3f"),
-            _num(e.get("gt_shape_mm"), ".2f"),
-            _num(e.get("albedo_mae"), ".3f"),
-        ]
-        rows.append(f"| after {stage} (step {e.get('step')}) | " + " | ".join(cells) + " |")
+        rows.append(
+            (
+                f"after {stage} (step {e.get('step')})",
+                f"{_num(now.get('median'), '.2f')} / {_num(now.get('mean'), '.2f')}",
+                _num(e.get("landmark_nme"), ".3f"),
+                _num(e.get("gt_shape_mm"), ".2f"),
+                _num(e.get("albedo_mae"), ".3f"),
+            )
+        )
     first = next(iter(evaluation.values()))
+    header = (
+        "",
+        "NoW coarse, median / mean (mm)",
+        "landmark error / eye distance",
+        "identity code vs truth (mm)",
+        "AlbedoGAN albedo at the predicted latent, MAE",
+    )
     return [
         "",
         f"Training-time evaluation (PyTorch, {first.get('samples')} {first.get('data')}, crops on the true "
         "landmarks; the exported bundle through the service: the metrics below):",
         "",
-        "| | NoW coarse, median / mean (mm) | landmark error / eye distance | identity code vs truth (mm) "
-        "| AlbedoGAN albedo at the predicted latent, MAE |",
-        "|---|---|---|---|---|",
-        *rows,
+        table(header, rows),
     ]
 
 
-def _pct(x: float) -> str:
-    return f"{100 * x:.0f} %"
+def _pct(x: float | None) -> str:
+    return "—" if x is None else f"{100 * x:.0f} %"
 
 
 def components_block(manifest: Mapping[str, Any]) -> str:
@@ -223,7 +239,8 @@ def components_block(manifest: Mapping[str, Any]) -> str:
                 'mouth calibration (`manifest.json["mouth"]`)',
                 f"lip-gap RMSE {1000 * mouth['rmse_encoder_m']:.1f} mm (encoder) → "
                 f"{1000 * mouth['rmse_calibrated_m']:.1f} mm",
-                f"{mouth['samples']} renders: {mouth.get('data', '')}",
+                f"**not held out**: the {mouth['samples']} renders its slope and intercept were fitted on "
+                f"({mouth.get('data', '')})",
             )
         )
     lat = manifest.get("albedo_latent")
@@ -243,8 +260,8 @@ def components_block(manifest: Mapping[str, Any]) -> str:
             (
                 "/generate's latent → head (`codes.onnx`)",
                 f"heads {codes['face_region_error_mm']:.2f} mm from the teacher's ({_pct(codes['error_ratio'])} of "
-                f"its spread); cue readers: sex {_pct(readers.get('male_accuracy', float('nan')))}, "
-                f"log melanin R² {readers.get('log_melanin_r2', float('nan')):.2f}",
+                f"its spread); cue readers: sex {_pct(readers.get('male_accuracy'))}, "
+                f"log melanin R² {_num(readers.get('log_melanin_r2'), '.2f')}",
                 f"{codes['validation_samples']} of {codes['samples']} generated maps held out",
             )
         )
@@ -254,49 +271,57 @@ def components_block(manifest: Mapping[str, Any]) -> str:
             (
                 "AlbedoGAN mean map (`albedo.onnx`)",
                 f"mean map set to the training maps' (mean absolute change {mean['shift_mean_abs']:.3f})",
-                f"{mean['samples']} generated vs {mean['training_maps']} training maps",
+                f"a calibration, not an evaluation: {mean['samples']} generated vs {mean['training_maps']} "
+                "training maps",
             )
         )
-    parity = [
-        f"{name} {g['parity_max_abs']:.1e}"
-        for name, g in (manifest.get("graphs") or {}).items()
-        if g.get("parity_max_abs") is not None
-    ]
+    graphs = manifest.get("graphs") or {}
+    parity = [f"{name} {g['parity_max_abs']:.1e}" for name, g in graphs.items() if g.get("parity_max_abs") is not None]
+    dtypes = sorted({str(g.get("weights_dtype", "float32")) for g in graphs.values()})
     lines = [
-        "Each part's held-out numbers as its fit recorded them in `manifest.json` (written by "
+        "Each part's numbers as its fit recorded them in `manifest.json` (written by "
         "`python benchmarks/bundle_card.py`):",
         "",
-        "| part | held out | on |",
-        "|---|---|---|",
-        *(f"| {a} | {b} | {c} |" for a, b, c in rows),
+        table(("part", "number", "measured on"), rows),
     ]
     if parity:
         lines += [
             "",
             "ONNX parity, each graph's largest absolute difference from the model it was exported from "
-            "(float16 weights): " + ", ".join(parity),
+            f"(weights stored as {' / '.join(dtypes)}): " + ", ".join(parity),
         ]
     return "\n".join(lines)
 
 
 def record(run_dir: Path, bundle_dir: Path, machine: str, config: str = "training/configs/default.yaml") -> dict:
-    """The run's stage times and sizes into ``bundle_dir``'s manifest and card; returns the manifest's entry."""
-    cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    """The run's stage times and sizes into ``bundle_dir``'s manifest and card; returns the manifest's entry.
+
+    Raises (before writing anything): FileNotFoundError / ValueError for a run folder without readable stage
+    times, ValueError when the bundle is not that run's export, SystemExit when the card lacks a block."""
     stages = stage_seconds(run_dir)
+    manifest_path = bundle_dir / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    final = (manifest.get("training") or {}).get("final_dir")
+    if final is None or not Path(final).resolve().is_relative_to(run_dir.resolve()):
+        raise ValueError(f"{bundle_dir} was exported from {final}, not from the run {run_dir}")
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
     training = {
-        "command": f"python -m training.run all --config {config} --out {run_dir.name}",
+        "command": f"python -m training.run all --config {config} --out {run_dir}",
         "machine": machine,
         "stages": {s: {**v, "what": describe(s, cfg)} for s, v in stages.items() if float(v["seconds"]) > 0},
         "evaluation": stage_evaluation(run_dir),
     }
-    manifest_path = bundle_dir / "manifest.json"
-    manifest = json.loads(manifest_path.read_text())
     manifest["training"] = {**(manifest.get("training") or {}), **training}  # beside what the export recorded
-    manifest_path.write_text(json.dumps(manifest, indent=1) + "\n")
+    blocks = {"recipe": card_block(training), "components": components_block(manifest)}
     card = bundle_dir / "MODEL_CARD.md"
     if card.is_file():
-        write_block("recipe", card_block(training), card)
-        write_block("components", components_block(manifest), card)
+        text = card.read_text()
+        missing = [name for name in blocks if f"<!-- {name}:begin -->" not in text]
+        if missing:
+            raise SystemExit(f"{card}: no block {', '.join(missing)} (add <!-- NAME:begin --> / <!-- NAME:end -->)")
+        for name, block in blocks.items():
+            write_block(name, block, card)
+    manifest_path.write_text(json.dumps(manifest, indent=1) + "\n")
     return training
 
 
@@ -311,6 +336,9 @@ def main(argv: list[str] | None = None) -> int:
         training = record(args.run, args.bundle, args.machine, args.config)
     except (FileNotFoundError, ValueError, SystemExit) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyError as exc:
+        print(f"error: {args.bundle}/manifest.json lacks {exc} (nothing written)", file=sys.stderr)
         return 2
     print(card_block(training))
     return 0

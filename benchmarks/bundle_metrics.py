@@ -330,7 +330,8 @@ def _with_previous(header: tuple[str, str, str], rows: list[tuple], prev: dict |
     """A table of (label, this, previous, note) rows; the previous bundle's column only when there is one."""
     if prev is None:
         return table(header, [(a, b, d) for a, b, _, d in rows])
-    head = (header[0], header[1], f"{prev['bundle']['name']} {prev['bundle']['version']}", header[2])
+    previous = f"{prev['bundle']['name']} {prev['bundle']['version']}" + (" (mean)" if header[1] == "mean" else "")
+    head = (header[0], header[1] if header[1] != "mean" else "this bundle (mean)", previous, header[2])
     return table(head, [(a, b, c or "—", d) for a, b, c, d in rows])
 
 
@@ -338,10 +339,14 @@ def previous_report(path: Path, args: argparse.Namespace) -> dict:
     """Another bundle's ``--json`` report, measured the same way (same stream, counts and photos), for the column
     beside this bundle's; only what the tables show is kept."""
     prev = json.loads(path.read_text())
-    s = prev.get("synthetic") or {}
-    if s and (s.get("seed") != args.seed or s.get("num_samples") != args.synthetic):
+    s = prev.get("synthetic")
+    if args.synthetic and s and (s.get("seed") != args.seed or s.get("num_samples") != args.synthetic):
         raise SystemExit(f"--previous {path}: measured on stream {s.get('seed')} × {s.get('num_samples')}, "
                          f"not {args.seed} × {args.synthetic}")  # fmt: skip
+    photos = sorted(f.name for f in Path(args.photos).glob("*.jpg"))  # as photo_metrics reads them
+    theirs = sorted(r["photo"] for r in (prev.get("photos") or {}).get("per_photo", []))
+    if prev.get("photos") and theirs != photos:
+        raise SystemExit(f"--previous {path}: measured on the photos {theirs}, not {photos}")
     return {k: prev[k] for k in ("bundle", "synthetic", "photos") if k in prev}
 
 
@@ -377,7 +382,8 @@ def card_tables(report: dict) -> str:
                 f"MAE {mae:.3f}, RMSE after a per-channel gain {s['albedo_rmse_gain_corrected'][mode]:.3f}",
                 ps
                 and mode in ps["albedo_mae"]
-                and f"MAE {ps['albedo_mae'][mode]:.3f}, {ps['albedo_rmse_gain_corrected'][mode]:.3f}",
+                and f"MAE {ps['albedo_mae'][mode]:.3f}, RMSE after a per-channel gain "
+                f"{ps['albedo_rmse_gain_corrected'][mode]:.3f}",
                 "",
             )
             for mode, mae in s["albedo_mae"].items()
@@ -416,7 +422,7 @@ def card_tables(report: dict) -> str:
         ]
         out.append(
             f"**Real photos** ({p['num_photos']} CC0 fixture portraits, no ground truth; per photo: {names}):\n\n"
-            + _with_previous(("", "mean", "per photo"), rows, prev)
+            + _with_previous(("", "mean", "per photo (this bundle)"), rows, prev)
         )
     if "albedogan" in report:
         a = report["albedogan"]

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from baseline import baseline_from_git
+from baseline import BUNDLE_1_0, baseline_from_git
 from readme import table, write_block
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,6 +54,8 @@ def server(bundle: Path, max_batch: int):
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(1200):
+            if proc.poll() is not None:
+                raise SystemExit(f"the server for {bundle} exited with {proc.returncode} before it was ready")
             try:
                 if httpx.get(url + "/health/ready", timeout=1).status_code == 200:
                     break
@@ -263,7 +265,9 @@ def main() -> None:
     parser.add_argument("--photos", type=Path, default=ROOT / "tests" / "fixtures" / "photos")
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--reconstruct-only", action="store_true", help="only /reconstruct, --requests uploads")
-    parser.add_argument("--baseline-rev", default=None, help="/generate paired with this git revision's bundle")
+    parser.add_argument(
+        "--baseline-rev", default=None, help=f"/generate paired with this git revision's bundle (1.0: {BUNDLE_1_0})"
+    )
     parser.add_argument("--readme", action="store_true", help="write the latency table into the README (and card)")
     args = parser.parse_args()
     manifest = json.loads((args.bundle / "manifest.json").read_text())
@@ -318,8 +322,8 @@ def write_latency(bundle: Path, gen: dict | None, recs: list[dict], paired: dict
     if paired:
         text += (
             f"\n\n/generate against bundle {paired['version']} (git {paired['rev']}) in the same run, {paired['n']} "
-            f"seeds sent to both servers in alternating order: p50 {paired['p50']:.0f} ms vs "
-            f"{paired['baseline_p50']:.0f} ms, median per-seed ratio {paired['paired_ratio']:.2f}."
+            f"other seeds sent to both servers in alternating order after a warm-up: p50 {paired['p50']:.0f} ms "
+            f"(this bundle) vs {paired['baseline_p50']:.0f} ms, median per-seed ratio {paired['paired_ratio']:.2f}."
         )
     write_block("serve-latency", text)
     print("wrote the README's serve-latency block")

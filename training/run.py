@@ -109,6 +109,15 @@ def real_data(
     return cfg
 
 
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _times_line(out: Path, record: dict) -> None:
+    with (out / TIMES_FILE).open("a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.run", description=__doc__.split("\n\n")[0])
     parser.add_argument("stage", choices=[*STAGES, "all"])
@@ -133,17 +142,15 @@ def main(argv: list[str] | None = None) -> int:
         save_resolved(args.out, cfg)
         for stage, run in runners:
             logger.info("stage %s → %s", stage, args.out / stage)
+            # a `started` line, then a `seconds` line when it finishes: a run killed in between leaves only the
+            # first (its time is lost, its work up to the last checkpoint is resumed); a rerun adds lines, the
+            # stage's cost is the sum of its finished runs (benchmarks/bundle_card.py)
+            _times_line(args.out, {"stage": stage, "started": _now()})
             t0 = time.perf_counter()
             run(cfg, args.out / stage)
             seconds = time.perf_counter() - t0
             logger.info("stage %s: %.1f min", stage, seconds / 60)
-            record = {
-                "stage": stage,
-                "seconds": round(seconds, 1),
-                "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            }
-            with (args.out / TIMES_FILE).open("a") as f:  # a resumed stage adds a line: the run's cost is the sum
-                f.write(json.dumps(record) + "\n")
+            _times_line(args.out, {"stage": stage, "seconds": round(seconds, 1), "finished": _now()})
     except (ConfigError, StageUnavailable, FileNotFoundError, ValueError) as exc:
         logger.error("%s", exc)
         return 2

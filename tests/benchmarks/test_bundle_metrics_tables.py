@@ -31,7 +31,8 @@ def test_previous_column_carries_the_other_bundles_numbers(report, tmp_path):
     path = tmp_path / "prev.json"
     path.write_text(json.dumps(prev))
     s = report["synthetic"]
-    args = argparse.Namespace(seed=s["seed"], synthetic=s["num_samples"])
+    photos = Path(__file__).resolve().parents[1] / "fixtures" / "photos"
+    args = argparse.Namespace(seed=s["seed"], synthetic=s["num_samples"], photos=photos)
     report["previous"] = bundle_metrics.previous_report(path, args)
     assert set(report["previous"]) == {"bundle", "synthetic", "photos"}
 
@@ -43,6 +44,9 @@ def test_previous_column_carries_the_other_bundles_numbers(report, tmp_path):
     assert row.split(" | ")[2] == "0.568"
     assert bundle_metrics.card_tables({k: v for k, v in report.items() if k != "previous"}).count("0.9.9") == 0
 
-    other = argparse.Namespace(seed=s["seed"] + 1, synthetic=s["num_samples"])
+    other = argparse.Namespace(seed=s["seed"] + 1, synthetic=s["num_samples"], photos=photos)
     with pytest.raises(SystemExit, match="measured on stream"):
         bundle_metrics.previous_report(path, other)
+    (tmp_path / "one.jpg").write_bytes(b"")
+    with pytest.raises(SystemExit, match="measured on the photos"):
+        bundle_metrics.previous_report(path, argparse.Namespace(seed=s["seed"], synthetic=0, photos=tmp_path))

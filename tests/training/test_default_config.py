@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import onnx
@@ -53,7 +54,8 @@ def test_default_recipe_chains_every_stage_into_the_shipped_bundle(tmp_path):
     assert bundle.manifest.albedo_mean["training_maps"] == 64 and bundle.manifest.albedo_mean["samples"] == 64
     # every stage's wall time is in the run folder
     times = [json.loads(line) for line in (out / "stage_times.jsonl").read_text().splitlines()]
-    assert [t["stage"] for t in times] == list(run_cli.ORDER) and all(t["seconds"] >= 0 for t in times)
+    assert [t["stage"] for t in times] == [s for s in run_cli.ORDER for _ in range(2)]  # started, finished
+    assert all("started" in t for t in times[::2]) and all(t["seconds"] >= 0 for t in times[1::2])
     # the landmark localiser frames /reconstruct's crops; the mouth was calibrated on those crops, after it
     assert "landmarks" in bundle.manifest.graphs and bundle.manifest.localiser.metrics["steps"] == 4
     assert bundle.manifest.mouth is not None
@@ -68,3 +70,11 @@ def test_default_recipe_chains_every_stage_into_the_shipped_bundle(tmp_path):
     mtime = extracted[0].stat().st_mtime_ns
     assert run_cli.main(argv) == 0
     assert extracted[0].stat().st_mtime_ns == mtime
+    # the card's "How it was made" table is this run's: every stage, both runs of it finished, none cut short
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import bundle_card
+
+    training = bundle_card.record(out, out / "export", "a test box")
+    assert set(training["stages"]) <= set(run_cli.ORDER) and "shape" in training["stages"]
+    assert all(e["interrupted"] == 0 for e in training["stages"].values())
+    assert load_bundle(out / "export").manifest.training["stages"] == training["stages"]
