@@ -1,22 +1,25 @@
 """The skin tone of /reconstruct's albedo maps against the truth, on held-out synthetic renders.
 
-    python benchmarks/skin_tone.py [--seed 20261207] [--count 40] [--bundle DIR]
+    python benchmarks/skin_tone.py [--seed 20261207] [--count 40] [--bundle DIR] [--write]
 
 For each render (the synthetic source's procedural albedo on a random head, pose, light and background) the
 service reconstructs the photo (``albedo=photo``) and the generated map (``albedo=generated``, with and without
 the photo's tone, ``service.pipeline.TONE_MATCH``), and the skin of each map (a :class:`facecore.texture.SkinModel`
 of its cheeks, nose and forehead) is compared with the truth's: log-chroma (log R/G, log B/G) and log-luminance,
 mean (the bias) and median / 90th percentile of the absolute error. "photo" is the photo's own skin model (the
-result's ``texture.skin_srgb``; the tone is matched to its chroma and to its level plus
-``service.pipeline.PHOTO_LEVEL_OFFSET``). Renders with any colour flag are counted and left out.
+result's ``texture.skin_srgb``; the tone is matched to its chroma and to its level plus the bundle's
+``manifest.json["skin_tone"]["photo_level_offset"]``). Renders with any colour flag are counted and left out.
 
-``service.pipeline.PHOTO_LEVEL_OFFSET`` and ``TONE_LEVEL_TOLERANCE`` were chosen on stream 20261207 (the
-default); ``--seed 20261125`` (``benchmarks/bundle_metrics.py``'s stream) measures them on other renders.
+``--write`` stores the photo's mean log-luminance error, negated, as that offset (it depends on the bundle's
+light): measure it on stream 20261207 (the default), then ``--seed 20261125`` (``benchmarks/bundle_metrics.py``'s
+stream) scores the match on other renders. ``service.pipeline.TONE_LEVEL_TOLERANCE`` was chosen on 20261207.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 import numpy as np
 from bundle_metrics import BundleRunner
@@ -46,6 +49,7 @@ def main() -> None:
     ap.add_argument("--bundle", default=EMBEDDED_BUNDLE)
     ap.add_argument("--seed", type=int, default=20261207)
     ap.add_argument("--count", type=int, default=40)
+    ap.add_argument("--write", action="store_true", help="the photo's level bias into the bundle's manifest")
     args = ap.parse_args()
     bundle = load_bundle(args.bundle)
     model = bundle.face_model
@@ -85,6 +89,17 @@ def main() -> None:
         cells = [f"{m:+.3f} / {p50:.3f} / {p90:.3f}" for m, p50, p90 in zip(
             e.mean(0), np.median(np.abs(e), 0), np.percentile(np.abs(e), 90, 0), strict=True)]  # fmt: skip
         print(f"{name:<26}" + "".join(f"{c:>30}" for c in cells))
+    if args.write:
+        offset = -float(np.mean(rows["photo"], 0)[2])
+        path = Path(args.bundle) / "manifest.json"
+        manifest = json.loads(path.read_text())
+        manifest["skin_tone"] = {
+            "photo_level_offset": round(offset, 4),
+            "renders": n,
+            "data": f"training.data.synthetic stream {args.seed}, 224 px, {n} renders without a colour flag",
+        }
+        path.write_text(json.dumps(manifest, indent=1) + "\n")
+        print(f"wrote skin_tone.photo_level_offset {offset:+.4f} into {path}")
 
 
 if __name__ == "__main__":

@@ -114,6 +114,17 @@ class LocaliserSpec(BaseModel):
     metrics: dict[str, Any] = Field(default_factory=dict)
 
 
+class SkinToneCalibration(BaseModel):
+    """How far the photo's de-lit skin level sits below the truth with this bundle's light, on held-out renders
+    (``benchmarks/skin_tone.py --write``): /reconstruct's ``albedo=generated`` tone match corrects the photo's level
+    by it (``service.pipeline.tone``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    photo_level_offset: float = Field(ge=-1.0, le=1.0, description="truth minus photo, mean log-luminance")
+    renders: int = Field(ge=1)
+    data: str = ""
+
+
 class Manifest(BaseModel):
     """``manifest.json`` (schema version 1)."""
 
@@ -133,6 +144,7 @@ class Manifest(BaseModel):
     identity: IdentitySpec | None = None
     mouth: MouthCalibration | None = Field(None, description="the encoder's lip gap calibrated (facecore.mouth)")
     localiser: LocaliserSpec | None = Field(None, description="how /reconstruct runs the landmarks graph")
+    skin_tone: SkinToneCalibration | None = Field(None, description="the photo's skin level bias (skin_tone.py)")
     training: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, Any] = Field(default_factory=dict)
 

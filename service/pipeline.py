@@ -329,9 +329,9 @@ NEUTRAL_LIGHT = True
 TONE_MATCH = True
 # the photo's de-lit skin against the truth on held-out renders (benchmarks/skin_tone.py, stream 20261207): its
 # chroma is off by 0.02-0.04 (median, log R/G and B/G; the generated map's by 0.05-0.06) and goes all the way; its
-# log-luminance is 0.23 too dark on average and 0.21 off (median; the generated map's 0.12): the map's level moves
-# only by what exceeds 0.2 of the photo's, bias-corrected (a latent far off the photo's skin: a dark skin read light)
-PHOTO_LEVEL_OFFSET = 0.23
+# log-luminance is the less accurate (0.16-0.21 off, median; the generated map's 0.09-0.12): the map's level moves
+# only by what exceeds 0.2 of the photo's, corrected for its bias. That bias is the bundle's light's (1.8.1: 0.23
+# too dark; 2.0.0: 0.01): `manifest.json["skin_tone"]` (skin_tone.py --write); a bundle without it: no correction
 TONE_LEVEL_TOLERANCE = 0.2
 # the exports' iris colour measured between the photo's lids (facecore.assets.photo_iris_colour) instead of read off
 # the albedo map's eye texels (benchmarks/iris_colour.py compares them)
@@ -446,7 +446,8 @@ async def reconstruct(
         # the person's: facecore.texture.UNTRUSTED_COLOUR)
         if TONE_MATCH and skin is not None and not set(flags) & set(texture.UNTRUSTED_COLOUR):
             with timer.stage("albedo"):
-                toned = await run_stage("texture", tone, model, albedo, skin, PHOTO_LEVEL_OFFSET, TONE_LEVEL_TOLERANCE)
+                offset = bundle.manifest.skin_tone.photo_level_offset if bundle.manifest.skin_tone else 0.0
+                toned = await run_stage("texture", tone, model, albedo, skin, offset, TONE_LEVEL_TOLERANCE)
             if toned is not None:
                 albedo, skin_tone = toned, "photo"
         if iris is not None:
