@@ -331,7 +331,8 @@ def _with_previous(header: tuple[str, str, str], rows: list[tuple], prev: dict |
     if prev is None:
         return table(header, [(a, b, d) for a, b, _, d in rows])
     previous = f"{prev['bundle']['name']} {prev['bundle']['version']}" + (" (mean)" if header[1] == "mean" else "")
-    head = (header[0], header[1] if header[1] != "mean" else "this bundle (mean)", previous, header[2])
+    mean = header[1] == "mean"
+    head = (header[0], "this bundle (mean)" if mean else header[1], previous, header[2] + " (this bundle)" * mean)
     return table(head, [(a, b, c or "—", d) for a, b, c, d in rows])
 
 
@@ -422,7 +423,7 @@ def card_tables(report: dict) -> str:
         ]
         out.append(
             f"**Real photos** ({p['num_photos']} CC0 fixture portraits, no ground truth; per photo: {names}):\n\n"
-            + _with_previous(("", "mean", "per photo (this bundle)"), rows, prev)
+            + _with_previous(("", "mean", "per photo"), rows, prev)
         )
     if "albedogan" in report:
         a = report["albedogan"]
