@@ -330,8 +330,8 @@ def _with_previous(header: tuple[str, str, str], rows: list[tuple], prev: dict |
     """A table of (label, this, previous, note) rows; the previous bundle's column only when there is one."""
     if prev is None:
         return table(header, [(a, b, d) for a, b, _, d in rows])
-    previous = f"{prev['bundle']['name']} {prev['bundle']['version']}" + (" (mean)" if header[1] == "mean" else "")
     mean = header[1] == "mean"
+    previous = f"{prev['bundle']['name']} {prev['bundle']['version']}" + " (mean)" * mean
     head = (header[0], "this bundle (mean)" if mean else header[1], previous, header[2] + " (this bundle)" * mean)
     return table(head, [(a, b, c or "—", d) for a, b, c, d in rows])
 

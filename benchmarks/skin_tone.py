@@ -25,7 +25,7 @@ import numpy as np
 from bundle_metrics import BundleRunner
 
 from facecore import color, texture
-from facecore.bundle import load_bundle
+from facecore.bundle import SkinToneCalibration, load_bundle
 from service import pipeline as P
 from service.settings import EMBEDDED_BUNDLE
 
@@ -93,11 +93,11 @@ def main() -> None:
         offset = -float(np.mean(rows["photo"], 0)[2])
         path = Path(args.bundle) / "manifest.json"
         manifest = json.loads(path.read_text())
-        manifest["skin_tone"] = {
-            "photo_level_offset": round(offset, 4),
-            "renders": n,
-            "data": f"training.data.synthetic stream {args.seed}, 224 px, {n} renders without a colour flag",
-        }
+        manifest["skin_tone"] = SkinToneCalibration(  # validated as the bundle loader will
+            photo_level_offset=round(offset, 4),
+            renders=n,
+            data=f"training.data.synthetic stream {args.seed}, 224 px, {n} renders without a colour flag",
+        ).model_dump()
         path.write_text(json.dumps(manifest, indent=1) + "\n")
         print(f"wrote skin_tone.photo_level_offset {offset:+.4f} into {path}")
 
