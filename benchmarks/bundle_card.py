@@ -229,7 +229,8 @@ def components_block(manifest: Mapping[str, Any]) -> str:
                     f"anchor error / eye distance: dlib's 5 points {e['dlib anchors']['mean']:.3f} "
                     f"(p90 {e['dlib anchors']['p90']:.3f}) → {served['mean']:.3f} (p90 {served['p90']:.3f}) "
                     f"after {passes} passes",
-                    f"{loc['renders']} held-out renders ({loc['no_face']} without a face found)",
+                    f"{loc['renders']} held-out renders ({loc['no_face']} without a face found)"
+                    + (f"; **kept from {kept}**" if (kept := manifest["localiser"].get("kept_from")) else ""),
                 )
             )
     mouth = manifest.get("mouth")

@@ -112,6 +112,9 @@ class LocaliserSpec(BaseModel):
     passes: int = Field(ge=1, le=8)
     refine: bool = Field(False, description="refine the encoder's codes onto the landmarks (facecore.refine)")
     metrics: dict[str, Any] = Field(default_factory=dict)
+    kept_from: str | None = Field(
+        None, description="the bundle this graph was taken from, and why (training.localiser --keep-from)"
+    )
 
 
 class SkinToneCalibration(BaseModel):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -411,19 +412,54 @@ def add_localiser(
     return edited_copy(bundle, out, version, edit)
 
 
+def keep_localiser(source: str | Path, bundle: str | Path, out: str | Path, reason: str) -> Path:
+    """A copy of ``bundle`` with ``source``'s ``landmarks`` graph and ``manifest["localiser"]`` (its numbers as its
+    own run measured them), marked ``kept_from``: a retrained bundle that keeps its predecessor's localiser because
+    the new one was not better (``benchmarks/localiser_compare.py`` compares two, paired, through the service)."""
+    from facecore.bundle import edited_copy, load_bundle
+
+    src = load_bundle(source)
+    if src.manifest.localiser is None:
+        raise ValueError(f"{source}: the bundle has no localiser to keep")
+    if not reason.strip():
+        raise ValueError("say why the localiser is kept (the model card shows it)")
+    spec = src.manifest.localiser.model_dump()
+    spec["kept_from"] = f"{src.manifest.name} {src.manifest.version}: {reason.strip()}"
+    graph = json.loads((src.root / "manifest.json").read_text())["graphs"][localise.GRAPH]
+
+    def edit(folder: Path, manifest: dict) -> None:
+        shutil.copyfile(src.root / graph["file"], folder / graph["file"])
+        manifest["graphs"][localise.GRAPH] = graph
+        manifest["localiser"] = spec
+
+    return edited_copy(bundle, out, None, edit)
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(
         prog="python -m training.localiser", description="put a localiser run into a bundle"
     )
-    parser.add_argument("run", type=Path, help="the localiser stage's output folder (RUN/localiser)")
+    parser.add_argument("run", type=Path, nargs="?", help="the localiser stage's output folder (RUN/localiser)")
+    parser.add_argument("--keep-from", type=Path, help="instead of a run: this bundle's localiser, as it is")
+    parser.add_argument("--why", default="", help="with --keep-from: the reason, for the model card")
     parser.add_argument("--bundle", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--version")
     parser.add_argument("--no-refine", action="store_true", help="frame the crops only, keep the encoder's codes")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if (args.run is None) == (args.keep_from is None):
+        parser.error("give a localiser run folder or --keep-from BUNDLE (one of them)")
+    if args.keep_from is not None:
+        if args.version or args.no_refine:
+            parser.error("--keep-from keeps the localiser as it is (no --version, --no-refine)")
+        try:
+            keep_localiser(args.keep_from, args.bundle, args.out, args.why)
+        except (ValueError, FileNotFoundError) as exc:  # a BundleError is a ValueError
+            parser.error(str(exc))
+        return 0
     for name in (WEIGHTS_FILE, METRICS_FILE):
         if not (args.run / name).is_file():
             parser.error(f"{args.run}: no {name} (has the localiser stage finished?)")

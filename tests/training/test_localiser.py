@@ -119,3 +119,26 @@ def test_cli_puts_a_finished_run_into_a_bundle_and_refuses_an_unfinished_one(tin
     spec = load_bundle(tmp_path / "b").manifest
     assert spec.localiser.refine is False and spec.graphs[localise.GRAPH].inputs["image"].shape == [None, 3, 64, 64]
     assert spec.localiser.metrics["steps"] == 12
+
+
+def test_cli_keeps_another_bundles_localiser_as_it_is(tiny_run, tiny_bundle, tmp_path, capsys):
+    """--keep-from: the predecessor's graph byte for byte and its own numbers, marked with where and why."""
+    from facecore.bundle import load_bundle
+    from training.localiser import main
+
+    assert main([str(tiny_run), "--bundle", str(tiny_bundle), "--out", str(tmp_path / "old")]) == 0
+    args = ["--keep-from", str(tmp_path / "old"), "--bundle", str(tiny_bundle), "--out", str(tmp_path / "new")]
+    with pytest.raises(SystemExit) as exc:  # no reason given
+        main(args)
+    assert exc.value.code == 2 and "say why" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:  # a bundle without a localiser has none to keep
+        main(["--keep-from", str(tiny_bundle), *args[2:], "--why", "x"])
+    assert exc.value.code == 2 and "has no localiser" in capsys.readouterr().err
+    assert main([*args, "--why", "  the retrained one was not better "]) == 0
+    old, new = load_bundle(tmp_path / "old"), load_bundle(tmp_path / "new")
+    name = old.manifest.graphs[localise.GRAPH].file
+    assert (new.root / name).read_bytes() == (old.root / name).read_bytes()
+    assert new.manifest.localiser.metrics == old.manifest.localiser.metrics
+    why = "the retrained one was not better"
+    assert new.manifest.localiser.kept_from == f"{old.manifest.name} {old.manifest.version}: {why}"
+    assert new.manifest.version == load_bundle(tiny_bundle).manifest.version  # the rest is the retrained bundle's
