@@ -36,8 +36,8 @@ def test_cli_writes_a_calibration_the_bundle_loads(tmp_path):
     calibration.main(["--bundle", str(bundle), "--samples", "14"])
     cal = load_bundle(bundle).manifest.mouth
     assert cal is not None and 10 <= cal.samples <= 14 and 0.0 <= cal.slope <= 1.0
-    # the encoder opens closed mouths: the calibration lowers its typical gap (1.8.0's crops, 14 renders: 10 mm
-    # for 13; 1.0's on dlib's crops: < 8) and fits the truth better than the encoder
-    assert cal.target(0.013) < 0.012 and cal.rmse_calibrated_m < cal.rmse_encoder_m
+    # the fit is better than the encoder on its renders (which way it moves a gap is the bundle's: 1.8.x's encoder
+    # opened closed mouths, 13 mm -> 10; 2.0.0's hardly does) and keeps a gap in a mouth's range
+    assert cal.rmse_calibrated_m < cal.rmse_encoder_m and 0.0 <= cal.target(0.013) < 0.03
     with pytest.raises(SystemExit, match="not a bundle folder"):
         calibration.main(["--bundle", str(tmp_path)])
