@@ -106,6 +106,14 @@ def summary(values: np.ndarray) -> dict[str, float]:
 
 
 # ----------------------------------------------------------------------------------------------------- synthetic
+def render_upload(item) -> np.ndarray:
+    """A synthetic render (a batch of one) as the service reads its PNG upload: (H, W, 3) sRGB uint8."""
+    image = (item.image_srgb[0].permute(1, 2, 0).numpy() * 255.0 + 0.5).clip(0, 255).astype(np.uint8)
+    png = io.BytesIO()
+    Image.fromarray(image).save(png, format="PNG")
+    return P.decode_photo(png.getvalue(), 50_000_000)
+
+
 def synthetic_metrics(runner: BundleRunner, count: int, seed: int) -> dict:
     from models.displacement import UVGrid
     from models.face.model import FaceModel
@@ -131,11 +139,9 @@ def synthetic_metrics(runner: BundleRunner, count: int, seed: int) -> dict:
     detailed_dist = None
     for i in range(count):
         item = faces.batch([i])
-        image = (item.image_srgb[0].permute(1, 2, 0).numpy() * 255.0 + 0.5).clip(0, 255).astype(np.uint8)
-        png = io.BytesIO()
-        Image.fromarray(image).save(png, format="PNG")
+        image = render_upload(item)
         try:
-            meta = runner.reconstruct(P.decode_photo(png.getvalue(), 50_000_000))
+            meta = runner.reconstruct(image)
         except P.PhotoError as exc:
             failed.append(f"{i}: {exc}")
             continue

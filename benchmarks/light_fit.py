@@ -20,7 +20,6 @@ which a wrong light makes happen on its dark side.
 from __future__ import annotations
 
 import argparse
-import io
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +31,7 @@ from bundle_metrics import (
     codes_arrays,
     face_model_path,
     render,
+    render_upload,
     served_crop,
     torch_face_model,
 )
@@ -68,15 +68,13 @@ def synthetic(runner: BundleRunner, count: int, seed: int) -> np.ndarray:
     rows = []
     for i in range(count):
         item = faces.batch([i])
-        image = (item.image_srgb[0].permute(1, 2, 0).numpy() * 255.0 + 0.5).clip(0, 255).astype(np.uint8)
-        png = io.BytesIO()
-        Image.fromarray(image).save(png, format="PNG")
+        photo = render_upload(item)
         seen = seen_texels(item.camera, item.verts_world)[0, 0].numpy() > 0.5
         truth = resize_uv(item.albedo_uv, res)[0].permute(1, 2, 0).numpy()[seen]
         row = []
         try:
             for relight in (False, True):
-                meta = reconstruct(runner, P.decode_photo(png.getvalue(), 50_000_000), relight)
+                meta = reconstruct(runner, photo, relight)
                 row.append(albedo_errors(meta["albedo_srgb"], truth, seen))
         except P.PhotoError:
             continue

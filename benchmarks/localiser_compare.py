@@ -19,12 +19,10 @@ otherwise (``python -m training.localiser --keep-from OLD``). The fixture photos
 from __future__ import annotations
 
 import argparse
-import io
 from pathlib import Path
 
 import numpy as np
-from bundle_metrics import PHOTOS, BundleRunner
-from PIL import Image
+from bundle_metrics import PHOTOS, BundleRunner, render_upload
 
 from facecore.bundle import load_bundle
 from service import pipeline as P
@@ -44,10 +42,7 @@ def paired(runners: list[BundleRunner], seed: int, count: int) -> np.ndarray:
     rows = []
     for i in range(count):
         item = faces.batch([i])
-        image = (item.image_srgb[0].permute(1, 2, 0).numpy() * 255.0 + 0.5).clip(0, 255).astype(np.uint8)
-        png = io.BytesIO()
-        Image.fromarray(image).save(png, format="PNG")
-        photo = P.decode_photo(png.getvalue(), 50_000_000)
+        photo = render_upload(item)
         truth, vis = item.landmarks_px[0].numpy(), item.landmarks_visible[0].numpy()
         try:
             rows.append([nme(r.reconstruct(photo)["face"]["landmarks68"], truth, vis) for r in runners])

@@ -331,7 +331,7 @@ TONE_MATCH = True
 # chroma is off by 0.02-0.04 (median, log R/G and B/G; the generated map's by 0.05-0.06) and goes all the way; its
 # log-luminance is the less accurate (0.16-0.21 off, median; the generated map's 0.09-0.12): the map's level moves
 # only by what exceeds 0.2 of the photo's, corrected for its bias. That bias is the bundle's light's (1.8.1: 0.23
-# too dark; 2.0.0: 0.01): `manifest.json["skin_tone"]` (skin_tone.py --write); a bundle without it: no correction
+# too dark; 2.0.0: 0.00): `manifest.json["skin_tone"]` (skin_tone.py --write); a bundle without it: no correction
 TONE_LEVEL_TOLERANCE = 0.2
 # the exports' iris colour measured between the photo's lids (facecore.assets.photo_iris_colour) instead of read off
 # the albedo map's eye texels (benchmarks/iris_colour.py compares them)
