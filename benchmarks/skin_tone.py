@@ -11,8 +11,12 @@ result's ``texture.skin_srgb``; the tone is matched to its chroma and to its lev
 ``manifest.json["skin_tone"]["photo_level_offset"]``). Renders with any colour flag are counted and left out.
 
 ``--write`` stores the photo's mean log-luminance error, negated, as that offset (it depends on the bundle's
-light): measure it on stream 20261207 (the default), then ``--seed 20261125`` (``benchmarks/bundle_metrics.py``'s
-stream) scores the match on other renders. ``service.pipeline.TONE_LEVEL_TOLERANCE`` was chosen on 20261207.
+light), and how far the match should move the generated map towards the photo's tone: both are estimates of the
+truth with errors, and the combination ``own + w · (photo − own)`` with the least mean squared error has
+``w = (E[g²] − E[p·g]) / E[(p − g)²]`` (``p``, ``g``: the photo's error, its level bias removed, and the unmatched
+generated map's, per log-chroma channel and for the level; the chroma's two channels share one weight). Measure
+on stream 20261207 (the default), then ``--seed 20261125`` (``benchmarks/bundle_metrics.py``'s stream) scores the
+match on other renders.
 """
 
 from __future__ import annotations
@@ -38,6 +42,17 @@ def skin_stats(model, albedo_linear: np.ndarray) -> np.ndarray:
     area = (seed["cheeks"] | seed["forehead"] | seed["nose"]).reshape(-1)
     skin = texture.fit_skin_model(albedo_linear.reshape(-1, 3)[area])
     return np.array([*skin.mean, skin.log_y])
+
+
+def shares(photo: np.ndarray, generated: np.ndarray) -> tuple[float, float]:
+    """The photo's share of the least-squares combination of two estimates with errors ``photo`` and ``generated``
+    (N, 3: log R/G, log B/G, log Y), for the chroma (both channels pooled) and the level, each within [0, 1]."""
+
+    def share(p: np.ndarray, g: np.ndarray) -> float:
+        denom = float(((p - g) ** 2).mean())
+        return 0.5 if denom <= 0.0 else float(np.clip(((g - p) * g).mean() / denom, 0.0, 1.0))
+
+    return share(photo[:, :2], generated[:, :2]), share(photo[:, 2], generated[:, 2])
 
 
 def main() -> None:
@@ -89,17 +104,21 @@ def main() -> None:
         cells = [f"{m:+.3f} / {p50:.3f} / {p90:.3f}" for m, p50, p90 in zip(
             e.mean(0), np.median(np.abs(e), 0), np.percentile(np.abs(e), 90, 0), strict=True)]  # fmt: skip
         print(f"{name:<26}" + "".join(f"{c:>30}" for c in cells))
+    offset = -float(np.mean(rows["photo"], 0)[2])
+    chroma_w, level_w = shares(np.array(rows["photo"]) + [0.0, 0.0, offset], np.array(rows["generated"]))
+    print(f"the photo's share: chroma {chroma_w:.3f}, level {level_w:.3f} (level offset {offset:+.4f})")
     if args.write:
-        offset = -float(np.mean(rows["photo"], 0)[2])
         path = Path(args.bundle) / "manifest.json"
         manifest = json.loads(path.read_text())
         manifest["skin_tone"] = SkinToneCalibration(  # validated as the bundle loader will
             photo_level_offset=round(offset, 4),
+            chroma_weight=round(chroma_w, 3),
+            level_weight=round(level_w, 3),
             renders=n,
             data=f"training.data.synthetic stream {args.seed}, 224 px, {n} renders without a colour flag",
         ).model_dump()
         path.write_text(json.dumps(manifest, indent=1) + "\n")
-        print(f"wrote skin_tone.photo_level_offset {offset:+.4f} into {path}")
+        print(f"wrote skin_tone (offset {offset:+.4f}, shares {chroma_w:.3f} / {level_w:.3f}) into {path}")
 
 
 if __name__ == "__main__":

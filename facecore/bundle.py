@@ -118,12 +118,16 @@ class LocaliserSpec(BaseModel):
 
 
 class SkinToneCalibration(BaseModel):
-    """How far the photo's de-lit skin level sits below the truth with this bundle's light, on held-out renders
-    (``benchmarks/skin_tone.py --write``): /reconstruct's ``albedo=generated`` tone match corrects the photo's level
-    by it (``service.pipeline.tone``)."""
+    """How far the photo's de-lit skin level sits below the truth with this bundle's light, and how far to trust the
+    photo's skin against the generated map's own, on held-out renders (``benchmarks/skin_tone.py --write``):
+    /reconstruct's ``albedo=generated`` tone match corrects the photo's level by the offset and moves the map's
+    chroma and level that fraction of the way to the photo's (``service.pipeline.tone``; without the fractions,
+    all the chroma and the level beyond ``TONE_LEVEL_TOLERANCE``)."""
 
     model_config = ConfigDict(extra="forbid")
     photo_level_offset: float = Field(ge=-1.0, le=1.0, description="truth minus photo, mean log-luminance")
+    chroma_weight: float | None = Field(None, ge=0.0, le=1.0, description="the photo's share of the log-chroma")
+    level_weight: float | None = Field(None, ge=0.0, le=1.0, description="the photo's share of the log-luminance")
     renders: int = Field(ge=1)
     data: str = ""
 

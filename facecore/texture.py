@@ -709,13 +709,17 @@ def match_skin_tone(
     level_offset: float = 0.0,
     level_tolerance: float = 0.0,
     limit: float = math.log(4.0),
+    chroma_weight: float = 1.0,
+    level_weight: float = 1.0,
 ) -> np.ndarray | None:
     """``albedo`` (R, R, 3, linear) recoloured towards ``skin``'s tone by one gain per channel over the map (the eye
     openings excepted: the eyeball's colour is not the skin's): the log-chroma (R/G, B/G) of its cheeks, nose and
     forehead (the texels a photo's :class:`SkinModel` is fitted on) moved to the model's at the map's own level,
     then that level (the trimmed median log-luminance) to within ``level_tolerance`` of the model's plus
-    ``level_offset`` (``inf``: chroma only); each log-gain within ±``limit``. None when there is nothing to match
-    (fewer than 30 skin texels, or not finite).
+    ``level_offset`` (``inf``: chroma only); each log-gain within ±``limit``. ``chroma_weight`` and
+    ``level_weight`` move each only that fraction of the way (the photo's share where both it and the map's own
+    tone are estimates with errors: the bundle's calibration). None when there is nothing to match (fewer than 30
+    skin texels, or not finite).
 
     For a map that is right in structure but not in colour: AlbedoGAN's map at a latent read off a photo keeps the
     generator's features and skin texture, but the latent misses the tone of faces unlike its training pairs (a dark
@@ -730,11 +734,11 @@ def match_skin_tone(
     own = fit_skin_model(flat[layout.seed_area])
     if own is None or not all(np.isfinite([*own.mean, own.log_y, *skin.mean, skin.log_y])):
         return None
-    d_rg, d_bg = np.clip(skin.mean - own.mean, -limit, limit)
+    d_rg, d_bg = np.clip(chroma_weight * (skin.mean - own.mean), -limit, limit)
     gains = np.exp([d_rg, 0.0, d_bg])
     chroma = fit_skin_model(flat[layout.seed_area] * gains)  # the chroma moved; its level, back to the map's own
     gap = skin.log_y + level_offset - own.log_y
-    move = math.copysign(max(abs(gap) - level_tolerance, 0.0), gap)
+    move = level_weight * math.copysign(max(abs(gap) - level_tolerance, 0.0), gap)
     gains = gains * math.exp(own.log_y + float(np.clip(move, -limit, limit)) - chroma.log_y)
     toned = np.where(layout.openings[:, None], flat, flat * gains)
     return np.clip(toned, 0.0, 1.0).reshape(albedo.shape)

@@ -24,7 +24,7 @@ import numpy as np
 
 from facecore import assets, color, detect, formats, localise, mouth, refine
 from facecore import geometry as geo
-from facecore.bundle import CODES_GRAPH, LATENT_GRAPH, Bundle
+from facecore.bundle import CODES_GRAPH, LATENT_GRAPH, Bundle, SkinToneCalibration
 
 RunGraph = Callable[[str, Mapping[str, np.ndarray]], Awaitable[dict[str, np.ndarray]]]
 #: ``await run_stage(stage_name, fn, *args)``: run blocking CPU work off the event loop (the service's version
@@ -328,10 +328,11 @@ NEUTRAL_LIGHT = True
 # benchmarks/bundle_metrics.py --no-tone-match measures it without
 TONE_MATCH = True
 # the photo's de-lit skin against the truth on held-out renders (benchmarks/skin_tone.py, stream 20261207): its
-# chroma is off by 0.02-0.04 (median, log R/G and B/G; the generated map's by 0.05-0.06) and goes all the way; its
-# log-luminance is the less accurate (0.16-0.21 off, median; the generated map's 0.09-0.12): the map's level moves
-# only by what exceeds 0.2 of the photo's, corrected for its bias. That bias is the bundle's light's (1.8.1: 0.23
-# too dark; 2.0.0: 0.00): `manifest.json["skin_tone"]` (skin_tone.py --write); a bundle without it: no correction
+# chroma is off by 0.02-0.04 (median, log R/G and B/G; the generated map's by 0.05-0.06) and its log-luminance
+# by 0.16-0.21 (the generated map's 0.09-0.12), biased by the bundle's light. A calibrated bundle
+# (`manifest.json["skin_tone"]`, skin_tone.py --write) says the bias and each estimate's share of the combined one
+# (from both errors on its renders); a bundle without the shares: the chroma all the way, the level only by what
+# exceeds this tolerance
 TONE_LEVEL_TOLERANCE = 0.2
 # the exports' iris colour measured between the photo's lids (facecore.assets.photo_iris_colour) instead of read off
 # the albedo map's eye texels (benchmarks/iris_colour.py compares them)
@@ -446,8 +447,7 @@ async def reconstruct(
         # the person's: facecore.texture.UNTRUSTED_COLOUR)
         if TONE_MATCH and skin is not None and not set(flags) & set(texture.UNTRUSTED_COLOUR):
             with timer.stage("albedo"):
-                offset = bundle.manifest.skin_tone.photo_level_offset if bundle.manifest.skin_tone else 0.0
-                toned = await run_stage("texture", tone, model, albedo, skin, offset, TONE_LEVEL_TOLERANCE)
+                toned = await run_stage("texture", tone, model, albedo, skin, bundle.manifest.skin_tone)
             if toned is not None:
                 albedo, skin_tone = toned, "photo"
         if iris is not None:
@@ -506,11 +506,18 @@ async def reconstruct(
     return Result(files, names, meta, timer.timings)
 
 
-def tone(model: geo.FaceModelArrays, albedo: np.ndarray, skin: Any, offset: float, tolerance: float) -> Any:
-    """An sRGB-encoded map in the photo's skin tone (facecore.texture.match_skin_tone), or None (nothing matched)."""
+def tone(model: geo.FaceModelArrays, albedo: np.ndarray, skin: Any, calibration: SkinToneCalibration | None) -> Any:
+    """An sRGB-encoded map in the photo's skin tone (facecore.texture.match_skin_tone) as the bundle's calibration
+    says (without one: no level correction, the chroma all the way, the level beyond TONE_LEVEL_TOLERANCE), or None
+    (nothing matched)."""
     from facecore import texture
 
-    toned = texture.match_skin_tone(model, color.srgb_to_linear(albedo), skin, offset, tolerance)
+    cal = calibration or SkinToneCalibration(photo_level_offset=0.0, renders=1)
+    if cal.chroma_weight is None or cal.level_weight is None:
+        args = {"level_tolerance": TONE_LEVEL_TOLERANCE}
+    else:
+        args = {"chroma_weight": cal.chroma_weight, "level_weight": cal.level_weight}
+    toned = texture.match_skin_tone(model, color.srgb_to_linear(albedo), skin, cal.photo_level_offset, **args)
     return None if toned is None else color.linear_to_srgb(toned)
 
 

@@ -318,7 +318,8 @@ def test_a_map_takes_a_photos_skin_tone_and_keeps_its_own_contrasts(model):
     model of a deeply pigmented skin (2.5× darker, redder, less blue), has that skin's chroma and level on its
     cheeks, nose and forehead, while brows and lips keep their ratio to the skin and the eye openings their colour;
     the chroma moves at the map's own level; a level beyond the limit moves only as far as the limit, one within
-    the tolerance not at all; a map without skin texels or with NaN skin gives None."""
+    the tolerance not at all; with shares each moves that fraction of the way; a map without skin texels or with NaN
+    skin gives None."""
     regions = texture.uv_regions(model, R)
     seed = regions["cheeks"] | regions["forehead"] | regions["nose"]
     eyes = regions["eye_openings"]
@@ -352,6 +353,10 @@ def test_a_map_takes_a_photos_skin_tone_and_keeps_its_own_contrasts(model):
     assert skin(near).log_y == pytest.approx(own.log_y, abs=1e-6)
     beyond = texture.match_skin_tone(model, albedo, target, level_offset=0.0, level_tolerance=0.3)
     assert skin(beyond).log_y == pytest.approx(own.log_y + gap + 0.3, abs=1e-6) and gap < -0.5
+    # shares (a bundle's calibration): that fraction of the way in log-chroma and in log-luminance
+    part = texture.match_skin_tone(model, albedo, target, chroma_weight=0.75, level_weight=0.2)
+    assert np.abs(skin(part).mean - (own.mean + 0.75 * (target.mean - own.mean))).max() < 0.01
+    assert skin(part).log_y == pytest.approx(own.log_y + 0.2 * gap, abs=1e-6)
     assert texture.match_skin_tone(model, np.zeros((8, 8, 3)), target) is None
     broken = albedo.copy()
     broken[np.argwhere(seed)[0][0], np.argwhere(seed)[0][1]] = np.nan
