@@ -210,13 +210,24 @@ def _renderer(path: Path, size: int):
 
 
 def render(
-    bundle: Bundle, verts: np.ndarray, camera: np.ndarray, albedo_srgb: np.ndarray, sh, background: np.ndarray
+    bundle: Bundle,
+    verts: np.ndarray,
+    camera: np.ndarray,
+    albedo_srgb: np.ndarray,
+    sh,
+    background: np.ndarray,
+    shape: np.ndarray | None = None,
 ) -> np.ndarray:
     """(V, 3) posed vertices seen by the weak-perspective ``camera`` (s, tx, ty), textured with an sRGB albedo map
     and lit by ``sh`` (9, 3), over an sRGB ``background`` (S, S, 3) in [0, 1] → (S, S, 3) uint8 (torch renderer);
-    the eyes' iris has the colour the exports give them (facecore.assets.iris_colour of the map)."""
-    from facecore.assets import iris_colour
+    the eyes' iris has the colour the exports give them (facecore.assets.iris_colour of the map), the teeth are
+    fitted to the head of identity ``shape`` as the exports fit them (facecore.assets.head_teeth)."""
+    from facecore.assets import head_teeth, iris_colour
     from models.render import MeshRenderer, WeakPerspectiveCamera
+
+    teeth = head_teeth(bundle.face_model, shape) if shape is not None else None
+    if teeth is not None:  # the renderer appends the mean head's teeth only to vertices that have none
+        verts = np.concatenate([verts, teeth.vertices(verts)])
 
     fm = torch_face_model(face_model_path(bundle))
     eyes = MeshRenderer.asset_textures(fm, [iris_colour(bundle.face_model, albedo_srgb)[0]])
@@ -246,7 +257,7 @@ def render_over(bundle: Bundle, meta: dict, crop: np.ndarray) -> np.ndarray:
     codes = codes_arrays(meta, bundle.face_model)
     expression = np.clip(codes["expression"], 0.0, 1.0)
     verts = geo.decode_vertices(bundle.face_model, codes["shape"][None], expression[None], codes["pose"][None])[0]
-    return render(bundle, verts, codes["camera"], meta["albedo_srgb"], codes["light"], crop / 255.0)
+    return render(bundle, verts, codes["camera"], meta["albedo_srgb"], codes["light"], crop / 255.0, codes["shape"])
 
 
 def photo_metrics(runner: BundleRunner, photos: Path) -> tuple[dict, list[tuple[str, np.ndarray, np.ndarray]]]:

@@ -62,7 +62,7 @@ def render_head(
     expression = np.zeros(model.n_expr) if expression is None else expression
     verts = geo.decode_vertices(model, shape[None], expression[None], pose[None])[0]
     grey = np.full((size, size, 3), float(color.linear_to_srgb(np.array(0.18))))  # 18 % linear grey, sRGB-encoded
-    return render(bundle, verts, np.array(alignment_camera(model, 1.6)), albedo_srgb, display_light(), grey)
+    return render(bundle, verts, np.array(alignment_camera(model, 1.6)), albedo_srgb, display_light(), grey, shape)
 
 
 def generate(runner: BundleRunner, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -30,7 +30,7 @@ the GLB's materials). numpy only, no torch.
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -211,6 +211,7 @@ def _neck_v(model: geo.FaceModelArrays) -> float | None:
 
 # ---------------------------------------------------------------------------------------------- teeth
 TEETH_GAP_M = 0.002  # the upper arch's front this far inside the mouth's inner wall (behind the lips)
+TEETH_CLEARANCE_M = 0.0005  # Teeth.fitted: how far behind a head's skin its teeth stay at rest
 TEETH_OVERJET_M = 0.0026  # the lower arch's front this far inside the upper's (lower incisors behind upper)
 UPPER_EDGE_M = -0.0025  # the upper incisal edge this far above (+) / below (−) the lip line, for a 50 mm mouth
 LOWER_EDGE_M = 0.0010  # the lower incisal edge (overbite 3.5 mm: the upper incisors cover the lower's top)
@@ -276,6 +277,106 @@ class Teeth:
     def deltas(self, basis: np.ndarray) -> np.ndarray:
         """(E, V, 3) per-vertex deltas (e.g. ``expr_basis``) → (E, T, 3) the teeth's (their morph targets)."""
         return np.einsum("tn,enc->etc", self.weights, np.asarray(basis, np.float64)[:, self.anchors])
+
+    def fitted(self, model: geo.FaceModelArrays, rest: np.ndarray, clearance: float = TEETH_CLEARANCE_M) -> Teeth:
+        """These teeth moved back, arch by arch, until they lie ``clearance`` behind the skin of the head whose
+        rest vertices (its identity, no expression, no pose) are ``rest`` (V, 3); unchanged where they already do.
+
+        The arches are fitted to the mean head's mouth; an identity whose lips sit further back over its teeth
+        (measured: 15 % of the adult prior's heads, up to 4 mm) would show the incisors through the upper lip at
+        rest. The shift is written into the weights as a combination of the arch's anchor offsets from their mean
+        (coefficients summing to 0), so the teeth stay an affine combination of their anchors: they turn with the
+        skull and the jaw, and their morph targets follow, as before."""
+        rest = np.asarray(rest, np.float64)
+        face_upper = self.upper[self.faces[:, 0]]
+        teeth = self
+        for _ in range(2):  # a second look where the first moved them (the skin behind may now cover them)
+            over, owner = teeth_over_skin(model, rest, teeth.vertices(rest), self.faces, owners=True)
+            weights = teeth.weights
+            for arch, on in ((self.upper, face_upper[owner]), (~self.upper, ~face_upper[owner])):
+                shift = float(over[on].max()) + clearance if on.any() else 0.0
+                if shift <= 0.0:
+                    continue
+                rows = np.flatnonzero(arch)
+                cols = np.flatnonzero(np.abs(self.weights[rows]).sum(0) > 0)
+                offsets = (rest[self.anchors[cols]] - rest[self.anchors[cols]].mean(0)).T  # (3, n)
+                coeff = offsets.T @ np.linalg.solve(offsets @ offsets.T, np.array([0.0, 0.0, -shift]))
+                weights = weights.copy() if weights is teeth.weights else weights
+                weights[np.ix_(rows, cols)] += coeff
+            if weights is teeth.weights:
+                break
+            teeth = replace(teeth, weights=weights)
+        return teeth
+
+
+def teeth_over_skin(
+    model: geo.FaceModelArrays,
+    verts: np.ndarray,
+    teeth_verts: np.ndarray,
+    teeth_faces: np.ndarray,
+    yaw: float = 0.0,
+    pixel_m: float = 5e-4,
+    owners: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """How far (metres) teeth lie in front of the head's outer skin, per pixel of an orthographic view from the
+    front (turned by ``yaw`` radians about the vertical) where both are drawn: positive where they poke through the
+    lips or the chin. Outer skin is skin facing the camera, not the eyes, the mouth cavity, the skin folded inside
+    the lips or the inside of the head seen through the mouth. ``verts`` (V, 3) the head's vertices, ``teeth_verts``
+    (T, 3) and ``teeth_faces`` (F, 3) the teeth's (:class:`Teeth`); empty where no skin covers them. With
+    ``owners``, also the teeth face drawn at each of those pixels."""
+    c, s = np.cos(yaw), np.sin(yaw)
+    rot = np.array([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])
+    v, t = np.asarray(verts, np.float64) @ rot.T, np.asarray(teeth_verts, np.float64) @ rot.T
+    used = t[np.unique(teeth_faces)]
+    lo = used[:, :2].min(0) - 0.002
+    hi = used[:, :2].max(0) + 0.002
+    W, H = (np.ceil((hi - lo) / pixel_m).astype(int) + 1).tolist()
+
+    def zbuf(points: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        xy = (points[:, :2] - lo) / pixel_m
+        xy[:, 1] = H - 1 - xy[:, 1]
+        node, tri, bary = geo.rasterize_nodes(xy[faces], points[faces, 2], W, H)
+        depth = np.full(W * H, -np.inf)
+        owner = np.full(W * H, -1)
+        depth[node] = np.einsum("nk,nk->n", bary, points[faces[tri], 2])
+        owner[node] = tri
+        return depth, owner
+
+    # the faces over the box and not far behind the teeth (the back of the head cannot cover them)
+    tri = v[model.faces]
+    near = np.all(tri[..., :2].max(1) >= lo, 1) & np.all(tri[..., :2].min(1) <= hi, 1)
+    near &= tri[..., 2].max(1) >= used[:, 2].min() - 0.01
+    keep = np.flatnonzero(near)
+    face_z, face = zbuf(v, model.faces[keep])
+    face = np.where(face >= 0, keep[np.maximum(face, 0)], -1)
+    teeth_z, tooth = zbuf(t, teeth_faces)
+    normal_z = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])[:, 2]
+    outer = np.zeros(len(model.faces) + 1, bool)  # index -1 (no face) → the last entry, False
+    outer[:-1] = (model.face_part == 0) & (normal_z > 0)
+    outer[face_assets(model).mouth_faces] = False
+    over = outer[face] & np.isfinite(teeth_z)
+    diff = teeth_z[over] - face_z[over]
+    return (diff, tooth[over]) if owners else diff
+
+
+_HEAD_TEETH: OrderedDict[tuple[int, bytes], tuple[geo.FaceModelArrays, Teeth | None]] = OrderedDict()
+
+
+def head_teeth(model: geo.FaceModelArrays, shape: np.ndarray | None) -> Teeth | None:
+    """The model's :class:`Teeth` fitted to the head of identity code ``shape`` (K,) (:meth:`Teeth.fitted`, ~20 ms;
+    the last 64 heads cached); the mean head's with ``shape`` None; None for a model without teeth."""
+    teeth = face_assets(model).teeth
+    if teeth is None or shape is None:
+        return teeth
+    shape = np.asarray(shape, np.float32)
+    key = (id(model), shape.tobytes())
+    hit = _HEAD_TEETH.get(key)
+    if hit is None or hit[0] is not model:
+        rest = geo.decode_vertices(model, shape[None].astype(np.float64), np.zeros((1, model.n_expr)))[0]
+        hit = _HEAD_TEETH[key] = (model, teeth.fitted(model, rest))
+        while len(_HEAD_TEETH) > 64:
+            _HEAD_TEETH.popitem(last=False)
+    return hit[1]
 
 
 def _mouth_wall(model: geo.FaceModelArrays, mean: np.ndarray, faces: np.ndarray, levels: np.ndarray,
@@ -952,12 +1053,13 @@ def export_parts(
     model: geo.FaceModelArrays, positions: np.ndarray, normals: np.ndarray, iris_srgb=DEFAULT_IRIS_SRGB,
     eye_size: int = 512,
     verts: np.ndarray | None = None,
+    shape: np.ndarray | None = None,
 ) -> list[ExportPart]:  # fmt: skip
     """The ``eyes`` and ``mouth`` primitives from per-coarse-vertex ``positions`` and ``normals`` (V, 3), and
     the ``teeth`` (:class:`Teeth`) when ``verts`` (V, 3), the coarse vertices the positions came from, is given
     (the teeth are made from vertices the detailed mesh resamples). With ``verts`` the mouth's texture and the
     teeth's colour factor are darkened for how far their lips are apart (:func:`mouth_light`), as a photo shows
-    them."""
+    them; with ``shape`` (the head's identity code) the teeth are fitted behind its lips (:func:`head_teeth`)."""
     a = face_assets(model)
     step, rows, teeth_light = None, np.ones(64), 1.0
     if verts is not None:  # the lip gap in steps of GAP_STEP_M, so that the darkened mouth textures (PNGs) are shared
@@ -973,7 +1075,7 @@ def export_parts(
         texture = _export_cached(("mouth", 64, step), None, lambda: _lit(mouth_texture(64), rows[:, None, None]))
         parts.append(ExportPart("mouth", mesh, texture, vertex, 0.5))
     if verts is not None and a.teeth is not None:
-        parts.append(teeth_part(model, verts, teeth_light))
+        parts.append(teeth_part(model, verts, teeth_light, shape))
     return parts
 
 
@@ -982,11 +1084,13 @@ def _lit(texture_srgb: np.ndarray, factor) -> np.ndarray:
     return color.linear_to_srgb(color.srgb_to_linear(texture_srgb) * factor).clip(0.0, 1.0)
 
 
-def teeth_part(model: geo.FaceModelArrays, verts: np.ndarray, light: float = 1.0) -> ExportPart:
-    """The ``teeth`` primitive (:class:`Teeth`) of the coarse vertices ``verts`` (V, 3), with its own morph
-    basis and ``light`` (the factor on the texture's linear colour) as its colour factor. Raises ``ValueError``
-    for a model without teeth."""
-    teeth = face_assets(model).teeth
+def teeth_part(
+    model: geo.FaceModelArrays, verts: np.ndarray, light: float = 1.0, shape: np.ndarray | None = None
+) -> ExportPart:
+    """The ``teeth`` primitive (:class:`Teeth`, fitted to the head of identity ``shape`` when given:
+    :func:`head_teeth`) of the coarse vertices ``verts`` (V, 3), with its own morph basis and ``light`` (the factor
+    on the texture's linear colour) as its colour factor. Raises ``ValueError`` for a model without teeth."""
+    teeth = head_teeth(model, shape)
     if teeth is None:
         raise ValueError("face model: no teeth (no mouth cavity or no jaw joint)")
     pos = teeth.vertices(np.asarray(verts, np.float64))
@@ -1003,6 +1107,7 @@ def split_detailed(
     resolution: int,
     iris_srgb=DEFAULT_IRIS_SRGB,
     verts: np.ndarray | None = None,
+    shape: np.ndarray | None = None,
 ) -> tuple[geo.MeshData, np.ndarray, list[ExportPart]]:
     """Split a :func:`facecore.geometry.detailed_mesh` into the skin and the eye / mouth primitives.
 
@@ -1030,7 +1135,7 @@ def split_detailed(
     remap = np.full(len(mesh.positions), -1, np.int64)
     remap[keep] = np.arange(len(keep))
     skin = geo.MeshData(mesh.positions[keep], mesh.normals[keep], mesh.uv[keep], remap[faces])
-    parts = export_parts(model, positions, normals, iris_srgb, verts=verts)
+    parts = export_parts(model, positions, normals, iris_srgb, verts=verts, shape=shape)
     return skin, keep, parts
 
 
@@ -1041,6 +1146,7 @@ def export_primitives(
     albedo_srgb: np.ndarray,
     morph_targets: dict[str, np.ndarray] | None = None,
     verts: np.ndarray | None = None,
+    shape: np.ndarray | None = None,
 ) -> tuple[geo.MeshData, dict[str, np.ndarray] | None, list[formats.MaterialPart], np.ndarray]:
     """What the OBJ / GLB writers need for a face with its eyes and mouth as their own primitives.
 
@@ -1049,12 +1155,13 @@ def export_primitives(
         albedo_srgb: (H, W, 3) the skin albedo (the iris colour is read from it, :func:`iris_colour`).
         morph_targets: name → (N, 3) deltas over ``mesh`` (e.g. the expression basis), or None.
         verts: (V, 3) the coarse vertices ``mesh`` was made from: with them, the teeth are a primitive too.
+        shape: (K,) the head's identity code: its teeth fitted behind its lips (:func:`head_teeth`).
 
     Returns:
         ``(skin, skin_morph_targets, parts, iris_srgb)`` for ``formats.obj_files`` / ``formats.glb_bytes``.
     """
     iris, _ = iris_colour(model, albedo_srgb)
-    skin, keep, parts = split_detailed(model, mesh, resolution, iris, verts)
+    skin, keep, parts = split_detailed(model, mesh, resolution, iris, verts, shape)
     skin_targets = None if morph_targets is None else {k: np.asarray(d)[keep] for k, d in morph_targets.items()}
     index = {n: i for i, n in enumerate(model.expr_names)}
     out = []

@@ -455,7 +455,7 @@ async def reconstruct(
     iris_srgb, measured = assets.iris_colour(model, albedo)
     if iris is None:
         iris_source = "albedo" if measured else "default"
-    source = _source(bundle, req, albedo, disp, verts)
+    source = _source(bundle, req, albedo, disp, verts, codes["shape"])
     files, names = await _files(bundle, source, now, timer, run_stage)
     meta = {
         "endpoint": "reconstruct",
@@ -623,7 +623,7 @@ async def generate(
 
     def coarse() -> FileSource:
         verts = geo.decode_vertices(bundle.face_model, shape[None], req.expression[None])[0]
-        return _source(bundle, req, generator_image(albedo), disp, verts)
+        return _source(bundle, req, generator_image(albedo), disp, verts, shape)
 
     with timer.stage("geometry"):
         source = await run_stage("geometry", coarse)
@@ -699,6 +699,7 @@ class FileSource:
     mesh_resolution: int
     blendshapes: bool
     outputs: tuple[str, ...]
+    shape: np.ndarray | None = None  # (K,) the identity code: the teeth are fitted behind its lips
 
     _HEADER = ("bundle_digest", "texture_size", "mesh_resolution", "blendshapes", "outputs")
 
@@ -716,6 +717,7 @@ class FileSource:
             disp=self.disp.astype(np.float32),
             verts=self.verts.astype(np.float32),
             header=np.frombuffer(header, np.uint8),
+            **({} if self.shape is None else {"shape": self.shape.astype(np.float32)}),
         )
         return buf.getvalue()
 
@@ -726,7 +728,8 @@ class FileSource:
             header["outputs"] = tuple(header["outputs"])
             albedo = npz["albedo"].astype(np.float64) / cls.ALBEDO_STEPS
             disp, verts = npz["disp"].astype(np.float64), npz["verts"].astype(np.float64)
-            return cls(albedo=albedo, disp=disp, verts=verts, **header)
+            shape = npz["shape"] if "shape" in npz.files else None
+            return cls(albedo=albedo, disp=disp, verts=verts, shape=shape, **header)
 
 
 def _source(
@@ -735,6 +738,7 @@ def _source(
     albedo: np.ndarray,
     disp: np.ndarray | None,
     verts: np.ndarray,
+    shape: np.ndarray | None = None,
 ) -> FileSource:
     """The request's :class:`FileSource`; refuses (422) what float32 cannot represent: e.g. latents or
     expressions of ±3e38 overflow to inf/NaN in the networks."""
@@ -748,9 +752,11 @@ def _source(
     # stored one, and files made now (the CLI, eager outputs) differed by 1/255 from files made later (the neck fade)
     albedo = np.round(np.clip(np.asarray(albedo, np.float64), 0.0, 1.0) * steps) / steps
     disp, verts = (np.asarray(a, np.float32).astype(np.float64) for a in (disp, verts))
+    shape = None if shape is None else np.asarray(shape, np.float32)
     return FileSource(
-        bundle.digest, albedo, disp, verts, req.texture_size, req.mesh_resolution, req.blendshapes, tuple(req.outputs)
-    )
+        bundle.digest, albedo, disp, verts, req.texture_size, req.mesh_resolution, req.blendshapes, tuple(req.outputs),
+        shape,
+    )  # fmt: skip
 
 
 def file_kind(name: str) -> str | None:
@@ -838,7 +844,7 @@ def _encode(
         # eyes, mouth, teeth: own primitives and materials (facecore.assets), the iris colour from the albedo
         if MESH_KINDS & set(kinds):
             skin, morphs, parts, _ = assets.export_primitives(
-                model, mesh, source.mesh_resolution, albedo, morphs, verts=source.verts
+                model, mesh, source.mesh_resolution, albedo, morphs, verts=source.verts, shape=source.shape
             )
         if "obj" in kinds:
             obj = formats.obj_files(skin, {"albedo": albedo_png, "normal": normal_png}, name="mesh", parts=parts)

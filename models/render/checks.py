@@ -158,47 +158,14 @@ def teeth_penetration(model, verts: np.ndarray, yaw: float = 0.0, pixel_m: float
         never do: then minus the least clearance) and how many pixels they do so by more than 0.1 mm.
     """
     from facecore import assets as fa
-    from facecore import geometry as geo
 
     a = fa.face_assets(model)
     if a.teeth is None:
         return float("-inf"), 0
     v = np.asarray(verts, np.float64)
-    t = a.teeth.vertices(v)
-    c, s = np.cos(yaw), np.sin(yaw)
-    rot = np.array([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])
-    v, t = v @ rot.T, t @ rot.T
-    lo = t[:, :2].min(0) - 0.005
-    hi = t[:, :2].max(0) + 0.005
-    W, H = (np.ceil((hi - lo) / pixel_m).astype(int) + 1).tolist()
-
-    def zbuf(points, faces):
-        xy = (points[:, :2] - lo) / pixel_m
-        xy[:, 1] = H - 1 - xy[:, 1]
-        node, tri, bary = geo.rasterize_nodes(xy[faces], points[faces, 2], W, H)
-        depth = np.full(W * H, -np.inf)
-        owner = np.full(W * H, -1)
-        depth[node] = np.einsum("nk,nk->n", bary, points[faces[tri], 2])
-        owner[node] = tri
-        return depth, owner
-
-    # the faces over the box and not far behind the teeth (the back of the head cannot cover them)
-    tri = v[model.faces]
-    near = np.all(tri[..., :2].max(1) >= lo, 1) & np.all(tri[..., :2].min(1) <= hi, 1)
-    near &= tri[..., 2].max(1) >= t[:, 2].min() - 0.01
-    keep = np.flatnonzero(near)
-    face_z, face = zbuf(v, model.faces[keep])
-    face = np.where(face >= 0, keep[np.maximum(face, 0)], -1)
-    teeth_z, _ = zbuf(t, a.teeth.faces)
-    # outer skin facing the camera (not the inside of the head or of the lips seen through the mouth)
-    normal_z = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])[:, 2]
-    outer = np.zeros(len(model.faces) + 1, bool)  # index -1 (no face) → the last entry, False
-    outer[:-1] = (model.face_part == 0) & (normal_z > 0)
-    outer[a.mouth_faces] = False
-    over = outer[face] & np.isfinite(teeth_z)
-    if not over.any():
+    diff = fa.teeth_over_skin(model, v, a.teeth.vertices(v), a.teeth.faces, yaw, pixel_m)
+    if not len(diff):
         return float("-inf"), 0
-    diff = teeth_z[over] - face_z[over]
     return float(diff.max()), int((diff > 1e-4).sum())
 
 
@@ -211,11 +178,13 @@ def render_face(
     assets: bool = True,
     iris_srgb=None,
     teeth: bool = True,
+    shape: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Render posed vertices (V, 3) with an sRGB albedo map on 18 % grey, framed like the service's face crop,
     under a soft frontal light. ``face_model``: a :class:`models.face.model.FaceModel`. ``assets`` False
     renders the eyes and mouth from the albedo map (the look before issue 15); ``teeth`` draws the teeth
-    (:class:`facecore.assets.Teeth`) with the assets.
+    (:class:`facecore.assets.Teeth`) with the assets, fitted behind the lips of identity ``shape`` when given (as
+    the service's exports draw them: :func:`facecore.assets.head_teeth`).
 
     Returns:
         ``(image (S, S, 3) uint8 sRGB, mask (S, S) bool, landmarks (68, 2) pixels)``.
@@ -224,9 +193,13 @@ def render_face(
 
     from facecore import color
     from facecore import geometry as geo
+    from facecore.assets import head_teeth
     from models.encoder import alignment_camera
     from models.render import MeshRenderer, WeakPerspectiveCamera
 
+    head = head_teeth(face_model.arrays, shape) if teeth and assets and shape is not None else None
+    if head is not None:  # the renderer appends the mean head's teeth only to vertices that have none
+        verts = np.concatenate([np.asarray(verts, np.float64), head.vertices(np.asarray(verts, np.float64))])
     key = (id(face_model), size, assets, teeth)
     renderer = _RENDERERS.get(key)
     if renderer is None:

@@ -201,31 +201,40 @@ def test_assets_follow_the_eye_joints_and_stay_torch_free():
     assert measured and np.allclose(colour, (0.2, 0.35, 0.5), atol=0.02)
 
 
-def _teeth_pixels(fm, verts, albedo, size=384):
+def _teeth_pixels(fm, verts, albedo, size=384, shape=None):
     """(image with teeth, pixels the teeth change, inner-lip mask) of a frontal render."""
-    with_teeth, _, lm = render_face(fm, verts, albedo, size)
+    with_teeth, _, lm = render_face(fm, verts, albedo, size, shape=shape)
     without, _, _ = render_face(fm, verts, albedo, size, teeth=False)
     changed = np.abs(with_teeth.astype(int) - without.astype(int)).max(-1) > 8
     return with_teeth, changed, polygon_mask(lm[list(INNER_LIPS)], changed.shape)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open defect: on some generated heads the lip seam at rest leaves slits the teeth show through "
-    "(pixels per seed 0-7, bundle 2.0.0: 10 0 12 43 40 6 10 0; 1.8.1: 0 2 12 15 40 0 7 5)",
-)
-def test_teeth_hidden_behind_closed_lips(served):
+def test_teeth_stay_behind_the_lips_of_every_head(served):
+    """The arches are fitted to the mean head's mouth; a head whose lips sit further back showed its incisors
+    through the upper lip at rest (measured with the mean head's teeth: 15 % of 40 adult-prior heads, up to 4.2 mm
+    out; generated seed 4: 40 pixels of grey teeth on the lip). facecore.assets.head_teeth moves them back behind
+    that head's lips, as the exports and the pictures draw them: none come out in front of the skin, and at rest
+    they show only through the lip seam (where the face model leaves a slit, the dark cavity shows without them)."""
+    from scipy import ndimage
+
     bundle, _, fm = served
     model = bundle.face_model
-    leaks = []
-    for seed in range(8):
+    rng = np.random.default_rng(0)
+    shapes = [np.array(_generate(served, seed).meta["codes"]["shape"]) for seed in range(8)]
+    shapes += list(model.shape_prior_mean + rng.standard_normal((24, model.n_shape)) @ model.shape_prior_chol.T)
+    worst = []
+    for shape in shapes:
+        rest = geo.decode_vertices(model, shape[None], np.zeros((1, model.n_expr)))[0]
+        teeth = fa.head_teeth(model, shape)
+        worst.append(float(fa.teeth_over_skin(model, rest, teeth.vertices(rest), teeth.faces, pixel_m=2e-4).max()))
+    assert max(worst) < 0.0, np.round(1000 * np.array(worst), 2)
+    for seed in (3, 4):  # the two generated heads that showed the most
         result = _generate(served, seed)
         shape = np.array(result.meta["codes"]["shape"])
         rest = geo.decode_vertices(model, shape[None], np.zeros((1, model.n_expr)))[0]
-        leaks.append(int(_teeth_pixels(fm, rest, _albedo(result))[1].sum()))
-    # the closed lips hide the teeth: at most a few pixels where the model's lip seam leaves sub-millimetre
-    # slits (the dark cavity shows there without teeth)
-    assert max(leaks) <= 6, leaks
+        _, changed, inner = _teeth_pixels(fm, rest, _albedo(result), shape=shape)
+        seam = ndimage.binary_dilation(ndimage.binary_dilation(inner, iterations=2), np.ones((1, 7), bool))
+        assert not (changed & ~seam).any(), (seed, changed.sum())  # along the seam, a little past its corners
 
 
 def test_teeth_lighter_than_the_open_mouth(served):
@@ -406,3 +415,28 @@ def test_the_iris_colour_is_measured_between_the_photos_lids_and_painted_where_e
     for rows, cols in fa._iris_discs(fa.face_assets(model), 256, 256):
         discs[rows, cols] = True
     assert np.array_equal(changed, discs) and 20 < discs.sum() < 0.005 * discs.size
+
+
+def test_fitted_teeth_move_straight_back_and_stay_an_affine_combination_of_their_anchors():
+    model = geo.FaceModelArrays.load(EMBEDDED_BUNDLE / "face_model.npz")
+    teeth = fa.face_assets(model).teeth
+    rng = np.random.default_rng(3)
+    heads = model.shape_prior_mean + rng.standard_normal((12, model.n_shape)) @ model.shape_prior_chol.T
+    rests = [geo.decode_vertices(model, h[None], np.zeros((1, model.n_expr)))[0].astype(np.float64) for h in heads]
+    out = [float(fa.teeth_over_skin(model, r, teeth.vertices(r), teeth.faces).max()) for r in rests]
+    poking, clear = int(np.argmax(out)), int(np.argmin(out))
+    assert out[poking] > 0.001 and out[clear] < -0.002, out  # one head whose teeth come out, one well behind
+    assert teeth.fitted(model, rests[clear]) is teeth  # nothing to move: the same teeth
+    rest = rests[poking]
+    fitted = teeth.fitted(model, rest)
+    np.testing.assert_allclose(fitted.weights.sum(1), 1.0, atol=1e-9)  # still affine
+    moved = fitted.vertices(rest) - teeth.vertices(rest)
+    for arch in (teeth.upper, ~teeth.upper):  # each arch by one offset, straight back (−z)
+        np.testing.assert_allclose(moved[arch] - moved[arch][0], 0.0, atol=1e-9)
+        assert abs(moved[arch][0, 0]) < 1e-9 and abs(moved[arch][0, 1]) < 1e-9 and moved[arch][0, 2] <= 0.0
+    assert moved[:, 2].min() < -out[poking]  # at least as far as they came out
+    # turned and moved, the head carries its fitted teeth along rigidly (they are made from its vertices)
+    c, s = np.cos(0.4), np.sin(0.4)
+    rot = np.array([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])
+    np.testing.assert_allclose(fitted.vertices(rest @ rot.T + [0.01, -0.02, 0.3]),
+                               fitted.vertices(rest) @ rot.T + [0.01, -0.02, 0.3], atol=1e-9)  # fmt: skip
