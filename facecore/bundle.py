@@ -119,10 +119,10 @@ class LocaliserSpec(BaseModel):
 
 class SkinToneCalibration(BaseModel):
     """How far the photo's de-lit skin level sits below the truth with this bundle's light, and how far to trust the
-    photo's skin against the generated map's own, on held-out renders (``benchmarks/skin_tone.py --write``):
-    /reconstruct's ``albedo=generated`` tone match corrects the photo's level by the offset and moves the map's
-    chroma and level that fraction of the way to the photo's (``service.pipeline.tone``; without the fractions,
-    all the chroma and the level beyond ``TONE_LEVEL_TOLERANCE``)."""
+    photo's skin against the generated map's own, on held-out renders (:mod:`training.skin_tone`, the export
+    stage's last step): /reconstruct's ``albedo=generated`` tone match corrects the photo's level by the offset
+    and moves the map's chroma and level that fraction of the way to the photo's (``service.pipeline.tone``;
+    without the fractions, all the chroma and the level beyond ``TONE_LEVEL_TOLERANCE``)."""
 
     model_config = ConfigDict(extra="forbid")
     photo_level_offset: float = Field(ge=-1.0, le=1.0, description="truth minus photo, mean log-luminance")
@@ -151,7 +151,7 @@ class Manifest(BaseModel):
     identity: IdentitySpec | None = None
     mouth: MouthCalibration | None = Field(None, description="the encoder's lip gap calibrated (facecore.mouth)")
     localiser: LocaliserSpec | None = Field(None, description="how /reconstruct runs the landmarks graph")
-    skin_tone: SkinToneCalibration | None = Field(None, description="the photo's skin level bias (skin_tone.py)")
+    skin_tone: SkinToneCalibration | None = Field(None, description="the tone match's calibration (training.skin_tone)")
     training: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, Any] = Field(default_factory=dict)
 

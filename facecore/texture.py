@@ -725,8 +725,9 @@ def match_skin_tone(
     generator's features and skin texture, but the latent misses the tone of faces unlike its training pairs (a dark
     skin came out 2.3× too light). A photo's skin chroma is a good measurement; its level is not (the light's
     brightness and the albedo's trade off): the offset corrects its bias and the tolerance leaves the map's own
-    level where the two agree within the photo's error (``benchmarks/skin_tone.py`` measures both). One gain per
-    channel keeps the map's own contrasts (brows, lips, hair against skin).
+    level where the two agree within the photo's error (``benchmarks/skin_tone.py`` measures both;
+    :mod:`training.skin_tone` calibrates a bundle's shares). One gain per channel keeps the map's own contrasts
+    (brows, lips, hair against skin).
     """
     R = albedo.shape[0]
     layout = _layout(model, R)

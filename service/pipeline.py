@@ -330,7 +330,7 @@ TONE_MATCH = True
 # the photo's de-lit skin against the truth on held-out renders (benchmarks/skin_tone.py, stream 20261207): its
 # chroma is off by 0.02-0.04 (median, log R/G and B/G; the generated map's by 0.05-0.06) and its log-luminance
 # by 0.16-0.21 (the generated map's 0.09-0.12), biased by the bundle's light. A calibrated bundle
-# (`manifest.json["skin_tone"]`, skin_tone.py --write) says the bias and each estimate's share of the combined one
+# (`manifest.json["skin_tone"]`, training.skin_tone) says the bias and each estimate's share of the combined one
 # (from both errors on its renders); a bundle without the shares: the chroma all the way, the level only by what
 # exceeds this tolerance
 TONE_LEVEL_TOLERANCE = 0.2

@@ -13,8 +13,11 @@ stages made goes in, in this order:
    (``export.latent_identity_truth`` procedural truth maps for its cue readers, 3,000 by default;
    :mod:`training.latent_identity`), after the mean-map calibration, which would drop it;
 5. ``export.albedo_latent_samples`` > 0: /reconstruct's photo albedo → latent graph on that many rendered faces
-   through the finished bundle (:mod:`training.albedo_latent`, ``export.albedo_latent_workers`` processes): last,
-   since it reads albedos through the final head, light and generator.
+   through the finished bundle (:mod:`training.albedo_latent`, ``export.albedo_latent_workers`` processes), since
+   it reads albedos through the final head, light and generator;
+6. ``export.skin_tone_renders`` > 0 and the bundle has that graph: ``albedo=generated``'s tone-match calibration
+   on that many held-out renders through the finished bundle (:mod:`training.skin_tone`): last, since it scores the
+   photo's de-lit skin and the map at the latent that graph reads.
 
 It lives here because :mod:`training.latent_identity` and :mod:`training.albedo_latent` build on
 :mod:`training.export`.
@@ -36,6 +39,7 @@ from training.calibration import calibrate_bundle
 from training.checkpoint import run_checkpoint
 from training.latent_identity import add_codes_graph
 from training.localiser import METRICS_FILE, add_localiser
+from training.skin_tone import calibrate_bundle as calibrate_skin_tone
 
 
 def finished_grow(cfg: Mapping[str, Any], run_dir: Path) -> dict | None:
@@ -77,3 +81,5 @@ def run(cfg: Mapping[str, Any], out: Path) -> None:
     if int(section.get("albedo_latent_samples", 0)) > 0:
         workers = int(section.get("albedo_latent_workers", 1))
         add_latent_graph(out, out, int(section["albedo_latent_samples"]), workers=workers)
+        if int(section.get("skin_tone_renders", 0)) > 0:
+            calibrate_skin_tone(out, int(section["skin_tone_renders"]))

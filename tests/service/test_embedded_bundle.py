@@ -110,7 +110,7 @@ def test_generated_albedo_of_reconstruct_follows_the_photos_skin(client):
 def test_the_tone_match_moves_the_generated_level_as_the_bundles_calibration_says():
     """The photo's de-lit skin level is biased by the bundle's light (1.8.1: 0.23 too dark in log-luminance on
     held-out renders, 2.0.0 about 0), and both it and the generated map's own level are estimates with errors: the
-    calibration (benchmarks/skin_tone.py --write) says the bias and the photo's share, and albedo=generated's skin
+    calibration (training.skin_tone) says the bias and the photo's share, and albedo=generated's skin
     level moves by that share of the gap (log-luminance, linear light)."""
     import asyncio
 

@@ -25,7 +25,7 @@ TINY = [
     "identity.identities=8", "identity.eval_identities=3", "identity.test_fraction=0.25",
     "identity.val_fraction=0.2", "identity.image_size=192", "identity.albedo_size=64", "identity.chunk=4",
     "export.albedo_mean_samples=64", "export.latent_identity_samples=48", "export.latent_identity_truth=48",
-    "export.mouth_calibration_samples=24", "export.albedo_latent_samples=24",
+    "export.mouth_calibration_samples=24", "export.albedo_latent_samples=24", "export.skin_tone_renders=16",
 ]  # fmt: skip
 
 
@@ -61,6 +61,9 @@ def test_default_recipe_chains_every_stage_into_the_shipped_bundle(tmp_path):
     assert bundle.manifest.mouth is not None
     # /generate's latent → head graph, fitted after the mean map (which would have dropped it)
     assert "codes" in bundle.manifest.graphs and bundle.manifest.latent_identity["samples"] == 48
+    # albedo=generated's tone match calibrated last, through the finished bundle
+    tone = bundle.manifest.skin_tone
+    assert tone is not None and 10 <= tone.renders <= 16 and tone.chroma_weight is not None
     encoder = onnx.load(str(out / "export" / "encoder.onnx"))
     fc = [t for t in encoder.graph.initializer if tuple(t.dims) == (512, 2048)]  # the 2×2-grid fc, stored fp16
     assert len(fc) == 1 and fc[0].data_type == onnx.TensorProto.FLOAT16

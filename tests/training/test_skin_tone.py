@@ -1,0 +1,46 @@
+"""training.skin_tone.shares: the photo's share of the least-squares combination of two noisy estimates of the
+skin tone."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from training.skin_tone import shares
+
+
+def test_shares_weigh_each_estimate_by_the_others_error():
+    rng = np.random.default_rng(0)
+    n = 20000
+    # chroma: photo twice as precise as the map (σ 0.02 vs 0.04) → share 0.04² / (0.02² + 0.04²) = 0.8;
+    # level: photo three times worse (σ 0.3 vs 0.1) → share 0.1
+    photo = np.c_[rng.normal(0, 0.02, (n, 2)), rng.normal(0, 0.3, n)]
+    generated = np.c_[rng.normal(0, 0.04, (n, 2)), rng.normal(0, 0.1, n)]
+    chroma, level = shares(photo, generated)
+    assert abs(chroma - 0.8) < 0.02 and abs(level - 0.1) < 0.02
+    combined = generated + np.array([chroma, chroma, level]) * (photo - generated)
+    assert ((combined**2).mean(0) < np.minimum((photo**2).mean(0), (generated**2).mean(0))).all()
+    # a photo that is always right takes all of it; one with the map's own error (perfectly correlated) a half
+    assert shares(np.zeros((10, 3)), generated[:10]) == (1.0, 1.0)
+    assert shares(generated[:10], generated[:10]) == (0.5, 0.5)
+
+
+def test_calibration_refuses_what_it_cannot_measure(tmp_path):
+    from training.skin_tone import calibrate_bundle, fit
+
+    with pytest.raises(SystemExit, match="not a bundle folder"):
+        calibrate_bundle(tmp_path)
+    few = {"photo": np.zeros((9, 3)), "generated": np.zeros((9, 3))}
+    with pytest.raises(SystemExit, match="too few"):
+        fit(few, "test")
+
+
+def test_fit_stores_the_photos_level_bias_and_shares():
+    from training.skin_tone import fit
+
+    rng = np.random.default_rng(1)
+    photo = np.c_[rng.normal(0, 0.02, (400, 2)), rng.normal(-0.2, 0.3, 400)]  # its level 0.2 too dark
+    generated = np.c_[rng.normal(0, 0.04, (400, 2)), rng.normal(0, 0.1, 400)]
+    cal = fit({"photo": photo, "generated": generated}, "test")
+    assert abs(cal.photo_level_offset - 0.2) < 0.04 and cal.renders == 400
+    assert 0.7 < cal.chroma_weight < 0.9 and 0.05 < cal.level_weight < 0.2  # 0.8 and 0.1 in expectation

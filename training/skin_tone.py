@@ -1,0 +1,170 @@
+"""Calibrate a bundle's ``albedo=generated`` tone match on held-out synthetic renders (``manifest["skin_tone"]``).
+
+    python -m training.skin_tone --bundle DIR [--renders 40] [--seed 20261207] [--dry-run]
+
+Each render (``training.data.synthetic``, stream ``--seed``: the training draws from others, and
+``benchmarks/bundle_metrics.py`` from 20261125, which scores the match) goes through the service's /reconstruct
+with ``albedo=generated`` and the match off, and the skin (a :class:`facecore.texture.SkinModel` of the cheeks,
+nose and forehead) of two estimates of the face's tone is set against the truth's — the photo's de-lit albedo (the
+result's ``texture.skin_srgb``) and AlbedoGAN's map at the latent read off it — in log R/G, log B/G and
+log-luminance. Stored (``--dry-run``: printed only):
+
+- ``photo_level_offset``: the photo's mean log-luminance error, negated (the bias of the bundle's light: its
+  level and the albedo's trade off);
+- ``chroma_weight``, ``level_weight``: the photo's share of the combination ``own + w · (photo − own)`` with the
+  least mean squared error, ``w = (E[g²] − E[p·g]) / E[(p − g)²]`` (``p``: the photo's error with the bias
+  removed, ``g``: the generated map's), the chroma's two channels pooled; each within [0, 1].
+
+Renders without a face found, or whose photo carries a colour flag (the match leaves those alone), are skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from facecore import color, texture
+from facecore import geometry as geo
+from facecore.bundle import Bundle, SkinToneCalibration, load_bundle
+
+DEFAULT_SEED = 20261207
+logger = logging.getLogger(__name__)
+
+
+def skin_stats(model: geo.FaceModelArrays, albedo_linear: np.ndarray) -> np.ndarray:
+    """(3,): log R/G, log B/G, log-luminance of a map's skin model (its cheeks, nose and forehead)."""
+    seed = texture.uv_regions(model, albedo_linear.shape[0])
+    area = (seed["cheeks"] | seed["forehead"] | seed["nose"]).reshape(-1)
+    skin = texture.fit_skin_model(albedo_linear.reshape(-1, 3)[area])
+    return np.array([*skin.mean, skin.log_y])
+
+
+def shares(photo: np.ndarray, generated: np.ndarray) -> tuple[float, float]:
+    """The photo's share of the least-squares combination of two estimates with errors ``photo`` and ``generated``
+    (N, 3: log R/G, log B/G, log Y), for the chroma (both channels pooled) and the level, each within [0, 1]."""
+
+    def share(p: np.ndarray, g: np.ndarray) -> float:
+        denom = float(((p - g) ** 2).mean())
+        return 0.5 if denom <= 0.0 else float(np.clip(((g - p) * g).mean() / denom, 0.0, 1.0))
+
+    return share(photo[:, :2], generated[:, :2]), share(photo[:, 2], generated[:, 2])
+
+
+def measure(bundle: Bundle, count: int, seed: int, matched: bool = False) -> tuple[dict[str, np.ndarray], int, int]:
+    """Errors against the truth, (N, 3) each: ``photo``, ``generated`` (no match) and, with ``matched``, the
+    map as the service matches it now; and how many renders had a colour flag (or no skin model) and how many no
+    face."""
+    from PIL import Image
+
+    from service import pipeline as P
+    from service.engine.sessions import inline_runner, open_sessions
+    from training.data.images import resize_uv
+    from training.data.synthetic import SyntheticConfig, SyntheticFaces
+
+    model = bundle.face_model
+    run_graph = inline_runner(open_sessions(bundle, ["CPUExecutionProvider"], 0))
+    faces = SyntheticFaces(SyntheticConfig(image_size=224, albedo_size=256, seed=seed))
+    if faces.face_model.arrays.expr_names != model.expr_names:
+        raise SystemExit("the synthetic source's face model is not the bundle's: no common truth to calibrate on")
+    req = P.ReconstructRequest("skin_tone", 256, 64, ("albedo",), False, "auto", "generated")
+
+    def reconstruct(image: np.ndarray, match: bool) -> tuple[dict, np.ndarray]:
+        before, P.TONE_MATCH = P.TONE_MATCH, match
+        try:
+            result = asyncio.run(P.reconstruct(bundle, run_graph, req, image, P.Timer()))
+        finally:
+            P.TONE_MATCH = before
+        png = Image.open(io.BytesIO(result.files["albedo.png"])).convert("RGB")
+        return result.meta, color.srgb_to_linear(np.asarray(png, np.float64) / 255.0)
+
+    rows: dict[str, list[np.ndarray]] = {"photo": [], "generated": []}
+    if matched:
+        rows["generated, tone matched"] = []
+    flagged = failed = 0
+    for i in range(count):
+        item = faces.batch([i])
+        image = (item.image_srgb[0].permute(1, 2, 0).numpy() * 255.0 + 0.5).clip(0, 255).astype(np.uint8)
+        truth = skin_stats(model, resize_uv(item.albedo_uv, 256)[0].permute(1, 2, 0).numpy())
+        try:
+            meta, plain = reconstruct(image, False)
+        except P.PhotoError:
+            failed += 1
+            continue
+        if meta["texture"]["flags"] or meta["texture"].get("skin_srgb") is None:  # the match leaves those alone
+            flagged += 1
+            continue
+        photo = color.srgb_to_linear(np.array(meta["texture"]["skin_srgb"]))
+        rows["photo"].append(np.r_[np.log(photo[[0, 2]] / photo[1]), np.log(photo @ texture.LUMA)] - truth)
+        rows["generated"].append(skin_stats(model, plain) - truth)
+        if matched:
+            rows["generated, tone matched"].append(skin_stats(model, reconstruct(image, True)[1]) - truth)
+    return {k: np.array(v).reshape(-1, 3) for k, v in rows.items()}, flagged, failed
+
+
+def fit(errors: dict[str, np.ndarray], data: str) -> SkinToneCalibration:
+    """The calibration of :func:`measure`'s ``photo`` and ``generated`` errors (see the module's docstring)."""
+    n = len(errors["photo"])
+    if n < 10:
+        raise SystemExit(f"only {n} renders to calibrate the skin tone on: too few")
+    offset = -float(errors["photo"][:, 2].mean())
+    chroma, level = shares(errors["photo"] + [0.0, 0.0, offset], errors["generated"])
+    return SkinToneCalibration(
+        photo_level_offset=round(offset, 4),
+        chroma_weight=round(chroma, 3),
+        level_weight=round(level, 3),
+        renders=n,
+        data=data,
+    )
+
+
+def calibrate_bundle(
+    bundle_dir: Path, count: int = 40, seed: int = DEFAULT_SEED, write: bool = True
+) -> SkinToneCalibration:
+    """Measure, fit and (``write``) store ``manifest["skin_tone"]`` in ``bundle_dir``; returns the calibration."""
+    if not (Path(bundle_dir) / "manifest.json").is_file():
+        raise SystemExit(f"--bundle: {bundle_dir} is not a bundle folder (no manifest.json)")
+    bundle = load_bundle(bundle_dir)
+    if not bundle.generated_reconstruct:
+        raise SystemExit(f"{bundle_dir}: the bundle has no albedo=generated (no albedo_latent graph) to calibrate")
+    errors, flagged, failed = measure(bundle, count, seed)
+    n = len(errors["photo"])
+    cal = fit(errors, f"training.data.synthetic stream {seed}, 224 px, {n} renders without a colour flag")
+    logger.info(
+        "skin tone on %d of %d renders (%d with a colour flag, %d without a face): photo level offset %+.4f, "
+        "the photo's share: chroma %.3f, level %.3f", n, count, flagged, failed, cal.photo_level_offset,
+        cal.chroma_weight, cal.level_weight,
+    )  # fmt: skip
+    if write:
+        write_calibration(bundle_dir, cal)
+    return cal
+
+
+def write_calibration(bundle_dir: Path, cal: SkinToneCalibration) -> None:
+    """``cal`` as ``bundle_dir``'s ``manifest["skin_tone"]`` (the bundle checked to load after)."""
+    path = Path(bundle_dir) / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["skin_tone"] = cal.model_dump()
+    path.write_text(json.dumps(manifest, indent=1) + "\n")
+    load_bundle(bundle_dir)  # still valid
+    logger.info("wrote %s field 'skin_tone'", path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--bundle", type=Path, required=True, help="a bundle folder (its manifest is rewritten)")
+    ap.add_argument("--renders", type=int, default=40)
+    ap.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    ap.add_argument("--dry-run", action="store_true", help="print the calibration, write nothing")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    calibrate_bundle(args.bundle, args.renders, args.seed, write=not args.dry_run)
+
+
+if __name__ == "__main__":
+    main()
