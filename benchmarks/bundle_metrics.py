@@ -222,12 +222,11 @@ def render(
     and lit by ``sh`` (9, 3), over an sRGB ``background`` (S, S, 3) in [0, 1] → (S, S, 3) uint8 (torch renderer);
     the eyes' iris has the colour the exports give them (facecore.assets.iris_colour of the map), the teeth are
     fitted to the head of identity ``shape`` as the exports fit them (facecore.assets.head_teeth)."""
-    from facecore.assets import head_teeth, iris_colour
+    from facecore.assets import iris_colour, with_head_teeth
     from models.render import MeshRenderer, WeakPerspectiveCamera
 
-    teeth = head_teeth(bundle.face_model, shape) if shape is not None else None
-    if teeth is not None:  # the renderer appends the mean head's teeth only to vertices that have none
-        verts = np.concatenate([verts, teeth.vertices(verts)])
+    if shape is not None:
+        verts = with_head_teeth(bundle.face_model, verts, shape)
 
     fm = torch_face_model(face_model_path(bundle))
     eyes = MeshRenderer.asset_textures(fm, [iris_colour(bundle.face_model, albedo_srgb)[0]])

@@ -31,7 +31,8 @@ from service import pipeline as P
 def nme(pred: np.ndarray, truth: np.ndarray, visible: np.ndarray | None = None) -> float:
     """Mean point error (visible points) over the eye-corner distance (iBUG 36–45)."""
     err = np.linalg.norm(np.asarray(pred) - truth, axis=1)
-    return float((err if visible is None else err[visible]).mean() / np.linalg.norm(truth[36] - truth[45]))
+    err = err if visible is None or not np.any(visible) else err[visible]  # none visible: all of them
+    return float(err.mean() / np.linalg.norm(truth[36] - truth[45]))
 
 
 def paired(runners: list[BundleRunner], seed: int, count: int) -> np.ndarray:
@@ -86,9 +87,13 @@ def main() -> None:
     if args.photos.is_dir():
         print("fixture photos, against dlib's 68 points (wrong itself on strongly turned heads):")
         for path in sorted(args.photos.glob("*.jpg")):
-            image = P.decode_photo(path.read_bytes(), 50_000_000)
-            detected = landmarks68(image)
-            cells = [nme(r.reconstruct(image)["face"]["landmarks68"], detected) for r in runners]
+            try:
+                image = P.decode_photo(path.read_bytes(), 50_000_000)
+                detected = landmarks68(image)
+                cells = [nme(r.reconstruct(image)["face"]["landmarks68"], detected) for r in runners]
+            except (P.PhotoError, ValueError) as exc:  # no face (either detector), not a photo
+                print(f"  {path.name:<26} skipped: {exc}")
+                continue
             print(f"  {path.name:<26} new {cells[0]:.3f}  old {cells[1]:.3f}")
 
 

@@ -45,6 +45,8 @@ def main() -> None:
         cells = [f"{m:+.3f} / {p50:.3f} / {p90:.3f}" for m, p50, p90 in zip(
             e.mean(0), np.median(np.abs(e), 0), np.percentile(np.abs(e), 90, 0), strict=True)]  # fmt: skip
         print(f"{name:<26}" + "".join(f"{c:>30}" for c in cells))
+    if n < 10 and not args.write:
+        return  # too few to fit a calibration on (fit refuses)
     cal = fit(errors, f"training.data.synthetic stream {args.seed}, 224 px, {n} renders without a colour flag")
     print(f"the photo's share: chroma {cal.chroma_weight:.3f}, level {cal.level_weight:.3f} "
           f"(level offset {cal.photo_level_offset:+.4f})")  # fmt: skip

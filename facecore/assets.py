@@ -286,26 +286,37 @@ class Teeth:
         (measured: 15 % of the adult prior's heads, up to 4 mm) would show the incisors through the upper lip at
         rest. The shift is written into the weights as a combination of the arch's anchor offsets from their mean
         (coefficients summing to 0), so the teeth stay an affine combination of their anchors: they turn with the
-        skull and the jaw, and their morph targets follow, as before."""
+        skull and the jaw, and their morph targets follow, as before. A lower arch further forward of the upper
+        one than on the mean head goes back until it is not."""
         rest = np.asarray(rest, np.float64)
         face_upper = self.upper[self.faces[:, 0]]
+
+        def moved_back(weights: np.ndarray, arch: np.ndarray, shift: float) -> np.ndarray:
+            rows = np.flatnonzero(arch)
+            cols = np.flatnonzero(np.abs(self.weights[rows]).sum(0) > 0)
+            offsets = (rest[self.anchors[cols]] - rest[self.anchors[cols]].mean(0)).T  # (3, n)
+            out = weights.copy()
+            out[np.ix_(rows, cols)] += offsets.T @ np.linalg.solve(offsets @ offsets.T, np.array([0.0, 0.0, -shift]))
+            return out
+
         teeth = self
         for _ in range(2):  # a second look where the first moved them (the skin behind may now cover them)
             over, owner = teeth_over_skin(model, rest, teeth.vertices(rest), self.faces, owners=True)
             weights = teeth.weights
             for arch, on in ((self.upper, face_upper[owner]), (~self.upper, ~face_upper[owner])):
                 shift = float(over[on].max()) + clearance if on.any() else 0.0
-                if shift <= 0.0:
-                    continue
-                rows = np.flatnonzero(arch)
-                cols = np.flatnonzero(np.abs(self.weights[rows]).sum(0) > 0)
-                offsets = (rest[self.anchors[cols]] - rest[self.anchors[cols]].mean(0)).T  # (3, n)
-                coeff = offsets.T @ np.linalg.solve(offsets @ offsets.T, np.array([0.0, 0.0, -shift]))
-                weights = weights.copy() if weights is teeth.weights else weights
-                weights[np.ix_(rows, cols)] += coeff
+                if shift > 0.0:
+                    weights = moved_back(weights, arch, shift)
             if weights is teeth.weights:
                 break
             teeth = replace(teeth, weights=weights)
+        # the lower incisors no further forward of the upper ones than on the mean head (a jutting chin carries the
+        # lower arch forward with it: up to 10 mm in front of the upper on the generation prior's heads)
+        front, mean_front = teeth.vertices(rest)[:, 2], self.rest[:, 2]
+        ahead = float(front[~self.upper].max() - front[self.upper].max())
+        ahead -= float(mean_front[~self.upper].max() - mean_front[self.upper].max())
+        if ahead > 1e-5:
+            teeth = replace(teeth, weights=moved_back(teeth.weights, ~self.upper, ahead))
         return teeth
 
 
@@ -369,14 +380,27 @@ def head_teeth(model: geo.FaceModelArrays, shape: np.ndarray | None) -> Teeth | 
     if teeth is None or shape is None:
         return teeth
     shape = np.asarray(shape, np.float32)
-    key = (id(model), shape.tobytes())
+    key = (id(model), shape.tobytes())  # an entry holds its model: a collected model's id is never matched
     hit = _HEAD_TEETH.get(key)
-    if hit is None or hit[0] is not model:
-        rest = geo.decode_vertices(model, shape[None].astype(np.float64), np.zeros((1, model.n_expr)))[0]
-        hit = _HEAD_TEETH[key] = (model, teeth.fitted(model, rest))
-        while len(_HEAD_TEETH) > 64:
-            _HEAD_TEETH.popitem(last=False)
-    return hit[1]
+    if hit is not None:
+        _HEAD_TEETH.move_to_end(key)
+        return hit[1]
+    rest = geo.decode_vertices(model, shape[None].astype(np.float64), np.zeros((1, model.n_expr)))[0]
+    fitted = teeth.fitted(model, rest)
+    fitted.weights.setflags(write=False)  # shared between the service's threads
+    _HEAD_TEETH[key] = (model, fitted)
+    while len(_HEAD_TEETH) > 64:
+        _HEAD_TEETH.popitem(last=False)
+    return fitted
+
+
+def with_head_teeth(model: geo.FaceModelArrays, verts: np.ndarray, shape: np.ndarray | None) -> np.ndarray:
+    """(V, 3) vertices → (V + T, 3) with the teeth fitted to the head of identity ``shape`` appended (what the
+    renderers draw instead of the mean head's teeth, which they append only to vertices that have none); the
+    vertices as they are for a model without teeth."""
+    teeth = head_teeth(model, shape)
+    verts = np.asarray(verts, np.float64)
+    return verts if teeth is None else np.concatenate([verts, teeth.vertices(verts)])
 
 
 def _mouth_wall(model: geo.FaceModelArrays, mean: np.ndarray, faces: np.ndarray, levels: np.ndarray,
@@ -1097,7 +1121,8 @@ def teeth_part(
     normals = geo.vertex_normals(pos[None], teeth.faces)[0]
     mesh = geo.MeshData(pos.astype(np.float32), normals.astype(np.float32), teeth.uv.astype(np.float32), teeth.faces)
     none = np.full(len(pos), -1, np.int64)  # no coarse vertex: the morphs are the teeth's own
-    texture = _export_cached(("teeth", id(teeth), 512), teeth, lambda: teeth_texture(teeth, 512))
+    base = face_assets(model).teeth  # fitting moves the arches, not their teeth: one texture for every head
+    texture = _export_cached(("teeth", id(base), 512), base, lambda: teeth_texture(base, 512))
     return ExportPart("teeth", mesh, texture, none, 0.35, teeth.deltas(model.expr_basis), float(light))
 
 

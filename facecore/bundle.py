@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from facecore.geometry import FaceModelArrays
 from facecore.identity import (
@@ -130,6 +130,12 @@ class SkinToneCalibration(BaseModel):
     level_weight: float | None = Field(None, ge=0.0, le=1.0, description="the photo's share of the log-luminance")
     renders: int = Field(ge=1)
     data: str = ""
+
+    @model_validator(mode="after")
+    def _both_shares_or_neither(self) -> SkinToneCalibration:
+        if (self.chroma_weight is None) != (self.level_weight is None):
+            raise ValueError("skin_tone: chroma_weight and level_weight come together (or neither)")
+        return self
 
 
 class Manifest(BaseModel):

@@ -428,6 +428,9 @@ def keep_localiser(source: str | Path, bundle: str | Path, out: str | Path, reas
     graph = json.loads((src.root / "manifest.json").read_text())["graphs"][localise.GRAPH]
 
     def edit(folder: Path, manifest: dict) -> None:
+        old = manifest["graphs"].get(localise.GRAPH)
+        if old is not None and old["file"] != graph["file"]:
+            (folder / old["file"]).unlink(missing_ok=True)  # the replaced graph's file goes with it
         shutil.copyfile(src.root / graph["file"], folder / graph["file"])
         manifest["graphs"][localise.GRAPH] = graph
         manifest["localiser"] = spec
@@ -452,6 +455,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if (args.run is None) == (args.keep_from is None):
         parser.error("give a localiser run folder or --keep-from BUNDLE (one of them)")
+    if args.why and args.keep_from is None:
+        parser.error("--why goes with --keep-from (why the other bundle's localiser is kept)")
     if args.keep_from is not None:
         if args.version or args.no_refine:
             parser.error("--keep-from keeps the localiser as it is (no --version, --no-refine)")

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
-import json
 import logging
 from pathlib import Path
 
@@ -31,7 +30,7 @@ import numpy as np
 
 from facecore import color, texture
 from facecore import geometry as geo
-from facecore.bundle import Bundle, SkinToneCalibration, load_bundle
+from facecore.bundle import Bundle, SkinToneCalibration, edited_copy, load_bundle
 
 DEFAULT_SEED = 20261207
 logger = logging.getLogger(__name__)
@@ -69,9 +68,10 @@ def measure(bundle: Bundle, count: int, seed: int, matched: bool = False) -> tup
 
     model = bundle.face_model
     run_graph = inline_runner(open_sessions(bundle, ["CPUExecutionProvider"], 0))
-    faces = SyntheticFaces(SyntheticConfig(image_size=224, albedo_size=256, seed=seed))
-    if faces.face_model.arrays.expr_names != model.expr_names:
-        raise SystemExit("the synthetic source's face model is not the bundle's: no common truth to calibrate on")
+    from models.face.model import FaceModel
+
+    face_model = FaceModel.from_file(bundle.root / bundle.manifest.face_model.file)  # the truth on the bundle's layout
+    faces = SyntheticFaces(SyntheticConfig(image_size=224, albedo_size=256, seed=seed), face_model=face_model)
     req = P.ReconstructRequest("skin_tone", 256, 64, ("albedo",), False, "auto", "generated")
 
     def reconstruct(image: np.ndarray, match: bool) -> tuple[dict, np.ndarray]:
@@ -146,13 +146,14 @@ def calibrate_bundle(
 
 
 def write_calibration(bundle_dir: Path, cal: SkinToneCalibration) -> None:
-    """``cal`` as ``bundle_dir``'s ``manifest["skin_tone"]`` (the bundle checked to load after)."""
-    path = Path(bundle_dir) / "manifest.json"
-    manifest = json.loads(path.read_text())
-    manifest["skin_tone"] = cal.model_dump()
-    path.write_text(json.dumps(manifest, indent=1) + "\n")
-    load_bundle(bundle_dir)  # still valid
-    logger.info("wrote %s field 'skin_tone'", path)
+    """``cal`` as ``bundle_dir``'s ``manifest["skin_tone"]``: the folder is replaced only once the service's loader
+    accepts the edited copy (:func:`facecore.bundle.edited_copy`)."""
+
+    def edit(_folder: Path, manifest: dict) -> None:
+        manifest["skin_tone"] = cal.model_dump()
+
+    edited_copy(bundle_dir, bundle_dir, None, edit)
+    logger.info("wrote %s field 'skin_tone'", Path(bundle_dir) / "manifest.json")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -193,13 +193,12 @@ def render_face(
 
     from facecore import color
     from facecore import geometry as geo
-    from facecore.assets import head_teeth
+    from facecore.assets import with_head_teeth
     from models.encoder import alignment_camera
     from models.render import MeshRenderer, WeakPerspectiveCamera
 
-    head = head_teeth(face_model.arrays, shape) if teeth and assets and shape is not None else None
-    if head is not None:  # the renderer appends the mean head's teeth only to vertices that have none
-        verts = np.concatenate([np.asarray(verts, np.float64), head.vertices(np.asarray(verts, np.float64))])
+    if teeth and assets and shape is not None:
+        verts = with_head_teeth(face_model.arrays, verts, shape)
     key = (id(face_model), size, assets, teeth)
     renderer = _RENDERERS.get(key)
     if renderer is None:

@@ -435,6 +435,11 @@ def test_fitted_teeth_move_straight_back_and_stay_an_affine_combination_of_their
         np.testing.assert_allclose(moved[arch] - moved[arch][0], 0.0, atol=1e-9)
         assert abs(moved[arch][0, 0]) < 1e-9 and abs(moved[arch][0, 1]) < 1e-9 and moved[arch][0, 2] <= 0.0
     assert moved[:, 2].min() < -out[poking]  # at least as far as they came out
+    # and the lower incisors are no further forward of the upper ones than on the mean head
+    for head in rests:
+        z, mean_z = teeth.fitted(model, head).vertices(head)[:, 2], teeth.rest[:, 2]
+        ahead = z[~teeth.upper].max() - z[teeth.upper].max()
+        assert ahead <= mean_z[~teeth.upper].max() - mean_z[teeth.upper].max() + 1e-5
     # turned and moved, the head carries its fitted teeth along rigidly (they are made from its vertices)
     c, s = np.cos(0.4), np.sin(0.4)
     rot = np.array([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])

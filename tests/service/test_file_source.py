@@ -30,15 +30,43 @@ def test_the_stored_source_keeps_the_identity_the_teeth_are_fitted_to():
     """The exported teeth are fitted behind the head's lips (facecore.assets.head_teeth): the identity code travels
     with the stored source, so the mesh made at the first fetch has the same teeth; a source stored without one
     (before the fit) reads back as None (the mean head's teeth)."""
+    from facecore import assets
+
     bundle = load_bundle(EMBEDDED_BUNDLE)
     model = bundle.face_model
     req = types.SimpleNamespace(texture_size=64, mesh_resolution=32, blendshapes=False, outputs=("glb",))
-    shape = np.asarray(model.shape_prior_mean, np.float32) + 0.5
+    rng = np.random.default_rng(0)
+    shape = None
+    while shape is None or assets.head_teeth(model, shape) is assets.face_assets(model).teeth:  # teeth that move
+        draw = model.shape_prior_mean + model.shape_prior_chol @ rng.standard_normal(model.n_shape)
+        shape = draw.astype(np.float32)
     verts = P.geo.decode_vertices(model, shape[None], np.zeros((1, model.n_expr)))[0]
-    now = P._source(bundle, req, np.full((64, 64, 3), 0.5), None, verts, shape)
+    albedo = np.full((64, 64, 3), 0.5)
+    now = P._source(bundle, req, albedo, None, verts, shape)
     later = P.FileSource.from_bytes(now.to_bytes())
     assert later.shape is not None and np.array_equal(later.shape, shape)
     glb = P._encode(bundle, now, {"glb"}, P._detailed(bundle, now, P.Timer()), P.Timer())["mesh.glb"]
     assert glb == P.make_files(bundle, now.to_bytes(), {"glb"}, P.Timer())["mesh.glb"]
-    old = P.FileSource.from_bytes(P._source(bundle, req, np.full((64, 64, 3), 0.5), None, verts).to_bytes())
-    assert old.shape is None
+    mean_teeth = P._source(bundle, req, albedo, None, verts)  # stored without the identity: the mean head's teeth
+    assert P.FileSource.from_bytes(mean_teeth.to_bytes()).shape is None
+    assert P.make_files(bundle, mean_teeth.to_bytes(), {"glb"}, P.Timer())["mesh.glb"] != glb
+
+
+def test_generate_and_reconstruct_store_their_identity_for_the_teeth(monkeypatch):
+    import asyncio
+    from pathlib import Path
+
+    from service.engine.sessions import inline_runner, open_sessions
+
+    bundle = load_bundle(EMBEDDED_BUNDLE)
+    run_graph = inline_runner(open_sessions(bundle, ["CPUExecutionProvider"], 1))
+    stored, real = [], P._source
+    monkeypatch.setattr(P, "_source", lambda *a, **k: stored.append(real(*a, **k)) or stored[-1])
+    req = P.MeshRequest(3, None, None, 0.7, np.zeros(bundle.face_model.n_expr), None, 256, 32, ("albedo",), False)
+    generated = asyncio.run(P.generate(bundle, run_graph, req, P.Timer()))
+    photo = Path(__file__).resolve().parents[1] / "fixtures" / "photos" / "cc0-interfaces-001.jpg"
+    image = P.decode_photo(photo.read_bytes(), 50_000_000)
+    recon = P.ReconstructRequest("t", 256, 32, ("albedo",), False, "auto", "photo")
+    reconstructed = asyncio.run(P.reconstruct(bundle, run_graph, recon, image, P.Timer()))
+    for source, result in zip(stored, (generated, reconstructed), strict=True):
+        np.testing.assert_allclose(source.shape, result.meta["codes"]["shape"], atol=1e-6)
