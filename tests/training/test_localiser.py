@@ -134,6 +134,9 @@ def test_cli_keeps_another_bundles_localiser_as_it_is(tiny_run, tiny_bundle, tmp
     with pytest.raises(SystemExit) as exc:  # a bundle without a localiser has none to keep
         main(["--keep-from", str(tiny_bundle), *args[2:], "--why", "x"])
     assert exc.value.code == 2 and "has no localiser" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:  # a reason without a bundle to keep from
+        main([str(tiny_run), "--bundle", str(tiny_bundle), "--out", str(tmp_path / "x"), "--why", "x"])
+    assert exc.value.code == 2 and "--why goes with --keep-from" in capsys.readouterr().err
     assert main([*args, "--why", "  the retrained one was not better "]) == 0
     old, new = load_bundle(tmp_path / "old"), load_bundle(tmp_path / "new")
     name = old.manifest.graphs[localise.GRAPH].file
