@@ -1,7 +1,8 @@
 """Two bundles' landmark localisers compared, paired, through the /reconstruct pipeline.
 
     python -m training.localiser --keep-from OLD --bundle NEW --out NEW_OLDLOC --why "..."
-    python benchmarks/localiser_compare.py NEW --against NEW_OLDLOC [--seed 20261210] [--count 150] [--photos DIR]
+    python benchmarks/localiser_compare.py NEW --against NEW_OLDLOC [--seed 20261210] [--count 150] [--pitch-max 20]
+        [--photos DIR]
 
 Compare a retrained bundle with itself carrying its predecessor's localiser, so that only the localiser differs
 (two whole bundles also differ in the encoder the landmarks are refined with).
@@ -35,11 +36,12 @@ def nme(pred: np.ndarray, truth: np.ndarray, visible: np.ndarray | None = None) 
     return float(err.mean() / np.linalg.norm(truth[36] - truth[45]))
 
 
-def paired(runners: list[BundleRunner], seed: int, count: int) -> np.ndarray:
-    """(N, 2) NME per render that both bundles reconstructed."""
-    from training.data.synthetic import SyntheticConfig, SyntheticFaces
+def paired(runners: list[BundleRunner], seed: int, count: int, pitch_max_deg: float = 20.0) -> np.ndarray:
+    """(N, 2) NME per render that both bundles reconstructed (head pitch within ±``pitch_max_deg``)."""
+    from training.data.synthetic import PoseRanges, SyntheticConfig, SyntheticFaces
 
-    faces = SyntheticFaces(SyntheticConfig(image_size=224, albedo_size=256, seed=seed))
+    pose = PoseRanges(pitch_max_deg=pitch_max_deg)
+    faces = SyntheticFaces(SyntheticConfig(image_size=224, albedo_size=256, seed=seed, pose=pose))
     rows = []
     for i in range(count):
         item = faces.batch([i])
@@ -67,6 +69,7 @@ def main() -> None:
     ap.add_argument("--against", type=Path, required=True)
     ap.add_argument("--seed", type=int, default=20261210)
     ap.add_argument("--count", type=int, default=150)
+    ap.add_argument("--pitch-max", type=float, default=20.0, help="the renders' head pitch limit (degrees)")
     ap.add_argument("--photos", type=Path, default=PHOTOS)
     ap.add_argument("--threads", type=int, default=0)
     args = ap.parse_args()
@@ -76,10 +79,11 @@ def main() -> None:
     paths = (args.new, args.against)
     names = [f"{b.manifest.name} {b.manifest.version} ({p})" for b, p in zip(bundles, paths, strict=True)]
     runners = [BundleRunner(b, args.threads) for b in bundles]
-    errors = paired(runners, args.seed, args.count)
+    errors = paired(runners, args.seed, args.count, args.pitch_max)
     if len(errors) < 2:
         raise SystemExit(f"only {len(errors)} of {args.count} renders had a face: nothing to compare")
-    print(f"68-landmark error / eye distance, {len(errors)} of {args.count} renders of stream {args.seed}:")
+    print(f"68-landmark error / eye distance, {len(errors)} of {args.count} renders of stream {args.seed} "
+          f"(pitch within ±{args.pitch_max:g}°):")  # fmt: skip
     for name, col in zip(names, errors.T, strict=True):
         print(f"  {name:<60} mean {col.mean():.4f}  median {np.median(col):.4f}  p90 {np.percentile(col, 90):.4f}")
     d, se, better = verdict(errors)

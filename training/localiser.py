@@ -56,6 +56,9 @@ class LocaliserStageConfig:
             the wide crop sees background).
         supersample: the training renders' samples per pixel side (``SyntheticConfig.supersample``: edges and
             nearly closed lips blurred as a camera blurs them); the held-out renders stay at 1, so runs compare.
+        pitch_max_deg: the training renders' head pitch limit (``PoseRanges``; the synthetic source's default 20°:
+            portraits looking down or up further, as fixtures 002 and 018 do, lie outside it); the held-out renders
+            keep the default, so runs compare.
         eval_seed, eval_renders: the held-out renders.
         input_size: the network's crop side, pixels.
         channels: widths of the network's stages (:class:`models.localiser.Localiser`).
@@ -71,6 +74,7 @@ class LocaliserStageConfig:
     render_size: int = 192
     face_fill: tuple[float, float] = (0.3, 0.55)
     supersample: int = 1
+    pitch_max_deg: float = 20.0
     eval_seed: int = 2_000_031
     eval_renders: int = 512
     input_size: int = 96
@@ -100,24 +104,31 @@ class LocaliserStageConfig:
 
 # ------------------------------------------------------------------------------------------------------ renders
 def render_set(
-    out: Path, seed: int, count: int, size: int, face_fill: tuple[float, float], supersample: int = 1
+    out: Path,
+    seed: int,
+    count: int,
+    size: int,
+    face_fill: tuple[float, float],
+    supersample: int = 1,
+    pitch_max_deg: float = 20.0,
 ) -> dict[str, np.ndarray]:
     """``count`` renders of stream ``seed`` (rendered into ``out`` by chunks on the first call, loaded after):
     ``image`` (N, S, S, 3) uint8 sRGB, ``landmarks`` (N, 68, 2) float32 pixels, ``visible`` (N, 68) bool."""
     from models.face.model import FaceModel
-    from training.data.synthetic import SyntheticConfig, SyntheticFaces
+    from training.data.synthetic import PoseRanges, SyntheticConfig, SyntheticFaces
 
     out.mkdir(parents=True, exist_ok=True)
     faces = None
     parts: list[dict[str, np.ndarray]] = []
     for start in range(0, count, CHUNK):
-        tag = f"_ss{supersample}" if supersample > 1 else ""
+        tag = (f"_ss{supersample}" if supersample > 1 else "") + (f"_p{pitch_max_deg:g}" if pitch_max_deg != 20 else "")
         path = out / f"{seed}_{start:07d}_{min(count, start + CHUNK) - start}{tag}.npz"
         if not path.is_file():
             if faces is None:
                 config = SyntheticConfig(
-                    image_size=size, albedo_size=128, seed=seed, face_fill=face_fill, supersample=supersample
-                )
+                    image_size=size, albedo_size=128, seed=seed, face_fill=face_fill, supersample=supersample,
+                    pose=PoseRanges(pitch_max_deg=pitch_max_deg),
+                )  # fmt: skip
                 faces = SyntheticFaces(config, face_model=FaceModel.from_file())
             t0 = time.perf_counter()
             items = [
@@ -283,8 +294,8 @@ class LocaliserTrainer(TrainingLoop):
         return {"config": section_dict(self.c)}
 
     def check_resumable(self, path: Path, extra: Mapping[str, Any]) -> None:
-        old = extra.get("config", {})
-        for key in ("input_size", "channels", "seed", "renders"):
+        old = {**section_dict(LocaliserStageConfig()), **extra.get("config", {})}  # keys added since: their default
+        for key in ("input_size", "channels", "seed", "renders", "pitch_max_deg"):
             if old.get(key) != section_dict(self.c)[key]:
                 raise ValueError(f"{path}: localiser.{key} changed ({old.get(key)} → {section_dict(self.c)[key]})")
 
@@ -356,7 +367,7 @@ def run(cfg: Mapping[str, Any], out: Path) -> None:
     if c.threads:
         torch.set_num_threads(c.threads)
     t0 = time.perf_counter()
-    data = render_set(out / "renders", c.seed, c.renders, c.render_size, c.face_fill, c.supersample)
+    data = render_set(out / "renders", c.seed, c.renders, c.render_size, c.face_fill, c.supersample, c.pitch_max_deg)
     held_out = render_set(out / "renders", c.eval_seed, c.eval_renders, c.render_size, c.face_fill)
     render_s = time.perf_counter() - t0
     trainer = LocaliserTrainer(c, out, data)

@@ -145,3 +145,21 @@ def test_cli_keeps_another_bundles_localiser_as_it_is(tiny_run, tiny_bundle, tmp
     why = "the retrained one was not better"
     assert new.manifest.localiser.kept_from == f"{old.manifest.name} {old.manifest.version}: {why}"
     assert new.manifest.version == load_bundle(tiny_bundle).manifest.version  # the rest is the retrained bundle's
+
+
+def test_a_run_resumes_only_with_the_renders_it_started_on(tmp_path):
+    """pitch_max_deg (the training renders' pitch limit) is part of what a checkpoint must match; checkpoints
+    written before the key existed count as the default."""
+    import types
+
+    from facecore.config import section_dict
+
+    wide = LocaliserStageConfig(pitch_max_deg=35.0)
+    me = types.SimpleNamespace(c=wide)
+    LocaliserTrainer.check_resumable(me, tmp_path, {"config": section_dict(wide)})  # the same: fine
+    with pytest.raises(ValueError, match="pitch_max_deg changed"):
+        LocaliserTrainer.check_resumable(me, tmp_path, {"config": section_dict(LocaliserStageConfig())})
+    old = {k: v for k, v in section_dict(LocaliserStageConfig()).items() if k != "pitch_max_deg"}
+    LocaliserTrainer.check_resumable(types.SimpleNamespace(c=LocaliserStageConfig()), tmp_path, {"config": old})
+    with pytest.raises(ValueError, match="pitch_max_deg changed"):
+        LocaliserTrainer.check_resumable(me, tmp_path, {"config": old})
