@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from bundle_metrics import BundleRunner
 
-from facecore import detect
+from facecore import color, detect
 from facecore.bundle import load_bundle
 from service import pipeline as P
 from service.settings import EMBEDDED_BUNDLE
@@ -73,7 +73,7 @@ def main() -> None:
             iod = float(np.linalg.norm(gt[36] - gt[45]))
             truth["points"] = gt[ibug5]
             anchors = detect.alignment_anchors(gt)
-            image = (item.image_srgb[0].permute(1, 2, 0).numpy() * 255.0 + 0.5).clip(0, 255).astype(np.uint8)
+            image = color.to_uint8(item.image_srgb[0].permute(1, 2, 0).numpy())
             errors = {}
             try:
                 for name, (way, finder) in ways.items():

@@ -108,7 +108,7 @@ def summary(values: np.ndarray) -> dict[str, float]:
 # ----------------------------------------------------------------------------------------------------- synthetic
 def render_upload(item) -> np.ndarray:
     """A synthetic render (a batch of one) as the service reads its PNG upload: (H, W, 3) sRGB uint8."""
-    image = (item.image_srgb[0].permute(1, 2, 0).numpy() * 255.0 + 0.5).clip(0, 255).astype(np.uint8)
+    image = color.to_uint8(item.image_srgb[0].permute(1, 2, 0).numpy())
     png = io.BytesIO()
     Image.fromarray(image).save(png, format="PNG")
     return P.decode_photo(png.getvalue(), 50_000_000)

@@ -21,7 +21,7 @@ import numpy as np
 from bundle_metrics import PHOTOS, BundleRunner
 from PIL import Image
 
-from facecore import assets
+from facecore import assets, color
 from facecore.bundle import load_bundle
 from facecore.texture import LUMA
 from service import pipeline as P
@@ -66,7 +66,7 @@ def main() -> None:
     sources.update({name: [] for name in other})
     for i in range(args.count):
         item = faces.batch([i])
-        image = (item.image_srgb[0].permute(1, 2, 0).numpy() * 255.0 + 0.5).clip(0, 255).astype(np.uint8)
+        image = color.to_uint8(item.image_srgb[0].permute(1, 2, 0).numpy())
         png = io.BytesIO()
         Image.fromarray(image).save(png, format="PNG")
         try:

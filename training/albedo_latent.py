@@ -104,7 +104,7 @@ def _pairs(root: Path, indices: range, seed: int, size: int, threads: int) -> Pa
         albedo_params, scene = faces.sample_params([i])
         linear = torch.as_tensor(np.asarray(color.srgb_to_linear(drawn), np.float32))[None]
         item = faces.render(torch.tensor([i]), albedo_params, scene, albedo=linear)
-        image = (item.image_srgb[0].permute(1, 2, 0).numpy() * 255.0 + 0.5).clip(0, 255).astype(np.uint8)
+        image = color.to_uint8(item.image_srgb[0].permute(1, 2, 0).numpy())
         try:
             result = asyncio.run(P.reconstruct(bundle, run_graph, req, image, P.Timer()))
         except P.PhotoError as exc:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from facecore import mouth
+from facecore import color, mouth
 from facecore.bundle import Bundle, load_bundle
 
 DEFAULT_SEED = 5550001
@@ -45,7 +45,7 @@ def measure(bundle: Bundle, samples: int, seed: int) -> np.ndarray:
     rows = []
     for i in range(samples):
         item = faces.batch([i])
-        image = (item.image_srgb[0].permute(1, 2, 0).numpy() * 255.0 + 0.5).clip(0, 255).astype(np.uint8)
+        image = color.to_uint8(item.image_srgb[0].permute(1, 2, 0).numpy())
         try:
             face = asyncio.run(P.locate_face(bundle, run_graph, P.in_thread, image, "auto"))
         except P.PhotoError:

@@ -89,7 +89,7 @@ def measure(bundle: Bundle, count: int, seed: int, matched: bool = False) -> tup
     flagged = failed = 0
     for i in range(count):
         item = faces.batch([i])
-        image = (item.image_srgb[0].permute(1, 2, 0).numpy() * 255.0 + 0.5).clip(0, 255).astype(np.uint8)
+        image = color.to_uint8(item.image_srgb[0].permute(1, 2, 0).numpy())
         truth = skin_stats(model, resize_uv(item.albedo_uv, 256)[0].permute(1, 2, 0).numpy())
         try:
             meta, plain = reconstruct(image, False)
