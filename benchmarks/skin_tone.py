@@ -1,6 +1,6 @@
 """The skin tone of /reconstruct's albedo maps against the truth, on held-out synthetic renders.
 
-    python benchmarks/skin_tone.py [--seed 20261207] [--count 40] [--bundle DIR] [--write]
+    python benchmarks/skin_tone.py [--seed 20261207] [--count 80] [--bundle DIR] [--write]
 
 For each render (the synthetic source's procedural albedo on a random head, pose, light and background) the
 service reconstructs the photo and the generated map (``albedo=generated``, with and without the match to the
@@ -9,10 +9,12 @@ cheeks, nose and forehead) is compared with the truth's: log-chroma (log R/G, lo
 (the bias) and median / 90th percentile of the absolute error (:func:`training.skin_tone.measure`). "photo" is the
 photo's own skin model (the result's ``texture.skin_srgb``). Renders with a colour flag are counted and left out.
 
-The bundle's calibration (``manifest.json["skin_tone"]``: the photo's level bias and its share of the tone the
-match gives the map) is fitted on these renders (:func:`training.skin_tone.fit`; ``--write`` stores it, as the
-training's export stage does): measure it on stream 20261207 (the default), then ``--seed 20261125``
-(``benchmarks/bundle_metrics.py``'s stream) scores the match on other renders.
+"uncalibrated photo" is the photo de-lit without the bundle's calibration. The bundle's calibration
+(``manifest.json["skin_tone"]``: the line from the photo's de-lit skin level to the truth's, the level bias left,
+and the photo's share of the tone the match gives the map) is fitted on these renders
+(:func:`training.skin_tone.calibrate`, printed; ``--write`` stores it, as the training's export stage does):
+fit it on stream 20261207 (the default), then ``--seed 20261125`` (``benchmarks/bundle_metrics.py``'s stream)
+scores it on other renders.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import numpy as np
 
 from facecore.bundle import load_bundle
 from service.settings import EMBEDDED_BUNDLE
-from training.skin_tone import fit, measure, write_calibration
+from training.skin_tone import calibrate, measure, without_calibration, write_calibration
 
 NAMES = ("log R/G", "log B/G", "log Y")
 
@@ -32,10 +34,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bundle", default=EMBEDDED_BUNDLE)
     ap.add_argument("--seed", type=int, default=20261207)
-    ap.add_argument("--count", type=int, default=40)
+    ap.add_argument("--count", type=int, default=80)
     ap.add_argument("--write", action="store_true", help="the calibration into the bundle's manifest")
     args = ap.parse_args()
-    errors, flagged, failed = measure(load_bundle(args.bundle), args.count, args.seed, matched=True)
+    bundle = load_bundle(args.bundle)
+    errors, _, flagged, failed = measure(bundle, args.count, args.seed, matched=True)
+    errors["uncalibrated photo"] = measure(without_calibration(bundle), args.count, args.seed)[0]["photo"]
     n = len(errors["photo"])
     if not n:
         raise SystemExit(f"no render of stream {args.seed} to measure ({flagged} flagged, {failed} without a face)")
@@ -47,9 +51,10 @@ def main() -> None:
         print(f"{name:<26}" + "".join(f"{c:>30}" for c in cells))
     if n < 10 and not args.write:
         return  # too few to fit a calibration on (fit refuses)
-    cal = fit(errors, f"training.data.synthetic stream {args.seed}, 224 px, {n} renders without a colour flag")
-    print(f"the photo's share: chroma {cal.chroma_weight:.3f}, level {cal.level_weight:.3f} "
-          f"(level offset {cal.photo_level_offset:+.4f})")  # fmt: skip
+    cal = calibrate(bundle, args.count, args.seed)[0]
+    print(f"fitted here: photo level {cal.level_intercept:.4f} + {cal.level_slope:.4f} · y, then offset "
+          f"{cal.photo_level_offset:+.4f}; the photo's share: chroma {cal.chroma_weight}, "
+          f"level {cal.level_weight}")  # fmt: skip
     if args.write:
         write_calibration(args.bundle, cal)
         print(f"wrote skin_tone into {args.bundle}/manifest.json")

@@ -237,6 +237,9 @@ def clean_scores(tex: T.ExtractedTexture, truth: np.ndarray, hair_uv: np.ndarray
         face |= regions[name]
     face &= ~regions["eye_openings"]
     out["face"] = psnr(face)
+    # the rest of the head's bare skin (ears, neck, the sides, a bald scalp; the truth's hair left out): mostly
+    # filled, so this scores the fill's tone
+    out["rest"] = psnr(regions["rest"] & ~hair_uv)
     for name in REGIONS:
         # the lid openings show the eyeball asset in every render, never the albedo: their truth is unobservable
         out[name] = psnr(regions[name] & ~regions["eye_openings"] if name == "eyes" else regions[name])
@@ -314,9 +317,13 @@ def clean_table(args: argparse.Namespace, fm: FaceModel) -> None:
         if cache is not None:
             cache.write_bytes(pickle.dumps(recs))
     R = 256
+    from facecore.geometry import texel_sampling
     from facecore.texture import uv_regions
 
-    regions = uv_regions(fm.arrays, R)
+    regions = dict(uv_regions(fm.arrays, R))
+    layout = np.zeros(R * R, bool)
+    layout[texel_sampling(fm.arrays, R)[0]] = True
+    regions["rest"] = layout.reshape(R, R) & ~np.any([regions[k] for k in (*REGIONS, "brows", "eye_openings")], 0)
     rows: dict[str, list[dict]] = {label: [] for label in CLEAN_VARIANTS}
     seconds = dict.fromkeys(CLEAN_VARIANTS, 0.0)
     for r in recs:
@@ -337,7 +344,7 @@ def clean_table(args: argparse.Namespace, fm: FaceModel) -> None:
     n = len(rows["after"])
     print(f"\nClean extraction, {n} synthetic faces (seed {args.seed}, landmarks {args.landmarks}; "
           f"{len(recs) - n} fit(s) the CLI rejects left out): gain-corrected PSNR (dB) per region")  # fmt: skip
-    keys = ("face", *REGIONS)
+    keys = ("face", *REGIONS, "rest")
     header = (
         f"{'':>8} {'idx':>5} {'yaw':>6} "
         + " ".join(f"{k:>8}" for k in keys)

@@ -118,24 +118,38 @@ class LocaliserSpec(BaseModel):
 
 
 class SkinToneCalibration(BaseModel):
-    """How far the photo's de-lit skin level sits below the truth with this bundle's light, and how far to trust the
+    """How the photo's de-lit skin level relates to the truth with this bundle's light, and how far to trust the
     photo's skin against the generated map's own, on held-out renders (:mod:`training.skin_tone`, the export
-    stage's last step): /reconstruct's ``albedo=generated`` tone match corrects the photo's level by the offset
-    and moves the map's chroma and level that fraction of the way to the photo's (``service.pipeline.tone``;
-    without the fractions, all the chroma and the level beyond ``TONE_LEVEL_TOLERANCE``)."""
+    stage's last step). /reconstruct de-lights the photo to the level ``level_intercept + level_slope · y`` (``y``
+    its de-lit skin's log-luminance: a light guessed from one photo regresses to the mean); its ``albedo=generated``
+    tone match corrects the photo's level by the offset and moves the map's chroma and level that fraction of the
+    way to the photo's (``service.pipeline.tone``; without the fractions, all the chroma and the level beyond
+    ``TONE_LEVEL_TOLERANCE``)."""
 
     model_config = ConfigDict(extra="forbid")
     photo_level_offset: float = Field(ge=-1.0, le=1.0, description="truth minus photo, mean log-luminance")
     chroma_weight: float | None = Field(None, ge=0.0, le=1.0, description="the photo's share of the log-chroma")
     level_weight: float | None = Field(None, ge=0.0, le=1.0, description="the photo's share of the log-luminance")
+    level_intercept: float | None = Field(None, ge=-5.0, le=5.0, description="truth level ≈ intercept + slope · de-lit")
+    level_slope: float | None = Field(None, ge=0.25, le=4.0, description="(log-luminance of the photo's skin)")
     renders: int = Field(ge=1)
     data: str = ""
 
     @model_validator(mode="after")
-    def _both_shares_or_neither(self) -> SkinToneCalibration:
+    def _pairs_together(self) -> SkinToneCalibration:
         if (self.chroma_weight is None) != (self.level_weight is None):
             raise ValueError("skin_tone: chroma_weight and level_weight come together (or neither)")
+        if (self.level_intercept is None) != (self.level_slope is None):
+            raise ValueError("skin_tone: level_intercept and level_slope come together (or neither)")
         return self
+
+    @property
+    def level_map(self) -> tuple[float, float] | None:
+        """``(intercept, slope)`` for :func:`facecore.texture.extract` (the photo's de-lit skin level mapped to the
+        truth's expected level), or None."""
+        if self.level_slope is None or self.level_intercept is None:
+            return None
+        return self.level_intercept, self.level_slope
 
 
 class Manifest(BaseModel):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -518,6 +518,7 @@ def extract(
     lip_luminance: float = 0.4,
     relight: bool = False,
     skin_luminance: tuple[float, float] | None = SKIN_LUMINANCE,
+    level_map: tuple[float, float] | None = None,
 ) -> CleanTexture:
     """Unwrap ``image`` (linear) onto the UV layout keeping only the face's skin, seen well; fill the rest.
 
@@ -550,6 +551,11 @@ def extract(
             ``sh``); the light used is :attr:`CleanTexture.sh`.
         skin_luminance: the skin albedo's plausible median luminance; with ``sh``, a light that de-lights the
             skin outside it is scaled to its bound (:func:`bound_albedo_level`); None: never.
+        level_map: ``(intercept, slope)``: the de-lit skin's log-luminance ``y`` (its :class:`SkinModel`'s) becomes
+            ``intercept + slope · y`` (within ``skin_luminance``), the whole map scaled by one factor and the light
+            by its inverse. A light guessed from one photo regresses to the mean, so dark skin comes out too light
+            and fair skin too dark; a bundle stores the least-squares map from its de-lit level to the truth's on
+            held-out renders (``SkinToneCalibration.level_map``, :mod:`training.skin_tone`). None: as de-lit.
 
     Returns:
         :class:`CleanTexture`.
@@ -595,6 +601,21 @@ def extract(
     # de-lit luminance
     colour_ok = seen_colour[lit]
     feature = colour_ok * ((raw[lit] @ LUMA) / np.maximum(colour_ok @ LUMA, 1e-6))[:, None]
+    facing = np.zeros(N)
+    facing[texel] = nrm[:, 2]
+    seeds = layout.seed_area[idx] & (facing[idx] > 0.5)
+    skin = fit_skin_model(feature[seeds])
+    if skin is not None and level_map is not None:
+        # the skin's de-lit level mapped to the truth's expected level (the light takes the inverse factor, so
+        # albedo × light, the render over the photo, is unchanged), within the skin bound
+        bounds = np.log(skin_luminance) if skin_luminance is not None else (-np.inf, np.inf)
+        target = float(np.clip(level_map[0] + level_map[1] * skin.log_y, *bounds))
+        k = math.exp(target - skin.log_y)
+        raw, feature = raw * k, feature * k
+        texel_shading = texel_shading / k
+        if sh is not None:
+            sh = sh / k
+        skin = replace(skin, log_y=target)
 
     colour = np.zeros((N, 3))
     colour[at] = seen_colour
@@ -613,10 +634,6 @@ def extract(
     # the eye openings show the eyeball (iris, sclera): kept, but a sclera de-lit to white is toned down
     opening = layout.openings & seen_map
     delit[opening] *= np.minimum(1.0, 0.8 / np.maximum(delit[opening].max(1), 1e-6))[:, None]
-    facing = np.zeros(N)
-    facing[texel] = nrm[:, 2]
-    seeds = layout.seed_area[idx] & (facing[idx] > 0.5)
-    skin = fit_skin_model(feature[seeds])
     flags = colour_flags(colour_ok[seeds])
     # the lips: kept as seen, but not what shows through them (teeth, the mouth's dark interior where the fit's
     # lips close over an opening, or open over closed ones): the outliers of the lips' own colour model

@@ -420,7 +420,12 @@ async def reconstruct(
         # only the face's skin, seen well (no hair, background, highlights); the rest mirrored or filled smoothly:
         # the same extraction as the training set's (training.texture.extract_texture)
         # (the encoder's light re-fitted to the photo's skin: its wrong side would come out dark and be rejected)
-        clean = texture.extract(model, posed, px, linear, tex_size, sh=codes["light"], relight=RELIGHT)
+        # (its level mapped to the truth's expected one where the bundle is calibrated: facecore.texture.extract)
+        tone_cal = bundle.manifest.skin_tone
+        level_map = None if tone_cal is None else tone_cal.level_map
+        clean = texture.extract(
+            model, posed, px, linear, tex_size, sh=codes["light"], relight=RELIGHT, level_map=level_map
+        )
         albedo = color.linear_to_srgb(clean.albedo)
         # the person's iris colour, measured between the photo's lids (the localiser's eye contours when the head
         # was refined onto them, else the fitted head's), goes where the exports read it, before the latent graph

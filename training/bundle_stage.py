@@ -15,9 +15,10 @@ stages made goes in, in this order:
 5. ``export.albedo_latent_samples`` > 0: /reconstruct's photo albedo → latent graph on that many rendered faces
    through the finished bundle (:mod:`training.albedo_latent`, ``export.albedo_latent_workers`` processes), since
    it reads albedos through the final head, light and generator;
-6. ``export.skin_tone_renders`` > 0 and the bundle has that graph: ``albedo=generated``'s tone-match calibration
-   on that many held-out renders through the finished bundle (:mod:`training.skin_tone`): last, since it scores the
-   photo's de-lit skin and the map at the latent that graph reads.
+6. ``export.skin_tone_renders`` > 0: the photo's skin level and ``albedo=generated``'s tone match calibrated on
+   that many held-out renders through the finished bundle (:mod:`training.skin_tone`): last, since it scores the
+   photo's de-lit skin and the map at the latent that graph reads; with step 5, also before it (the graph is fitted
+   on the photo's maps as /reconstruct serves them, at the calibrated level).
 
 It lives here because :mod:`training.latent_identity` and :mod:`training.albedo_latent` build on
 :mod:`training.export`.
@@ -78,8 +79,11 @@ def run(cfg: Mapping[str, Any], out: Path) -> None:
     if int(section.get("latent_identity_samples", 0)) > 0:
         truth = int(section.get("latent_identity_truth", 3000))
         add_codes_graph(out, out, int(section["latent_identity_samples"]), truth)
+    tone_renders = int(section.get("skin_tone_renders", 0))
     if int(section.get("albedo_latent_samples", 0)) > 0:
+        if tone_renders > 0:  # the photo's skin level first: the latent graph is fitted on the maps as served
+            calibrate_skin_tone(out, tone_renders)
         workers = int(section.get("albedo_latent_workers", 1))
         add_latent_graph(out, out, int(section["albedo_latent_samples"]), workers=workers)
-        if int(section.get("skin_tone_renders", 0)) > 0:
-            calibrate_skin_tone(out, int(section["skin_tone_renders"]))
+    if tone_renders > 0:
+        calibrate_skin_tone(out, tone_renders)

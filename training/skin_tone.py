@@ -1,16 +1,21 @@
-"""Calibrate a bundle's ``albedo=generated`` tone match on held-out synthetic renders (``manifest["skin_tone"]``).
+"""Calibrate a bundle's photo skin level and ``albedo=generated`` tone match on held-out synthetic renders
+(``manifest["skin_tone"]``).
 
-    python -m training.skin_tone --bundle DIR [--renders 40] [--seed 20261207] [--dry-run]
+    python -m training.skin_tone --bundle DIR [--renders 80] [--seed 20261207] [--dry-run]
 
 Each render (``training.data.synthetic``, stream ``--seed``: the training draws from others, and
 ``benchmarks/bundle_metrics.py`` from 20261125, which scores the match) goes through the service's /reconstruct
 with ``albedo=generated`` and the match off, and the skin (a :class:`facecore.texture.SkinModel` of the cheeks,
 nose and forehead) of two estimates of the face's tone is set against the truth's — the photo's de-lit albedo (the
 result's ``texture.skin_srgb``) and AlbedoGAN's map at the latent read off it — in log R/G, log B/G and
-log-luminance. Stored (``--dry-run``: printed only):
+log-luminance. Two passes over the same renders; stored (``--dry-run``: printed only):
 
-- ``photo_level_offset``: the photo's mean log-luminance error, negated (the bias of the bundle's light: its
-  level and the albedo's trade off);
+- ``level_intercept``, ``level_slope`` (first pass, the bundle uncalibrated): the least-squares line from the
+  photo's de-lit skin log-luminance to the truth's. The light the encoder guesses from one photo regresses to the
+  mean (bundle 2.0.0: slope 1.4–1.5, the darkest quarter of skins de-lit 0.35–0.5 too light in log, the fairest
+  0.24 too dark), and /reconstruct de-lights to the line's level (:func:`facecore.texture.extract`);
+- then (second pass, the photo de-lit to that level, which the latent graph reads too):
+  ``photo_level_offset``: the photo's mean log-luminance error, negated (≈ 0 after the line);
 - ``chroma_weight``, ``level_weight``: the photo's share of the combination ``own + w · (photo − own)`` with the
   least mean squared error, ``w = (E[g²] − E[p·g]) / E[(p − g)²]`` (``p``: the photo's error with the bias
   removed, ``g``: the generated map's), the chroma's two channels pooled; each within [0, 1].
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import io
 import logging
 from pathlib import Path
@@ -55,10 +61,12 @@ def shares(photo: np.ndarray, generated: np.ndarray) -> tuple[float, float]:
     return share(photo[:, :2], generated[:, :2]), share(photo[:, 2], generated[:, 2])
 
 
-def measure(bundle: Bundle, count: int, seed: int, matched: bool = False) -> tuple[dict[str, np.ndarray], int, int]:
-    """Errors against the truth, (N, 3) each: ``photo``, ``generated`` (no match) and, with ``matched``, the
-    map as the service matches it now; and how many renders had a colour flag (or no skin model) and how many no
-    face."""
+def measure(
+    bundle: Bundle, count: int, seed: int, matched: bool = False
+) -> tuple[dict[str, np.ndarray], np.ndarray, int, int]:
+    """Errors against the truth, (N, 3) each: ``photo``, ``generated`` (no match; absent for a bundle without
+    ``albedo=generated``) and, with ``matched``, the map as the service matches it now; the truth's (N, 3); and how
+    many renders had a colour flag (or no skin model) and how many no face."""
     from PIL import Image
 
     from service import pipeline as P
@@ -72,7 +80,8 @@ def measure(bundle: Bundle, count: int, seed: int, matched: bool = False) -> tup
 
     face_model = FaceModel.from_file(bundle.root / bundle.manifest.face_model.file)  # the truth on the bundle's layout
     faces = SyntheticFaces(SyntheticConfig(image_size=224, albedo_size=256, seed=seed), face_model=face_model)
-    req = P.ReconstructRequest("skin_tone", 256, 64, ("albedo",), False, "auto", "generated")
+    generated = bundle.generated_reconstruct
+    req = P.ReconstructRequest("skin_tone", 256, 64, ("albedo",), False, "auto", "generated" if generated else "photo")
 
     def reconstruct(image: np.ndarray, match: bool) -> tuple[dict, np.ndarray]:
         before, P.TONE_MATCH = P.TONE_MATCH, match
@@ -83,8 +92,9 @@ def measure(bundle: Bundle, count: int, seed: int, matched: bool = False) -> tup
         png = Image.open(io.BytesIO(result.files["albedo.png"])).convert("RGB")
         return result.meta, color.srgb_to_linear(np.asarray(png, np.float64) / 255.0)
 
-    rows: dict[str, list[np.ndarray]] = {"photo": [], "generated": []}
-    if matched:
+    rows: dict[str, list[np.ndarray]] = {"photo": [], "generated": []} if generated else {"photo": []}
+    truths = []
+    if matched and generated:
         rows["generated, tone matched"] = []
     flagged = failed = 0
     for i in range(count):
@@ -100,45 +110,79 @@ def measure(bundle: Bundle, count: int, seed: int, matched: bool = False) -> tup
             flagged += 1
             continue
         photo = color.srgb_to_linear(np.array(meta["texture"]["skin_srgb"]))
+        truths.append(truth)
         rows["photo"].append(np.r_[np.log(photo[[0, 2]] / photo[1]), np.log(photo @ texture.LUMA)] - truth)
-        rows["generated"].append(skin_stats(model, plain) - truth)
-        if matched:
+        if generated:
+            rows["generated"].append(skin_stats(model, plain) - truth)
+        if "generated, tone matched" in rows:
             rows["generated, tone matched"].append(skin_stats(model, reconstruct(image, True)[1]) - truth)
-    return {k: np.array(v).reshape(-1, 3) for k, v in rows.items()}, flagged, failed
+    errors = {k: np.array(v).reshape(-1, 3) for k, v in rows.items()}
+    return errors, np.array(truths).reshape(-1, 3), flagged, failed
+
+
+def fit_level_map(photo_level: np.ndarray, truth_level: np.ndarray) -> tuple[float, float]:
+    """``(intercept, slope)`` of the least-squares line truth ≈ intercept + slope · photo (log-luminances), the
+    slope within the manifest's bounds [0.25, 4]."""
+    x, y = np.asarray(photo_level, np.float64), np.asarray(truth_level, np.float64)
+    if len(x) < 10 or x.std() <= 0:
+        raise SystemExit(f"only {len(x)} renders (or no spread) to fit the photo's skin level on: too few")
+    slope = float(np.clip(np.cov(x, y, bias=True)[0, 1] / x.var(), 0.25, 4.0))
+    return float(y.mean() - slope * x.mean()), slope
+
+
+def without_calibration(bundle: Bundle) -> Bundle:
+    """``bundle`` as the service would run it with no ``manifest["skin_tone"]``."""
+    return dataclasses.replace(bundle, manifest=bundle.manifest.model_copy(update={"skin_tone": None}))
+
+
+def calibrate(bundle: Bundle, count: int, seed: int) -> tuple[SkinToneCalibration, dict[str, np.ndarray], int, int]:
+    """Both passes (the module's docstring): the calibration, the second pass's errors, and how many renders had a
+    colour flag and how many no face."""
+    errors, truth, _, _ = measure(without_calibration(bundle), count, seed)
+    if len(truth) < 10:
+        raise SystemExit(f"only {len(truth)} renders to calibrate the skin tone on: too few")
+    intercept, slope = fit_level_map(errors["photo"][:, 2] + truth[:, 2], truth[:, 2])
+    level = SkinToneCalibration(photo_level_offset=0.0, level_intercept=round(intercept, 4),
+                                level_slope=round(slope, 4), renders=len(truth))  # fmt: skip
+    errors, _, flagged, failed = measure(
+        dataclasses.replace(bundle, manifest=bundle.manifest.model_copy(update={"skin_tone": level})), count, seed
+    )
+    n = len(errors["photo"])
+    cal = fit(errors, f"training.data.synthetic stream {seed}, 224 px, {n} renders without a colour flag")
+    cal = cal.model_copy(update={"level_intercept": level.level_intercept, "level_slope": level.level_slope})
+    return cal, errors, flagged, failed
 
 
 def fit(errors: dict[str, np.ndarray], data: str) -> SkinToneCalibration:
-    """The calibration of :func:`measure`'s ``photo`` and ``generated`` errors (see the module's docstring)."""
+    """The level offset and shares of :func:`measure`'s ``photo`` and ``generated`` errors (see the module's
+    docstring; no shares without ``generated``)."""
     n = len(errors["photo"])
     if n < 10:
         raise SystemExit(f"only {n} renders to calibrate the skin tone on: too few")
     offset = -float(errors["photo"][:, 2].mean())
-    chroma, level = shares(errors["photo"] + [0.0, 0.0, offset], errors["generated"])
+    chroma = level = None
+    if "generated" in errors:
+        chroma, level = shares(errors["photo"] + [0.0, 0.0, offset], errors["generated"])
+        chroma, level = round(chroma, 3), round(level, 3)
     return SkinToneCalibration(
-        photo_level_offset=round(offset, 4),
-        chroma_weight=round(chroma, 3),
-        level_weight=round(level, 3),
-        renders=n,
-        data=data,
+        photo_level_offset=round(offset, 4), chroma_weight=chroma, level_weight=level, renders=n, data=data
     )
 
 
 def calibrate_bundle(
-    bundle_dir: Path, count: int = 40, seed: int = DEFAULT_SEED, write: bool = True
+    bundle_dir: Path, count: int = 80, seed: int = DEFAULT_SEED, write: bool = True
 ) -> SkinToneCalibration:
     """Measure, fit and (``write``) store ``manifest["skin_tone"]`` in ``bundle_dir``; returns the calibration."""
     if not (Path(bundle_dir) / "manifest.json").is_file():
         raise SystemExit(f"--bundle: {bundle_dir} is not a bundle folder (no manifest.json)")
     bundle = load_bundle(bundle_dir)
-    if not bundle.generated_reconstruct:
-        raise SystemExit(f"{bundle_dir}: the bundle has no albedo=generated (no albedo_latent graph) to calibrate")
-    errors, flagged, failed = measure(bundle, count, seed)
-    n = len(errors["photo"])
-    cal = fit(errors, f"training.data.synthetic stream {seed}, 224 px, {n} renders without a colour flag")
+    if not bundle.capabilities["reconstruct"]:
+        raise SystemExit(f"{bundle_dir}: the bundle cannot reconstruct a photo: no skin tone to calibrate")
+    cal, errors, flagged, failed = calibrate(bundle, count, seed)
     logger.info(
-        "skin tone on %d of %d renders (%d with a colour flag, %d without a face): photo level offset %+.4f, "
-        "the photo's share: chroma %.3f, level %.3f", n, count, flagged, failed, cal.photo_level_offset,
-        cal.chroma_weight, cal.level_weight,
+        "skin tone on %d of %d renders (%d with a colour flag, %d without a face): photo level %.4f + %.4f · y, "
+        "then offset %+.4f; the photo's share: chroma %s, level %s", cal.renders, count, flagged, failed,
+        cal.level_intercept, cal.level_slope, cal.photo_level_offset, cal.chroma_weight, cal.level_weight,
     )  # fmt: skip
     if write:
         write_calibration(bundle_dir, cal)
@@ -159,7 +203,7 @@ def write_calibration(bundle_dir: Path, cal: SkinToneCalibration) -> None:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bundle", type=Path, required=True, help="a bundle folder (its manifest is rewritten)")
-    ap.add_argument("--renders", type=int, default=40)
+    ap.add_argument("--renders", type=int, default=80)
     ap.add_argument("--seed", type=int, default=DEFAULT_SEED)
     ap.add_argument("--dry-run", action="store_true", help="print the calibration, write nothing")
     args = ap.parse_args(argv)

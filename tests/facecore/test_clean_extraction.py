@@ -313,6 +313,31 @@ def test_an_over_or_under_exposed_photo_keeps_a_skin_level_and_says_so(model, sc
     assert dim.flags == ("under_exposed",) and dim.accepted.sum() == as_lit.accepted.sum() > 1000
 
 
+def test_a_level_map_moves_the_skins_level_along_its_line_and_keeps_the_render(model, scene):
+    """texture.extract(level_map=(a, b)): the de-lit skin's log-luminance y becomes a + b·y (a light guessed from one
+    photo regresses to the mean: a bundle stores the line from its de-lit level to the truth's), the whole map by one
+    factor and the light by its inverse (albedo × light, the render over the photo, unchanged), within the skin
+    bound; the chroma, what is accepted and the skin model's spread are untouched."""
+    img, truth, bad, verts, px = scene
+    flat = np.zeros((9, 3))
+    flat[0] = 1.0 / texture.sh_basis(np.array([[0.0, 0.0, 1.0]]))[0, 0]
+    plain = texture.extract(model, verts, px, img, R, sh=flat)
+    y = plain.skin.log_y
+    for a, b in ((0.0, 1.0), (-0.6, 1.5), (-0.4, 0.8)):  # y ≈ -1.25: targets -1.25, -2.48, -1.40
+        out = texture.extract(model, verts, px, img, R, sh=flat, level_map=(a, b))
+        target = a + b * y
+        assert abs(out.skin.log_y - target) < 1e-9 and np.allclose(out.skin.mean, plain.skin.mean)
+        k = np.exp(target - y)
+        assert np.allclose(out.sh, flat / k) and np.array_equal(out.accepted, plain.accepted)
+        seen = plain.weight > 0.99
+        assert np.allclose(out.albedo[seen], np.clip(plain.albedo[seen] * k, 0, 1), atol=1e-9)
+        assert np.allclose(out.albedo[seen] * (out.shading[seen]), plain.albedo[seen] * plain.shading[seen], atol=1e-9)
+    # a line that would leave skin's range stops at its bound
+    lo, hi = texture.SKIN_LUMINANCE
+    assert abs(texture.extract(model, verts, px, img, R, sh=flat, level_map=(5.0, 1.0)).skin.log_y - np.log(hi)) < 1e-9
+    assert abs(texture.extract(model, verts, px, img, R, sh=flat, level_map=(-5.0, 1.0)).skin.log_y - np.log(lo)) < 1e-9
+
+
 def test_a_map_takes_a_photos_skin_tone_and_keeps_its_own_contrasts(model):
     """texture.match_skin_tone: a map with pale skin, dark brows, red lips and white eyes, recoloured to the skin
     model of a deeply pigmented skin (2.5× darker, redder, less blue), has that skin's chroma and level on its

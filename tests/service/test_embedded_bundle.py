@@ -141,6 +141,35 @@ def test_the_tone_match_moves_the_generated_level_as_the_bundles_calibration_say
     assert abs((levels[3] - levels[2]) - 0.3) < 0.03, levels
 
 
+def test_reconstruct_de_lights_to_the_level_the_bundles_line_says():
+    """The light guessed from one photo regresses to the mean (on 2.0.0's held-out renders the truth's skin level was
+    1.4-1.5 times the photo's around the middle): the bundle stores the least-squares line (training.skin_tone) and
+    /reconstruct's de-lit skin sits on it, photo by photo, against the same bundle without the calibration."""
+    import asyncio
+
+    from facecore import color, texture
+    from service import pipeline as P
+    from training.skin_tone import without_calibration
+
+    bundle = load_bundle(EMBEDDED_BUNDLE)
+    a, b = bundle.manifest.skin_tone.level_map  # 2.0.1: 0.557 + 1.402 y
+    assert 1.1 < b < 2.0
+    sessions = open_sessions(bundle, ["CPUExecutionProvider"], 1)
+
+    async def run_graph(name, inputs):
+        return sessions[name].run(inputs)
+
+    req = P.ReconstructRequest("t", 256, 64, ("albedo",), False, "auto", "photo")
+    for name in ("cc0-interfaces-001.jpg", "cc0-interfaces-028.jpg"):
+        image = P.decode_photo((PHOTOS / name).read_bytes(), 50_000_000)
+        y = []
+        for bnd in (without_calibration(bundle), bundle):
+            meta = asyncio.run(P.reconstruct(bnd, run_graph, req, image, P.Timer())).meta
+            assert meta["texture"]["flags"] == []
+            y.append(float(np.log(color.srgb_to_linear(np.array(meta["texture"]["skin_srgb"])) @ texture.LUMA)))
+        assert abs(y[1] - (a + b * y[0])) < 0.01, (name, y)
+
+
 def test_the_exported_iris_has_the_photos_eye_colour(client):
     """The iris colour of /reconstruct's eyes is measured between the photo's lids: 001's blue-grey eyes and 006's
     dark brown ones (looked at), where the albedo map's eye texels gave brown for both (measured before: 001 the

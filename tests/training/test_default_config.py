@@ -61,9 +61,10 @@ def test_default_recipe_chains_every_stage_into_the_shipped_bundle(tmp_path):
     assert bundle.manifest.mouth is not None
     # /generate's latent → head graph, fitted after the mean map (which would have dropped it)
     assert "codes" in bundle.manifest.graphs and bundle.manifest.latent_identity["samples"] == 48
-    # albedo=generated's tone match calibrated last, through the finished bundle
+    # the photo's skin level and albedo=generated's tone match calibrated last, through the finished bundle
     tone = bundle.manifest.skin_tone
     assert tone is not None and 10 <= tone.renders <= 16 and tone.chroma_weight is not None
+    assert tone.level_map is not None
     encoder = onnx.load(str(out / "export" / "encoder.onnx"))
     fc = [t for t in encoder.graph.initializer if tuple(t.dims) == (512, 2048)]  # the 2×2-grid fc, stored fp16
     assert len(fc) == 1 and fc[0].data_type == onnx.TensorProto.FLOAT16

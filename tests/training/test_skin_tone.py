@@ -44,3 +44,27 @@ def test_fit_stores_the_photos_level_bias_and_shares():
     cal = fit({"photo": photo, "generated": generated}, "test")
     assert abs(cal.photo_level_offset - 0.2) < 0.04 and cal.renders == 400
     assert 0.7 < cal.chroma_weight < 0.9 and 0.05 < cal.level_weight < 0.2  # 0.8 and 0.1 in expectation
+
+
+def test_the_level_line_is_the_truths_least_squares_fit_on_the_photos_level():
+    """A photo level that regresses to the mean (truth = 0.6 + 1.4 · photo + noise, as bundle 2.0.0's light gives):
+    the line is recovered, and mapping the photo's level along it beats the photo's own level with its mean bias
+    removed; a slope beyond the manifest's bound is clipped, and too few renders are refused."""
+    from facecore.bundle import SkinToneCalibration
+    from training.skin_tone import fit_level_map
+
+    rng = np.random.default_rng(2)
+    photo = rng.normal(-1.5, 0.45, 400)
+    truth = 0.6 + 1.4 * photo + rng.normal(0, 0.2, 400)
+    a, b = fit_level_map(photo, truth)
+    assert abs(b - 1.4) < 0.07 and abs(a - 0.6) < 0.12
+    mapped, debiased = a + b * photo, photo + (truth - photo).mean()
+    assert np.sqrt(((mapped - truth) ** 2).mean()) < 0.8 * np.sqrt(((debiased - truth) ** 2).mean())
+    assert fit_level_map(photo, 9.0 * photo)[1] == 4.0
+    with pytest.raises(SystemExit, match="too few"):
+        fit_level_map(photo[:9], truth[:9])
+    cal = SkinToneCalibration(photo_level_offset=0.0, level_intercept=a, level_slope=b, renders=400)
+    assert cal.level_map == (a, b)
+    assert SkinToneCalibration(photo_level_offset=0.0, renders=1).level_map is None
+    with pytest.raises(ValueError, match="come together"):
+        SkinToneCalibration(photo_level_offset=0.0, level_slope=1.2, renders=1)
