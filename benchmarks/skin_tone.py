@@ -1,6 +1,6 @@
 """The skin tone of /reconstruct's albedo maps against the truth, on held-out synthetic renders.
 
-    python benchmarks/skin_tone.py [--seed 20261207] [--count 80] [--bundle DIR] [--write]
+    python benchmarks/skin_tone.py [--seed 20261207] [--count 80] [--bundle DIR] [--fit | --write] [--card]
 
 For each render (the synthetic source's procedural albedo on a random head, pose, light and background) the
 service reconstructs the photo and the generated map (``albedo=generated``, with and without the match to the
@@ -12,14 +12,15 @@ photo's own skin model (the result's ``texture.skin_srgb``). Renders with a colo
 "uncalibrated photo" is the photo de-lit without the bundle's calibration. The bundle's calibration
 (``manifest.json["skin_tone"]``: the line from the photo's de-lit skin level to the truth's, the level bias left,
 and the photo's share of the tone the match gives the map) is fitted on these renders
-(:func:`training.skin_tone.calibrate`, printed; ``--write`` stores it, as the training's export stage does):
-fit it on stream 20261207 (the default), then ``--seed 20261125`` (``benchmarks/bundle_metrics.py``'s stream)
-scores it on other renders.
+(:func:`training.skin_tone.calibrate`: ``--fit`` prints it, ``--write`` stores it, as the training's export stage
+does): fit it on stream 20261207 (the default), then ``--seed 20261125 --card`` (``benchmarks/bundle_metrics.py``'s
+stream) scores it on other renders and writes the table into the bundle's model card (block ``skin-tone``).
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import numpy as np
 
@@ -35,7 +36,9 @@ def main() -> None:
     ap.add_argument("--bundle", default=EMBEDDED_BUNDLE)
     ap.add_argument("--seed", type=int, default=20261207)
     ap.add_argument("--count", type=int, default=80)
-    ap.add_argument("--write", action="store_true", help="the calibration into the bundle's manifest")
+    ap.add_argument("--fit", action="store_true", help="fit the calibration on these renders and print it")
+    ap.add_argument("--write", action="store_true", help="fit it and store it in the bundle's manifest")
+    ap.add_argument("--card", action="store_true", help="the table into the bundle's MODEL_CARD.md (block skin-tone)")
     args = ap.parse_args()
     bundle = load_bundle(args.bundle)
     errors, _, flagged, failed = measure(bundle, args.count, args.seed, matched=True)
@@ -45,12 +48,29 @@ def main() -> None:
         raise SystemExit(f"no render of stream {args.seed} to measure ({flagged} flagged, {failed} without a face)")
     print(f"skin tone vs truth, {n} renders of stream {args.seed} ({flagged} with a colour flag, {failed} no face)")
     print(f"{'':<26}" + "".join(f"{k + ': bias / p50 / p90':>30}" for k in NAMES))
+    rows = []
     for name, e in errors.items():
         cells = [f"{m:+.3f} / {p50:.3f} / {p90:.3f}" for m, p50, p90 in zip(
             e.mean(0), np.median(np.abs(e), 0), np.percentile(np.abs(e), 90, 0), strict=True)]  # fmt: skip
         print(f"{name:<26}" + "".join(f"{c:>30}" for c in cells))
-    if n < 10 and not args.write:
-        return  # too few to fit a calibration on (fit refuses)
+        rows.append((name, *cells))
+    if args.card:
+        from readme import table, write_block
+
+        tone = bundle.manifest.skin_tone
+        line = "none" if tone is None or tone.level_map is None else (
+            f"{tone.level_intercept:.3f} + {tone.level_slope:.3f} · y")  # fmt: skip
+        text = (
+            f"The skin (cheeks, nose, forehead) of /reconstruct's maps against the truth on {n} held-out renders of "
+            f"stream {args.seed} ({flagged} with a colour flag, {failed} without a face left out), log units; "
+            f"`python benchmarks/skin_tone.py --seed {args.seed} --count {args.count} --card`. The bundle's "
+            f'skin-level line: {line} (its data: {tone.data if tone else "none"}); "uncalibrated photo" is the '
+            "photo de-lit without it.\n\n" + table(("", *(f"{k}: bias / p50 / p90" for k in NAMES)), rows)
+        )
+        write_block("skin-tone", text, Path(args.bundle) / "MODEL_CARD.md")
+        print(f"wrote the skin-tone block of {args.bundle}/MODEL_CARD.md")
+    if not (args.fit or args.write):
+        return
     cal = calibrate(bundle, args.count, args.seed)[0]
     print(f"fitted here: photo level {cal.level_intercept:.4f} + {cal.level_slope:.4f} · y, then offset "
           f"{cal.photo_level_offset:+.4f}; the photo's share: chroma {cal.chroma_weight}, "

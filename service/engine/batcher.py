@@ -23,9 +23,12 @@ class DynamicBatcher:
 
     ``fn`` takes and returns dicts of arrays whose first axis is the batch; requests submit arrays with
     their own leading batch (usually 1). The worker waits for the first request, then up to ``max_wait_s``
-    for more, until ``max_batch`` rows; it runs ``fn`` in a thread so the event loop stays free, and splits
-    the outputs back. An exception in ``fn`` (or in concatenating or splitting a batch) fails only the
-    requests of that batch; a worker that dies anyway is restarted by :meth:`ensure_running`.
+    for more, until ``max_batch`` rows — but not when no other request could come: given ``in_flight`` (how many
+    requests are inside the service now), a batch that already holds as many calls as there are requests in
+    flight runs at once (a lone request would otherwise wait ``max_wait_s`` at every graph it calls). It runs
+    ``fn`` in a thread so the event loop stays free, and splits the outputs back. An exception in ``fn`` (or in
+    concatenating or splitting a batch) fails only the requests of that batch; a worker that dies anyway is
+    restarted by :meth:`ensure_running`.
     """
 
     def __init__(
@@ -36,6 +39,7 @@ class DynamicBatcher:
         max_wait_s: float,
         max_queue: int,
         on_batch: Callable[[str, int, int], None] | None = None,
+        in_flight: Callable[[], int] | None = None,
     ):
         self.name = name
         self._fn = fn
@@ -43,6 +47,7 @@ class DynamicBatcher:
         self.max_wait_s = max_wait_s
         self.max_queue = max_queue
         self._on_batch = on_batch
+        self._in_flight = in_flight
         self._queue: asyncio.Queue | None = None
         self._task: asyncio.Task | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"batch-{name}")
@@ -120,6 +125,8 @@ class DynamicBatcher:
         deadline = loop.time() + self.max_wait_s
         while rows < self.max_batch:
             if self._queue.empty():
+                if self._in_flight is not None and self._in_flight() <= len(items):
+                    break  # every request in flight is in this batch: nobody else could join it
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     break

@@ -40,6 +40,7 @@ class Runtime:
                 settings.max_wait_ms / 1000.0,
                 settings.max_queue,
                 on_batch=metrics.on_batch,
+                in_flight=lambda: self.gate.active,
             )
             for name, session in self.sessions.items()
         }
