@@ -201,7 +201,8 @@ def clean_scores(tex: T.ExtractedTexture, truth: np.ndarray, hair_uv: np.ndarray
     PSNR (dB, linear albedo) after one least-squares gain per channel fitted on the texels seen and kept (the
     albedo/light scale is a convention, as in :func:`training.texture.albedo_errors`), per region of
     ``facecore.texture.uv_regions`` and over their union (``face``: forehead, cheeks, nose, lips, eyes, brows);
-    the eye region leaves out the lid openings (every render shows the eyeball asset there, never the albedo).
+    the eye region leaves out the lid openings (every render shows the eyeball asset there, never the albedo);
+    ``rest``: ``regions["rest"]`` (the skin layout outside all of them) where the truth shows no scalp hair.
     ``contaminated``: of the texels whose colour comes mostly from the photo (own sample or mirrored: weight ≥
     0.5) and whose true albedo is skin, the fraction whose photo share came mostly from a pixel that shows scalp
     hair or background in the render. ``holes``: texels anywhere in the R × R map that are not finite or black
@@ -394,7 +395,9 @@ def clean_table(args: argparse.Namespace, fm: FaceModel) -> None:
         text = (
             f"Texture extraction on {n} held-out synthetic renders (224 px, yaw up to ±{max_yaw:.0f}°, "
             f"seed {args.seed}, landmarks {args.landmarks}; `python benchmarks/texture_extraction.py --readme`): "
-            "gain-corrected PSNR (dB) of the 256² albedo against the truth, mean per region, the worst face, "
+            "gain-corrected PSNR (dB) of the 256² albedo against the truth, mean per region (`rest`: the head's "
+            "bare skin outside the face's regions — ears, neck, the sides, scalp without hair — mostly filled), "
+            "the worst face, "
             "hair/background contamination of the texels taken from the photo, and texels left black or empty.\n\n"
             + table(("", *keys, "worst face", "contam. %", "holes"), body)
             + "\n\n"

@@ -465,6 +465,15 @@ model's (``training.data.skin``) draws span 0.053 (deeply pigmented) to 0.60 (ve
 600 maps of an unseen stream, as measured reflectances of skin do (~0.05–0.6 in the visible)."""
 
 
+FILL_REACH = 0.05
+"""How far (a fraction of the map's width) :func:`extract`'s smooth fill reaches from the texels it has before the
+skin's own colour takes over, outside the face's regions (scalp, ears, neck, the back of the head). The pyramid fill
+alone gave those the average of whatever was seen at the map's far ends, where a few texels of neck, ear or collar
+weigh as much as the whole face (fixture 006: a pink-beige scalp around a dark face). Held-out synthetic renders,
+the bare skin outside the face regions: seed 2024 32.6 → 33.6 dB, seed 2025 32.7 → 33.2, the face regions within
+±0.2 dB (``benchmarks/texture_extraction.py``, its ``rest`` column)."""
+
+
 def bound_albedo_level(
     normals: np.ndarray, colours: np.ndarray, sh: np.ndarray, bounds: tuple[float, float] = SKIN_LUMINANCE
 ) -> tuple[float, tuple[str, ...]]:
@@ -519,6 +528,7 @@ def extract(
     relight: bool = False,
     skin_luminance: tuple[float, float] | None = SKIN_LUMINANCE,
     level_map: tuple[float, float] | None = None,
+    fill_reach: float = FILL_REACH,
 ) -> CleanTexture:
     """Unwrap ``image`` (linear) onto the UV layout keeping only the face's skin, seen well; fill the rest.
 
@@ -541,7 +551,8 @@ def extract(
        what is missing takes its mirror texel (u → 1 − u) with the mirror's weight (not around specks: the
        skin around them is the better guess, the mirror side's light and wrinkles differ), the rest a pull-push fill
        of everything accepted (a smooth prior: local averages that widen until they reach data), blended by
-       weight, so there are no seams, holes, or black texels anywhere in the map.
+       weight, so there are no seams, holes, or black texels anywhere in the map. Outside the face's regions, further
+       than about ``fill_reach`` of the map from data, the fill is the skin model's colour.
 
     Args:
         model, verts, verts_px, image, resolution, sh, depth_tolerance: as :func:`unwrap` (``image`` linear).
@@ -551,6 +562,7 @@ def extract(
             ``sh``); the light used is :attr:`CleanTexture.sh`.
         skin_luminance: the skin albedo's plausible median luminance; with ``sh``, a light that de-lights the
             skin outside it is scaled to its bound (:func:`bound_albedo_level`); None: never.
+        fill_reach: see :data:`FILL_REACH`; 0: the pyramid fill alone.
         level_map: ``(intercept, slope)``: the de-lit skin's log-luminance ``y`` (its :class:`SkinModel`'s) becomes
             ``intercept + slope · y`` (within ``skin_luminance``), the whole map scaled by one factor and the light
             by its inverse. A light guessed from one photo regresses to the mean, so dark skin comes out too light
@@ -692,7 +704,18 @@ def extract(
     # openings are no source of that completion (their sclera and iris would spread onto the lids around them);
     # they take their own colour over the completion from the skin around them.
     sources = np.where(layout.openings, 0.0, weight)
-    albedo = _pull_push(value.reshape(R, R, 3), sources.reshape(R, R)).reshape(N, 3)
+    if skin is not None and fill_reach > 0:
+        # a faint source of the skin's own colour on every texel: what lies further than ~fill_reach of the map from
+        # any data takes the skin's colour, not the average of whatever was seen at the map's far ends (bits of
+        # neck, ear or collar weigh as much as the whole face at the pyramid's coarse levels)
+        prior = np.zeros(N)
+        prior[layout.texel] = 1.0 / (fill_reach * R) ** 2
+        prior[np.any(list(uv_regions(model, R).values()), 0).reshape(-1)] = 0.0
+        mixed = sources[:, None] * value + prior[:, None] * skin.colour()
+        fill_value, sources = mixed / np.maximum(sources + prior, 1e-12)[:, None], sources + prior
+    else:
+        fill_value = value
+    albedo = _pull_push(fill_value.reshape(R, R, 3), sources.reshape(R, R)).reshape(N, 3)
     albedo[layout.openings] += weight[layout.openings, None] * (value - albedo)[layout.openings]
 
     source = np.zeros(N, np.uint8)

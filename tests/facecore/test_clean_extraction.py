@@ -338,6 +338,36 @@ def test_a_level_map_moves_the_skins_level_along_its_line_and_keeps_the_render(m
     assert abs(texture.extract(model, verts, px, img, R, sh=flat, level_map=(-5.0, 1.0)).skin.log_y - np.log(lo)) < 1e-9
 
 
+def test_far_from_anything_seen_the_fill_takes_the_skins_colour(model, scene):
+    """Outside the face's regions, further than FILL_REACH of the map from what was taken, the fill is the skin
+    model's colour: a brighter, pinker neck (still skin-like, so taken) no longer sets the tone of the scalp and the
+    back of the head, as the pyramid fill alone let it (there a few texels weigh as much as the whole face)."""
+    from scipy import ndimage
+
+    img, truth, bad, verts, px = scene
+    flat = np.zeros((9, 3))
+    flat[0] = 1.0 / texture.sh_basis(np.array([[0.0, 0.0, 1.0]]))[0, 0]
+    neck = img.copy()
+    rows = np.arange(img.shape[0])[:, None] > 0.8 * img.shape[0]
+    neck[rows[..., 0] & ~bad] *= np.array([1.25, 1.1, 1.15])
+    regions = texture.uv_regions(model, R)
+    face = np.any(list(regions.values()), 0)
+    cols = {}
+    for reach in (0.0, texture.FILL_REACH):
+        out = texture.extract(model, verts, px, neck, R, sh=flat, fill_reach=reach)
+        far = ndimage.distance_transform_edt(~out.accepted) > 3 * texture.FILL_REACH * R
+        far &= ~face & (out.source == texture.SOURCE_FILLED)
+        assert far.sum() > 500
+        cols[reach] = (out.albedo[far], out.skin.colour(), out)
+    far_colours, skin, out = cols[texture.FILL_REACH]
+    assert np.abs(far_colours - skin).max() < 0.02 * skin.max()
+    old_far, old_skin, old = cols[0.0]
+    assert np.abs(old_far - old_skin).mean() > 3 * np.abs(far_colours - skin).mean()
+    # what the face's regions took from the photo is untouched by it
+    taken = face & (out.weight > 0.99)
+    assert taken.sum() > 1000 and np.allclose(out.albedo[taken], old.albedo[taken], atol=1e-6)
+
+
 def test_a_map_takes_a_photos_skin_tone_and_keeps_its_own_contrasts(model):
     """texture.match_skin_tone: a map with pale skin, dark brows, red lips and white eyes, recoloured to the skin
     model of a deeply pigmented skin (2.5× darker, redder, less blue), has that skin's chroma and level on its
