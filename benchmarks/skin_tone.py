@@ -36,9 +36,10 @@ def main() -> None:
     ap.add_argument("--bundle", default=EMBEDDED_BUNDLE)
     ap.add_argument("--seed", type=int, default=20261207)
     ap.add_argument("--count", type=int, default=80)
-    ap.add_argument("--fit", action="store_true", help="fit the calibration on these renders and print it")
-    ap.add_argument("--write", action="store_true", help="fit it and store it in the bundle's manifest")
-    ap.add_argument("--card", action="store_true", help="the table into the bundle's MODEL_CARD.md (block skin-tone)")
+    what = ap.add_mutually_exclusive_group()  # the card scores the calibration the bundle has, not a new one
+    what.add_argument("--fit", action="store_true", help="fit the calibration on these renders and print it")
+    what.add_argument("--write", action="store_true", help="fit it and store it in the bundle's manifest")
+    what.add_argument("--card", action="store_true", help="the table into the bundle's MODEL_CARD.md (block skin-tone)")
     args = ap.parse_args()
     bundle = load_bundle(args.bundle)
     errors, _, flagged, failed = measure(bundle, args.count, args.seed, matched=True)

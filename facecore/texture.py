@@ -711,6 +711,7 @@ def extract(
         prior = np.zeros(N)
         prior[layout.texel] = 1.0 / (fill_reach * R) ** 2
         prior[np.any(list(uv_regions(model, R).values()), 0).reshape(-1)] = 0.0
+        prior = np.minimum(prior, np.maximum(1.0 - sources, 0.0))  # the pyramid's weights stay within [0, 1]
         mixed = sources[:, None] * value + prior[:, None] * skin.colour()
         fill_value, sources = mixed / np.maximum(sources + prior, 1e-12)[:, None], sources + prior
     else:

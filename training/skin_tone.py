@@ -127,30 +127,33 @@ def fit_level_map(photo_level: np.ndarray, truth_level: np.ndarray) -> tuple[flo
     if len(x) < 10 or x.std() <= 0:
         raise SystemExit(f"only {len(x)} renders (or no spread) to fit the photo's skin level on: too few")
     slope = float(np.clip(np.cov(x, y, bias=True)[0, 1] / x.var(), 0.25, 4.0))
-    return float(y.mean() - slope * x.mean()), slope
+    intercept = float(y.mean() - slope * x.mean())
+    if abs(intercept) > 5.0:
+        raise SystemExit(f"the photo's skin level line has an intercept of {intercept:.2f}: outside [-5, 5]")
+    return intercept, slope
+
+
+def with_calibration(bundle: Bundle, cal: SkinToneCalibration | None) -> Bundle:
+    """``bundle`` as the service would run it with ``cal`` as its ``manifest["skin_tone"]``."""
+    return dataclasses.replace(bundle, manifest=bundle.manifest.model_copy(update={"skin_tone": cal}))
 
 
 def without_calibration(bundle: Bundle) -> Bundle:
     """``bundle`` as the service would run it with no ``manifest["skin_tone"]``."""
-    return dataclasses.replace(bundle, manifest=bundle.manifest.model_copy(update={"skin_tone": None}))
+    return with_calibration(bundle, None)
 
 
 def calibrate(bundle: Bundle, count: int, seed: int) -> tuple[SkinToneCalibration, dict[str, np.ndarray], int, int]:
     """Both passes (the module's docstring): the calibration, the second pass's errors, and how many renders had a
     colour flag and how many no face."""
     errors, truth, _, _ = measure(without_calibration(bundle), count, seed)
-    if len(truth) < 10:
-        raise SystemExit(f"only {len(truth)} renders to calibrate the skin tone on: too few")
     intercept, slope = fit_level_map(errors["photo"][:, 2] + truth[:, 2], truth[:, 2])
-    level = SkinToneCalibration(photo_level_offset=0.0, level_intercept=round(intercept, 4),
-                                level_slope=round(slope, 4), renders=len(truth))  # fmt: skip
-    errors, _, flagged, failed = measure(
-        dataclasses.replace(bundle, manifest=bundle.manifest.model_copy(update={"skin_tone": level})), count, seed
-    )
+    line = {"level_intercept": round(intercept, 4), "level_slope": round(slope, 4)}
+    level = SkinToneCalibration(photo_level_offset=0.0, renders=len(truth), **line)
+    errors, _, flagged, failed = measure(with_calibration(bundle, level), count, seed)
     n = len(errors["photo"])
     cal = fit(errors, f"training.data.synthetic stream {seed}, 224 px, {n} renders without a colour flag")
-    cal = cal.model_copy(update={"level_intercept": level.level_intercept, "level_slope": level.level_slope})
-    return cal, errors, flagged, failed
+    return SkinToneCalibration.model_validate({**cal.model_dump(), **line}), errors, flagged, failed
 
 
 def fit(errors: dict[str, np.ndarray], data: str) -> SkinToneCalibration:

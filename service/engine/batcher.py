@@ -125,7 +125,7 @@ class DynamicBatcher:
         deadline = loop.time() + self.max_wait_s
         while rows < self.max_batch:
             if self._queue.empty():
-                if self._in_flight is not None and self._in_flight() <= len(items):
+                if self._in_flight is not None and self._in_flight() <= sum(not f.done() for _, f in items):
                     break  # every request in flight is in this batch: nobody else could join it
                 remaining = deadline - loop.time()
                 if remaining <= 0:

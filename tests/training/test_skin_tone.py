@@ -49,7 +49,8 @@ def test_fit_stores_the_photos_level_bias_and_shares():
 def test_the_level_line_is_the_truths_least_squares_fit_on_the_photos_level():
     """A photo level that regresses to the mean (truth = 0.6 + 1.4 · photo + noise, as bundle 2.0.0's light gives):
     the line is recovered, and mapping the photo's level along it beats the photo's own level with its mean bias
-    removed; a slope beyond the manifest's bound is clipped, and too few renders are refused."""
+    removed; a slope beyond the manifest's bound is clipped, and too few renders or an intercept beyond the
+    manifest's bound are refused."""
     from facecore.bundle import SkinToneCalibration
     from training.skin_tone import fit_level_map
 
@@ -60,7 +61,10 @@ def test_the_level_line_is_the_truths_least_squares_fit_on_the_photos_level():
     assert abs(b - 1.4) < 0.07 and abs(a - 0.6) < 0.12
     mapped, debiased = a + b * photo, photo + (truth - photo).mean()
     assert np.sqrt(((mapped - truth) ** 2).mean()) < 0.8 * np.sqrt(((debiased - truth) ** 2).mean())
-    assert fit_level_map(photo, 9.0 * photo)[1] == 4.0
+    centred = photo - photo.mean()
+    assert np.allclose(fit_level_map(centred, 9.0 * centred), (0.0, 4.0))
+    with pytest.raises(SystemExit, match="intercept"):
+        fit_level_map(photo, photo + 9.0)
     with pytest.raises(SystemExit, match="too few"):
         fit_level_map(photo[:9], truth[:9])
     cal = SkinToneCalibration(photo_level_offset=0.0, level_intercept=a, level_slope=b, renders=400)
