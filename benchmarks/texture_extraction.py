@@ -202,7 +202,8 @@ def clean_scores(tex: T.ExtractedTexture, truth: np.ndarray, hair_uv: np.ndarray
     albedo/light scale is a convention, as in :func:`training.texture.albedo_errors`), per region of
     ``facecore.texture.uv_regions`` and over their union (``face``: forehead, cheeks, nose, lips, eyes, brows);
     the eye region leaves out the lid openings (every render shows the eyeball asset there, never the albedo);
-    ``rest``: ``regions["rest"]`` (the skin layout outside all of them) where the truth shows no scalp hair.
+    ``rest``: ``regions["rest"]`` (the skin layout outside every region, where extraction's far fill takes the
+    skin's colour) where the truth shows no scalp hair.
     ``contaminated``: of the texels whose colour comes mostly from the photo (own sample or mirrored: weight ≥
     0.5) and whose true albedo is skin, the fraction whose photo share came mostly from a pixel that shows scalp
     hair or background in the render. ``holes``: texels anywhere in the R × R map that are not finite or black
@@ -318,13 +319,9 @@ def clean_table(args: argparse.Namespace, fm: FaceModel) -> None:
         if cache is not None:
             cache.write_bytes(pickle.dumps(recs))
     R = 256
-    from facecore.geometry import texel_sampling
-    from facecore.texture import uv_regions
+    from facecore import texture as ft
 
-    regions = dict(uv_regions(fm.arrays, R))
-    layout = np.zeros(R * R, bool)
-    layout[texel_sampling(fm.arrays, R)[0]] = True
-    regions["rest"] = layout.reshape(R, R) & ~np.any([regions[k] for k in (*REGIONS, "brows", "eye_openings")], 0)
+    regions = {**ft.uv_regions(fm.arrays, R), "rest": ft._layout(fm.arrays, R).rest.reshape(R, R)}
     rows: dict[str, list[dict]] = {label: [] for label in CLEAN_VARIANTS}
     seconds = dict.fromkeys(CLEAN_VARIANTS, 0.0)
     for r in recs:

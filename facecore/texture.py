@@ -708,9 +708,7 @@ def extract(
         # a faint source of the skin's own colour on every texel: what lies further than ~fill_reach of the map from
         # any data takes the skin's colour, not the average of whatever was seen at the map's far ends (bits of
         # neck, ear or collar weigh as much as the whole face at the pyramid's coarse levels)
-        prior = np.zeros(N)
-        prior[layout.texel] = 1.0 / (fill_reach * R) ** 2
-        prior[np.any(list(uv_regions(model, R).values()), 0).reshape(-1)] = 0.0
+        prior = np.where(layout.rest, 1.0 / (fill_reach * R) ** 2, 0.0)
         prior = np.minimum(prior, np.maximum(1.0 - sources, 0.0))  # the pyramid's weights stay within [0, 1]
         mixed = sources[:, None] * value + prior[:, None] * skin.colour()
         fill_value, sources = mixed / np.maximum(sources + prior, 1e-12)[:, None], sources + prior
@@ -883,7 +881,8 @@ class _Layout:
             its triangle, (n, 3) float64 barycentric coordinates (:func:`facecore.geometry.texel_sampling`).
         keep_as_seen: (R²,) brows, eye openings, lips, nostrils (:func:`uv_regions`); ``openings``: the eye
             openings; ``lips``: the lips; ``seed_area``: cheeks, forehead and nose, where the skin model's
-            samples come from; ``brows``: the brows.
+            samples come from; ``brows``: the brows; ``rest``: the layout's texels outside every region (scalp,
+            ears, neck, the back of the head).
     """
 
     texel: np.ndarray
@@ -894,6 +893,7 @@ class _Layout:
     lips: np.ndarray
     seed_area: np.ndarray
     brows: np.ndarray
+    rest: np.ndarray
 
 
 def prepare(model: geo.FaceModelArrays, resolution: int) -> None:
@@ -907,6 +907,9 @@ def _layout(model: geo.FaceModelArrays, R: int) -> _Layout:
         reg = {k: v.reshape(-1) for k, v in uv_regions(model, R).items()}
         keep = reg["brows"] | reg["eye_openings"] | reg["lips"] | reg["nostrils"]
         seed_area = reg["cheeks"] | reg["forehead"] | reg["nose"]
+        rest = np.zeros(R * R, bool)
+        rest[texel] = True
+        rest &= ~np.any(list(reg.values()), 0)
         return _Layout(
             texel,
             model.faces[face],
@@ -916,6 +919,7 @@ def _layout(model: geo.FaceModelArrays, R: int) -> _Layout:
             reg["lips"],
             seed_area,
             reg["brows"],
+            rest,
         )
 
     return _cached("layout", model, R, build)
