@@ -43,7 +43,9 @@ def main() -> None:
     args = ap.parse_args()
     bundle = load_bundle(args.bundle)
     errors, _, flagged, failed = measure(bundle, args.count, args.seed, matched=True)
-    errors["uncalibrated photo"] = measure(without_calibration(bundle), args.count, args.seed)[0]["photo"]
+    errors["uncalibrated photo"] = measure(without_calibration(bundle), args.count, args.seed, photo_only=True)[0][
+        "photo"
+    ]
     n = len(errors["photo"])
     if not n:
         raise SystemExit(f"no render of stream {args.seed} to measure ({flagged} flagged, {failed} without a face)")

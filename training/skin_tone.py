@@ -62,11 +62,11 @@ def shares(photo: np.ndarray, generated: np.ndarray) -> tuple[float, float]:
 
 
 def measure(
-    bundle: Bundle, count: int, seed: int, matched: bool = False
+    bundle: Bundle, count: int, seed: int, matched: bool = False, photo_only: bool = False
 ) -> tuple[dict[str, np.ndarray], np.ndarray, int, int]:
-    """Errors against the truth, (N, 3) each: ``photo``, ``generated`` (no match; absent for a bundle without
-    ``albedo=generated``) and, with ``matched``, the map as the service matches it now; the truth's (N, 3); and how
-    many renders had a colour flag (or no skin model) and how many no face."""
+    """Errors against the truth, (N, 3) each: ``photo``, ``generated`` (no match; absent with ``photo_only`` or for
+    a bundle without ``albedo=generated``) and, with ``matched``, the map as the service matches it now; the
+    truth's (N, 3); and how many renders had a colour flag (or no skin model) and how many no face."""
     from PIL import Image
 
     from service import pipeline as P
@@ -80,7 +80,7 @@ def measure(
 
     face_model = FaceModel.from_file(bundle.root / bundle.manifest.face_model.file)  # the truth on the bundle's layout
     faces = SyntheticFaces(SyntheticConfig(image_size=224, albedo_size=256, seed=seed), face_model=face_model)
-    generated = bundle.generated_reconstruct
+    generated = bundle.generated_reconstruct and not photo_only
     req = P.ReconstructRequest("skin_tone", 256, 64, ("albedo",), False, "auto", "generated" if generated else "photo")
 
     def reconstruct(image: np.ndarray, match: bool) -> tuple[dict, np.ndarray]:
@@ -146,7 +146,7 @@ def without_calibration(bundle: Bundle) -> Bundle:
 def calibrate(bundle: Bundle, count: int, seed: int) -> tuple[SkinToneCalibration, dict[str, np.ndarray], int, int]:
     """Both passes (the module's docstring): the calibration, the second pass's errors, and how many renders had a
     colour flag and how many no face."""
-    errors, truth, _, _ = measure(without_calibration(bundle), count, seed)
+    errors, truth, _, _ = measure(without_calibration(bundle), count, seed, photo_only=True)
     intercept, slope = fit_level_map(errors["photo"][:, 2] + truth[:, 2], truth[:, 2])
     line = {"level_intercept": round(intercept, 4), "level_slope": round(slope, 4)}
     level = SkinToneCalibration(photo_level_offset=0.0, renders=len(truth), **line)
