@@ -465,6 +465,16 @@ model's (``training.data.skin``) draws span 0.053 (deeply pigmented) to 0.60 (ve
 600 maps of an unseen stream, as measured reflectances of skin do (~0.05–0.6 in the visible)."""
 
 
+BLOWN_OUT = 0.8
+BLOWN_OUT_KEEP = 0.25
+"""A seen texel whose every channel is at least ``BLOWN_OUT`` (linear; sRGB ~0.91) is blown out, not skin that
+:func:`extract` can de-light (skin's blue channel is far below its red one): near the top of a camera's range the
+tone curve presses the channels together and the JPEG tints the result (fixture 013's lit cheek: (0.99, 0.96,
+0.99) sRGB beside the other cheek's (0.89, 0.81, 0.76)). It is treated as clipped unless fewer than
+``BLOWN_OUT_KEEP`` of the skin's seed texels would be left: as the majority of 013's seeds it had become the
+skin model, and the whole map came out bluish white."""
+
+
 FILL_REACH = 0.05
 """How far (a fraction of the map's width) :func:`extract`'s smooth fill reaches from the texels it has before the
 skin's own colour takes over, outside the face's regions (scalp, ears, neck, the back of the head). The pyramid fill
@@ -605,6 +615,13 @@ def extract(
     # which texels are lit is the light's shape, judged before its level is bounded: a bound that dims the light
     # (an under-exposed photo) must not leave the whole face "in shadow"
     lit = (seen_shading.min(1) >= min_shading) & (seen_colour.max(1) < clip_level)
+    # blown-out skin (every channel near the top: a camera's tone curve has pressed its colour to white) is no
+    # measurement of the albedo: treated as clipped, unless it is most of the face's skin (an over-exposed photo
+    # keeps what it has; bound_albedo_level flags it)
+    below = seen_colour.min(1) < BLOWN_OUT
+    seed_lit = lit & layout.seed_area[at]
+    if (seed_lit & below).sum() >= BLOWN_OUT_KEEP * seed_lit.sum():
+        lit &= below
     if sh is not None:
         sh, texel_shading, seen_shading = sh * level, texel_shading * level, seen_shading * level
     raw = seen_colour / np.maximum(seen_shading, 0.05 * level)

@@ -464,3 +464,34 @@ def test_highlight_specks_take_the_skin_around_them_not_the_mirror_side(model, s
     # filled from around: within a few % of the truth; the mirror's 0.7 would be 30 % off (measured before
     # specks were told apart from hair: 0.68)
     assert np.abs(np.median(rel, 0) - 1.0).max() < 0.08, np.median(rel, 0)  # measured 0.999
+
+
+def test_blown_out_skin_is_no_measurement_of_the_albedo(model, scene):
+    """texture.BLOWN_OUT: most of the face pressed to a bluish white by the camera (fixture 013's lit cheek) is
+    treated as clipped: the skin model keeps the rest's chroma, no blown texel is taken, and the blown cheek in the map
+    is the skin's colour (mirrored), not white. A face blown out almost everywhere keeps what it has."""
+    img, truth, bad, verts, px = scene
+    flat = np.zeros((9, 3))
+    flat[0] = 1.0 / texture.sh_basis(np.array([[0.0, 0.0, 1.0]]))[0, 0]
+    half = np.zeros(img.shape[:2], bool)
+    cut = int(np.percentile(px[:, 0], 35))  # most of the face, as on 013
+    half[:, cut:] = True
+    blown = half & ~bad
+    photo = img.copy()
+    photo[blown] = np.array([0.97, 0.9, 0.98])
+    plain = texture.extract(model, verts, px, img, R, sh=flat)
+    out = texture.extract(model, verts, px, photo, R, sh=flat)
+    # measured: the chroma as without the blown half (to 1e-14), no blown texel taken; without the rule the skin
+    # model was the white (log R/G 0.07 vs 0.59) and 2.8 % of the taken texels were blown
+    assert np.abs(out.skin.mean - plain.skin.mean).max() < 0.03, (out.skin.mean, plain.skin.mean)
+    assert contaminated(out.pixel, out.weight, out.accepted, blown) < 0.01
+    cheeks = texture.uv_regions(model, R)["cheeks"]
+    side = cheeks & (np.nan_to_num(out.pixel[..., 0]) >= cut)  # the blown cheek's texels
+    assert side.sum() > 100
+    ratio = np.median(out.albedo[side], 0) / np.median(truth[side], 0)
+    assert ratio.max() / ratio.min() < 1.1, ratio  # the truth's colour there, not white (ratio ~2 for white)
+    # blown out nearly everywhere: the skin model is what there is (and the level bound says so)
+    everywhere = img.copy()
+    everywhere[~bad] = np.array([0.97, 0.9, 0.98])
+    over = texture.extract(model, verts, px, everywhere, R, sh=flat)
+    assert over.skin is not None and "over_exposed" in over.flags and over.accepted.sum() > 1000
