@@ -51,14 +51,17 @@ class MappingGraph(nn.Module):
 
 
 class AlbedoGraph(nn.Module):
-    """ws (B, num_ws, w_dim) → albedo (B, 3, R, R) in [-1, 1], constant noise, non-fused modulation."""
+    """ws (B, num_ws, w_dim) → albedo (B, 3, R, R) in [-1, 1], constant noise, non-fused modulation; blocks that
+    draw nothing only upsample (``draw_until``: a generator grown to 256² and not trained since spends half its
+    multiply-adds on the two new blocks, whose zeroed ``torgb`` adds nothing)."""
 
     def __init__(self, generator: Generator):
         super().__init__()
         self.synthesis = generator.synthesis
+        self.draw_until = generator.synthesis.last_drawing_resolution()  # read once: the weights are final here
 
     def forward(self, ws: torch.Tensor) -> torch.Tensor:
-        return self.synthesis(ws, noise_mode="const", fused_modconv=False)
+        return self.synthesis(ws, noise_mode="const", fused_modconv=False, draw_until=self.draw_until)
 
 
 @dataclass(frozen=True)
@@ -535,6 +538,52 @@ def replace_generator(
     return edited_copy(bundle, out, version, edit)
 
 
+def re_export_albedo(bundle: str | Path, albedo_run: str | Path, out: str | Path, version: str | None = None) -> Path:
+    """A copy of ``bundle`` whose ``albedo`` graph is exported again as :class:`AlbedoGraph` exports it now (blocks
+    that draw nothing only upsample), from the G_ema of the albedo run it was exported from (``albedo_run``: its
+    folder or checkpoint) with the bundle's own learned mean image (``training.albedo_mean`` calibrates it after
+    export). The new graph must give the old one's maps (max |difference| within the fp16 parity bound, 8 latents
+    of the bundle's mapping graph): a wrong run fails here. Everything else is copied."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    from training.checkpoint import run_checkpoint
+    from training.weights import load_checkpoint_generator
+
+    ckpt = run_checkpoint(Path(albedo_run))
+    if ckpt is None:
+        raise FileNotFoundError(f"no albedo checkpoint in {albedo_run}")
+    generator = load_checkpoint_generator(ckpt).eval()
+
+    def run(path: Path, name: str, value: np.ndarray) -> np.ndarray:
+        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {name: value})[0]
+
+    def edit(folder: Path, manifest: dict) -> None:
+        spec = manifest["graphs"]["albedo"]
+        path = folder / spec["file"]
+        fp16 = spec["weights_dtype"] == "float16"
+        stored = {i.name.removesuffix("__fp16"): i for i in onnx.load(str(path)).graph.initializer}
+        with torch.no_grad():
+            for name in ("img_bias", "img_scale"):
+                if f"synthesis.{name}" in stored:
+                    value = numpy_helper.to_array(stored[f"synthesis.{name}"]).astype(np.float32)
+                    getattr(generator.synthesis, name).copy_(torch.as_tensor(value))
+        z = np.random.default_rng(0).standard_normal((8, generator.z_dim)).astype(np.float32)
+        ws = run(folder / manifest["graphs"]["mapping"]["file"], "z", z)
+        before = run(path, "ws", ws)
+        graph = generator_graphs(generator)["albedo"]
+        parity = export_onnx(graph, path, fp16)
+        worst = float(np.abs(run(path, "ws", ws) - before).max())
+        if not worst <= FP16_PARITY_TOL * max(1.0, float(np.abs(before).max())):
+            raise ExportError(f"{path.name}: the graph from {ckpt} differs from the bundle's by {worst:.2e}")
+        manifest["graphs"]["albedo"] = _spec(graph, path, parity, {"albedo": before.shape}, fp16)
+        logger.info("albedo: exported again drawing up to %d² (max |old − new| %.1e over 8 latents)",
+                    graph.module.draw_until, worst)  # fmt: skip
+
+    return edited_copy(bundle, out, version, edit)
+
+
 def run(cfg: Mapping[str, Any], out: Path, calibrate_mouth: bool = True, calibrate_mean: bool = True) -> None:
     """The ``export`` stage of ``training.run``.
 
@@ -589,16 +638,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--replace-generator", type=Path, metavar="RUN/albedo", help="copy --bundle with this albedo run's G_ema"
     )
+    parser.add_argument(
+        "--re-export-albedo", type=Path, metavar="RUN/grow", help="copy --bundle with its albedo graph exported again"
+    )
     parser.add_argument("--bundle", type=Path, help="the bundle --add-identity / --replace-generator copies")
     parser.add_argument("--version", help="the copy's manifest version (--add-identity, --replace-generator)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if (args.add_identity or args.replace_generator) and args.bundle is None:
-        parser.error("--add-identity and --replace-generator need --bundle")
+    if (args.add_identity or args.replace_generator or args.re_export_albedo) and args.bundle is None:
+        parser.error("--add-identity, --replace-generator and --re-export-albedo need --bundle")
     if args.add_identity is not None:
         add_identity_head(args.bundle, args.add_identity, args.out, args.version)
     elif args.replace_generator is not None:
         replace_generator(args.bundle, args.replace_generator, args.out, args.version)
+    elif args.re_export_albedo is not None:
+        re_export_albedo(args.bundle, args.re_export_albedo, args.out, args.version)
     elif args.untrained:
         export_untrained(args.out, args.resolution)
     else:

@@ -400,12 +400,24 @@ class SynthesisNetwork(nn.Module):
         self.img_bias = nn.Parameter(torch.zeros(shape)) if mean_image else None
         self.img_scale = nn.Parameter(torch.ones(shape)) if mean_image else None
 
+    def last_drawing_resolution(self) -> int:
+        """The highest block resolution whose ``torgb`` draws anything (a weight or bias not zero). The blocks above
+        it add exactly zero to the image: a generator grown from a lower resolution (``training.albedo.grow_from``
+        zeroes the new blocks' ``torgb``) and not trained since draws at the old resolution, upsampled."""
+        last = self.block_resolutions[0]
+        for res in self.block_resolutions:
+            torgb = getattr(self, f"b{res}").torgb
+            if bool(torgb.weight.detach().any()) or bool(torgb.bias.detach().any()):
+                last = res
+        return last
+
     def forward(
         self,
         ws: torch.Tensor,
         noise_mode: NoiseMode = "const",
         generator: torch.Generator | None = None,
         fused_modconv: bool | None = None,
+        draw_until: int | None = None,
     ) -> torch.Tensor:
         """Synthesise images.
 
@@ -415,6 +427,10 @@ class SynthesisNetwork(nn.Module):
                 drawn from ``generator``) or 'none'.
             generator: RNG for ``noise_mode='random'``, on the device of ``ws``.
             fused_modconv: override :attr:`fused_modconv` for this call.
+            draw_until: the blocks above this resolution only upsample the running image; with
+                :meth:`last_drawing_resolution` the result is the same (the convolutions skipped feed nothing that
+                is drawn). For inference and export: a block skipped gets no gradient (a grown block's zeroed
+                ``torgb`` would never learn), and the resolution is found outside any trace (it reads weights).
 
         Returns:
             (B, img_channels, R, R) float32 images, roughly in [-1, 1].
@@ -427,8 +443,12 @@ class SynthesisNetwork(nn.Module):
         ws = ws.to(torch.float32)
         x = img = None
         w_idx = 0
+        last = self.img_resolution if draw_until is None else draw_until
         for res in self.block_resolutions:
             block = getattr(self, f"b{res}")
+            if res > last:  # draws nothing: the running image upsampled is the block's output
+                img = upsample2d(img, block.resample_filter)
+                continue
             cur = ws[:, w_idx : w_idx + block.num_conv + block.num_torgb]
             x, img = block(x, img, cur, noise_mode=noise_mode, generator=generator, fused_modconv=fused)
             w_idx += block.num_conv

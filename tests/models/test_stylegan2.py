@@ -222,6 +222,29 @@ def test_modulated_conv_matches_per_sample_reference(up, down, demodulate, flip_
     assert (got - ref).abs().max() < 1e-5
 
 
+def test_blocks_that_draw_nothing_only_upsample() -> None:
+    """SynthesisNetwork(draw_until=R): a generator grown from 8² (training.albedo.grow_from zeroes the new blocks'
+    torgb) and not trained since draws nothing above 8²; skipping those blocks' convolutions (and noise) gives the
+    same image, bit for bit. A block whose torgb draws again (its bias alone) is found."""
+    G = tiny_generator(32, mean_image=True)
+    set_noise_strength(G, 0.3)
+    syn = G.synthesis
+    assert syn.last_drawing_resolution() == 32
+    with torch.no_grad():
+        for res in (16, 32):
+            getattr(syn, f"b{res}").torgb.weight.zero_()
+            getattr(syn, f"b{res}").torgb.bias.zero_()
+        syn.img_bias.normal_()  # a learned mean image at 32²: added after the skipped blocks
+        assert syn.last_drawing_resolution() == 8
+        ws = G.mapping(torch.randn(3, Z_DIM, generator=torch.Generator().manual_seed(1)), None)
+        full = syn(ws)
+        assert torch.equal(syn(ws, draw_until=8), full)
+        assert not torch.equal(syn(ws, draw_until=4), full)  # b8 draws
+        syn.b32.torgb.bias.fill_(0.1)
+        assert syn.last_drawing_resolution() == 32
+        assert not torch.allclose(syn(ws, draw_until=8), syn(ws))
+
+
 def test_fused_equals_non_fused_for_the_whole_generator() -> None:
     G = tiny_generator(32)
     set_noise_strength(G, 0.2)

@@ -165,3 +165,44 @@ def test_ridge_recovers_a_linear_map_in_both_forms():
         assert np.abs(x @ got_A + got_b - t).max() < 1e-5
         shrunk, _ = ridge(x, t, 1e6)  # a huge penalty: the mean
         assert np.abs(shrunk).max() < 1e-2 * np.abs(got_A).max()
+
+
+def test_an_albedo_graph_exported_again_draws_the_same_maps_with_less(albedo_run, tiny_bundle, tmp_path, monkeypatch):
+    """training.export --re-export-albedo: a bundle whose generator draws nothing at 32² (the top block's torgb
+    zeroed, as a grown and untrained block is) but whose graph was exported with that block's convolutions gets a
+    graph without them and the same maps; a run that is not the bundle's is refused."""
+    import shutil
+
+    import onnx
+    from safetensors.torch import load_file, save_file
+
+    from models.stylegan2.generator import SynthesisNetwork
+    from training.export import ExportError, replace_generator
+
+    grown = tmp_path / "grown"
+    shutil.copytree(albedo_run, grown)
+    ckpt = latest_checkpoint(grown / "checkpoints")
+    state = load_file(str(ckpt / "G_ema.safetensors"))
+    for key in ("synthesis.b32.torgb.weight", "synthesis.b32.torgb.bias"):
+        state[key] = torch.zeros_like(state[key])
+    save_file(state, str(ckpt / "G_ema.safetensors"))
+    with monkeypatch.context() as m:  # exported as before draw_until: every block computed
+        m.setattr(SynthesisNetwork, "last_drawing_resolution", lambda self: self.img_resolution)
+        full = replace_generator(tiny_bundle, grown, tmp_path / "full")
+    out = tmp_path / "pruned"
+    assert export_main(["--re-export-albedo", str(grown), "--bundle", str(full), "--out", str(out),
+                        "--version", "9.9.8"]) == 0  # fmt: skip
+
+    def convs(bundle: Path) -> int:
+        graph = onnx.load(str(bundle / "albedo.onnx")).graph
+        return sum(n.op_type in ("Conv", "ConvTranspose") for n in graph.node)
+
+    assert convs(out) == convs(full) - 4, (convs(out), convs(full))  # the 32² block: its up, FIR, conv1, torgb
+    mapping = ort.InferenceSession(str(full / "mapping.onnx"), providers=["CPUExecutionProvider"])
+    ws = mapping.run(None, {"z": np.random.default_rng(2).standard_normal((3, 32)).astype(np.float32)})[0]
+    maps = [ort.InferenceSession(str(b / "albedo.onnx"), providers=["CPUExecutionProvider"]).run(None, {"ws": ws})[0]
+            for b in (full, out)]  # fmt: skip
+    np.testing.assert_allclose(maps[1], maps[0], atol=1e-5)
+    assert load_bundle(out).manifest.version == "9.9.8"
+    with pytest.raises(ExportError, match="differs"):  # the untouched run draws at 32²: not this bundle's generator
+        export_main(["--re-export-albedo", str(albedo_run), "--bundle", str(full), "--out", str(tmp_path / "x")])
