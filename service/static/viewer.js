@@ -2,6 +2,7 @@
 import * as THREE from "three";
 import { GLTFLoader } from "three/addons/loaders/GLTFLoader.js";
 import { OrbitControls } from "three/addons/controls/OrbitControls.js";
+import { RoomEnvironment } from "three/addons/environments/RoomEnvironment.js";
 
 const $ = (id) => document.getElementById(id);
 const state = { loaded: false, error: null, vertexCount: 0, resultId: null, notes: [] };
@@ -17,8 +18,14 @@ const camera = new THREE.PerspectiveCamera(30, 1, 0.01, 10);
 camera.position.set(0, 0.02, 0.75);
 const controls = new OrbitControls(camera, canvas);
 controls.target.set(0, 0.0, 0);
-scene.add(new THREE.HemisphereLight(0xffffff, 0x404040, 1.2));
-const key = new THREE.DirectionalLight(0xffffff, 2.0);
+// a neutral room around the head (as glTF viewers light PBR assets) and a soft key light for its shape; Khronos'
+// PBR Neutral tone mapping keeps the albedo's colours: the hemisphere + key light before left a front-facing cheek
+// at ~0.85 of its albedo (sRGB) and side-facing ears brighter than the face
+renderer.toneMapping = THREE.NeutralToneMapping;
+const pmrem = new THREE.PMREMGenerator(renderer);
+scene.environment = pmrem.fromScene(new RoomEnvironment(), 0.04).texture;
+scene.environmentIntensity = 0.55;
+const key = new THREE.DirectionalLight(0xffffff, 0.7);
 key.position.set(0.5, 0.6, 1.0);
 scene.add(key);
 
@@ -96,12 +103,12 @@ async function showResult(result) {
     if (!o.isMesh) return;
     vertices += o.geometry.attributes.position.count;
     o.userData.textured = o.material;
-    o.userData.albedo = new THREE.MeshBasicMaterial({ map: o.material.map });
+    o.userData.albedo = new THREE.MeshBasicMaterial({ map: o.material.map, toneMapped: false });
     if (!original || o.material.normalMap) original = o.material; // the skin: the material with the normal map
   });
   materials.textured = original;
   materials.normalMap = original.normalMap;
-  materials.albedo = new THREE.MeshBasicMaterial({ map: original.map });
+  materials.albedo = new THREE.MeshBasicMaterial({ map: original.map, toneMapped: false });
   materials.shading = new THREE.MeshStandardMaterial({ color: 0xd0d0d0, roughness: 0.7, normalMap: original.normalMap });
   const box = new THREE.Box3().setFromObject(head);
   const centre = box.getCenter(new THREE.Vector3());

@@ -86,6 +86,8 @@ def test_viewer_generates_a_visible_head(live_server, tmp_path):
     )  # fmt: skip
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert out.returncode == 0 and report["loaded"], report
+    # nothing failed in the page (a missing favicon was a 404 in every session's console)
+    assert not [c for c in report["console"] if c.startswith(("error", "pageerror"))], report["console"]
     assert report["vertexCount"] > 10_000
     assert report["generatedOption"] is True  # both bundles have a latent for the photo (/models lists it)
     # then a greyscale photo: the status line says why its colours are not the person's
