@@ -249,7 +249,24 @@ async def locate_face(
     size = bundle.manifest.resolutions.encoder_input
     with timer.stage("align"):
         face = await run_stage("detect", find_face, image, size, detector, texture_size, found, anchors)
+    check_inside(face.anchors, image.shape)
     return face if anchors is None else dataclasses.replace(face, aligned_on="localiser", landmarks=points)
+
+
+ANCHOR_NAMES = ("right eye", "left eye", "nose")  # the subject's: facecore.detect.alignment_anchors
+
+
+def check_inside(anchors: np.ndarray, shape: tuple[int, ...]) -> None:
+    """PhotoError (422) when an eye or the nose (the crop's alignment anchors) lies outside the photo: a face
+    cut by the image border has no identity features or texture there to measure (its chip and crop would be
+    half padding), and the head would be a guess."""
+    h, w = shape[:2]
+    outside = [n for n, (x, y) in zip(ANCHOR_NAMES, anchors, strict=True) if not (0 <= x < w and 0 <= y < h)]
+    if outside:
+        raise PhotoError(
+            f"image: the face is cut by the image border (the subject's {' and '.join(outside)} outside the "
+            f"{w}×{h} photo); upload one with the whole face inside"
+        )
 
 
 def identity_shape(

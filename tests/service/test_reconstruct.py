@@ -125,6 +125,20 @@ def test_bad_form_fields(client, form, match):
     assert r.status_code == 422 and match in r.text
 
 
+def test_a_face_cut_by_the_image_border_is_refused_by_name(client):
+    """Half the face outside the photo (its right eye beyond the left edge): 422 naming the border, not a head
+    guessed from a chip and crop that are half padding. The jaw at the edge, eyes and nose inside: reconstructed."""
+    photo = Image.open(FRONTAL).convert("RGB")
+    w, h = photo.size
+    for fraction, status in ((0.5, 422), (0.2, 200)):
+        buf = io.BytesIO()
+        photo.crop((int(w * fraction), 0, w, h)).save(buf, "JPEG", quality=92)
+        r = post(client, buf.getvalue())
+        assert r.status_code == status, (fraction, r.text[:300])
+        if status == 422:
+            assert "cut by the image border" in r.json()["detail"] and "right eye" in r.json()["detail"], r.text
+
+
 def test_missing_file_field(client):
     r = client.post("/reconstruct", data={"texture_size": "256"})
     assert r.status_code == 422 and "image" in r.text
