@@ -466,13 +466,13 @@ model's (``training.data.skin``) draws span 0.053 (deeply pigmented) to 0.60 (ve
 
 
 BLOWN_OUT = 0.8
+"""A seen texel (outside the eye openings) whose every channel is at least ``BLOWN_OUT`` (linear; sRGB ~0.91) is
+blown out, not skin that :func:`extract` can de-light (skin's blue channel is far below its red one): near the top
+of a camera's range the tone curve presses the channels together and the JPEG tints the result (fixture 013's lit
+cheek: (0.99, 0.96, 0.99) sRGB beside the other cheek's (0.89, 0.81, 0.76)). It is treated as clipped (for the
+light's fit too) unless fewer than ``BLOWN_OUT_KEEP`` of the seed area's seen texels would be left: as the majority
+of 013's seeds it had become the skin model, and the whole map came out bluish white."""
 BLOWN_OUT_KEEP = 0.25
-"""A seen texel whose every channel is at least ``BLOWN_OUT`` (linear; sRGB ~0.91) is blown out, not skin that
-:func:`extract` can de-light (skin's blue channel is far below its red one): near the top of a camera's range the
-tone curve presses the channels together and the JPEG tints the result (fixture 013's lit cheek: (0.99, 0.96,
-0.99) sRGB beside the other cheek's (0.89, 0.81, 0.76)). It is treated as clipped unless fewer than
-``BLOWN_OUT_KEEP`` of the skin's seed texels would be left: as the majority of 013's seeds it had become the
-skin model, and the whole map came out bluish white."""
 
 
 FILL_REACH = 0.05
@@ -546,7 +546,8 @@ def extract(
        faces the camera (normal·view ≥ ``min_facing``) and lies at least ``silhouette_margin`` × the head's
        projected size inside the head's silhouette (a fit a few pixels off puts background there).
     2. De-lighting divides by the SH shading; a seen texel is *accepted* when it is lit (shading ≥
-       ``min_shading``), not clipped (< ``clip_level``) and looks like this photo's skin: a :class:`SkinModel`
+       ``min_shading``), not clipped (< ``clip_level``; skin blown out to near white counts as clipped:
+       :data:`BLOWN_OUT`) and looks like this photo's skin: a :class:`SkinModel`
        is fitted to the seen cheeks, nose and forehead, and a texel is kept when its chroma Mahalanobis
        distance² is below ``chroma_limit`` and its log-luminance is within ``luminance_range`` of the skin's
        (hair, eyewear, hands, background fail; specular highlights fail the upper bound). Brows, eye openings,
@@ -602,10 +603,19 @@ def extract(
     at = texel[seen]  # the seen texels' indices in the map, ascending
 
     seen_colour = geo.sample_map(img, _uv_of_pixels(px[seen], W, H))
+    # blown-out skin (every channel near the top: a camera's tone curve has pressed its colour to white) is no
+    # measurement of the albedo, nor of the light: treated as clipped, unless it is most of the seed area's skin
+    # (an over-exposed photo keeps what it has; bound_albedo_level flags it). Not in the eye openings: a sclera
+    # may be that white (it is toned down below, not dropped)
+    unclipped = seen_colour.max(1) < clip_level
+    blown = (seen_colour.min(1) >= BLOWN_OUT) & ~layout.openings[at]
+    seed_seen = unclipped & layout.seed_area[at]
+    if (seed_seen & ~blown).sum() >= BLOWN_OUT_KEEP * seed_seen.sum():
+        unclipped &= ~blown
     exposure: tuple[str, ...] = ()
     level = 1.0  # the light's factor that brings the skin's albedo level within skin_luminance
     if sh is not None and (relight or skin_luminance is not None):
-        skin_samples = layout.seed_area[at] & (nrm[seen, 2] > 0.3) & (seen_colour.max(1) < clip_level)
+        skin_samples = layout.seed_area[at] & (nrm[seen, 2] > 0.3) & unclipped
         if relight:  # the light's shape from the photo's own skin (fit_light)
             sh = fit_light(nrm[seen][skin_samples], seen_colour[skin_samples], sh)
         if skin_luminance is not None:  # its level within skin's (bound_albedo_level)
@@ -614,14 +624,7 @@ def extract(
     seen_shading = texel_shading[seen]
     # which texels are lit is the light's shape, judged before its level is bounded: a bound that dims the light
     # (an under-exposed photo) must not leave the whole face "in shadow"
-    lit = (seen_shading.min(1) >= min_shading) & (seen_colour.max(1) < clip_level)
-    # blown-out skin (every channel near the top: a camera's tone curve has pressed its colour to white) is no
-    # measurement of the albedo: treated as clipped, unless it is most of the face's skin (an over-exposed photo
-    # keeps what it has; bound_albedo_level flags it)
-    below = seen_colour.min(1) < BLOWN_OUT
-    seed_lit = lit & layout.seed_area[at]
-    if (seed_lit & below).sum() >= BLOWN_OUT_KEEP * seed_lit.sum():
-        lit &= below
+    lit = (seen_shading.min(1) >= min_shading) & unclipped
     if sh is not None:
         sh, texel_shading, seen_shading = sh * level, texel_shading * level, seen_shading * level
     raw = seen_colour / np.maximum(seen_shading, 0.05 * level)

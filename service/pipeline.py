@@ -246,10 +246,10 @@ async def locate_face(
                 detect.anchors_matrix(anchors)  # a similarity onto the template exists
             except ValueError:  # degenerate points (coinciding anchors, non-finite): frame on dlib's instead
                 anchors = None
+    check_inside(detect.alignment_anchors(found.points) if anchors is None else anchors, image.shape)
     size = bundle.manifest.resolutions.encoder_input
     with timer.stage("align"):
         face = await run_stage("detect", find_face, image, size, detector, texture_size, found, anchors)
-    check_inside(face.anchors, image.shape)
     return face if anchors is None else dataclasses.replace(face, aligned_on="localiser", landmarks=points)
 
 

@@ -76,9 +76,15 @@ class GraphExport:
 def generator_graphs(generator: Generator) -> dict[str, GraphExport]:
     """AlbedoGAN's two graphs: ``mapping`` (z → ws) and ``albedo`` (ws → map)."""
     cfg = generator.config
+    albedo, ws = AlbedoGraph(generator), torch.randn(2, generator.num_ws, cfg.w_dim)
+    if albedo.draw_until < cfg.img_resolution:  # the blocks it skips must add nothing: checked, not assumed
+        with torch.no_grad():
+            every = generator.synthesis(ws, noise_mode="const", fused_modconv=False)
+            if not torch.equal(albedo(ws), every):
+                raise ExportError(f"albedo: the blocks above {albedo.draw_until}² change the map; not skipped")
     return {
         "mapping": GraphExport(MappingGraph(generator), {"z": torch.randn(2, cfg.z_dim)}, ["ws"]),
-        "albedo": GraphExport(AlbedoGraph(generator), {"ws": torch.randn(2, generator.num_ws, cfg.w_dim)}, ["albedo"]),
+        "albedo": GraphExport(albedo, {"ws": ws}, ["albedo"]),
     }
 
 
@@ -542,8 +548,9 @@ def re_export_albedo(bundle: str | Path, albedo_run: str | Path, out: str | Path
     """A copy of ``bundle`` whose ``albedo`` graph is exported again as :class:`AlbedoGraph` exports it now (blocks
     that draw nothing only upsample), from the G_ema of the albedo run it was exported from (``albedo_run``: its
     folder or checkpoint) with the bundle's own learned mean image (``training.albedo_mean`` calibrates it after
-    export). The new graph must give the old one's maps (max |difference| within the fp16 parity bound, 8 latents
-    of the bundle's mapping graph): a wrong run fails here. Everything else is copied."""
+    export; the checkpoint the manifest records when the run has it). The new graph must give the old one's maps
+    (max |difference| within ``PARITY_TOL`` on 8 latents of the bundle's mapping graph): another generator fails
+    here. Everything else is copied."""
     import onnx
     import onnxruntime as ort
     from onnx import numpy_helper
@@ -551,7 +558,9 @@ def re_export_albedo(bundle: str | Path, albedo_run: str | Path, out: str | Path
     from training.checkpoint import run_checkpoint
     from training.weights import load_checkpoint_generator
 
-    ckpt = run_checkpoint(Path(albedo_run))
+    recorded = (load_bundle(bundle).manifest.training or {}).get("albedo") or {}
+    named = Path(albedo_run) / "checkpoints" / str(recorded.get("checkpoint"))
+    ckpt = named if named.is_dir() else run_checkpoint(Path(albedo_run))  # the checkpoint the bundle was made from
     if ckpt is None:
         raise FileNotFoundError(f"no albedo checkpoint in {albedo_run}")
     generator = load_checkpoint_generator(ckpt).eval()
@@ -575,7 +584,7 @@ def re_export_albedo(bundle: str | Path, albedo_run: str | Path, out: str | Path
         graph = generator_graphs(generator)["albedo"]
         parity = export_onnx(graph, path, fp16)
         worst = float(np.abs(run(path, "ws", ws) - before).max())
-        if not worst <= FP16_PARITY_TOL * max(1.0, float(np.abs(before).max())):
+        if not worst <= PARITY_TOL * max(1.0, float(np.abs(before).max())):  # the same weights: equal maps
             raise ExportError(f"{path.name}: the graph from {ckpt} differs from the bundle's by {worst:.2e}")
         manifest["graphs"]["albedo"] = _spec(graph, path, parity, {"albedo": before.shape}, fp16)
         logger.info("albedo: exported again drawing up to %d² (max |old − new| %.1e over 8 latents)",

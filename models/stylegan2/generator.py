@@ -444,6 +444,8 @@ class SynthesisNetwork(nn.Module):
         x = img = None
         w_idx = 0
         last = self.img_resolution if draw_until is None else draw_until
+        if last not in self.block_resolutions:
+            raise ValueError(f"draw_until must be one of {self.block_resolutions}, got {draw_until}")
         for res in self.block_resolutions:
             block = getattr(self, f"b{res}")
             if res > last:  # draws nothing: the running image upsampled is the block's output

@@ -240,6 +240,8 @@ def test_blocks_that_draw_nothing_only_upsample() -> None:
         full = syn(ws)
         assert torch.equal(syn(ws, draw_until=8), full)
         assert not torch.equal(syn(ws, draw_until=4), full)  # b8 draws
+        with pytest.raises(ValueError, match="draw_until"):
+            syn(ws, draw_until=12)  # not a block's resolution
         syn.b32.torgb.bias.fill_(0.1)
         assert syn.last_drawing_resolution() == 32
         assert not torch.allclose(syn(ws, draw_until=8), syn(ws))
