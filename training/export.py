@@ -650,8 +650,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--re-export-albedo", type=Path, metavar="RUN/grow", help="copy --bundle with its albedo graph exported again"
     )
-    parser.add_argument("--bundle", type=Path, help="the bundle --add-identity / --replace-generator copies")
-    parser.add_argument("--version", help="the copy's manifest version (--add-identity, --replace-generator)")
+    parser.add_argument("--bundle", type=Path, help="the bundle that --add-identity, --replace-generator, ... copy")
+    parser.add_argument("--version", help="the copy's manifest version (with --bundle)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if (args.add_identity or args.replace_generator or args.re_export_albedo) and args.bundle is None:
