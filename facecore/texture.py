@@ -295,6 +295,57 @@ def _chroma(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.stack([lg[:, 0] - lg[:, 1], lg[:, 2] - lg[:, 1]], 1), np.log(np.maximum(rgb @ LUMA, 1e-4))
 
 
+BACKGROUND_RING = (0.03, 0.10)
+BACKGROUND_RATIO = 4.0
+""":func:`background_like`: the background's colours are sampled in a ring outside the head's projection,
+``BACKGROUND_RING`` × the head's size from it; a colour is background-like where the ring's colour histogram is
+more than ``BACKGROUND_RATIO`` times the skin's."""
+_COLOUR_BINS = ((-1.0, 2.0, 20), (-2.0, 1.0, 20), (-6.0, 0.5, 10))  # log R/G, log B/G, log luminance: lo, hi, n
+
+
+def _colour_histogram(colours: np.ndarray) -> np.ndarray:
+    """Normalised 3-D histogram of (N, 3) linear colours over :data:`_COLOUR_BINS`, each bin averaged with its 26
+    neighbours (a colour a bin away is as likely)."""
+    shape = tuple(n for *_, n in _COLOUR_BINS)
+    h = np.bincount(np.ravel_multi_index(_colour_bins(colours), shape), minlength=math.prod(shape)).reshape(shape)
+    padded = np.pad(h.astype(np.float64), 1)
+    smooth = sum(
+        padded[1 + a : 1 + a + shape[0], 1 + b : 1 + b + shape[1], 1 + c : 1 + c + shape[2]]
+        for a in (-1, 0, 1)
+        for b in (-1, 0, 1)
+        for c in (-1, 0, 1)
+    )
+    return smooth / max(float(smooth.sum()), 1e-12)
+
+
+def _colour_bins(colours: np.ndarray) -> tuple[np.ndarray, ...]:
+    chroma, log_y = _chroma(np.asarray(colours, np.float64))
+    feats = np.concatenate([chroma, log_y[:, None]], 1)
+    return tuple(
+        np.clip(((feats[:, k] - lo) / (hi - lo) * n).astype(np.int64), 0, n - 1)
+        for k, (lo, hi, n) in enumerate(_COLOUR_BINS)
+    )
+
+
+def background_like(
+    image: np.ndarray, covered: np.ndarray, size: float, colours: np.ndarray, skin: np.ndarray
+) -> np.ndarray:
+    """(N,) bool: which of (N, 3) linear photo colours are far more typical of the photo around the head than of
+    its skin (``skin``: (M, 3) photo colours of the skin model's seeds), by their colour histograms (log-chroma and
+    log-luminance). ``covered``: (H, W) the head's projection; ``size``: its size in pixels. All False with fewer
+    than 200 background or skin samples (a head filling the photo)."""
+    step = max(1, int(size) // 128)  # the ring on every step-th pixel: a histogram needs no more
+    small = covered[::step, ::step]
+    lo, hi = (max(1, int(round(f * size / step))) for f in BACKGROUND_RING)
+    ring = (_box_sum(small, hi) > 0) & ~(_box_sum(small, lo) > 0)
+    background = image[::step, ::step][ring]
+    if len(background) < 200 or len(skin) < 200:
+        return np.zeros(len(colours), bool)
+    p_background, p_skin = _colour_histogram(background), _colour_histogram(skin)
+    at = _colour_bins(colours)
+    return p_background[at] > BACKGROUND_RATIO * p_skin[at]
+
+
 def fit_skin_model(albedo: np.ndarray, iterations: int = 4) -> SkinModel | None:
     """Robust :class:`SkinModel` of (N, 3) linear albedo samples (trimmed re-estimation), None under 30 samples.
 
@@ -692,6 +743,11 @@ def extract(
         # chroma (the background or a hat where a wide fit puts a brow's tail)
         keep = layout.keep_as_seen.copy()
         keep[idx[layout.brows[idx] & (d2 >= chroma_limit) & (dy > 0)]] = False
+        # outside the face's regions, where a fit wider than the head reaches past it: colours more typical of
+        # the photo just outside the head than of this face's skin are background (fixture 006's temples: the
+        # graffiti behind him passed his broad skin model and drew white marks beside both eyes)
+        outer = layout.rest[idx]
+        good[outer] &= ~background_like(img, covered, size, colour_ok[outer], colour_ok[seeds])
         good |= keep[idx]
         rejected = np.zeros((R, R), bool)
         rejected.flat[idx[~good]] = True

@@ -497,3 +497,32 @@ def test_blown_out_skin_is_no_measurement_of_the_albedo(model, scene):
     everywhere[~bad] = np.array([0.97, 0.9, 0.98])
     over = texture.extract(model, verts, px, everywhere, R, sh=flat)
     assert over.skin is not None and "over_exposed" in over.flags and over.accepted.sum() > 1000
+
+
+def test_background_the_fit_reaches_is_told_from_a_varied_skin(model, scene, monkeypatch):
+    """texture.background_like: a fit 12 % wider than the head puts background inside its silhouette beside the
+    face; with a skin whose colour varies a lot (the photo's skin model is then broad, as real ones are: fixture
+    006's) a pale, bluish background close enough to pass it was taken as skin outside the face's regions. The
+    photo just outside the head says what the background looks like: those texels are no longer taken."""
+    img, truth, bad, verts, px = scene
+    skin_px = ~bad
+    background_px = np.isclose(img, [0.1, 0.35, 0.2]).all(-1)  # the scene's green background (the rest is hair)
+    photo = img.copy()
+    spread = np.random.default_rng(3).normal(0.0, 0.25, (int(skin_px.sum()), 3)) * np.array([1.0, 0.0, 1.0])
+    photo[skin_px] = img[skin_px] * np.exp(spread)  # log R/G and log B/G spread 0.25: a broad skin model
+    photo[background_px] = np.array([0.30, 0.24, 0.22])  # paler and bluer than the skin (0.45, 0.25, 0.17)
+    centre = px.mean(0)
+    wide = centre + (px - centre) * 1.12
+    rest = texture._layout(model, R).rest.reshape(R, R)
+
+    def taken_from_background(out) -> int:
+        own = out.accepted & rest & np.isfinite(out.pixel[..., 0]) & (out.weight >= 0.5)
+        col = np.clip(np.rint(out.pixel[own][:, 0]).astype(int), 0, photo.shape[1] - 1)
+        row = np.clip(np.rint(out.pixel[own][:, 1]).astype(int), 0, photo.shape[0] - 1)
+        return int(background_px[row, col].sum())
+
+    with_rule = taken_from_background(texture.extract(model, verts, wide, photo, R))
+    monkeypatch.setattr(texture, "BACKGROUND_RATIO", np.inf)
+    without = taken_from_background(texture.extract(model, verts, wide, photo, R))
+    assert without > 50, without  # the scene is what it claims: the broad model takes the background (measured 130)
+    assert with_rule < 0.1 * without, (with_rule, without)  # measured 0
