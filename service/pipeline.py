@@ -418,9 +418,9 @@ async def reconstruct(
         """(the photo's clean albedo, sRGB-encoded, its irises painted, or None when not unwrapped; its flags
         (facecore.texture.colour_flags: greyscale, colour_cast; over_exposed, under_exposed; no_skin_model); the
         mesh; its 68 landmarks in the photo; the light: the encoder's, its shape re-fitted to the photo's skin (and
-        its level set by the bundle's skin-level line) where
-        the photo was unwrapped; the iris colour and its source (:func:`photo_iris`; (None, "") when not
-        unwrapped); the photo's skin model (facecore.texture.SkinModel; None when not unwrapped or not built))"""
+        its level set by the bundle's skin-level line) where the photo was unwrapped; the iris colour and its source
+        (:func:`photo_iris`; (None, "") when not unwrapped); the photo's skin model (facecore.texture.SkinModel; None
+        when not unwrapped or not built))"""
         posed = geo.decode_vertices(model, codes["shape"][None], expression[None], codes["pose"][None])[0]
         # the exported mesh keeps the face's own articulation (jaw, eyes) but not the head's pose in the photo
         local = np.zeros_like(codes["pose"])
@@ -439,7 +439,6 @@ async def reconstruct(
         # the same extraction as the training set's (training.texture.extract_texture), its level mapped by the
         # bundle's skin-level line (facecore.texture.extract: level_map), which the training's fits do not use
         # (the encoder's light re-fitted to the photo's skin: its wrong side would come out dark and be rejected)
-        # (its level mapped to the truth's expected one where the bundle is calibrated: facecore.texture.extract)
         tone_cal = bundle.manifest.skin_tone
         level_map = None if tone_cal is None else tone_cal.level_map
         clean = texture.extract(
