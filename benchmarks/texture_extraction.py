@@ -22,6 +22,7 @@ mean), ``nodelit`` (seen colours instead of albedo); ``seen``/``mir``: fractions
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 from pathlib import Path
 
@@ -260,21 +261,39 @@ def truth_texture(rec: dict, fm: FaceModel, R: int) -> T.ExtractedTexture:
                                                     sh=rec["truth_sh"]))  # fmt: skip
 
 
-# variant: (the fit it unwraps through, legacy unwrap, landmark warp)
+# variant: (the fit it unwraps through, legacy unwrap, landmark warp, fill towards the bundle's mean map)
 CLEAN_VARIANTS = {
-    "before": ("fit", True, False),
-    "flat fit": ("fit_flat", False, False),
-    "after": ("fit", False, False),
-    "+warp": ("fit", False, True),
-    "truth": (None, False, False),
+    "before": ("fit", True, False, False),
+    "flat fit": ("fit_flat", False, False, False),
+    "after": ("fit", False, False, False),
+    "+prior": ("fit", False, False, True),
+    "+warp": ("fit", False, True, False),
+    "truth": (None, False, False, False),
 }
 CLEAN_NOTES = {
     "before": "the legacy unwrap (every visible texel, hair and background included)",
     "flat fit": "clean extraction through a fit whose photometric term renders one skin colour to the end",
     "after": "clean extraction through the default fit (textured last stage): what the extract stage writes",
+    "+prior": "as after, the fill following the bundle's mean map (AlbedoGAN at w_avg) in the skin's tone, as "
+    "/reconstruct fills",
     "+warp": "as after, sampled through facecore.texture.landmark_warp (the fit's residual to its landmarks moved off)",
     "truth": "clean extraction through the render's own mesh, camera and light: the ceiling of a perfect fit",
 }
+
+
+@functools.lru_cache(maxsize=1)
+def mean_map(bundle_dir: str | None) -> np.ndarray:
+    """The bundle's AlbedoGAN map at w_avg (linear), as /reconstruct fills towards it (service.pipeline.mean_map)."""
+    import asyncio
+
+    from bundle_metrics import BundleRunner
+
+    from facecore.bundle import load_bundle
+    from service import pipeline as P
+    from service.settings import EMBEDDED_BUNDLE
+
+    runner = BundleRunner(load_bundle(bundle_dir or EMBEDDED_BUNDLE), 1)
+    return asyncio.run(P.mean_map(runner.bundle, runner.run_graph))
 
 
 def clean_table(args: argparse.Namespace, fm: FaceModel) -> None:
@@ -328,13 +347,14 @@ def clean_table(args: argparse.Namespace, fm: FaceModel) -> None:
         face = r["face"]
         if r["fit"].landmark_error > MAX_LANDMARK_ERROR:
             continue  # the CLI rejects the fit: no map is written
-        for label, (key, legacy, warp) in CLEAN_VARIANTS.items():
+        for label, (key, legacy, warp, fill) in CLEAN_VARIANTS.items():
             t0 = time.perf_counter()
             if key is None:
                 tex = truth_texture(r, fm, R)
             else:
                 tex = T.extract_texture(face.image, r[key], fm, R, matrix=face.crop_to_image, legacy=legacy,
-                                        landmarks=face.landmarks if warp else None)  # fmt: skip
+                                        landmarks=face.landmarks if warp else None,
+                                        prior=mean_map(args.bundle) if fill else None)  # fmt: skip
             seconds[label] += time.perf_counter() - t0
             pixel = texel_pixels(r[key], face, fm, R, 0.35) if legacy else tex.pixel
             sc = clean_scores(tex, r["albedo"], r["hair_uv"], r["bad_px"], pixel, regions)

@@ -510,6 +510,8 @@ def fit_light(
     return sh
 
 
+#: :func:`extract`: a lip texel this much less red than the skin (log R/G) is a tooth (lips are redder than skin)
+TEETH_REDNESS = 0.15
 SKIN_LUMINANCE = (0.05, 0.6)
 """The range of a face's median skin albedo luminance (linear) that :func:`extract` keeps: the procedural skin
 model's (``training.data.skin``) draws span 0.053 (deeply pigmented) to 0.60 (very fair; 99th percentile 0.57) over
@@ -590,6 +592,7 @@ def extract(
     skin_luminance: tuple[float, float] | None = SKIN_LUMINANCE,
     level_map: tuple[float, float] | None = None,
     fill_reach: float = FILL_REACH,
+    prior: np.ndarray | None = None,
 ) -> CleanTexture:
     """Unwrap ``image`` (linear) onto the UV layout keeping only the face's skin, seen well; fill the rest.
 
@@ -719,9 +722,19 @@ def extract(
     delit[opening] *= np.minimum(1.0, 0.8 / np.maximum(delit[opening].max(1), 1e-6))[:, None]
     flags = colour_flags(colour_ok[seeds])
     # the lips: kept as seen, but not what shows through them (teeth, the mouth's dark interior where the fit's
-    # lips close over an opening, or open over closed ones): the outliers of the lips' own colour model
+    # lips close over an opening, or open over closed ones): the outliers of the lips' own colour model, fitted on
+    # the lip texels redder than the skin. Lips, even when lighter than a dark skin, are redder than it; texels
+    # clearly less red are teeth, lit or in the mouth's shade (an open mouth fitted closed shows mostly teeth,
+    # which had become the lips' model: white lips on synthetic faces with open mouths)
     lip_texels = layout.lips[idx]
-    lip = fit_skin_model(feature[lip_texels])
+    lip = None
+    if skin is not None:
+        redness = _chroma(feature[lip_texels])[0][:, 0] - skin.mean[0]
+        ok[idx[lip_texels][redness < -TEETH_REDNESS]] = False
+        lip = fit_skin_model(feature[lip_texels][redness > 0])
+        lip_texels = lip_texels & ok[idx]
+    if lip is None:
+        lip = fit_skin_model(feature[lip_texels])
     if lip is not None:
         d2, dy = lip.distances(feature[lip_texels])
         band = max(lip_luminance, 2.5 * lip.log_y_std)
@@ -743,6 +756,13 @@ def extract(
         # chroma (the background or a hat where a wide fit puts a brow's tail)
         keep = layout.keep_as_seen.copy()
         keep[idx[layout.brows[idx] & (d2 >= chroma_limit) & (dy > 0)]] = False
+        # ... nor hair over them: brow texels darker than the skin that connect, through seen texels darker than
+        # the skin and off it, to such hair on the scalp above the brows are that hair (a fringe down over them,
+        # a strand across a temple: fixture 013's dark blots at both brows, mirrored; 001's auburn strand)
+        dark = np.zeros(N, bool)
+        dark[idx[~good & (dy < 0)]] = True
+        hair = _reached(dark.reshape(R, R), (dark & layout.scalp).reshape(R, R), max(1, R // 128)).reshape(-1)
+        keep[hair & layout.brows] = False
         # outside the face's regions, where a fit wider than the head reaches past it: colours more typical of
         # the photo just outside the head than of this face's skin are background (fixture 006's temples: the
         # graffiti behind him passed his broad skin model and drew white marks beside both eyes)
@@ -780,17 +800,31 @@ def extract(
     # openings are no source of that completion (their sclera and iris would spread onto the lids around them);
     # they take their own colour over the completion from the skin around them.
     sources = np.where(layout.openings, 0.0, weight)
-    if skin is not None and fill_reach > 0:
+    guide = None if prior is None or skin is None else _fill_guide(model, prior, skin, R)
+    if guide is not None:
+        # the fill follows a face: the prior's features (brows, lids, nostrils, lips) wherever the photo gave
+        # nothing, at the photo's own tone: the log-ratio of what was taken to the guide is filled smoothly
+        # (pull-push) and multiplies the guide, so the fill meets the taken texels without a seam and, far from
+        # data outside the face's regions, is the skin's colour (the guide's there; a faint source of ratio 1)
+        ratio = np.log(np.maximum(value, 1e-3)) - np.log(guide)
+        faint = np.where(layout.rest, 1.0 / (fill_reach * R) ** 2, 0.0) if fill_reach > 0 else np.zeros(N)
+        faint = np.minimum(faint, np.maximum(1.0 - sources, 0.0))
+        filled = _pull_push(
+            (sources[:, None] * ratio).reshape(R, R, 3) / np.maximum(sources + faint, 1e-12).reshape(R, R, 1),
+            (sources + faint).reshape(R, R),
+        ).reshape(N, 3)
+        albedo = guide * np.exp(filled)
+    elif skin is not None and fill_reach > 0:
         # a faint source of the skin's own colour on every texel: what lies further than ~fill_reach of the map from
         # any data takes the skin's colour, not the average of whatever was seen at the map's far ends (bits of
         # neck, ear or collar weigh as much as the whole face at the pyramid's coarse levels)
-        prior = np.where(layout.rest, 1.0 / (fill_reach * R) ** 2, 0.0)
-        prior = np.minimum(prior, np.maximum(1.0 - sources, 0.0))  # the pyramid's weights stay within [0, 1]
-        mixed = sources[:, None] * value + prior[:, None] * skin.colour()
-        fill_value, sources = mixed / np.maximum(sources + prior, 1e-12)[:, None], sources + prior
+        faint = np.where(layout.rest, 1.0 / (fill_reach * R) ** 2, 0.0)
+        faint = np.minimum(faint, np.maximum(1.0 - sources, 0.0))  # the pyramid's weights stay within [0, 1]
+        mixed = sources[:, None] * value + faint[:, None] * skin.colour()
+        fill_value, sources = mixed / np.maximum(sources + faint, 1e-12)[:, None], sources + faint
+        albedo = _pull_push(fill_value.reshape(R, R, 3), sources.reshape(R, R)).reshape(N, 3)
     else:
-        fill_value = value
-    albedo = _pull_push(fill_value.reshape(R, R, 3), sources.reshape(R, R)).reshape(N, 3)
+        albedo = _pull_push(value.reshape(R, R, 3), sources.reshape(R, R)).reshape(N, 3)
     albedo[layout.openings] += weight[layout.openings, None] * (value - albedo)[layout.openings]
 
     source = np.zeros(N, np.uint8)
@@ -858,6 +892,59 @@ def match_skin_tone(
     gains = gains * math.exp(own.log_y + float(np.clip(move, -limit, limit)) - chroma.log_y)
     toned = np.where(layout.openings[:, None], flat, flat * gains)
     return np.clip(toned, 0.0, 1.0).reshape(albedo.shape)
+
+
+def _fill_guide(model: geo.FaceModelArrays, prior: np.ndarray, skin: SkinModel, R: int) -> np.ndarray | None:
+    """(R², 3) what :func:`extract` fills towards: ``prior`` (a linear albedo map of the layout, any square size:
+    a face's features at their texels) in ``skin``'s tone (one gain per channel takes the prior's own skin colour,
+    a :class:`SkinModel` of its cheeks, nose and forehead, to ``skin``'s; the eye openings keep the eyeball's) over
+    the regions of the face's features (brows, eyes, nose, lips), the skin's colour elsewhere (cheeks, forehead: the
+    photo's own skin is the better guess; scalp, ears, neck: a prior's hair would be a guess), blended over ~3 % of
+    the map outside them. None when the prior has no skin to model."""
+    prepared = _prepared_prior(model, prior, R)
+    if prepared is None:
+        return None
+    at, scaled, own_colour, weight, opening = prepared
+    colour = skin.colour()
+    toned = np.where(opening[:, None], scaled, np.clip(scaled * (colour / own_colour), 0.0, 1.0))
+    guide = np.empty((R * R, 3))
+    guide[:] = colour
+    guide[at] = weight * toned + (1.0 - weight) * colour
+    return np.maximum(guide, 1e-3)
+
+
+# the last prior's resampling, skin colour and feature weights (a service fills towards one bundle's mean map)
+_PRIOR: list[tuple[np.ndarray, geo.FaceModelArrays, int, Any]] = []
+
+
+def _prepared_prior(model: geo.FaceModelArrays, prior: np.ndarray, R: int) -> tuple[np.ndarray, ...] | None:
+    """Where ``prior``'s features weigh in the map (flat indices), its colour there, its skin's colour (3,), the
+    features' (n, 1) weight and which of those texels are eye openings (:func:`_fill_guide`), or None; cached for
+    the last prior (the same object, model and R)."""
+    if _PRIOR and _PRIOR[0][0] is prior and _PRIOR[0][1] is model and _PRIOR[0][2] == R:
+        return _PRIOR[0][3]
+    from PIL import Image
+
+    arr = np.asarray(prior, np.float64)
+    if arr.ndim != 3 or arr.shape[0] != arr.shape[1] or arr.shape[2] != 3 or not np.all(np.isfinite(arr)):
+        raise ValueError(f"prior: expected a finite (S, S, 3) map, got {arr.shape}")
+    if arr.shape[0] != R:
+        arr = np.stack(
+            [np.asarray(Image.fromarray(c.astype(np.float32), "F").resize((R, R), Image.BILINEAR)) for c in
+             np.moveaxis(arr, -1, 0)], -1)  # fmt: skip
+    scaled = np.clip(arr, 0.0, 1.0).reshape(-1, 3)
+    own = fit_skin_model(scaled[_layout(model, R).seed_area])
+    prepared = None
+    if own is not None:
+        reg = uv_regions(model, R)
+        face = reg["brows"] | reg["eyes"] | reg["nose"] | reg["lips"] | reg["nostrils"]
+        k = max(1, int(round(R / 64)))
+        grown = (_box_sum(face, 2 * k) > 0).astype(np.float64)  # whole inside the regions, fading outside
+        weight = _box_mean(_box_mean(grown, k), k).reshape(-1)
+        at = np.flatnonzero(weight > 0)
+        prepared = (at, scaled[at], own.colour(), weight[at, None], _layout(model, R).openings[at])
+    _PRIOR[:] = [(prior, model, R, prepared)]
+    return prepared
 
 
 def delighting_gain(model: geo.FaceModelArrays, clean: CleanTexture) -> np.ndarray:
@@ -958,7 +1045,7 @@ class _Layout:
         keep_as_seen: (R²,) brows, eye openings, lips, nostrils (:func:`uv_regions`); ``openings``: the eye
             openings; ``lips``: the lips; ``seed_area``: cheeks, forehead and nose, where the skin model's
             samples come from; ``brows``: the brows; ``rest``: the layout's texels outside every region (scalp,
-            ears, neck, the back of the head).
+            ears, neck, the back of the head); ``scalp``: the rest's texels above the brows.
     """
 
     texel: np.ndarray
@@ -970,6 +1057,7 @@ class _Layout:
     seed_area: np.ndarray
     brows: np.ndarray
     rest: np.ndarray
+    scalp: np.ndarray
 
 
 def prepare(model: geo.FaceModelArrays, resolution: int) -> None:
@@ -986,6 +1074,8 @@ def _layout(model: geo.FaceModelArrays, R: int) -> _Layout:
         rest = np.zeros(R * R, bool)
         rest[texel] = True
         rest &= ~np.any(list(reg.values()), 0)
+        rows = np.arange(R * R) // R
+        scalp = rest & (rows < rows[reg["brows"]].min())
         return _Layout(
             texel,
             model.faces[face],
@@ -996,6 +1086,7 @@ def _layout(model: geo.FaceModelArrays, R: int) -> _Layout:
             seed_area,
             reg["brows"],
             rest,
+            scalp,
         )
 
     return _cached("layout", model, R, build)
@@ -1073,6 +1164,31 @@ def _box_sum(a: np.ndarray, radius: int) -> np.ndarray:
 def _box_mean(a: np.ndarray, radius: int) -> np.ndarray:
     """Mean of (H, W) ``a`` over the (2r+1)² box around each element (zero padding: borders count as 0)."""
     return _box_sum(a, radius) / (2 * int(radius) + 1) ** 2
+
+
+def _reached(mask: np.ndarray, seeds: np.ndarray, step: int) -> np.ndarray:
+    """(H, W) the texels of ``mask`` connected (8-neighbourhood) to ``seeds`` within it, traced on ``step`` × ``step``
+    blocks (a block is in the mask when any of its texels is; gaps narrower than a block are bridged)."""
+    H, W = mask.shape
+    h, w = -(-H // step), -(-W // step)
+
+    def blocks(a: np.ndarray) -> np.ndarray:
+        padded = np.zeros((h * step, w * step), bool)
+        padded[:H, :W] = a
+        return padded.reshape(h, step, w, step).any(axis=(1, 3))
+
+    allowed, reached = blocks(mask), blocks(seeds & mask)
+    while True:
+        grown = reached.copy()
+        grown[1:] |= reached[:-1]
+        grown[:-1] |= reached[1:]
+        grown[:, 1:] |= grown[:, :-1].copy()
+        grown[:, :-1] |= grown[:, 1:].copy()
+        grown &= allowed
+        if (grown == reached).all():
+            break
+        reached = grown
+    return np.repeat(np.repeat(reached, step, 0), step, 1)[:H, :W] & mask
 
 
 def _mirror(a: np.ndarray, R: int) -> np.ndarray:

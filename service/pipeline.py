@@ -314,6 +314,25 @@ def generator_image(albedo: np.ndarray) -> np.ndarray:
     return np.clip((np.transpose(albedo, (1, 2, 0)) + 1.0) / 2.0, 0.0, 1.0)
 
 
+# /reconstruct's photo albedo filled towards the generator's mean map (its features in the photo's skin tone) where
+# the photo gives nothing (facecore.texture.extract: prior) instead of towards a flat skin colour
+FILL_PRIOR = True
+_MEAN_MAPS: dict[str, np.ndarray] = {}
+
+
+async def mean_map(bundle: Bundle, run_graph: RunGraph) -> np.ndarray:
+    """(R, R, 3) linear: AlbedoGAN's map at the mean latent ``w_avg`` (the bundle's face: brows, lids, nostrils,
+    lips at their texels), computed once per bundle."""
+    key = bundle.digest
+    if key not in _MEAN_MAPS:
+        codes = bundle.manifest.codes
+        ws = np.broadcast_to(bundle.w_avg, (1, codes.num_ws, codes.w_dim)).astype(np.float32)
+        img = (await run_graph("albedo", {"ws": ws}))["albedo"][0]
+        _MEAN_MAPS.clear()  # one bundle per service
+        _MEAN_MAPS[key] = color.srgb_to_linear(generator_image(img))
+    return _MEAN_MAPS[key]
+
+
 def unwrap_resolution(texture_size: int, albedo_resolution: int) -> int:
     """The side of the photo texture /reconstruct unwraps: the requested texture size, at least the bundle's
     albedo resolution and at most ``MAX_UNWRAP_RESOLUTION`` (beyond it the maps are resampled)."""
@@ -413,6 +432,7 @@ async def reconstruct(
         codes["light"] = texture.achromatic(codes["light"])
     jaw_index = model.joint_names.index("jaw")
     disp = await _displacement(bundle, run_graph, codes["detail"], expression, codes["pose"][jaw_index], timer)
+    fill_prior = await mean_map(bundle, run_graph) if unwrap and FILL_PRIOR else None
 
     def geometry() -> tuple[np.ndarray | None, tuple[str, ...], np.ndarray, np.ndarray, np.ndarray, Any, Any]:
         """(the photo's clean albedo, sRGB-encoded, its irises painted, or None when not unwrapped; its flags
@@ -437,12 +457,21 @@ async def reconstruct(
         linear = color.srgb_to_linear(face.texture_crop / 255.0)
         # only the face's skin, seen well (no hair, background, highlights); the rest mirrored or filled smoothly:
         # the same extraction as the training set's (training.texture.extract_texture), its level mapped by the
-        # bundle's skin-level line (facecore.texture.extract: level_map), which the training's fits do not use
-        # (the encoder's light re-fitted to the photo's skin: its wrong side would come out dark and be rejected)
+        # bundle's skin-level line (facecore.texture.extract: level_map) and its fill following the bundle's mean
+        # map (prior), which the training's extraction does not use (the encoder's light re-fitted to the photo's
+        # skin: its wrong side would come out dark and be rejected)
         tone_cal = bundle.manifest.skin_tone
         level_map = None if tone_cal is None else tone_cal.level_map
         clean = texture.extract(
-            model, posed, px, linear, tex_size, sh=codes["light"], relight=RELIGHT, level_map=level_map
+            model,
+            posed,
+            px,
+            linear,
+            tex_size,
+            sh=codes["light"],
+            relight=RELIGHT,
+            level_map=level_map,
+            prior=fill_prior,
         )
         albedo = color.linear_to_srgb(clean.albedo)
         # the person's iris colour, measured between the photo's lids (the localiser's eye contours when the head

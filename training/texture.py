@@ -123,6 +123,7 @@ def extract_texture(
     min_facing: float = 0.35,
     landmarks: np.ndarray | None = None,
     legacy: bool = False,
+    prior: np.ndarray | None = None,
 ) -> ExtractedTexture:
     """Unwrap ``image`` with the fitted mesh and light into a de-lit UV albedo.
 
@@ -143,6 +144,7 @@ def extract_texture(
             sampled through ``facecore.texture.landmark_warp``, which moves the fit's residual off the map (the
             photo's lips, lids and brows land on their texels); None (the extract stage's choice: dlib's points
             are noisier than the fit, see ``benchmarks/texture_extraction.py``), through the fit alone.
+        prior: a linear albedo map the fill follows where the photo gives nothing (``facecore.texture.extract``).
         legacy: the extraction before issue 14 (``facecore.texture.unwrap`` + :func:`_correct`: every visible
             texel, hair and background included), kept for the benchmark's before/after comparison.
 
@@ -175,7 +177,7 @@ def extract_texture(
         return _correct(un, min_shading, clip_level)
     clean = uv_texture.extract(
         face_model.arrays, verts, px, lin, resolution, sh=fit.sh,
-        min_facing=min_facing, min_shading=min_shading, clip_level=clip_level,
+        min_facing=min_facing, min_shading=min_shading, clip_level=clip_level, prior=prior,
     )  # fmt: skip
     return ExtractedTexture.from_clean(clean)
 

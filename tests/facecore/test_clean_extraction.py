@@ -227,7 +227,9 @@ def test_brows_are_kept_as_seen_but_not_a_bright_background_on_them(model, scene
     rows, cols = np.mgrid[0 : img.shape[0], 0 : img.shape[1]]
     (x0, y0), (x1, y1) = brow_px.min(0), brow_px.max(0)
     pad = 0.15 * (y1 - y0 + 10)
-    band = (rows >= y0 - pad - 4) & (rows <= y1 + pad + 4) & (cols >= x0 - 4) & (cols <= x1 + 4)
+    # the brows' hair starts a little below the scene's fringe (hair continuous with the fringe is the fringe's:
+    # test_a_fringe_over_the_brows_is_not_kept_as_brows)
+    band = (rows >= y0 - 2) & (rows <= y1 + pad + 4) & (cols >= x0 - 4) & (cols <= x1 + 4)
     tail = band & (np.abs(cols - (x0 + x1) / 2) > 0.3 * (x1 - x0))  # each brow's outer part
     img[band] = np.array([0.03, 0.02, 0.015])  # dark brow hair
     img[tail] = np.array([0.8, 0.2, 0.5])  # a bright pink wall
@@ -526,3 +528,93 @@ def test_background_the_fit_reaches_is_told_from_a_varied_skin(model, scene, mon
     without = taken_from_background(texture.extract(model, verts, wide, photo, R))
     assert without > 50, without  # the scene is what it claims: the broad model takes the background (measured 130)
     assert with_rule < 0.1 * without, (with_rule, without)  # measured 0
+
+
+def test_a_prior_fills_its_features_at_the_photos_tone_where_the_photo_gave_nothing(model, scene):
+    """Sunglasses hide both eyes' regions: without a prior their fill is the skin around them; with a prior whose
+    lids are half as bright as its skin (and whose skin is another person's: grey), the fill has those darker lids
+    at this photo's skin tone, the skin taken from the photo is unchanged, and the scalp is the skin's colour."""
+    from scipy import ndimage
+
+    img, _, _, verts, px = scene
+    regions = texture.uv_regions(model, R)
+    eyes_px = texture_px(model, verts, geo.landmarks_3d(model, verts[None])[0][36:48])
+    centre = px.mean(0)
+    eyes_px = centre + (eyes_px - centre) * 1.04
+    (x0, y0), (x1, y1) = eyes_px.min(0), eyes_px.max(0)
+    rows, cols = np.mgrid[0 : img.shape[0], 0 : img.shape[1]]
+    pad = 0.8 * (y1 - y0)
+    glasses = (rows >= y0 - pad) & (rows <= y1 + pad) & (cols >= x0 - pad) & (cols <= x1 + pad)
+    photo = img.copy()
+    photo[glasses] = np.array([0.02, 0.02, 0.03])
+    prior = np.full((2 * R, 2 * R, 3), 0.3)  # any size: resampled to the map's
+    lids = np.kron(regions["eyes"] & ~regions["eye_openings"], np.ones((2, 2), bool))
+    prior[lids] *= 0.5
+    plain = texture.extract(model, verts, px, photo, R)
+    guided = texture.extract(model, verts, px, photo, R, prior=prior)
+    # deep inside the hidden lids (away from the taken skin the fill blends into)
+    hidden = regions["eyes"] & ~regions["eye_openings"] & (plain.weight == 0)
+    deep = hidden & (ndimage.distance_transform_edt(plain.weight == 0) > 2)
+    assert deep.sum() >= 20
+    cheeks = regions["cheeks"] & (plain.weight > 0.99)
+    skin = np.median(plain.albedo[cheeks], 0)
+    assert np.abs(np.median(plain.albedo[deep], 0) / skin - 1.0).max() < 0.15  # the skin's colour
+    ratio = np.median(guided.albedo[deep], 0) / skin
+    assert np.abs(ratio - 0.5).max() < 0.12, ratio  # the prior's lids, in this skin's tone (not grey)
+    taken = plain.weight >= 1.0
+    assert taken.sum() > 1000 and np.allclose(guided.albedo[taken], plain.albedo[taken], atol=1e-6)
+    scalp = (guided.source == texture.SOURCE_FILLED) & ~np.any(list(regions.values()), 0)
+    far = scalp & (ndimage.distance_transform_edt(~guided.accepted) > 3 * texture.FILL_REACH * R)
+    assert far.sum() > 500 and np.abs(guided.albedo[far] - guided.skin.colour()).max() < 0.02
+    with pytest.raises(ValueError, match="prior"):
+        texture.extract(model, verts, px, photo, R, prior=np.zeros((R, R)))
+
+
+def test_a_fringe_over_the_brows_is_not_kept_as_brows(model, scene):
+    """Brows are kept as seen, dark or not; but hair that reaches down from the scalp over them is the fringe's:
+    a brow under it is not taken (dark blots at the brows, mirrored). A fringe that stops short of them leaves
+    them as they are."""
+    img, _, _, verts, px = scene
+    brows = texture.uv_regions(model, R)["brows"]
+    lm = texture_px(model, verts, geo.landmarks_3d(model, verts[None])[0])
+    fringe = np.arange(img.shape[0])[:, None] < lm[36:48, 1].min() - 2  # down over the brows to the lids
+    fringe = fringe & (img != np.array([0.1, 0.35, 0.2])).any(-1)  # on the head only
+    over = img.copy()
+    over[fringe] = np.array([0.05, 0.03, 0.02])
+    short = texture.extract(model, verts, px, img, R)
+    covered = texture.extract(model, verts, px, over, R)
+    seen = brows & np.isfinite(short.pixel[..., 0])
+    assert seen.sum() >= 40
+    assert short.accepted[seen].mean() > 0.9
+    assert covered.accepted[seen].mean() < 0.1
+    # and the brows' texels are not the hair's colour
+    assert np.median(covered.albedo[seen] @ texture.LUMA) > 0.5 * (SKIN @ texture.LUMA)
+
+
+def test_lips_lighter_than_a_dark_skin_are_kept_and_teeth_are_not(model, scene):
+    """On a dark skin the lips may be lighter than the skin: they stay (redder than it), teeth do not (less red)."""
+    img, _, bad, verts, px = scene
+    dark = img.copy()
+    dark[~bad] *= 0.3  # skin (0.135, 0.075, 0.05)
+    lip, tooth = np.array([0.25, 0.09, 0.08]), np.array([0.5, 0.47, 0.42])
+    mouth = texture_px(model, verts, geo.landmarks_3d(model, verts[None])[0][48:60])
+    centre = px.mean(0)
+    mouth = centre + (mouth - centre) * 1.04
+    (x0, y0), (x1, y1) = mouth.min(0), mouth.max(0)
+    rows, cols = np.mgrid[0 : img.shape[0], 0 : img.shape[1]]
+    box = (cols >= x0) & (cols <= x1) & (rows >= y0) & (rows <= y1)
+    middle = (np.abs(cols - (x0 + x1) / 2) <= 0.15 * (x1 - x0)) & (np.abs(rows - (y0 + y1) / 2) <= 0.15 * (y1 - y0))
+    teeth = box & middle
+    dark[box] = lip
+    dark[teeth] = tooth
+    out = texture.extract(model, verts, px, dark, R)
+    lips = texture.uv_regions(model, R)["lips"]
+    own = np.isfinite(out.pixel[..., 0]) & lips
+    col = np.clip(np.rint(out.pixel[own][:, 0]).astype(int), 0, img.shape[1] - 1)
+    row = np.clip(np.rint(out.pixel[own][:, 1]).astype(int), 0, img.shape[0] - 1)
+    on_teeth, on_lips = np.zeros_like(lips), np.zeros_like(lips)
+    on_teeth[own], on_lips[own] = teeth[row, col], (box & ~teeth)[row, col]
+    assert on_teeth.sum() >= 8 and on_lips.sum() >= 40
+    assert not out.accepted[on_teeth].any()
+    assert out.accepted[on_lips].mean() > 0.5  # the rest: mixed pixels at the edges (before: 0.44)
+    assert np.abs(np.median(out.albedo[lips & out.accepted], 0) - lip).max() < 0.03
