@@ -250,3 +250,37 @@ def test_the_photo_is_delit_with_a_white_light(monkeypatch):
     skin = regions["cheeks"] | regions["forehead"] | regions["nose"]
     before, after = magenta(albedo0[skin]), magenta(albedo1[skin])
     assert np.sign(tint) * (after - before) > 0.04, (tint, before, after)
+
+
+def test_the_photo_map_is_filled_towards_the_bundles_mean_map(monkeypatch):
+    """/reconstruct's extraction fills what the photo does not give towards AlbedoGAN's map at w_avg (linear),
+    computed once per bundle; with FILL_PRIOR off, towards the skin's colour alone (facecore.texture.extract)."""
+    import asyncio
+
+    from facecore import color, texture
+    from facecore.bundle import load_bundle
+    from service import pipeline as P
+    from service.engine.sessions import inline_runner, open_sessions
+    from service.settings import EMBEDDED_BUNDLE
+
+    bundle = load_bundle(EMBEDDED_BUNDLE)
+    sessions = open_sessions(bundle, ["CPUExecutionProvider"], 1)
+    run_graph = inline_runner(sessions)
+    mean = asyncio.run(P.mean_map(bundle, run_graph))
+    codes = bundle.manifest.codes
+    ws = np.broadcast_to(bundle.w_avg, (1, codes.num_ws, codes.w_dim)).astype(np.float32)
+    direct = sessions["albedo"].run({"ws": ws})["albedo"][0]
+    np.testing.assert_allclose(mean, color.srgb_to_linear(P.generator_image(direct)), atol=1e-6)
+    assert asyncio.run(P.mean_map(bundle, run_graph)) is mean  # once per bundle
+    seen = []
+    extract = texture.extract
+    monkeypatch.setattr(texture, "extract", lambda *a, **k: seen.append(k.get("prior")) or extract(*a, **k))
+    image = P.decode_photo(FRONTAL.read_bytes(), 50_000_000)
+    req = P.ReconstructRequest("t", 256, 64, ("albedo",), False, "auto", "photo")
+    maps = {}
+    for fill in (True, False):
+        monkeypatch.setattr(P, "FILL_PRIOR", fill)
+        result = asyncio.run(P.reconstruct(bundle, run_graph, req, image, P.Timer()))
+        maps[fill] = np.asarray(Image.open(io.BytesIO(result.files["albedo.png"])).convert("RGB"), np.float64)
+    assert seen[0] is mean and seen[1] is None
+    assert np.abs(maps[True] - maps[False]).max() > 20  # sRGB levels: the fill differs somewhere
