@@ -510,6 +510,8 @@ def fit_light(
     return sh
 
 
+#: :func:`extract` with a prior: the log-ratio of what was taken to the prior's guide is spread within ±this
+GUIDE_RATIO_LIMIT = math.log(2.0)
 #: :func:`extract`: a lip texel this much less red than the skin (log R/G) is a tooth (lips are redder than skin)
 TEETH_REDNESS = 0.15
 SKIN_LUMINANCE = (0.05, 0.6)
@@ -606,10 +608,12 @@ def extract(
        distance² is below ``chroma_limit`` and its log-luminance is within ``luminance_range`` of the skin's
        (hair, eyewear, hands, background fail; specular highlights fail the upper bound). Brows, eye openings,
        lips and nostrils are kept as seen (the face's own features, whose colours are not skin's; an eye
-       opening's colour is capped at 0.8 so a de-lit sclera never turns white), except the lips' outliers: the
-       lips get a colour model of their own, and texels off it in chroma (``chroma_limit``) or log-luminance
-       (``lip_luminance`` or 2.5 σ) show teeth or the mouth's interior through a fitted mouth that opens or
-       closes differently from the photo's. Rejected areas grow by ~1 % of the map (mixed pixels at their
+       opening's colour is capped at 0.8 so a de-lit sclera never turns white), except brows under hair that
+       reaches down to them from the scalp, and the lips' outliers: lip texels clearly less red than the skin
+       (:data:`TEETH_REDNESS`) are teeth; the lips get a colour model of their own (from their texels redder
+       than the skin), and texels off it in chroma (``chroma_limit``) or log-luminance (``lip_luminance`` or
+       2.5 σ) show teeth or the mouth's interior through a fitted mouth that opens or closes differently from
+       the photo's. Rejected areas grow by ~1 % of the map (mixed pixels at their
        edges), except *specks*: rejected areas too thin to hold a square of ~3 % of the map, in skin that was
        otherwise taken (a highlight on a wrinkle, a pore, a stray hair), which grow by one texel.
     3. Each accepted texel's weight fades in with its facing angle and away from rejected areas (feathering);
@@ -617,7 +621,9 @@ def extract(
        skin around them is the better guess, the mirror side's light and wrinkles differ), the rest a pull-push fill
        of everything accepted (a smooth prior: local averages that widen until they reach data), blended by
        weight, so there are no seams, holes, or black texels anywhere in the map. Outside the face's regions, further
-       than about ``fill_reach`` of the map from data, the fill is the skin model's colour.
+       than about ``fill_reach`` of the map from data, the fill is the skin model's colour. With a ``prior`` map,
+       the fill follows it over the features' regions instead (:func:`_fill_guide`: its brows, lids, nostrils and
+       lips in this skin's tone, the log-ratio of the data to it filled smoothly).
 
     Args:
         model, verts, verts_px, image, resolution, sh, depth_tolerance: as :func:`unwrap` (``image`` linear).
@@ -633,11 +639,16 @@ def extract(
             by its inverse. A light guessed from one photo regresses to the mean, so dark skin comes out too light
             and fair skin too dark; a bundle stores the least-squares map from its de-lit level to the truth's on
             held-out renders (``SkinToneCalibration.level_map``, :mod:`training.skin_tone`). None: as de-lit.
+        prior: a (S, S, 3) linear albedo map of the layout (any S: resampled; a face's features at their texels,
+            e.g. the bundle's AlbedoGAN at its mean latent) the fill follows where the photo gave nothing (step 3);
+            None: the smooth fill alone. Used only when a skin model was fitted.
 
     Returns:
         :class:`CleanTexture`.
     """
     img = _float_image(image)
+    if prior is not None:
+        _check_prior(prior)
     if sh is not None:
         sh = np.asarray(sh, np.float64)
         if sh.shape != (9, 3) or not np.all(np.isfinite(sh)):
@@ -756,18 +767,20 @@ def extract(
         # chroma (the background or a hat where a wide fit puts a brow's tail)
         keep = layout.keep_as_seen.copy()
         keep[idx[layout.brows[idx] & (d2 >= chroma_limit) & (dy > 0)]] = False
-        # ... nor hair over them: brow texels darker than the skin that connect, through seen texels darker than
-        # the skin and off it, to such hair on the scalp above the brows are that hair (a fringe down over them,
-        # a strand across a temple: fixture 013's dark blots at both brows, mirrored; 001's auburn strand)
-        dark = np.zeros(N, bool)
-        dark[idx[~good & (dy < 0)]] = True
-        hair = _reached(dark.reshape(R, R), (dark & layout.scalp).reshape(R, R), max(1, R // 128)).reshape(-1)
-        keep[hair & layout.brows] = False
         # outside the face's regions, where a fit wider than the head reaches past it: colours more typical of
         # the photo just outside the head than of this face's skin are background (fixture 006's temples: the
         # graffiti behind him passed his broad skin model and drew white marks beside both eyes)
         outer = layout.rest[idx]
-        good[outer] &= ~background_like(img, covered, size, colour_ok[outer], colour_ok[seeds])
+        background = np.zeros(len(idx), bool)
+        background[outer] = background_like(img, covered, size, colour_ok[outer], colour_ok[seeds])
+        good &= ~background
+        # ... nor hair over them: brow texels darker than the skin's range that connect, through seen texels as
+        # dark (not background), to such texels on the scalp above the brows are that hair (a fringe down over
+        # them, a strand across a temple: fixture 013's dark blots at both brows, mirrored; 001's auburn strand)
+        dark = np.zeros(N, bool)
+        dark[idx[(dy <= lo) & ~background]] = True
+        hair = _reached(dark.reshape(R, R), (dark & layout.scalp).reshape(R, R), max(1, R // 128)).reshape(-1)
+        keep[hair & layout.brows] = False
         good |= keep[idx]
         rejected = np.zeros((R, R), bool)
         rejected.flat[idx[~good]] = True
@@ -806,14 +819,19 @@ def extract(
         # nothing, at the photo's own tone: the log-ratio of what was taken to the guide is filled smoothly
         # (pull-push) and multiplies the guide, so the fill meets the taken texels without a seam and, far from
         # data outside the face's regions, is the skin's colour (the guide's there; a faint source of ratio 1)
+        # (clamped: where the photo's features and the prior's do not meet, a skin texel over the prior's brow, the
+        # ratio spread onto hidden skin would whiten it; those texels keep their own colour, blended by weight)
         ratio = np.log(np.maximum(value, 1e-3)) - np.log(guide)
+        clamped = np.clip(ratio, -GUIDE_RATIO_LIMIT, GUIDE_RATIO_LIMIT)
         faint = np.where(layout.rest, 1.0 / (fill_reach * R) ** 2, 0.0) if fill_reach > 0 else np.zeros(N)
         faint = np.minimum(faint, np.maximum(1.0 - sources, 0.0))
+        total = sources + faint
         filled = _pull_push(
-            (sources[:, None] * ratio).reshape(R, R, 3) / np.maximum(sources + faint, 1e-12).reshape(R, R, 1),
-            (sources + faint).reshape(R, R),
+            (sources[:, None] * clamped / np.maximum(total, 1e-12)[:, None]).reshape(R, R, 3), total.reshape(R, R)
         ).reshape(N, 3)
         albedo = guide * np.exp(filled)
+        off = np.any(clamped != ratio, axis=1)
+        albedo[off] = sources[off, None] * value[off] + (1.0 - sources[off, None]) * albedo[off]
     elif skin is not None and fill_reach > 0:
         # a faint source of the skin's own colour on every texel: what lies further than ~fill_reach of the map from
         # any data takes the skin's colour, not the average of whatever was seen at the map's far ends (bits of
@@ -899,8 +917,8 @@ def _fill_guide(model: geo.FaceModelArrays, prior: np.ndarray, skin: SkinModel, 
     a face's features at their texels) in ``skin``'s tone (one gain per channel takes the prior's own skin colour,
     a :class:`SkinModel` of its cheeks, nose and forehead, to ``skin``'s; the eye openings keep the eyeball's) over
     the regions of the face's features (brows, eyes, nose, lips), the skin's colour elsewhere (cheeks, forehead: the
-    photo's own skin is the better guess; scalp, ears, neck: a prior's hair would be a guess), blended over ~3 % of
-    the map outside them. None when the prior has no skin to model."""
+    photo's own skin is the better guess; scalp, ears, neck: a prior's hair would be a guess), fading out over ~6 %
+    of the map outside them. None when the prior has no skin to model."""
     prepared = _prepared_prior(model, prior, R)
     if prepared is None:
         return None
@@ -913,26 +931,27 @@ def _fill_guide(model: geo.FaceModelArrays, prior: np.ndarray, skin: SkinModel, 
     return np.maximum(guide, 1e-3)
 
 
-# the last prior's resampling, skin colour and feature weights (a service fills towards one bundle's mean map)
-_PRIOR: list[tuple[np.ndarray, geo.FaceModelArrays, int, Any]] = []
+def _check_prior(prior: np.ndarray) -> np.ndarray:
+    arr = np.asarray(prior, np.float64)
+    if arr.ndim != 3 or arr.shape[0] != arr.shape[1] or arr.shape[2] != 3 or not np.all(np.isfinite(arr)):
+        raise ValueError(f"prior: expected a finite (S, S, 3) map, got {arr.shape}")
+    return arr
 
 
 def _prepared_prior(model: geo.FaceModelArrays, prior: np.ndarray, R: int) -> tuple[np.ndarray, ...] | None:
     """Where ``prior``'s features weigh in the map (flat indices), its colour there, its skin's colour (3,), the
-    features' (n, 1) weight and which of those texels are eye openings (:func:`_fill_guide`), or None; cached for
-    the last prior (the same object, model and R)."""
-    if _PRIOR and _PRIOR[0][0] is prior and _PRIOR[0][1] is model and _PRIOR[0][2] == R:
-        return _PRIOR[0][3]
+    features' (n, 1) weight and which of those texels are eye openings (:func:`_fill_guide`), or None; cached per
+    face model and resolution for the last prior given (the same object: a service's one mean map)."""
+    key = ("prior", id(model), R)
+    hit = _CACHE.get(key)  # one read: other threads may replace the entry
+    if hit is not None and hit[0] is model and hit[1][0] is prior:
+        return hit[1][1]
     from PIL import Image
 
-    arr = np.asarray(prior, np.float64)
-    if arr.ndim != 3 or arr.shape[0] != arr.shape[1] or arr.shape[2] != 3 or not np.all(np.isfinite(arr)):
-        raise ValueError(f"prior: expected a finite (S, S, 3) map, got {arr.shape}")
+    arr = _check_prior(prior)
     if arr.shape[0] != R:
-        arr = np.stack(
-            [np.asarray(Image.fromarray(c.astype(np.float32), "F").resize((R, R), Image.BILINEAR)) for c in
-             np.moveaxis(arr, -1, 0)], -1)  # fmt: skip
-    scaled = np.clip(arr, 0.0, 1.0).reshape(-1, 3)
+        arr = _resample(arr, R, Image.BILINEAR)
+    scaled = np.clip(arr, 0.0, 1.0).reshape(-1, 3).astype(np.float64)
     own = fit_skin_model(scaled[_layout(model, R).seed_area])
     prepared = None
     if own is not None:
@@ -943,7 +962,9 @@ def _prepared_prior(model: geo.FaceModelArrays, prior: np.ndarray, R: int) -> tu
         weight = _box_mean(_box_mean(grown, k), k).reshape(-1)
         at = np.flatnonzero(weight > 0)
         prepared = (at, scaled[at], own.colour(), weight[at, None], _layout(model, R).openings[at])
-    _PRIOR[:] = [(prior, model, R, prepared)]
+    if len(_CACHE) >= _CACHE_ENTRIES:
+        _CACHE.clear()
+    _CACHE[key] = (model, (prior, prepared))
     return prepared
 
 
@@ -1262,5 +1283,12 @@ def box_downsample(image: np.ndarray, size: int) -> np.ndarray:
         return image.reshape(size, h // size, size, w // size, c).mean((1, 3)).astype(np.float32)
     from PIL import Image
 
-    planes = [Image.fromarray(np.ascontiguousarray(image[..., i], np.float32), mode="F") for i in range(c)]
-    return np.stack([np.asarray(p.resize((size, size), Image.BOX)) for p in planes], -1).astype(np.float32)
+    return _resample(image, size, Image.BOX)
+
+
+def _resample(image: np.ndarray, size: int, resample: int) -> np.ndarray:
+    """(H, W, C) float → (size, size, C) float32, each channel resampled by PIL's ``resample`` filter."""
+    from PIL import Image
+
+    planes = [Image.fromarray(np.ascontiguousarray(image[..., i], np.float32), mode="F") for i in range(image.shape[2])]
+    return np.stack([np.asarray(p.resize((size, size), resample)) for p in planes], -1).astype(np.float32)

@@ -328,8 +328,10 @@ async def mean_map(bundle: Bundle, run_graph: RunGraph) -> np.ndarray:
         codes = bundle.manifest.codes
         ws = np.broadcast_to(bundle.w_avg, (1, codes.num_ws, codes.w_dim)).astype(np.float32)
         img = (await run_graph("albedo", {"ws": ws}))["albedo"][0]
+        linear = color.srgb_to_linear(generator_image(img))
+        linear.setflags(write=False)  # shared by every request (facecore.texture caches what it derives from it)
         _MEAN_MAPS.clear()  # one bundle per service
-        _MEAN_MAPS[key] = color.srgb_to_linear(generator_image(img))
+        _MEAN_MAPS[key] = linear
     return _MEAN_MAPS[key]
 
 
@@ -432,7 +434,8 @@ async def reconstruct(
         codes["light"] = texture.achromatic(codes["light"])
     jaw_index = model.joint_names.index("jaw")
     disp = await _displacement(bundle, run_graph, codes["detail"], expression, codes["pose"][jaw_index], timer)
-    fill_prior = await mean_map(bundle, run_graph) if unwrap and FILL_PRIOR else None
+    # (not for the latent graph's input: it was fitted on maps filled without it)
+    fill_prior = await mean_map(bundle, run_graph) if FILL_PRIOR and not generated else None
 
     def geometry() -> tuple[np.ndarray | None, tuple[str, ...], np.ndarray, np.ndarray, np.ndarray, Any, Any]:
         """(the photo's clean albedo, sRGB-encoded, its irises painted, or None when not unwrapped; its flags

@@ -577,11 +577,15 @@ def test_a_fringe_over_the_brows_is_not_kept_as_brows(model, scene):
     img, _, _, verts, px = scene
     brows = texture.uv_regions(model, R)["brows"]
     lm = texture_px(model, verts, geo.landmarks_3d(model, verts[None])[0])
-    fringe = np.arange(img.shape[0])[:, None] < lm[36:48, 1].min() - 2  # down over the brows to the lids
-    fringe = fringe & (img != np.array([0.1, 0.35, 0.2])).any(-1)  # on the head only
-    over = img.copy()
+    centre = px.mean(0)
+    (x0, y0), (x1, y1) = (centre + (lm[17:27] - centre) * 1.04).min(0), (centre + (lm[17:27] - centre) * 1.04).max(0)
+    rows, cols = np.mgrid[0 : img.shape[0], 0 : img.shape[1]]
+    dark_brows = img.copy()  # dark brow hair, a few pixels below the scene's fringe
+    dark_brows[(rows >= y0 - 2) & (rows <= y1 + 3) & (cols >= x0) & (cols <= x1)] = np.array([0.03, 0.02, 0.015])
+    fringe = (rows < lm[36:48, 1].min() - 2) & (img != np.array([0.1, 0.35, 0.2])).any(-1)  # down to the lids
+    over = dark_brows.copy()
     over[fringe] = np.array([0.05, 0.03, 0.02])
-    short = texture.extract(model, verts, px, img, R)
+    short = texture.extract(model, verts, px, dark_brows, R)
     covered = texture.extract(model, verts, px, over, R)
     seen = brows & np.isfinite(short.pixel[..., 0])
     assert seen.sum() >= 40
@@ -618,3 +622,25 @@ def test_lips_lighter_than_a_dark_skin_are_kept_and_teeth_are_not(model, scene):
     assert not out.accepted[on_teeth].any()
     assert out.accepted[on_lips].mean() > 0.5  # the rest: mixed pixels at the edges (before: 0.44)
     assert np.abs(np.median(out.albedo[lips & out.accepted], 0) - lip).max() < 0.03
+
+
+def test_a_prior_that_does_not_meet_the_photo_spreads_no_extreme_colour(model, scene):
+    """A prior that does not meet the photo (here: a nose far darker than its skin, where the photo's nose is
+    skin-coloured): the ratio of the photo's nose to it is large, and spread onto the hidden cheeks beside it it
+    would whiten them. It is clamped (GUIDE_RATIO_LIMIT): the hidden cheeks stay near the skin's colour, and every
+    taken texel keeps its own colour."""
+    img, _, bad, verts, px = scene
+    regions = texture.uv_regions(model, R)
+    prior = np.full((R, R, 3), 0.3)
+    prior[regions["nose"]] = 0.01
+    photo = img.copy()
+    rows = np.arange(img.shape[0])[:, None]
+    photo[(rows > 0.55 * img.shape[0]) & ~bad] = np.array([0.02, 0.02, 0.03])  # a scarf over the lower face
+    out = texture.extract(model, verts, px, photo, R, prior=prior)
+    plain = texture.extract(model, verts, px, photo, R)
+    hidden = (out.weight == 0) & regions["cheeks"]
+    assert hidden.sum() > 50
+    ratio = (out.albedo[hidden] @ texture.LUMA) / (out.skin.colour() @ texture.LUMA)
+    assert np.percentile(ratio, 1) > 0.8 and np.percentile(ratio, 99) < 1.5  # unclamped: up to 1.98
+    taken = plain.weight >= 1.0
+    assert np.allclose(out.albedo[taken], plain.albedo[taken], atol=1e-6)
