@@ -512,6 +512,8 @@ def fit_light(
 
 #: :func:`extract` with a prior: the log-ratio of what was taken to the prior's guide is spread within ±this
 GUIDE_RATIO_LIMIT = math.log(2.0)
+#: ... read where the guide's log-luminance is within about this of the skin's (not at its features)
+GUIDE_FEATURE_LEVEL = 0.2
 #: :func:`extract`: a lip texel this much less red than the skin (log R/G) is a tooth (lips are redder than skin)
 TEETH_REDNESS = 0.15
 SKIN_LUMINANCE = (0.05, 0.6)
@@ -821,17 +823,18 @@ def extract(
         # data outside the face's regions, is the skin's colour (the guide's there; a faint source of ratio 1)
         # (clamped: where the photo's features and the prior's do not meet, a skin texel over the prior's brow, the
         # ratio spread onto hidden skin would whiten it; those texels keep their own colour, blended by weight)
-        ratio = np.log(np.maximum(value, 1e-3)) - np.log(guide)
-        clamped = np.clip(ratio, -GUIDE_RATIO_LIMIT, GUIDE_RATIO_LIMIT)
+        ratio = np.clip(np.log(np.maximum(value, 1e-3)) - np.log(guide), -GUIDE_RATIO_LIMIT, GUIDE_RATIO_LIMIT)
+        # the ratio is read where the guide is skin: where it is a feature (a lip, a brow) that may not meet the
+        # photo's, the ratio is the misregistration's, not the tone's (pale lips with bright edges)
+        skin_like = np.exp(-(((np.log(guide @ LUMA) - skin.log_y) / GUIDE_FEATURE_LEVEL) ** 2))
+        readable = sources * skin_like
         faint = np.where(layout.rest, 1.0 / (fill_reach * R) ** 2, 0.0) if fill_reach > 0 else np.zeros(N)
-        faint = np.minimum(faint, np.maximum(1.0 - sources, 0.0))
-        total = sources + faint
+        faint = np.minimum(faint, np.maximum(1.0 - readable, 0.0))
+        total = readable + faint
         filled = _pull_push(
-            (sources[:, None] * clamped / np.maximum(total, 1e-12)[:, None]).reshape(R, R, 3), total.reshape(R, R)
+            (readable[:, None] * ratio / np.maximum(total, 1e-12)[:, None]).reshape(R, R, 3), total.reshape(R, R)
         ).reshape(N, 3)
-        albedo = guide * np.exp(filled)
-        off = np.any(clamped != ratio, axis=1)
-        albedo[off] = sources[off, None] * value[off] + (1.0 - sources[off, None]) * albedo[off]
+        albedo = sources[:, None] * value + (1.0 - sources[:, None]) * guide * np.exp(filled)
     elif skin is not None and fill_reach > 0:
         # a faint source of the skin's own colour on every texel: what lies further than ~fill_reach of the map from
         # any data takes the skin's colour, not the average of whatever was seen at the map's far ends (bits of
