@@ -180,26 +180,35 @@ def test_generated_albedo_needs_an_encoder_with_ws(client, monkeypatch):
     assert client.get("/models").json()["reconstruct_albedo"] == ["photo"]  # the viewer disables the option
 
 
+def photo_albedo_under(monkeypatch, bundle, run_graph, flag: str, values=(False, True)) -> dict:
+    """/reconstruct of FRONTAL (albedo=photo, texture 256) with ``service.pipeline.<flag>`` set to each of ``values``:
+    {value: (the light it reports, (9, 3); its albedo map, sRGB levels)}."""
+    import asyncio
+
+    from service import pipeline as P
+
+    image = P.decode_photo(FRONTAL.read_bytes(), 50_000_000)
+    req = P.ReconstructRequest("t", 256, 64, ("albedo",), False, "auto", "photo")
+    out = {}
+    for value in values:
+        monkeypatch.setattr(P, flag, value)
+        result = asyncio.run(P.reconstruct(bundle, run_graph, req, image, P.Timer()))
+        albedo = np.asarray(Image.open(io.BytesIO(result.files["albedo.png"])).convert("RGB"), np.float64)
+        out[value] = np.array(result.meta["codes"]["light"]), albedo
+    return out
+
+
 def test_the_light_is_refitted_to_the_photo_and_reported(tiny_bundle, monkeypatch):
     """/reconstruct de-lights the photo with the encoder's light re-fitted to the photo's skin
     (facecore.texture.fit_light): the light it reports is near the encoder's in level and differs in direction,
     and the albedo changes with it."""
-    import asyncio
 
     from facecore.bundle import load_bundle
-    from service import pipeline as P
     from service.engine.sessions import inline_runner, open_sessions
 
     bundle = load_bundle(tiny_bundle)
     run_graph = inline_runner(open_sessions(bundle, ["CPUExecutionProvider"], 1))
-    image = P.decode_photo(FRONTAL.read_bytes(), 50_000_000)
-    req = P.ReconstructRequest("t", 256, 64, ("albedo",), False, "auto", "photo")
-    out = {}
-    for relight in (False, True):
-        monkeypatch.setattr(P, "RELIGHT", relight)
-        result = asyncio.run(P.reconstruct(bundle, run_graph, req, image, P.Timer()))
-        albedo = np.asarray(Image.open(io.BytesIO(result.files["albedo.png"])), np.float64)
-        out[relight] = np.array(result.meta["codes"]["light"]), albedo
+    out = photo_albedo_under(monkeypatch, bundle, run_graph, "RELIGHT")
     (encoder, albedo0), (fitted, albedo1) = out[False], out[True]
     assert np.all(np.isfinite(fitted)) and fitted.shape == (9, 3)
     np.testing.assert_allclose(fitted[0], encoder[0], rtol=0.25)  # the mean shading is kept, not the constant
@@ -211,7 +220,6 @@ def test_the_photo_is_delit_with_a_white_light(monkeypatch):
     """The encoder's light colour is a constant guess (magenta and warm on every face: facecore.texture.achromatic);
     /reconstruct de-lights with a white light of the same brightness and shape, so the photo's colour stays in the
     albedo instead of being divided out as a magenta light (which turned the skin green-grey)."""
-    import asyncio
 
     from facecore import texture
     from facecore.bundle import load_bundle
@@ -221,15 +229,8 @@ def test_the_photo_is_delit_with_a_white_light(monkeypatch):
 
     bundle = load_bundle(EMBEDDED_BUNDLE)
     run_graph = inline_runner(open_sessions(bundle, ["CPUExecutionProvider"], 1))
-    image = P.decode_photo(FRONTAL.read_bytes(), 50_000_000)
-    req = P.ReconstructRequest("t", 256, 64, ("albedo",), False, "auto", "photo")
     monkeypatch.setattr(P, "RELIGHT", False)  # the light as the encoder gave it (its colour the only change)
-    out = {}
-    for neutral in (False, True):
-        monkeypatch.setattr(P, "NEUTRAL_LIGHT", neutral)
-        result = asyncio.run(P.reconstruct(bundle, run_graph, req, image, P.Timer()))
-        albedo = np.asarray(Image.open(io.BytesIO(result.files["albedo.png"])).convert("RGB"), np.float64)
-        out[neutral] = np.array(result.meta["codes"]["light"]), albedo
+    out = photo_albedo_under(monkeypatch, bundle, run_graph, "NEUTRAL_LIGHT")
 
     def magenta(rgb):  # green below the mean of red and blue (relative)
         return float(((rgb[..., 0] + rgb[..., 2]) / 2 - rgb[..., 1]).mean() / rgb.mean())
@@ -275,15 +276,9 @@ def test_the_photo_map_is_filled_towards_the_bundles_mean_map(monkeypatch):
     seen = []
     extract = texture.extract
     monkeypatch.setattr(texture, "extract", lambda *a, **k: seen.append(k.get("prior")) or extract(*a, **k))
-    image = P.decode_photo(FRONTAL.read_bytes(), 50_000_000)
-    req = P.ReconstructRequest("t", 256, 64, ("albedo",), False, "auto", "photo")
-    maps = {}
-    for fill in (True, False):
-        monkeypatch.setattr(P, "FILL_PRIOR", fill)
-        result = asyncio.run(P.reconstruct(bundle, run_graph, req, image, P.Timer()))
-        maps[fill] = np.asarray(Image.open(io.BytesIO(result.files["albedo.png"])).convert("RGB"), np.float64)
+    maps = photo_albedo_under(monkeypatch, bundle, run_graph, "FILL_PRIOR", (True, False))
     assert seen[0] is mean and seen[1] is None
-    diff = np.abs(maps[True] - maps[False]).max(-1)  # sRGB levels
+    diff = np.abs(maps[True][1] - maps[False][1]).max(-1)  # sRGB levels
     assert diff.max() > 20  # the fill of what the photo did not give differs ...
     assert np.median(diff) <= 1  # ... and only there: what it gave is the same
     with pytest.raises(ValueError, match="read-only"):
