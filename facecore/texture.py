@@ -510,9 +510,9 @@ def fit_light(
     return sh
 
 
-#: :func:`extract` with a prior: the log-ratio of what was taken to the prior's guide is spread within ±this
+#: :func:`extract` with a prior: the log-ratio of what was taken to the prior's guide is spread within ±this,
+#: read where the guide's log-luminance is within about ``GUIDE_FEATURE_LEVEL`` of the skin's (not at features)
 GUIDE_RATIO_LIMIT = math.log(2.0)
-#: ... read where the guide's log-luminance is within about this of the skin's (not at its features)
 GUIDE_FEATURE_LEVEL = 0.2
 #: :func:`extract`: a lip texel this much less red than the skin (log R/G) is a tooth (lips are redder than skin)
 TEETH_REDNESS = 0.15
@@ -820,12 +820,12 @@ def extract(
         # the fill follows a face: the prior's features (brows, lids, nostrils, lips) wherever the photo gave
         # nothing, at the photo's own tone: the log-ratio of what was taken to the guide is filled smoothly
         # (pull-push) and multiplies the guide, so the fill meets the taken texels without a seam and, far from
-        # data outside the face's regions, is the skin's colour (the guide's there; a faint source of ratio 1)
-        # (clamped: where the photo's features and the prior's do not meet, a skin texel over the prior's brow, the
-        # ratio spread onto hidden skin would whiten it; those texels keep their own colour, blended by weight)
+        # data outside the face's regions, is the skin's colour (the guide's there; a faint source of ratio 1).
+        # The ratio is read where the guide is skin (where it is a feature, a lip or a brow that may not meet the
+        # photo's, the ratio is the misregistration's, not the tone's: pale lips with bright edges) and clamped
+        # (a skin texel over a darker feature of the prior, spread onto hidden skin, would whiten it); the taken
+        # texels keep their own colour by their weight
         ratio = np.clip(np.log(np.maximum(value, 1e-3)) - np.log(guide), -GUIDE_RATIO_LIMIT, GUIDE_RATIO_LIMIT)
-        # the ratio is read where the guide is skin: where it is a feature (a lip, a brow) that may not meet the
-        # photo's, the ratio is the misregistration's, not the tone's (pale lips with bright edges)
         skin_like = np.exp(-(((np.log(guide @ LUMA) - skin.log_y) / GUIDE_FEATURE_LEVEL) ** 2))
         readable = sources * skin_like
         faint = np.where(layout.rest, 1.0 / (fill_reach * R) ** 2, 0.0) if fill_reach > 0 else np.zeros(N)
@@ -935,6 +935,7 @@ def _fill_guide(model: geo.FaceModelArrays, prior: np.ndarray, skin: SkinModel, 
 
 
 def _check_prior(prior: np.ndarray) -> np.ndarray:
+    """``prior`` as float64, or a ValueError naming what it should be."""
     arr = np.asarray(prior, np.float64)
     if arr.ndim != 3 or arr.shape[0] != arr.shape[1] or arr.shape[2] != 3 or not np.all(np.isfinite(arr)):
         raise ValueError(f"prior: expected a finite (S, S, 3) map, got {arr.shape}")
