@@ -252,30 +252,33 @@ def clean_scores(tex: T.ExtractedTexture, truth: np.ndarray, hair_uv: np.ndarray
     return out
 
 
-def truth_texture(rec: dict, fm: FaceModel, R: int) -> T.ExtractedTexture:
+def truth_texture(rec: dict, fm: FaceModel, R: int, prior: np.ndarray | None = None) -> T.ExtractedTexture:
     """The clean extraction through the render's own mesh, camera and light: what a perfect fit would give."""
     from facecore import texture as ft
 
     lin = color.srgb_to_linear(rec["face"].image.astype(np.float64) / 255.0)
     return T.ExtractedTexture.from_clean(ft.extract(fm.arrays, rec["truth_verts"], rec["truth_px"], lin, R,
-                                                    sh=rec["truth_sh"]))  # fmt: skip
+                                                    sh=rec["truth_sh"], prior=prior))  # fmt: skip
 
 
-# variant: (the fit it unwraps through, legacy unwrap, landmark warp, fill towards the bundle's mean map)
+# variant: (the fit it unwraps through, legacy unwrap, landmark warp, the fill's prior: the extract stage's mean of
+# true maps, the bundle's mean map as /reconstruct fills, or none)
 CLEAN_VARIANTS = {
-    "before": ("fit", True, False, False),
-    "flat fit": ("fit_flat", False, False, False),
-    "after": ("fit", False, False, False),
-    "+prior": ("fit", False, False, True),
-    "+warp": ("fit", False, True, False),
-    "truth": (None, False, False, False),
+    "before": ("fit", True, False, None),
+    "flat fit": ("fit_flat", False, False, "mean"),
+    "flat fill": ("fit", False, False, None),
+    "after": ("fit", False, False, "mean"),
+    "service": ("fit", False, False, "bundle"),
+    "+warp": ("fit", False, True, "mean"),
+    "truth": (None, False, False, "mean"),
 }
 CLEAN_NOTES = {
     "before": "the legacy unwrap (every visible texel, hair and background included)",
     "flat fit": "clean extraction through a fit whose photometric term renders one skin colour to the end",
-    "after": "clean extraction through the default fit (textured last stage): what the extract stage writes",
-    "+prior": "as after, the fill following the bundle's mean map (AlbedoGAN at w_avg) in the skin's tone, as "
-    "/reconstruct fills",
+    "flat fill": "as after, what the photo does not give filled towards the skin's colour alone",
+    "after": "clean extraction through the default fit (textured last stage), its fill following the mean of 256 "
+    "true maps (training.texture.mean_albedo): what the extract stage writes",
+    "service": "as after, the fill following the bundle's mean map (AlbedoGAN at w_avg), as /reconstruct fills",
     "+warp": "as after, sampled through facecore.texture.landmark_warp (the fit's residual to its landmarks moved off)",
     "truth": "clean extraction through the render's own mesh, camera and light: the ceiling of a perfect fit",
 }
@@ -341,7 +344,7 @@ def clean_table(args: argparse.Namespace, fm: FaceModel) -> None:
     from facecore import texture as ft
 
     regions = {**ft.uv_regions(fm.arrays, R), "rest": ft._layout(fm.arrays, R).rest.reshape(R, R)}
-    prior = mean_map(args.bundle)  # (outside the timings)
+    priors = {None: None, "mean": T.mean_albedo(R), "bundle": mean_map(args.bundle)}  # (outside the timings)
     rows: dict[str, list[dict]] = {label: [] for label in CLEAN_VARIANTS}
     seconds = dict.fromkeys(CLEAN_VARIANTS, 0.0)
     for r in recs:
@@ -351,11 +354,10 @@ def clean_table(args: argparse.Namespace, fm: FaceModel) -> None:
         for label, (key, legacy, warp, fill) in CLEAN_VARIANTS.items():
             t0 = time.perf_counter()
             if key is None:
-                tex = truth_texture(r, fm, R)
+                tex = truth_texture(r, fm, R, priors[fill])
             else:
                 tex = T.extract_texture(face.image, r[key], fm, R, matrix=face.crop_to_image, legacy=legacy,
-                                        landmarks=face.landmarks if warp else None,
-                                        prior=prior if fill else None)  # fmt: skip
+                                        landmarks=face.landmarks if warp else None, prior=priors[fill])  # fmt: skip
             seconds[label] += time.perf_counter() - t0
             pixel = texel_pixels(r[key], face, fm, R, 0.35) if legacy else tex.pixel
             sc = clean_scores(tex, r["albedo"], r["hair_uv"], r["bad_px"], pixel, regions)
@@ -451,6 +453,7 @@ def photos(args: argparse.Namespace, fm: FaceModel) -> None:
         print(f"\nReal photos: none in {folder}, skipped")
         return
     cfg = face_fit.FitConfig(steps=args.steps)
+    prior = T.mean_albedo(256)  # the extract stage's fill prior
     rows, lines = [], []
     for path in files:
         image = T._load_image(path)
@@ -462,7 +465,7 @@ def photos(args: argparse.Namespace, fm: FaceModel) -> None:
         t0 = time.perf_counter()
         fit = face_fit.fit_face(face.crop, face.landmarks, fm, config=cfg)
         dt = time.perf_counter() - t0
-        tex = T.extract_texture(face.image, fit, fm, 256, matrix=face.crop_to_image)
+        tex = T.extract_texture(face.image, fit, fm, 256, matrix=face.crop_to_image, prior=prior)
         before = T.extract_texture(face.image, fit, fm, 256, matrix=face.crop_to_image, legacy=True)
         yaw = float(head_angles_deg(torch.tensor(fit.pose)[None])[0, 0])
         lines.append(
@@ -516,7 +519,7 @@ def main() -> None:
     parser.add_argument(
         "--bundle",
         default=None,
-        help="the bundle whose localiser runs and whose mean map the +prior fill follows (default: the embedded one)",
+        help="the bundle whose localiser runs and whose mean map the service row's fill follows (default: embedded)",
     )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core CPU)")
     parser.add_argument("--photos", default=str(PHOTOS))

@@ -488,7 +488,10 @@ def run(cfg: Mapping[str, Any], out: Path) -> None:
       distance) from the detected ones is rejected (measured: ≤ 0.18 on synthetic renders, 0.36 on a fixture
       photo where dlib's points are wrong);
     - ``threads`` [1]: torch threads for the stage (the fit's tensors are small: on the shared 2-core machine one
-      thread was 2–10× faster than two), null to leave torch's setting.
+      thread was 2–10× faster than two), null to leave torch's setting;
+    - ``fill_prior`` [256]: what the photo does not give is filled towards the mean of this many of the
+      synthetic source's true albedo maps (:func:`mean_albedo`: brows, lids, nostrils and lips at their texels, in
+      each photo's skin tone; ``facecore.texture.extract``'s ``prior``), 0: towards the skin's colour alone.
 
     Writes into ``out``: ``albedo/NNNNNN.png``, ``shading/``, ``mask/``, ``fits.jsonl``, ``summary.json``. A
     greyscale or strongly colour-cast photo (``ExtractedTexture.flags``) still gets its maps, under
@@ -502,6 +505,7 @@ def run(cfg: Mapping[str, Any], out: Path) -> None:
     known = {
         "images", "synthetic", "resolution", "crop_size", "crop_scale", "detector", "batch_size", "device", "fit",
         "min_shading", "clip_level", "min_facing", "max_landmark_error", "threads", "landmarks", "localiser",
+        "fill_prior",
     }  # fmt: skip
     unknown = sorted(set(ecfg) - known)
     if unknown:
@@ -525,15 +529,36 @@ def run(cfg: Mapping[str, Any], out: Path) -> None:
     max_lmk = float(ecfg.get("max_landmark_error", 0.25))
     localiser = landmark_localiser(str(ecfg.get("landmarks", "localiser")), ecfg.get("localiser"))
     threads = ecfg.get("threads", 1)
+    fill_prior = int(ecfg.get("fill_prior", FILL_PRIOR_MAPS))
+    if fill_prior < 0:
+        raise ValueError(f"extract.fill_prior: expected a number of maps >= 0, got {fill_prior}")
     previous_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(int(threads))
     try:
         prepare_kw = dict(crop_size=crop_size, crop_scale=crop_scale, detector=detector, localiser=localiser)
         _run(ecfg, Path(out), fit_cfg, resolution, prepare_kw, batch_size, device,
-             dict(min_shading=min_shading, clip_level=clip_level, min_facing=min_facing), max_lmk)  # fmt: skip
+             dict(min_shading=min_shading, clip_level=clip_level, min_facing=min_facing), max_lmk,
+             fill_prior)  # fmt: skip
     finally:
         torch.set_num_threads(previous_threads)
+
+
+#: the ``extract`` stage's ``fill_prior`` default: true albedo maps averaged into the fill's prior
+FILL_PRIOR_MAPS = 256
+
+
+def mean_albedo(resolution: int, maps: int = FILL_PRIOR_MAPS, seed: int = 0) -> np.ndarray:
+    """(R, R, 3) linear: the mean of the first ``maps`` true albedo maps of the synthetic source's stream ``seed``
+    (the procedural skin, brows, eyes and lips at their texels; ~6 s for 256 maps at 256²), the prior the extract
+    stage fills towards (the service fills towards its bundle's AlbedoGAN at ``w_avg``, calibrated to the same
+    mean: ``service.pipeline.mean_map``). Measured on 21 held-out renders (``benchmarks/texture_extraction.py``, its
+    ``after`` row against the flat fill): the same gains as the bundle's mean map, within 0.1 dB per region."""
+    from training.albedo_mean import training_mean
+
+    data = {"kind": "synthetic", "num_samples": int(maps), "seed": int(seed), "holdout": 0}
+    mean, _ = training_mean(data, int(resolution), int(maps))  # (3, R, R) in the maps' [-1, 1] sRGB units
+    return srgb_to_linear(np.clip((np.transpose(mean, (1, 2, 0)) + 1.0) / 2.0, 0.0, 1.0))
 
 
 def _run(
@@ -544,8 +569,9 @@ def _run(
     prepare_kw: dict[str, Any],
     batch_size: int,
     device: torch.device,
-    extract_kw: dict[str, float],
+    extract_kw: dict[str, Any],
     max_lmk: float,
+    fill_prior: int = 0,
 ) -> None:
     from PIL.Image import DecompressionBombError
     from tqdm import tqdm
@@ -587,6 +613,8 @@ def _run(
     done = _read_done(log_path, out)
     todo = [i for i in range(len(names)) if i not in done]
     logger.info("extract: %d inputs, %d already done, %d to do → %s", len(names), len(done), len(todo), out)
+    if todo and fill_prior:
+        extract_kw = {**extract_kw, "prior": mean_albedo(resolution, fill_prior)}
     fit_seconds = 0.0
     n_fitted = 0
     with log_path.open("a") as log, tqdm(total=len(todo), desc="extract", unit="face") as bar:

@@ -394,3 +394,22 @@ def test_localiser_landmarks_beat_dlibs_on_renders_and_agree_with_them_on_a_phot
     assert _nme(localiser(photo)[0], landmarks68(photo)) < 0.1  # measured 0.066: a real, frontal face
     with pytest.raises(ValueError, match="no face"):
         localiser(np.full((96, 96, 3), 128, np.uint8))
+
+
+def test_the_fill_prior_is_a_face_at_its_texels(fm):
+    """The extract stage's fill prior (the mean of the synthetic source's true maps) has brows darker than the
+    forehead and lips redder than the cheeks, where the layout has them; a negative count is refused."""
+    prior = T.mean_albedo(64, maps=32)
+    assert prior.shape == (64, 64, 3) and np.all(np.isfinite(prior)) and prior.min() >= 0 and prior.max() <= 1
+    regions = uv_texture.uv_regions(fm.arrays, 64)
+    luma = prior @ uv_texture.LUMA
+    assert np.percentile(luma[regions["brows"]], 20) < 0.75 * np.median(luma[regions["forehead"]])  # (band > brow)
+    red = np.log(prior[..., 0] / prior[..., 1])
+    assert np.median(red[regions["lips"]]) > np.median(red[regions["cheeks"]]) + 0.1
+
+
+def test_cli_refuses_a_negative_fill_prior(tmp_path, caplog):
+    (tmp_path / "empty").mkdir()
+    cfg = _write_config(tmp_path, {"images": str(tmp_path / "empty"), "fill_prior": -1})
+    assert run_cli.main(["extract", "--config", cfg, "--out", str(tmp_path / "run")]) == 2
+    assert "fill_prior" in caplog.text
