@@ -815,7 +815,7 @@ def extract(
     # openings are no source of that completion (their sclera and iris would spread onto the lids around them);
     # they take their own colour over the completion from the skin around them.
     sources = np.where(layout.openings, 0.0, weight)
-    guide = None if prior is None or skin is None else _fill_guide(model, prior, skin, R)
+    guide = None if prior is None or skin is None else _fill_guide(model, prior, skin, R, "greyscale" in flags)
     if guide is not None:
         # the fill follows a face: the prior's features (brows, lids, nostrils, lips) wherever the photo gave
         # nothing, at the photo's own tone: the log-ratio of what was taken to the guide is filled smoothly
@@ -915,19 +915,25 @@ def match_skin_tone(
     return np.clip(toned, 0.0, 1.0).reshape(albedo.shape)
 
 
-def _fill_guide(model: geo.FaceModelArrays, prior: np.ndarray, skin: SkinModel, R: int) -> np.ndarray | None:
+def _fill_guide(
+    model: geo.FaceModelArrays, prior: np.ndarray, skin: SkinModel, R: int, grey: bool = False
+) -> np.ndarray | None:
     """(R², 3) what :func:`extract` fills towards: ``prior`` (a linear albedo map of the layout, any square size:
     a face's features at their texels) in ``skin``'s tone (one gain per channel takes the prior's own skin colour,
     a :class:`SkinModel` of its cheeks, nose and forehead, to ``skin``'s; the eye openings keep the eyeball's) over
     the regions of the face's features (brows, eyes, nose, lips), the skin's colour elsewhere (cheeks, forehead: the
     photo's own skin is the better guess; scalp, ears, neck: a prior's hair would be a guess), fading out over ~6 %
-    of the map outside them. None when the prior has no skin to model."""
+    of the map outside them; ``grey`` (a greyscale photo): the prior's luminance only, in the skin's colour (its
+    lips are not to come out pink in a grey map). None when the prior has no skin to model."""
     prepared = _prepared_prior(model, prior, R)
     if prepared is None:
         return None
     at, scaled, own_colour, weight, opening = prepared
     colour = skin.colour()
-    toned = np.where(opening[:, None], scaled, np.clip(scaled * (colour / own_colour), 0.0, 1.0))
+    if grey:  # (the eye openings too)
+        toned = np.clip((scaled @ LUMA)[:, None] * (colour / float(own_colour @ LUMA)), 0.0, 1.0)
+    else:
+        toned = np.where(opening[:, None], scaled, np.clip(scaled * (colour / own_colour), 0.0, 1.0))
     guide = np.empty((R * R, 3))
     guide[:] = colour
     guide[at] = weight * toned + (1.0 - weight) * colour

@@ -644,3 +644,23 @@ def test_a_prior_that_does_not_meet_the_photo_spreads_no_extreme_colour(model, s
     assert np.percentile(ratio, 1) > 0.8 and np.percentile(ratio, 99) < 1.5  # unclamped: up to 1.98
     taken = plain.weight >= 1.0
     assert np.allclose(out.albedo[taken], plain.albedo[taken], atol=1e-6)
+
+
+def test_a_greyscale_photos_fill_takes_no_colour_from_the_prior(model, scene, monkeypatch):
+    """A greyscale photo's fill follows the prior's luminance in the skin's grey: its lips are darker than the
+    skin, not red (the guide of a colour photo keeps their red)."""
+    img, _, _, verts, px = scene
+    lips = texture.uv_regions(model, R)["lips"].reshape(-1)
+    prior = np.tile(SKIN, (R, R, 1))
+    prior[lips.reshape(R, R)] = np.array([0.42, 0.12, 0.10])
+    grey = np.repeat(img.mean(-1, keepdims=True), 3, axis=-1)
+    guides = []
+    fill_guide = texture._fill_guide
+    monkeypatch.setattr(texture, "_fill_guide", lambda *a, **k: guides.append(fill_guide(*a, **k)) or guides[-1])
+    out = texture.extract(model, verts, px, grey, R, prior=prior)
+    assert "greyscale" in out.flags
+    guide = guides[0][lips]
+    assert np.abs(np.log(guide[:, 0] / guide[:, 1])).max() < 0.05  # grey
+    assert np.median(guide @ texture.LUMA) < 0.8 * (out.skin.colour() @ texture.LUMA)  # darker than the skin
+    texture.extract(model, verts, px, img, R, prior=prior)
+    assert np.median(np.log(guides[1][lips][:, 0] / guides[1][lips][:, 1])) > 0.8  # a colour photo's: red
