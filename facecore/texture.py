@@ -827,25 +827,10 @@ def extract(
         # texels keep their own colour by their weight
         ratio = np.clip(np.log(np.maximum(value, 1e-3)) - np.log(guide), -GUIDE_RATIO_LIMIT, GUIDE_RATIO_LIMIT)
         skin_like = np.exp(-(((np.log(guide @ LUMA) - skin.log_y) / GUIDE_FEATURE_LEVEL) ** 2))
-        readable = sources * skin_like
-        faint = np.where(layout.rest, 1.0 / (fill_reach * R) ** 2, 0.0) if fill_reach > 0 else np.zeros(N)
-        faint = np.minimum(faint, np.maximum(1.0 - readable, 0.0))
-        total = readable + faint
-        filled = _pull_push(
-            (readable[:, None] * ratio / np.maximum(total, 1e-12)[:, None]).reshape(R, R, 3), total.reshape(R, R)
-        ).reshape(N, 3)
+        filled = _fill(ratio, sources * skin_like, 0.0, layout, R, fill_reach)
         albedo = sources[:, None] * value + (1.0 - sources[:, None]) * guide * np.exp(filled)
-    elif skin is not None and fill_reach > 0:
-        # a faint source of the skin's own colour on every texel: what lies further than ~fill_reach of the map from
-        # any data takes the skin's colour, not the average of whatever was seen at the map's far ends (bits of
-        # neck, ear or collar weigh as much as the whole face at the pyramid's coarse levels)
-        faint = np.where(layout.rest, 1.0 / (fill_reach * R) ** 2, 0.0)
-        faint = np.minimum(faint, np.maximum(1.0 - sources, 0.0))  # the pyramid's weights stay within [0, 1]
-        mixed = sources[:, None] * value + faint[:, None] * skin.colour()
-        fill_value, sources = mixed / np.maximum(sources + faint, 1e-12)[:, None], sources + faint
-        albedo = _pull_push(fill_value.reshape(R, R, 3), sources.reshape(R, R)).reshape(N, 3)
     else:
-        albedo = _pull_push(value.reshape(R, R, 3), sources.reshape(R, R)).reshape(N, 3)
+        albedo = _fill(value, sources, None if skin is None else skin.colour(), layout, R, fill_reach)
     albedo[layout.openings] += weight[layout.openings, None] * (value - albedo)[layout.openings]
 
     source = np.zeros(N, np.uint8)
@@ -915,6 +900,19 @@ def match_skin_tone(
     return np.clip(toned, 0.0, 1.0).reshape(albedo.shape)
 
 
+def _fill(value: np.ndarray, weight: np.ndarray, far: Any, layout: _Layout, R: int, fill_reach: float) -> np.ndarray:
+    """The pull-push completion of (R², C) ``value`` taken with (R², ) ``weight`` in [0, 1]; with ``far`` (None:
+    without), a faint source of it on every texel outside the face's regions: what lies further than ~``fill_reach``
+    of the map from any data takes ``far``, not the average of whatever was seen at the map's far ends (bits of
+    neck, ear or collar weigh as much as the whole face at the pyramid's coarse levels)."""
+    if far is not None and fill_reach > 0:
+        faint = np.where(layout.rest, 1.0 / (fill_reach * R) ** 2, 0.0)
+        faint = np.minimum(faint, np.maximum(1.0 - weight, 0.0))  # the pyramid's weights stay within [0, 1]
+        value = (weight[:, None] * value + faint[:, None] * far) / np.maximum(weight + faint, 1e-12)[:, None]
+        weight = weight + faint
+    return _pull_push(value.reshape(R, R, -1), weight.reshape(R, R)).reshape(R * R, -1)
+
+
 def _fill_guide(
     model: geo.FaceModelArrays, prior: np.ndarray, skin: SkinModel, R: int, grey: bool = False
 ) -> np.ndarray | None:
@@ -940,12 +938,11 @@ def _fill_guide(
     return np.maximum(guide, 1e-3)
 
 
-def _check_prior(prior: np.ndarray) -> np.ndarray:
-    """``prior`` as float64, or a ValueError naming what it should be."""
-    arr = np.asarray(prior, np.float64)
+def _check_prior(prior: np.ndarray) -> None:
+    """A ValueError naming what ``prior`` should be, unless it is a finite (S, S, 3) map."""
+    arr = np.asarray(prior)
     if arr.ndim != 3 or arr.shape[0] != arr.shape[1] or arr.shape[2] != 3 or not np.all(np.isfinite(arr)):
         raise ValueError(f"prior: expected a finite (S, S, 3) map, got {arr.shape}")
-    return arr
 
 
 def _prepared_prior(model: geo.FaceModelArrays, prior: np.ndarray, R: int) -> tuple[np.ndarray, ...] | None:
@@ -958,7 +955,7 @@ def _prepared_prior(model: geo.FaceModelArrays, prior: np.ndarray, R: int) -> tu
         return hit[1][1]
     from PIL import Image
 
-    arr = _check_prior(prior)
+    arr = np.asarray(prior, np.float64)  # (validated by extract)
     if arr.shape[0] != R:
         arr = _resample(arr, R, Image.BILINEAR)
     scaled = np.clip(arr, 0.0, 1.0).reshape(-1, 3).astype(np.float64)

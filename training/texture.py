@@ -554,11 +554,12 @@ def mean_albedo(resolution: int, maps: int = FILL_PRIOR_MAPS, seed: int = 0) -> 
     stage fills towards (the service fills towards its bundle's AlbedoGAN at ``w_avg``, calibrated to the same
     mean: ``service.pipeline.mean_map``). Measured on 21 held-out renders (``benchmarks/texture_extraction.py``, its
     ``after`` row against the flat fill): the same gains as the bundle's mean map, within 0.1 dB per region."""
+    from service.pipeline import generator_image
     from training.albedo_mean import training_mean
 
     data = {"kind": "synthetic", "num_samples": int(maps), "seed": int(seed), "holdout": 0}
-    mean, _ = training_mean(data, int(resolution), int(maps))  # (3, R, R) in the maps' [-1, 1] sRGB units
-    return srgb_to_linear(np.clip((np.transpose(mean, (1, 2, 0)) + 1.0) / 2.0, 0.0, 1.0))
+    mean, _ = training_mean(data, int(resolution), int(maps))  # (3, R, R) in the generator's [-1, 1] sRGB units
+    return srgb_to_linear(generator_image(mean))
 
 
 def _run(
