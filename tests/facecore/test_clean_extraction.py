@@ -131,12 +131,9 @@ def test_teeth_seen_through_the_lips_stay_out_of_them(model, scene):
     img = img.copy()
     lips = texture.uv_regions(model, R)["lips"]
     lip = np.array([0.42, 0.12, 0.10])  # linear, redder and darker than the skin
-    mouth = geo.landmarks_3d(model, verts[None])[0][48:68]
     # the photo: the lips' colour over the lips' landmark polygon, white teeth in a band through its middle
-    centre = px.mean(0)
-    mouth_px = centre + (texture_px(model, verts, mouth) - centre) * 1.04
     rows, cols = np.mgrid[0 : img.shape[0], 0 : img.shape[1]]
-    (x0, y0), (x1, y1) = mouth_px.min(0), mouth_px.max(0)
+    (x0, y0), (x1, y1) = landmark_box(model, verts, px, slice(48, 68))
     box = (cols >= x0) & (cols <= x1) & (rows >= y0) & (rows <= y1)
     img[box] = lip
     teeth = box & (np.abs(rows - (y0 + y1) / 2) <= 0.12 * (y1 - y0))  # a quarter of the lips
@@ -160,6 +157,14 @@ def texture_px(model, verts, points):
     lo, hi = verts.min(0), verts.max(0)
     view = render_ortho(verts, model.faces, size, (lo[:2] + hi[:2]) / 2, float(max(hi[:2] - lo[:2])) * 1.05)
     return view.to_pixel(points[:, :2])
+
+
+def landmark_box(model, verts, px, index: slice) -> np.ndarray:
+    """((x0, y0), (x1, y1)): the photo's box around the face's landmarks ``index`` where the scene's fit (4 % too
+    large, pixels ``px``) puts them."""
+    centre = px.mean(0)
+    points = centre + (texture_px(model, verts, geo.landmarks_3d(model, verts[None])[0][index]) - centre) * 1.04
+    return np.stack([points.min(0), points.max(0)])
 
 
 def test_landmark_warp_moves_the_face_by_the_residual_and_nothing_far_from_it(model, scene):
@@ -222,10 +227,8 @@ def test_brows_are_kept_as_seen_but_not_a_bright_background_on_them(model, scene
     img, _, _, verts, px = scene
     img = img.copy()
     brows = texture.uv_regions(model, R)["brows"]
-    centre = px.mean(0)
-    brow_px = centre + (texture_px(model, verts, geo.landmarks_3d(model, verts[None])[0][17:27]) - centre) * 1.04
     rows, cols = np.mgrid[0 : img.shape[0], 0 : img.shape[1]]
-    (x0, y0), (x1, y1) = brow_px.min(0), brow_px.max(0)
+    (x0, y0), (x1, y1) = landmark_box(model, verts, px, slice(17, 27))
     pad = 0.15 * (y1 - y0 + 10)
     # the brows' hair starts a little below the scene's fringe (hair continuous with the fringe is the fringe's:
     # test_a_fringe_over_the_brows_is_not_kept_as_brows)
@@ -538,10 +541,7 @@ def test_a_prior_fills_its_features_at_the_photos_tone_where_the_photo_gave_noth
 
     img, _, _, verts, px = scene
     regions = texture.uv_regions(model, R)
-    eyes_px = texture_px(model, verts, geo.landmarks_3d(model, verts[None])[0][36:48])
-    centre = px.mean(0)
-    eyes_px = centre + (eyes_px - centre) * 1.04
-    (x0, y0), (x1, y1) = eyes_px.min(0), eyes_px.max(0)
+    (x0, y0), (x1, y1) = landmark_box(model, verts, px, slice(36, 48))
     rows, cols = np.mgrid[0 : img.shape[0], 0 : img.shape[1]]
     pad = 0.8 * (y1 - y0)
     glasses = (rows >= y0 - pad) & (rows <= y1 + pad) & (cols >= x0 - pad) & (cols <= x1 + pad)
@@ -577,8 +577,7 @@ def test_a_fringe_over_the_brows_is_not_kept_as_brows(model, scene):
     img, _, _, verts, px = scene
     brows = texture.uv_regions(model, R)["brows"]
     lm = texture_px(model, verts, geo.landmarks_3d(model, verts[None])[0])
-    centre = px.mean(0)
-    (x0, y0), (x1, y1) = (centre + (lm[17:27] - centre) * 1.04).min(0), (centre + (lm[17:27] - centre) * 1.04).max(0)
+    (x0, y0), (x1, y1) = landmark_box(model, verts, px, slice(17, 27))
     rows, cols = np.mgrid[0 : img.shape[0], 0 : img.shape[1]]
     dark_brows = img.copy()  # dark brow hair, a few pixels below the scene's fringe
     dark_brows[(rows >= y0 - 2) & (rows <= y1 + 3) & (cols >= x0) & (cols <= x1)] = np.array([0.03, 0.02, 0.015])
@@ -601,10 +600,7 @@ def test_lips_lighter_than_a_dark_skin_are_kept_and_teeth_are_not(model, scene):
     dark = img.copy()
     dark[~bad] *= 0.3  # skin (0.135, 0.075, 0.05)
     lip, tooth = np.array([0.25, 0.09, 0.08]), np.array([0.5, 0.47, 0.42])
-    mouth = texture_px(model, verts, geo.landmarks_3d(model, verts[None])[0][48:60])
-    centre = px.mean(0)
-    mouth = centre + (mouth - centre) * 1.04
-    (x0, y0), (x1, y1) = mouth.min(0), mouth.max(0)
+    (x0, y0), (x1, y1) = landmark_box(model, verts, px, slice(48, 60))
     rows, cols = np.mgrid[0 : img.shape[0], 0 : img.shape[1]]
     box = (cols >= x0) & (cols <= x1) & (rows >= y0) & (rows <= y1)
     middle = (np.abs(cols - (x0 + x1) / 2) <= 0.15 * (x1 - x0)) & (np.abs(rows - (y0 + y1) / 2) <= 0.15 * (y1 - y0))
