@@ -1,12 +1,15 @@
 """What one photo can tell of identity: the floors under the face-region identity error (issue 13).
 
-    python benchmarks/identity_ceiling.py [--count 16] [--noise 0 0.02 0.046] [--prior-samples 400]
+    python benchmarks/identity_ceiling.py [--count 16] [--noise 0 0.02 0.046] [--prior-samples 3000]
 
 1. **Size.** A weak-perspective photo does not show the head's size in millimetres (the camera's scale trades
    against it). A prediction with every identity's *exact* shape at the prior mean's size (its region's RMS radius)
    is scored against the truth over the face region (the NoW-like crop of ``training.evaluation.identity_region``),
    centred, rigidly aligned and similarity-aligned, relative to the prior mean face's error: the floor any
-   single-photo method meets unless it reads size from cues (sex, age, build).
+   single-photo method meets unless it reads size from cues (sex, age, build). How much of the size the face's
+   *proportions* tell (the exact shape scaled to unit size → log size, a linear least-squares fit on the first
+   two thirds of the draws, PCA-reduced; scored on the last third): the floor of a method whose proportions are
+   exact and that reads size from them linearly.
 2. **68 landmarks.** On renders of the synthetic source (stream 777011, identities from the adult prior) the
    identity is fitted to the renders' true 2-D landmarks plus Gaussian noise of ``--noise`` eye-corner distances
    (the shipped localiser's held-out error is ~0.046), by Gauss–Newton in the prior's whitened coordinates with a
@@ -23,6 +26,8 @@ import numpy as np
 
 from facecore import geometry as geo
 from facecore.refine import landmark_model
+
+PROPORTION_COMPONENTS = 60
 
 
 def region_errors(metric, pred: np.ndarray, true: np.ndarray) -> dict[str, np.ndarray]:
@@ -41,13 +46,28 @@ def size_floor(metric, arrays, samples: int) -> None:
     def radius(v: np.ndarray) -> np.ndarray:
         return np.sqrt((v**2).sum(-1).mean(-1))
 
-    exact = true * (radius(mean) / radius(true))[:, None, None]
+    unit = true / radius(true)[:, None, None]  # the proportions alone
+    exact = unit * radius(mean)[:, None, None]
     got, ref = region_errors(metric, exact, true), region_errors(metric, mean, true)
     print(f"1. size: {samples} adult-prior identities, region size std {np.std(radius(true) / radius(mean)):.3f}")
     print("   exact shape at the mean size vs the mean face, face-region mean vertex distance (mm):")
     for name in got:
         g, r = got[name].mean(), ref[name].mean()
         print(f"   {name:>10}: {g:5.2f} vs {r:5.2f}  ratio {g / r:.3f}")
+    fit, test = slice(0, 2 * samples // 3), slice(2 * samples // 3, samples)
+    flat = unit.reshape(samples, -1)
+    centre = flat[fit].mean(0)
+    basis = np.linalg.svd(flat[fit] - centre, full_matrices=False)[2][:PROPORTION_COMPONENTS]
+    design = np.c_[(flat - centre) @ basis.T, np.ones(samples)]
+    log_size = np.log(radius(true))
+    coef = np.linalg.lstsq(design[fit], log_size[fit], rcond=None)[0]
+    scaled = unit[test] * np.exp(design[test] @ coef)[:, None, None]
+    residual = log_size[test] - design[test] @ coef
+    r2 = 1.0 - residual.var() / log_size[test].var()
+    got, ref = region_errors(metric, scaled, true[test]), region_errors(metric, mean[test], true[test])
+    print(f"   size read linearly from the exact proportions ({PROPORTION_COMPONENTS} components, fitted on "
+          f"{fit.stop}, scored on {samples - fit.stop}): R² of log size {r2:.2f}; ratio to the mean face "
+          + ", ".join(f"{name} {got[name].mean() / ref[name].mean():.3f}" for name in got))  # fmt: skip
 
 
 def landmark_fit(arrays, item, noise: float, free: bool, rng: np.random.Generator) -> np.ndarray:
@@ -97,7 +117,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--count", type=int, default=16, help="renders per landmark setting")
     ap.add_argument("--noise", type=float, nargs="*", default=[0.0, 0.02, 0.046], help="eye-corner distances")
-    ap.add_argument("--prior-samples", type=int, default=400)
+    ap.add_argument("--prior-samples", type=int, default=3000)
     args = ap.parse_args()
     fm = FaceModel.from_file()
     arrays = fm.arrays
