@@ -660,3 +660,41 @@ def test_a_greyscale_photos_fill_takes_no_colour_from_the_prior(model, scene, mo
     assert np.median(guide @ texture.LUMA) < 0.8 * (out.skin.colour() @ texture.LUMA)  # darker than the skin
     texture.extract(model, verts, px, img, R, prior=prior)
     assert np.median(np.log(guides[1][lips][:, 0] / guides[1][lips][:, 1])) > 0.8  # a colour photo's: red
+
+
+def test_skin_where_the_fit_puts_the_lips_is_filled_as_lips(model, scene, monkeypatch):
+    """A fit whose lips are off the photo's (an open mouth fitted closed, a wrong lip height): the lower half of
+    the lips' texels looks at the skin under the photo's lips. Texels nearer the skin's colour model than the lips'
+    own are not taken but filled towards the prior's lips in this skin's tone (taken as seen, they made skin-coloured
+    lips: synthetic held-out lips 29.1 → 30.8 dB); the texels on the photo's lips stay."""
+    img, _, bad, verts, px = scene
+    lip = np.array([0.42, 0.12, 0.10])
+    (x0, y0), (x1, y1) = landmark_box(model, verts, px, slice(48, 60))
+    rows, cols = np.mgrid[0 : img.shape[0], 0 : img.shape[1]]
+    box = (cols >= x0) & (cols <= x1) & (rows >= y0) & (rows <= y1)
+    on_photo_lips = box & (rows <= (y0 + y1) / 2)
+    photo = img.copy()
+    photo[on_photo_lips] = lip  # the photo's lips: the upper half of where the fit puts them; skin below
+    regions = texture.uv_regions(model, R)
+    lips = regions["lips"]
+    prior = np.tile(SKIN, (R, R, 1))
+    prior[lips] = lip
+    for rule in (False, True):
+        monkeypatch.setattr(texture, "LIPS_SKIN_TEST", rule)
+        out = texture.extract(model, verts, px, photo, R, prior=prior)
+        own = np.isfinite(out.pixel[..., 0]) & lips
+        col = np.clip(np.rint(out.pixel[own][:, 0]).astype(int), 0, img.shape[1] - 1)
+        row = np.clip(np.rint(out.pixel[own][:, 1]).astype(int), 0, img.shape[0] - 1)
+        on_skin, on_lip = np.zeros_like(lips), np.zeros_like(lips)
+        on_skin[own] = ~on_photo_lips[row, col] & ~bad[row, col]
+        on_lip[own] = on_photo_lips[row, col]
+        assert on_skin.sum() >= 20 and on_lip.sum() >= 30
+        redness = np.log(out.albedo[..., 0] / out.albedo[..., 1])
+        skin_redness = float(np.log(SKIN[0] / SKIN[1]))
+        if not rule:  # taken as seen: skin-coloured lips
+            assert out.accepted[on_skin].mean() > 0.8
+            assert np.median(redness[on_skin]) < skin_redness + 0.1
+    assert out.accepted[on_skin].mean() < 0.1
+    assert out.accepted[on_lip].mean() > 0.5
+    # filled towards the prior's lips: lip-red, not skin
+    assert np.median(redness[on_skin]) > skin_redness + 0.5
