@@ -21,6 +21,7 @@ from models.stylegan2.ops import (
     normalize_2nd_moment,
     setup_filter,
     upsample2d,
+    upsampling_matrix,
 )
 
 logger = logging.getLogger(__name__)
@@ -418,6 +419,7 @@ class SynthesisNetwork(nn.Module):
         generator: torch.Generator | None = None,
         fused_modconv: bool | None = None,
         draw_until: int | None = None,
+        upsampling: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Synthesise images.
 
@@ -431,6 +433,8 @@ class SynthesisNetwork(nn.Module):
                 :meth:`last_drawing_resolution` the result is the same (the convolutions skipped feed nothing that
                 is drawn). For inference and export: a block skipped gets no gradient (a grown block's zeroed
                 ``torgb`` would never learn), and the resolution is found outside any trace (it reads weights).
+            upsampling: :meth:`skipped_upsampling` of ``draw_until``, computed once (an export passes it as a
+                constant; None: computed here).
 
         Returns:
             (B, img_channels, R, R) float32 images, roughly in [-1, 1].
@@ -447,14 +451,28 @@ class SynthesisNetwork(nn.Module):
         if last not in self.block_resolutions:
             raise ValueError(f"draw_until must be one of {self.block_resolutions}, got {draw_until}")
         for res in self.block_resolutions:
+            if res > last:  # draws nothing: the running image upsampled is the block's output (below, at once)
+                break
             block = getattr(self, f"b{res}")
-            if res > last:  # draws nothing: the running image upsampled is the block's output
-                img = upsample2d(img, block.resample_filter)
-                continue
             cur = ws[:, w_idx : w_idx + block.num_conv + block.num_torgb]
             x, img = block(x, img, cur, noise_mode=noise_mode, generator=generator, fused_modconv=fused)
             w_idx += block.num_conv
+        if last < self.img_resolution:
+            up = self.skipped_upsampling(last) if upsampling is None else upsampling
+            img = up @ img @ up.T
         return img if self.img_bias is None else self.img_bias + self.img_scale * img
+
+    def skipped_upsampling(self, draw_until: int) -> torch.Tensor:
+        """(R, draw_until) ``M``: the upsamplings of the blocks above ``draw_until`` as one matrix, the image
+        ``M @ img @ M.T`` (:func:`models.stylegan2.ops.upsampling_matrix`)."""
+        up = None
+        for res in self.block_resolutions:
+            if res > draw_until:
+                step = upsampling_matrix(getattr(self, f"b{res}").resample_filter, res // 2)
+                up = step if up is None else step @ up
+        if up is None:
+            raise ValueError(f"no block above {draw_until}²")
+        return up
 
 
 class Generator(nn.Module):

@@ -225,7 +225,8 @@ def test_modulated_conv_matches_per_sample_reference(up, down, demodulate, flip_
 def test_blocks_that_draw_nothing_only_upsample() -> None:
     """SynthesisNetwork(draw_until=R): a generator grown from 8² (training.albedo.grow_from zeroes the new blocks'
     torgb) and not trained since draws nothing above 8²; skipping those blocks' convolutions (and noise) gives the
-    same image, bit for bit. A block whose torgb draws again (its bias alone) is found."""
+    same image, within float rounding (their upsamplings are two matrix products). A block whose torgb draws again
+    (its bias alone) is found."""
     G = tiny_generator(32, mean_image=True)
     set_noise_strength(G, 0.3)
     syn = G.synthesis
@@ -238,13 +239,26 @@ def test_blocks_that_draw_nothing_only_upsample() -> None:
         assert syn.last_drawing_resolution() == 8
         ws = G.mapping(torch.randn(3, Z_DIM, generator=torch.Generator().manual_seed(1)), None)
         full = syn(ws)
-        assert torch.equal(syn(ws, draw_until=8), full)
-        assert not torch.equal(syn(ws, draw_until=4), full)  # b8 draws
+        assert torch.allclose(syn(ws, draw_until=8), full, atol=1e-6)
+        assert not torch.allclose(syn(ws, draw_until=4), full, atol=1e-3)  # b8 draws
         with pytest.raises(ValueError, match="draw_until"):
             syn(ws, draw_until=12)  # not a block's resolution
         syn.b32.torgb.bias.fill_(0.1)
         assert syn.last_drawing_resolution() == 32
         assert not torch.allclose(syn(ws, draw_until=8), syn(ws))
+
+
+def test_upsampling_matrix_is_upsample2d() -> None:
+    """ops.upsampling_matrix: M @ x @ M.T is upsample2d(x), borders included, for the default filter and others."""
+    from models.stylegan2.ops import upsampling_matrix
+
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    for taps in ((1, 3, 3, 1), (1, 2, 1), (1, 1)):
+        f = setup_filter(taps)
+        m = upsampling_matrix(f, 16)
+        assert m.shape == (32, 16)
+        assert torch.allclose(m @ x @ m.T, upsample2d(x, f), atol=1e-6)
+    assert upsampling_matrix(setup_filter((1, 3, 3, 1)), 16)[0, 0] == 0.75  # the zero-padded border
 
 
 def test_fused_equals_non_fused_for_the_whole_generator() -> None:

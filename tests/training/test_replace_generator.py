@@ -170,7 +170,9 @@ def test_ridge_recovers_a_linear_map_in_both_forms():
 def test_an_albedo_graph_exported_again_draws_the_same_maps_with_less(albedo_run, tiny_bundle, tmp_path, monkeypatch):
     """training.export --re-export-albedo: a bundle whose generator draws nothing at 32² (the top block's torgb
     zeroed, as a grown and untrained block is) but whose graph was exported with that block's convolutions gets a
-    graph without them and the same maps; a run that is not the bundle's is refused."""
+    graph without them and the same maps; a run that is not the bundle's is refused. --matrix-upsampling makes the
+    same graph from the bundle alone (and, for a generator that draws at its top, replaces its skip path's last
+    upsampling)."""
     import shutil
 
     import onnx
@@ -197,7 +199,8 @@ def test_an_albedo_graph_exported_again_draws_the_same_maps_with_less(albedo_run
         graph = onnx.load(str(bundle / "albedo.onnx")).graph
         return sum(n.op_type in ("Conv", "ConvTranspose") for n in graph.node)
 
-    assert convs(out) == convs(full) - 4, (convs(out), convs(full))  # the 32² block: its up, FIR, conv1, torgb
+    # the 32² block: its up, FIR, conv1, torgb; and the image's FIR upsampling (two matrix products now)
+    assert convs(out) == convs(full) - 5, (convs(out), convs(full))
     mapping = ort.InferenceSession(str(full / "mapping.onnx"), providers=["CPUExecutionProvider"])
     ws = mapping.run(None, {"z": np.random.default_rng(2).standard_normal((3, 32)).astype(np.float32)})[0]
     maps = [ort.InferenceSession(str(b / "albedo.onnx"), providers=["CPUExecutionProvider"]).run(None, {"ws": ws})[0]
@@ -206,3 +209,21 @@ def test_an_albedo_graph_exported_again_draws_the_same_maps_with_less(albedo_run
     assert load_bundle(out).manifest.version == "9.9.8"
     with pytest.raises(ExportError, match="differs"):  # the untouched run draws at 32²: not this bundle's generator
         export_main(["--re-export-albedo", str(albedo_run), "--bundle", str(full), "--out", str(tmp_path / "x")])
+    # without the run: the graph edited (--matrix-upsampling) to the same graph and maps as the re-export
+    edited = tmp_path / "edited"
+    assert export_main(["--matrix-upsampling", "--bundle", str(full), "--out", str(edited)]) == 0
+    assert convs(edited) == convs(out)
+    ops = [n.op_type for n in onnx.load(str(edited / "albedo.onnx")).graph.node]
+    assert ops.count("MatMul") >= 2 and "ConvTranspose" in ops  # the 16² block's up-convolution stays
+    got = ort.InferenceSession(str(edited / "albedo.onnx"), providers=["CPUExecutionProvider"]).run(None, {"ws": ws})
+    np.testing.assert_allclose(got[0], maps[0], atol=1e-5)
+    # a generator whose top block draws: the upsampling of its skip path becomes the products, the maps the same
+    drawing = tmp_path / "drawing"
+    assert export_main(["--matrix-upsampling", "--bundle", str(tiny_bundle), "--out", str(drawing)]) == 0
+    assert convs(drawing) == convs(tiny_bundle) - 1
+    ws = ort.InferenceSession(str(tiny_bundle / "mapping.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, {"z": np.random.default_rng(3).standard_normal((3, 32)).astype(np.float32)}
+    )[0]
+    maps = [ort.InferenceSession(str(b / "albedo.onnx"), providers=["CPUExecutionProvider"]).run(None, {"ws": ws})[0]
+            for b in (tiny_bundle, drawing)]  # fmt: skip
+    np.testing.assert_allclose(maps[1], maps[0], atol=1e-5)
