@@ -115,3 +115,20 @@ def test_missing_input_and_bad_bundle(tmp_path, capsys):
     assert "no such file or folder" in capsys.readouterr().err
     rc = main(["generate", "--seeds", "0", "--out", str(tmp_path / "o"), "--bundle", str(tmp_path), "-q"])
     assert rc == 2 and "error:" in capsys.readouterr().err
+
+
+def test_the_server_runs_numpys_blas_on_one_thread_unless_told_otherwise():
+    """``python -m service`` sets OPENBLAS_NUM_THREADS=1 before numpy loads (OpenBLAS's busy-waiting threads took the
+    cores from onnxruntime: /generate p50 48 → 21 ms on a 2-core CPU); a value the user set is kept."""
+    import os
+    import subprocess
+    import sys
+
+    code = "import service.__main__, numpy, os; print(os.environ['OPENBLAS_NUM_THREADS'])"
+    for given, want in ((None, "1"), ("2", "2")):
+        env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+        if given is not None:
+            env["OPENBLAS_NUM_THREADS"] = given
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert out.stdout.strip() == want
