@@ -232,12 +232,11 @@ def bench_onnx_vs_eager(bundle: Path, repeat: int = 5) -> list[tuple[int, float,
 
     manifest = json.loads((bundle / "manifest.json").read_text())
     G = Generator.from_config(GeneratorConfig.from_dict(manifest["generator_config"])).eval()
-    eager = AlbedoGraph(G)
     path = bundle / manifest["graphs"]["albedo"]["file"]
     # the same computation: the blocks the graph runs (a block that draws nothing is exported without its weights)
     names = {i.name for i in onnx.load(str(path)).graph.initializer}
     runs = [r for r in G.synthesis.block_resolutions if any(n.startswith(f"synthesis.b{r}.") for n in names)]
-    eager.draw_until = max(runs, default=G.synthesis.img_resolution)
+    eager = AlbedoGraph(G, draw_until=max(runs, default=G.synthesis.img_resolution))
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     print("\nAlbedoGAN synthesis, ONNX vs eager PyTorch (same config, this process, CPU), ms per call:")
     print(f"  {'batch':>5} | {'eager':>8} | {'onnxruntime':>11} | speed-up")

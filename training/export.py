@@ -55,10 +55,11 @@ class AlbedoGraph(nn.Module):
     draw nothing only upsample (``draw_until``: a generator grown to 256² and not trained since spends half its
     multiply-adds on the two new blocks, whose zeroed ``torgb`` adds nothing)."""
 
-    def __init__(self, generator: Generator):
+    def __init__(self, generator: Generator, draw_until: int | None = None):
         super().__init__()
         self.synthesis = generator.synthesis
-        self.draw_until = generator.synthesis.last_drawing_resolution()  # read once: the weights are final here
+        # read once (the weights are final here) unless given
+        self.draw_until = generator.synthesis.last_drawing_resolution() if draw_until is None else int(draw_until)
         up = None
         if self.draw_until < self.synthesis.img_resolution:
             with torch.no_grad():
@@ -602,8 +603,9 @@ def re_export_albedo(bundle: str | Path, albedo_run: str | Path, out: str | Path
 
 def matrix_upsampling(bundle: str | Path, out: str | Path, version: str | None = None) -> Path:
     """A copy of ``bundle`` whose ``albedo`` graph upsamples the image of its last drawing block to the map's size by
-    two matrix products, as :class:`AlbedoGraph` exports it now, instead of the zero insertion, padding and depthwise
-    FIR convolutions of the graphs exported before (2.3 → ~0.5 ms of a 256² map on this 2-core CPU). The graph is
+    two matrix products, as :class:`AlbedoGraph` exports the blocks that draw nothing now, instead of the zero
+    insertion, padding and depthwise FIR convolutions of the graphs exported before (2.3 → ~0.5 ms of a 256² map on
+    this 2-core CPU; where the top block draws, its skip path's upsampling becomes the products). The graph is
     edited, so the run it came from is not needed: the running image ``T`` (B, 3, d, d) and its upsampled ``U``
     (B, 3, R, R) are found by value on 8 latents of the bundle's mapping graph (``U = M T Mᵀ``, ``M`` the generator's
     resample filter's :meth:`SynthesisNetwork.skipped_upsampling`), ``U``'s readers read the products instead, and
@@ -641,15 +643,18 @@ def matrix_upsampling(bundle: str | Path, out: str | Path, version: str | None =
         size = values[out_name].shape[-1]
         filt = setup_filter(taps)
         found = None
-        for t_name in sorted((n for n in images if 4 <= shapes[n][2] < size), key=lambda n: shapes[n][2]):
+        # the running images: sides that double to the map's (a padded intermediate's 2h+3 is not one of them)
+        sides = [n for n in images if shapes[n][2] < size and size % shapes[n][2] == 0]
+        sides = [n for n in sides if (size // shapes[n][2]) & (size // shapes[n][2] - 1) == 0]
+        # the latest full-size image first: where a block that draws nothing is in the graph, its sum with the zeros
+        full_size = sorted((n for n in images if shapes[n][2] == size and n != out_name), key=lambda n: -order[n])
+        for t_name in sorted(sides, key=lambda n: shapes[n][2]):
             m = torch.eye(shapes[t_name][2])
             while m.shape[0] < size:
                 m = upsampling_matrix(filt, m.shape[0]) @ m
             m = m.numpy()
             up = m @ values[t_name] @ m.T
-            # the latest such image: where a block that draws nothing is in the graph, the sum with its (zero) drawing
-            full_size = [n for n in images if shapes[n][2] == size and n != out_name]
-            for u_name in sorted(full_size, key=lambda n: -order[n]):
+            for u_name in full_size:
                 if np.abs(values[u_name] - up).max() <= PARITY_TOL * max(1.0, float(np.abs(up).max())):
                     found = t_name, u_name, m
                     break
@@ -659,10 +664,12 @@ def matrix_upsampling(bundle: str | Path, out: str | Path, version: str | None =
             raise ExportError(f"{path.name}: no image upsampled by the generator's filter alone; nothing to edit")
         t_name, u_name, m = found
         g = model.graph
-        g.initializer.extend([numpy_helper.from_array(m.T.copy(), "upsampling_t"),
-                              numpy_helper.from_array(m, "upsampling")])  # fmt: skip
-        products = [helper.make_node("MatMul", [t_name, "upsampling_t"], [f"{u_name}_rows"]),
-                    helper.make_node("MatMul", ["upsampling", f"{u_name}_rows"], [f"{u_name}_matrix"])]  # fmt: skip
+        if g.node[order[u_name]].op_type == "MatMul":
+            raise ExportError(f"{path.name}: {u_name} is already a matrix product; nothing to edit")
+        left, right = f"{u_name}_upsampling", f"{u_name}_upsampling_t"
+        g.initializer.extend([numpy_helper.from_array(m.T.copy(), right), numpy_helper.from_array(m, left)])
+        products = [helper.make_node("MatMul", [t_name, right], [f"{u_name}_rows"]),
+                    helper.make_node("MatMul", [left, f"{u_name}_rows"], [f"{u_name}_matrix"])]  # fmt: skip
         nodes = []
         for node in g.node:  # U's readers read the products, which go just before the first of them
             if u_name in node.input and products:
@@ -682,12 +689,12 @@ def matrix_upsampling(bundle: str | Path, out: str | Path, version: str | None =
         g.initializer.extend(used)
         del g.value_info[:]
         onnx.checker.check_model(model)
-        worst = float(np.abs(run(model, feeds)[0] - values[out_name]).max())
+        onnx.save(model, str(path))
+        if spec["weights_dtype"] == "float16":
+            store_weights_fp16(path)
+        worst = float(np.abs(run(onnx.load(str(path)), feeds)[0] - values[out_name]).max())  # as stored
         if not worst <= PARITY_TOL * max(1.0, float(np.abs(values[out_name]).max())):
             raise ExportError(f"{path.name}: the edited graph differs from the bundle's by {worst:.2e}")
-        onnx.save(model, str(path))
-        if spec["weights_dtype"] == "float16":  # the matrices' entries (sums of products of the taps) are exact
-            store_weights_fp16(path)
         spec["sha256"] = sha256_file(path)
         spec["parity_max_abs"] = float(spec.get("parity_max_abs", 0.0)) + worst
         logger.info("albedo: %s (%d²) upsampled to %d² by two matrix products (max |old − new| %.1e over 8 latents)",

@@ -131,13 +131,11 @@ def upsampling_matrix(f: torch.Tensor, size: int, up: int = 2) -> torch.Tensor:
     separable filter ``f`` (an outer product, as :func:`setup_filter` makes from taps): the 1-D operator, borders
     included, read off :func:`upsample2d` itself. Two matrix products cost a fraction of the zero insertion, padding
     and depthwise convolution (an exported graph's upsampling of a 64² image to 256²: ~2.3 → ~0.5 ms on a CPU)."""
-    if size < 3:
-        raise ValueError(f"upsampling_matrix needs a size of 3 or more (an interior pixel), got {size}")
-    c = size // 2  # an interior column: its column of M sums to ``up`` (the DC gain per axis)
+    c = size // 2
     deltas = torch.zeros(size, 1, size, size, dtype=f.dtype, device=f.device)
     deltas[torch.arange(size), 0, torch.arange(size), c] = 1.0  # image k: one pixel at (k, c)
     out = upsample2d(deltas, f, up)[:, 0]  # image k: M[:, k] ⊗ M[:, c]
-    return out.sum(-1).T / out[c].sum().sqrt()
+    return out.sum(-1).T / out[c].sum().sqrt()  # rows sum to M[:, k]·ΣM[:, c]; image c sums to (ΣM[:, c])²
 
 
 def downsample2d(x: torch.Tensor, f: torch.Tensor, down: int = 2) -> torch.Tensor:

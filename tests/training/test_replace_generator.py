@@ -217,6 +217,8 @@ def test_an_albedo_graph_exported_again_draws_the_same_maps_with_less(albedo_run
     assert ops.count("MatMul") >= 2 and "ConvTranspose" in ops  # the 16² block's up-convolution stays
     got = ort.InferenceSession(str(edited / "albedo.onnx"), providers=["CPUExecutionProvider"]).run(None, {"ws": ws})
     np.testing.assert_allclose(got[0], maps[0], atol=1e-5)
+    with pytest.raises(ExportError, match="already a matrix product"):  # once is enough
+        export_main(["--matrix-upsampling", "--bundle", str(edited), "--out", str(tmp_path / "twice")])
     # a generator whose top block draws: the upsampling of its skip path becomes the products, the maps the same
     drawing = tmp_path / "drawing"
     assert export_main(["--matrix-upsampling", "--bundle", str(tiny_bundle), "--out", str(drawing)]) == 0
