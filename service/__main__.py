@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import os
+import argparse
+import logging
+import sys
+from pathlib import Path
 
-# numpy's OpenBLAS keeps its threads busy-waiting after every call; in the service, whose numpy work is small matrices
-# beside onnxruntime's threads, they took the cores from everything else. On this 2-core CPU, /generate paired with
-# bundle 1.0 over HTTP (p50): 48 → 21 ms with one BLAS thread (one 150² solve had taken 21 ms; the albedo graph 17 →
-# 8.5 ms). Set before numpy is imported; an OPENBLAS_NUM_THREADS of your own is kept.
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-
-import argparse  # noqa: E402
-import logging  # noqa: E402
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-from facecore.bundle import BundleError, load_bundle  # noqa: E402
-from service.settings import Settings  # noqa: E402
+from facecore.bundle import BundleError, load_bundle
+from service.settings import Settings
 
 
 def main(argv: list[str] | None = None) -> int:
