@@ -164,9 +164,10 @@ def test_procedural_texture_model_has_the_layouts_features(fm):
 def test_textured_stage_registers_the_features_beyond_noisy_landmarks(fm):
     # the targets are the true landmarks + 2 px noise (~0.05 inter-ocular distances, dlib's level); the textured
     # stage's brows, lids and lips bring the fitted inner landmarks closer to the *true* ones than the flat fit.
-    # Measured on 8 faces (2 noise draws): mean 0.104 → 0.087 / 0.107 → 0.089 of the inter-ocular distance, 15 of 16
-    # fits closer. On 3 faces it had been asserted per face, which a float-level change of the machine broke (one
-    # fit's trajectory: 0.114 → 0.142), so the claim is the mean and most faces
+    # Measured on these 8 faces with this noise draw and another: mean 0.104 → 0.087 / 0.107 → 0.089 of the
+    # inter-ocular distance, 15 of 16 fits closer, the worst +0.03. On 3 faces it had been asserted per face within
+    # 0.003, which a float-level change of the machine broke (one fit's trajectory: 0.114 → 0.142), so the claim is
+    # the mean, most faces, and no face far worse
     ds = SyntheticFaces(SyntheticConfig(image_size=128, albedo_size=128, seed=11), face_model=FaceModel(fm.arrays))
     batch = ds.batch(list(range(8)))
     images = [T.to_uint8(batch.image_srgb[i].permute(1, 2, 0).numpy()) for i in range(8)]
@@ -182,6 +183,7 @@ def test_textured_stage_registers_the_features_beyond_noisy_landmarks(fm):
         assert all(f.landmark_error < 0.15 for f in fits)  # still on its targets, within their noise
     assert errors["procedural"].mean() < 0.9 * errors["flat"].mean(), errors
     assert (errors["procedural"] < errors["flat"]).sum() >= 6, errors
+    assert np.all(errors["procedural"] < errors["flat"] + 0.05), errors
 
 
 def test_textured_stage_is_undone_when_it_leaves_the_landmarks(fm, batch, images):
