@@ -186,7 +186,10 @@ def detect_face(image: np.ndarray, detector: str) -> detect.FaceLandmarks:
     """The largest face (box and dlib's 5 points); PhotoError without one."""
     try:
         faces = detect.detect_landmarks5(image, detector=detector)
-        return detect.largest_face(faces, image.shape)
+        face = detect.largest_face(faces, image.shape)
+        if detect.upside_down(image, face):
+            raise PhotoError("image: the face is upside down; turn the photo upright")
+        return face
     except detect.NoFaceError as exc:
         raise PhotoError(f"image: {exc}") from exc
     except ValueError as exc:  # facecore.detect.check_image: too small, degenerate after downscaling, …
