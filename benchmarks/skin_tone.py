@@ -40,12 +40,23 @@ def main() -> None:
     what.add_argument("--fit", action="store_true", help="fit the calibration on these renders and print it")
     what.add_argument("--write", action="store_true", help="fit it and store it in the bundle's manifest")
     what.add_argument("--card", action="store_true", help="the table into the bundle's MODEL_CARD.md (block skin-tone)")
+    ap.add_argument(
+        "--exposure",
+        type=float,
+        default=None,
+        help="also score the photo maps of the renders auto-exposed to this face median luminance (linear), as "
+        "cameras expose: rows 'photo, auto-exposed' and 'uncalibrated photo, auto-exposed'",
+    )
     args = ap.parse_args()
     bundle = load_bundle(args.bundle)
     errors, _, flagged, failed = measure(bundle, args.count, args.seed, matched=True)
     errors["uncalibrated photo"] = measure(without_calibration(bundle), args.count, args.seed, photo_only=True)[0][
         "photo"
     ]
+    if args.exposure is not None:
+        for name, b in (("photo", bundle), ("uncalibrated photo", without_calibration(bundle))):
+            exposed = measure(b, args.count, args.seed, photo_only=True, exposure=args.exposure)[0]["photo"]
+            errors[f"{name}, auto-exposed"] = exposed
     n = len(errors["photo"])
     if not n:
         raise SystemExit(f"no render of stream {args.seed} to measure ({flagged} flagged, {failed} without a face)")
@@ -68,8 +79,15 @@ def main() -> None:
             f"stream {args.seed} ({flagged} with a colour flag, {failed} without a face left out), log units; "
             f"`python benchmarks/skin_tone.py --seed {args.seed} --count {args.count} --card`. The bundle's "
             f'skin-level line: {line} (its data: {tone.data if tone else "none"}); "uncalibrated photo" is the '
-            "photo de-lit without it.\n\n" + table(("", *(f"{k}: bias / p50 / p90" for k in NAMES)), rows)
+            "photo de-lit without it."
         )
+        if args.exposure is not None:
+            text = text.replace("--card`", f"--exposure {args.exposure} --card`") + (
+                f' "auto-exposed": the same renders, each scaled (linear) so that its face box\'s median luminance is '
+                f"{args.exposure}, as a camera exposes for a face: the light's level, which the line reads, is gone "
+                f"({len(errors['photo, auto-exposed'])} renders)."
+            )
+        text += "\n\n" + table(("", *(f"{k}: bias / p50 / p90" for k in NAMES)), rows)
         write_block("skin-tone", text, Path(args.bundle) / "MODEL_CARD.md")
         print(f"wrote the skin-tone block of {args.bundle}/MODEL_CARD.md")
     if not (args.fit or args.write):

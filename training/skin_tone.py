@@ -62,11 +62,20 @@ def shares(photo: np.ndarray, generated: np.ndarray) -> tuple[float, float]:
 
 
 def measure(
-    bundle: Bundle, count: int, seed: int, matched: bool = False, photo_only: bool = False
+    bundle: Bundle,
+    count: int,
+    seed: int,
+    matched: bool = False,
+    photo_only: bool = False,
+    exposure: float | None = None,
 ) -> tuple[dict[str, np.ndarray], np.ndarray, int, int]:
     """Errors against the truth, (N, 3) each: ``photo``, ``generated`` (no match; absent with ``photo_only`` or for
     a bundle without ``albedo=generated``) and, with ``matched``, the map as the service matches it now; the
-    truth's (N, 3); and how many renders had a colour flag (or no skin model) and how many no face."""
+    truth's (N, 3); and how many renders had a colour flag (or no skin model) and how many no face.
+
+    ``exposure``: each render auto-exposed first, as a camera's face-priority exposure does: its linear image scaled
+    so that the median luminance inside the face box dlib finds is ``exposure`` (clipped to 1). The renders
+    themselves keep the light's level, which a real camera takes away."""
     from PIL import Image
 
     from service import pipeline as P
@@ -101,6 +110,11 @@ def measure(
         item = faces.batch([i])
         image = color.to_uint8(item.image_srgb[0].permute(1, 2, 0).numpy())
         truth = skin_stats(model, resize_uv(item.albedo_uv, 256)[0].permute(1, 2, 0).numpy())
+        if exposure is not None:
+            image = auto_exposed(image, exposure)
+            if image is None:
+                failed += 1
+                continue
         try:
             meta, plain = reconstruct(image, False)
         except P.PhotoError:
@@ -118,6 +132,21 @@ def measure(
             rows["generated, tone matched"].append(skin_stats(model, reconstruct(image, True)[1]) - truth)
     errors = {k: np.array(v).reshape(-1, 3) for k, v in rows.items()}
     return errors, np.array(truths).reshape(-1, 3), flagged, failed
+
+
+def auto_exposed(image: np.ndarray, target: float) -> np.ndarray | None:
+    """(H, W, 3) uint8 ``image`` with its linear values scaled so the median luminance in its largest face box is
+    ``target`` (clipped to 1); None without a face."""
+    from facecore import detect
+
+    faces = detect.detect_landmarks5(image)
+    if not faces:
+        return None
+    h, w = image.shape[:2]
+    x0, y0, x1, y1 = np.clip(np.rint(faces[0].box).astype(int), 0, [w - 1, h - 1, w - 1, h - 1])
+    linear = color.srgb_to_linear(image / 255.0)
+    median = float(np.median(linear[y0 : y1 + 1, x0 : x1 + 1] @ texture.LUMA))
+    return color.to_uint8(color.linear_to_srgb(np.clip(linear * target / max(median, 1e-4), 0.0, 1.0)))
 
 
 def fit_level_map(photo_level: np.ndarray, truth_level: np.ndarray) -> tuple[float, float]:

@@ -72,3 +72,23 @@ def test_the_level_line_is_the_truths_least_squares_fit_on_the_photos_level():
     assert SkinToneCalibration(photo_level_offset=0.0, renders=1).level_map is None
     with pytest.raises(ValueError, match="come together"):
         SkinToneCalibration(photo_level_offset=0.0, level_slope=1.2, renders=1)
+
+
+def test_auto_exposure_sets_the_face_to_its_target_level():
+    """training.skin_tone.auto_exposed (the benchmark's camera-like exposure): the face box's median luminance becomes
+    the target whether the photo was dark or bright; no face, None."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    from facecore import color, detect, texture
+    from training.skin_tone import auto_exposed
+
+    photo = np.asarray(Image.open(Path(__file__).parents[1] / "fixtures" / "photos" / "cc0-interfaces-001.jpg"))
+    for gain in (0.4, 1.0):
+        dim = color.to_uint8(color.linear_to_srgb(color.srgb_to_linear(photo / 255.0) * gain))
+        exposed = auto_exposed(dim, 0.18)
+        x0, y0, x1, y1 = np.rint(detect.detect_landmarks5(exposed)[0].box).astype(int)
+        median = np.median(color.srgb_to_linear(exposed[y0 : y1 + 1, x0 : x1 + 1] / 255.0) @ texture.LUMA)
+        assert abs(median - 0.18) < 0.02, (gain, median)
+    assert auto_exposed(np.full((200, 200, 3), 128, np.uint8), 0.18) is None
