@@ -50,11 +50,10 @@ def main() -> None:
     args = ap.parse_args()
     bundle = load_bundle(args.bundle)
     errors, _, flagged, failed = measure(bundle, args.count, args.seed, matched=True)
-    errors["uncalibrated photo"] = measure(without_calibration(bundle), args.count, args.seed, photo_only=True)[0][
-        "photo"
-    ]
+    uncalibrated = without_calibration(bundle)
+    errors["uncalibrated photo"] = measure(uncalibrated, args.count, args.seed, photo_only=True)[0]["photo"]
     if args.exposure is not None:
-        for name, b in (("photo", bundle), ("uncalibrated photo", without_calibration(bundle))):
+        for name, b in (("photo", bundle), ("uncalibrated photo", uncalibrated)):
             exposed = measure(b, args.count, args.seed, photo_only=True, exposure=args.exposure)[0]["photo"]
             errors[f"{name}, auto-exposed"] = exposed
     n = len(errors["photo"])
@@ -74,15 +73,16 @@ def main() -> None:
         tone = bundle.manifest.skin_tone
         line = "none" if tone is None or tone.level_map is None else (
             f"{tone.level_intercept:.3f} + {tone.level_slope:.3f} · y")  # fmt: skip
+        exposed = "" if args.exposure is None else f" --exposure {args.exposure}"
         text = (
             f"The skin (cheeks, nose, forehead) of /reconstruct's maps against the truth on {n} held-out renders of "
             f"stream {args.seed} ({flagged} with a colour flag, {failed} without a face left out), log units; "
-            f"`python benchmarks/skin_tone.py --seed {args.seed} --count {args.count} --card`. The bundle's "
+            f"`python benchmarks/skin_tone.py --seed {args.seed} --count {args.count}{exposed} --card`. The bundle's "
             f'skin-level line: {line} (its data: {tone.data if tone else "none"}); "uncalibrated photo" is the '
             "photo de-lit without it."
         )
         if args.exposure is not None:
-            text = text.replace("--card`", f"--exposure {args.exposure} --card`") + (
+            text += (
                 f' "auto-exposed": the same renders, each scaled (linear) so that its face box\'s median luminance is '
                 f"{args.exposure}, as a camera exposes for a face: the light's level, which the line reads, is gone "
                 f"({len(errors['photo, auto-exposed'])} renders)."

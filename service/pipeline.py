@@ -183,17 +183,17 @@ MAX_REFINED_ERROR = 0.15
 
 
 def detect_face(image: np.ndarray, detector: str) -> detect.FaceLandmarks:
-    """The largest face (box and dlib's 5 points); PhotoError without one."""
+    """The largest face (box and dlib's 5 points); PhotoError without one, or with one upside down."""
     try:
         faces = detect.detect_landmarks5(image, detector=detector)
         face = detect.largest_face(faces, image.shape)
-        if detect.upside_down(image, face):
-            raise PhotoError("image: the face is upside down; turn the photo upright")
-        return face
     except detect.NoFaceError as exc:
         raise PhotoError(f"image: {exc}") from exc
     except ValueError as exc:  # facecore.detect.check_image: too small, degenerate after downscaling, …
         raise PhotoError(str(exc) if str(exc).startswith("image:") else f"image: {exc}") from exc
+    if detect.upside_down(image, face):  # (the image passed detection's checks above)
+        raise PhotoError("image: the face is upside down; turn the photo upright")
+    return face
 
 
 def find_face(
