@@ -10,8 +10,9 @@ cheeks, nose and forehead) is compared with the truth's: log-chroma (log R/G, lo
 photo's own skin model (the result's ``texture.skin_srgb``). Renders with a colour flag are counted and left out.
 
 "uncalibrated photo" is the photo de-lit without the bundle's calibration. The bundle's calibration
-(``manifest.json["skin_tone"]``: the line from the photo's de-lit skin level to the truth's, the level bias left,
-and the photo's share of the tone the match gives the map) is fitted on these renders
+(``manifest.json["skin_tone"]``: the map from the photo's de-lit skin level and chroma to the truth's level, the
+level bias left, and the photo's share of the tone the match gives the map) is fitted on these renders, as drawn
+and auto-exposed
 (:func:`training.skin_tone.calibrate`: ``--fit`` prints it, ``--write`` stores it, as the training's export stage
 does): fit it on stream 20261207 (the default), then ``--seed 20261125 --card`` (``benchmarks/bundle_metrics.py``'s
 stream) scores it on other renders and writes the table into the bundle's model card (block ``skin-tone``).
@@ -24,11 +25,17 @@ from pathlib import Path
 
 import numpy as np
 
-from facecore.bundle import load_bundle
+from facecore.bundle import SkinToneCalibration, load_bundle
 from service.settings import EMBEDDED_BUNDLE
 from training.skin_tone import calibrate, measure, without_calibration, write_calibration
 
 NAMES = ("log R/G", "log B/G", "log Y")
+
+
+def level_text(cal: SkinToneCalibration) -> str:
+    """The calibration's skin-level map as a formula."""
+    a, b, c_rg, c_bg = cal.level_map
+    return f"{a:.3f} + {b:.3f} · y {c_rg:+.3f} · log R/G {c_bg:+.3f} · log B/G"
 
 
 def main() -> None:
@@ -71,20 +78,19 @@ def main() -> None:
         from readme import table, write_block
 
         tone = bundle.manifest.skin_tone
-        line = "none" if tone is None or tone.level_map is None else (
-            f"{tone.level_intercept:.3f} + {tone.level_slope:.3f} · y")  # fmt: skip
+        line = "none" if tone is None or tone.level_map is None else level_text(tone)
         exposed = "" if args.exposure is None else f" --exposure {args.exposure}"
         text = (
             f"The skin (cheeks, nose, forehead) of /reconstruct's maps against the truth on {n} held-out renders of "
             f"stream {args.seed} ({flagged} with a colour flag, {failed} without a face left out), log units; "
             f"`python benchmarks/skin_tone.py --seed {args.seed} --count {args.count}{exposed} --card`. The bundle's "
-            f'skin-level line: {line} (its data: {tone.data if tone else "none"}); "uncalibrated photo" is the '
-            "photo de-lit without it."
+            f"skin level, from the photo's de-lit skin (y its log-luminance, log R/G and log B/G its chroma): {line} "
+            f'(its data: {tone.data if tone else "none"}); "uncalibrated photo" is the photo de-lit without it.'
         )
         if args.exposure is not None:
             text += (
                 f' "auto-exposed": the same renders, each scaled (linear) so that its face box\'s median luminance is '
-                f"{args.exposure}, as a camera exposes for a face: the light's level, which the line reads, is gone "
+                f"{args.exposure}, as a camera exposes for a face: the light's level is gone, the chroma stays "
                 f"({len(errors['photo, auto-exposed'])} renders)."
             )
         text += "\n\n" + table(("", *(f"{k}: bias / p50 / p90" for k in NAMES)), rows)
@@ -93,9 +99,8 @@ def main() -> None:
     if not (args.fit or args.write):
         return
     cal = calibrate(bundle, args.count, args.seed)[0]
-    print(f"fitted here: photo level {cal.level_intercept:.4f} + {cal.level_slope:.4f} · y, then offset "
-          f"{cal.photo_level_offset:+.4f}; the photo's share: chroma {cal.chroma_weight}, "
-          f"level {cal.level_weight}")  # fmt: skip
+    print(f"fitted here: photo level {level_text(cal)}, then offset {cal.photo_level_offset:+.4f}; the photo's "
+          f"share: chroma {cal.chroma_weight}, level {cal.level_weight}")  # fmt: skip
     if args.write:
         write_calibration(args.bundle, cal)
         print(f"wrote skin_tone into {args.bundle}/manifest.json")

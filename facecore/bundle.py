@@ -120,8 +120,10 @@ class LocaliserSpec(BaseModel):
 class SkinToneCalibration(BaseModel):
     """How the photo's de-lit skin level relates to the truth with this bundle's light, and how far to trust the
     photo's skin against the generated map's own, on held-out renders (:mod:`training.skin_tone`, the export
-    stage's last step). /reconstruct de-lights the photo to the level ``level_intercept + level_slope · y`` (``y``
-    its de-lit skin's log-luminance: a light guessed from one photo regresses to the mean); its ``albedo=generated``
+    stage's last step). /reconstruct de-lights the photo to the level ``level_intercept + level_slope · y +
+    level_chroma · c`` (``y`` its de-lit skin's log-luminance: a light guessed from one photo regresses to the mean,
+    and a camera's exposure moves it; ``c`` the skin's log R/G, log B/G, which exposure leaves alone and which
+    follow the skin's pigment, hence its level); its ``albedo=generated``
     tone match corrects the photo's level by the offset and moves the map's chroma and level that fraction of the
     way to the photo's (``service.pipeline.tone``; without the fractions, all the chroma and the level beyond
     ``TONE_LEVEL_TOLERANCE``)."""
@@ -131,7 +133,10 @@ class SkinToneCalibration(BaseModel):
     chroma_weight: float | None = Field(None, ge=0.0, le=1.0, description="the photo's share of the log-chroma")
     level_weight: float | None = Field(None, ge=0.0, le=1.0, description="the photo's share of the log-luminance")
     level_intercept: float | None = Field(None, ge=-5.0, le=5.0, description="truth level ≈ intercept + slope · de-lit")
-    level_slope: float | None = Field(None, ge=0.25, le=4.0, description="(log-luminance of the photo's skin)")
+    level_slope: float | None = Field(None, ge=0.0, le=4.0, description="(log-luminance of the photo's skin)")
+    level_chroma: tuple[float, float] | None = Field(
+        None, description="+ these · the photo's skin log R/G, log B/G (none: 0)"
+    )
     renders: int = Field(ge=1)
     data: str = ""
 
@@ -141,15 +146,17 @@ class SkinToneCalibration(BaseModel):
             raise ValueError("skin_tone: chroma_weight and level_weight come together (or neither)")
         if (self.level_intercept is None) != (self.level_slope is None):
             raise ValueError("skin_tone: level_intercept and level_slope come together (or neither)")
+        if self.level_chroma is not None and (self.level_slope is None or max(map(abs, self.level_chroma)) > 20.0):
+            raise ValueError("skin_tone: level_chroma needs level_intercept and level_slope, and lies within ±20")
         return self
 
     @property
-    def level_map(self) -> tuple[float, float] | None:
-        """``(intercept, slope)`` for :func:`facecore.texture.extract` (the photo's de-lit skin level mapped to the
-        truth's expected level), or None."""
+    def level_map(self) -> tuple[float, float, float, float] | None:
+        """``(intercept, slope, log R/G coefficient, log B/G coefficient)`` for :func:`facecore.texture.extract` (the
+        photo's de-lit skin level mapped to the truth's expected level), or None."""
         if self.level_slope is None or self.level_intercept is None:
             return None
-        return self.level_intercept, self.level_slope
+        return self.level_intercept, self.level_slope, *(self.level_chroma or (0.0, 0.0))
 
 
 class Manifest(BaseModel):

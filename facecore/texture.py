@@ -597,7 +597,7 @@ def extract(
     lip_luminance: float = 0.4,
     relight: bool = False,
     skin_luminance: tuple[float, float] | None = SKIN_LUMINANCE,
-    level_map: tuple[float, float] | None = None,
+    level_map: tuple[float, ...] | None = None,
     fill_reach: float = FILL_REACH,
     prior: np.ndarray | None = None,
 ) -> CleanTexture:
@@ -639,11 +639,13 @@ def extract(
         skin_luminance: the skin albedo's plausible median luminance; with ``sh``, a light that de-lights the
             skin outside it is scaled to its bound (:func:`bound_albedo_level`); None: never.
         fill_reach: see :data:`FILL_REACH`; 0: the pyramid fill alone.
-        level_map: ``(intercept, slope)``: the de-lit skin's log-luminance ``y`` (its :class:`SkinModel`'s) becomes
-            ``intercept + slope · y`` (within ``skin_luminance``), the whole map scaled by one factor and the light
-            by its inverse. A light guessed from one photo regresses to the mean, so dark skin comes out too light
-            and fair skin too dark; a bundle stores the least-squares map from its de-lit level to the truth's on
-            held-out renders (``SkinToneCalibration.level_map``, :mod:`training.skin_tone`). None: as de-lit.
+        level_map: ``(intercept, slope[, c_rg, c_bg])``: the de-lit skin's log-luminance ``y`` (its
+            :class:`SkinModel`'s) becomes ``intercept + slope · y + c_rg · log R/G + c_bg · log B/G`` (the skin
+            model's chroma; within ``skin_luminance``), the whole map scaled by one factor and the light by its
+            inverse. A light guessed from one photo regresses to the mean (dark skin comes out too light, fair skin
+            too dark) and a camera's exposure moves the photo's level, while the skin's chroma follows its pigment
+            and is left alone by exposure; a bundle stores the least-squares map to the truth's level on held-out
+            renders (``SkinToneCalibration.level_map``, :mod:`training.skin_tone`). None: as de-lit.
         prior: a (S, S, 3) linear albedo map of the layout (any S: resampled; a face's features at their texels,
             e.g. the bundle's AlbedoGAN at its mean latent) the fill follows where the photo gave nothing (step 3);
             None: the smooth fill alone. Used only when a skin model was fitted.
@@ -711,7 +713,8 @@ def extract(
         # the skin's de-lit level mapped to the truth's expected level (the light takes the inverse factor, so
         # albedo × light, the render over the photo, is unchanged), within the skin bound
         bounds = np.log(skin_luminance) if skin_luminance is not None else (-np.inf, np.inf)
-        target = float(np.clip(level_map[0] + level_map[1] * skin.log_y, *bounds))
+        a, b, *c = level_map
+        target = float(np.clip(a + b * skin.log_y + (np.dot(c, skin.mean) if c else 0.0), *bounds))
         k = math.exp(target - skin.log_y)
         raw, feature = raw * k, feature * k
         texel_shading = texel_shading / k

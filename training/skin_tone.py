@@ -10,17 +10,22 @@ nose and forehead) of two estimates of the face's tone is set against the truth'
 result's ``texture.skin_srgb``) and AlbedoGAN's map at the latent read off it — in log R/G, log B/G and
 log-luminance. Two passes over the same renders; stored (``--dry-run``: printed only):
 
-- ``level_intercept``, ``level_slope`` (first pass, the bundle uncalibrated): the least-squares line from the
-  photo's de-lit skin log-luminance to the truth's. The light the encoder guesses from one photo regresses to the
-  mean (bundle 2.0.0: slope 1.4–1.5, the darkest quarter of skins de-lit 0.35–0.5 too light in log, the fairest
-  0.24 too dark), and /reconstruct de-lights to the line's level (:func:`facecore.texture.extract`);
+- ``level_intercept``, ``level_slope``, ``level_chroma`` (first pass, the bundle uncalibrated): the least-squares
+  map from the photo's de-lit skin — its log-luminance and its log R/G, log B/G — to the truth's log-luminance, on
+  the renders both as drawn and auto-exposed (:func:`auto_exposed`, as a camera exposes for a face). The light the
+  encoder guesses from one photo regresses to the mean (bundle 2.0.0: slope 1.4–1.5, the darkest quarter of skins
+  de-lit 0.35–0.5 too light in log, the fairest 0.24 too dark), and a camera's exposure takes the light's level
+  away altogether (a line on the level alone, fitted as drawn: log-luminance error p50 0.17 as drawn, 0.57
+  auto-exposed); the skin's chroma follows its pigment, as its level does, and exposure leaves it alone.
+  /reconstruct de-lights to the map's level (:func:`facecore.texture.extract`);
 - then (second pass, the photo de-lit to that level, which the latent graph reads too):
   ``photo_level_offset``: the photo's mean log-luminance error, negated (≈ 0 after the line);
 - ``chroma_weight``, ``level_weight``: the photo's share of the combination ``own + w · (photo − own)`` with the
   least mean squared error, ``w = (E[g²] − E[p·g]) / E[(p − g)²]`` (``p``: the photo's error with the bias
   removed, ``g``: the generated map's), the chroma's two channels pooled; each within [0, 1].
 
-Renders without a face found, or whose photo carries a colour flag (the match leaves those alone), are skipped.
+Both passes pool the renders as drawn and auto-exposed to :data:`AUTO_EXPOSURE`. Renders without a face found,
+or whose photo carries a colour flag (the match leaves those alone), are skipped.
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ from facecore import geometry as geo
 from facecore.bundle import Bundle, SkinToneCalibration, edited_copy, load_bundle
 
 DEFAULT_SEED = 20261207
+AUTO_EXPOSURE = 0.18
+"""The face box's median linear luminance :func:`auto_exposed` sets (a camera's mid-grey)."""
 logger = logging.getLogger(__name__)
 
 
@@ -149,17 +156,23 @@ def auto_exposed(image: np.ndarray, target: float) -> np.ndarray | None:
     return color.to_uint8(color.linear_to_srgb(np.clip(linear * target / max(median, 1e-4), 0.0, 1.0)))
 
 
-def fit_level_map(photo_level: np.ndarray, truth_level: np.ndarray) -> tuple[float, float]:
-    """``(intercept, slope)`` of the least-squares line truth ≈ intercept + slope · photo (log-luminances), the
-    slope within the manifest's bounds [0.25, 4]."""
-    x, y = np.asarray(photo_level, np.float64), np.asarray(truth_level, np.float64)
-    if len(x) < 10 or x.std() <= 0:
+def fit_level_map(photo: np.ndarray, truth_level: np.ndarray) -> tuple[float, float, float, float]:
+    """``(intercept, slope, c_rg, c_bg)`` of the least-squares map truth ≈ intercept + slope · y + c_rg · log R/G +
+    c_bg · log B/G from the photo's de-lit skin (N, 3: log R/G, log B/G, log-luminance y) to the truth's
+    log-luminance, the slope within the manifest's bounds [0, 4] (the rest refitted at a clipped slope)."""
+    x, y = np.asarray(photo, np.float64).reshape(-1, 3), np.asarray(truth_level, np.float64)
+    if len(x) < 10 or (x.std(0) <= 0).any():
         raise SystemExit(f"only {len(x)} renders (or no spread) to fit the photo's skin level on: too few")
-    slope = float(np.clip(np.cov(x, y, bias=True)[0, 1] / x.var(), 0.25, 4.0))
-    intercept = float(y.mean() - slope * x.mean())
-    if abs(intercept) > 5.0:
-        raise SystemExit(f"the photo's skin level line has an intercept of {intercept:.2f}: outside [-5, 5]")
-    return intercept, slope
+    design = np.c_[np.ones(len(x)), x[:, 2], x[:, :2]]
+    coef = np.linalg.lstsq(design, y, rcond=None)[0]
+    if not 0.0 <= coef[1] <= 4.0:
+        slope = float(np.clip(coef[1], 0.0, 4.0))
+        rest = np.linalg.lstsq(design[:, [0, 2, 3]], y - slope * x[:, 2], rcond=None)[0]
+        coef = np.array([rest[0], slope, rest[1], rest[2]])
+    if abs(coef[0]) > 5.0 or np.abs(coef[2:]).max() > 20.0:
+        raise SystemExit(f"the photo's skin level map {np.round(coef, 2).tolist()}: outside the manifest's bounds")
+    intercept, slope, c_rg, c_bg = (float(c) for c in coef)
+    return intercept, slope, c_rg, c_bg
 
 
 def with_calibration(bundle: Bundle, cal: SkinToneCalibration | None) -> Bundle:
@@ -172,16 +185,28 @@ def without_calibration(bundle: Bundle) -> Bundle:
     return with_calibration(bundle, None)
 
 
+def pooled(bundle: Bundle, count: int, seed: int, **kwargs) -> tuple[dict[str, np.ndarray], np.ndarray, int, int]:
+    """:func:`measure` on the renders as drawn and auto-exposed to :data:`AUTO_EXPOSURE`, concatenated."""
+    drawn, exposed = (measure(bundle, count, seed, exposure=e, **kwargs) for e in (None, AUTO_EXPOSURE))
+    errors = {k: np.concatenate([drawn[0][k], exposed[0][k]]) for k in drawn[0]}
+    return errors, np.concatenate([drawn[1], exposed[1]]), drawn[2] + exposed[2], drawn[3] + exposed[3]
+
+
 def calibrate(bundle: Bundle, count: int, seed: int) -> tuple[SkinToneCalibration, dict[str, np.ndarray], int, int]:
     """Both passes (the module's docstring): the calibration, the second pass's errors, and how many renders had a
-    colour flag and how many no face."""
-    errors, truth, _, _ = measure(without_calibration(bundle), count, seed, photo_only=True)
-    intercept, slope = fit_level_map(errors["photo"][:, 2] + truth[:, 2], truth[:, 2])
-    line = {"level_intercept": round(intercept, 4), "level_slope": round(slope, 4)}
+    colour flag and how many no face (each render counted as drawn and auto-exposed)."""
+    errors, truth, _, _ = pooled(without_calibration(bundle), count, seed, photo_only=True)
+    intercept, slope, c_rg, c_bg = fit_level_map(errors["photo"] + truth, truth[:, 2])
+    line = {
+        "level_intercept": round(intercept, 4),
+        "level_slope": round(slope, 4),
+        "level_chroma": (round(c_rg, 4), round(c_bg, 4)),
+    }
     level = SkinToneCalibration(photo_level_offset=0.0, renders=len(truth), **line)
-    errors, _, flagged, failed = measure(with_calibration(bundle, level), count, seed)
+    errors, _, flagged, failed = pooled(with_calibration(bundle, level), count, seed)
     n = len(errors["photo"])
-    cal = fit(errors, f"training.data.synthetic stream {seed}, 224 px, {n} renders without a colour flag")
+    data = f"training.data.synthetic stream {seed}, 224 px, as drawn and auto-exposed: {n} renders, no colour flag"
+    cal = fit(errors, data)
     return SkinToneCalibration.model_validate({**cal.model_dump(), **line}), errors, flagged, failed
 
 
@@ -212,9 +237,10 @@ def calibrate_bundle(
         raise SystemExit(f"{bundle_dir}: the bundle cannot reconstruct a photo: no skin tone to calibrate")
     cal, errors, flagged, failed = calibrate(bundle, count, seed)
     logger.info(
-        "skin tone on %d of %d renders (%d with a colour flag, %d without a face): photo level %.4f + %.4f · y, "
-        "then offset %+.4f; the photo's share: chroma %s, level %s", cal.renders, count, flagged, failed,
-        cal.level_intercept, cal.level_slope, cal.photo_level_offset, cal.chroma_weight, cal.level_weight,
+        "skin tone on %d of %d renders × 2 exposures (%d with a colour flag, %d without a face): photo level "
+        "%.4f + %.4f · y + %s · (log R/G, log B/G), then offset %+.4f; the photo's share: chroma %s, level %s",
+        cal.renders, 2 * count, flagged, failed, cal.level_intercept, cal.level_slope, cal.level_chroma,
+        cal.photo_level_offset, cal.chroma_weight, cal.level_weight,
     )  # fmt: skip
     if write:
         write_calibration(bundle_dir, cal)

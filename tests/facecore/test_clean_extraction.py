@@ -319,8 +319,9 @@ def test_an_over_or_under_exposed_photo_keeps_a_skin_level_and_says_so(model, sc
 
 
 def test_a_level_map_moves_the_skins_level_along_its_line_and_keeps_the_render(model, scene):
-    """texture.extract(level_map=(a, b)): the de-lit skin's log-luminance y becomes a + b·y (a light guessed from one
-    photo regresses to the mean: a bundle stores the line from its de-lit level to the truth's), the whole map by one
+    """texture.extract(level_map=(a, b[, c_rg, c_bg])): the de-lit skin's log-luminance y becomes a + b·y + c·chroma
+    (a light guessed from one photo regresses to the mean and exposure moves it, the skin's chroma follows its
+    pigment: a bundle stores the map from its de-lit skin to the truth's level), the whole map by one
     factor and the light by its inverse (albedo × light, the render over the photo, unchanged), within the skin
     bound; the chroma, what is accepted and the skin model's spread are untouched."""
     img, truth, bad, verts, px = scene
@@ -328,9 +329,13 @@ def test_a_level_map_moves_the_skins_level_along_its_line_and_keeps_the_render(m
     flat[0] = 1.0 / texture.sh_basis(np.array([[0.0, 0.0, 1.0]]))[0, 0]
     plain = texture.extract(model, verts, px, img, R, sh=flat)
     y = plain.skin.log_y
-    for a, b in ((0.0, 1.0), (-0.6, 1.5), (-0.4, 0.8), (0.3, 1.0)):  # y ≈ -1.25: -1.25, -2.48, -1.40, -0.95
-        out = texture.extract(model, verts, px, img, R, sh=flat, level_map=(a, b))
-        target = a + b * y
+    # targets: y ≈ -1.25, -2.48, -1.40, -0.95, -1.50 (the last from the chroma alone)
+    maps = ((0.0, 1.0), (-0.6, 1.5), (-0.4, 0.8), (0.3, 1.0), (-2.0, 0.0, 1.5, 1.0))
+    for a, b, *c in maps:
+        out = texture.extract(model, verts, px, img, R, sh=flat, level_map=(a, b, *c))
+        target = a + b * y + (np.dot(c, plain.skin.mean) if c else 0.0)
+        assert not c or abs(target - a) > 0.1  # the chroma term counts (and the target stays within skin's bounds:)
+        assert np.log(texture.SKIN_LUMINANCE[0]) < target < np.log(texture.SKIN_LUMINANCE[1])
         assert abs(out.skin.log_y - target) < 1e-9 and np.allclose(out.skin.mean, plain.skin.mean)
         k = np.exp(target - y)
         assert np.allclose(out.sh, flat / k) and np.array_equal(out.accepted, plain.accepted)

@@ -46,32 +46,54 @@ def test_fit_stores_the_photos_level_bias_and_shares():
     assert 0.7 < cal.chroma_weight < 0.9 and 0.05 < cal.level_weight < 0.2  # 0.8 and 0.1 in expectation
 
 
-def test_the_level_line_is_the_truths_least_squares_fit_on_the_photos_level():
+def test_the_level_map_is_the_truths_least_squares_fit_on_the_photos_level_and_chroma():
     """A photo level that regresses to the mean (truth = 0.6 + 1.4 · photo + noise, as bundle 2.0.0's light gives):
     the line is recovered, and mapping the photo's level along it beats the photo's own level with its mean bias
-    removed; a slope beyond the manifest's bound is clipped, and too few renders or an intercept beyond the
-    manifest's bound are refused."""
+    removed. A level an exposure took away (the photo's level random) while the chroma follows the pigment: the
+    map reads the level off the chroma, slope near 0. A slope beyond the manifest's bounds is clipped (the rest
+    refitted), and too few renders or coefficients beyond the manifest's bounds are refused."""
     from facecore.bundle import SkinToneCalibration
     from training.skin_tone import fit_level_map
 
     rng = np.random.default_rng(2)
-    photo = rng.normal(-1.5, 0.45, 400)
-    truth = 0.6 + 1.4 * photo + rng.normal(0, 0.2, 400)
-    a, b = fit_level_map(photo, truth)
-    assert abs(b - 1.4) < 0.07 and abs(a - 0.6) < 0.12
-    mapped, debiased = a + b * photo, photo + (truth - photo).mean()
+    n = 400
+    chroma_noise = rng.normal(0, 0.03, (n, 2))
+    photo = np.c_[chroma_noise, rng.normal(-1.5, 0.45, n)]
+    truth = 0.6 + 1.4 * photo[:, 2] + rng.normal(0, 0.2, n)
+    a, b, c_rg, c_bg = fit_level_map(photo, truth)
+    assert abs(b - 1.4) < 0.07 and abs(a - 0.6) < 0.12 and max(abs(c_rg), abs(c_bg)) < 1.0
+    mapped, debiased = a + b * photo[:, 2], photo[:, 2] + (truth - photo[:, 2]).mean()
     assert np.sqrt(((mapped - truth) ** 2).mean()) < 0.8 * np.sqrt(((debiased - truth) ** 2).mean())
-    centred = photo - photo.mean()
-    assert np.allclose(fit_level_map(centred, 9.0 * centred), (0.0, 4.0))
-    with pytest.raises(SystemExit, match="intercept"):
-        fit_level_map(photo, photo + 9.0)
+
+    pigment = rng.uniform(0, 1, n)  # fair 0 … dark 1: redder, less blue and darker
+    truth = -0.8 - 2.0 * pigment + rng.normal(0, 0.05, n)
+    exposed = np.c_[0.2 + 0.3 * pigment + chroma_noise[:, 0], -0.3 - 0.4 * pigment + chroma_noise[:, 1], photo[:, 2]]
+    a, b, c_rg, c_bg = fit_level_map(exposed, truth)
+    err = a + b * exposed[:, 2] + c_rg * exposed[:, 0] + c_bg * exposed[:, 1] - truth
+    assert abs(b) < 0.05 and np.median(np.abs(err)) < 0.15 < np.median(np.abs(truth - truth.mean()))
+
+    centred = photo - photo.mean(0)
+    fit = fit_level_map(centred, 9.0 * centred[:, 2])
+    assert fit[1] == 4.0 and abs(fit[0]) < 1e-9
+    assert fit_level_map(centred, -centred[:, 2])[1] == 0.0
+    with pytest.raises(SystemExit, match="bounds"):
+        fit_level_map(photo, photo[:, 2] + 9.0)
     with pytest.raises(SystemExit, match="too few"):
         fit_level_map(photo[:9], truth[:9])
-    cal = SkinToneCalibration(photo_level_offset=0.0, level_intercept=a, level_slope=b, renders=400)
-    assert cal.level_map == (a, b)
+    cal = SkinToneCalibration(
+        photo_level_offset=0.0, level_intercept=a, level_slope=b, level_chroma=(c_rg, c_bg), renders=n
+    )
+    assert cal.level_map == (a, b, c_rg, c_bg)
+    assert SkinToneCalibration(photo_level_offset=0.0, level_intercept=a, level_slope=1.0, renders=1).level_map == (
+        a, 1.0, 0.0, 0.0
+    )  # fmt: skip
     assert SkinToneCalibration(photo_level_offset=0.0, renders=1).level_map is None
     with pytest.raises(ValueError, match="come together"):
         SkinToneCalibration(photo_level_offset=0.0, level_slope=1.2, renders=1)
+    with pytest.raises(ValueError, match="level_chroma"):
+        SkinToneCalibration(photo_level_offset=0.0, level_chroma=(1.0, 1.0), renders=1)
+    with pytest.raises(ValueError, match="level_chroma"):
+        SkinToneCalibration(photo_level_offset=0.0, level_intercept=0, level_slope=1, level_chroma=(30, 0), renders=1)
 
 
 def test_auto_exposure_sets_the_face_to_its_target_level():
