@@ -448,6 +448,7 @@ def fit_light(
     iterations: int = 4,
     min_shading: float = 0.15,
     min_lit: float = 0.9,
+    colour_prior: float | None = None,
 ) -> np.ndarray:
     """The SH light (9, 3) whose shape explains a photo's skin at its normals, at ``sh``'s level and colour.
 
@@ -468,6 +469,17 @@ def fit_light(
     measures the re-fit against the encoder's light. If the fitted light left more than 1 − ``min_lit`` of the
     samples' shading below ``min_shading`` × its mean (a light that leaves the skin it was fitted to unlit
     explains it badly), it is blended back towards ``sh``.
+
+    ``colour_prior``: the light's two sides may differ in colour, as a warm key light beside a cool fill from the
+    sky does (fixture 001: log R/G 0.31 on the side in shade, 0.62 on the lit side; de-lit by one light colour, its
+    shaded half came out lilac beside a warm half). After the luminance fit, each channel's constant and
+    left–right terms are fitted to that channel, with the luminance fit's weights (what no light explains stays
+    out) and a ridge of this relative strength towards the luminance shape; the up–down, front and quadratic terms
+    stay the luminance shape's, because a face's own colour varies in those directions (a beard or stubble below,
+    a flush on both cheeks: fitted per channel they tinted fixture 006's lower face green), not from side to side.
+    Each channel then keeps ``sh``'s mean shading over the samples, as above, so the albedo's level and average
+    tone are unchanged and only how the light's colour varies across the face is read off the skin. None: one shape
+    for every channel.
 
     Args:
         normals: (N, 3) unit normals of the skin samples (camera space, +z towards the camera).
@@ -499,9 +511,26 @@ def fit_light(
     mean = float((B @ fitted).mean())
     if mean <= 0:
         return sh
+    shapes = np.repeat(fitted[:, None], 3, 1)
+    if colour_prior is not None:  # each channel's constant and side-to-side terms, towards the luminance shape
+        shade = B @ fitted
+        free = [0, 1]  # the constant and x (left–right) terms
+        rest = B[:, 2:] @ fitted[2:]
+        lam = colour_prior * w.sum() * np.eye(len(free)) * float((B[:, 0] ** 2).mean())
+        A = B[:, free] * w[:, None]
+        for c in range(3):
+            colour = np.asarray(colours, np.float64)[:, c]
+            scale = float((w * colour * shade).sum() / max((w * shade * shade).sum(), 1e-12))  # the albedo's share
+            if scale > 0:
+                rhs = A.T @ (colour / scale - rest) + lam @ fitted[free]
+                shapes[free, c] = np.linalg.solve(A.T @ B[:, free] + lam, rhs)
+        shapes += (fitted - shapes @ LUMA)[:, None]  # the colour only: the luminance stays the fitted shape
     # the fitted shape in every channel at the starting light's mean shading over the samples (the constant term
     # alone would not keep the albedo's level: the faces' normals all point forwards)
-    light = fitted[:, None] * (start / mean)[None]
+    means = (B @ shapes).mean(0)
+    if np.any(means <= 0):
+        return sh
+    light = shapes * (start / means)[None]
     for alpha in (1.0, 0.5, 0.25):
         blend = sh + alpha * (light - sh)
         shade = B @ blend
@@ -510,6 +539,16 @@ def fit_light(
     return sh
 
 
+#: :func:`extract`: the smooth difference between a face's two sides is taken as the light's and removed, smoothed
+#: over boxes of this fraction of the map's width (twice); 0: not
+SYMMETRY_REACH = 1 / 24
+SYMMETRY_LIMIT = math.log(2.0)
+#: :func:`extract`: a mirrored texel takes the gain of the smoothed ratio between the taken texels near it and their
+#: mirrors, smoothed over boxes of this fraction of the map's width (twice); 0: copied as it is
+SEAM_REACH = 1 / 32
+SEAM_FADE = 1 / 8
+#: :func:`extract` with ``relight``: :func:`fit_light`'s ``colour_prior`` (None: one light colour in every direction)
+LIGHT_COLOUR_PRIOR: float | None = 0.3
 #: :func:`extract` with a prior: the log-ratio of what was taken to the prior's guide is spread within ±this,
 #: read where the guide's log-luminance is within about ``GUIDE_FEATURE_LEVEL`` of the skin's (not at features)
 GUIDE_RATIO_LIMIT = math.log(2.0)
@@ -686,13 +725,19 @@ def extract(
         unclipped &= ~blown
     exposure: tuple[str, ...] = ()
     level = 1.0  # the light's factor that brings the skin's albedo level within skin_luminance
+    fitted_on = None  # the normals a light whose colour differs by direction was fitted on
     if sh is not None and (relight or skin_luminance is not None):
         skin_samples = layout.seed_area[at] & (nrm[seen, 2] > 0.3) & unclipped
         if relight:  # the light's shape from the photo's own skin (fit_light)
-            sh = fit_light(nrm[seen][skin_samples], seen_colour[skin_samples], sh)
+            sh = fit_light(nrm[seen][skin_samples], seen_colour[skin_samples], sh, colour_prior=LIGHT_COLOUR_PRIOR)
+            fitted_on = nrm[seen][skin_samples] if LIGHT_COLOUR_PRIOR is not None else None
         if skin_luminance is not None:  # its level within skin's (bound_albedo_level)
             level, exposure = bound_albedo_level(nrm[seen][skin_samples], seen_colour[skin_samples], sh, skin_luminance)
     texel_shading = np.ones((len(texel), 3)) if sh is None else sh_basis(nrm) @ sh
+    if fitted_on is not None and len(fitted_on) >= 50:
+        # a light whose colour differs by direction is known only over the normals it was fitted on: elsewhere
+        # (the side turned away, a nose bridge seen edge-on) its colour is not extrapolated beyond theirs
+        texel_shading = _chroma_within(texel_shading, sh_basis(fitted_on) @ sh)
     seen_shading = texel_shading[seen]
     # which texels are lit is the light's shape, judged before its level is bounded: a bound that dims the light
     # (an under-exposed photo) must not leave the whole face "in shadow"
@@ -701,10 +746,11 @@ def extract(
         sh, texel_shading, seen_shading = sh * level, texel_shading * level, seen_shading * level
     raw = seen_colour / np.maximum(seen_shading, 0.05 * level)
     idx = at[lit]
-    # the skin model's features: the photo's own chroma (clipping the de-lit values would distort it) at the
-    # de-lit luminance
+    # the skin model's features: the de-lit colours, unclipped (clipping would distort their chroma); the photo's
+    # own chroma wherever the light is white, the light's colour taken out where it is not (fit_light's
+    # colour_prior: the skin on a face's cool side in shade is still skin)
     colour_ok = seen_colour[lit]
-    feature = colour_ok * ((raw[lit] @ LUMA) / np.maximum(colour_ok @ LUMA, 1e-6))[:, None]
+    feature = raw[lit]
     facing = np.zeros(N)
     facing[texel] = nrm[:, 2]
     seeds = layout.seed_area[idx] & (facing[idx] > 0.5)
@@ -815,13 +861,27 @@ def extract(
     # weights: facing fade-in and feathering away from everything not accepted
     feather = max(1, int(round(R / 96)))
     inside = _box_mean(_box_mean(accepted.reshape(R, R), feather), feather).reshape(-1)
-    w = accepted * np.clip((facing - min_facing) / 0.2, 0.0, 1.0) * np.clip(2.0 * inside - 0.5, 0.0, 1.0)
+    facing_well = accepted * np.clip((facing - min_facing) / 0.2, 0.0, 1.0)
+    w = facing_well * np.clip(2.0 * inside - 0.5, 0.0, 1.0)
     w = np.where(layout.keep_as_seen & accepted, np.maximum(w, 0.8 * accepted), w)
+    # the skin taken on both sides (not the features, which the layout does not mirror exactly), by how squarely
+    # each side faced the camera (a side seen edge-on is the least reliable)
+    pair = facing_well * _mirror(facing_well, R) * ~layout.keep_as_seen * ~_mirror(layout.keep_as_seen, R)
+    if SYMMETRY_REACH > 0:
+        # what differs smoothly between the face's two sides is the light's (the albedo's smooth variation is
+        # symmetric): both sides to their geometric mean
+        delit = delit * np.exp(-0.5 * _side_ratio(delit, pair, R, SYMMETRY_REACH))
     # the mirror never carries an eye opening onto skin or skin into an opening (the layout is not exactly
     # symmetric: the other eye's white would land on these lids)
     w_m = (1.0 - w) * _mirror(w, R) * (layout.openings == _mirror(layout.openings, R)) * ~local
     weight = w + w_m
-    mixed = w[:, None] * delit + w_m[:, None] * _mirror(delit, R)
+    mirrored = _mirror(delit, R)
+    if SEAM_REACH > 0:
+        # a mirrored texel takes the ratio of the taken texels near it to their mirrors: where one side was not
+        # taken, the copy of the other meets the taken skin at its level and colour, whatever made the sides differ
+        # there (light bounced off hair onto one temple, a shadow's edge: fixture 001's forehead and cheek)
+        mirrored = mirrored * np.exp(_side_ratio(delit, pair, R, SEAM_REACH, SEAM_FADE))
+    mixed = w[:, None] * delit + w_m[:, None] * mirrored
     value = np.where(weight[:, None] > 0, mixed / np.maximum(weight, 1e-12)[:, None], 0.0)
     # weight · value + (1 − weight) · (the pyramid's smooth completion): seamless by construction. The eye
     # openings are no source of that completion (their sclera and iris would spread onto the lids around them);
@@ -1229,6 +1289,45 @@ def _reached(mask: np.ndarray, seeds: np.ndarray, step: int) -> np.ndarray:
             break
         reached = grown
     return np.repeat(np.repeat(reached, step, 0), step, 1)[:H, :W] & mask
+
+
+def _chroma_within(shading: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """(N, 3) ``shading`` with each one's chroma (log of each channel over its luminance) clipped to the 2nd–98th
+    percentile of the (M, 3) ``reference`` shadings', its luminance kept."""
+
+    def chroma(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        y = np.maximum(a @ LUMA, 1e-9)
+        return np.log(np.maximum(a, 1e-9) / y[:, None]), y
+
+    ref, _ = chroma(reference)
+    own, y = chroma(shading)
+    clipped = np.clip(own, *np.percentile(ref, [2.0, 98.0], axis=0))
+    return np.where(shading > 0, y[:, None] * np.exp(clipped), shading)
+
+
+def _side_ratio(delit: np.ndarray, pair: np.ndarray, R: int, reach: float, fade: float = 0.0) -> np.ndarray:
+    """(R², 3) the log-ratio of each texel's value to its mirror's, smoothed over boxes of ``reach`` of the map
+    (twice), weighted by (R²,) ``pair`` (the texels taken on both sides, by how well), completed smoothly
+    (pull-push) beyond them and within ±:data:`SYMMETRY_LIMIT`; antisymmetric (its mirror is its negative). Zero
+    without pairs."""
+    if not pair.any():
+        return np.zeros((R * R, 3))
+    log = np.log(np.maximum(delit, 1e-3))
+    diff = (log - _mirror(log, R)) * pair[:, None]
+    r = max(1, int(round(R * reach)))
+
+    def smooth(a: np.ndarray) -> np.ndarray:
+        return _box_mean(_box_mean(a.reshape(R, R), r), r).reshape(-1)
+
+    density = smooth(pair)
+    ratio = np.stack([smooth(diff[:, c]) for c in range(3)], 1) / np.maximum(density, 1e-9)[:, None]
+    confidence = np.clip(2.0 * density, 0.0, 1.0)  # full where the neighbourhood is at least half pairs
+    filled = _pull_push(ratio.reshape(R, R, 3), confidence.reshape(R, R)).reshape(R * R, 3)
+    if fade > 0:  # towards 0 further than ~fade of the map from the pairs
+        f = max(1, int(round(R * fade / 2)))
+        near = _box_mean(_box_mean(np.clip(pair, 0.0, 1.0).reshape(R, R), f), f).reshape(-1)
+        filled = filled * np.clip(4.0 * near, 0.0, 1.0)[:, None]
+    return np.clip(filled, -SYMMETRY_LIMIT, SYMMETRY_LIMIT)
 
 
 def _mirror(a: np.ndarray, R: int) -> np.ndarray:
