@@ -4,6 +4,10 @@
 in the manifest when it was made, and every graph's ONNX parity).
 
     python benchmarks/bundle_card.py --run runs/default --bundle service/bundled/default
+    python benchmarks/bundle_card.py --components-only --bundle service/bundled/default
+
+``--components-only``: the ``components`` block alone, from the manifest (for a bundle edited after its run: a graph
+re-fitted or re-exported by its own command, which records its numbers in the manifest; the run may be gone).
 
 Reads ``RUN/stage_times.jsonl`` and ``RUN/config.yaml`` (the sizes each row states). ``training.run`` writes a
 stage's time when the stage finishes, so a run of it that was killed is not in the sum: its work up to its last
@@ -328,11 +332,23 @@ def record(run_dir: Path, bundle_dir: Path, machine: str, config: str = "trainin
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--run", type=Path, required=True, help="a training.run output folder")
+    what = ap.add_mutually_exclusive_group(required=True)
+    what.add_argument("--run", type=Path, help="a training.run output folder")
+    what.add_argument("--components-only", action="store_true", help="only the components block, from the manifest")
     ap.add_argument("--bundle", type=Path, required=True, help="the bundle folder its export stage wrote")
     ap.add_argument("--machine", default="a 2-core CPU (no GPU)", help="what the run ran on, for the card")
     ap.add_argument("--config", default="training/configs/default.yaml", help="the config the run was started with")
     args = ap.parse_args(argv)
+    if args.components_only:
+        card = args.bundle / "MODEL_CARD.md"
+        try:
+            block = components_block(json.loads((args.bundle / "manifest.json").read_text()))
+            write_block("components", block, card)
+        except (OSError, KeyError, ValueError, SystemExit) as exc:
+            print(f"error: {args.bundle}: {exc} (nothing written)", file=sys.stderr)
+            return 2
+        print(block)
+        return 0
     try:
         training = record(args.run, args.bundle, args.machine, args.config)
     except (FileNotFoundError, ValueError, SystemExit) as exc:

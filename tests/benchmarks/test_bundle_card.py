@@ -148,3 +148,23 @@ def test_components_are_the_numbers_the_fits_recorded():
     assert "kept from" not in bundle_card.components_block({**manifest, "localiser": loc})
     kept = {**manifest, "localiser": {**loc, "kept_from": "albedogan-default 1.8.1: not better"}}
     assert "**kept from albedogan-default 1.8.1: not better**" in bundle_card.components_block(kept)
+
+
+def test_components_only_rewrites_that_block_from_the_manifest_alone(tmp_path, capsys):
+    """A bundle edited after its run (a graph re-fitted by its own command; the run may be gone): --components-only
+    writes the components block from the manifest and leaves the rest of the card alone; a card without the block
+    or a folder without a manifest is an error (exit 2), nothing written."""
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    manifest = json.loads((ROOT / "service/bundled/default/manifest.json").read_text())
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    (bundle / "MODEL_CARD.md").write_text(CARD + "rest\n")
+    assert bundle_card.main(["--components-only", "--bundle", str(bundle)]) == 0
+    card = (bundle / "MODEL_CARD.md").read_text()
+    assert bundle_card.components_block(manifest).strip() in card
+    assert "<!-- recipe:begin -->\nold\n<!-- recipe:end -->" in card and card.endswith("rest\n")
+    (bundle / "MODEL_CARD.md").write_text("# card without blocks\n")
+    assert bundle_card.main(["--components-only", "--bundle", str(bundle)]) == 2
+    assert (bundle / "MODEL_CARD.md").read_text() == "# card without blocks\n"
+    assert bundle_card.main(["--components-only", "--bundle", str(tmp_path / "none")]) == 2
+    assert "nothing written" in capsys.readouterr().err
