@@ -14,9 +14,10 @@ many renders it beat the way before (RMSE over the whole face).
 
 Photos (no ground truth): the reconstruction rendered over the photo with the light it was de-lit with, inside the
 face (the jaw and brow contour shrunk by 20 %, eyes and mouth left out): the mean luminance difference render −
-photo (sRGB levels), for the first and the last way. Where the albedo keeps the photo's pixels the difference is 0
-by construction; it is not 0 where the extraction rejected skin as not explained by the light (and filled it from
-the mirror side or smoothly), which a wrong light makes happen on its dark side.
+photo (sRGB levels), for the first and the last way. With the encoder's light the difference is 0 where the albedo
+keeps the photo's pixels, and not where the extraction rejected skin as not explained by the light (and filled it
+from the mirror side or smoothly), which a wrong light makes happen on its dark side; the last way also evens out
+the face's two sides in the albedo, which the smooth light it is rendered with does not put back.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -117,6 +117,9 @@ class LocaliserSpec(BaseModel):
     )
 
 
+Coefficient = Annotated[float, Field(ge=-20.0, le=20.0)]
+
+
 class SkinToneCalibration(BaseModel):
     """How the photo's de-lit skin level relates to the truth with this bundle's light, and how far to trust the
     photo's skin against the generated map's own, on held-out renders (:mod:`training.skin_tone`, the export
@@ -134,7 +137,7 @@ class SkinToneCalibration(BaseModel):
     level_weight: float | None = Field(None, ge=0.0, le=1.0, description="the photo's share of the log-luminance")
     level_intercept: float | None = Field(None, ge=-5.0, le=5.0, description="truth level ≈ intercept + slope · de-lit")
     level_slope: float | None = Field(None, ge=0.0, le=4.0, description="(log-luminance of the photo's skin)")
-    level_chroma: tuple[float, float] | None = Field(
+    level_chroma: tuple[Coefficient, Coefficient] | None = Field(
         None, description="+ these · the photo's skin log R/G, log B/G (none: 0)"
     )
     renders: int = Field(ge=1)
@@ -146,8 +149,8 @@ class SkinToneCalibration(BaseModel):
             raise ValueError("skin_tone: chroma_weight and level_weight come together (or neither)")
         if (self.level_intercept is None) != (self.level_slope is None):
             raise ValueError("skin_tone: level_intercept and level_slope come together (or neither)")
-        if self.level_chroma is not None and (self.level_slope is None or max(map(abs, self.level_chroma)) > 20.0):
-            raise ValueError("skin_tone: level_chroma needs level_intercept and level_slope, and lies within ±20")
+        if self.level_chroma is not None and self.level_slope is None:
+            raise ValueError("skin_tone: level_chroma needs level_intercept and level_slope")
         return self
 
     @property

@@ -404,7 +404,8 @@ class CleanTexture:
     Attributes:
         albedo: (R, R, 3) de-lit albedo in [0, 1], every texel filled (the layout's gaps too).
         colour: (R, R, 3) the photo's colour at each seen texel (0 elsewhere).
-        shading: (R, R, 3) the SH shading at each texel's normal (1 where no light was given; 0 off the layout).
+        shading: (R, R, 3) the SH shading at each texel's normal (1 where no light was given; 0 off the layout),
+            before the evening out of the face's two sides (``SYMMETRY_REACH``), which ``sh`` does not hold either.
         source: (R, R) uint8 :data:`SOURCE_OUTSIDE` … :data:`SOURCE_REJECTED`.
         weight: (R, R) the photo's share of each texel's albedo (its own sample and its mirror's), in [0, 1].
         accepted: (R, R) bool: seen texels accepted as well-seen skin (or eye/brow/lip feature).
@@ -524,7 +525,7 @@ def fit_light(
             if scale > 0:
                 rhs = A.T @ (colour / scale - rest) + lam @ fitted[free]
                 shapes[free, c] = np.linalg.solve(A.T @ B[:, free] + lam, rhs)
-        shapes += (fitted - shapes @ LUMA)[:, None]  # the colour only: the luminance stays the fitted shape
+        shapes += (fitted - shapes @ LUMA)[:, None]  # the colour only: the luminance stays (about) the fitted shape
     # the fitted shape in every channel at the starting light's mean shading over the samples (the constant term
     # alone would not keep the albedo's level: the faces' normals all point forwards)
     means = (B @ shapes).mean(0)
@@ -759,6 +760,8 @@ def extract(
         # the skin's de-lit level mapped to the truth's expected level (the light takes the inverse factor, so
         # albedo × light, the render over the photo, is unchanged), within the skin bound
         bounds = np.log(skin_luminance) if skin_luminance is not None else (-np.inf, np.inf)
+        if len(level_map) not in (2, 4):
+            raise ValueError(f"level_map: (intercept, slope[, c_rg, c_bg]), not {len(level_map)} numbers")
         a, b, *c = level_map
         target = float(np.clip(a + b * skin.log_y + (np.dot(c, skin.mean) if c else 0.0), *bounds))
         k = math.exp(target - skin.log_y)
@@ -870,7 +873,9 @@ def extract(
     if SYMMETRY_REACH > 0:
         # what differs smoothly between the face's two sides is the light's (the albedo's smooth variation is
         # symmetric): both sides to their geometric mean
-        delit = delit * np.exp(-0.5 * _side_ratio(delit, pair, R, SYMMETRY_REACH))
+        # (not in the eye openings, whose sclera was toned down above; within [0, 1], as the map stores it)
+        gain = np.where(layout.openings[:, None], 0.0, -0.5 * _side_ratio(delit, pair, R, SYMMETRY_REACH))
+        delit = np.clip(delit * np.exp(gain), 0.0, 1.0)
     # the mirror never carries an eye opening onto skin or skin into an opening (the layout is not exactly
     # symmetric: the other eye's white would land on these lids)
     w_m = (1.0 - w) * _mirror(w, R) * (layout.openings == _mirror(layout.openings, R)) * ~local
@@ -1301,8 +1306,9 @@ def _chroma_within(shading: np.ndarray, reference: np.ndarray) -> np.ndarray:
 
     ref, _ = chroma(reference)
     own, y = chroma(shading)
-    clipped = np.clip(own, *np.percentile(ref, [2.0, 98.0], axis=0))
-    return np.where(shading > 0, y[:, None] * np.exp(clipped), shading)
+    out = np.exp(np.clip(own, *np.percentile(ref, [2.0, 98.0], axis=0)))
+    out *= (y / np.maximum(out @ LUMA, 1e-9))[:, None]
+    return np.where((shading > 0).all(1)[:, None], out, shading)
 
 
 def _side_ratio(delit: np.ndarray, pair: np.ndarray, R: int, reach: float, fade: float = 0.0) -> np.ndarray:
@@ -1323,6 +1329,7 @@ def _side_ratio(delit: np.ndarray, pair: np.ndarray, R: int, reach: float, fade:
     ratio = np.stack([smooth(diff[:, c]) for c in range(3)], 1) / np.maximum(density, 1e-9)[:, None]
     confidence = np.clip(2.0 * density, 0.0, 1.0)  # full where the neighbourhood is at least half pairs
     filled = _pull_push(ratio.reshape(R, R, 3), confidence.reshape(R, R)).reshape(R * R, 3)
+    filled = 0.5 * (filled - _mirror(filled, R))  # the pyramid is not mirror-symmetric where a level's size is odd
     if fade > 0:  # towards 0 further than ~fade of the map from the pairs
         f = max(1, int(round(R * fade / 2)))
         near = _box_mean(_box_mean(np.clip(pair, 0.0, 1.0).reshape(R, R), f), f).reshape(-1)

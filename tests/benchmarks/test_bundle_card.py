@@ -163,8 +163,10 @@ def test_components_only_rewrites_that_block_from_the_manifest_alone(tmp_path, c
     card = (bundle / "MODEL_CARD.md").read_text()
     assert bundle_card.components_block(manifest).strip() in card
     assert "<!-- recipe:begin -->\nold\n<!-- recipe:end -->" in card and card.endswith("rest\n")
+    capsys.readouterr()
     (bundle / "MODEL_CARD.md").write_text("# card without blocks\n")
     assert bundle_card.main(["--components-only", "--bundle", str(bundle)]) == 2
     assert (bundle / "MODEL_CARD.md").read_text() == "# card without blocks\n"
+    assert "nothing written" in capsys.readouterr().err
     assert bundle_card.main(["--components-only", "--bundle", str(tmp_path / "none")]) == 2
     assert "nothing written" in capsys.readouterr().err

@@ -248,9 +248,16 @@ def test_brows_are_kept_as_seen_but_not_a_bright_background_on_them(model, scene
     assert out.albedo[on_pink][:, 0].max() < 0.5  # filled from around, not pink
 
 
-def side_lit(model, scene, key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The scene's face lit from its side (+x) and the front, the side term in the colour ``key`` (3,): the photo
-    and the render's normals."""
+def ambient_guess() -> np.ndarray:
+    """The encoder's kind of mistake for :func:`side_lit`'s light: the right level and frontal part, no side light."""
+    guess = np.zeros((9, 3))
+    guess[0], guess[3] = 2.0, 0.5
+    return guess
+
+
+def side_lit(model, scene, key: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The scene's face lit from its side (+x) and the front, the side term in the colour ``key`` (3,): the photo,
+    the render's normals and its face pixels."""
     img, truth, bad, verts, px = scene
     size = img.shape[0]
     lo, hi = verts.min(0), verts.max(0)
@@ -264,7 +271,7 @@ def side_lit(model, scene, key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     light[0], light[1], light[3] = 2.0, 0.8 * key, 0.5
     lit = img.copy()
     lit[mask] *= texture.sh_basis(n) @ light
-    return lit.clip(0.0, 1.0), n
+    return lit.clip(0.0, 1.0), n, mask
 
 
 def test_the_light_refit_finds_the_side_light_the_start_missed(model, scene, monkeypatch):
@@ -275,21 +282,8 @@ def test_the_light_refit_finds_the_side_light_the_start_missed(model, scene, mon
     monkeypatch.setattr(texture, "SYMMETRY_REACH", 0.0)
     monkeypatch.setattr(texture, "SEAM_REACH", 0.0)
     img, truth, bad, verts, px = scene
-    size = img.shape[0]
-    lo, hi = verts.min(0), verts.max(0)
-    centre, extent = (lo[:2] + hi[:2]) / 2, float(max(hi[:2] - lo[:2])) * 1.05
-    view = render_ortho(verts, model.faces, size, centre, extent)
-    mask = view.face >= 0
-    normals = geo.vertex_normals(verts[None], model.faces)[0]
-    n = np.einsum("nk,nkc->nc", view.bary[mask], normals[model.faces[view.face[mask]]])
-    n /= np.linalg.norm(n, axis=1, keepdims=True)
-    true_light = np.zeros((9, 3))
-    true_light[0], true_light[1], true_light[3] = 2.0, 0.8, 0.5  # from the face's side (+x) and the front
-    lit = img.copy()
-    lit[mask] *= texture.sh_basis(n) @ true_light
-    lit = lit.clip(0.0, 1.0)
-    guess = np.zeros((9, 3))
-    guess[0], guess[3] = 2.0, 0.5  # the right level and frontal part, no side light
+    lit, n, mask = side_lit(model, scene, np.ones(3))
+    guess = ambient_guess()
     before = texture.extract(model, verts, px, lit, R, sh=guess)
     after = texture.extract(model, verts, px, lit, R, sh=guess, relight=True)
     assert before.sh is not None and np.array_equal(before.sh, guess)
@@ -745,9 +739,8 @@ def test_a_side_light_of_another_colour_is_read_off_the_skin(model, scene, monke
     monkeypatch.setattr(texture, "SYMMETRY_REACH", 0.0)  # the fit alone
     monkeypatch.setattr(texture, "SEAM_REACH", 0.0)
     img, truth, bad, verts, px = scene
-    lit, _ = side_lit(model, scene, np.array([1.3, 1.0, 0.6]))  # warm
-    guess = np.zeros((9, 3))
-    guess[0], guess[3] = 2.0, 0.5
+    lit = side_lit(model, scene, np.array([1.3, 1.0, 0.6]))[0]  # warm
+    guess = ambient_guess()
     gaps, lights = {}, {}
     for prior in (None, 0.3):
         monkeypatch.setattr(texture, "LIGHT_COLOUR_PRIOR", prior)
@@ -757,7 +750,7 @@ def test_a_side_light_of_another_colour_is_read_off_the_skin(model, scene, monke
     assert gaps[None] > 0.15 and gaps[0.3] < 0.6 * gaps[None], gaps  # measured 0.29 → 0.14
     np.testing.assert_allclose(lights[0.3] @ texture.LUMA, lights[None] @ texture.LUMA, rtol=0.02, atol=1e-6)
     assert lights[0.3][1, 0] > lights[0.3][1, 1] > lights[0.3][1, 2]  # the side term is warm
-    white, _ = side_lit(model, scene, np.ones(3))
+    white = side_lit(model, scene, np.ones(3))[0]
     out = texture.extract(model, verts, px, white, R, sh=guess, relight=True)
     assert np.abs(out.sh[1] / out.sh[1].mean() - 1.0).max() < 0.05  # its side term is white
     left, right = cheek_chroma(out, model)
@@ -770,9 +763,8 @@ def test_the_two_sides_smooth_difference_is_taken_as_the_lights(model, scene, mo
     level, falls by 40 %); a face lit evenly keeps its albedo (the correction only evens out what differs)."""
     monkeypatch.setattr(texture, "SEAM_REACH", 0.0)
     img, truth, bad, verts, px = scene
-    lit, _ = side_lit(model, scene, np.ones(3))
-    guess = np.zeros((9, 3))
-    guess[0], guess[3] = 2.0, 0.5
+    lit = side_lit(model, scene, np.ones(3))[0]
+    guess = ambient_guess()
     cheeks = texture.uv_regions(model, R)["cheeks"]
 
     def error(albedo: np.ndarray) -> float:
@@ -825,3 +817,17 @@ def test_the_mirror_fill_meets_the_taken_side_without_a_seam(model, scene, monke
         assert seam > 0.52 and taken.sum() > 20 and mirrored.sum() > 20, (seam, taken.sum(), mirrored.sum())
         steps[reach] = float(np.abs(np.median(a[taken], 0) - np.median(a[mirrored], 0)).max())
     assert steps[0.0] > 0.1 and steps[1 / 32] < 0.4 * steps[0.0], steps
+
+
+def test_the_sides_ratio_is_antisymmetric_at_any_map_size():
+    """texture._side_ratio at a size whose pyramid has odd levels (a texture_size of 300 unwraps at 300²): a texel's
+    ratio is its mirror's negated, so evening out the sides keeps their geometric mean."""
+    rng = np.random.default_rng(3)
+    for size in (128, 300):
+        delit = rng.uniform(0.1, 0.9, (size * size, 3))
+        pair = np.zeros((size, size))
+        pair[size // 4 : size // 2, size // 5 : -size // 5] = 1.0  # symmetric about the vertical middle
+        pair = pair.reshape(-1)
+        ratio = texture._side_ratio(delit, pair, size, 1 / 24)
+        assert np.abs(ratio).max() > 0.01
+        np.testing.assert_allclose(ratio, -texture._mirror(ratio, size), atol=1e-12)

@@ -92,8 +92,9 @@ def test_the_level_map_is_the_truths_least_squares_fit_on_the_photos_level_and_c
         SkinToneCalibration(photo_level_offset=0.0, level_slope=1.2, renders=1)
     with pytest.raises(ValueError, match="level_chroma"):
         SkinToneCalibration(photo_level_offset=0.0, level_chroma=(1.0, 1.0), renders=1)
-    with pytest.raises(ValueError, match="level_chroma"):
-        SkinToneCalibration(photo_level_offset=0.0, level_intercept=0, level_slope=1, level_chroma=(30, 0), renders=1)
+    for bad in ((30.0, 0.0), (float("nan"), 0.0)):
+        with pytest.raises(ValueError, match="level_chroma"):
+            SkinToneCalibration(photo_level_offset=0, level_intercept=0, level_slope=1, level_chroma=bad, renders=1)
 
 
 def test_auto_exposure_sets_the_face_to_its_target_level():
