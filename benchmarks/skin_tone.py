@@ -35,7 +35,8 @@ NAMES = ("log R/G", "log B/G", "log Y")
 def level_text(cal: SkinToneCalibration) -> str:
     """The calibration's skin-level map as a formula."""
     a, b, c_rg, c_bg = cal.level_map
-    return f"{a:.3f} + {b:.3f} · y {c_rg:+.3f} · log R/G {c_bg:+.3f} · log B/G"
+    terms = ((b, "y"), (c_rg, "log R/G"), (c_bg, "log B/G"))
+    return f"{a:.3f}" + "".join(f" {'+' if c >= 0 else '−'} {abs(c):.3f} · {name}" for c, name in terms)
 
 
 def main() -> None:
