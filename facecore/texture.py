@@ -1297,18 +1297,13 @@ def _reached(mask: np.ndarray, seeds: np.ndarray, step: int) -> np.ndarray:
 
 
 def _chroma_within(shading: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """(N, 3) ``shading`` with each one's chroma (log of each channel over its luminance) clipped to the 2nd–98th
+    """(N, 3) ``shading`` with each one's chroma (each channel over its luminance) clipped to the 2nd–98th
     percentile of the (M, 3) ``reference`` shadings', its luminance kept."""
-
-    def chroma(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        y = np.maximum(a @ LUMA, 1e-9)
-        return np.log(np.maximum(a, 1e-9) / y[:, None]), y
-
-    ref, _ = chroma(reference)
-    own, y = chroma(shading)
-    out = np.exp(np.clip(own, *np.percentile(ref, [2.0, 98.0], axis=0)))
+    ref = reference / np.maximum(reference @ LUMA, 1e-9)[:, None]
+    y = shading @ LUMA
+    out = np.clip(shading / np.maximum(y, 1e-9)[:, None], *np.percentile(ref, [2.0, 98.0], axis=0))
     out *= (y / np.maximum(out @ LUMA, 1e-9))[:, None]
-    return np.where((shading > 0).all(1)[:, None], out, shading)
+    return np.where(((shading > 0).all(1) & (y > 0))[:, None], out, shading)
 
 
 def _side_ratio(delit: np.ndarray, pair: np.ndarray, R: int, reach: float, fade: float = 0.0) -> np.ndarray:
