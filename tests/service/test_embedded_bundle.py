@@ -177,6 +177,37 @@ def test_reconstruct_de_lights_to_the_level_the_bundles_map_says():
     assert max(moved) > 0.05  # the calibration does something on these photos
 
 
+def test_the_photos_skin_level_hardly_follows_its_exposure():
+    """A camera's exposure scales the whole photo; the skin's level read off its chroma as well as its de-lit level
+    (2.0.4) barely moves with it: fixture 001 exposed ×0.6 and ×1.5 (linear; 0.92 apart in log) comes out with its
+    skin 0.14 apart (log-luminance), where 2.0.1–2.0.3's line on the level alone put it 0.79 apart."""
+    import asyncio
+
+    from facecore import color, texture
+    from facecore.bundle import SkinToneCalibration
+    from service import pipeline as P
+    from training.skin_tone import with_calibration
+
+    bundle = load_bundle(EMBEDDED_BUNDLE)
+    line = SkinToneCalibration(photo_level_offset=0.0, level_intercept=0.5573, level_slope=1.402, renders=79)  # 2.0.3
+    sessions = open_sessions(bundle, ["CPUExecutionProvider"], 1)
+
+    async def run_graph(name, inputs):
+        return sessions[name].run(inputs)
+
+    req = P.ReconstructRequest("t", 256, 64, ("albedo",), False, "auto", "photo")
+    linear = color.srgb_to_linear(P.decode_photo((PHOTOS / "cc0-interfaces-001.jpg").read_bytes(), 50_000_000) / 255)
+    spread = {}
+    for name, bnd in (("chroma", bundle), ("line", with_calibration(bundle, line))):
+        levels = []
+        for exposure in (0.6, 1.5):
+            image = color.to_uint8(color.linear_to_srgb(np.clip(linear * exposure, 0.0, 1.0)))
+            skin = asyncio.run(P.reconstruct(bnd, run_graph, req, image, P.Timer())).meta["texture"]["skin_srgb"]
+            levels.append(float(np.log(color.srgb_to_linear(np.array(skin)) @ texture.LUMA)))
+        spread[name] = abs(levels[1] - levels[0])
+    assert spread["chroma"] < 0.3 < 0.5 < spread["line"], spread
+
+
 def test_the_exported_iris_has_the_photos_eye_colour(client):
     """The iris colour of /reconstruct's eyes is measured between the photo's lids: 001's blue-grey eyes and 006's
     dark brown ones (looked at), where the albedo map's eye texels gave brown for both (measured before: 001 the
