@@ -3,6 +3,7 @@
 light's, and the mirror fill matched to the taken side at its border (``facecore.texture.extract``).
 
     python benchmarks/light_fit.py [--bundle service/bundled/default] [--count 30] [--seed 4242] [--photos DIR]
+        [--key-tint 0.12]
 
 Synthetic: ``--count`` renders of a stream no training used (224 px, ``training.data.synthetic``; the training drew
 from 0 and 7, its evaluations from 1000003, 20261125, 5550001 and 777) go through /reconstruct as served
@@ -92,7 +93,7 @@ def face_errors(albedo_srgb: np.ndarray, truth: np.ndarray, seen: np.ndarray, fa
     ]
 
 
-def synthetic(runner: BundleRunner, count: int, seed: int) -> np.ndarray:
+def synthetic(runner: BundleRunner, count: int, seed: int, key_tint: float = 0.12) -> np.ndarray:
     """(N, ways, 4): :func:`face_errors` of the served albedo, per way."""
     from models.face.model import FaceModel
     from training.data.images import resize_uv
@@ -100,7 +101,8 @@ def synthetic(runner: BundleRunner, count: int, seed: int) -> np.ndarray:
     from training.evaluation import SeenTexels
 
     fm = torch_face_model(face_model_path(runner.bundle))
-    faces = SyntheticFaces(SyntheticConfig(image_size=224, albedo_size=256, seed=seed), face_model=FaceModel(fm.arrays))
+    config = SyntheticConfig(image_size=224, albedo_size=256, seed=seed, key_tint=key_tint)
+    faces = SyntheticFaces(config, face_model=FaceModel(fm.arrays))
     res = P.unwrap_resolution(runner.texture_size, runner.bundle.manifest.resolutions.albedo)
     seen_texels = SeenTexels(fm, res)
     regions = texture.uv_regions(runner.bundle.face_model, res)
@@ -151,11 +153,19 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=30)
     parser.add_argument("--seed", type=int, default=4242)
     parser.add_argument("--photos", type=Path, default=PHOTOS)
+    parser.add_argument(
+        "--key-tint",
+        type=float,
+        default=0.12,
+        help="the renders' key light tint range (training: 0.12; a sun "
+        "beside a blue sky: ~0.35; training.data.synthetic.SyntheticConfig.key_tint)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     runner = BundleRunner(load_bundle(args.bundle), 0)
-    r = synthetic(runner, args.count, args.seed)
-    print(f"{len(r)} of {args.count} held-out renders (stream {args.seed}) reconstructed; albedo error (linear):")
+    r = synthetic(runner, args.count, args.seed, args.key_tint)
+    print(f"{len(r)} of {args.count} held-out renders (stream {args.seed}, key tint ±{args.key_tint}) reconstructed; "
+          "albedo error (linear):")  # fmt: skip
     print(f"  {'':20s} {'MAE seen':>9s} {'RMSE seen':>10s} {'unseen':>8s} {'face':>8s}   better than the way before")
     for w, name in enumerate(WAYS):
         better = "" if w == 0 else f"{(r[:, w, 3] < r[:, w - 1, 3]).sum()} of {len(r)}"

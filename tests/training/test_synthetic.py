@@ -371,3 +371,21 @@ def test_supersampled_renders_blur_edges_like_a_camera_and_keep_the_landmarks(fm
     torch.testing.assert_close(fine.image_srgb, pooled, atol=2e-5, rtol=0)
     with pytest.raises(ValueError, match="supersample"):
         SyntheticConfig(supersample=0)
+
+
+def test_a_wider_key_tint_scales_the_key_lights_colour_and_nothing_else():
+    """SyntheticConfig.key_tint (evaluations of a light whose colour differs by direction, benchmarks/light_fit.py):
+    the same draws, the key light's warm–cool tint scaled; the default is the training's 0.12; out of range refused."""
+
+    def side_tint(key_tint: float | None) -> np.ndarray:
+        g = torch.Generator().manual_seed(5)
+        sh = sample_sh(40, g) if key_tint is None else sample_sh(40, g, key_tint)
+        linear = sh[:, 1:4].double()  # only the key light is directional: its colour
+        return torch.log(linear[..., 0].abs().sum(1) / linear[..., 2].abs().sum(1)).numpy()
+
+    default, narrow, wide = side_tint(None), side_tint(0.12), side_tint(0.35)
+    np.testing.assert_array_equal(default, narrow)
+    assert np.abs(wide).mean() > 2.0 * np.abs(narrow).mean()
+    assert np.corrcoef(wide, narrow)[0, 1] > 0.9  # the same draws, scaled
+    with pytest.raises(ValueError, match="key_tint"):
+        SyntheticConfig(key_tint=1.5)

@@ -245,19 +245,19 @@ def sh_from_lights(ambient: torch.Tensor, direction: torch.Tensor, directional: 
     return sh
 
 
-def sample_sh(n: int, generator: torch.Generator) -> torch.Tensor:
+def sample_sh(n: int, generator: torch.Generator, key_tint: float = 0.12) -> torch.Tensor:
     """Plausible random SH light, (n, 9, 3) float32 on the generator's device.
 
     A light from the front half (azimuth ±75° about +z, elevation −20…+60°) with a fraction U(0.2, 0.7) of
     the irradiance ``E0 ~ U(0.8, 1.3)`` seen by a normal facing it, the rest ambient; the key light is tinted
-    warm or cool by up to ±12 %, the ambient by a few %. See :func:`sh_from_lights`.
+    warm or cool by up to ±``key_tint`` (12 %), the ambient by a few %. See :func:`sh_from_lights`.
     """
     dev = generator.device
     amb, dirs, key = [], [], []
     for _ in range(n):
         e0, frac = float(uniform(generator, 0.8, 1.3)), float(uniform(generator, 0.2, 0.7))
         az, el = math.radians(float(uniform(generator, -75, 75))), math.radians(float(uniform(generator, -20, 60)))
-        tau = float(uniform(generator, -0.12, 0.12))
+        tau = float(uniform(generator, -key_tint, key_tint))
         tint_key = torch.tensor([1 + tau, 1.0, 1 - tau], dtype=torch.float64, device=dev)
         tint_key = tint_key * (1 + 0.02 * torch.randn(3, generator=generator, device=dev, dtype=torch.float64))
         tint_amb = 1 + 0.04 * torch.randn(3, generator=generator, device=dev, dtype=torch.float64)
@@ -405,6 +405,10 @@ class SyntheticConfig:
         identity: ``prior`` — the head from the face model's generation prior, independent of the albedo;
             ``phenotype`` — the head drawn given the sex, age and skin the albedo shows
             (:func:`training.data.phenotype.phenotype_shapes`; the default anny face model only).
+        key_tint: the key light's warm–cool tint range (±, relative; :func:`sample_sh`); the ambient stays near
+            white. The default (0.12) is the training's; wider (a sun beside a blue sky: ~0.35) for evaluations of
+            a light whose colour differs by direction (``benchmarks/light_fit.py --key-tint``). The draws are the
+            same whatever its value (only their scale changes).
     """
 
     image_size: int = 224
@@ -416,12 +420,15 @@ class SyntheticConfig:
     landmark_depth_tolerance: float = 0.003
     supersample: int = 1
     identity: str = "prior"
+    key_tint: float = 0.12
 
     def __post_init__(self) -> None:
         if self.identity not in SYNTHETIC_IDENTITIES:
             raise ValueError(f"identity: expected one of {SYNTHETIC_IDENTITIES}, got {self.identity!r}")
         if not 16 <= self.image_size <= 4096:
             raise ValueError(f"image_size: expected 16–4096 pixels, got {self.image_size}")
+        if not 0.0 <= self.key_tint < 1.0:
+            raise ValueError(f"key_tint: expected a tint within [0, 1), got {self.key_tint}")
         if not 1 <= self.supersample <= 4:
             raise ValueError(f"supersample: expected 1–4 samples per pixel side, got {self.supersample}")
         if not 64 <= self.albedo_size <= 1024:
@@ -527,7 +534,7 @@ class SyntheticFaces:
             g = self.generator(int(i))
             albedo.append(sample_albedo_params(1, g))
             codes = sample_face_codes(self._sampling_model, 1, g, self.config.pose)
-            sh = sample_sh(1, g)
+            sh = sample_sh(1, g, self.config.key_tint)
             fill = uniform(g, lo, hi).float()
             offset = ((torch.rand(1, 2, generator=g, dtype=torch.float64) * 2 - 1) * 0.6 * (1 - fill - 0.04)).float()
             background = sample_background_params(1, g)
