@@ -509,9 +509,6 @@ def fit_light(
         r = np.log(np.maximum(y / np.maximum(B @ fitted, 1e-6), 1e-3))  # ≈ 0 on skin the light explains
         spread = max(1.4826 * float(np.median(np.abs(r - np.median(r)))), 0.02)
         w = 1.0 / (1.0 + (r / (2.0 * spread)) ** 2)  # Cauchy weights on the log ratio
-    mean = float((B @ fitted).mean())
-    if mean <= 0:
-        return sh
     shapes = np.repeat(fitted[:, None], 3, 1)
     if colour_prior is not None:  # each channel's constant and side-to-side terms, towards the luminance shape
         shade = B @ fitted
@@ -519,15 +516,15 @@ def fit_light(
         rest = B[:, 2:] @ fitted[2:]
         lam = colour_prior * w.sum() * np.eye(len(free)) * float((B[:, 0] ** 2).mean())
         A = B[:, free] * w[:, None]
-        for c in range(3):
-            colour = np.asarray(colours, np.float64)[:, c]
+        for c, colour in enumerate(np.asarray(colours, np.float64).T):
             scale = float((w * colour * shade).sum() / max((w * shade * shade).sum(), 1e-12))  # the albedo's share
             if scale > 0:
                 rhs = A.T @ (colour / scale - rest) + lam @ fitted[free]
                 shapes[free, c] = np.linalg.solve(A.T @ B[:, free] + lam, rhs)
         shapes += (fitted - shapes @ LUMA)[:, None]  # the colour only: the luminance stays (about) the fitted shape
     # the fitted shape in every channel at the starting light's mean shading over the samples (the constant term
-    # alone would not keep the albedo's level: the faces' normals all point forwards)
+    # alone would not keep the albedo's level: the faces' normals all point forwards); none for a shape that is
+    # dark on average
     means = (B @ shapes).mean(0)
     if np.any(means <= 0):
         return sh

@@ -444,7 +444,7 @@ async def reconstruct(
         """(the photo's clean albedo, sRGB-encoded, its irises painted, or None when not unwrapped; its flags
         (facecore.texture.colour_flags: greyscale, colour_cast; over_exposed, under_exposed; no_skin_model); the
         mesh; its 68 landmarks in the photo; the light: the encoder's, its shape re-fitted to the photo's skin (and
-        its level set by the bundle's skin-level line) where the photo was unwrapped; the iris colour and its source
+        its level set by the bundle's skin-level map) where the photo was unwrapped; the iris colour and its source
         (:func:`photo_iris`; (None, "") when not unwrapped); the photo's skin model (facecore.texture.SkinModel; None
         when not unwrapped or not built))"""
         posed = geo.decode_vertices(model, codes["shape"][None], expression[None], codes["pose"][None])[0]
@@ -463,7 +463,7 @@ async def reconstruct(
         linear = color.srgb_to_linear(face.texture_crop / 255.0)
         # only the face's skin, seen well (no hair, background, highlights); the rest mirrored or filled smoothly:
         # the same extraction as the training set's (training.texture.extract_texture), its level mapped by the
-        # bundle's skin-level line (facecore.texture.extract: level_map) and its fill following the bundle's mean
+        # bundle's skin-level map (facecore.texture.extract: level_map) and its fill following the bundle's mean
         # map (prior), which the training's extraction does not use (the encoder's light re-fitted to the photo's
         # skin: its wrong side would come out dark and be rejected)
         tone_cal = bundle.manifest.skin_tone

@@ -215,7 +215,7 @@ def add_latent_graph(
     source = load_bundle(bundle)
     if not source.capabilities["generate"] or not source.capabilities["reconstruct"]:
         raise ValueError(f"{source.root}: needs both AlbedoGAN (mapping, albedo) and the /reconstruct graphs")
-    tone = source.manifest.skin_tone  # the photo maps are de-lit to its skin-level line
+    tone = source.manifest.skin_tone  # the photo maps are de-lit to its skin-level map
     level_map = None if tone is None or tone.level_map is None else list(tone.level_map)
     key = dict(
         count=count, seed=seed, size=size, generator=source.manifest.graphs["albedo"].sha256, level_map=level_map

@@ -19,7 +19,7 @@ log-luminance. Two passes over the same renders; stored (``--dry-run``: printed 
   auto-exposed); the skin's chroma follows its pigment, as its level does, and exposure leaves it alone.
   /reconstruct de-lights to the map's level (:func:`facecore.texture.extract`);
 - then (second pass, the photo de-lit to that level, which the latent graph reads too):
-  ``photo_level_offset``: the photo's mean log-luminance error, negated (≈ 0 after the line);
+  ``photo_level_offset``: the photo's mean log-luminance error, negated (≈ 0 after the map);
 - ``chroma_weight``, ``level_weight``: the photo's share of the combination ``own + w · (photo − own)`` with the
   least mean squared error, ``w = (E[g²] − E[p·g]) / E[(p − g)²]`` (``p``: the photo's error with the bias
   removed, ``g``: the generated map's), the chroma's two channels pooled; each within [0, 1].
