@@ -1,14 +1,16 @@
 """Texture extraction accuracy on synthetic renders with ground truth, speed, and a contact sheet of real photos.
 
-    python benchmarks/texture_extraction.py [--count 16] [--seed 2024] [--landmarks localiser|dlib|truth] [--bundle B]
+    python benchmarks/texture_extraction.py [--count 16] [--seed 2024] [--specular 0.6]
+        [--landmarks localiser|dlib|truth] [--bundle B]
         [--sheet contact.png] [--photos ../shared/fixtures/photos] [--threads 1] [--batch 4] [--cache fits.pkl]
         [--readme]
 
-The synthetic faces are rendered by ``training.data.synthetic`` with a seed disjoint from the one the fit's
-defaults were chosen on (1000), picked to cover |yaw| < 20°, 20–40° and > 40° equally. The fit sees only the
-image and 68 detected landmarks, found as the extract stage finds them (``--landmarks localiser``: the bundle's
-landmark localiser; ``dlib``: dlib's 68-point model; ``truth``: the renders' own landmarks, an upper bound); the
-ground truth (landmarks, identity, albedo) is used for scoring only.
+The synthetic faces are rendered by ``training.data.synthetic`` with a seed disjoint from the one the fit's defaults
+were chosen on (1000), picked to cover |yaw| < 20°, 20–40° and > 40° equally; ``--specular``: with the key light's
+highlights on the skin (``SyntheticConfig.specular``: up to that fraction of its irradiance; the training's renders have
+none). The fit sees only the image and 68 detected landmarks, found as the extract stage finds them (``--landmarks
+localiser``: the bundle's landmark localiser; ``dlib``: dlib's 68-point model; ``truth``: the renders' own landmarks, an
+upper bound); the ground truth (landmarks, identity, albedo) is used for scoring only.
 
 Columns: ``det``/``fit`` landmark error (mean distance / inter-ocular distance) of the detected points and of the
 fitted model; ``shape``/``mean``: per-vertex RMS (mm) of the fitted / the prior-mean neutral identity vs the truth
@@ -58,7 +60,7 @@ def pick_indices(ds: SyntheticFaces, count: int) -> list[int]:
 
 
 def synthetic_table(args: argparse.Namespace, fm: FaceModel) -> None:
-    config = SyntheticConfig(image_size=224, albedo_size=256, seed=args.seed)
+    config = SyntheticConfig(image_size=224, albedo_size=256, seed=args.seed, specular=args.specular)
     ds = SyntheticFaces(config, face_model=FaceModel(fm.arrays))
     indices = pick_indices(ds, args.count)
     cfg = face_fit.FitConfig(steps=args.steps)
@@ -306,7 +308,7 @@ def clean_table(args: argparse.Namespace, fm: FaceModel) -> None:
     import dataclasses
     import pickle
 
-    config = SyntheticConfig(image_size=224, albedo_size=256, seed=args.seed)
+    config = SyntheticConfig(image_size=224, albedo_size=256, seed=args.seed, specular=args.specular)
     ds = SyntheticFaces(config, face_model=FaceModel(fm.arrays))
     cache = Path(args.cache) if args.cache else None
     cfg = face_fit.FitConfig(steps=args.steps)
@@ -363,7 +365,8 @@ def clean_table(args: argparse.Namespace, fm: FaceModel) -> None:
             sc = clean_scores(tex, r["albedo"], r["hair_uv"], r["bad_px"], pixel, regions)
             rows[label].append({"index": r["index"], "yaw": r["yaw"], "flags": ",".join(tex.flags), **sc})
     n = len(rows["after"])
-    print(f"\nClean extraction, {n} synthetic faces (seed {args.seed}, landmarks {args.landmarks}; "
+    shine = f", highlights up to {args.specular:g} of the key light" if args.specular else ""
+    print(f"\nClean extraction, {n} synthetic faces (seed {args.seed}{shine}, landmarks {args.landmarks}; "
           f"{len(recs) - n} fit(s) the CLI rejects left out): gain-corrected PSNR (dB) per region")  # fmt: skip
     keys = ("face", *REGIONS, "rest")
     header = (
@@ -509,6 +512,12 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=16)
     parser.add_argument("--seed", type=int, default=2024)
     parser.add_argument("--steps", type=int, default=face_fit.FitConfig().steps)
+    parser.add_argument(
+        "--specular",
+        type=float,
+        default=0.0,
+        help="the renders' highlights (SyntheticConfig.specular; 0: Lambertian skin, the training's)",
+    )
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument(
         "--landmarks",

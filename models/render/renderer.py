@@ -24,7 +24,7 @@ from facecore import mouth as lips
 
 from .camera import PerspectiveCamera, WeakPerspectiveCamera
 from .rasterizer import Fragments, _image_size, interpolate_packed, rasterize, scatter_packed
-from .shading import normal_map_to_world, sh_shading_packed, vertex_normals, vertex_tangents
+from .shading import normal_map_to_world, sh_shading_packed, specular_packed, vertex_normals, vertex_tangents
 from .texture import sample_texture_packed
 
 if TYPE_CHECKING:
@@ -298,6 +298,7 @@ class MeshRenderer(nn.Module):
         background: torch.Tensor | None = None,
         normal_map_uv: torch.Tensor | None = None,
         asset_texture: torch.Tensor | None = None,
+        specular: torch.Tensor | None = None,
     ) -> RenderOutputs:
         """Render a batch.
 
@@ -311,6 +312,8 @@ class MeshRenderer(nn.Module):
                 see :func:`~.shading.normal_map_to_world`) for displacement detail, or None.
             asset_texture: (B or 1, 3, Ht, Wt) linear asset atlas for the eyes and mouth (e.g. per-sample iris
                 colours from :meth:`asset_textures`), or None for the renderer's default.
+            specular: (B, 7) a highlight of one light on the skin (:func:`~.shading.specular_packed`: direction,
+                RGB, exponent) added to ``image`` (not to ``shading`` or ``albedo``), or None for none.
 
         Returns:
             :class:`RenderOutputs`.
@@ -349,7 +352,15 @@ class MeshRenderer(nn.Module):
 
         shade = sh_shading_packed(normal, batch, sh.to(dtype).expand(B, -1, -1))
         mask = frags.mask
-        image = scatter_packed(frags, albedo * shade)
+        radiance = albedo * shade
+        if specular is not None:
+            if specular.shape != (B, 7):
+                raise ValueError(f"specular: expected ({B}, 7), got {tuple(specular.shape)}")
+            highlight = specular_packed(normal, batch, specular)
+            if self.material is not None:  # the skin's: the eyes' and mouth's assets have their own materials
+                highlight = highlight * (self.material[frags.face_packed] == 0).to(dtype)[:, None]
+            radiance = radiance + highlight
+        image = scatter_packed(frags, radiance)
         if background is not None:
             image = image + (1.0 - mask) * background.to(dtype)
         return RenderOutputs(

@@ -85,6 +85,28 @@ def sh_shading_packed(normals: torch.Tensor, batch: torch.Tensor, sh: torch.Tens
     return torch.cat([p @ sh[b] for b, p in enumerate(parts)], 0)
 
 
+def specular_packed(normals: torch.Tensor, batch: torch.Tensor, specular: torch.Tensor) -> torch.Tensor:
+    """Blinn–Phong highlights of one directional light for a viewer along +z (the weak-perspective cameras'
+    direction), added to the Lambertian radiance (they are not multiplied by the albedo: a dielectric's highlight
+    has the light's colour).
+
+    Args:
+        normals: (N, 3) unit world-space normals whose batch index is ``batch`` (N,).
+        specular: (B, 7) per sample: the unit direction towards the light (3), the highlight's RGB radiance at its
+            peak (3), the Blinn–Phong exponent (1). Zero radiance: no highlight.
+
+    Returns:
+        (N, 3) radiance ``colour · max(0, n·h)^exponent`` where the light reaches the surface (n·l > 0),
+        ``h`` the half vector between the light and the viewer.
+    """
+    spec = specular.to(normals.dtype)[batch]
+    light = F.normalize(spec[:, :3], dim=-1)
+    half = F.normalize(light + light.new_tensor([0.0, 0.0, 1.0]), dim=-1)
+    n_h = (normals * half).sum(-1).clamp_min(0.0)
+    lit = ((normals * light).sum(-1) > 0).to(normals.dtype)
+    return spec[:, 3:6] * (n_h ** spec[:, 6] * lit)[:, None]
+
+
 def face_normals(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
     """Unnormalised triangle normals (twice the area). verts: (B, V, 3), faces: (F, 3) → (B, F, 3)."""
     v0, v1, v2 = verts.index_select(1, faces.reshape(-1)).view(verts.shape[0], -1, 3, 3).unbind(2)

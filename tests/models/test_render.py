@@ -535,3 +535,20 @@ def test_renderer_validates_inputs(face_model):
             MeshRenderer.from_face_model(face_model, 16, backend="pytorch3d")
     # vertex normals of the face model agree with the face model's own
     assert torch.allclose(vertex_normals(v, face_model.faces), face_model.vertex_normals(v), atol=1e-6)
+
+
+def test_a_highlight_peaks_where_the_normal_is_the_half_vector():
+    """models.render.shading.specular_packed (the synthetic renders' highlights): Blinn–Phong of one light for a
+    viewer along +z, the light's colour, none where the light does not reach the surface."""
+    from models.render.shading import specular_packed
+
+    light = torch.tensor([0.6, 0.0, 0.8], dtype=torch.float64)
+    half = torch.nn.functional.normalize(light + torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64), dim=0)
+    colour = torch.tensor([0.3, 0.2, 0.1], dtype=torch.float64)
+    spec = torch.cat([light, colour, torch.tensor([20.0], dtype=torch.float64)])[None]
+    normals = torch.stack([half, torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64), -light])
+    out = specular_packed(normals, torch.zeros(3, dtype=torch.long), spec)
+    torch.testing.assert_close(out[0], colour)  # at the half vector: the full colour
+    expected = float(half[2]) ** 20  # n = +z: cos(n, h)^20
+    torch.testing.assert_close(out[1], colour * expected)
+    assert float(out[2].abs().max()) == 0.0  # facing away from the light

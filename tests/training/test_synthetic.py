@@ -389,3 +389,30 @@ def test_a_wider_key_tint_scales_the_key_lights_colour_and_nothing_else():
     assert np.corrcoef(wide, narrow)[0, 1] > 0.9  # the same draws, scaled
     with pytest.raises(ValueError, match="key_tint"):
         SyntheticConfig(key_tint=1.5)
+
+
+def test_highlights_are_the_key_lights_and_change_nothing_else(fm, dataset, batch):
+    """SyntheticConfig.specular: Blinn–Phong highlights of the key light on the skin, drawn from a stream of their
+    own (codes, light, framing, background and albedo are the draws without them); 0 (the default) renders the
+    same images; the highlight only brightens, most where the skin faces the half vector; out of range refused."""
+    from dataclasses import replace
+
+    shiny_set = SyntheticFaces(replace(dataset.config, specular=1.0), face_model=fm)
+    shiny = shiny_set.batch([0, 1, 2, 3, 4, 5])
+    for name in ("landmarks_px", "sh", "albedo_uv", "mask"):
+        torch.testing.assert_close(getattr(shiny, name), getattr(batch, name))
+    plain, lit = srgb_to_linear(batch.image_srgb), srgb_to_linear(shiny.image_srgb)
+    assert (lit - plain).min() > -1e-6  # a highlight adds light
+    added = (lit - plain).sum(1) * batch.mask[:, 0]
+    assert (added.flatten(1).amax(1) > 0.05).sum() >= 3  # most samples show one (their strength is U(0, 1))
+    assert float(added[batch.mask[:, 0] == 0].abs().max()) == 0.0  # on the head only
+    # the highlight has the key light's colour: its channels in the key light's irradiance ratios
+    _, scene = shiny_set.sample_params([0, 1, 2, 3, 4, 5])
+    k = int(added.flatten(1).amax(1).argmax())
+    peak = (lit - plain)[k].flatten(1)[:, int(added[k].flatten().argmax())]
+    key = scene.specular[k, 3:6].double()
+    np.testing.assert_allclose((peak / peak.sum()).numpy(), (key / key.sum()).numpy(), atol=0.02)
+    plain_again = SyntheticFaces(replace(dataset.config, specular=0.0), face_model=fm).batch([0, 1, 2, 3, 4, 5])
+    torch.testing.assert_close(plain_again.image_srgb, batch.image_srgb)
+    with pytest.raises(ValueError, match="specular"):
+        SyntheticConfig(specular=-0.1)

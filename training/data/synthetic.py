@@ -246,7 +246,15 @@ def sh_from_lights(ambient: torch.Tensor, direction: torch.Tensor, directional: 
 
 
 def sample_sh(n: int, generator: torch.Generator, key_tint: float = 0.12) -> torch.Tensor:
-    """Plausible random SH light, (n, 9, 3) float32 on the generator's device.
+    """Plausible random SH light, (n, 9, 3) float32 on the generator's device: :func:`sample_light`'s."""
+    return sample_light(n, generator, key_tint)[0]
+
+
+def sample_light(
+    n: int, generator: torch.Generator, key_tint: float = 0.12
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Plausible random light: its SH (n, 9, 3) float32 on the generator's device, and the key light's unit
+    direction (n, 3) and RGB irradiance (n, 3) (float64, CPU) that it holds (for a highlight: :func:`sample_specular`).
 
     A light from the front half (azimuth ±75° about +z, elevation −20…+60°) with a fraction U(0.2, 0.7) of
     the irradiance ``E0 ~ U(0.8, 1.3)`` seen by a normal facing it, the rest ambient; the key light is tinted
@@ -266,7 +274,30 @@ def sample_sh(n: int, generator: torch.Generator, key_tint: float = 0.12) -> tor
         dirs.append(
             torch.tensor([math.sin(az) * math.cos(el), math.sin(el), math.cos(az) * math.cos(el)], dtype=torch.float64)
         )
-    return sh_from_lights(torch.stack(amb), torch.stack(dirs).to(dev), torch.stack(key)).float()
+    direction, irradiance = torch.stack(dirs), torch.stack(key)
+    sh = sh_from_lights(torch.stack(amb), direction.to(dev), irradiance).float()
+    return sh, direction, irradiance.cpu()
+
+
+#: the highlights' Blinn–Phong exponents: broad (8: a matte face's sheen) to tight (48: an oily forehead's glint)
+SPECULAR_EXPONENTS = (8.0, 48.0)
+
+
+def sample_specular(
+    generator: torch.Generator, direction: torch.Tensor, irradiance: torch.Tensor, strength: float
+) -> torch.Tensor:
+    """(n, 7) float32 highlights of the key lights (``direction``, ``irradiance``: (n, 3), :func:`sample_light`)
+    for :func:`models.render.shading.specular_packed`: the light's colour at U(0, ``strength``) of its irradiance
+    (skin reflects a few % specularly, an oily or sweaty one far more where the highlight is tight), the exponent
+    log-uniform over :data:`SPECULAR_EXPONENTS`."""
+    n = len(direction)
+    share = uniform(generator, 0.0, strength, n)
+    exponent = log_uniform(generator, *SPECULAR_EXPONENTS, n)
+    return torch.cat([direction, irradiance * share[:, None], exponent[:, None]], 1).float()
+
+
+#: mixed into a stream's seed for its highlights' draws: every other draw of a sample stays as it was
+_SPECULAR_STREAM = 0x5BEC
 
 
 def frame_camera(landmarks_world: torch.Tensor, fill: torch.Tensor, offset: torch.Tensor) -> WeakPerspectiveCamera:
@@ -372,6 +403,7 @@ class SceneParams(Batched):
         face_fill: (B,) fraction of the image spanned by the larger side of the landmarks' box.
         face_offset: (B, 2) NDC centre of that box.
         background: background parameters.
+        specular: (B, 7) the key light's highlight (:func:`sample_specular`; zero radiance: none).
     """
 
     codes: FaceCodes
@@ -379,6 +411,7 @@ class SceneParams(Batched):
     face_fill: torch.Tensor
     face_offset: torch.Tensor
     background: BackgroundParams
+    specular: torch.Tensor
 
 
 SYNTHETIC_IDENTITIES = ("prior", "phenotype")
@@ -409,6 +442,10 @@ class SyntheticConfig:
             white. The default (0.12) is the training's; wider (a sun beside a blue sky: ~0.35) for evaluations of
             a light whose colour differs by direction (``benchmarks/light_fit.py --key-tint``). The draws are the
             same whatever its value (only their scale changes).
+        specular: the key light's highlight on the skin reaches up to this fraction of its irradiance
+            (:func:`sample_specular`; 0: Lambertian skin, the training's default; the other draws are the same
+            whatever its value): photos show skin's sheen and oily glints, which the texture extraction must not
+            take for albedo (``benchmarks/texture_extraction.py --specular``).
     """
 
     image_size: int = 224
@@ -421,6 +458,7 @@ class SyntheticConfig:
     supersample: int = 1
     identity: str = "prior"
     key_tint: float = 0.12
+    specular: float = 0.0
 
     def __post_init__(self) -> None:
         if self.identity not in SYNTHETIC_IDENTITIES:
@@ -429,6 +467,8 @@ class SyntheticConfig:
             raise ValueError(f"image_size: expected 16–4096 pixels, got {self.image_size}")
         if not 0.0 <= self.key_tint < 1.0:
             raise ValueError(f"key_tint: expected a tint within [0, 1), got {self.key_tint}")
+        if not 0.0 <= self.specular <= 2.0:
+            raise ValueError(f"specular: expected a highlight strength within [0, 2], got {self.specular}")
         if not 1 <= self.supersample <= 4:
             raise ValueError(f"supersample: expected 1–4 samples per pixel side, got {self.supersample}")
         if not 64 <= self.albedo_size <= 1024:
@@ -534,14 +574,21 @@ class SyntheticFaces:
             g = self.generator(int(i))
             albedo.append(sample_albedo_params(1, g))
             codes = sample_face_codes(self._sampling_model, 1, g, self.config.pose)
-            sh = sample_sh(1, g, self.config.key_tint)
+            sh, key_direction, key_irradiance = sample_light(1, g, self.config.key_tint)
             fill = uniform(g, lo, hi).float()
             offset = ((torch.rand(1, 2, generator=g, dtype=torch.float64) * 2 - 1) * 0.6 * (1 - fill - 0.04)).float()
             background = sample_background_params(1, g)
             if self.config.identity == "phenotype":  # drawn last: every other draw of the sample stays as it was
                 shape = phenotype_shapes(self._sampling_model, albedo[-1], g)
                 codes = FaceCodes(shape, codes.expression, codes.pose)
-            scenes.append(SceneParams(codes=codes, sh=sh, face_fill=fill, face_offset=offset, background=background))
+            # the highlight from a stream of its own: the other draws are the same whatever its strength
+            g_spec = torch.Generator().manual_seed(_index_seed(self.config.seed ^ _SPECULAR_STREAM, int(i)))
+            specular = sample_specular(g_spec, key_direction, key_irradiance, self.config.specular)
+            scenes.append(
+                SceneParams(
+                    codes=codes, sh=sh, face_fill=fill, face_offset=offset, background=background, specular=specular
+                )
+            )
         return AlbedoParams.cat(albedo), SceneParams.cat(scenes)
 
     def batch(self, indices: Sequence[int]) -> SyntheticBatch:
@@ -575,7 +622,8 @@ class SyntheticFaces:
         k = cfg.supersample
         background = render_background(scene.background, cfg.image_size * k)
         eyes = (eye_atlases(fm, albedo_params) if eyes is None else eyes).to(verts.device)
-        out = self.renderer(verts, camera, albedo, scene.sh, background, asset_texture=eyes)
+        specular = scene.specular if bool((scene.specular[:, 3:6] > 0).any()) else None
+        out = self.renderer(verts, camera, albedo, scene.sh, background, asset_texture=eyes, specular=specular)
         H = W = cfg.image_size
         lm = camera.project(lm_world)
         px = torch.stack([(lm[..., 0] + 1) * 0.5 * W - 0.5, (1 - lm[..., 1]) * 0.5 * H - 0.5], -1)
