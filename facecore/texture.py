@@ -376,6 +376,42 @@ def fit_skin_model(albedo: np.ndarray, iterations: int = 4) -> SkinModel | None:
     return SkinModel(mean, cov, ly, ly_std, int(keep.sum()))
 
 
+HIGHLIGHT_FADE = (0.0, 0.15)
+""":func:`remove_highlights` takes a texel's white excess away in full where its de-lit log-luminance is at least the
+second number above the skin's median, not at all below the first, in proportion between: a highlight brightens."""
+
+
+def remove_highlights(albedo: np.ndarray, skin: SkinModel, where: np.ndarray) -> np.ndarray:
+    """(N, 3) de-lit colours with the skin's specular highlights taken out (dichromatic reflection: a highlight
+    adds the light's colour to the skin's own; after de-lighting by a white-balanced light it is white, a blue sky's
+    sheen is bluish).
+
+    A texel where ``where`` (N,) holds is the most of the skin model's colour it can hold (the largest ``m`` with
+    ``colour − m · skin ≥ 0`` in every channel) plus a rest, which only a highlight explains; the highlight is that rest
+    plus the share of the skin's colour that makes its red equal its green (a white glint on the skin is then found
+    exactly; a light's tint shows mostly in blue), at most all but 5 % of ``m``. It is removed as far as the texel is
+    brighter than the skin (:data:`HIGHLIGHT_FADE`: skin paler by its own pigment is not much brighter, a glint is), and
+    never below the skin's median level. The result has the texel's colour moved towards the skin's (no hue the photo
+    did not show); a texel of the skin's colour, or darker than the skin, is left as it is.
+    """
+    tone = skin.colour()
+    most = (albedo / tone).min(1)  # (N,)
+    rest = albedo - most[:, None] * tone
+    # the skin's share of the highlight (rest + share · skin) that makes its red equal its green: white's, and a
+    # light's tint (warm, or a blue sky's) shows mostly in its blue; none for a skin model not redder than green
+    redness = float(tone[0] - tone[1])
+    share_of_skin = (rest[:, 1] - rest[:, 0]) / redness if redness > 1e-6 else np.zeros(len(albedo))
+    highlight = rest + np.clip(share_of_skin, 0.0, 0.95 * most)[:, None] * tone
+    level = albedo @ LUMA
+    lo, hi = HIGHLIGHT_FADE
+    dy = np.log(np.maximum(level, 1e-4)) - skin.log_y
+    amount = np.clip((dy - lo) / (hi - lo), 0.0, 1.0) * where
+    # never below the skin's median level: a highlight brightens, and what is left under it is skin
+    above = np.maximum(level - math.exp(skin.log_y), 0.0)
+    amount = np.minimum(amount, above / np.maximum(highlight @ LUMA, 1e-9))
+    return albedo - amount[:, None] * highlight
+
+
 def colour_flags(colours: np.ndarray) -> tuple[str, ...]:
     """Flags for a photo whose skin colours (N, 3, linear, as seen) cannot give a trustworthy albedo.
 
@@ -572,6 +608,9 @@ of 013's seeds it had become the skin model, and the whole map came out bluish w
 BLOWN_OUT_KEEP = 0.25
 
 
+#: :func:`extract`: take the skin's specular highlights out of the de-lit colours (:func:`remove_highlights`)
+REMOVE_HIGHLIGHTS = True
+
 FILL_REACH = 0.05
 """How far (a fraction of the map's width) :func:`extract`'s smooth fill reaches from the texels it has before the
 skin's own colour takes over, outside the face's regions (scalp, ears, neck, the back of the head). The pyramid fill
@@ -657,7 +696,10 @@ def extract(
        2.5 σ) show teeth or the mouth's interior through a fitted mouth that opens or closes differently from
        the photo's. Rejected areas grow by ~1 % of the map (mixed pixels at their
        edges), except *specks*: rejected areas too thin to hold a square of ~3 % of the map, in skin that was
-       otherwise taken (a highlight on a wrinkle, a pore, a stray hair), which grow by one texel.
+       otherwise taken (a highlight on a wrinkle, a pore, a stray hair), which grow by one texel. The skin's
+       highlights are taken out of its de-lit colours (:func:`remove_highlights`, with :data:`REMOVE_HIGHLIGHTS`;
+       which texels are skin is judged on the colours as de-lit: a bright texel of another colour is not made
+       skin by it).
     3. Each accepted texel's weight fades in with its facing angle and away from rejected areas (feathering);
        what is missing takes its mirror texel (u → 1 − u) with the mirror's weight (not around specks: the
        skin around them is the better guess, the mirror side's light and wrinkles differ), the rest a pull-push fill
@@ -753,6 +795,11 @@ def extract(
     facing[texel] = nrm[:, 2]
     seeds = layout.seed_area[idx] & (facing[idx] > 0.5)
     skin = fit_skin_model(feature[seeds])
+    clean = raw
+    if skin is not None and REMOVE_HIGHLIGHTS:
+        # the skin's highlights (not the features' own colours: brows, eyes, lips, nostrils) out of the map; which
+        # texels are skin is judged on the colours as de-lit, as the skin model was fitted (with its spread)
+        clean = remove_highlights(raw, skin, ~layout.keep_as_seen[at])
     if skin is not None and level_map is not None:
         # the skin's de-lit level mapped to the truth's expected level (the light takes the inverse factor, so
         # albedo × light, the render over the photo, is unchanged), within the skin bound
@@ -762,7 +809,7 @@ def extract(
         a, b, *c = level_map
         target = float(np.clip(a + b * skin.log_y + (np.dot(c, skin.mean) if c else 0.0), *bounds))
         k = math.exp(target - skin.log_y)
-        raw, feature = raw * k, feature * k
+        raw, feature, clean = raw * k, feature * k, clean * k
         texel_shading = texel_shading / k
         if sh is not None:
             sh = sh / k
@@ -780,7 +827,7 @@ def extract(
     ok[idx] = True
     # clipped per texel, as the map stores it: an over-bright texel must not lift its neighbours' fill
     delit = np.zeros((N, 3))
-    delit[at] = np.clip(raw, 0.0, 1.0)
+    delit[at] = np.clip(clean, 0.0, 1.0)
 
     # the eye openings show the eyeball (iris, sclera): kept, but a sclera de-lit to white is toned down
     opening = layout.openings & seen_map
