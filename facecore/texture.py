@@ -377,7 +377,7 @@ def fit_skin_model(albedo: np.ndarray, iterations: int = 4) -> SkinModel | None:
 
 
 HIGHLIGHT_FADE = (0.0, 0.15)
-""":func:`remove_highlights` takes a texel's white excess away in full where its de-lit log-luminance is at least the
+""":func:`remove_highlights` takes a texel's highlight away in full where its de-lit log-luminance is at least the
 second number above the skin's median, not at all below the first, in proportion between: a highlight brightens."""
 
 
@@ -395,12 +395,13 @@ def remove_highlights(albedo: np.ndarray, skin: SkinModel, where: np.ndarray) ->
     did not show); a texel of the skin's colour, or darker than the skin, is left as it is.
     """
     tone = skin.colour()
+    if tone[0] < 1.05 * tone[1]:  # a skin hardly redder than green (a greyscale photo, a green cast): no hue tells
+        return albedo  # a highlight from the skin there
     most = (albedo / tone).min(1)  # (N,)
     rest = albedo - most[:, None] * tone
     # the skin's share of the highlight (rest + share · skin) that makes its red equal its green: white's, and a
-    # light's tint (warm, or a blue sky's) shows mostly in its blue; none for a skin model not redder than green
-    redness = float(tone[0] - tone[1])
-    share_of_skin = (rest[:, 1] - rest[:, 0]) / redness if redness > 1e-6 else np.zeros(len(albedo))
+    # light's tint (warm, or a blue sky's) shows mostly in its blue
+    share_of_skin = (rest[:, 1] - rest[:, 0]) / float(tone[0] - tone[1])
     highlight = rest + np.clip(share_of_skin, 0.0, 0.95 * most)[:, None] * tone
     level = albedo @ LUMA
     lo, hi = HIGHLIGHT_FADE

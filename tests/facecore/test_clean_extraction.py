@@ -865,9 +865,15 @@ def test_remove_highlights_takes_out_what_a_glint_adds_and_leaves_the_rest():
     for x, y in zip(texels, out, strict=True):
         basis = np.stack([x, own], 1)
         (t_keep, s_skin), *_ = np.linalg.lstsq(basis, y, rcond=None)
-        assert np.allclose(basis @ [t_keep, s_skin], y, atol=1e-9) and -1e-9 <= t_keep <= 1 + 1e-9
+        assert np.allclose(basis @ [t_keep, s_skin], y, atol=1e-9)
+        assert -1e-9 <= t_keep <= 1 + 1e-9 and s_skin >= -1e-9
     # not where it is not asked for (the features: brows, lips, eyes)
     np.testing.assert_array_equal(texture.remove_highlights(texels, skin, np.zeros(len(texels), bool)), texels)
+    # nor for a skin hardly redder than green (a greyscale photo): no hue tells a highlight from it; a texel a
+    # little greener than such a skin was crushed to its level before this guard
+    grey = texture.fit_skin_model(np.array([0.301, 0.3, 0.3]) * np.exp(0.1 * rng.standard_normal((400, 1))))
+    bright = np.array([[0.39, 0.394, 0.39]])
+    np.testing.assert_array_equal(texture.remove_highlights(bright, grey, np.ones(1, bool)), bright)
 
 
 def test_a_sheen_on_the_skin_is_not_taken_for_albedo(model, scene, monkeypatch):

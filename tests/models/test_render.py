@@ -530,6 +530,8 @@ def test_renderer_validates_inputs(face_model):
         r(v, cam, torch.ones(1, 3, 8, 8), torch.zeros(1, 9, 3), background=torch.zeros(1, 3, 8, 8))
     with pytest.raises(ValueError, match="batch"):
         r(v, cam, torch.ones(2, 3, 8, 8), torch.zeros(1, 9, 3))
+    with pytest.raises(ValueError, match="specular"):
+        r(v, cam, torch.ones(1, 3, 8, 8), torch.zeros(1, 9, 3), specular=torch.zeros(1, 6))
     if not pytorch3d_backend.is_available():
         with pytest.raises(ImportError, match="pytorch3d"):
             MeshRenderer.from_face_model(face_model, 16, backend="pytorch3d")
