@@ -70,3 +70,81 @@ def test_generate_and_reconstruct_store_their_identity_for_the_teeth(monkeypatch
     reconstructed = asyncio.run(P.reconstruct(bundle, run_graph, recon, image, P.Timer()))
     for source, result in zip(stored, (generated, reconstructed), strict=True):
         np.testing.assert_allclose(source.shape, result.meta["codes"]["shape"], atol=1e-6)
+
+
+def test_a_stored_source_reads_back_exactly_and_an_older_npz_still_reads():
+    """FileSource's stored layout (header + raw arrays: /generate stores one per request, its .npz took ~4× longer
+    to write): every field reads back; an .npz stored by an older service still reads; a truncated source or one
+    whose header names another dtype is refused with a ValueError, not read as garbage."""
+    import io
+    import json
+
+    import pytest
+
+    rng = np.random.default_rng(1)
+    source = P.FileSource(
+        "a" * 64,
+        rng.integers(0, 65536, (32, 32, 3)).astype(np.uint16),
+        rng.normal(size=(16, 16)).astype(np.float32).astype(np.float64),
+        rng.normal(size=(50, 3)).astype(np.float32).astype(np.float64),
+        128,
+        32,
+        True,
+        ("albedo", "glb"),
+        rng.normal(size=7).astype(np.float32),
+    )
+    data = source.to_bytes()
+    back = P.FileSource.from_bytes(data)
+    for name in ("albedo_steps", "disp", "verts", "shape"):
+        assert np.array_equal(getattr(back, name), getattr(source, name)), name
+    assert back.albedo_steps.dtype == np.uint16 and back.disp.dtype == np.float64
+    assert (back.bundle_digest, back.texture_size, back.mesh_resolution, back.blendshapes, back.outputs) == (
+        "a" * 64, 128, 32, True, ("albedo", "glb"),
+    )  # fmt: skip
+    header = {k: getattr(source, k) for k in P.FileSource._HEADER}
+    buf = io.BytesIO()
+    np.savez(
+        buf,
+        albedo=source.albedo_steps,
+        disp=source.disp.astype(np.float32),
+        verts=source.verts.astype(np.float32),
+        header=np.frombuffer(json.dumps(header).encode(), np.uint8),
+    )
+    older = P.FileSource.from_bytes(buf.getvalue())
+    assert np.array_equal(older.albedo_steps, source.albedo_steps) and older.shape is None
+    with pytest.raises(ValueError, match="bytes"):
+        P.FileSource.from_bytes(data[:-8])
+    with pytest.raises(ValueError, match="dtype"):
+        P.FileSource.from_bytes(data.replace(b'"<u2"', b'"|O8"', 1))
+
+
+def test_generates_displacement_map_is_kept_for_its_expression(monkeypatch):
+    """/generate's displacement map (no detail code) depends on the expression alone: asked again for the same
+    one, it is the same map without running the graph; another expression runs it; a photo's (its own detail
+    code) always runs it."""
+    import asyncio
+
+    from service.engine.sessions import inline_runner, open_sessions
+
+    bundle = load_bundle(EMBEDDED_BUNDLE)
+    inner = inline_runner(open_sessions(bundle, ["CPUExecutionProvider"], 1))
+    calls = []
+
+    async def run_graph(name, inputs):
+        calls.append(name)
+        return await inner(name, inputs)
+
+    monkeypatch.setattr(P, "_DETAIL_FREE", {})
+    neutral = np.zeros(bundle.face_model.n_expr)
+    smile = neutral.copy()
+    smile[0] = 0.8
+    maps = []
+    for expression in (neutral, neutral, smile, neutral):
+        maps.append(asyncio.run(P._displacement(bundle, run_graph, None, expression, None, P.Timer())))
+    assert calls.count("displacement") == 2  # the neutral map once, the smile's once
+    assert maps[0] is maps[1] is maps[3] and not maps[0].flags.writeable
+    assert not np.array_equal(maps[0], maps[2])
+    detail = np.zeros(bundle.manifest.codes.detail)
+    for _ in range(2):
+        asyncio.run(P._displacement(bundle, run_graph, detail, neutral, np.zeros(3), P.Timer()))
+    assert calls.count("displacement") == 4
