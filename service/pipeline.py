@@ -727,8 +727,11 @@ async def _displacement(
     }
     key = (bundle.digest, inputs["expression"].tobytes(), inputs["jaw_pose"].tobytes()) if detail is None else None
     with timer.stage("displacement"):
-        disp = _DETAIL_FREE.get(key) if key is not None else None
-        if disp is None:
+        # (on the event loop only: nothing awaits between the cache's look-up and its update)
+        disp = _DETAIL_FREE.pop(key, None) if key is not None else None
+        if disp is not None:
+            _DETAIL_FREE[key] = disp  # the most recently used last
+        else:
             out = await run_graph("displacement", inputs)
             disp = out["displacement"][0, 0].astype(np.float64) * m.displacement_scale_m
             disp.flags.writeable = False  # shared by the requests that hit the cache
@@ -739,8 +742,9 @@ async def _displacement(
     return disp
 
 
-#: (bundle digest, expression, jaw) → the displacement map without a detail code (:func:`_displacement`); a
-#: /generate's graph call is ~1 ms of its ~10 on this 2-core CPU, and its default body asks for the same one
+#: (bundle digest, expression, jaw) → the displacement map without a detail code (:func:`_displacement`), the least
+#: recently used first; a /generate's graph call is ~1 ms of its ~10 on this 2-core CPU, and its default body asks
+#: for the same one
 _DETAIL_FREE: dict[tuple[str, bytes, bytes], np.ndarray] = {}
 _DETAIL_FREE_ENTRIES = 16
 
@@ -795,6 +799,7 @@ class FileSource:
     #: still read.)
     _MAGIC = b"FSRC1\n"
     _DTYPES = ("<u2", "<f4")
+    _RANKS = {"albedo": 3, "disp": 2, "verts": 2, "shape": 1}
 
     def to_bytes(self) -> bytes:
         arrays = {
@@ -812,8 +817,15 @@ class FileSource:
     @classmethod
     def from_bytes(cls, data: bytes) -> FileSource:
         """The source :meth:`to_bytes` stored (or an .npz an older service stored); ValueError when it is not one."""
-        if not data.startswith(cls._MAGIC):
-            return cls._from_npz(data)
+        try:
+            return cls._from_raw(data) if data.startswith(cls._MAGIC) else cls._from_npz(data)
+        except ValueError:
+            raise
+        except Exception as exc:  # a damaged file: a malformed header, a missing field, not a zip
+            raise ValueError(f"stored source: unreadable ({type(exc).__name__}: {exc})") from exc
+
+    @classmethod
+    def _from_raw(cls, data: bytes) -> FileSource:
         start = len(cls._MAGIC) + 4
         size = int.from_bytes(data[len(cls._MAGIC) : start], "little")
         header = json.loads(data[start : start + size])
@@ -821,6 +833,8 @@ class FileSource:
         for name, dtype, shape in header.pop("arrays"):
             if dtype not in cls._DTYPES:
                 raise ValueError(f"stored source: array {name!r} has dtype {dtype!r}")
+            if not all(isinstance(n, int) and n >= 0 for n in shape) or len(shape) != cls._RANKS.get(name, -1):
+                raise ValueError(f"stored source: array {name!r} has shape {shape!r}")
             count = math.prod(shape)
             if offset + count * np.dtype(dtype).itemsize > len(data):
                 break

@@ -112,10 +112,17 @@ def test_a_stored_source_reads_back_exactly_and_an_older_npz_still_reads():
     )
     older = P.FileSource.from_bytes(buf.getvalue())
     assert np.array_equal(older.albedo_steps, source.albedo_steps) and older.shape is None
+    assert np.array_equal(older.disp, source.disp) and np.array_equal(older.verts, source.verts)
+    assert (older.texture_size, older.outputs) == (128, ("albedo", "glb"))
     with pytest.raises(ValueError, match="bytes"):
         P.FileSource.from_bytes(data[:-8])
     with pytest.raises(ValueError, match="dtype"):
         P.FileSource.from_bytes(data.replace(b'"<u2"', b'"|O8"', 1))
+    with pytest.raises(ValueError, match="shape"):
+        P.FileSource.from_bytes(data.replace(b"[16, 16]", b"[-1, 16]", 1))
+    for damaged in (b"", data[:12], data.replace(b'"outputs"', b'"outputz"', 1), b"PK\x03\x04 not a zip"):
+        with pytest.raises(ValueError):
+            P.FileSource.from_bytes(damaged)
 
 
 def test_generates_displacement_map_is_kept_for_its_expression(monkeypatch):
@@ -143,6 +150,7 @@ def test_generates_displacement_map_is_kept_for_its_expression(monkeypatch):
         maps.append(asyncio.run(P._displacement(bundle, run_graph, None, expression, None, P.Timer())))
     assert calls.count("displacement") == 2  # the neutral map once, the smile's once
     assert maps[0] is maps[1] is maps[3] and not maps[0].flags.writeable
+    assert list(P._DETAIL_FREE)[-1][1] == neutral.astype(np.float32)[None].tobytes()  # the last used is kept last
     assert not np.array_equal(maps[0], maps[2])
     detail = np.zeros(bundle.manifest.codes.detail)
     for _ in range(2):
