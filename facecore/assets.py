@@ -45,6 +45,7 @@ DEFAULT_IRIS_SRGB = (0.38, 0.25, 0.14)  # hazel brown: the commonest iris colour
 #: photos the socket, lids and lashes shade it. Measured in the fixture portraits (the brightest 15 % of the pixels
 #: inside dlib's eye contours against the cheeks, linear): 0.34-0.43 of the skin's luminance with the eyes open;
 #: renders over them of (0.86, 0.83, 0.79) gave 1.1-1.4 (028: 3.4), glaring white eyes; this gives 0.7-0.85
+#: (`python benchmarks/eye_brightness.py`)
 SCLERA_SRGB = (0.68, 0.65, 0.61)
 PUPIL_SRGB = (0.02, 0.02, 0.025)
 IRIS_WIDTH_RATIO = 0.21  # iris radius / eye-opening width (corner to corner)
