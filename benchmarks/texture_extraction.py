@@ -314,6 +314,10 @@ def clean_table(args: argparse.Namespace, fm: FaceModel) -> None:
     cfg = face_fit.FitConfig(steps=args.steps)
     if cache is not None and cache.exists():
         recs = pickle.loads(cache.read_bytes())
+        made = {(r.get("seed", args.seed), r.get("specular", 0.0)) for r in recs}  # (older caches: plain renders)
+        if made != {(args.seed, args.specular)}:
+            want = (args.seed, args.specular)
+            raise SystemExit(f"{cache} holds renders of (seed, specular) {sorted(made)}, not {want}: another --cache")
     else:
         renderer = MeshRenderer.from_face_model(fm, cfg.render_size)
         recs = []
@@ -333,7 +337,8 @@ def clean_table(args: argparse.Namespace, fm: FaceModel) -> None:
             recs.append({"index": i, "face": face, "yaw": float(head_angles_deg(item.codes.pose)[0, 0]),
                          "albedo": item.albedo_uv[0].permute(1, 2, 0).double().numpy(), "hair_uv": hair_uv,
                          "bad_px": hair_px | bg_px, "truth_verts": verts, "truth_px": px,
-                         "truth_sh": item.sh[0].double().numpy()})  # fmt: skip
+                         "truth_sh": item.sh[0].double().numpy(), "seed": args.seed,
+                         "specular": args.specular})  # fmt: skip
         for key, fit_cfg in (("fit", cfg), ("fit_flat", dataclasses.replace(cfg, texture="flat"))):
             for s in range(0, len(recs), args.batch):
                 chunk = recs[s : s + args.batch]
