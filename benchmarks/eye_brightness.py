@@ -19,31 +19,24 @@ import numpy as np
 from bundle_metrics import PHOTOS, BundleRunner, render_over, served_crop
 
 from facecore import color
+from facecore.assets import eye_pixels
 from facecore.bundle import load_bundle
-from facecore.geometry import inside_polygon
 from facecore.texture import LUMA
 from models.landmarks import landmarks68
 from service import pipeline as P
 from service.settings import EMBEDDED_BUNDLE
 
 CROP = 384
-EYES = (slice(36, 42), slice(42, 48))
 
 
 def whites_to_skin(image: np.ndarray, lm: np.ndarray) -> tuple[float, float]:
     """(the eyes' brightest 15 % luminance, the cheeks' median luminance) of an sRGB uint8 image, linear."""
     Y = color.srgb_to_linear(np.asarray(image, np.float64) / 255.0) @ LUMA
-    H, W = Y.shape
-    yy, xx = np.mgrid[0:H, 0:W]
-    pts = np.stack([xx.ravel(), yy.ravel()], 1).astype(np.float64)
-    eye = np.zeros(H * W, bool)
-    for part in EYES:
-        eye |= inside_polygon(pts, lm[part])
     cheeks = []
     for corner, nose, mouth in ((36, 31, 48), (45, 35, 54)):
         x, y = np.rint((lm[corner] + lm[nose] + lm[mouth]) / 3).astype(int)
         cheeks.append(np.median(Y[max(y - 6, 0) : y + 6, max(x - 6, 0) : x + 6]))
-    return float(np.percentile(Y.ravel()[eye], 85)), float(np.mean(cheeks))
+    return float(np.percentile(eye_pixels(Y, lm), 85)), float(np.mean(cheeks))
 
 
 def main() -> None:

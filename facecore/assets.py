@@ -891,6 +891,25 @@ pupil check): a photo's eyes sit in the lids' and brows' shade, and 013's dark e
 _EYE_LANDMARKS = (slice(36, 42), slice(42, 48))  # the 68-point layout's two eye contours
 
 
+def eye_pixels(image: np.ndarray, landmarks: np.ndarray, shrink: float = 1.0) -> np.ndarray:
+    """(N, C) the pixels of ``image`` (H, W, C) whose centres (integer coordinates) lie inside the two eye contours of
+    its (68, 2) landmarks, each contour scaled by ``shrink`` about its centre (below 1: the lid margins left out)."""
+    H, W = image.shape[:2]
+    pixels = []
+    for part in _EYE_LANDMARKS:
+        contour = landmarks[part]
+        centre = contour.mean(0)
+        contour = centre + shrink * (contour - centre)
+        x0, y0 = np.maximum(np.floor(contour.min(0)).astype(int), 0)
+        x1, y1 = np.minimum(np.ceil(contour.max(0)).astype(int), [W - 1, H - 1])
+        if x1 < x0 or y1 < y0:
+            continue
+        yy, xx = np.mgrid[y0 : y1 + 1, x0 : x1 + 1]
+        inside = geo.inside_polygon(np.stack([xx.ravel(), yy.ravel()], 1), contour)
+        pixels.append(image[yy.ravel()[inside], xx.ravel()[inside]])
+    return np.concatenate(pixels) if pixels else np.zeros((0, *image.shape[2:]))
+
+
 def photo_iris_colour(image_srgb: np.ndarray, landmarks: np.ndarray, min_pixels: int = 12) -> np.ndarray | None:
     """The iris colour (sRGB) a photo shows between the lids of its 68 landmarks' eyes, or None.
 
@@ -910,20 +929,7 @@ def photo_iris_colour(image_srgb: np.ndarray, landmarks: np.ndarray, min_pixels:
     points = np.asarray(landmarks, np.float64)
     if img.ndim != 3 or img.shape[2] != 3 or points.shape != (68, 2) or not np.all(np.isfinite(points)):
         raise ValueError(f"image_srgb (H, W, 3) and landmarks (68, 2) expected, got {img.shape}, {points.shape}")
-    H, W = img.shape[:2]
-    pixels = []
-    for part in _EYE_LANDMARKS:
-        contour = points[part]
-        centre = contour.mean(0)
-        contour = centre + 0.85 * (contour - centre)
-        x0, y0 = np.maximum(np.floor(contour.min(0)).astype(int), 0)
-        x1, y1 = np.minimum(np.ceil(contour.max(0)).astype(int), [W - 1, H - 1])
-        if x1 < x0 or y1 < y0:
-            continue
-        yy, xx = np.mgrid[y0 : y1 + 1, x0 : x1 + 1]
-        inside = geo.inside_polygon(np.stack([xx.ravel(), yy.ravel()], 1), contour)  # pixel centres: integers
-        pixels.append(img[yy.ravel()[inside], xx.ravel()[inside]])
-    px = np.concatenate(pixels) if pixels else np.zeros((0, 3))
+    px = eye_pixels(img, points, 0.85)
     if len(px) < min_pixels:
         return None
     luma = px @ LUMA
