@@ -836,10 +836,11 @@ class FileSource:
             if not all(isinstance(n, int) and n >= 0 for n in shape) or len(shape) != cls._RANKS.get(name, -1):
                 raise ValueError(f"stored source: array {name!r} has shape {shape!r}")
             count = math.prod(shape)
-            if offset + count * np.dtype(dtype).itemsize > len(data):
-                break
+            end = offset + count * np.dtype(dtype).itemsize
+            if end > len(data):
+                raise ValueError(f"stored source: {len(data)} bytes, too few for its array {name!r}")
             arrays[name] = np.frombuffer(data, dtype, count, offset).reshape(shape).copy()
-            offset += count * np.dtype(dtype).itemsize
+            offset = end
         if offset != len(data) or not {"albedo", "disp", "verts"} <= arrays.keys():
             raise ValueError(f"stored source: {len(data)} bytes, its header describes {offset}")
         header["outputs"] = tuple(header["outputs"])
