@@ -92,3 +92,40 @@ def test_the_closed_lips_prior_closes_a_slightly_open_mouth_and_keeps_an_open_on
     assert gaps[0.02, 0.0] == pytest.approx(small, abs=0.3)  # without the prior the landmarks' gap is met
     assert gaps[0.02, 2.0] < 0.5 * small  # with it the lips close ...
     assert gaps[0.15, 2.0] > 0.85 * wide  # ... unless the landmarks show a clearly open mouth
+
+
+def test_eye_apertures_measure_the_lids_over_the_eye_width():
+    points = np.zeros((68, 2))
+    for a, b, upper, lower in refine.EYES:  # a 30-wide eye, lids 6 and 12 apart
+        points[a], points[b] = [0, 0], [30, 0]
+        points[list(upper)] = [[10, -3], [20, -3]]
+        points[list(lower)] = [[10, 3], [20, 9]]
+    np.testing.assert_allclose(refine.eye_apertures(points), [0.3, 0.3])
+    np.testing.assert_allclose(refine.eye_apertures(np.stack([points, 2 * points])), [[0.3, 0.3]] * 2)
+
+
+def test_the_eye_opening_term_opens_an_eye_the_encoder_fitted_narrowed(model):
+    """The encoder's blink drawn too far (a narrowed eye) pulls the lids only a fraction of σ off the target's 68
+    points, which the expression prior outweighs; the eyes' opening, a difference of lid points whose common
+    errors cancel, is fitted as a measurement of its own."""
+    lm = refine.landmark_model(model)
+    blink = [model.expr_names.index(n) for n in ("eyeBlinkLeft", "eyeBlinkRight")]
+    truth = {
+        "shape": np.zeros(model.n_shape),
+        "expression": np.zeros(model.n_expr),
+        "pose": np.zeros((model.n_joints, 3)),
+        "camera": np.array([8.0, 0.0, 0.0]),
+    }
+    target = geo.project_points(lm.landmarks(truth["shape"], truth["expression"], truth["pose"]), truth["camera"], 96)
+    start = {**truth, "expression": truth["expression"].copy()}
+    start["expression"][blink] = 0.35
+    opening = {}
+    for sigma in (0.0, refine.RefineConfig().eye_aperture_sigma):
+        out, _ = refine.refine(model, start, target, 96, refine.RefineConfig(eye_aperture_sigma=sigma))
+        head = geo.project_points(lm.landmarks(out["shape"], out["expression"], out["pose"]), out["camera"], 96)
+        opening[sigma] = refine.eye_apertures(head)
+    want = refine.eye_apertures(target)
+    assert sigma > 0
+    narrowed = want - opening[0.0]
+    assert narrowed.min() > 0.03  # without the term the prior keeps the eyes visibly narrowed ...
+    assert (want - opening[sigma]).max() < 0.5 * narrowed.min()  # ... with it they open most of the way
