@@ -171,7 +171,9 @@ class FaceCrop:
     box: np.ndarray
     points: np.ndarray  # (5, 2) the detector's points
     detector: str
-    texture_crop: np.ndarray | None = None  # (T, T, 3) uint8: the same framing at the texture's resolution
+    # (T·k, T·k, 3) uint8, k = TEXTURE_CROP_SCALE: the same alignment zoomed out k× about the crop's centre, at
+    # the texture's resolution over the encoder crop's field
+    texture_crop: np.ndarray | None = None
     anchors: np.ndarray | None = None  # (3, 2) the crop's alignment anchors in the photo (facecore.detect)
     aligned_on: str = "points5"  # what found the anchors: "points5" (the detector's) or "localiser"
     landmarks: np.ndarray | None = None  # (68, 2) the localiser's landmarks in the photo, when it ran
@@ -196,6 +198,17 @@ def detect_face(image: np.ndarray, detector: str) -> detect.FaceLandmarks:
     return face
 
 
+#: the texture is unwrapped from the alignment zoomed out this much: the encoder's framing runs from the brows'
+#: top to the chin and cuts the forehead, which then was filled from the smooth prior even where the photo shows
+#: skin (a straight edge across the forehead)
+TEXTURE_CROP_SCALE = 1.5
+
+
+def texture_crop_side(texture_size: int) -> int:
+    """The texture crop's side: ``texture_size`` pixels over the encoder crop's field, zoomed out."""
+    return int(round(texture_size * TEXTURE_CROP_SCALE))
+
+
 def find_face(
     image: np.ndarray,
     size: int,
@@ -207,17 +220,17 @@ def find_face(
     """Detect the largest face (5-point model; or take ``face``) and align it into a ``size`` crop around
     ``anchors`` (default: those of the detector's points); PhotoError without a face.
 
-    With ``texture_size`` the same alignment is also sampled at that size from the original photo (the
-    texture is unwrapped from it: the encoder's crop is small, the photo usually is not).
+    With ``texture_size`` the same alignment, zoomed out by :data:`TEXTURE_CROP_SCALE`, is also sampled from the
+    original photo, ``texture_size`` pixels over the encoder crop's field (the texture is unwrapped from it: the
+    encoder's crop is small, the photo usually is not).
     """
     face = face if face is not None else detect_face(image, detector)
     anchors = detect.alignment_anchors(face.points) if anchors is None else np.asarray(anchors, np.float64)
     aligned = detect.warp_crop(image, detect.anchors_matrix(anchors, size), size)
-    texture_crop = (
-        detect.warp_crop(image, detect.anchors_matrix(anchors, texture_size), texture_size).crop
-        if texture_size
-        else None
-    )
+    texture_crop = None
+    if texture_size:
+        side = texture_crop_side(texture_size)
+        texture_crop = detect.warp_crop(image, detect.anchors_matrix(anchors, side, TEXTURE_CROP_SCALE), side).crop
     return FaceCrop(aligned.crop, aligned.crop_to_image, face.box, face.points, face.detector, texture_crop, anchors)
 
 
@@ -459,8 +472,8 @@ async def reconstruct(
         lmk = face.crop_to_image(geo.project_points(geo.landmarks_3d(model, posed[None])[0], codes["camera"], size))
         if not unwrap:
             return None, (), verts, lmk, codes["light"], (None, ""), None
-        # the texture crop frames the face like the encoder's crop, so the camera projects into it at its size
-        px = geo.project_points(posed, codes["camera"], tex_size)
+        # the texture crop is the encoder's framing zoomed out about the same centre: NDC shrink by its scale
+        px = geo.project_points(posed, codes["camera"] / TEXTURE_CROP_SCALE, face.texture_crop.shape[0])
         # shading multiplies linear light: de-light in linear space, store the albedo sRGB-encoded like the PNGs
         linear = color.srgb_to_linear(face.texture_crop / 255.0)
         # only the face's skin, seen well (no hair, background, highlights); the rest mirrored or filled smoothly:

@@ -297,3 +297,32 @@ def test_the_photo_map_is_filled_towards_the_bundles_mean_map(monkeypatch):
     assert np.median(diff) <= 1  # ... and only there: what it gave is the same
     with pytest.raises(ValueError, match="read-only"):
         mean[0, 0, 0] = 0.0  # shared by every request
+
+
+def test_the_texture_crop_is_the_encoders_framing_zoomed_out():
+    """The texture is unwrapped from a wider crop than the encoder reads (the forehead above its framing), through
+    the encoder's camera scaled by the zoom: the wider crop's centre must be the encoder's crop."""
+    from facecore import geometry as geo
+    from service import pipeline as P
+
+    image = np.asarray(Image.open(FRONTAL).convert("RGB"))
+    face = P.find_face(image, 128, "auto", texture_size=128)
+    k = P.TEXTURE_CROP_SCALE
+    side = face.texture_crop.shape[0]
+    assert k > 1 and side == P.texture_crop_side(128) == round(128 * k)
+    # a point at the encoder crop's NDC lands at NDC / k in the texture crop (what the unwrap projects through)
+    points = np.array([[-0.5, -0.5, 0.0], [0.4, 0.3, 0.0], [0.0, 0.0, 0.0]])
+    camera = np.array([1.0, 0.0, 0.0])
+    enc_px = geo.project_points(points, camera, 128)
+    tex_px = geo.project_points(points, camera / k, side)
+    for (ex, ey), (tx, ty) in zip(enc_px.round().astype(int), tex_px.round().astype(int), strict=True):
+        a = face.crop[ey - 2 : ey + 3, ex - 2 : ex + 3].astype(float).mean((0, 1))
+        b = face.texture_crop[ty - 2 : ty + 3, tx - 2 : tx + 3].astype(float).mean((0, 1))
+        assert np.abs(a - b).max() < 12, (a, b)  # the same photo pixels
+    # and the centre region, resampled, is the encoder's crop
+    inner = round(side / k)
+    lo = (side - inner) // 2
+    centre = Image.fromarray(face.texture_crop[lo : lo + inner, lo : lo + inner]).resize((128, 128), Image.BILINEAR)
+    assert np.abs(np.asarray(centre, float) - face.crop).mean() < 6
+    # outside it the wider crop sees more of the photo (the forehead's top, the hair): not padding
+    assert face.texture_crop[: lo // 2].mean() > 30
