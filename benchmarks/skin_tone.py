@@ -39,6 +39,27 @@ def level_text(cal: SkinToneCalibration) -> str:
     return f"{a:.3f}" + "".join(f" {'+' if c >= 0 else '−'} {abs(c):.3f} · {name}" for c, name in terms)
 
 
+def greyscale_level(bundle, count: int, seed: int) -> None:
+    """The photo map's skin level (log Y) against the truth on grey copies of the renders: as served (the level
+    map at the prior's skin chroma, ``facecore.texture.UNTRUSTED_CHROMA``) and at the grey photo's own chroma."""
+    from facecore import texture
+
+    rows = {}
+    for name, untrusted in (("prior's chroma (served)", texture.UNTRUSTED_CHROMA), ("photo's chroma", set())):
+        before, texture.UNTRUSTED_CHROMA = texture.UNTRUSTED_CHROMA, untrusted
+        try:
+            errors, _, skipped, failed = measure(bundle, count, seed, photo_only=True, greyscale=True)
+        finally:
+            texture.UNTRUSTED_CHROMA = before
+        rows[name] = errors["photo"][:, 2]
+    n = len(next(iter(rows.values())))
+    print(f"greyscale copies of {n} renders of stream {seed} ({skipped} without a skin model, {failed} no face): "
+          "photo map's skin log Y vs truth")  # fmt: skip
+    for name, e in rows.items():
+        p50, p90 = np.median(np.abs(e)), np.percentile(np.abs(e), 90)
+        print(f"  {name:<24} bias {e.mean():+.3f}  p50 {p50:.3f}  p90 {p90:.3f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bundle", default=EMBEDDED_BUNDLE)
@@ -55,8 +76,17 @@ def main() -> None:
         help="also score the photo maps of the renders auto-exposed to this face median luminance (linear), as "
         "cameras expose: rows 'photo, auto-exposed' and 'uncalibrated photo, auto-exposed'",
     )
+    ap.add_argument(
+        "--greyscale",
+        action="store_true",
+        help="only the photo maps' level on grey copies of the renders (black-and-white portraits: flagged, their "
+        "level predicted at the prior's skin chroma), and with the grey photo's own chroma in the level map",
+    )
     args = ap.parse_args()
     bundle = load_bundle(args.bundle)
+    if args.greyscale:
+        greyscale_level(bundle, args.count, args.seed)
+        return
     errors, _, flagged, failed = measure(bundle, args.count, args.seed, matched=True)
     uncalibrated = without_calibration(bundle)
     errors["uncalibrated photo"] = measure(uncalibrated, args.count, args.seed, photo_only=True)[0]["photo"]

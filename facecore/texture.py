@@ -725,7 +725,10 @@ def extract(
             inverse. A light guessed from one photo regresses to the mean (dark skin comes out too light, fair skin
             too dark) and a camera's exposure moves the photo's level, while the skin's chroma follows its pigment
             and is left alone by exposure; a bundle stores the least-squares map to the truth's level on held-out
-            renders (``SkinToneCalibration.level_map``, :mod:`training.skin_tone`). None: as de-lit.
+            renders (``SkinToneCalibration.level_map``, :mod:`training.skin_tone`). A grey or colour-cast photo
+            (:data:`UNTRUSTED_CHROMA`) has no chroma of its skin: with a ``prior`` the chroma terms read the
+            prior's skin chroma (greyscale copies of 34 held-out renders, ``benchmarks/skin_tone.py --greyscale``:
+            log-luminance bias +0.84 → +0.12, median error 0.69 → 0.28). None: as de-lit.
         prior: a (S, S, 3) linear albedo map of the layout (any S: resampled; a face's features at their texels,
             e.g. the bundle's AlbedoGAN at its mean latent) the fill follows where the photo gave nothing (step 3);
             None: the smooth fill alone. Used only when a skin model was fitted.
@@ -796,6 +799,7 @@ def extract(
     facing[texel] = nrm[:, 2]
     seeds = layout.seed_area[idx] & (facing[idx] > 0.5)
     skin = fit_skin_model(feature[seeds])
+    flags = colour_flags(colour_ok[seeds])
     clean = raw
     if skin is not None and REMOVE_HIGHLIGHTS:
         # the skin's highlights (not the features' own colours: brows, eyes, lips, nostrils) out of the map; which
@@ -808,7 +812,13 @@ def extract(
         if len(level_map) not in (2, 4):
             raise ValueError(f"level_map: (intercept, slope[, c_rg, c_bg]), not {len(level_map)} numbers")
         a, b, *c = level_map
-        target = float(np.clip(a + b * skin.log_y + (np.dot(c, skin.mean) if c else 0.0), *bounds))
+        chroma = skin.mean
+        if c and UNTRUSTED_CHROMA & set(flags) and prior is not None:
+            # a grey or colour-cast photo's chroma is not its skin's (grey read as the palest skin there is: the
+            # map's chroma term alone lifted a dark-skinned face in a black-and-white portrait to the bound):
+            # the level is predicted at the chroma of skin as the prior draws it
+            chroma = _prior_skin_chroma(model, prior, R, chroma)
+        target = float(np.clip(a + b * skin.log_y + (np.dot(c, chroma) if c else 0.0), *bounds))
         k = math.exp(target - skin.log_y)
         raw, feature, clean = raw * k, feature * k, clean * k
         texel_shading = texel_shading / k
@@ -833,7 +843,6 @@ def extract(
     # the eye openings show the eyeball (iris, sclera): kept, but a sclera de-lit to white is toned down
     opening = layout.openings & seen_map
     delit[opening] *= np.minimum(1.0, 0.8 / np.maximum(delit[opening].max(1), 1e-6))[:, None]
-    flags = colour_flags(colour_ok[seeds])
     # the lips: kept as seen, but not what shows through them (teeth, the mouth's dark interior where the fit's
     # lips close over an opening, or open over closed ones): the outliers of the lips' own colour model, fitted on
     # the lip texels redder than the skin. Lips, even when lighter than a dark skin, are redder than it; texels
@@ -974,6 +983,8 @@ def extract(
     )
 
 
+#: flags under which the photo's skin chroma is not the skin's (:func:`extract`'s level map reads the prior's)
+UNTRUSTED_CHROMA = {"greyscale", "colour_cast"}
 #: flags under which a photo's skin colour is not the person's (:func:`colour_flags`; :func:`bound_albedo_level`:
 #: the level is a bound, and clipping washes an over-exposed skin's chroma out: fixture 013's is near grey)
 UNTRUSTED_COLOUR = ("greyscale", "colour_cast", "over_exposed", "under_exposed", "no_skin_model")
@@ -1058,6 +1069,14 @@ def _fill_guide(
     guide[:] = colour
     guide[at] = weight * toned + (1.0 - weight) * colour
     return np.maximum(guide, 1e-3)
+
+
+def _prior_skin_chroma(model: geo.FaceModelArrays, prior: np.ndarray, R: int, default: np.ndarray) -> np.ndarray:
+    """(2,) the log R/G, log B/G of ``prior``'s skin (:func:`_prepared_prior`'s skin model), or ``default``."""
+    prepared = _prepared_prior(model, prior, R)
+    if prepared is None:
+        return default
+    return _chroma(prepared[2][None])[0][0]
 
 
 def _check_prior(prior: np.ndarray) -> None:

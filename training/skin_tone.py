@@ -75,6 +75,7 @@ def measure(
     matched: bool = False,
     photo_only: bool = False,
     exposure: float | None = None,
+    greyscale: bool = False,
 ) -> tuple[dict[str, np.ndarray], np.ndarray, int, int]:
     """Errors against the truth, (N, 3) each: ``photo``, ``generated`` (no match; absent with ``photo_only`` or for
     a bundle without ``albedo=generated``) and, with ``matched``, the map as the service matches it now; the
@@ -82,7 +83,10 @@ def measure(
 
     ``exposure``: each render auto-exposed first, as a camera's face-priority exposure does: its linear image scaled
     so that the median luminance inside the face box dlib finds is ``exposure`` (clipped to 1). The renders
-    themselves keep the light's level, which a real camera takes away."""
+    themselves keep the light's level, which a real camera takes away.
+
+    ``greyscale``: each render made grey first (its linear luminance in every channel), as a black-and-white
+    portrait; those are measured although flagged (the flag is the point; without a skin model still left out)."""
     from PIL import Image
 
     from service import pipeline as P
@@ -117,6 +121,9 @@ def measure(
         item = faces.batch([i])
         image = color.to_uint8(item.image_srgb[0].permute(1, 2, 0).numpy())
         truth = skin_stats(model, resize_uv(item.albedo_uv, 256)[0].permute(1, 2, 0).numpy())
+        if greyscale:
+            luminance = color.srgb_to_linear(image / 255.0) @ texture.LUMA
+            image = color.to_uint8(color.linear_to_srgb(np.repeat(luminance[..., None], 3, 2)))
         if exposure is not None:
             image = auto_exposed(image, exposure)
             if image is None:
@@ -127,7 +134,8 @@ def measure(
         except P.PhotoError:
             failed += 1
             continue
-        if meta["texture"]["flags"] or meta["texture"].get("skin_srgb") is None:  # the match leaves those alone
+        flags = set(meta["texture"]["flags"]) - ({"greyscale"} if greyscale else set())
+        if flags or meta["texture"].get("skin_srgb") is None:  # the match leaves those alone
             flagged += 1
             continue
         photo = color.srgb_to_linear(np.array(meta["texture"]["skin_srgb"]))

@@ -556,6 +556,34 @@ def test_background_the_fit_reaches_is_told_from_a_varied_skin(model, scene, mon
     assert with_rule < 0.1 * without, (with_rule, without)  # measured 0
 
 
+def test_a_grey_photos_level_is_mapped_at_the_priors_skin_chroma(model, scene):
+    """A black-and-white photo has no skin chroma (log R/G = log B/G = 0, paler than any skin): a level map's
+    chroma terms are read at the prior's skin chroma instead (the skin as the bundle's generator draws it); the
+    colour photo's level is still mapped at its own."""
+    img, _, _, verts, px = scene
+    flat = np.zeros((9, 3))
+    flat[0] = 1.0 / texture.sh_basis(np.array([[0.0, 0.0, 1.0]]))[0, 0]
+    grey = np.repeat((img @ texture.LUMA)[..., None], 3, -1)
+    prior = np.empty((R, R, 3))
+    prior[:] = [0.30, 0.14, 0.08]  # a prior of a darker, redder skin than the photo's
+    prior_chroma = np.log([0.30 / 0.14, 0.08 / 0.14])
+    level = (-1.0, 0.5, -1.0, 0.2)
+    a, b, *c = level
+    for photo, own in ((grey, False), (img, True)):
+        plain = texture.extract(model, verts, px, photo, R, sh=flat, prior=prior)
+        out = texture.extract(model, verts, px, photo, R, sh=flat, prior=prior, level_map=level)
+        chroma = plain.skin.mean if own else prior_chroma
+        assert own or np.abs(plain.skin.mean).max() < 0.03  # grey: no chroma of its own
+        want = a + b * plain.skin.log_y + np.dot(c, chroma)
+        assert abs(out.skin.log_y - want) < 1e-6, (own, out.skin.log_y, want)
+    # at the grey photo's own (zero) chroma the level would have been higher by −c·prior chroma ≈ 0.87 in log
+    assert np.dot(c, prior_chroma) < -0.8
+    # without a prior there is no other chroma to read: the photo's own
+    out = texture.extract(model, verts, px, grey, R, sh=flat, level_map=level)
+    plain = texture.extract(model, verts, px, grey, R, sh=flat)
+    assert abs(out.skin.log_y - (a + b * plain.skin.log_y + np.dot(c, plain.skin.mean))) < 1e-6
+
+
 def test_a_prior_fills_its_features_at_the_photos_tone_where_the_photo_gave_nothing(model, scene):
     """Sunglasses hide both eyes' regions: without a prior their fill is the skin around them; with a prior whose
     lids are half as bright as its skin (and whose skin is another person's: grey), the fill has those darker lids
