@@ -8,9 +8,9 @@ there (the encoder's and identity head's codes, the localiser's 68 points in the
 the refinement (:func:`facecore.refine.refine`) is run again on it under each configuration below, so every
 configuration sees the same inputs. Scored against the render's true landmarks, mapped into the same crop:
 
-* 68-landmark error (visible points) and the 12 eye points' error, in eye-corner distances;
+* 68-landmark error (visible points) and the visible eye points' error, in eye-corner distances;
 * eye opening (:func:`facecore.refine.eye_apertures`: the lids' distance / the eye's width): the head's minus the
-  truth's, mean (a bias: eyes fitted narrowed or widened) and mean absolute, over both eyes;
+  truth's, mean (a bias: eyes fitted narrowed or widened) and mean absolute, over the eyes whose corners show;
 * lip gap (:func:`facecore.mouth.landmarks_lip_gap` of the posed 3-D landmarks, mm) against the truth's codes:
   RMSE for closed (< 3 mm) and open mouths.
 
@@ -52,9 +52,11 @@ def record(bundle_dir: Path, count: int, seed: int) -> tuple[list[dict], geo.Fac
     from models.face.model import FaceModel
     from training.data.synthetic import SyntheticConfig, SyntheticFaces
 
-    runner = BundleRunner(load_bundle(bundle_dir), 0)
-    size = runner.bundle.manifest.resolutions.encoder_input
-    faces = SyntheticFaces(SyntheticConfig(image_size=224, albedo_size=64, seed=seed), face_model=FaceModel.from_file())
+    bundle = load_bundle(bundle_dir)
+    runner = BundleRunner(bundle, 0)
+    size = bundle.manifest.resolutions.encoder_input
+    face_model = FaceModel.from_file(bundle.root / bundle.manifest.face_model.file)  # the truth on the bundle's model
+    faces = SyntheticFaces(SyntheticConfig(image_size=224, albedo_size=64, seed=seed), face_model=face_model)
     seen: list[tuple] = []
     original = refine.refine
 
@@ -101,8 +103,9 @@ def score(rows: list[dict], model: geo.FaceModelArrays, size: int, config: refin
         iod = np.linalg.norm(truth[36] - truth[45])
         dist = np.linalg.norm(head - truth, axis=1) / iod
         nme.append(dist[vis].mean())
-        eye_nme.append(dist[36:48].mean())
-        aperture.append(refine.eye_apertures(head) - refine.eye_apertures(truth))
+        eyes = [vis[a] & vis[b] for a, b, _, _ in refine.EYES]  # an eye hidden by the turned head: not scored
+        eye_nme.append(dist[36:48][vis[36:48]].mean() if vis[36:48].any() else np.nan)
+        aperture.extend((refine.eye_apertures(head) - refine.eye_apertures(truth))[eyes])
         true_gap = landmarks_lip_gap(lm.landmarks(*(np.asarray(c, np.float64) for c in r["truth_codes"])))
         gaps.append((float(true_gap) * 1000, float(landmarks_lip_gap(pts)) * 1000))
     aperture, gaps = np.array(aperture), np.array(gaps)
@@ -113,7 +116,7 @@ def score(rows: list[dict], model: geo.FaceModelArrays, size: int, config: refin
 
     return {
         "nme": float(np.mean(nme)),
-        "eye_nme": float(np.mean(eye_nme)),
+        "eye_nme": float(np.nanmean(eye_nme)),
         "aperture_bias": float(aperture.mean()),
         "aperture_mae": float(np.abs(aperture).mean()),
         "gap_rmse_closed_mm": rmse(closed),
@@ -130,6 +133,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     rows, model, size = record(args.bundle, args.count, args.seed)
+    if not rows:
+        raise SystemExit(f"no render of stream {args.seed} was refined (no face found, or no localiser in the bundle)")
     located = np.array([refine.eye_apertures(r["target"]) - refine.eye_apertures(r["truth_px"]) for r in rows])
     print(f"{len(rows)} of {args.count} renders refined (stream {args.seed}, {args.bundle})")
     print(

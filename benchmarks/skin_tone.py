@@ -53,7 +53,8 @@ def greyscale_level(bundle, count: int, seed: int) -> None:
             texture.UNTRUSTED_CHROMA = before
         rows[name] = errors["photo"][:, 2]
     n = len(next(iter(rows.values())))
-    print(f"greyscale copies of {n} renders of stream {seed} ({skipped} without a skin model, {failed} no face): "
+    print(f"greyscale copies of {n} renders of stream {seed} ({skipped} flagged otherwise or without a skin model, "
+          f"{failed} no face): "
           "photo map's skin log Y vs truth")  # fmt: skip
     for name, e in rows.items():
         p50, p90 = np.median(np.abs(e)), np.percentile(np.abs(e), 90)

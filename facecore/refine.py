@@ -46,9 +46,10 @@ class RefineConfig:
         fitted to the target's, with this σ: the localiser's error of the opening on held-out renders (RMS 0.084
         on stream 555). Of 68 points the lids are 8, and a narrowed eye moves them only a fraction of
         ``landmark_sigma`` each, which the expression prior outweighed: the encoder's blink stayed, and fixture 028's
-        left eye was fitted at 0.18 where the localiser found 0.29 (a render check's missing pupil). Measured
-        (``benchmarks/refine_ablation.py``, stream 556, 57 renders): opening bias −0.023 → −0.005, mean error
-        0.069 → 0.063, 68-landmark error 0.0388 either way. 0: no term.
+        left eye was fitted at 0.18 where the localiser found 0.29 (a render check's missing pupil); an eye
+        narrower than the other (foreshortened) counts less, in proportion. Measured
+        (``benchmarks/refine_ablation.py``, stream 556, 57 renders, eyes whose corners show): opening bias
+        −0.024 → −0.009, mean error 0.064 → 0.058, 68-landmark error 0.0388 either way. 0: no term.
     iterations: Levenberg–Marquardt steps.
     """
 
@@ -124,14 +125,17 @@ def landmark_model(model: geo.FaceModelArrays) -> LandmarkModel:
 EYES = ((36, 39, (37, 38), (41, 40)), (42, 45, (43, 44), (47, 46)))
 
 
+def eye_widths(points: np.ndarray) -> np.ndarray:
+    """(..., 2) each eye's corner-to-corner distance of (..., 68, 2|3) landmarks."""
+    return np.stack([np.linalg.norm(points[..., a, :] - points[..., b, :], axis=-1) for a, b, _, _ in EYES], -1)
+
+
 def eye_apertures(points: np.ndarray) -> np.ndarray:
-    """(..., 2) each eye's opening of (..., 68, 2|3) landmarks: the lids' mean distance over the corners' distance."""
-    out = []
-    for a, b, upper, lower in EYES:
-        width = np.linalg.norm(points[..., a, :] - points[..., b, :], axis=-1)
-        gap = np.linalg.norm(points[..., upper, :] - points[..., lower, :], axis=-1).mean(-1)
-        out.append(gap / width)
-    return np.stack(out, -1)
+    """(..., 2) each eye's opening of (..., 68, 2|3) landmarks: the lids' mean distance over the corners' distance
+    (0 for an eye whose corners coincide)."""
+    gaps = [np.linalg.norm(points[..., u, :] - points[..., lo, :], axis=-1).mean(-1) for _, _, u, lo in EYES]
+    width = eye_widths(points)
+    return np.stack(gaps, -1) / np.where(width > 1e-9, width, np.inf)
 
 
 def _ndc(points_px: np.ndarray, size: int) -> np.ndarray:
@@ -166,6 +170,10 @@ def refine(
     sigma = np.full(68, config.landmark_sigma * iod)
     sigma[JAW_CONTOUR] *= config.contour_factor
     target_aperture = eye_apertures(target)
+    # a foreshortened eye (a turned head's far side) measures its opening over a shorter width: its σ grows as
+    # its width shrinks against the other eye's
+    widths = eye_widths(target)
+    aperture_weight = widths / max(float(widths.max()), 1e-9) / max(config.eye_aperture_sigma, 1e-9)
 
     def unpack(p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(..., P) parameters → cameras (..., 3), poses (..., J, 3), expressions (..., E)."""
@@ -194,8 +202,8 @@ def refine(
     )
 
     def residuals(p: np.ndarray) -> np.ndarray:
-        """(..., 68·2 + P − 3 [+ 1]) residuals of (..., P) parameters: landmarks over their σ, codes over their
-        prior's [, the closed-lips prior]."""
+        """(..., 68·2 + P − 3 [+ 1] [+ 2]) residuals of (..., P) parameters: landmarks over their σ, codes over
+        their prior's [, the closed-lips prior] [, the eyes' openings over theirs]."""
         projected, pts = posed(p)
         lmk = ((projected - target) / sigma[:, None]).reshape(*p.shape[:-1], -1)
         out = [lmk, (p[..., 3:] - p0[3:]) / prior_sigma]
@@ -203,7 +211,7 @@ def refine(
             x = landmarks_lip_gap(pts)[..., None] / config.closed_lips_sigma_m  # Cauchy: r² = w² log(1 + (gap / σ)²)
             out.append(config.closed_lips_weight * np.sqrt(np.log1p(x * x)))
         if config.eye_aperture_sigma > 0:
-            out.append((eye_apertures(projected) - target_aperture) / config.eye_aperture_sigma)
+            out.append((eye_apertures(projected) - target_aperture) * aperture_weight)
         return np.concatenate(out, -1)
 
     def error(p: np.ndarray) -> float:

@@ -675,6 +675,7 @@ def extract(
     relight: bool = False,
     skin_luminance: tuple[float, float] | None = SKIN_LUMINANCE,
     level_map: tuple[float, ...] | None = None,
+    level_chroma: np.ndarray | None = None,
     fill_reach: float = FILL_REACH,
     prior: np.ndarray | None = None,
 ) -> CleanTexture:
@@ -725,10 +726,12 @@ def extract(
             inverse. A light guessed from one photo regresses to the mean (dark skin comes out too light, fair skin
             too dark) and a camera's exposure moves the photo's level, while the skin's chroma follows its pigment
             and is left alone by exposure; a bundle stores the least-squares map to the truth's level on held-out
-            renders (``SkinToneCalibration.level_map``, :mod:`training.skin_tone`). A grey or colour-cast photo
-            (:data:`UNTRUSTED_CHROMA`) has no chroma of its skin: with a ``prior`` the chroma terms read the
-            prior's skin chroma (greyscale copies of 34 held-out renders, ``benchmarks/skin_tone.py --greyscale``:
-            log-luminance bias +0.84 → +0.12, median error 0.69 → 0.28). None: as de-lit.
+            renders (``SkinToneCalibration.level_map``, :mod:`training.skin_tone`). None: as de-lit.
+        level_chroma: (2,) log R/G, log B/G of skin as people have it (e.g. :func:`skin_chroma` of a bundle's mean
+            map): a grey or colour-cast photo (:data:`UNTRUSTED_CHROMA`) shows no chroma of its skin, and the level
+            map's chroma terms read this instead (grey reads as paler than any skin: greyscale copies of 34
+            held-out renders, ``benchmarks/skin_tone.py --greyscale``: log-luminance bias +0.84 → +0.12, median
+            error 0.69 → 0.28). None: the photo's own.
         prior: a (S, S, 3) linear albedo map of the layout (any S: resampled; a face's features at their texels,
             e.g. the bundle's AlbedoGAN at its mean latent) the fill follows where the photo gave nothing (step 3);
             None: the smooth fill alone. Used only when a skin model was fitted.
@@ -813,11 +816,10 @@ def extract(
             raise ValueError(f"level_map: (intercept, slope[, c_rg, c_bg]), not {len(level_map)} numbers")
         a, b, *c = level_map
         chroma = skin.mean
-        if c and UNTRUSTED_CHROMA & set(flags) and prior is not None:
+        if level_chroma is not None and UNTRUSTED_CHROMA & set(flags):
             # a grey or colour-cast photo's chroma is not its skin's (grey read as the palest skin there is: the
-            # map's chroma term alone lifted a dark-skinned face in a black-and-white portrait to the bound):
-            # the level is predicted at the chroma of skin as the prior draws it
-            chroma = _prior_skin_chroma(model, prior, R, chroma)
+            # map's chroma term alone lifted a dark-skinned face in a black-and-white portrait to the bound)
+            chroma = np.asarray(level_chroma, np.float64)
         target = float(np.clip(a + b * skin.log_y + (np.dot(c, chroma) if c else 0.0), *bounds))
         k = math.exp(target - skin.log_y)
         raw, feature, clean = raw * k, feature * k, clean * k
@@ -984,7 +986,7 @@ def extract(
 
 
 #: flags under which the photo's skin chroma is not the skin's (:func:`extract`'s level map reads the prior's)
-UNTRUSTED_CHROMA = {"greyscale", "colour_cast"}
+UNTRUSTED_CHROMA = frozenset({"greyscale", "colour_cast"})
 #: flags under which a photo's skin colour is not the person's (:func:`colour_flags`; :func:`bound_albedo_level`:
 #: the level is a bound, and clipping washes an over-exposed skin's chroma out: fixture 013's is near grey)
 UNTRUSTED_COLOUR = ("greyscale", "colour_cast", "over_exposed", "under_exposed", "no_skin_model")
@@ -1071,12 +1073,13 @@ def _fill_guide(
     return np.maximum(guide, 1e-3)
 
 
-def _prior_skin_chroma(model: geo.FaceModelArrays, prior: np.ndarray, R: int, default: np.ndarray) -> np.ndarray:
-    """(2,) the log R/G, log B/G of ``prior``'s skin (:func:`_prepared_prior`'s skin model), or ``default``."""
-    prepared = _prepared_prior(model, prior, R)
-    if prepared is None:
-        return default
-    return _chroma(prepared[2][None])[0][0]
+def skin_chroma(model: geo.FaceModelArrays, albedo: np.ndarray) -> np.ndarray | None:
+    """(2,) log R/G, log B/G of a (S, S, 3) linear map's skin (the :class:`SkinModel` of its cheeks, nose and
+    forehead), or None when it has too little skin to model."""
+    _check_prior(albedo)
+    S = int(np.shape(albedo)[0])
+    own = fit_skin_model(np.asarray(albedo, np.float64).reshape(-1, 3)[_layout(model, S).seed_area])
+    return None if own is None else own.mean.copy()
 
 
 def _check_prior(prior: np.ndarray) -> None:

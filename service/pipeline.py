@@ -245,7 +245,8 @@ async def locate_face(
 ) -> FaceCrop:
     """/reconstruct's face: detected (dlib), its anchors found by the bundle's landmark localiser when it has one
     (:mod:`facecore.localise`, started at dlib's 5 points; else dlib's points), the encoder's crop (and the
-    texture's, at ``texture_size``) cut around them. Everything that wants the service's framing calls this."""
+    texture's, zoomed out, at ``texture_size`` over the encoder's field: :func:`find_face`) cut around them.
+    Everything that wants the service's framing calls this."""
     timer = timer or Timer()
     with timer.stage("detect"):
         found = await run_stage("detect", detect_face, image, detector)
@@ -336,6 +337,7 @@ def generator_image(albedo: np.ndarray) -> np.ndarray:
 # the photo gives nothing (facecore.texture.extract: prior) instead of towards a flat skin colour
 FILL_PRIOR = True
 _MEAN_MAPS: dict[str, np.ndarray] = {}
+_MEAN_CHROMA: dict[str, np.ndarray | None] = {}
 
 
 async def mean_map(bundle: Bundle, run_graph: RunGraph) -> np.ndarray:
@@ -351,6 +353,19 @@ async def mean_map(bundle: Bundle, run_graph: RunGraph) -> np.ndarray:
         _MEAN_MAPS.clear()  # one bundle per service
         _MEAN_MAPS[key] = linear
     return _MEAN_MAPS[key]
+
+
+async def mean_skin_chroma(bundle: Bundle, run_graph: RunGraph) -> np.ndarray | None:
+    """(2,) the skin chroma of :func:`mean_map` (:func:`facecore.texture.skin_chroma`): skin as the bundle's
+    generator draws people, where a photo's own chroma says nothing (grey, colour-cast), once per bundle."""
+    from facecore import texture
+
+    key = bundle.digest
+    if key not in _MEAN_CHROMA:
+        chroma = texture.skin_chroma(bundle.face_model, await mean_map(bundle, run_graph))
+        _MEAN_CHROMA.clear()  # one bundle per service
+        _MEAN_CHROMA[key] = chroma
+    return _MEAN_CHROMA[key]
 
 
 def unwrap_resolution(texture_size: int, albedo_resolution: int) -> int:
@@ -454,6 +469,7 @@ async def reconstruct(
     disp = await _displacement(bundle, run_graph, codes["detail"], expression, codes["pose"][jaw_index], timer)
     # (not for the latent graph's input: it was fitted on maps filled without it)
     fill_prior = await mean_map(bundle, run_graph) if FILL_PRIOR and not generated else None
+    level_chroma = await mean_skin_chroma(bundle, run_graph) if unwrap else None
 
     def geometry() -> tuple[np.ndarray | None, tuple[str, ...], np.ndarray, np.ndarray, np.ndarray, Any, Any]:
         """(the photo's clean albedo, sRGB-encoded, its irises painted, or None when not unwrapped; its flags
@@ -492,6 +508,7 @@ async def reconstruct(
             sh=codes["light"],
             relight=RELIGHT,
             level_map=level_map,
+            level_chroma=level_chroma,
             prior=fill_prior,
         )
         albedo = color.linear_to_srgb(clean.albedo)

@@ -86,7 +86,8 @@ def measure(
     themselves keep the light's level, which a real camera takes away.
 
     ``greyscale``: each render made grey first (its linear luminance in every channel), as a black-and-white
-    portrait; those are measured although flagged (the flag is the point; without a skin model still left out)."""
+    portrait; those are measured although flagged greyscale (the flag is the point; other flags and no skin model
+    still leave a render out)."""
     from PIL import Image
 
     from service import pipeline as P

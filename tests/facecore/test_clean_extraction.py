@@ -556,32 +556,31 @@ def test_background_the_fit_reaches_is_told_from_a_varied_skin(model, scene, mon
     assert with_rule < 0.1 * without, (with_rule, without)  # measured 0
 
 
-def test_a_grey_photos_level_is_mapped_at_the_priors_skin_chroma(model, scene):
-    """A black-and-white photo has no skin chroma (log R/G = log B/G = 0, paler than any skin): a level map's
-    chroma terms are read at the prior's skin chroma instead (the skin as the bundle's generator draws it); the
-    colour photo's level is still mapped at its own."""
+def test_a_grey_or_colour_cast_photos_level_is_mapped_at_peoples_skin_chroma(model, scene):
+    """A black-and-white photo has no skin chroma (log R/G = log B/G = 0, paler than any skin) and a colour-cast
+    one the cast's: a level map's chroma terms read ``level_chroma`` instead (skin as the bundle's generator draws
+    it: texture.skin_chroma of its mean map); a photo of trusted colour is still mapped at its own chroma."""
     img, _, _, verts, px = scene
     flat = np.zeros((9, 3))
     flat[0] = 1.0 / texture.sh_basis(np.array([[0.0, 0.0, 1.0]]))[0, 0]
     grey = np.repeat((img @ texture.LUMA)[..., None], 3, -1)
-    prior = np.empty((R, R, 3))
-    prior[:] = [0.30, 0.14, 0.08]  # a prior of a darker, redder skin than the photo's
-    prior_chroma = np.log([0.30 / 0.14, 0.08 / 0.14])
+    blue = img * np.array([0.55, 0.8, 1.6])
+    people = np.empty((R, R, 3))
+    people[:] = [0.30, 0.14, 0.08]  # a mean map of a darker, redder skin than the photo's
+    chroma = texture.skin_chroma(model, people)
+    np.testing.assert_allclose(chroma, np.log([0.30 / 0.14, 0.08 / 0.14]), atol=1e-6)
     level = (-1.0, 0.5, -1.0, 0.2)
     a, b, *c = level
-    for photo, own in ((grey, False), (img, True)):
-        plain = texture.extract(model, verts, px, photo, R, sh=flat, prior=prior)
-        out = texture.extract(model, verts, px, photo, R, sh=flat, prior=prior, level_map=level)
-        chroma = plain.skin.mean if own else prior_chroma
-        assert own or np.abs(plain.skin.mean).max() < 0.03  # grey: no chroma of its own
-        want = a + b * plain.skin.log_y + np.dot(c, chroma)
-        assert abs(out.skin.log_y - want) < 1e-6, (own, out.skin.log_y, want)
-    # at the grey photo's own (zero) chroma the level would have been higher by −c·prior chroma ≈ 0.87 in log
-    assert np.dot(c, prior_chroma) < -0.8
-    # without a prior there is no other chroma to read: the photo's own
-    out = texture.extract(model, verts, px, grey, R, sh=flat, level_map=level)
-    plain = texture.extract(model, verts, px, grey, R, sh=flat)
-    assert abs(out.skin.log_y - (a + b * plain.skin.log_y + np.dot(c, plain.skin.mean))) < 1e-6
+    for photo, trusted in ((grey, False), (blue, False), (img, True)):
+        plain = texture.extract(model, verts, px, photo, R, sh=flat)
+        out = texture.extract(model, verts, px, photo, R, sh=flat, level_map=level, level_chroma=chroma)
+        assert (plain.flags == ()) == trusted
+        want = a + b * plain.skin.log_y + np.dot(c, plain.skin.mean if trusted else chroma)
+        assert abs(out.skin.log_y - want) < 1e-6, (plain.flags, out.skin.log_y, want)
+        # without it (or for a trusted photo anyway) the photo's own chroma
+        own = texture.extract(model, verts, px, photo, R, sh=flat, level_map=level)
+        assert abs(own.skin.log_y - (a + b * plain.skin.log_y + np.dot(c, plain.skin.mean))) < 1e-6
+        assert trusted or abs(own.skin.log_y - out.skin.log_y) > 0.3  # and it made a difference
 
 
 def test_a_prior_fills_its_features_at_the_photos_tone_where_the_photo_gave_nothing(model, scene):

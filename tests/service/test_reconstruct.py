@@ -326,3 +326,31 @@ def test_the_texture_crop_is_the_encoders_framing_zoomed_out():
     assert np.abs(np.asarray(centre, float) - face.crop).mean() < 6
     # outside it the wider crop sees more of the photo (the forehead's top, the hair): not padding
     assert face.texture_crop[: lo // 2].mean() > 30
+
+
+def test_a_grey_photos_skin_level_is_read_at_the_bundles_skin_chroma(monkeypatch):
+    """A black-and-white portrait's skin level is predicted from its luminance and the chroma of skin as the
+    bundle's generator draws it (its mean map's), not from grey's zero chroma, which the level map reads as the
+    palest skin there is: fixture 002 (a dark-skinned face) came out at the skin bound, near white."""
+    import asyncio
+
+    from facecore import texture
+    from facecore.bundle import load_bundle
+    from service import pipeline as P
+    from service.engine.sessions import inline_runner, open_sessions
+    from service.settings import EMBEDDED_BUNDLE
+
+    bundle = load_bundle(EMBEDDED_BUNDLE)
+    run_graph = inline_runner(open_sessions(bundle, ["CPUExecutionProvider"], 1))
+    chroma = asyncio.run(P.mean_skin_chroma(bundle, run_graph))
+    assert 0.08 < chroma[0] < 1.4 and -1.6 < chroma[1] < 0.02  # skin (facecore.texture.colour_flags' bounds)
+    assert asyncio.run(P.mean_skin_chroma(bundle, run_graph)) is chroma  # once per bundle
+    image = np.asarray(Image.open(PHOTOS / "cc0-interfaces-002.jpg").convert("RGB"))
+    req = P.ReconstructRequest("grey", 256, 64, ("albedo",), False, "auto", "photo")
+    level = {}
+    for name, untrusted in (("served", texture.UNTRUSTED_CHROMA), ("own chroma", frozenset())):
+        monkeypatch.setattr(texture, "UNTRUSTED_CHROMA", untrusted)
+        meta = asyncio.run(P.reconstruct(bundle, run_graph, req, image, P.Timer())).meta
+        assert meta["texture"]["flags"] == ["greyscale"]
+        level[name] = meta["texture"]["skin_srgb"][0]
+    assert level["served"] < level["own chroma"] - 0.15, level  # ~0.55 vs ~0.80 sRGB
