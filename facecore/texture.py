@@ -914,7 +914,7 @@ def extract(
         # ... and isolated: in skin that was otherwise taken (not the lids' and lashes' rejections around an eye)
         specks = thin & (_box_mean(rejected | ~ok.reshape(R, R), reach) < 0.1)
         large = rejected & ~specks
-        grown = (_box_sum(large, grow) > 0) | (_box_sum(specks, 1) > 0)
+        grown = _dilate_disc(large, grow + 1) | _dilate_disc(specks, 1)  # round: squares of fill showed as squares
         accepted = ok & ~(grown.reshape(-1) & ~keep)
         local = ((_box_sum(specks, reach) > 0) & ~(_box_sum(large, reach) > 0)).reshape(-1)
     # weights: facing fade-in and feathering away from everything not accepted
@@ -1331,6 +1331,21 @@ def _box_sum(a: np.ndarray, radius: int) -> np.ndarray:
     c = np.pad(a.astype(np.int64 if a.dtype.kind in "bui" else np.float64), ((r + 1, r), (r + 1, r)))
     c = c.cumsum(0).cumsum(1)
     return c[k:, k:] - c[:-k, k:] - c[k:, :-k] + c[:-k, :-k]
+
+
+def _dilate_disc(mask: np.ndarray, radius: int) -> np.ndarray:
+    """(H, W) bool ``mask`` dilated by the disc of ``radius`` texels (every texel within that Euclidean distance of
+    one in the mask): each row of the disc a horizontal run, as a running sum."""
+    r = int(radius)
+    H, W = mask.shape
+    rows = np.pad(mask, ((r, r), (0, 0)))
+    out = np.zeros((H, W), bool)
+    for dy in range(-r, r + 1):
+        half = math.isqrt(r * r - dy * dy)
+        k = 2 * half + 1
+        c = np.pad(rows[r + dy : r + dy + H].astype(np.int32), ((0, 0), (half + 1, half))).cumsum(1)
+        out |= (c[:, k:] - c[:, :-k]) > 0
+    return out
 
 
 def _box_mean(a: np.ndarray, radius: int) -> np.ndarray:

@@ -143,3 +143,16 @@ def test_box_downsample_averages_blocks_and_keeps_the_mean_of_odd_sizes():
     np.testing.assert_allclose(got[1, 2], image[3:6, 6:9].reshape(-1, 3).mean(0), atol=1e-6)
     odd = box_downsample(image, 5)  # 12 is no multiple of 5: area resampling
     assert odd.shape == (5, 5, 3) and abs(odd.mean() - image.mean()) < 0.02
+
+
+def test_rejections_grow_by_a_disc_not_a_square():
+    """A rejected speck grows into a round patch (every texel within the radius), not the square a box grows:
+    squares of fill showed as squares on the nose bridge."""
+    mask = np.zeros((17, 19), bool)
+    mask[8, 9] = mask[0, 0] = True  # one inside, one at a corner (the border clips, nothing wraps)
+    got = texture._dilate_disc(mask, 5)
+    yy, xx = np.mgrid[0:17, 0:19]
+    want = ((yy - 8) ** 2 + (xx - 9) ** 2 <= 25) | (yy**2 + xx**2 <= 25)
+    np.testing.assert_array_equal(got, want)
+    assert not got[8 - 4, 9 - 4]  # the box's corner, √32 > 5 away
+    assert np.array_equal(texture._dilate_disc(mask, 0), mask)
