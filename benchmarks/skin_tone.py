@@ -41,11 +41,12 @@ def level_text(cal: SkinToneCalibration) -> str:
 
 def greyscale_level(bundle, count: int, seed: int) -> None:
     """The photo map's skin level (log Y) against the truth on grey copies of the renders: as served (the level
-    map at the prior's skin chroma, ``facecore.texture.UNTRUSTED_CHROMA``) and at the grey photo's own chroma."""
+    map at the bundle's mean map's skin chroma, ``service.pipeline.mean_skin_chroma``) and at the grey photo's own
+    chroma."""
     from facecore import texture
 
     rows = {}
-    for name, untrusted in (("prior's chroma (served)", texture.UNTRUSTED_CHROMA), ("photo's chroma", set())):
+    for name, untrusted in (("mean map's chroma (served)", texture.UNTRUSTED_CHROMA), ("photo's chroma", set())):
         before, texture.UNTRUSTED_CHROMA = texture.UNTRUSTED_CHROMA, untrusted
         try:
             errors, _, skipped, failed = measure(bundle, count, seed, photo_only=True, greyscale=True)
@@ -81,7 +82,8 @@ def main() -> None:
         "--greyscale",
         action="store_true",
         help="only the photo maps' level on grey copies of the renders (black-and-white portraits: flagged, their "
-        "level predicted at the prior's skin chroma), and with the grey photo's own chroma in the level map",
+        "level predicted at the bundle's mean map's skin chroma), and with the grey photo's own chroma in the "
+        "level map",
     )
     args = ap.parse_args()
     bundle = load_bundle(args.bundle)

@@ -907,14 +907,15 @@ def extract(
         # specks: rejected areas too thin to hold a (2·speck + 1)² square (a highlight on a wrinkle or the nose, a
         # pore, a stray hair): their surroundings are the best guess of the skin under them, not the mirror side,
         # whose light and wrinkles differ (mirrored squares on 006's forehead); grown by one texel only. What
-        # survives the opening is hair, eyewear, background: grown by `grow` (mixed pixels at their edges).
+        # survives the opening is hair, eyewear, background: grown by a disc of `grow` + 1 (mixed pixels at their
+        # edges; a disc, as a box grew a small rejection into a square of fill).
         speck = max(1, int(round(R / 64)))
-        reach = grow + 2 * max(1, int(round(R / 96)))  # as far as the feathering below lowers a weight
+        reach = grow + 2 * max(1, int(round(R / 96)))  # about as far as the feathering below lowers a weight
         thin = rejected & ~(_box_sum(_box_sum(rejected, speck) == (2 * speck + 1) ** 2, speck) > 0)
         # ... and isolated: in skin that was otherwise taken (not the lids' and lashes' rejections around an eye)
         specks = thin & (_box_mean(rejected | ~ok.reshape(R, R), reach) < 0.1)
         large = rejected & ~specks
-        grown = _dilate_disc(large, grow + 1) | _dilate_disc(specks, 1)  # round: squares of fill showed as squares
+        grown = _dilate_disc(large, grow + 1) | _dilate_disc(specks, 1)
         accepted = ok & ~(grown.reshape(-1) & ~keep)
         local = ((_box_sum(specks, reach) > 0) & ~(_box_sum(large, reach) > 0)).reshape(-1)
     # weights: facing fade-in and feathering away from everything not accepted
@@ -985,7 +986,7 @@ def extract(
     )
 
 
-#: flags under which the photo's skin chroma is not the skin's (:func:`extract`'s level map reads the prior's)
+#: flags under which the photo's skin chroma is not the skin's (:func:`extract`'s level map reads ``level_chroma``)
 UNTRUSTED_CHROMA = frozenset({"greyscale", "colour_cast"})
 #: flags under which a photo's skin colour is not the person's (:func:`colour_flags`; :func:`bound_albedo_level`:
 #: the level is a bound, and clipping washes an over-exposed skin's chroma out: fixture 013's is near grey)

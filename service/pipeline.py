@@ -363,6 +363,8 @@ async def mean_skin_chroma(bundle: Bundle, run_graph: RunGraph) -> np.ndarray | 
     key = bundle.digest
     if key not in _MEAN_CHROMA:
         chroma = texture.skin_chroma(bundle.face_model, await mean_map(bundle, run_graph))
+        if chroma is not None:
+            chroma.setflags(write=False)  # shared by every request
         _MEAN_CHROMA.clear()  # one bundle per service
         _MEAN_CHROMA[key] = chroma
     return _MEAN_CHROMA[key]
