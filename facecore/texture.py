@@ -727,11 +727,11 @@ def extract(
             too dark) and a camera's exposure moves the photo's level, while the skin's chroma follows its pigment
             and is left alone by exposure; a bundle stores the least-squares map to the truth's level on held-out
             renders (``SkinToneCalibration.level_map``, :mod:`training.skin_tone`). None: as de-lit.
-        level_chroma: (2,) log R/G, log B/G of skin as people have it (e.g. :func:`skin_chroma` of a bundle's mean
-            map): a grey or colour-cast photo (:data:`UNTRUSTED_CHROMA`) shows no chroma of its skin, and the level
-            map's chroma terms read this instead (grey reads as paler than any skin: greyscale copies of 34
-            held-out renders, ``benchmarks/skin_tone.py --greyscale``: log-luminance bias +0.84 → +0.12, median
-            error 0.69 → 0.28). None: the photo's own.
+        level_chroma: (2,) log R/G, log B/G of skin as people have it (e.g. the :func:`map_skin_model` chroma of a
+            bundle's mean map): a grey or colour-cast photo (:data:`UNTRUSTED_CHROMA`) shows no chroma of its skin,
+            and the level map's chroma terms read this instead (grey reads as paler than any skin: greyscale copies
+            of 34 held-out renders, ``benchmarks/skin_tone.py --greyscale``: log-luminance bias +0.84 → +0.12,
+            median error 0.69 → 0.28). None: the photo's own.
         prior: a (S, S, 3) linear albedo map of the layout (any S: resampled; a face's features at their texels,
             e.g. the bundle's AlbedoGAN at its mean latent) the fill follows where the photo gave nothing (step 3);
             None: the smooth fill alone. Used only when a skin model was fitted.
@@ -1023,7 +1023,7 @@ def match_skin_tone(
     R = albedo.shape[0]
     layout = _layout(model, R)
     flat = np.asarray(albedo, np.float64).reshape(-1, 3)
-    own = fit_skin_model(flat[layout.seed_area])
+    own = map_skin_model(model, albedo)
     if own is None or not all(np.isfinite([*own.mean, own.log_y, *skin.mean, skin.log_y])):
         return None
     d_rg, d_bg = np.clip(chroma_weight * (skin.mean - own.mean), -limit, limit)
@@ -1074,13 +1074,11 @@ def _fill_guide(
     return np.maximum(guide, 1e-3)
 
 
-def skin_chroma(model: geo.FaceModelArrays, albedo: np.ndarray) -> np.ndarray | None:
-    """(2,) log R/G, log B/G of a (S, S, 3) linear map's skin (the :class:`SkinModel` of its cheeks, nose and
-    forehead), or None when it has too little skin to model."""
-    _check_prior(albedo)
-    S = int(np.shape(albedo)[0])
-    own = fit_skin_model(np.asarray(albedo, np.float64).reshape(-1, 3)[_layout(model, S).seed_area])
-    return None if own is None else own.mean.copy()
+def map_skin_model(model: geo.FaceModelArrays, albedo: np.ndarray) -> SkinModel | None:
+    """The :class:`SkinModel` of a (S, S, 3) linear map's skin (its cheeks, nose and forehead: the texels a photo's
+    skin model is seeded from), or None when it has too little skin to model."""
+    flat = np.asarray(albedo, np.float64).reshape(-1, 3)
+    return fit_skin_model(flat[_layout(model, np.shape(albedo)[0]).seed_area])
 
 
 def _check_prior(prior: np.ndarray) -> None:
@@ -1104,7 +1102,7 @@ def _prepared_prior(model: geo.FaceModelArrays, prior: np.ndarray, R: int) -> tu
     if arr.shape[0] != R:
         arr = _resample(arr, R, Image.BILINEAR)
     scaled = np.clip(arr, 0.0, 1.0).reshape(-1, 3).astype(np.float64)
-    own = fit_skin_model(scaled[_layout(model, R).seed_area])
+    own = map_skin_model(model, scaled.reshape(R, R, 3))
     prepared = None
     if own is not None:
         reg = uv_regions(model, R)

@@ -356,13 +356,15 @@ async def mean_map(bundle: Bundle, run_graph: RunGraph) -> np.ndarray:
 
 
 async def mean_skin_chroma(bundle: Bundle, run_graph: RunGraph) -> np.ndarray | None:
-    """(2,) the skin chroma of :func:`mean_map` (:func:`facecore.texture.skin_chroma`): skin as the bundle's
-    generator draws people, where a photo's own chroma says nothing (grey, colour-cast), once per bundle."""
+    """(2,) the skin chroma (log R/G, log B/G) of :func:`mean_map` (:func:`facecore.texture.map_skin_model`): skin
+    as the bundle's generator draws people, where a photo's own chroma says nothing (grey, colour-cast), once per
+    bundle; None when the map has too little skin to model."""
     from facecore import texture
 
     key = bundle.digest
     if key not in _MEAN_CHROMA:
-        chroma = texture.skin_chroma(bundle.face_model, await mean_map(bundle, run_graph))
+        skin = texture.map_skin_model(bundle.face_model, await mean_map(bundle, run_graph))
+        chroma = None if skin is None else skin.mean.copy()
         if chroma is not None:
             chroma.setflags(write=False)  # shared by every request
         _MEAN_CHROMA.clear()  # one bundle per service

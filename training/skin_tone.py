@@ -51,9 +51,7 @@ logger = logging.getLogger(__name__)
 
 def skin_stats(model: geo.FaceModelArrays, albedo_linear: np.ndarray) -> np.ndarray:
     """(3,): log R/G, log B/G, log-luminance of a map's skin model (its cheeks, nose and forehead)."""
-    seed = texture.uv_regions(model, albedo_linear.shape[0])
-    area = (seed["cheeks"] | seed["forehead"] | seed["nose"]).reshape(-1)
-    skin = texture.fit_skin_model(albedo_linear.reshape(-1, 3)[area])
+    skin = texture.map_skin_model(model, albedo_linear)
     return np.array([*skin.mean, skin.log_y])
 
 

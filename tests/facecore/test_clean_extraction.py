@@ -559,7 +559,8 @@ def test_background_the_fit_reaches_is_told_from_a_varied_skin(model, scene, mon
 def test_a_grey_or_colour_cast_photos_level_is_mapped_at_peoples_skin_chroma(model, scene):
     """A black-and-white photo has no skin chroma (log R/G = log B/G = 0, paler than any skin) and a colour-cast
     one the cast's: a level map's chroma terms read ``level_chroma`` instead (skin as the bundle's generator draws
-    it: texture.skin_chroma of its mean map); a photo of trusted colour is still mapped at its own chroma."""
+    it: the chroma of texture.map_skin_model of its mean map); a photo of trusted colour is still mapped at its own
+    chroma."""
     img, _, _, verts, px = scene
     flat = np.zeros((9, 3))
     flat[0] = 1.0 / texture.sh_basis(np.array([[0.0, 0.0, 1.0]]))[0, 0]
@@ -567,7 +568,7 @@ def test_a_grey_or_colour_cast_photos_level_is_mapped_at_peoples_skin_chroma(mod
     blue = img * np.array([0.55, 0.8, 1.6])
     people = np.empty((R, R, 3))
     people[:] = [0.30, 0.14, 0.08]  # a mean map of a darker, redder skin than the photo's
-    chroma = texture.skin_chroma(model, people)
+    chroma = texture.map_skin_model(model, people).mean
     np.testing.assert_allclose(chroma, np.log([0.30 / 0.14, 0.08 / 0.14]), atol=1e-6)
     level = (-1.0, 0.5, -1.0, 0.2)
     a, b, *c = level
