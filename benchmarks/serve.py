@@ -116,8 +116,9 @@ def bench_generate(bundle: Path, n: int, seed0: int) -> dict:
 def bench_generate_paired(bundle: Path, baseline: Path, n: int, seed0: int) -> dict:
     """/generate latency of ``bundle`` and ``baseline`` on the same seeds, interleaved (A B, B A, …)."""
 
-    async def run(urls: dict[str, str]) -> dict[str, list[float]]:
+    async def run(urls: dict[str, str]) -> tuple[dict[str, list[float]], dict[str, list[dict]]]:
         lat: dict[str, list[float]] = {k: [] for k in urls}
+        answers: dict[str, list[dict]] = {k: [] for k in urls}
         async with httpx.AsyncClient(timeout=300) as client:
             for url in urls.values():  # warm-up: the first request at a mesh size builds its topology
                 (await client.post(url + "/generate", json=dict(GEN_BODY, seed=seed0 - 1))).raise_for_status()
@@ -128,21 +129,32 @@ def bench_generate_paired(bundle: Path, baseline: Path, n: int, seed0: int) -> d
                     r = await client.post(urls[key] + "/generate", json=dict(GEN_BODY, seed=seed0 + i))
                     lat[key].append(time.perf_counter() - t)
                     r.raise_for_status()
-        return lat
+                    answers[key].append(r.json())
+        return lat, answers
 
     with server(bundle, max_batch=16) as url, server(baseline, max_batch=16) as base_url:
-        lat = asyncio.run(run({"this": url, "baseline": base_url}))
+        lat, answers = asyncio.run(run({"this": url, "baseline": base_url}))
     this, base = (1000 * np.asarray(lat[k]) for k in ("this", "baseline"))
     out = {
         "n": n,
         "p50": float(np.median(this)),
         "baseline_p50": float(np.median(base)),
         "paired_ratio": float(np.median(this / base)),
+        # where the difference is: the mean time per pipeline stage of each (a stage one of them lacks counts 0)
+        "stages": stage_means(answers["this"]),
+        "baseline_stages": stage_means(answers["baseline"]),
     }
     print(f"\n/generate, paired with the baseline bundle ({n} seeds, each to both servers, alternating order):")
     print(f"  p50 this {out['p50']:.0f} ms, baseline {out['baseline_p50']:.0f} ms; "
           f"median per-seed ratio this / baseline {out['paired_ratio']:.2f}")  # fmt: skip
+    print("  mean per stage (ms), this / baseline: " + stage_pairs(out["stages"], out["baseline_stages"]))
     return out
+
+
+def stage_pairs(this: dict[str, float], base: dict[str, float]) -> str:
+    """``stage a / b, …`` over the stages of either (in this one's order), 0 where one has no such stage."""
+    names = list(this) + [k for k in base if k not in this]
+    return ", ".join(f"{k} {this.get(k, 0.0):.1f} / {base.get(k, 0.0):.1f}" for k in names)
 
 
 def bench_throughput(bundle: Path, n: int, seed0: int) -> None:
@@ -328,7 +340,8 @@ def write_latency(bundle: Path, gen: dict | None, recs: list[dict], paired: dict
         text += (
             f"\n\n/generate against bundle {paired['version']} (git {paired['rev']}) in the same run, {paired['n']} "
             f"other seeds sent to both servers in alternating order after a warm-up: p50 {paired['p50']:.0f} ms "
-            f"(this bundle) vs {paired['baseline_p50']:.0f} ms, median per-seed ratio {paired['paired_ratio']:.2f}."
+            f"(this bundle) vs {paired['baseline_p50']:.0f} ms, median per-seed ratio {paired['paired_ratio']:.2f}; "
+            f"mean per stage (ms), this / that bundle: {stage_pairs(paired['stages'], paired['baseline_stages'])}."
         )
     write_block("serve-latency", text)
     print("wrote the README's serve-latency block")
