@@ -26,8 +26,19 @@ class Settings(BaseSettings):
     max_mesh_resolution: int = Field(512, le=1024, description="largest mesh_resolution a request may ask for")
     request_timeout_s: float = Field(30.0, gt=0)
     # dynamic batching
-    max_batch: int = Field(8, ge=1, le=256)
-    max_wait_ms: float = Field(5.0, ge=0)
+    max_batch: int | None = Field(
+        None,
+        ge=1,
+        le=256,
+        description="rows per graph call; default: 1 when every graph runs on the CPU, 8 with a GPU provider "
+        "(service.engine.runtime.batching)",
+    )
+    max_wait_ms: float | None = Field(
+        None,
+        ge=0,
+        description="how long a batch waits for requests in flight to join it; default: 0 on the CPU, 5 ms with a "
+        "GPU provider (service.engine.runtime.batching)",
+    )
     max_queue: int = Field(64, ge=1)
     # admission control of the CPU stages (threads each; a request waits for at most max_stage_queue others)
     detect_concurrency: int = Field(1, ge=1, le=64, description="face detections at once")

@@ -24,6 +24,26 @@ from service.store import ResultStore, load_or_create_secret
 logger = logging.getLogger(__name__)
 
 
+#: the batchers' defaults (rows per call, wait in ms) when some graph runs on a GPU provider, where one call serves a
+#: batch for about the price of one request, and when every graph runs on the CPU (:func:`batching`)
+GPU_BATCHING = (8, 5.0)
+CPU_BATCHING = (1, 0.0)
+
+
+def batching(settings: Settings, sessions: Mapping[str, GraphSession]) -> tuple[int, float]:
+    """(max_batch, max_wait_ms): the settings', or where unset the defaults for where the graphs run. On the CPU a
+    batch costs its rows' time (AlbedoGAN at batch 8: ~8 × batch 1) and holds all its requests' other stages until
+    it is done, and a wait for requests in flight idles the graph: /generate throughput at concurrency 4-64 on a
+    2-core CPU was 0.62-0.85× of no batching with batches of 16 and a 5 ms wait, 0.82-0.94× without the wait
+    (``benchmarks/serve.py``'s throughput table)."""
+    on_gpu = any(s.providers and s.providers[0] != "CPUExecutionProvider" for s in sessions.values())
+    rows, wait_ms = GPU_BATCHING if on_gpu else CPU_BATCHING
+    return (
+        rows if settings.max_batch is None else settings.max_batch,
+        wait_ms if settings.max_wait_ms is None else settings.max_wait_ms,
+    )
+
+
 class Runtime:
     def __init__(self, settings: Settings, metrics: Metrics):
         self.settings = settings
@@ -32,12 +52,13 @@ class Runtime:
         self.sessions: dict[str, GraphSession] = open_sessions(
             self.bundle, settings.providers, settings.intra_op_threads
         )
+        self.max_batch, self.max_wait_ms = batching(settings, self.sessions)
         self.batchers = {
             name: DynamicBatcher(
                 name,
                 session.run,
-                settings.max_batch,
-                settings.max_wait_ms / 1000.0,
+                self.max_batch,
+                self.max_wait_ms / 1000.0,
                 settings.max_queue,
                 on_batch=metrics.on_batch,
                 in_flight=lambda: self.gate.active,

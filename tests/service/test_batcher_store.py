@@ -61,6 +61,33 @@ def test_a_batch_waits_only_while_another_request_could_join_it():
         assert calls == expected, (in_flight, calls)
 
 
+def test_default_batching_is_none_on_the_cpu_and_8_rows_waiting_5_ms_with_a_gpu(tiny_bundle, tmp_path):
+    """Unset, the batchers' rows and wait follow where the graphs run (runtime.batching: on the CPU a batch holds its
+    requests' other stages and a wait idles the graph); FACE_MAX_BATCH / FACE_MAX_WAIT_MS always win. Also through a
+    real Runtime on this CPU."""
+    from types import SimpleNamespace
+
+    from service.engine.runtime import Runtime, batching
+    from service.metrics import Metrics
+    from service.settings import Settings
+
+    cpu = {"a": SimpleNamespace(providers=["CPUExecutionProvider"])}
+    gpu = {**cpu, "b": SimpleNamespace(providers=["CUDAExecutionProvider", "CPUExecutionProvider"])}
+    unset, explicit = Settings(), Settings(max_batch=16, max_wait_ms=2.5)
+    assert batching(unset, cpu) == (1, 0.0)
+    assert batching(unset, gpu) == (8, 5.0)
+    assert batching(explicit, cpu) == batching(explicit, gpu) == (16, 2.5)
+    assert batching(Settings(max_batch=4), cpu) == (4, 0.0)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FACE_MAX_BATCH", "16")
+        mp.setenv("FACE_MAX_WAIT_MS", "7")
+        assert (Settings().max_batch, Settings().max_wait_ms) == (16, 7.0)
+    settings = Settings(bundle=tiny_bundle, results_dir=tmp_path, providers=("CPUExecutionProvider",))
+    runtime = Runtime(settings, Metrics())
+    assert (runtime.max_batch, runtime.max_wait_ms) == (1, 0.0)
+    assert {(b.max_batch, b.max_wait_s) for b in runtime.batchers.values()} == {(1, 0.0)}
+
+
 def test_queue_bound_and_failure_isolation():
     def fn(batch):
         if np.any(batch["x"] < 0):
