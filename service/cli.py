@@ -204,8 +204,8 @@ async def run_job(args: argparse.Namespace, runner: Runner, job: Job) -> str:
         if isinstance(req, pipeline.MeshRequest):
             result = await pipeline.generate(bundle, runner.run_graph, req, timer)
         else:
-            pixels = pipeline.decode_photo(data, runner.settings.max_image_pixels)
-            result = await pipeline.reconstruct(bundle, runner.run_graph, req, pixels, timer)
+            pixels, size = pipeline.decode_photo_sized(data, runner.settings.max_image_pixels)
+            result = await pipeline.reconstruct(bundle, runner.run_graph, req, pixels, timer, photo_size=size)
     except ValueError as exc:  # pipeline.PhotoError and the like: this input cannot be made into a face
         raise InputError(str(exc)) from exc
     options = {k: getattr(req, k) for k in ("texture_size", "mesh_resolution", "outputs", "blendshapes")}

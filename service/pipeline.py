@@ -123,7 +123,18 @@ MAX_PHOTO_SIDE = 2048
 
 
 def decode_photo(data: bytes, max_pixels: int) -> np.ndarray:
-    """Upload bytes → (H, W, 3) uint8 RGB, upright per EXIF; refuses non-images, truncation and pixel bombs."""
+    """Upload bytes → (H, W, 3) uint8 RGB, upright per EXIF, its longer side at most :data:`MAX_PHOTO_SIDE`;
+    refuses non-images, truncation and pixel bombs (:func:`decode_photo_sized`)."""
+    return decode_photo_sized(data, max_pixels)[0]
+
+
+#: EXIF orientations that turn the stored image by 90° (its width becomes the upright photo's height)
+_TRANSPOSED = frozenset({5, 6, 7, 8})
+
+
+def decode_photo_sized(data: bytes, max_pixels: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """:func:`decode_photo`, and the (width, height) of the upright photo as uploaded: the frame a response's
+    face coordinates are in (:func:`reconstruct`'s ``photo_size``), whatever the decoding reduced."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     if not data:
@@ -133,6 +144,7 @@ def decode_photo(data: bytes, max_pixels: int) -> np.ndarray:
             if im.format not in ("JPEG", "PNG", "WEBP"):
                 raise PhotoError(f"image: unsupported format {im.format}; send JPEG, PNG or WebP", 415)
             w, h = im.size
+            upright_size = (h, w) if im.getexif().get(0x0112) in _TRANSPOSED else (w, h)
             if w * h > max_pixels:
                 raise PhotoError(f"image: {w}×{h} pixels exceeds the limit of {max_pixels}", 413)
             if min(w, h) < MIN_PHOTO_SIDE:
@@ -149,7 +161,7 @@ def decode_photo(data: bytes, max_pixels: int) -> np.ndarray:
                 grey = np.asarray(upright).astype(np.int64)
                 top = 65535 if upright.mode != "I" or grey.max(initial=0) > 255 else 255
                 grey8 = np.clip(np.round(grey * (255.0 / top)), 0, 255).astype(np.uint8)
-                return np.ascontiguousarray(np.repeat(grey8[..., None], 3, axis=2))
+                return np.ascontiguousarray(np.repeat(grey8[..., None], 3, axis=2)), upright_size
             rgb = upright.convert("RGB")
             if max(rgb.size) > MAX_PHOTO_SIDE:
                 rgb.thumbnail((MAX_PHOTO_SIDE, MAX_PHOTO_SIDE), Image.Resampling.BILINEAR)
@@ -161,7 +173,7 @@ def decode_photo(data: bytes, max_pixels: int) -> np.ndarray:
         raise PhotoError(f"image: too many pixels ({exc})", 413) from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise PhotoError(f"image: corrupt or truncated file ({exc})") from exc
-    return np.asarray(rgb)
+    return np.asarray(rgb), upright_size
 
 
 @dataclass(frozen=True)
@@ -422,12 +434,15 @@ async def reconstruct(
     timer: Timer,
     run_stage: RunStage = in_thread,
     now: Collection[str] = OUTPUT_KINDS,
+    photo_size: tuple[int, int] | None = None,
 ) -> Result:
     """The /reconstruct pipeline: detect + align → encoder → codes → detailed mesh; albedo from the photo
     (``req.albedo == "photo"``) or from AlbedoGAN at the face's latent (``"generated"``, the paper's: the encoder's
     ``ws`` output, or the bundle's ``albedo_latent`` graph on the photo's clean albedo).
 
-    Only the output kinds in ``now`` are encoded now; the others on their first fetch (see :func:`_files`)."""
+    Only the output kinds in ``now`` are encoded now; the others on their first fetch (see :func:`_files`).
+    ``photo_size``: (width, height) of the photo ``image`` was decoded from (:func:`decode_photo_sized`); the face's
+    coordinates in the result are in its pixels (default: ``image``'s)."""
     from facecore import texture
 
     m = bundle.manifest
@@ -551,6 +566,14 @@ async def reconstruct(
         iris_source = "albedo" if measured else "default"
     source = _source(bundle, req, albedo, disp, verts, codes["shape"])
     files, names = await _files(bundle, source, now, timer, run_stage)
+    height, width = image.shape[:2]
+    photo_size = (width, height) if photo_size is None else (int(photo_size[0]), int(photo_size[1]))
+    scale = np.array([photo_size[0] / width, photo_size[1] / height])
+
+    def in_photo(points: np.ndarray) -> np.ndarray:
+        """(N, 2) pixel coordinates in ``image`` → in the uploaded photo's pixels."""
+        return (np.asarray(points, np.float64) + 0.5) * scale - 0.5
+
     meta = {
         "endpoint": "reconstruct",
         "bundle": {"name": m.name, "version": m.version},
@@ -584,17 +607,20 @@ async def reconstruct(
             "detail": codes["detail"].round(6).tolist(),
         },
         "face": {
-            "box": face.box.round(2).tolist(),
+            # every coordinate below is in the uploaded photo's pixels (x right, y down, pixel centres at integers),
+            # upright per its EXIF orientation; the pipeline ran on a copy reduced to MAX_PHOTO_SIDE
+            "image_size": list(photo_size),
+            "box": in_photo(face.box.reshape(2, 2)).reshape(-1).round(2).tolist(),
             "detector": face.detector,
-            "points5": face.points.round(2).tolist(),
+            "points5": in_photo(face.points).round(2).tolist(),
             # where the crops were cut: eye centres and nose bottom in the photo (facecore.detect.anchors_matrix
             # reproduces the framing at any size), found by the bundle's landmark localiser or from points5
-            "anchors": face.anchors.round(3).tolist(),
+            "anchors": in_photo(face.anchors).round(3).tolist(),
             "aligned_on": face.aligned_on,
             # the localiser's own 68 landmarks in the photo (what the head was refined onto), when it ran
-            **({"localiser68": face.landmarks.round(2).tolist()} if face.landmarks is not None else {}),
+            **({"localiser68": in_photo(face.landmarks).round(2).tolist()} if face.landmarks is not None else {}),
             "refined": refined,
-            "landmarks68": landmarks.round(2).tolist(),
+            "landmarks68": in_photo(landmarks).round(2).tolist(),
         },
     }
     return Result(files, names, meta, timer.timings)

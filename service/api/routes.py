@@ -392,8 +392,8 @@ async def reconstruct(
     )
 
     async def compute(timer, now):
-        pixels = await runtime.run_stage("detect", pipeline.decode_photo, data, settings.max_image_pixels)
-        return await pipeline.reconstruct(bundle, runtime.run_graph, req, pixels, timer, runtime.run_stage, now)
+        pixels, size = await runtime.run_stage("detect", pipeline.decode_photo_sized, data, settings.max_image_pixels)
+        return await pipeline.reconstruct(bundle, runtime.run_graph, req, pixels, timer, runtime.run_stage, now, size)
 
     return await _serve(request, runtime, settings, req.canonical(bundle), format, compute)
 

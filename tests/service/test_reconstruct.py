@@ -101,6 +101,35 @@ BAD_UPLOADS = [
 ]
 
 
+def test_face_coordinates_are_in_the_uploaded_photos_pixels(client):
+    """A photo larger than MAX_PHOTO_SIDE is reduced before the pipeline runs; the answer's box, points and
+    landmarks are still in the upload's pixels (they had come back in the reduced copy's: 4.1× a 500² photo's
+    for an 8× upload), and an EXIF-turned photo's are in its upright frame."""
+    from service.pipeline import MAX_PHOTO_SIDE
+
+    small = Image.open(FRONTAL).convert("RGB")
+    buf = io.BytesIO()
+    small.resize((3000, 3000), Image.Resampling.BICUBIC).save(buf, format="JPEG", quality=95)
+    assert 3000 > MAX_PHOTO_SIDE
+    ref, big = (post(client, data).json()["face"] for data in (FRONTAL.read_bytes(), buf.getvalue()))
+    assert ref["image_size"] == [500, 500] and big["image_size"] == [3000, 3000]
+    for key in ("landmarks68", "points5", "anchors"):
+        scaled = (np.array(ref[key]) + 0.5) * 6 - 0.5
+        err = np.abs(np.array(big[key]) - scaled).mean()
+        assert err < 6 * 2.0, (key, err)  # the reduced copy is not the original: a couple of its pixels apart
+    # stored turned by 90° with EXIF orientation 6 ("rotate 90° clockwise to show"): upright it is the original
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    turned = io.BytesIO()
+    small.transpose(Image.Transpose.ROTATE_90).save(turned, format="JPEG", quality=95, exif=exif)
+    side = post(client, turned.getvalue()).json()["face"]
+    assert side["image_size"] == [500, 500]
+    assert np.abs(np.array(side["landmarks68"]) - np.array(ref["landmarks68"])).mean() < 2.0
+    tall = io.BytesIO()
+    small.resize((400, 600)).transpose(Image.Transpose.ROTATE_90).save(tall, format="JPEG", exif=exif)
+    assert post(client, tall.getvalue()).json()["face"]["image_size"] == [400, 600]
+
+
 @pytest.mark.parametrize(("name", "make", "status"), BAD_UPLOADS, ids=[b[0] for b in BAD_UPLOADS])
 def test_bad_uploads_get_4xx_json(client, name, make, status):
     r = post(client, make())
