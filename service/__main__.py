@@ -7,6 +7,8 @@ import logging
 import sys
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from facecore.bundle import BundleError, load_bundle
 from service.settings import Settings
 
@@ -20,7 +22,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     overrides = {"bundle": args.bundle} if args.bundle else {}
-    settings = Settings(**overrides)
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:  # e.g. FACE_MAX_BATCH=abc: name the variable, not a traceback
+        problems = "; ".join(
+            f"FACE_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']} (got {e.get('input')!r})" for e in exc.errors()
+        )
+        logging.getLogger("service").error("cannot serve: invalid settings: %s", problems)
+        return 2
     try:
         load_bundle(settings.bundle)  # fail fast with the file and field, before uvicorn starts
     except BundleError as exc:

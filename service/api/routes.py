@@ -7,7 +7,6 @@ import contextlib
 import hashlib
 import logging
 import re
-import threading
 import time
 from pathlib import Path
 from typing import Annotated, Literal
@@ -24,7 +23,7 @@ from service.api.deps import RuntimeDep, SettingsDep
 from service.api.schemas import DEFAULT_MESH_RESOLUTION, DEFAULT_TEXTURE_SIZE, ErrorBody, GenerateBody, ResultBody
 from service.engine import admission
 from service.settings import Settings
-from service.store import ResultTooLarge
+from service.store import META, ResultTooLarge
 
 logger = logging.getLogger(__name__)
 router = APIRouter()
@@ -133,49 +132,49 @@ def _file_response(found, name: str, attachment: bool) -> Response:
     return OpenFileResponse(found[0], found[1], media, filename)
 
 
-class _KeyedLocks:
-    """One lock per key while anyone holds or waits for it (the table does not grow with the keys ever used)."""
-
-    def __init__(self) -> None:
-        self._guard = threading.Lock()
-        self._locks: dict[tuple, tuple[threading.Lock, int]] = {}
-
-    @contextlib.contextmanager
-    def hold(self, key: tuple):
-        with self._guard:
-            lock, users = self._locks.get(key, (threading.Lock(), 0))
-            self._locks[key] = (lock, users + 1)
-        try:
-            with lock:
-                yield
-        finally:
-            with self._guard:
-                lock, users = self._locks[key]
-                if users == 1:
-                    del self._locks[key]
-                else:
-                    self._locks[key] = (lock, users - 1)
+#: (store, result id, output kind) → (lock, holders and waiters): concurrent first requests for one kind of one
+#: result make it once; the others wait for it on the event loop (they had each held an encoding thread while
+#: waiting, so a few clients fetching one result's links filled the stage and were refused)
+_MAKING: dict[tuple, tuple[asyncio.Lock, int]] = {}
 
 
-_MAKING = _KeyedLocks()
+@contextlib.asynccontextmanager
+async def _making(key: tuple):
+    lock, users = _MAKING.get(key, (None, 0))
+    lock = lock or asyncio.Lock()
+    _MAKING[key] = (lock, users + 1)
+    try:
+        async with lock:
+            yield
+    finally:
+        lock, users = _MAKING[key]
+        if users == 1:
+            del _MAKING[key]
+        else:
+            _MAKING[key] = (lock, users - 1)
 
 
-def _stored_file(runtime, result_id: str, name: str):
-    """A stored file as (open handle, size), or bytes for a file made now; None if absent.
+async def _result_file(runtime, result_id: str, name: str):
+    """A result's file as (open handle, size), or bytes for a file made now; None if absent.
 
     A JSON answer makes no file up front: each output kind is made on the first request for one of its files
-    (from the result's :data:`pipeline.SOURCE`), and the zip of all files on its first request. They are stored
-    when they fit under the cap and answered from memory otherwise. Concurrent first requests for one kind of one
-    result make it once: the others wait and then find it stored.
+    (from the result's :data:`pipeline.SOURCE`), and the zip of all files on its first request, in the encoding
+    stage (its bounds and the request's deadline: refused with 503 when busy). They are stored when they fit under
+    the cap and answered from memory otherwise.
     """
-    if name.startswith("."):  # internal files are not part of the result
+    if name.startswith(".") or name == META:  # internal files are not part of the result
         return None
-    found = runtime.store.open(result_id, name)
+    found = await asyncio.to_thread(runtime.store.open, result_id, name)
     if found is not None:
         return found
     kind = pipeline.ZIP_NAME if name == pipeline.ZIP_NAME else pipeline.file_kind(name)
-    with _MAKING.hold((id(runtime.store), result_id, kind)):
-        return runtime.store.open(result_id, name) or _make_file(runtime, result_id, name)
+    async with _making((id(runtime.store), result_id, kind)):
+        return await runtime.run_stage("encode", _stored_file, runtime, result_id, name)
+
+
+def _stored_file(runtime, result_id: str, name: str):
+    """The stored file, or (when another request has not made it meanwhile) the file made now; None if absent."""
+    return runtime.store.open(result_id, name) or _make_file(runtime, result_id, name)
 
 
 def _make_file(runtime, result_id: str, name: str):
@@ -209,11 +208,18 @@ def _timer(runtime) -> pipeline.Timer:
     return pipeline.Timer(lambda stage, dt: runtime.metrics.stage_latency.labels(stage).observe(dt))
 
 
-def _lookup(runtime, result_id: str, fmt: str | None):
-    """What the store holds for a request: its metadata (JSON answer) or its file (``?format=``); None if absent."""
-    if fmt is None:
-        return _valid_meta(runtime.store.meta(result_id))
-    return _stored_file(runtime, result_id, FORMAT_FILES[fmt][0])
+def _stored_meta_of(runtime, result_id: str) -> dict | None:
+    return _valid_meta(runtime.store.meta(result_id))
+
+
+async def _owned(request: Request, runtime, result_id: str) -> bool:
+    """Whether the client may use a stored result: with API keys, only the key that made it (its id is no secret
+    once shared: a log, a link); without keys, whoever holds the id."""
+    scope = _scope(request)
+    if not scope:
+        return True
+    meta = await asyncio.to_thread(runtime.store.meta, result_id) if runtime.store.valid_id(result_id) else None
+    return meta is not None and meta.get("owner") == scope
 
 
 def _json(result_id: str, meta: dict, cached: bool) -> Response:
@@ -243,16 +249,18 @@ async def _serve(request: Request, runtime, settings: Settings, canonical: bytes
     began = time.monotonic()  # a DELETE of the result after this point wins over storing it (see store.put)
     scope = _scope(request)
     result_id = runtime.result_id(canonical, scope)
-    found = await asyncio.to_thread(_lookup, runtime, result_id, fmt)
-    # `cached` tells a client that *someone* asked this before: only said where ids are per client (API keys)
-    reveal = bool(scope)
-    if found is not None:
-        if fmt is None:
-            return _json(result_id, found, cached=reveal)
-        return _file_response(found, FORMAT_FILES[fmt][0], attachment=True)
     loop = asyncio.get_running_loop()
     token = admission.deadline.set(loop.time() + settings.request_timeout_s)
     try:
+        if fmt is None:
+            found = await asyncio.to_thread(_stored_meta_of, runtime, result_id)
+        else:  # a stored result's file, made now if it was left for its first fetch (under the encoding stage)
+            found = await _result_file(runtime, result_id, FORMAT_FILES[fmt][0])
+        # `cached` tells a client that *someone* asked this before: only said where ids are per client (API keys)
+        if found is not None:
+            if fmt is None:
+                return _json(result_id, found, cached=bool(scope))
+            return _file_response(found, FORMAT_FILES[fmt][0], attachment=True)
         timer = _timer(runtime)
         # JSON answers give links, whose files are made when first fetched; a format answer makes its file now
         now = () if fmt is None else pipeline.OUTPUT_KINDS if fmt == "zip" else (FORMAT_FILES[fmt][1],)
@@ -268,7 +276,7 @@ async def _serve(request: Request, runtime, settings: Settings, canonical: bytes
             ) from exc
     finally:
         admission.deadline.reset(token)
-    meta = _stored_meta(result, timer)
+    meta = _stored_meta(result, timer) | ({"owner": scope} if scope else {})
     try:
         await asyncio.to_thread(runtime.store.put, result_id, result.files, meta, began)
     except ResultTooLarge as exc:
@@ -407,18 +415,19 @@ NOT_FOUND = {404: {"model": ErrorBody, "description": "unknown, expired or delet
 
 
 @router.get("/results/{result_id}", response_model=ResultBody, responses=NOT_FOUND)
-async def result_info(result_id: str, runtime: RuntimeDep) -> Response:
+async def result_info(request: Request, result_id: str, runtime: RuntimeDep) -> Response:
     """A stored result's JSON (links, codes, landmarks)."""
-    meta = await asyncio.to_thread(_lookup, runtime, result_id, None) if runtime.store.valid_id(result_id) else None
-    if meta is None:
+    meta = await asyncio.to_thread(_stored_meta_of, runtime, result_id) if runtime.store.valid_id(result_id) else None
+    if meta is None or not await _owned(request, runtime, result_id):
         raise HTTPException(404, detail="no such result (unknown or expired)")
     return _json(result_id, meta, cached=False)
 
 
 @router.delete("/results/{result_id}", status_code=204, responses=NOT_FOUND)
-async def delete_result(result_id: str, runtime: RuntimeDep) -> Response:
-    """Delete a result and all its files now (whoever holds the id may; ids are unguessable)."""
-    if not await asyncio.to_thread(runtime.store.delete, result_id):
+async def delete_result(request: Request, result_id: str, runtime: RuntimeDep) -> Response:
+    """Delete a result and all its files now (whoever holds the id may, ids being unguessable; with API keys only
+    the key that made it)."""
+    if not await _owned(request, runtime, result_id) or not await asyncio.to_thread(runtime.store.delete, result_id):
         raise HTTPException(404, detail="no such result (unknown or expired)")
     return Response(status_code=204)
 
@@ -434,11 +443,9 @@ async def delete_result(result_id: str, runtime: RuntimeDep) -> Response:
     },
     response_class=Response,
 )
-async def result_file(result_id: str, name: str, runtime: RuntimeDep) -> Response:
+async def result_file(request: Request, result_id: str, name: str, runtime: RuntimeDep) -> Response:
     """One file of a result (``bundle.zip``: all of them)."""
-    found = None if name.startswith(".") else await asyncio.to_thread(runtime.store.open, result_id, name)
-    if found is None:  # not stored (yet): written now if it is a deferred file, under the encoding stage's bounds
-        found = await runtime.run_stage("encode", _stored_file, runtime, result_id, name)
+    found = await _result_file(runtime, result_id, name) if await _owned(request, runtime, result_id) else None
     if found is None:
         raise HTTPException(404, detail="no such result file (unknown, expired or not produced)")
     return _file_response(found, name, attachment=False)

@@ -177,5 +177,8 @@ class Gate:
         finally:
             self.active -= 1
             self._semaphore.release()
-            dt = loop.time() - t
-            self.hold_s = dt if self.hold_s == 0.0 else 0.8 * self.hold_s + 0.2 * dt
+        # only a request that went through tells how long one holds the gate: one that a stage refused just after
+        # (or that failed) left within milliseconds, and a burst of those had collapsed the estimate, so the next
+        # burst of heavy requests was admitted whole and refused at its deadline instead of at once
+        dt = loop.time() - t
+        self.hold_s = dt if self.hold_s == 0.0 else 0.8 * self.hold_s + 0.2 * dt

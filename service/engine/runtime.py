@@ -27,6 +27,16 @@ logger = logging.getLogger(__name__)
 #: the batchers' defaults (rows per call, wait in ms) when some graph runs on a GPU provider, where one call serves a
 #: batch for about the price of one request, and when every graph runs on the CPU (:func:`batching`)
 GPU_BATCHING = (8, 5.0)
+#: onnxruntime's providers that run a graph on a GPU (others, e.g. Azure or OpenVINO's CPU device, count as the CPU)
+GPU_PROVIDERS = frozenset(
+    {
+        "CUDAExecutionProvider",
+        "TensorrtExecutionProvider",
+        "ROCMExecutionProvider",
+        "MIGraphXExecutionProvider",
+        "DmlExecutionProvider",
+    }
+)
 CPU_BATCHING = (1, 0.0)
 
 
@@ -36,7 +46,7 @@ def batching(settings: Settings, sessions: Mapping[str, GraphSession]) -> tuple[
     it is done, and a wait for requests in flight idles the graph: /generate throughput at concurrency 4-64 on a
     2-core CPU was 0.62-0.85× of no batching with batches of 16 and a 5 ms wait, 0.82-0.94× without the wait
     (``benchmarks/serve.py``'s throughput table)."""
-    on_gpu = any(s.providers and s.providers[0] != "CPUExecutionProvider" for s in sessions.values())
+    on_gpu = any(s.providers and s.providers[0] in GPU_PROVIDERS for s in sessions.values())
     rows, wait_ms = GPU_BATCHING if on_gpu else CPU_BATCHING
     return (
         rows if settings.max_batch is None else settings.max_batch,

@@ -267,6 +267,42 @@ def test_deferred_files_are_the_eager_bytes(tiny_bundle, tmp_path):
     assert lazy == eager and lazy_zip == eager_zip
 
 
+def test_a_format_answer_from_a_stored_result_is_made_under_the_encoding_stage(tiny_bundle, tmp_path, monkeypatch):
+    """``?format=`` for a result a JSON answer stored without its files makes the file in the encoding stage, under
+    its bounds: refused at once (503, Retry-After) while the stage is full. It had been made in asyncio's default
+    thread pool, outside every bound and the request's time limit (60 such zips took 26-49 s, 0 refused)."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from service import pipeline
+
+    release, entered = threading.Event(), threading.Event()
+    real = pipeline.make_files
+
+    def blocking(bundle, source, kinds, timer):
+        if "albedo" in kinds:  # the download holding the encoding stage
+            entered.set()
+            release.wait(30)
+        return real(bundle, source, kinds, timer)
+
+    monkeypatch.setattr(pipeline, "make_files", blocking)
+    body = {"seed": 9, "texture_size": 256, "mesh_resolution": 64}
+    settings = Settings(
+        bundle=tiny_bundle, results_dir=tmp_path / "r", encode_concurrency=1, max_stage_queue=0, max_wait_ms=2.0
+    )
+    with TestClient(create_app(settings)) as c, ThreadPoolExecutor(1) as pool:
+        links = c.post("/generate", json=body).json()["links"]
+        held = pool.submit(c.get, links["albedo.png"])
+        assert entered.wait(30)
+        busy = c.post("/generate?format=glb", json=body)
+        release.set()
+        assert held.result().status_code == 200
+        assert busy.status_code == 503 and busy.headers["retry-after"], busy.text
+        assert "encode" in busy.json()["detail"]
+        served = c.post("/generate?format=glb", json=body)  # the stage free again: made and served
+        assert served.status_code == 200 and served.content == c.get(links["mesh.glb"]).content
+
+
 def test_concurrent_first_fetches_make_a_kind_once(tiny_bundle, tmp_path, monkeypatch):
     """Eight clients asking at once for the not-yet-made GLB of one result: one makes it, the others wait and are
     served the stored file (before, several made their own copy)."""

@@ -78,6 +78,9 @@ def test_default_batching_is_none_on_the_cpu_and_8_rows_waiting_5_ms_with_a_gpu(
     assert batching(unset, gpu) == (8, 5.0)
     assert batching(explicit, cpu) == batching(explicit, gpu) == (16, 2.5)
     assert batching(Settings(max_batch=4), cpu) == (4, 0.0)
+    # a provider other than the CPU's that runs on the CPU (this onnxruntime build has Azure's) is no GPU
+    azure = {"a": SimpleNamespace(providers=["AzureExecutionProvider", "CPUExecutionProvider"])}
+    assert batching(unset, azure) == (1, 0.0)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("FACE_MAX_BATCH", "16")
         mp.setenv("FACE_MAX_WAIT_MS", "7")
@@ -136,3 +139,15 @@ def test_store_is_atomic_capped_and_expires(tmp_path):
     os.utime(tmp_path / ids[2], (old, old))
     short.evict()
     assert not (tmp_path / ids[2]).exists() and (tmp_path / ids[3]).exists()
+
+
+def test_invalid_settings_stop_the_server_with_the_variable_named(monkeypatch, caplog):
+    """``FACE_MAX_BATCH=`` (empty) or a word: exit status 2 and a line naming the variable, not a traceback."""
+    from service.__main__ import main
+
+    for value in ("", "many"):
+        monkeypatch.setenv("FACE_MAX_BATCH", value)
+        caplog.clear()
+        with caplog.at_level("ERROR"):
+            assert main(["--port", "0"]) == 2
+        assert "invalid settings: FACE_MAX_BATCH" in caplog.text, caplog.text

@@ -377,7 +377,13 @@ def test_api_keys_scope_results_and_delete(tiny_bundle, tmp_path):
         assert a1["cached"] is False and a2["cached"] is True and b1["cached"] is False  # beta learns nothing
         url = f"/results/{a1['id']}"
         assert c.get(url).status_code == 401
-        assert c.get(url, headers={"X-API-Key": "beta"}).status_code == 200  # the id is the capability
+        # another key holding the id (a log, a shared link) can neither read nor delete it: each key its own results
+        beta = {"X-API-Key": "beta"}
+        albedo = a1["links"]["albedo.png"]
+        assert c.get(url, headers=beta).status_code == 404 and c.get(albedo, headers=beta).status_code == 404
+        assert c.delete(url, headers=beta).status_code == 404
+        assert c.get(albedo, headers={"X-API-Key": "alpha"}).status_code == 200
+        assert c.get(f"{url}/meta.json", headers={"X-API-Key": "alpha"}).status_code == 404  # internal
         assert c.delete(url, headers={"X-API-Key": "alpha"}).status_code == 204
         assert c.get(url, headers={"X-API-Key": "alpha"}).status_code == 404
         assert c.delete(url, headers={"X-API-Key": "alpha"}).status_code == 404
@@ -518,6 +524,26 @@ def test_heavy_stages_run_at_a_lower_cpu_priority():
 
     mine = priority()
     assert asyncio.run(main()) == min(mine + 5, 19)
+
+
+def test_only_requests_that_went_through_teach_the_gate_its_hold_time():
+    """A request refused by a stage just after the gate (or failing) leaves within milliseconds; counted, a burst of
+    them collapsed the gate's estimate and the next burst of heavy requests was admitted whole."""
+    from service.engine.admission import Gate
+
+    async def main():
+        gate = Gate(concurrency=1, max_waiting=1)
+        async with gate.enter():
+            await asyncio.sleep(0.2)
+        learnt = gate.hold_s
+        for _ in range(5):
+            with pytest.raises(QueueFull):
+                async with gate.enter():
+                    raise QueueFull("stage 'geometry' is full")
+        return learnt, gate.hold_s, gate.active
+
+    learnt, after, active = asyncio.run(main())
+    assert learnt >= 0.19 and after == learnt and active == 0
 
 
 def test_request_gate_refuses_before_any_work_when_it_could_not_finish():
