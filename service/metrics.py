@@ -35,6 +35,9 @@ class Metrics:
         self.worker_restarts = Counter(
             "face_worker_restarts", "Dynamic-batcher workers restarted after dying", ["graph"], registry=self.registry
         )
+        self.abandoned = Counter(
+            "face_abandoned", "Requests stopped because their client disconnected first", registry=self.registry
+        )
         self.tmp_removed = Counter(
             "face_store_tmp_removed", "Abandoned temporary result folders removed", registry=self.registry
         )

@@ -265,7 +265,12 @@ async def _serve(request: Request, runtime, settings: Settings, canonical: bytes
         # JSON answers give links, whose files are made when first fetched; a format answer makes its file now
         now = () if fmt is None else pipeline.OUTPUT_KINDS if fmt == "zip" else (FORMAT_FILES[fmt][1],)
         try:
-            result = await asyncio.wait_for(_gated(runtime, compute(timer, now)), settings.request_timeout_s)
+            result = await _unless_gone(
+                request, asyncio.wait_for(_gated(runtime, compute(timer, now)), settings.request_timeout_s)
+            )
+        except ClientGone:
+            runtime.metrics.abandoned.inc()
+            return Response(status_code=499)  # nobody reads it
         except pipeline.RequestError as exc:
             raise HTTPException(exc.status, detail=str(exc)) from exc
         except TimeoutError as exc:
@@ -300,6 +305,35 @@ async def _serve(request: Request, runtime, settings: Settings, canonical: bytes
     else:
         data = result.files[name]
     return _file_response(data, name, attachment=True)
+
+
+class ClientGone(Exception):
+    """The client closed its connection before the answer."""
+
+
+async def _unless_gone(request: Request, work):
+    """``work``'s result, or :class:`ClientGone` (``work`` cancelled) when the client disconnects first: a request
+    its client gave up on (a timeout, a retry) stops at its next stage instead of computing to the end, its place
+    in the gate and the stages freed for the requests still awaited."""
+    task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_disconnect(request))
+    try:
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not task.done():
+            task.cancel()
+    if task.cancelled() or not task.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        raise ClientGone
+    return task.result()
+
+
+async def _disconnect(request: Request) -> None:
+    """Returns when the client disconnects (the request's body has been read: what comes next is that or nothing)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 async def _gated(runtime, work):

@@ -575,3 +575,50 @@ def test_request_gate_refuses_before_any_work_when_it_could_not_finish():
         return gate.active, gate.waiting
 
     assert asyncio.run(main()) == (0, 0)
+
+
+def test_a_request_whose_client_disconnected_stops(tiny_bundle, tmp_path, monkeypatch):
+    """A client that gives up (a read timeout, then perhaps a retry) closes its connection: its request is cancelled
+    at once, freeing its place, and counted (face_abandoned); it had computed to the end (16 of 30 abandoned
+    heavy requests were still made and stored, and the next real request was refused)."""
+    import socket
+
+    import httpx
+    import uvicorn
+
+    started, stopped = threading.Event(), threading.Event()
+    real = pipeline.generate
+
+    async def slow(*args, **kwargs):
+        started.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            stopped.set()
+            raise
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "generate", slow)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app = create_app(Settings(bundle=tiny_bundle, results_dir=tmp_path / "r", warmup=False))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            if server.started:
+                break
+            time.sleep(0.05)
+        t = time.monotonic()
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{url}/generate", json={"seed": 3, **SMALL}, timeout=httpx.Timeout(10, read=0.5))
+        assert started.is_set() and stopped.wait(10), "the abandoned request kept running"
+        assert time.monotonic() - t < 5
+        assert "face_abandoned_total 1.0" in httpx.get(f"{url}/metrics").text
+        assert app.state.runtime.gate.active == 0
+    finally:
+        server.should_exit = True
+        thread.join(10)
