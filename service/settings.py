@@ -31,7 +31,7 @@ class Settings(BaseSettings):
         ge=1,
         le=256,
         description="rows per graph call; default: 1 when every graph runs on the CPU, 8 with a GPU provider "
-        "(service.engine.runtime.batching)",
+        "(service.engine.runtime.batching); a batch never has more rows than max_inflight requests give it",
     )
     max_wait_ms: float | None = Field(
         None,

@@ -466,8 +466,9 @@ async def delete_result(request: Request, result_id: str, runtime: RuntimeDep) -
     return Response(status_code=204)
 
 
-@router.get(
+@router.api_route(
     "/results/{result_id}/{name}",
+    methods=["GET", "HEAD"],
     responses={
         200: {
             "description": "the file",
@@ -478,7 +479,7 @@ async def delete_result(request: Request, result_id: str, runtime: RuntimeDep) -
     response_class=Response,
 )
 async def result_file(request: Request, result_id: str, name: str, runtime: RuntimeDep) -> Response:
-    """One file of a result (``bundle.zip``: all of them)."""
+    """One file of a result (``bundle.zip``: all of them); HEAD: its headers (its size) without the body."""
     found = await _result_file(runtime, result_id, name) if await _owned(request, runtime, result_id) else None
     if found is None:
         raise HTTPException(404, detail="no such result file (unknown, expired or not produced)")

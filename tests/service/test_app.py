@@ -251,7 +251,10 @@ def test_deferred_files_are_the_eager_bytes(tiny_bundle, tmp_path):
         assert {"mesh.obj", "mesh.mtl", "mesh_albedo.png", "mesh.glb", "albedo.png"} <= set(r["links"])
         assert sorted(p.name for p in folder.iterdir()) == [".source.npz", "meta.json"]
         assert c.get(f"/results/{r['id']}/.source.npz").status_code == 404  # internal, never served
+        head = c.head(r["links"]["albedo.png"])  # made by the first request for it, a HEAD too
+        assert head.status_code == 200 and head.content == b"" and head.headers["content-type"] == "image/png"
         albedo = c.get(r["links"]["albedo.png"]).content
+        assert int(head.headers["content-length"]) == len(albedo)
         assert (folder / "albedo.png").is_file() and not (folder / "mesh.glb").exists()  # one kind at a time
         lazy = {name: c.get(url).content for name, url in r["links"].items() if name != "bundle.zip"}
         lazy_zip = c.get(r["links"]["bundle.zip"]).content
