@@ -362,7 +362,11 @@ def write_latency(
     if throughput:
         cells = {k: [r[k] for r in throughput.values()] for k in next(iter(throughput.values()))}
         none = cells.pop("no batching")
-        spans = [f"{k} {min(v):.0f}-{max(v):.0f}" for k, v in cells.items()] + [f"none {min(none):.0f}-{max(none):.0f}"]
+        spans = [
+            f"{k} {min(v):.0f}-{max(v):.0f} ({min(np.divide(v, none)):.2f}-{max(np.divide(v, none)):.2f}× of none "
+            "at the same concurrency)"
+            for k, v in cells.items()
+        ] + [f"none {min(none):.0f}-{max(none):.0f}"]
         text += (
             f"\n\n/generate throughput at concurrency {', '.join(map(str, throughput))} (requests/s, lowest-highest; "
             f"dynamic batching up to 16): {'; '.join(spans)}. So on the CPU the service batches nothing by default "

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from facecore.bundle import BundleError, load_bundle
 from service.settings import Settings
@@ -24,9 +25,12 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {"bundle": args.bundle} if args.bundle else {}
     try:
         settings = Settings(**overrides)
-    except ValidationError as exc:  # e.g. FACE_MAX_BATCH=abc: name the variable, not a traceback
-        problems = "; ".join(
-            f"FACE_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']} (got {e.get('input')!r})" for e in exc.errors()
+    except (ValidationError, SettingsError) as exc:  # e.g. FACE_MAX_BATCH=abc: the variable named, no traceback
+        # (never the value: it may be an API key or the result secret)
+        problems = (
+            "; ".join(f"FACE_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
+            if isinstance(exc, ValidationError)
+            else str(exc).split(" from ")[0]
         )
         logging.getLogger("service").error("cannot serve: invalid settings: %s", problems)
         return 2

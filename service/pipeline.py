@@ -76,6 +76,11 @@ class MeshRequest:
         return hashlib.sha256(self.canonical(bundle)).hexdigest()
 
 
+#: what a /reconstruct answer means, in its result id: a stored answer of another format is not served for it
+#: (2: face coordinates in the uploaded photo's pixels with ``face.image_size``; before, in the reduced copy's)
+RECONSTRUCT_FORMAT = 2
+
+
 @dataclass(frozen=True)
 class ReconstructRequest:
     """The validated parameters of a /reconstruct request (the photo itself travels separately)."""
@@ -97,7 +102,7 @@ class ReconstructRequest:
                 k: getattr(self, k)
                 for k in ("photo_sha256", "texture_size", "mesh_resolution", "blendshapes", "detector", "albedo")
             }
-            | {"outputs": sorted(self.outputs)},
+            | {"outputs": sorted(self.outputs), "format": RECONSTRUCT_FORMAT},
             sort_keys=True,
         ).encode()
         return bundle.digest.encode() + b"/reconstruct/" + canon
@@ -128,10 +133,6 @@ def decode_photo(data: bytes, max_pixels: int) -> np.ndarray:
     return decode_photo_sized(data, max_pixels)[0]
 
 
-#: EXIF orientations that turn the stored image by 90° (its width becomes the upright photo's height)
-_TRANSPOSED = frozenset({5, 6, 7, 8})
-
-
 def decode_photo_sized(data: bytes, max_pixels: int) -> tuple[np.ndarray, tuple[int, int]]:
     """:func:`decode_photo`, and the (width, height) of the upright photo as uploaded: the frame a response's
     face coordinates are in (:func:`reconstruct`'s ``photo_size``), whatever the decoding reduced."""
@@ -144,7 +145,6 @@ def decode_photo_sized(data: bytes, max_pixels: int) -> tuple[np.ndarray, tuple[
             if im.format not in ("JPEG", "PNG", "WEBP"):
                 raise PhotoError(f"image: unsupported format {im.format}; send JPEG, PNG or WebP", 415)
             w, h = im.size
-            upright_size = (h, w) if im.getexif().get(0x0112) in _TRANSPOSED else (w, h)
             if w * h > max_pixels:
                 raise PhotoError(f"image: {w}×{h} pixels exceeds the limit of {max_pixels}", 413)
             if min(w, h) < MIN_PHOTO_SIDE:
@@ -156,6 +156,8 @@ def decode_photo_sized(data: bytes, max_pixels: int) -> tuple[np.ndarray, tuple[
                 im.draft(None, (math.ceil(w * f), math.ceil(h * f)))
             im.load()
             upright = ImageOps.exif_transpose(im)
+            # (read off the turn, not the EXIF before the checks above: a PNG's getexif() decodes the whole image)
+            upright_size = (h, w) if upright.size != im.size else (w, h)
             if upright.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
                 # 16-bit greyscale: PIL's convert("RGB") clips to 255 (all white); keep the top 8 bits
                 grey = np.asarray(upright).astype(np.int64)
@@ -608,7 +610,7 @@ async def reconstruct(
         },
         "face": {
             # every coordinate below is in the uploaded photo's pixels (x right, y down, pixel centres at integers),
-            # upright per its EXIF orientation; the pipeline ran on a copy reduced to MAX_PHOTO_SIDE
+            # upright per its EXIF orientation, though the pipeline ran on a copy reduced to at most MAX_PHOTO_SIDE
             "image_size": list(photo_size),
             "box": in_photo(face.box.reshape(2, 2)).reshape(-1).round(2).tolist(),
             "detector": face.detector,

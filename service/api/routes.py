@@ -154,22 +154,40 @@ async def _making(key: tuple):
             _MAKING[key] = (lock, users - 1)
 
 
-async def _result_file(runtime, result_id: str, name: str):
-    """A result's file as (open handle, size), or bytes for a file made now; None if absent.
+async def _result_file(runtime, result_id: str, name: str, scope: str = ""):
+    """A result's file as (open handle, size), or bytes for a file made now; None if absent (or, with API keys,
+    another key's).
 
     A JSON answer makes no file up front: each output kind is made on the first request for one of its files
     (from the result's :data:`pipeline.SOURCE`), and the zip of all files on its first request, in the encoding
-    stage (its bounds and the request's deadline: refused with 503 when busy). They are stored when they fit under
-    the cap and answered from memory otherwise.
+    stage (its bounds and the request's deadline: refused with 503 when busy); a file the result has not is no work.
+    They are stored when they fit under the cap and answered from memory otherwise.
     """
     if name.startswith(".") or name == META:  # internal files are not part of the result
         return None
-    found = await asyncio.to_thread(runtime.store.open, result_id, name)
-    if found is not None:
+    found, makeable = await asyncio.to_thread(_stored_or_makeable, runtime, result_id, name, scope)
+    if found is not None or not makeable:
         return found
     kind = pipeline.ZIP_NAME if name == pipeline.ZIP_NAME else pipeline.file_kind(name)
     async with _making((id(runtime.store), result_id, kind)):
         return await runtime.run_stage("encode", _stored_file, runtime, result_id, name)
+
+
+def _stored_or_makeable(runtime, result_id: str, name: str, scope: str):
+    """(the stored file or None, whether the result can make it now)."""
+    meta = runtime.store.meta(result_id)
+    if meta is None or not _may_use(scope, meta):
+        return None, False
+    found = runtime.store.open(result_id, name)
+    meta = _valid_meta(meta)
+    return found, found is None and meta is not None and (name in meta["files"] or name == pipeline.ZIP_NAME)
+
+
+def _may_use(scope: str, meta: dict) -> bool:
+    """Whether a client may use a stored result: with API keys only the key that made it (an id is no secret once
+    shared: a log, a link; a result stored before results had owners stays its id's holder's); without keys,
+    whoever holds the id."""
+    return not scope or meta.get("owner", scope) == scope
 
 
 def _stored_file(runtime, result_id: str, name: str):
@@ -212,16 +230,6 @@ def _stored_meta_of(runtime, result_id: str) -> dict | None:
     return _valid_meta(runtime.store.meta(result_id))
 
 
-async def _owned(request: Request, runtime, result_id: str) -> bool:
-    """Whether the client may use a stored result: with API keys, only the key that made it (its id is no secret
-    once shared: a log, a link); without keys, whoever holds the id."""
-    scope = _scope(request)
-    if not scope:
-        return True
-    meta = await asyncio.to_thread(runtime.store.meta, result_id) if runtime.store.valid_id(result_id) else None
-    return meta is not None and meta.get("owner") == scope
-
-
 def _json(result_id: str, meta: dict, cached: bool) -> Response:
     files = sorted({*meta["files"], pipeline.ZIP_NAME})
     body = ResultBody(
@@ -255,7 +263,7 @@ async def _serve(request: Request, runtime, settings: Settings, canonical: bytes
         if fmt is None:
             found = await asyncio.to_thread(_stored_meta_of, runtime, result_id)
         else:  # a stored result's file, made now if it was left for its first fetch (under the encoding stage)
-            found = await _result_file(runtime, result_id, FORMAT_FILES[fmt][0])
+            found = await _result_file(runtime, result_id, FORMAT_FILES[fmt][0], scope)
         # `cached` tells a client that *someone* asked this before: only said where ids are per client (API keys)
         if found is not None:
             if fmt is None:
@@ -326,6 +334,11 @@ async def _unless_gone(request: Request, work):
     if task.cancelled() or not task.done():
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():  # this handler itself is being cancelled (shutdown)
+            raise asyncio.CancelledError
+        if gone.done() and not gone.cancelled() and gone.exception() is not None:
+            raise gone.exception()  # the connection's receive failed: not a disconnect
         raise ClientGone
     return task.result()
 
@@ -452,7 +465,7 @@ NOT_FOUND = {404: {"model": ErrorBody, "description": "unknown, expired or delet
 async def result_info(request: Request, result_id: str, runtime: RuntimeDep) -> Response:
     """A stored result's JSON (links, codes, landmarks)."""
     meta = await asyncio.to_thread(_stored_meta_of, runtime, result_id) if runtime.store.valid_id(result_id) else None
-    if meta is None or not await _owned(request, runtime, result_id):
+    if meta is None or not _may_use(_scope(request), meta):
         raise HTTPException(404, detail="no such result (unknown or expired)")
     return _json(result_id, meta, cached=False)
 
@@ -461,7 +474,10 @@ async def result_info(request: Request, result_id: str, runtime: RuntimeDep) -> 
 async def delete_result(request: Request, result_id: str, runtime: RuntimeDep) -> Response:
     """Delete a result and all its files now (whoever holds the id may, ids being unguessable; with API keys only
     the key that made it)."""
-    if not await _owned(request, runtime, result_id) or not await asyncio.to_thread(runtime.store.delete, result_id):
+    meta = await asyncio.to_thread(runtime.store.meta, result_id) if runtime.store.valid_id(result_id) else None
+    if meta is None or not _may_use(_scope(request), meta):
+        raise HTTPException(404, detail="no such result (unknown or expired)")
+    if not await asyncio.to_thread(runtime.store.delete, result_id):
         raise HTTPException(404, detail="no such result (unknown or expired)")
     return Response(status_code=204)
 
@@ -480,7 +496,7 @@ async def delete_result(request: Request, result_id: str, runtime: RuntimeDep) -
 )
 async def result_file(request: Request, result_id: str, name: str, runtime: RuntimeDep) -> Response:
     """One file of a result (``bundle.zip``: all of them); HEAD: its headers (its size) without the body."""
-    found = await _result_file(runtime, result_id, name) if await _owned(request, runtime, result_id) else None
+    found = await _result_file(runtime, result_id, name, _scope(request))
     if found is None:
         raise HTTPException(404, detail="no such result file (unknown, expired or not produced)")
     return _file_response(found, name, attachment=False)

@@ -84,7 +84,8 @@ class ResultBody(BaseModel):
     face: dict | None = Field(
         None,
         description="/reconstruct: detected box, 5 points, the crop's alignment anchors (and what found them), "
-        "fitted 68 landmarks",
+        "fitted 68 landmarks; in the uploaded photo's pixels (upright per its EXIF orientation), whose size is "
+        "'image_size' (width, height)",
     )
     albedo: str | None = Field(None, description="/reconstruct: where the albedo came from, photo or generated")
     texture: dict | None = Field(

@@ -172,13 +172,23 @@ class Gate:
             self.waiting -= 1
         self.active += 1
         t = loop.time()
+        learn = True
         try:
             yield
+        except QueueFull:
+            # refused by a stage just after the gate: it left within milliseconds, no measure of a request's hold
+            # (a burst of those had collapsed the estimate, and the next burst of heavy requests was admitted whole
+            # and refused at its deadline instead of at once)
+            learn = False
+            raise
+        except asyncio.CancelledError:
+            # stopped (its deadline, its client gone): it held the gate at least this long, which says something
+            # only when that is longer than the estimate
+            learn = loop.time() - t > self.hold_s
+            raise
         finally:
             self.active -= 1
             self._semaphore.release()
-        # only a request that went through tells how long one holds the gate: one that a stage refused just after
-        # (or that failed) left within milliseconds, and a burst of those had collapsed the estimate, so the next
-        # burst of heavy requests was admitted whole and refused at its deadline instead of at once
-        dt = loop.time() - t
-        self.hold_s = dt if self.hold_s == 0.0 else 0.8 * self.hold_s + 0.2 * dt
+            if learn:
+                dt = loop.time() - t
+                self.hold_s = dt if self.hold_s == 0.0 else 0.8 * self.hold_s + 0.2 * dt

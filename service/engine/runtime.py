@@ -25,8 +25,10 @@ logger = logging.getLogger(__name__)
 
 
 #: the batchers' defaults (rows per call, wait in ms) when some graph runs on a GPU provider, where one call serves a
-#: batch for about the price of one request, and when every graph runs on the CPU (:func:`batching`)
+#: batch for about the price of one request (not measured here: no GPU)
 GPU_BATCHING = (8, 5.0)
+#: ... and when every graph runs on the CPU, where batching measured slower than none (:func:`batching`)
+CPU_BATCHING = (1, 0.0)
 #: onnxruntime's providers that run a graph on a GPU (others, e.g. Azure or OpenVINO's CPU device, count as the CPU)
 GPU_PROVIDERS = frozenset(
     {
@@ -37,15 +39,13 @@ GPU_PROVIDERS = frozenset(
         "DmlExecutionProvider",
     }
 )
-CPU_BATCHING = (1, 0.0)
 
 
 def batching(settings: Settings, sessions: Mapping[str, GraphSession]) -> tuple[int, float]:
     """(max_batch, max_wait_ms): the settings', or where unset the defaults for where the graphs run. On the CPU a
     batch costs its rows' time (AlbedoGAN at batch 8: ~8 × batch 1) and holds all its requests' other stages until
-    it is done, and a wait for requests in flight idles the graph: /generate throughput at concurrency 4-64 on a
-    2-core CPU was 0.62-0.85× of no batching with batches of 16 and a 5 ms wait, 0.82-0.94× without the wait
-    (``benchmarks/serve.py``'s throughput table)."""
+    it is done, and a wait for requests in flight idles the graph (``benchmarks/serve.py``'s throughput table, in
+    the README: /generate at concurrency 1-64 with and without batching, with and without a wait)."""
     on_gpu = any(s.providers and s.providers[0] in GPU_PROVIDERS for s in sessions.values())
     rows, wait_ms = GPU_BATCHING if on_gpu else CPU_BATCHING
     return (

@@ -304,6 +304,14 @@ def test_a_format_answer_from_a_stored_result_is_made_under_the_encoding_stage(t
         assert "encode" in busy.json()["detail"]
         served = c.post("/generate?format=glb", json=body)  # the stage free again: made and served
         assert served.status_code == 200 and served.content == c.get(links["mesh.glb"]).content
+        # a file the result has not is no work: 404 at once, even while the stage is full
+        held = pool.submit(c.get, c.post("/generate", json=dict(body, seed=10)).json()["links"]["albedo.png"])
+        entered.clear()
+        release.clear()
+        assert entered.wait(30)
+        missing = c.get(links["albedo.png"].replace("albedo.png", "nothing.png"))
+        release.set()
+        assert missing.status_code == 404 and held.result().status_code == 200
 
 
 def test_concurrent_first_fetches_make_a_kind_once(tiny_bundle, tmp_path, monkeypatch):

@@ -61,7 +61,7 @@ def test_a_batch_waits_only_while_another_request_could_join_it():
         assert calls == expected, (in_flight, calls)
 
 
-def test_default_batching_is_none_on_the_cpu_and_8_rows_waiting_5_ms_with_a_gpu(tiny_bundle, tmp_path):
+def test_default_batching_is_none_on_the_cpu_and_8_rows_waiting_5_ms_with_a_gpu(tiny_bundle, tmp_path, monkeypatch):
     """Unset, the batchers' rows and wait follow where the graphs run (runtime.batching: on the CPU a batch holds its
     requests' other stages and a wait idles the graph); FACE_MAX_BATCH / FACE_MAX_WAIT_MS always win. Also through a
     real Runtime on this CPU."""
@@ -73,6 +73,8 @@ def test_default_batching_is_none_on_the_cpu_and_8_rows_waiting_5_ms_with_a_gpu(
 
     cpu = {"a": SimpleNamespace(providers=["CPUExecutionProvider"])}
     gpu = {**cpu, "b": SimpleNamespace(providers=["CUDAExecutionProvider", "CPUExecutionProvider"])}
+    for name in ("FACE_MAX_BATCH", "FACE_MAX_WAIT_MS"):
+        monkeypatch.delenv(name, raising=False)
     unset, explicit = Settings(), Settings(max_batch=16, max_wait_ms=2.5)
     assert batching(unset, cpu) == (1, 0.0)
     assert batching(unset, gpu) == (8, 5.0)
@@ -143,11 +145,23 @@ def test_store_is_atomic_capped_and_expires(tmp_path):
 
 def test_invalid_settings_stop_the_server_with_the_variable_named(monkeypatch, caplog):
     """``FACE_MAX_BATCH=`` (empty) or a word: exit status 2 and a line naming the variable, not a traceback."""
+    import uvicorn
+
     from service.__main__ import main
 
-    for value in ("", "many"):
-        monkeypatch.setenv("FACE_MAX_BATCH", value)
+    def never(*args, **kwargs):
+        raise AssertionError("the server started")
+
+    monkeypatch.setattr(uvicorn, "run", never)
+    for name, value in (("FACE_MAX_BATCH", ""), ("FACE_MAX_BATCH", "many"), ("FACE_API_KEYS", '["top-secret-key", ')):
+        monkeypatch.setenv(name, value)
         caplog.clear()
         with caplog.at_level("ERROR"):
             assert main(["--port", "0"]) == 2
-        assert "invalid settings: FACE_MAX_BATCH" in caplog.text, caplog.text
+        assert f"invalid settings: {name}" in caplog.text, caplog.text
+        assert "top-secret-key" not in caplog.text  # a value may be a key: never logged
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("FACE_PROVIDERS", "notjson")  # a complex field pydantic-settings cannot parse
+    with caplog.at_level("ERROR"):
+        assert main(["--port", "0"]) == 2
+    assert "providers" in caplog.text

@@ -384,6 +384,12 @@ def test_api_keys_scope_results_and_delete(tiny_bundle, tmp_path):
         assert c.delete(url, headers=beta).status_code == 404
         assert c.get(albedo, headers={"X-API-Key": "alpha"}).status_code == 200
         assert c.get(f"{url}/meta.json", headers={"X-API-Key": "alpha"}).status_code == 404  # internal
+        # a result stored before results had owners stays usable by whoever holds its id (as it was made)
+        meta_path = tmp_path / "r" / a1["id"] / "meta.json"
+        meta = json.loads(meta_path.read_text())
+        assert meta.pop("owner")
+        meta_path.write_text(json.dumps(meta))
+        assert c.get(url, headers=beta).status_code == 200
         assert c.delete(url, headers={"X-API-Key": "alpha"}).status_code == 204
         assert c.get(url, headers={"X-API-Key": "alpha"}).status_code == 404
         assert c.delete(url, headers={"X-API-Key": "alpha"}).status_code == 404
@@ -622,3 +628,20 @@ def test_a_request_whose_client_disconnected_stops(tiny_bundle, tmp_path, monkey
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def test_a_pixel_bomb_png_is_refused_before_it_is_decoded(monkeypatch):
+    """The pixel limit is checked on the header: reading the EXIF first (for the upright size) had made Pillow
+    decode a 9000 × 9000 PNG whole (~240 MB, 0.4 s) before refusing it."""
+    from PIL import PngImagePlugin
+
+    buf = io.BytesIO()
+    Image.new("RGB", (9000, 9000), (90, 90, 90)).save(buf, "PNG")
+
+    def no_decode(self, *args, **kwargs):
+        raise AssertionError("decoded before the pixel check")
+
+    monkeypatch.setattr(PngImagePlugin.PngImageFile, "load", no_decode)
+    with pytest.raises(pipeline.PhotoError, match="exceeds the limit") as info:
+        pipeline.decode_photo_sized(buf.getvalue(), 25_000_000)
+    assert info.value.status == 413
