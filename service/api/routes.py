@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import io
 import logging
 import re
 import time
@@ -103,24 +104,81 @@ def _valid_meta(meta: dict | None) -> dict | None:
 
 class OpenFileResponse(Response):
     """A file streamed from a handle opened *before* the response starts: a result evicted (or replaced)
-    meanwhile cannot truncate the body, because the open handle keeps the file's bytes alive."""
+    meanwhile cannot truncate the body, because the open handle keeps the file's bytes alive. ``part``: the
+    (first, last) bytes of a range request (206), else the whole file."""
 
-    def __init__(self, file, size: int, media_type: str, filename: str | None = None):
-        headers = {"content-length": str(size)}
+    def __init__(
+        self,
+        file,
+        size: int,
+        media_type: str,
+        filename: str | None = None,
+        headers: dict[str, str] | None = None,
+        part: tuple[int, int] | None = None,
+    ):
+        first, last = part if part is not None else (0, size - 1)
+        headers = dict(headers or {}, **{"content-length": str(last - first + 1)})
+        if part is not None:
+            headers["content-range"] = f"bytes {first}-{last}/{size}"
         if filename is not None:
             headers["content-disposition"] = f'attachment; filename="{filename}"'
-        super().__init__(media_type=media_type, headers=headers)
-        self.file = file
+        super().__init__(media_type=media_type, headers=headers, status_code=206 if part is not None else 200)
+        self.file, self.first, self.left = file, first, last - first + 1
 
     async def __call__(self, scope, receive, send) -> None:
         try:
             await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
             if scope.get("method") != "HEAD":
-                while chunk := await asyncio.to_thread(self.file.read, CHUNK):
+                if self.first:
+                    await asyncio.to_thread(self.file.seek, self.first)
+                while self.left > 0 and (chunk := await asyncio.to_thread(self.file.read, min(CHUNK, self.left))):
+                    self.left -= len(chunk)
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             self.file.close()
+
+
+_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+
+
+def _byte_range(header: str | None, size: int) -> tuple[int, int] | None | Literal[False]:
+    """The (first, last) bytes a ``Range`` header asks of a ``size``-byte file; None: the whole file (no header,
+    another unit, several ranges: all may be answered whole); False: none of it exists (416)."""
+    match = _RANGE.fullmatch((header or "").strip())
+    if match is None or match.group(1) == match.group(2) == "":
+        return None
+    first, last = match.groups()
+    if first == "":  # the last N bytes
+        n = int(last)
+        return (max(size - n, 0), size - 1) if n > 0 and size > 0 else False
+    start, end = int(first), (int(last) if last else size - 1)
+    if start >= size:
+        return False
+    if end < start:
+        return None  # invalid: ignored (RFC 9110 14.1.1)
+    return start, min(end, size - 1)
+
+
+def _file_answer(request: Request, found, result_id: str, name: str) -> Response:
+    """A result file's answer to GET/HEAD: its bytes never change (content-addressed), so it carries a strong ETag
+    and answers If-None-Match (304), Range (206; 416 beyond its end) and If-Range."""
+    etag = f'"{result_id[:32]}-{name}"'
+    headers = {"etag": etag, "accept-ranges": "bytes", "cache-control": "private, max-age=86400"}
+    media = MEDIA.get(Path(name).suffix, "application/octet-stream")
+    if isinstance(found, bytes):
+        found_file, size = io.BytesIO(found), len(found)
+    else:
+        found_file, size = found
+    if etag in {t.strip() for t in request.headers.get("if-none-match", "").split(",")}:
+        found_file.close()
+        return Response(status_code=304, headers=headers)
+    if_range = request.headers.get("if-range")
+    part = _byte_range(request.headers.get("range"), size) if if_range in (None, etag) else None
+    if part is False:
+        found_file.close()
+        return Response(status_code=416, headers=headers | {"content-range": f"bytes */{size}"})
+    return OpenFileResponse(found_file, size, media, headers=headers, part=part)
 
 
 def _file_response(found, name: str, attachment: bool) -> Response:
@@ -490,16 +548,20 @@ async def delete_result(request: Request, result_id: str, runtime: RuntimeDep) -
             "description": "the file",
             "content": {m: {"schema": {"type": "string", "format": "binary"}} for m in sorted(set(MEDIA.values()))},
         },
+        206: {"description": "the bytes a Range header asked for (Content-Range)"},
+        304: {"description": "If-None-Match names the file's ETag: unchanged (a result's files never change)"},
+        416: {"description": "the Range lies beyond the file's end (Content-Range: bytes */size)"},
         **NOT_FOUND,
     },
     response_class=Response,
 )
 async def result_file(request: Request, result_id: str, name: str, runtime: RuntimeDep) -> Response:
-    """One file of a result (``bundle.zip``: all of them); HEAD: its headers (its size) without the body."""
+    """One file of a result (``bundle.zip``: all of them); HEAD: its headers (its size) without the body; byte
+    ranges (206) and conditional requests on its ETag (304)."""
     found = await _result_file(runtime, result_id, name, _scope(request))
     if found is None:
         raise HTTPException(404, detail="no such result file (unknown, expired or not produced)")
-    return _file_response(found, name, attachment=False)
+    return _file_answer(request, found, result_id, name)
 
 
 @router.get("/health/live")

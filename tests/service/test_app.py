@@ -345,3 +345,38 @@ def test_concurrent_first_fetches_make_a_kind_once(tiny_bundle, tmp_path, monkey
     assert all(a.status_code == 200 for a in answers)
     assert len({a.content for a in answers}) == 1
     assert made == [{"glb"}]
+
+
+def test_result_files_answer_ranges_and_conditional_requests(tiny_bundle, tmp_path):
+    """A result file's bytes never change (content-addressed): strong ETag, 304 on If-None-Match, byte ranges
+    (206 with Content-Range; a suffix; past the end clipped; beyond it 416), If-Range, and the whole file for what
+    is not one range; stored files and files answered from memory alike."""
+    settings = Settings(bundle=tiny_bundle, results_dir=tmp_path / "r", max_wait_ms=2.0)
+    with TestClient(create_app(settings)) as c:
+        links = c.post("/generate", json={"seed": 12, "texture_size": 256, "mesh_resolution": 64}).json()["links"]
+        url = links["mesh.glb"]
+        whole = c.get(url)
+        assert whole.status_code == 200 and whole.headers["accept-ranges"] == "bytes"
+        etag, data, size = whole.headers["etag"], whole.content, len(whole.content)
+        assert etag.startswith('"') and c.get(url).headers["etag"] == etag
+        assert c.get(url, headers={"if-none-match": etag}).status_code == 304
+        assert c.get(url, headers={"if-none-match": '"other"'}).content == data
+        for header, first, last in (
+            ("bytes=0-99", 0, 99),
+            ("bytes=100-", 100, size - 1),
+            ("bytes=-50", size - 50, size - 1),
+            (f"bytes=10-{size + 1000}", 10, size - 1),
+        ):
+            part = c.get(url, headers={"range": header})
+            assert part.status_code == 206, header
+            assert part.content == data[first : last + 1], header
+            assert part.headers["content-range"] == f"bytes {first}-{last}/{size}", header
+            assert int(part.headers["content-length"]) == last - first + 1
+        beyond = c.get(url, headers={"range": f"bytes={size}-"})
+        assert beyond.status_code == 416 and beyond.headers["content-range"] == f"bytes */{size}"
+        for ignored in ("bytes=0-1,5-9", "items=0-9", "bytes=9-3"):  # answered whole
+            assert c.get(url, headers={"range": ignored}).content == data, ignored
+        assert c.get(url, headers={"range": "bytes=0-9", "if-range": etag}).status_code == 206
+        assert c.get(url, headers={"range": "bytes=0-9", "if-range": '"stale"'}).content == data
+        zipped = c.get(links["bundle.zip"], headers={"range": "bytes=0-3"})  # made now, from memory or stored
+        assert zipped.status_code == 206 and zipped.content == b"PK\x03\x04"
