@@ -309,9 +309,12 @@ def _scope(request: Request) -> str:
     return getattr(request.state, "client_scope", "")
 
 
-async def _serve(request: Request, runtime, settings: Settings, canonical: bytes, fmt: str | None, compute) -> Response:
+async def _serve(
+    request: Request, runtime, settings: Settings, canonical: bytes, fmt: str | None, compute, kind: tuple
+) -> Response:
     """Answer from the store if it holds the result, else compute it (under the request's deadline), store it
-    (unless it alone exceeds the cap) and answer from memory: never a second read that eviction could lose."""
+    (unless it alone exceeds the cap) and answer from memory: never a second read that eviction could lose.
+    ``kind``: what predicts the request's time in the pipeline (the request gate's estimate), e.g. its sizes."""
     began = time.monotonic()  # a DELETE of the result after this point wins over storing it (see store.put)
     scope = _scope(request)
     result_id = runtime.result_id(canonical, scope)
@@ -331,9 +334,8 @@ async def _serve(request: Request, runtime, settings: Settings, canonical: bytes
         # JSON answers give links, whose files are made when first fetched; a format answer makes its file now
         now = () if fmt is None else pipeline.OUTPUT_KINDS if fmt == "zip" else (FORMAT_FILES[fmt][1],)
         try:
-            result = await _unless_gone(
-                request, asyncio.wait_for(_gated(runtime, compute(timer, now)), settings.request_timeout_s)
-            )
+            gated = _gated(runtime, compute(timer, now), (*kind, fmt))
+            result = await _unless_gone(request, asyncio.wait_for(gated, settings.request_timeout_s))
         except ClientGone:
             runtime.metrics.abandoned.inc()
             return Response(status_code=499)  # nobody reads it
@@ -407,10 +409,10 @@ async def _disconnect(request: Request) -> None:
         pass
 
 
-async def _gated(runtime, work):
+async def _gated(runtime, work, kind: tuple):
     """``work`` once the request gate admits it (see :class:`service.engine.admission.Gate`)."""
     try:
-        async with runtime.gate.enter():
+        async with runtime.gate.enter(kind):
             return await work
     finally:
         work.close()  # never started when the gate refused: no "coroutine was never awaited"
@@ -452,7 +454,8 @@ async def generate(
     def compute(timer, now):
         return pipeline.generate(bundle, runtime.run_graph, req, timer, runtime.run_stage, now)
 
-    return await _serve(request, runtime, settings, req.canonical(bundle), format, compute)
+    kind = ("generate", req.texture_size, req.mesh_resolution, req.blendshapes)
+    return await _serve(request, runtime, settings, req.canonical(bundle), format, compute, kind)
 
 
 @router.post("/reconstruct", response_model=ResultBody, responses={**FILE_RESPONSES, 415: {"model": ErrorBody}})
@@ -508,7 +511,8 @@ async def reconstruct(
         pixels, size = await runtime.run_stage("detect", pipeline.decode_photo_sized, data, settings.max_image_pixels)
         return await pipeline.reconstruct(bundle, runtime.run_graph, req, pixels, timer, runtime.run_stage, now, size)
 
-    return await _serve(request, runtime, settings, req.canonical(bundle), format, compute)
+    kind = ("reconstruct", req.albedo, req.texture_size, req.mesh_resolution, req.blendshapes)
+    return await _serve(request, runtime, settings, req.canonical(bundle), format, compute, kind)
 
 
 def _stored_meta(result: pipeline.Result, timer: pipeline.Timer) -> dict:

@@ -17,7 +17,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -136,59 +136,84 @@ class Gate:
     The stages bound each kind of work; the gate bounds how many requests hold work in them, so that under
     overload a request is refused *before* it uses any CPU rather than after it did half its work and then
     ran out of time (work thrown away is throughput lost). A request is refused at once when the requests
-    ahead of it would not leave before its deadline (from the moving average of a request's time inside).
+    ahead of it would not leave before its deadline: each request's hold is predicted from the moving average of
+    its *kind*'s (the routes name it: endpoint, answer, sizes; a kind not seen yet takes the average over all),
+    as a 2048² zip holds its place hundreds of times longer than a JSON answer: with one average for all, light
+    requests after heavy traffic were refused with a Retry-After of half a minute, and a burst of heavy ones after
+    light traffic was admitted whole.
     """
+
+    #: kinds whose hold is remembered (the least recently seen forgotten first)
+    KINDS = 256
 
     def __init__(self, concurrency: int, max_waiting: int):
         self.concurrency = concurrency
         self.max_waiting = max_waiting
         self.active = 0
         self.waiting = 0
-        self.hold_s = 0.0
+        self.hold_s = 0.0  # the moving average of a request's hold, over every kind
+        self._kind_hold: dict[Hashable, float] = {}
+        self._ahead_s = 0.0  # the predicted holds of the requests inside and waiting
         self._semaphore: asyncio.Semaphore | None = None
 
+    def predicted_s(self, kind: Hashable = None) -> float:
+        """How long a request of ``kind`` is expected to hold its place."""
+        return self._kind_hold.get(kind, self.hold_s)
+
     def expected_wait_s(self) -> float:
+        """Time until a place frees for a request arriving now: the predicted work inside and waiting, shared."""
         if self.active + self.waiting < self.concurrency:
             return 0.0
-        return (self.waiting // self.concurrency + 1) * self.hold_s
+        return self._ahead_s / self.concurrency
 
     @contextlib.asynccontextmanager
-    async def enter(self):
+    async def enter(self, kind: Hashable = None):
         if self._semaphore is None:
             self._semaphore = asyncio.Semaphore(self.concurrency)
         if self.waiting >= self.max_waiting and self.active >= self.concurrency:
             raise QueueFull(f"stage 'requests' is full ({self.waiting} waiting, {self.active} running)")
         limit = deadline.get()
         loop = asyncio.get_running_loop()
-        if limit is not None and self.expected_wait_s() + self.hold_s > limit - loop.time():
+        own = self.predicted_s(kind)
+        if limit is not None and self.expected_wait_s() + own > limit - loop.time():
             raise QueueFull(
                 f"stage 'requests' is busy: the {self.active + self.waiting} requests ahead would not leave room to "
                 f"finish within the request's remaining {max(limit - loop.time(), 0):.1f} s"
             )
-        self.waiting += 1
+        self._ahead_s += own
         try:
-            await self._semaphore.acquire()
+            self.waiting += 1
+            try:
+                await self._semaphore.acquire()
+            finally:
+                self.waiting -= 1
+            self.active += 1
+            t = loop.time()
+            learn = True
+            try:
+                yield
+            except QueueFull:
+                # refused by a stage just after the gate: it left within milliseconds, no measure of a request's
+                # hold (a burst of those had collapsed the estimate, and the next burst of heavy requests was
+                # admitted whole and refused at its deadline instead of at once)
+                learn = False
+                raise
+            except asyncio.CancelledError:
+                # stopped (its deadline, its client gone): it held the gate at least this long, which says
+                # something only when that is longer than the prediction
+                learn = loop.time() - t > own
+                raise
+            finally:
+                self.active -= 1
+                self._semaphore.release()
+                if learn:
+                    self._learn(kind, loop.time() - t)
         finally:
-            self.waiting -= 1
-        self.active += 1
-        t = loop.time()
-        learn = True
-        try:
-            yield
-        except QueueFull:
-            # refused by a stage just after the gate: it left within milliseconds, no measure of a request's hold
-            # (a burst of those had collapsed the estimate, and the next burst of heavy requests was admitted whole
-            # and refused at its deadline instead of at once)
-            learn = False
-            raise
-        except asyncio.CancelledError:
-            # stopped (its deadline, its client gone): it held the gate at least this long, which says something
-            # only when that is longer than the estimate
-            learn = loop.time() - t > self.hold_s
-            raise
-        finally:
-            self.active -= 1
-            self._semaphore.release()
-            if learn:
-                dt = loop.time() - t
-                self.hold_s = dt if self.hold_s == 0.0 else 0.8 * self.hold_s + 0.2 * dt
+            self._ahead_s = self._ahead_s - own if self.active + self.waiting else 0.0
+
+    def _learn(self, kind: Hashable, dt: float) -> None:
+        self.hold_s = dt if self.hold_s == 0.0 else 0.8 * self.hold_s + 0.2 * dt
+        known = self._kind_hold.pop(kind, None)
+        self._kind_hold[kind] = dt if known is None else 0.8 * known + 0.2 * dt  # the most recent last
+        if len(self._kind_hold) > self.KINDS:
+            self._kind_hold.pop(next(iter(self._kind_hold)))

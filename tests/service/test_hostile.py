@@ -552,6 +552,41 @@ def test_only_requests_that_went_through_teach_the_gate_its_hold_time():
     assert learnt >= 0.19 and after == learnt and active == 0
 
 
+def test_the_gate_predicts_each_kind_of_request_by_its_own_hold():
+    """With a heavy request inside (its kind holds ~0.3 s), a light one (~0.01 s) still fits a 0.35 s deadline
+    and another heavy one does not; one average over both kinds (~0.16 s) had refused neither, and after heavy
+    traffic had refused light requests that would have finished in time."""
+    from service.engine.admission import Gate
+
+    async def main():
+        gate = Gate(concurrency=1, max_waiting=4)
+
+        async def hold(kind, s):
+            async with gate.enter(kind):
+                await asyncio.sleep(s)
+
+        await hold("heavy", 0.3)
+        await hold("light", 0.01)
+        assert gate.predicted_s("heavy") >= 0.29 and gate.predicted_s("light") < 0.05
+        assert gate.predicted_s("unseen") == gate.hold_s  # a kind not seen yet: the average over all
+        inside = asyncio.create_task(hold("heavy", 0.3))
+        await asyncio.sleep(0.01)
+        assert 0.25 < gate.expected_wait_s() < 0.35
+        token = deadline.set(asyncio.get_running_loop().time() + 0.35)
+        try:
+            with pytest.raises(QueueFull, match="would not leave room"):
+                async with gate.enter("heavy"):
+                    pass
+            async with gate.enter("light"):  # waits for the heavy one, then runs: within the deadline
+                pass
+        finally:
+            deadline.reset(token)
+        await inside
+        return gate.active, gate.waiting, gate.expected_wait_s()
+
+    assert asyncio.run(main()) == (0, 0, 0.0)
+
+
 def test_request_gate_refuses_before_any_work_when_it_could_not_finish():
     from service.engine.admission import Gate
 
