@@ -358,9 +358,15 @@ def _detect_downscaled(detector: FaceDetector, image: np.ndarray, max_side: int)
     return [(_box_to_image(box, sx, sy), score) for box, score in detector.detect(small)]
 
 
+def to_original_pixels(points: np.ndarray, sx: float, sy: float) -> np.ndarray:
+    """(..., 2) pixel coordinates on a copy downscaled by (sx, sy) → in the original's pixels (pixel centres at
+    integers: x + 0.5 = (x_small + 0.5) sx)."""
+    return (np.asarray(points, np.float64) + 0.5) * np.array([sx, sy]) - 0.5
+
+
 def _box_to_image(box: np.ndarray, sx: float, sy: float) -> np.ndarray:
-    """A box on a copy downscaled by (sx, sy) in the original's pixels (centres: x + 0.5 = (x_small + 0.5) sx)."""
-    return (box + 0.5) * np.array([sx, sy, sx, sy]) - 0.5
+    """A box (x0, y0, x1, y1) on a copy downscaled by (sx, sy) in the original's pixels."""
+    return to_original_pixels(np.reshape(box, (2, 2)), sx, sy).reshape(4)
 
 
 def _clip_box(box: np.ndarray, width: int, height: int) -> np.ndarray:

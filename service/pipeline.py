@@ -570,11 +570,7 @@ async def reconstruct(
     files, names = await _files(bundle, source, now, timer, run_stage)
     height, width = image.shape[:2]
     photo_size = (width, height) if photo_size is None else (int(photo_size[0]), int(photo_size[1]))
-    scale = np.array([photo_size[0] / width, photo_size[1] / height])
-
-    def in_photo(points: np.ndarray) -> np.ndarray:
-        """(N, 2) pixel coordinates in ``image`` → in the uploaded photo's pixels."""
-        return (np.asarray(points, np.float64) + 0.5) * scale - 0.5
+    in_photo = functools.partial(detect.to_original_pixels, sx=photo_size[0] / width, sy=photo_size[1] / height)
 
     meta = {
         "endpoint": "reconstruct",
