@@ -364,7 +364,8 @@ def clean_table(args: argparse.Namespace, fm: FaceModel) -> None:
                 tex = truth_texture(r, fm, R, priors[fill])
             else:
                 tex = T.extract_texture(face.image, r[key], fm, R, matrix=face.crop_to_image, legacy=legacy,
-                                        landmarks=face.landmarks if warp else None, prior=priors[fill])  # fmt: skip
+                                        landmarks=face.landmarks if warp else None, prior=priors[fill],
+                                        eyes=None if legacy else face.landmarks[36:48])  # fmt: skip
             seconds[label] += time.perf_counter() - t0
             pixel = texel_pixels(r[key], face, fm, R, 0.35) if legacy else tex.pixel
             sc = clean_scores(tex, r["albedo"], r["hair_uv"], r["bad_px"], pixel, regions)

@@ -621,6 +621,20 @@ the bare skin outside the face regions: seed 2024 32.6 → 33.6 dB, seed 2025 32
 ±0.2 dB (``benchmarks/texture_extraction.py``, its ``rest`` column)."""
 
 
+EYE_EDGE_PX = 1.5
+"""Pixels beyond a photo's eye contour that may still show its eyeball (:func:`_near_eyes`): the camera's blur and
+the texels' bilinear samples mix a pixel or so across the lid's edge."""
+EYE_MISREGISTRATION = 0.1
+""":func:`extract` with ``eyes``: the lids are kept as seen only around an eye the fitted head's contour meets
+within this fraction of the eye's width (mean point distance; the fixture portraits' refined fits: 0.02–0.10,
+held-out renders' fits: median 0.05, 90th percentile 0.16, where the eyes are ~13 px wide and a lid off by that
+took the iris: the eye region's PSNR 31.9 → 31.1 dB without this bound, 31.4 with it)."""
+LIDS_COVERED = -1.5
+""":func:`extract` with ``eyes``: lids whose median de-lit log-luminance is this far below the skin's are covered
+(a dark lens, hair), not kept as seen (the fixture portraits' lids: −0.74 to −1.11; their darkest quarter below
+−1.5 to −2.3: lashes, liner, the socket's shade)."""
+
+
 def bound_albedo_level(
     normals: np.ndarray, colours: np.ndarray, sh: np.ndarray, bounds: tuple[float, float] = SKIN_LUMINANCE
 ) -> tuple[float, tuple[str, ...]]:
@@ -678,6 +692,7 @@ def extract(
     level_chroma: np.ndarray | None = None,
     fill_reach: float = FILL_REACH,
     prior: np.ndarray | None = None,
+    eyes: np.ndarray | None = None,
 ) -> CleanTexture:
     """Unwrap ``image`` (linear) onto the UV layout keeping only the face's skin, seen well; fill the rest.
 
@@ -732,6 +747,13 @@ def extract(
             and the level map's chroma terms read this instead (grey reads as paler than any skin: greyscale copies
             of 34 held-out renders, ``benchmarks/skin_tone.py --greyscale``: log-luminance bias +0.84 → +0.12,
             median error 0.69 → 0.28). None: the photo's own.
+        eyes: (12, 2) the photo's own eye contours (points 36–47 of the 68-point scheme, e.g. a landmark
+            localiser's) in ``image`` pixels. Given, the lids and the skin around the eyes are kept as seen when no
+            brighter than the skin (lashes, liner, the crease's and the socket's shade fail the skin's colour
+            model but are the face's own), except where they may see the photo's eyeball (inside a contour or
+            near it: a fitted lid a little off the photo's shows the iris), around an eye the fit misses by more
+            than :data:`EYE_MISREGISTRATION`, or when most of them are far darker than lids (:data:`LIDS_COVERED`);
+            None: they are judged as skin.
         prior: a (S, S, 3) linear albedo map of the layout (any S: resampled; a face's features at their texels,
             e.g. the bundle's AlbedoGAN at its mean latent) the fill follows where the photo gave nothing (step 3);
             None: the smooth fill alone. Used only when a skin model was fitted.
@@ -759,6 +781,11 @@ def extract(
     row = np.clip(np.rint(px[:, 1]).astype(np.int64), 0, H - 1)
     seen = visible & (nrm[:, 2] >= min_facing) & inner[row, col]
     at = texel[seen]  # the seen texels' indices in the map, ascending
+    eyeball = registered = None  # seen texels that may show the photo's eyeball; near an eye the fit registers
+    if eyes is not None:
+        eyeball, registered = np.zeros(N, bool), np.zeros(N, bool)
+        fitted = geo.landmarks_3d(model, np.asarray(verts_px, np.float64)[None])[0]
+        eyeball[at], registered[at] = _near_eyes(px[seen], eyes, fitted)
 
     seen_colour = geo.sample_map(img, _uv_of_pixels(px[seen], W, H))
     # blown-out skin (every channel near the top: a camera's tone curve has pressed its colour to white) is no
@@ -893,13 +920,25 @@ def extract(
         background = np.zeros(len(idx), bool)
         background[outer] = background_like(img, covered, size, colour_ok[outer], colour_ok[seeds])
         good &= ~background
-        # ... nor hair over them: brow texels darker than the skin's range that connect, through seen texels as
+        if eyeball is not None:
+            # the lids and the skin around the eyes are the face's own whatever their colour when no brighter than
+            # the skin: lashes, liner, the crease's and the socket's shade (which the light's low orders do not
+            # hold) fail the skin's chroma and level, and rejected they were filled with the prior's paler lids in
+            # patches (the fixture portraits' eyes ringed with fill); brighter and off the skin's chroma is a lens's
+            # glare, still rejected, and so is whatever shows the photo's eyeball (a fitted lid a little off the
+            # photo's: its iris kept as a lid drew dark blots round held-out renders' eyes)
+            # (not where most of them are far darker than lids are: a dark lens or hair over the eyes)
+            lid = layout.lids[idx] & registered[idx]
+            if lid.any() and np.median(dy[lid]) > LIDS_COVERED:
+                good &= ~(lid & eyeball[idx])
+                keep[idx[lid & ~eyeball[idx] & ((dy <= 0) | good)]] = True
+        # ... nor hair over them: brow and lid texels darker than the skin's range that connect, through seen texels as
         # dark (not background), to such texels on the scalp above the brows are that hair (a fringe down over
         # them, a strand across a temple: fixture 013's dark blots at both brows, mirrored; 001's auburn strand)
         dark = np.zeros(N, bool)
         dark[idx[(dy <= lo) & ~background]] = True
         hair = _reached(dark.reshape(R, R), (dark & layout.scalp).reshape(R, R), max(1, R // 128)).reshape(-1)
-        keep[hair & layout.brows] = False
+        keep[hair & (layout.brows | layout.lids)] = False
         good |= keep[idx]
         rejected = np.zeros((R, R), bool)
         rejected.flat[idx[~good]] = True
@@ -1215,7 +1254,8 @@ class _Layout:
             its triangle, (n, 3) float64 barycentric coordinates (:func:`facecore.geometry.texel_sampling`).
         keep_as_seen: (R²,) brows, eye openings, lips, nostrils (:func:`uv_regions`); ``openings``: the eye
             openings; ``lips``: the lips; ``seed_area``: cheeks, forehead and nose, where the skin model's
-            samples come from; ``brows``: the brows; ``rest``: the layout's texels outside every region (scalp,
+            samples come from; ``brows``: the brows; ``lids``: the eye regions outside the openings (lids, lashes,
+            the skin around them); ``rest``: the layout's texels outside every region (scalp,
             ears, neck, the back of the head); ``scalp``: the rest's texels above the brows.
     """
 
@@ -1227,6 +1267,7 @@ class _Layout:
     lips: np.ndarray
     seed_area: np.ndarray
     brows: np.ndarray
+    lids: np.ndarray
     rest: np.ndarray
     scalp: np.ndarray
 
@@ -1256,6 +1297,7 @@ def _layout(model: geo.FaceModelArrays, R: int) -> _Layout:
             reg["lips"],
             seed_area,
             reg["brows"],
+            reg["eyes"] & ~reg["eye_openings"],
             rest,
             scalp,
         )
@@ -1421,6 +1463,38 @@ def _side_ratio(delit: np.ndarray, pair: np.ndarray, R: int, reach: float, fade:
     while filled.shape[0] < R:
         filled = _upsample(filled, (2 * filled.shape[0], 2 * filled.shape[1]))
     return np.clip(filled.reshape(R * R, 3), -SYMMETRY_LIMIT, SYMMETRY_LIMIT)
+
+
+def _near_eyes(points: np.ndarray, eyes: np.ndarray, fitted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Which of the (N, 2) pixel ``points`` may show the photo's eyeball, and which are nearer an eye the fit
+    registers well, each (N,) bool.
+
+    May show it: inside either of the photo's 6-point eye contours ``eyes`` (12, 2), or within :data:`EYE_EDGE_PX`
+    plus that eye's misregistration (the mean distance of the fitted head's contour points, ``fitted`` (68, 2), to
+    the photo's) of the contour. Registered well: that misregistration is at most :data:`EYE_MISREGISTRATION` of the
+    eye's width (corner to corner).
+    """
+    eyes = np.asarray(eyes, np.float64)
+    if eyes.shape != (12, 2) or not np.all(np.isfinite(eyes)):
+        raise ValueError(f"eyes: expected finite (12, 2) points, got {eyes.shape}")
+    eyeball = np.zeros(len(points), bool)
+    nearest = np.argmin([np.linalg.norm(points - c.mean(0), axis=1) for c in (eyes[:6], eyes[6:])], 0)
+    registered = np.zeros(len(points), bool)
+    for k, (contour, fit) in enumerate(((eyes[:6], fitted[36:42]), (eyes[6:], fitted[42:48]))):
+        miss = float(np.linalg.norm(fit - contour, axis=1).mean())
+        registered |= (nearest == k) & (miss <= EYE_MISREGISTRATION * np.linalg.norm(contour[3] - contour[0]))
+        a, b = contour, np.roll(contour, -1, 0)  # the contour's 6 edges a → b
+        d = points[:, None] - a[None]  # (N, 6, 2)
+        e = b - a
+        t = np.clip((d * e).sum(-1) / np.maximum((e * e).sum(-1), 1e-12), 0.0, 1.0)
+        near = (np.linalg.norm(d - t[..., None] * e, axis=-1) <= EYE_EDGE_PX + miss).any(1)
+        # inside: the crossings of a ray to the right (even-odd)
+        y0, y1 = a[:, 1], b[:, 1]
+        cross = (y0 > points[:, None, 1]) != (y1 > points[:, None, 1])
+        x = a[:, 0] + (points[:, None, 1] - y0) * (b[:, 0] - a[:, 0]) / np.where(y1 == y0, 1.0, y1 - y0)
+        inside = (cross & (points[:, None, 0] < x)).sum(1) % 2 == 1
+        eyeball |= near | inside
+    return eyeball, registered
 
 
 def _mirror(a: np.ndarray, R: int) -> np.ndarray:

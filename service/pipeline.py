@@ -520,6 +520,12 @@ async def reconstruct(
         # skin: its wrong side would come out dark and be rejected)
         tone_cal = bundle.manifest.skin_tone
         level_map = None if tone_cal is None else tone_cal.level_map
+        # the photo's own eye contours in the texture crop (the localiser's; without it the lids are judged as skin)
+        eyes = None
+        if face.landmarks is not None:
+            side = face.texture_crop.shape[0]
+            to_crop = detect.anchors_matrix(face.anchors, side, TEXTURE_CROP_SCALE)
+            eyes = detect.transform_points(face.landmarks[36:48], to_crop)
         clean = texture.extract(
             model,
             posed,
@@ -531,6 +537,7 @@ async def reconstruct(
             level_map=level_map,
             level_chroma=level_chroma,
             prior=fill_prior,
+            eyes=eyes,
         )
         albedo = color.linear_to_srgb(clean.albedo)
         # the person's iris colour, measured between the photo's lids (the localiser's eye contours when the head

@@ -124,6 +124,7 @@ def extract_texture(
     landmarks: np.ndarray | None = None,
     legacy: bool = False,
     prior: np.ndarray | None = None,
+    eyes: np.ndarray | None = None,
 ) -> ExtractedTexture:
     """Unwrap ``image`` with the fitted mesh and light into a de-lit UV albedo.
 
@@ -145,6 +146,8 @@ def extract_texture(
             photo's lips, lids and brows land on their texels); None (the extract stage's choice: dlib's points
             are noisier than the fit, see ``benchmarks/texture_extraction.py``), through the fit alone.
         prior: a linear albedo map the fill follows where the photo gives nothing (``facecore.texture.extract``).
+        eyes: (12, 2) the photo's eye contours (landmarks 36–47, pixels of the fitted image): given, the lids are
+            kept as seen outside them (``facecore.texture.extract``).
         legacy: the extraction before issue 14 (``facecore.texture.unwrap`` + :func:`_correct`: every visible
             texel, hair and background included), kept for the benchmark's before/after comparison.
 
@@ -154,6 +157,8 @@ def extract_texture(
     img = image_float(image)
     verts = fit.posed_vertices(face_model)
     px = fit.to_pixels(verts)
+    if eyes is not None:
+        eyes = np.asarray(eyes, np.float64)
     if landmarks is not None and not legacy:
         px = uv_texture.landmark_warp(px, fit.landmarks_px(face_model), landmarks)
     if matrix is not None:
@@ -163,6 +168,8 @@ def extract_texture(
         if matrix.shape != (2, 3):
             raise ValueError(f"matrix: expected (2, 3), got {matrix.shape}")
         px = transform_points(px, matrix)
+        if eyes is not None:
+            eyes = transform_points(eyes, matrix)
         zoom = math.sqrt(abs(float(np.linalg.det(matrix[:, :2]))))  # photo pixels per fitted pixel
         factor = int(zoom / 1.5)
         if factor >= 2:
@@ -171,6 +178,8 @@ def extract_texture(
             h, w = img.shape[0] // factor, img.shape[1] // factor
             img = np.asarray(Image.fromarray(to_uint8(img)).reduce(factor), np.float64)[:h, :w] / 255.0
             px = (px - (factor - 1) / 2.0) / factor
+            if eyes is not None:
+                eyes = (eyes - (factor - 1) / 2.0) / factor
     lin = srgb_to_linear(img)
     if legacy:
         un = uv_texture.unwrap(face_model.arrays, verts, px, lin, resolution, sh=fit.sh, min_facing=min_facing)
@@ -178,6 +187,7 @@ def extract_texture(
     clean = uv_texture.extract(
         face_model.arrays, verts, px, lin, resolution, sh=fit.sh,
         min_facing=min_facing, min_shading=min_shading, clip_level=clip_level, prior=prior,
+        eyes=eyes,
     )  # fmt: skip
     return ExtractedTexture.from_clean(clean)
 
@@ -662,7 +672,9 @@ def _run(
                                   "reason": reason, **fit.to_json(face_model)})  # fmt: skip
                     bar.update(1)
                     continue
-                tex = extract_texture(face.image, fit, face_model, resolution, matrix=face.crop_to_image, **extract_kw)
+                # (the lids kept as seen outside the eye contours the fit was fitted to, as /reconstruct keeps them)
+                tex = extract_texture(face.image, fit, face_model, resolution, matrix=face.crop_to_image,
+                                      eyes=face.landmarks[36:48], **extract_kw)  # fmt: skip
                 if tex.flags:
                     logger.warning("extract: %s flagged (%s): its map goes to %s/, not into the training set",
                                    names[i], ", ".join(tex.flags), FLAGGED_DIR)  # fmt: skip

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image, ImageDraw
 
 from facecore import color, texture
 from facecore import geometry as geo
@@ -194,25 +195,28 @@ def test_landmark_warp_moves_the_face_by_the_residual_and_nothing_far_from_it(mo
         texture.landmark_warp(px, fitted, np.full((68, 2), np.nan))
 
 
+def painted(img: np.ndarray, pixel: np.ndarray, mask: np.ndarray, colour) -> np.ndarray:
+    """A copy of ``img`` with the pixels the texels ``mask`` sampled (``pixel``: an extraction's) and their
+    neighbours painted ``colour``."""
+    img = img.copy()
+    seen = mask & np.isfinite(pixel[..., 0])
+    for dx in (-1, 0, 1):
+        for dy in (-1, 0, 1):
+            col = np.clip(np.rint(pixel[seen][:, 0]).astype(int) + dx, 0, img.shape[1] - 1)
+            row = np.clip(np.rint(pixel[seen][:, 1]).astype(int) + dy, 0, img.shape[0] - 1)
+            img[row, col] = colour
+    return img
+
+
 def test_the_eyes_sclera_does_not_spread_onto_the_lids(model, scene):
     """Lids that cannot be used (here: painted green, as eyewear or a bad fit would show) are filled from the
     skin around them, not from the white of the eye in the openings they surround."""
     img, truth, _, verts, px = scene
     regions = texture.uv_regions(model, R)
     first = texture.extract(model, verts, px, img, R)
-    img = img.copy()
-
-    def paint(mask: np.ndarray, colour) -> None:
-        seen = mask & np.isfinite(first.pixel[..., 0])
-        for dx in (-1, 0, 1):  # the pixels each texel sampled and their neighbours
-            for dy in (-1, 0, 1):
-                col = np.clip(np.rint(first.pixel[seen][:, 0]).astype(int) + dx, 0, img.shape[1] - 1)
-                row = np.clip(np.rint(first.pixel[seen][:, 1]).astype(int) + dy, 0, img.shape[0] - 1)
-                img[row, col] = colour
-
     lids = regions["eyes"] & ~regions["eye_openings"]
-    paint(lids, (0.1, 0.35, 0.2))
-    paint(regions["eye_openings"], (0.8, 0.8, 0.78))
+    img = painted(img, first.pixel, lids, (0.1, 0.35, 0.2))
+    img = painted(img, first.pixel, regions["eye_openings"], (0.8, 0.8, 0.78))
     out = texture.extract(model, verts, px, img, R)
     inner = lids & ~out.accepted
     assert inner.sum() > 50
@@ -220,6 +224,46 @@ def test_the_eyes_sclera_does_not_spread_onto_the_lids(model, scene):
     assert np.abs(np.median(out.albedo[inner], 0) - np.median(truth[inner], 0)).max() < 0.03
     shown = regions["eye_openings"] & out.accepted
     assert shown.sum() > 10 and np.median(out.albedo[shown], 0).min() > 0.5  # the openings keep what they showed
+
+
+def test_dark_lids_are_kept_outside_the_photos_own_eyes(model, scene):
+    """Real lids are darker than the skin and off its chroma (lashes, liner, the socket's shade): rejected as skin
+    they were filled with the prior's paler lids in patches. Given the photo's eye contours they are kept as seen,
+    but not where they may show the photo's eyeball, not around an eye the fit misses, and not under a dark lens."""
+    img, _, _, verts, px = scene
+    regions = texture.uv_regions(model, R)
+    lids = regions["eyes"] & ~regions["eye_openings"]
+    first = texture.extract(model, verts, px, img, R)
+    seen = lids & np.isfinite(first.pixel[..., 0])
+    eyes = texture_px(model, verts, geo.landmarks_3d(model, verts[None])[0][36:48])  # the photo's own contours
+    shade = np.array([0.16, 0.08, 0.09])  # a dark, purplish lid (the skin: 0.45, 0.25, 0.17)
+    shaded = painted(img, first.pixel, lids, shade)
+    without = texture.extract(model, verts, px, shaded, R)
+    kept = texture.extract(model, verts, px, shaded, R, eyes=eyes)
+    assert seen.sum() >= 150
+    # measured 0.0 and 0.80 (the rest lie within the fit's miss and a pixel and a half of the photo's eye contours)
+    assert without.accepted[seen].mean() < 0.1
+    assert kept.accepted[seen].mean() > 0.7
+    assert np.abs(np.median(kept.albedo[seen & kept.accepted], 0) - shade).max() < 0.01
+    # lid texels that see the photo's eyeball (its openings 1.3× as tall as the fit's) are not taken
+    centre = np.repeat([eyes[:6].mean(0), eyes[6:].mean(0)], 6, 0)
+    wide = centre + [1.0, 1.3] * (eyes - centre)
+    on_eyeball = texture.extract(model, verts, px, shaded, R, eyes=wide)
+    contours = Image.new("L", img.shape[1::-1], 0)
+    for contour in (wide[:6], wide[6:]):
+        ImageDraw.Draw(contours).polygon([tuple(p) for p in contour], fill=255)
+    col, row = (np.clip(np.rint(first.pixel[seen][:, k]).astype(int), 0, 255) for k in (0, 1))
+    inside = np.zeros_like(seen)
+    inside[seen] = np.asarray(contours)[row, col] > 0
+    assert inside.sum() >= 5 and not on_eyeball.accepted[inside].any()
+    assert on_eyeball.accepted[seen & ~inside].mean() > 0.5
+    # an eye the fit misses by more than EYE_MISREGISTRATION of its width: as without contours
+    width = np.linalg.norm(eyes[3] - eyes[0])
+    missed = texture.extract(model, verts, px, shaded, R, eyes=eyes + [0.0, 0.3 * width])
+    assert missed.accepted[seen].mean() < 0.1
+    # a dark lens over the eyes (far darker than lids are) is no lid
+    lens = texture.extract(model, verts, px, painted(img, first.pixel, lids, (0.01, 0.01, 0.012)), R, eyes=eyes)
+    assert lens.accepted[seen].mean() < 0.1
 
 
 def test_brows_are_kept_as_seen_but_not_a_bright_background_on_them(model, scene):
