@@ -198,6 +198,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.runtime = None
 
     keys = tuple(hashlib.sha256(k.get_secret_value().encode()).hexdigest() for k in settings.api_keys)
+    # inside Accounting (and CORS): an oversize body's 413 is counted like any answer, readable by a browser, and
+    # a client without a key is refused before the server reads its body
+    app.add_middleware(BodyLimit, limit=settings.max_upload_bytes)
     app.add_middleware(Accounting, metrics=metrics, key_digests=keys)
 
     @app.exception_handler(QueueFull)
@@ -257,5 +260,4 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["Authorization", "X-API-Key", "Content-Type"],
             expose_headers=["Retry-After", "Content-Disposition"],
         )
-    app.add_middleware(BodyLimit, limit=settings.max_upload_bytes)
     return app

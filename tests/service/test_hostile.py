@@ -362,6 +362,25 @@ def test_result_ids_are_keyed_and_the_secret_persists(tiny_bundle, tmp_path):
     assert secret.stat().st_mode & 0o777 == 0o600 and len(secret.read_bytes()) >= 32
 
 
+def test_an_oversize_body_is_counted_keyed_and_readable_across_origins(tiny_bundle, tmp_path):
+    """The body limit's 413 is an answer like any other: counted in the metrics, with the CORS headers a browser
+    needs to read it; and a client without an API key is refused (401) before its body is read."""
+    settings = Settings(bundle=tiny_bundle, results_dir=tmp_path / "r", api_keys="alpha", warmup=False,
+                        cors_origins="https://viewer.example", max_upload_bytes=1024 * 1024)  # fmt: skip
+    big = b" " * (2 * 1024 * 1024)
+    with TestClient(create_app(settings)) as c:
+        origin = {"Origin": "https://viewer.example", "content-type": "application/json"}
+        r = c.post("/generate", content=big, headers={**origin, "X-API-Key": "alpha"})
+        assert r.status_code == 413 and "detail" in r.json()
+        assert r.headers.get("access-control-allow-origin") == "https://viewer.example"
+        r = c.post("/generate", content=iter([big]), headers={**origin, "X-API-Key": "alpha"})  # chunked
+        assert r.status_code == 413
+        assert c.post("/generate", content=big, headers=origin).status_code == 401
+        text = c.get("/metrics").text
+        assert 'face_requests_total{route="unmatched",status="413"} 2.0' in text
+        assert 'face_requests_total{route="unauthorised",status="401"} 1.0' in text
+
+
 def test_api_keys_scope_results_and_delete(tiny_bundle, tmp_path):
     settings = Settings(bundle=tiny_bundle, results_dir=tmp_path / "r", api_keys="alpha,beta", warmup=False)
     with TestClient(create_app(settings)) as c:
