@@ -296,14 +296,56 @@ class _RecordingDetector:
 def test_cascade_looks_coarse_to_fine_and_stops_at_the_first_face():
     fake = _RecordingDetector(finds_at=512)
     cascade = detect.CascadeDetector([(fake, 256), (fake, 512), (fake, None)])
-    name, found = cascade.detect_named(np.zeros((600, 1000, 3), np.uint8))
-    assert name == "fake" and fake.sizes == [(154, 256), (307, 512)]  # the image itself is never scanned
+    found = cascade.detect_named(np.zeros((600, 1000, 3), np.uint8))
+    assert found[0][2] == "fake" and fake.sizes == [(154, 256), (307, 512)]  # the image itself is never scanned
     sx, sy = 1000 / 512, 600 / 307
     np.testing.assert_allclose(found[0][0], (np.array([1.0, 1.0, 10.0, 10.0]) + 0.5) * [sx, sy, sx, sy] - 0.5)
     fake.sizes.clear()  # an image no larger than a stage's side is scanned once
-    assert cascade.detect_named(np.zeros((200, 250, 3), np.uint8))[1] == [] and fake.sizes == [(200, 250)]
+    assert cascade.detect_named(np.zeros((200, 250, 3), np.uint8)) == [] and fake.sizes == [(200, 250)]
     fake.sizes.clear()  # coarse copies thinner than 32 px are skipped (they break dlib's CNN), the image is not
-    assert cascade.detect_named(np.zeros((40, 2000, 3), np.uint8))[1] == [] and fake.sizes == [(40, 2000)]
+    assert cascade.detect_named(np.zeros((40, 2000, 3), np.uint8)) == [] and fake.sizes == [(40, 2000)]
+
+
+class _FixedDetector:
+    def __init__(self, name: str, faces: list[tuple[np.ndarray, float]]):
+        self.name, self.faces, self.calls = name, faces, 0
+
+    def detect(self, image):
+        self.calls += 1
+        return self.faces
+
+
+def test_a_weak_detection_is_overruled_by_a_later_stages_faces():
+    """HOG's weak hits (background texture, the smaller of two faces) do not stop the cascade: the CNN's faces are
+    taken when it finds any, the weak ones only when nothing else is found."""
+    weak = (np.array([10.0, 10.0, 50.0, 50.0]), 0.13)
+    strong = (np.array([100.0, 100.0, 300.0, 300.0]), 1.1)
+    image = np.zeros((400, 400, 3), np.uint8)
+    hog, cnn = _FixedDetector("hog", [weak]), _FixedDetector("cnn", [strong])
+    found = detect.CascadeDetector([(hog, None), (cnn, None)]).detect_named(image)
+    assert [(f[1], f[2]) for f in found] == [(1.1, "cnn")] and cnn.calls == 1
+    cnn.faces = []
+    found = detect.CascadeDetector([(hog, None), (cnn, None)]).detect_named(image)
+    assert [(f[1], f[2]) for f in found] == [(0.13, "hog")]
+    sure, cnn.calls = _FixedDetector("hog", [(weak[0], 0.9)]), 0  # a confident HOG face stops the cascade
+    found = detect.CascadeDetector([(sure, None), (cnn, None)]).detect_named(image)
+    assert [f[1] for f in found] == [0.9] and cnn.calls == 0
+
+
+@needs_dlib
+def test_the_face_not_a_weak_hit_on_the_background_is_found():
+    """A portrait placed off-centre on a larger, textured canvas: HOG fires weakly on the texture (it had been
+    reconstructed as the face), the CNN finds the portrait's face."""
+    from PIL import Image
+
+    photo = np.asarray(Image.open(PHOTOS / "cc0-interfaces-002.jpg").convert("RGB"))
+    blotches = np.random.default_rng(89).uniform(60, 200, (12, 16, 3)).astype(np.uint8)  # HOG: 0.28 at (480, 560)
+    canvas = np.asarray(Image.fromarray(blotches).resize((1600, 1200), Image.BICUBIC)).copy()
+    h, w = photo.shape[:2]
+    canvas[650 : 650 + h, 1050 : 1050 + w] = photo
+    face = detect.largest_face(detect.detect_landmarks5(canvas), canvas.shape)
+    cx, cy = face.box[[0, 2]].mean(), face.box[[1, 3]].mean()
+    assert 1050 < cx < 1050 + w and 650 < cy < 650 + h and face.detector == "cnn", face.box
 
 
 @needs_dlib
