@@ -607,6 +607,14 @@ cheek: (0.99, 0.96, 0.99) sRGB beside the other cheek's (0.89, 0.81, 0.76)). It 
 light's fit too) unless fewer than ``BLOWN_OUT_KEEP`` of the seed area's seen texels would be left: as the majority
 of 013's seeds it had become the skin model, and the whole map came out bluish white."""
 BLOWN_OUT_KEEP = 0.25
+BLOWN_REST_LEVEL = 0.1
+"""... nor when what is left of the seed area is this far below blown out (median luminance under this fraction of
+:data:`BLOWN_OUT`): then it is hair and shade, not skin (a portrait over-exposed ×1.8: the rest's median 0.01; the
+fixture portraits' skin samples 0.18–0.52), and the photo is an over-exposed one that keeps what it has."""
+SEED_REGION_SPREAD = math.log(2.5)
+"""The seed regions (cheeks, forehead) whose median luminance in the photo is within this log-ratio of the nose's
+are the skin's samples; the nose, which neither hair nor a beard covers, always is (a dark fringe down to the brows:
+the forehead's median 0.02–0.05 beside skin's 0.2–0.5)."""
 
 
 #: :func:`extract`: take the skin's specular highlights out of the de-lit colours (:func:`remove_highlights`)
@@ -702,7 +710,8 @@ def extract(
     2. De-lighting divides by the SH shading; a seen texel is *accepted* when it is lit (shading ≥
        ``min_shading``), not clipped (< ``clip_level``; skin blown out to near white counts as clipped:
        :data:`BLOWN_OUT`) and looks like this photo's skin: a :class:`SkinModel`
-       is fitted to the seen cheeks, nose and forehead, and a texel is kept when its chroma Mahalanobis
+       is fitted to the seen nose, and the cheeks and forehead where their luminance is near the nose's
+       (:data:`SEED_REGION_SPREAD`: not under a fringe or long hair), and a texel is kept when its chroma Mahalanobis
        distance² is below ``chroma_limit`` and its log-luminance is within ``luminance_range`` of the skin's
        (hair, eyewear, hands, background fail; specular highlights fail the upper bound). Brows, eye openings,
        lips and nostrils are kept as seen (the face's own features, whose colours are not skin's; an eye
@@ -795,13 +804,21 @@ def extract(
     unclipped = seen_colour.max(1) < clip_level
     blown = (seen_colour.min(1) >= BLOWN_OUT) & ~layout.openings[at]
     seed_seen = unclipped & layout.seed_area[at]
-    if (seed_seen & ~blown).sum() >= BLOWN_OUT_KEEP * seed_seen.sum():
+    rest = seed_seen & ~blown
+    if rest.sum() >= BLOWN_OUT_KEEP * seed_seen.sum() and (
+        not (seed_seen & blown).any() or np.median(seen_colour[rest] @ LUMA) >= BLOWN_REST_LEVEL * BLOWN_OUT
+    ):
         unclipped &= ~blown
+    # the skin's samples: the seed regions (nose, cheeks, forehead) whose median luminance is near the nose's (a
+    # fringe over the forehead is not skin; with the blown-out skin gone it had become the skin model, and the
+    # light was dimmed to near black to make that "skin" the level of skin)
+    skin_area = np.zeros(N, bool)
+    skin_area[at] = _skin_regions(layout, at, seen_colour @ LUMA, unclipped)
     exposure: tuple[str, ...] = ()
     level = 1.0  # the light's factor that brings the skin's albedo level within skin_luminance
     fitted_on = None  # the normals a light whose colour differs by direction was fitted on
     if sh is not None and (relight or skin_luminance is not None):
-        skin_samples = layout.seed_area[at] & (nrm[seen, 2] > 0.3) & unclipped
+        skin_samples = skin_area[at] & (nrm[seen, 2] > 0.3) & unclipped
         if relight:  # the light's shape from the photo's own skin (fit_light)
             sh = fit_light(nrm[seen][skin_samples], seen_colour[skin_samples], sh, colour_prior=LIGHT_COLOUR_PRIOR)
             fitted_on = nrm[seen][skin_samples] if LIGHT_COLOUR_PRIOR is not None else None
@@ -827,7 +844,7 @@ def extract(
     feature = raw[lit]
     facing = np.zeros(N)
     facing[texel] = nrm[:, 2]
-    seeds = layout.seed_area[idx] & (facing[idx] > 0.5)
+    seeds = skin_area[idx] & (facing[idx] > 0.5)
     skin = fit_skin_model(feature[seeds])
     flags = colour_flags(colour_ok[seeds])
     clean = raw
@@ -1254,9 +1271,10 @@ class _Layout:
             its triangle, (n, 3) float64 barycentric coordinates (:func:`facecore.geometry.texel_sampling`).
         keep_as_seen: (R²,) brows, eye openings, lips, nostrils (:func:`uv_regions`); ``openings``: the eye
             openings; ``lips``: the lips; ``seed_area``: cheeks, forehead and nose, where the skin model's
-            samples come from; ``brows``: the brows; ``lids``: the eye regions outside the openings (lids, lashes,
-            the skin around them); ``rest``: the layout's texels outside every region (scalp,
-            ears, neck, the back of the head); ``scalp``: the rest's texels above the brows.
+            samples come from (``seed_regions``: the nose, the cheeks, the forehead, each alone); ``brows``: the
+            brows; ``lids``: the eye regions outside the openings (lids, lashes, the skin around them); ``rest``:
+            the layout's texels outside every region (scalp, ears, neck, the back of the head); ``scalp``: the
+            rest's texels above the brows.
     """
 
     texel: np.ndarray
@@ -1266,6 +1284,7 @@ class _Layout:
     openings: np.ndarray
     lips: np.ndarray
     seed_area: np.ndarray
+    seed_regions: tuple[np.ndarray, ...]
     brows: np.ndarray
     lids: np.ndarray
     rest: np.ndarray
@@ -1296,6 +1315,7 @@ def _layout(model: geo.FaceModelArrays, R: int) -> _Layout:
             reg["eye_openings"],
             reg["lips"],
             seed_area,
+            (reg["nose"], reg["cheeks"], reg["forehead"]),
             reg["brows"],
             reg["eyes"] & ~reg["eye_openings"],
             rest,
@@ -1463,6 +1483,22 @@ def _side_ratio(delit: np.ndarray, pair: np.ndarray, R: int, reach: float, fade:
     while filled.shape[0] < R:
         filled = _upsample(filled, (2 * filled.shape[0], 2 * filled.shape[1]))
     return np.clip(filled.reshape(R * R, 3), -SYMMETRY_LIMIT, SYMMETRY_LIMIT)
+
+
+def _skin_regions(layout: _Layout, at: np.ndarray, luminance: np.ndarray, usable: np.ndarray) -> np.ndarray:
+    """(len(at),) bool: which of the seen texels ``at`` (their photo ``luminance``; ``usable``: not clipped) are in
+    the seed regions that agree with the nose (:data:`SEED_REGION_SPREAD`); the whole seed area when the nose shows
+    too little to judge by."""
+    nose, *others = (region[at] & usable for region in layout.seed_regions)
+    if nose.sum() < 30:
+        return layout.seed_area[at]
+    log_y = np.log(np.maximum(luminance, 1e-6))
+    ref = float(np.median(log_y[nose]))
+    keep = nose.copy()
+    for region in others:
+        if region.any() and abs(float(np.median(log_y[region])) - ref) <= SEED_REGION_SPREAD:
+            keep |= region
+    return keep
 
 
 def _near_eyes(points: np.ndarray, eyes: np.ndarray, fitted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
