@@ -463,6 +463,59 @@ def upside_down(image: np.ndarray, face: FaceLandmarks, max_side: int = 1024) ->
     return max((score for _, score, _ in turned), default=-np.inf) > face.score + UPSIDE_DOWN_MARGIN
 
 
+# A face the CNN finds on its side (a photo turned 90° whose EXIF orientation was lost): the 5-point predictor
+# assumes an upright face and returned an upright-looking set of points inside its box (fixture 001 turned 90°: both
+# "eyes" across its nose, the head reconstructed sideways with hair across the forehead). HOG is strongly
+# orientation-selective: on a crop around such a face turned back upright it scores 1.79-1.94 (001, 013), where on
+# the turned crops of the upright fixtures it found nothing.
+SIDEWAYS_SCORE = 1.0
+
+
+def _rot90_points(points: np.ndarray, k: int, shape: tuple[int, ...]) -> np.ndarray:
+    """(..., 2) pixel coordinates in an (H, W) image → in ``np.rot90(image, k)`` (k quarter turns anticlockwise)."""
+    h, w = shape[:2]
+    x, y = np.asarray(points, np.float64)[..., 0], np.asarray(points, np.float64)[..., 1]
+    for _ in range(k % 4):  # one anticlockwise quarter turn: (x, y) → (y, w − 1 − x); the shape becomes (w, h)
+        x, y, h, w = y, w - 1 - x, w, h
+    return np.stack([x, y], -1)
+
+
+def sideways(image: np.ndarray, face: FaceLandmarks) -> int:
+    """Quarter turns (1 or 3, as ``np.rot90``'s ``k``) that bring ``face`` upright when it lies on its side, else 0:
+    a CNN or weak HOG detection whose crop HOG finds turned by a quarter with a margin of at least
+    :data:`SIDEWAYS_SCORE` (and :data:`CONFIDENT_SCORE`), and finds upright less strongly."""
+    if face.detector == "hog" and face.score >= CONFIDENT_SCORE["hog"]:
+        return 0
+    x0, y0, x1, y1 = face.box
+    half = 0.8 * max(x1 - x0, y1 - y0)
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    H, W = image.shape[:2]
+    crop = image[int(max(cy - half, 0)) : int(min(cy + half, H)), int(max(cx - half, 0)) : int(min(cx + half, W))]
+    if min(crop.shape[:2]) < _MIN_SIDE:
+        return 0
+    hog = get_detector("hog")
+    scores = {k: max((s for _, s in hog.detect(np.ascontiguousarray(np.rot90(crop, k)))), default=-np.inf)
+              for k in (0, 1, 3)}  # fmt: skip
+    k = max((1, 3), key=scores.__getitem__)
+    return k if scores[k] >= max(SIDEWAYS_SCORE, CONFIDENT_SCORE["hog"]) and scores[k] > scores[0] else 0
+
+
+def turned_upright(
+    image: np.ndarray, face: FaceLandmarks, predictor: DlibShapePredictor | None = None
+) -> FaceLandmarks:
+    """``face`` with its points predicted on the image turned upright when it lies on its side (:func:`sideways`),
+    mapped back to ``image``'s pixels; ``face`` itself otherwise."""
+    k = sideways(image, face)
+    if k == 0:
+        return face
+    predictor = predictor or get_predictor(PREDICTOR5_FILE)
+    turned = np.ascontiguousarray(np.rot90(image, k))
+    corners = _rot90_points(face.box.reshape(2, 2), k, image.shape)
+    box = np.concatenate([corners.min(0), corners.max(0)])
+    points = _rot90_points(predictor.predict(turned, box), 4 - k, turned.shape)
+    return FaceLandmarks(box=face.box, points=points, score=face.score, detector=face.detector)
+
+
 # ------------------------------------------------------------------------------------------------ alignment
 class AlignedFace(NamedTuple):
     """A face crop and the transform that produced it.

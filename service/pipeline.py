@@ -209,7 +209,7 @@ def detect_face(image: np.ndarray, detector: str) -> detect.FaceLandmarks:
         raise PhotoError(str(exc) if str(exc).startswith("image:") else f"image: {exc}") from exc
     if detect.upside_down(image, face):  # (the image passed detection's checks above)
         raise PhotoError("image: the face is upside down; turn the photo upright")
-    return face
+    return detect.turned_upright(image, face)  # a face on its side: its points found with it upright
 
 
 #: the texture is unwrapped from the alignment zoomed out this much: the encoder's framing runs from the brows'
