@@ -440,7 +440,10 @@ def detect_landmarks5(
 def largest_face(faces: list[FaceLandmarks], image_shape: tuple[int, ...]) -> FaceLandmarks:
     """The first (largest) face, or :class:`NoFaceError` naming the image size when there is none."""
     if not faces:
-        raise NoFaceError(f"no face found in the {image_shape[1]}×{image_shape[0]} image")
+        raise NoFaceError(
+            f"no face found in the {image_shape[1]}×{image_shape[0]} image (faces are found from about 80 px across, "
+            "in a copy of at most 1024 px, upright or on their side, not upside down)"
+        )
     return faces[0]
 
 
