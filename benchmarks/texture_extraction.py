@@ -365,7 +365,9 @@ def clean_table(args: argparse.Namespace, fm: FaceModel) -> None:
             else:
                 tex = T.extract_texture(face.image, r[key], fm, R, matrix=face.crop_to_image, legacy=legacy,
                                         landmarks=face.landmarks if warp else None, prior=priors[fill],
-                                        eyes=None if legacy else face.landmarks[36:48])  # fmt: skip
+                                        eyes=None if legacy or warp else face.landmarks[36:48])  # fmt: skip
+            # (not through the warp: it moves the fit's eyes onto the landmarks, so their miss, which bounds where
+            # lids are kept, would read as none)
             seconds[label] += time.perf_counter() - t0
             pixel = texel_pixels(r[key], face, fm, R, 0.35) if legacy else tex.pixel
             sc = clean_scores(tex, r["albedo"], r["hair_uv"], r["bad_px"], pixel, regions)

@@ -14,9 +14,10 @@ importing that package, whose ``__init__`` needs the removed ``pkg_resources``):
   non-max suppression run by onnxruntime (:mod:`facecore.dlib_onnx`; the same boxes and scores as dlib's own
   runtime, which took 1.0–1.3 s per 500×500 photo here: the dlib-bin wheel has no BLAS); ≈ 25 ms on a 256-px
   copy, ≈ 60 ms on a 500×500 photo. Finds strongly turned, pitched and black-and-white faces.
-* ``"auto"`` (default): HOG first; only when it finds no face, the CNN, coarse to fine: on copies whose longer
-  side is 256, then 512 px, then on the image itself, stopping at the first that finds a face
-  (:data:`CNN_COARSE_SIDES`). The detector that produced each face is recorded in :attr:`FaceLandmarks.detector`.
+* ``"auto"`` (default): HOG first; when it finds no face it is sure of (:data:`CONFIDENT_SCORE`), the CNN, coarse
+  to fine: on copies whose longer side is 256, then 512 px, then on the image itself, stopping at the first that
+  finds a face (:data:`CNN_COARSE_SIDES`; HOG's weak hits are the answer only when the CNN finds none). The
+  detector that produced each face is recorded in :attr:`FaceLandmarks.detector`.
 
 Licences are in :data:`MODEL_LICENCES`. The 5-point predictor and both detectors may be used commercially;
 the 68-point predictor (``models.landmarks``) may not (trained on iBUG 300-W).
@@ -267,7 +268,7 @@ class CascadeDetector:
             found = [(box, score, detector.name) for box, score in _detect_downscaled(detector, image, side)]
             if any(score >= CONFIDENT_SCORE.get(detector.name, -np.inf) for _, score, _ in found):
                 return found
-            candidates += [f for f in found if not any(_overlap(f[0], c[0]) > 0.3 for c in candidates)]
+            candidates += found
             logger.debug("%s at %d px found %d weak face(s)", detector.name, side, len(found))
         return candidates
 
@@ -280,15 +281,6 @@ class CascadeDetector:
 #: 002 placed on a larger canvas: the face the CNN finds went unreconstructed), on the smaller of two faces when
 #: the larger, 002's, is one only the CNN finds 0.13.
 CONFIDENT_SCORE = {"hog": 0.5}
-
-
-def _overlap(a: np.ndarray, b: np.ndarray) -> float:
-    """Intersection over union of two boxes (x0, y0, x1, y1)."""
-    w = min(a[2], b[2]) - max(a[0], b[0])
-    h = min(a[3], b[3]) - max(a[1], b[1])
-    inter = max(w, 0.0) * max(h, 0.0)
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 # The CNN's first, coarse look for ``"auto"``: a turned face in a portrait is found on a copy whose longer side
@@ -441,8 +433,8 @@ def largest_face(faces: list[FaceLandmarks], image_shape: tuple[int, ...]) -> Fa
     """The first (largest) face, or :class:`NoFaceError` naming the image size when there is none."""
     if not faces:
         raise NoFaceError(
-            f"no face found in the {image_shape[1]}×{image_shape[0]} image (faces are found from about 80 px across, "
-            "in a copy of at most 1024 px, upright or on their side, not upside down)"
+            f"no face found in the {image_shape[1]}×{image_shape[0]} image (too small for the detectors, about 80 px "
+            "across at the size they look at; too turned or covered; or upside down)"
         )
     return faces[0]
 
@@ -452,15 +444,14 @@ def largest_face(faces: list[FaceLandmarks], image_shape: tuple[int, ...]) -> Fa
 # mouth for its brows. Measured: of 153 HOG detections on 200 synthetic renders, 47 scored under 0.5, and their
 # turned images gave no stronger detection (one of them any: 0.14 vs 0.17); the four upright HOG fixtures' turned
 # images, none at all.
-UPRIGHT_CHECK_BELOW = 0.5
 UPSIDE_DOWN_MARGIN = 0.5
 
 
 def upside_down(image: np.ndarray, face: FaceLandmarks, max_side: int = 1024) -> bool:
-    """Whether ``face`` (found in ``image``) is upside down: a weak HOG detection (under :data:`UPRIGHT_CHECK_BELOW`)
+    """Whether ``face`` (found in ``image``) is upside down: a weak HOG detection (under :data:`CONFIDENT_SCORE`)
     whose image turned 180° holds a HOG face stronger by :data:`UPSIDE_DOWN_MARGIN`. Stronger detections and the
     CNN's are taken as upright (the CNN found none of the turned fixtures)."""
-    if face.detector != "hog" or face.score >= UPRIGHT_CHECK_BELOW:
+    if face.detector != "hog" or face.score >= CONFIDENT_SCORE["hog"]:
         return False
     turned = detect_faces(np.ascontiguousarray(image[::-1, ::-1]), detector="hog", max_side=max_side)
     return max((score for _, score, _ in turned), default=-np.inf) > face.score + UPSIDE_DOWN_MARGIN
@@ -472,6 +463,7 @@ def upside_down(image: np.ndarray, face: FaceLandmarks, max_side: int = 1024) ->
 # orientation-selective: on a crop around such a face turned back upright it scores 1.79-1.94 (001, 013), where on
 # the turned crops of the upright fixtures it found nothing.
 SIDEWAYS_SCORE = 1.0
+SIDEWAYS_CROP = 320  # px: the longer side of the copy of a face's crop HOG looks at (its faces are ~200 px there)
 
 
 def _rot90_points(points: np.ndarray, k: int, shape: tuple[int, ...]) -> np.ndarray:
@@ -486,7 +478,7 @@ def _rot90_points(points: np.ndarray, k: int, shape: tuple[int, ...]) -> np.ndar
 def sideways(image: np.ndarray, face: FaceLandmarks) -> int:
     """Quarter turns (1 or 3, as ``np.rot90``'s ``k``) that bring ``face`` upright when it lies on its side, else 0:
     a CNN or weak HOG detection whose crop HOG finds turned by a quarter with a margin of at least
-    :data:`SIDEWAYS_SCORE` (and :data:`CONFIDENT_SCORE`), and finds upright less strongly."""
+    :data:`SIDEWAYS_SCORE`, and finds upright less strongly."""
     if face.detector == "hog" and face.score >= CONFIDENT_SCORE["hog"]:
         return 0
     x0, y0, x1, y1 = face.box
@@ -496,11 +488,12 @@ def sideways(image: np.ndarray, face: FaceLandmarks) -> int:
     crop = image[int(max(cy - half, 0)) : int(min(cy + half, H)), int(max(cx - half, 0)) : int(min(cx + half, W))]
     if min(crop.shape[:2]) < _MIN_SIDE:
         return 0
+    crop = _downscaled(crop, SIDEWAYS_CROP)[0]  # HOG's margin does not depend on the scale; its cost does
     hog = get_detector("hog")
     scores = {k: max((s for _, s in hog.detect(np.ascontiguousarray(np.rot90(crop, k)))), default=-np.inf)
               for k in (0, 1, 3)}  # fmt: skip
     k = max((1, 3), key=scores.__getitem__)
-    return k if scores[k] >= max(SIDEWAYS_SCORE, CONFIDENT_SCORE["hog"]) and scores[k] > scores[0] else 0
+    return k if scores[k] >= SIDEWAYS_SCORE and scores[k] > scores[0] else 0
 
 
 def turned_upright(

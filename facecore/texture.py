@@ -160,7 +160,7 @@ SOURCE_OUTSIDE, SOURCE_SEEN, SOURCE_MIRRORED, SOURCE_FILLED, SOURCE_REJECTED = 0
 side, filled from the smooth prior (unseen), seen but rejected (not skin, shadowed, clipped, at the silhouette;
 filled like the unseen ones)."""
 
-REGION_NAMES = ("forehead", "cheeks", "nose", "lips", "eyes", "brows", "eye_openings", "nostrils")
+REGION_NAMES = ("forehead", "cheeks", "nose", "lips", "eyes", "brows", "eye_openings", "nostrils", "lids")
 
 
 def landmark_uv(model: geo.FaceModelArrays) -> np.ndarray:
@@ -192,8 +192,10 @@ def uv_regions(model: geo.FaceModelArrays, resolution: int) -> dict[str, np.ndar
     hairline of the synthetic source); ``cheeks``: below the eyes, between the jaw contour and the nose and
     mouth; ``nose``: bridge (27) to the nostrils (31–35), widened to the alae; ``lips``: the outer lip contour
     scaled 1.15×; ``eyes``: each eye contour scaled 2× (lids and surroundings, brows excluded); ``brows``: a
-    band along each brow; ``eye_openings``: each eye contour scaled 1.1×; ``nostrils``: 31–35 scaled 1.4×. The
-    named regions are disjoint except that ``eye_openings`` ⊂ ``eyes`` and ``nostrils`` overlaps ``nose``.
+    band along each brow; ``eye_openings``: each eye contour scaled 1.1×; ``nostrils``: 31–35 scaled 1.4×;
+    ``lids``: each eye contour scaled 1.5× wide and 2.2× tall, outside the openings (lids, lashes, liner; a
+    glasses frame's rims and bridge lie further out). The named regions are disjoint except that ``eye_openings``
+    and ``lids`` ⊂ ``eyes`` and ``nostrils`` overlaps ``nose``.
     Only texels of the skin layout (:func:`facecore.geometry.texel_sampling`) are in a region.
     """
     R = int(resolution)
@@ -232,6 +234,8 @@ def _draw_regions(model: geo.FaceModelArrays, R: int) -> dict[str, np.ndarray]:
     forehead = draw([("poly", np.concatenate([lower, upper]))]) & ~brows
     eyes = draw([("poly", scaled(range(36, 42), 2.0, 2.6)), ("poly", scaled(range(42, 48), 2.0, 2.6))]) & ~brows
     openings = draw([("poly", scaled(range(36, 42), 1.1)), ("poly", scaled(range(42, 48), 1.1))])
+    lids = draw([("poly", scaled(range(36, 42), 1.5, 2.2)), ("poly", scaled(range(42, 48), 1.5, 2.2))])
+    lids &= eyes & ~openings
     lips = draw([("poly", scaled(range(48, 60), 1.15))])
     nostrils = draw([("poly", scaled(range(31, 36), 1.4))])
     nose_pts = np.concatenate([lm[[27]], scaled([31, 32, 33, 34, 35], 1.5, 1.0), lm[[27]]])
@@ -249,7 +253,7 @@ def _draw_regions(model: geo.FaceModelArrays, R: int) -> dict[str, np.ndarray]:
     layout = layout.reshape(R, R)
     out = {
         "forehead": forehead, "cheeks": cheeks, "nose": nose, "lips": lips, "eyes": eyes, "brows": brows,
-        "eye_openings": openings, "nostrils": nostrils,
+        "eye_openings": openings, "nostrils": nostrils, "lids": lids,
     }  # fmt: skip
     out = {k: v & layout for k, v in out.items()}
     for v in out.values():
@@ -607,14 +611,11 @@ cheek: (0.99, 0.96, 0.99) sRGB beside the other cheek's (0.89, 0.81, 0.76)). It 
 light's fit too) unless fewer than ``BLOWN_OUT_KEEP`` of the seed area's seen texels would be left: as the majority
 of 013's seeds it had become the skin model, and the whole map came out bluish white."""
 BLOWN_OUT_KEEP = 0.25
-BLOWN_REST_LEVEL = 0.1
-"""... nor when what is left of the seed area is this far below blown out (median luminance under this fraction of
-:data:`BLOWN_OUT`): then it is hair and shade, not skin (a portrait over-exposed ×1.8: the rest's median 0.01; the
-fixture portraits' skin samples 0.18–0.52), and the photo is an over-exposed one that keeps what it has."""
 SEED_REGION_SPREAD = math.log(2.5)
-"""The seed regions (cheeks, forehead) whose median luminance in the photo is within this log-ratio of the nose's
-are the skin's samples; the nose, which neither hair nor a beard covers, always is (a dark fringe down to the brows:
-the forehead's median 0.02–0.05 beside skin's 0.2–0.5)."""
+"""The seed regions (cheeks, forehead; the nose under dark lenses) whose median luminance in the photo is more than
+this log-ratio below the nose's are left out of the skin's colour model and level (:func:`_skin_regions`): hair
+and dark lenses cover skin, and are darker than it (a dark fringe down to the brows: the forehead's median
+0.02–0.05 beside skin's 0.2–0.5)."""
 
 
 #: :func:`extract`: take the skin's specular highlights out of the de-lit colours (:func:`remove_highlights`)
@@ -798,32 +799,35 @@ def extract(
 
     seen_colour = geo.sample_map(img, _uv_of_pixels(px[seen], W, H))
     # blown-out skin (every channel near the top: a camera's tone curve has pressed its colour to white) is no
-    # measurement of the albedo, nor of the light: treated as clipped, unless it is most of the seed area's skin
-    # (an over-exposed photo keeps what it has; bound_albedo_level flags it). Not in the eye openings: a sclera
-    # may be that white (it is toned down below, not dropped)
+    # measurement of the albedo, nor of the light: treated as clipped, unless it is most of the seed area's skin or
+    # of the nose's and cheeks' (an over-exposed photo keeps what it has; bound_albedo_level flags it: with the
+    # blown skin dropped, a fringe over the forehead had been what was left). Not in the eye openings: a sclera may
+    # be that white (it is toned down below, not dropped)
     unclipped = seen_colour.max(1) < clip_level
     blown = (seen_colour.min(1) >= BLOWN_OUT) & ~layout.openings[at]
     seed_seen = unclipped & layout.seed_area[at]
-    rest = seed_seen & ~blown
-    if rest.sum() >= BLOWN_OUT_KEEP * seed_seen.sum() and (
-        not (seed_seen & blown).any() or np.median(seen_colour[rest] @ LUMA) >= BLOWN_REST_LEVEL * BLOWN_OUT
+    below = unclipped & (layout.seed_regions[0] | layout.seed_regions[1])[at]  # nose and cheeks (not a fringe's)
+    if (seed_seen & ~blown).sum() >= BLOWN_OUT_KEEP * seed_seen.sum() and (
+        (below & ~blown).sum() >= BLOWN_OUT_KEEP * below.sum()
     ):
         unclipped &= ~blown
-    # the skin's samples: the seed regions (nose, cheeks, forehead) whose median luminance is near the nose's (a
-    # fringe over the forehead is not skin; with the blown-out skin gone it had become the skin model, and the
-    # light was dimmed to near black to make that "skin" the level of skin)
+    # the skin's samples for its colour model and level: the seed regions (nose, cheeks, forehead) not far darker
+    # than the brightest of them (a fringe over the forehead, dark lenses over the nose's bridge: such a region had
+    # become the skin model, and the light was dimmed to near black to make that "skin" the level of skin)
     skin_area = np.zeros(N, bool)
     skin_area[at] = _skin_regions(layout, at, seen_colour @ LUMA, unclipped)
     exposure: tuple[str, ...] = ()
     level = 1.0  # the light's factor that brings the skin's albedo level within skin_luminance
     fitted_on = None  # the normals a light whose colour differs by direction was fitted on
     if sh is not None and (relight or skin_luminance is not None):
-        skin_samples = skin_area[at] & (nrm[seen, 2] > 0.3) & unclipped
-        if relight:  # the light's shape from the photo's own skin (fit_light)
-            sh = fit_light(nrm[seen][skin_samples], seen_colour[skin_samples], sh, colour_prior=LIGHT_COLOUR_PRIOR)
-            fitted_on = nrm[seen][skin_samples] if LIGHT_COLOUR_PRIOR is not None else None
+        facing_samples = (nrm[seen, 2] > 0.3) & unclipped
+        if relight:  # the light's shape from the photo's own skin (fit_light: what no light explains loses weight)
+            samples = layout.seed_area[at] & facing_samples
+            sh = fit_light(nrm[seen][samples], seen_colour[samples], sh, colour_prior=LIGHT_COLOUR_PRIOR)
+            fitted_on = nrm[seen][samples] if LIGHT_COLOUR_PRIOR is not None else None
         if skin_luminance is not None:  # its level within skin's (bound_albedo_level)
-            level, exposure = bound_albedo_level(nrm[seen][skin_samples], seen_colour[skin_samples], sh, skin_luminance)
+            samples = skin_area[at] & facing_samples
+            level, exposure = bound_albedo_level(nrm[seen][samples], seen_colour[samples], sh, skin_luminance)
     texel_shading = np.ones((len(texel), 3)) if sh is None else sh_basis(nrm) @ sh
     if fitted_on is not None and len(fitted_on) >= 50:
         # a light whose colour differs by direction is known only over the normals it was fitted on: elsewhere
@@ -1272,7 +1276,7 @@ class _Layout:
         keep_as_seen: (R²,) brows, eye openings, lips, nostrils (:func:`uv_regions`); ``openings``: the eye
             openings; ``lips``: the lips; ``seed_area``: cheeks, forehead and nose, where the skin model's
             samples come from (``seed_regions``: the nose, the cheeks, the forehead, each alone); ``brows``: the
-            brows; ``lids``: the eye regions outside the openings (lids, lashes, the skin around them); ``rest``:
+            brows; ``lids``: the lids around the openings (:func:`uv_regions`); ``rest``:
             the layout's texels outside every region (scalp, ears, neck, the back of the head); ``scalp``: the
             rest's texels above the brows.
     """
@@ -1317,7 +1321,7 @@ def _layout(model: geo.FaceModelArrays, R: int) -> _Layout:
             seed_area,
             (reg["nose"], reg["cheeks"], reg["forehead"]),
             reg["brows"],
-            reg["eyes"] & ~reg["eye_openings"],
+            reg["lids"],
             rest,
             scalp,
         )
@@ -1487,17 +1491,22 @@ def _side_ratio(delit: np.ndarray, pair: np.ndarray, R: int, reach: float, fade:
 
 def _skin_regions(layout: _Layout, at: np.ndarray, luminance: np.ndarray, usable: np.ndarray) -> np.ndarray:
     """(len(at),) bool: which of the seen texels ``at`` (their photo ``luminance``; ``usable``: not clipped) are in
-    the seed regions that agree with the nose (:data:`SEED_REGION_SPREAD`); the whole seed area when the nose shows
-    too little to judge by."""
+    the seed regions not far darker (:data:`SEED_REGION_SPREAD`) than the nose, which hair, a beard or a hand rarely
+    covers, or, when the nose is that much darker than both the cheeks and the forehead (dark lenses over its
+    bridge), than the darker of those two. A region showing fewer than 30 usable texels is kept; with the nose
+    among them, the whole seed area is."""
     nose, *others = (region[at] & usable for region in layout.seed_regions)
     if nose.sum() < 30:
         return layout.seed_area[at]
     log_y = np.log(np.maximum(luminance, 1e-6))
+    medians = [float(np.median(log_y[m])) if m.sum() >= 30 else None for m in others]
     ref = float(np.median(log_y[nose]))
-    keep = nose.copy()
-    for region in others:
-        if region.any() and abs(float(np.median(log_y[region])) - ref) <= SEED_REGION_SPREAD:
-            keep |= region
+    if all(m is not None and m > ref + SEED_REGION_SPREAD for m in medians):
+        ref = min(medians)  # type: ignore[type-var]
+    keep = nose if ref - float(np.median(log_y[nose])) <= SEED_REGION_SPREAD else np.zeros(len(at), bool)
+    for region, median in zip(others, medians, strict=True):
+        if median is None or median >= ref - SEED_REGION_SPREAD:
+            keep = keep | region
     return keep
 
 
@@ -1524,12 +1533,7 @@ def _near_eyes(points: np.ndarray, eyes: np.ndarray, fitted: np.ndarray) -> tupl
         e = b - a
         t = np.clip((d * e).sum(-1) / np.maximum((e * e).sum(-1), 1e-12), 0.0, 1.0)
         near = (np.linalg.norm(d - t[..., None] * e, axis=-1) <= EYE_EDGE_PX + miss).any(1)
-        # inside: the crossings of a ray to the right (even-odd)
-        y0, y1 = a[:, 1], b[:, 1]
-        cross = (y0 > points[:, None, 1]) != (y1 > points[:, None, 1])
-        x = a[:, 0] + (points[:, None, 1] - y0) * (b[:, 0] - a[:, 0]) / np.where(y1 == y0, 1.0, y1 - y0)
-        inside = (cross & (points[:, None, 0] < x)).sum(1) % 2 == 1
-        eyeball |= near | inside
+        eyeball |= near | geo.inside_polygon(points, contour)
     return eyeball, registered
 
 

@@ -520,9 +520,10 @@ async def reconstruct(
         # skin: its wrong side would come out dark and be rejected)
         tone_cal = bundle.manifest.skin_tone
         level_map = None if tone_cal is None else tone_cal.level_map
-        # the photo's own eye contours in the texture crop (the localiser's; without it the lids are judged as skin)
+        # the photo's own eye contours in the texture crop (the localiser's, when the head could be refined onto them;
+        # without them the lids are judged as skin)
         eyes = None
-        if face.landmarks is not None:
+        if refined:
             side = face.texture_crop.shape[0]
             to_crop = detect.anchors_matrix(face.anchors, side, TEXTURE_CROP_SCALE)
             eyes = detect.transform_points(face.landmarks[36:48], to_crop)
