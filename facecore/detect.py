@@ -512,6 +512,24 @@ def turned_upright(
     return FaceLandmarks(box=face.box, points=points, score=face.score, detector=face.detector)
 
 
+def detect_on_its_side(
+    image: np.ndarray, *, detector: DetectorName = "auto", max_side: int = 1024
+) -> list[FaceLandmarks]:
+    """Faces found in ``image`` turned a quarter either way, when upright it shows none the detectors find (a
+    portrait whose EXIF orientation was lost, its face too turned for them on its side: fixtures 002, 006, 018
+    and 028 turned 90°); their boxes and 5 points (predicted upright) in ``image``'s pixels, largest first."""
+    faces = []
+    for k in (1, 3):
+        turned = np.ascontiguousarray(np.rot90(image, k))
+        for face in detect_landmarks5(turned, detector=detector, max_side=max_side):
+            corners = _rot90_points(face.box.reshape(2, 2), 4 - k, turned.shape)
+            box = _clip_box(np.concatenate([corners.min(0), corners.max(0)]), image.shape[1], image.shape[0])
+            points = _rot90_points(face.points, 4 - k, turned.shape)
+            faces.append(FaceLandmarks(box=box, points=points, score=face.score, detector=face.detector))
+    faces.sort(key=lambda f: (-f.box_size, -f.score))
+    return faces
+
+
 # ------------------------------------------------------------------------------------------------ alignment
 class AlignedFace(NamedTuple):
     """A face crop and the transform that produced it.

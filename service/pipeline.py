@@ -201,7 +201,9 @@ MAX_REFINED_ERROR = 0.15
 def detect_face(image: np.ndarray, detector: str) -> detect.FaceLandmarks:
     """The largest face (box and dlib's 5 points); PhotoError without one, or with one upside down."""
     try:
+        # none upright: a photo whose EXIF orientation was lost may show its face on its side
         faces = detect.detect_landmarks5(image, detector=detector)
+        faces = faces or detect.detect_on_its_side(image, detector=detector)
         face = detect.largest_face(faces, image.shape)
     except detect.NoFaceError as exc:
         raise PhotoError(f"image: {exc}") from exc

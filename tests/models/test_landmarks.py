@@ -380,6 +380,25 @@ def test_a_face_on_its_side_gets_its_points_found_upright(k):
 
 
 @needs_dlib
+def test_a_face_the_detectors_miss_on_its_side_is_found_turned_upright():
+    """Fixture 002 (strongly pitched) turned a quarter: no detector finds it on its side; turned back upright it is
+    found, its box and points mapped to the turned photo's pixels."""
+    from PIL import Image
+
+    photo = np.asarray(Image.open(PHOTOS / "cc0-interfaces-002.jpg").convert("RGB"))
+    upright = detect.largest_face(detect.detect_landmarks5(photo), photo.shape)
+    turned = np.ascontiguousarray(np.rot90(photo, 1))
+    assert detect.detect_landmarks5(turned) == []
+    found = detect.largest_face(detect.detect_on_its_side(turned), turned.shape)
+    expected = detect._rot90_points(upright.points, 1, photo.shape)
+    iod = np.linalg.norm(upright.points[0] - upright.points[2])
+    assert np.linalg.norm(found.points - expected, axis=1).mean() / iod < 0.02
+    corners = detect._rot90_points(upright.box.reshape(2, 2), 1, photo.shape)
+    np.testing.assert_allclose(found.box, np.concatenate([corners.min(0), corners.max(0)]), atol=1.0)
+    assert detect.detect_on_its_side(photo) == []  # (upright, turned a quarter it shows no face either)
+
+
+@needs_dlib
 @pytest.mark.parametrize("kind", ["noise", "flat"])
 def test_non_face_raises_no_face_error(kind):
     rng = np.random.default_rng(3)
