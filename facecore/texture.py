@@ -756,7 +756,8 @@ def extract(
             bundle's mean map): a grey or colour-cast photo (:data:`UNTRUSTED_CHROMA`) shows no chroma of its skin,
             and the level map's chroma terms read this instead (grey reads as paler than any skin: greyscale copies
             of 34 held-out renders, ``benchmarks/skin_tone.py --greyscale``: log-luminance bias +0.84 → +0.12,
-            median error 0.69 → 0.28). None: the photo's own.
+            median error 0.69 → 0.28); a colour-cast photo's map takes this chroma (the light the inverse gains).
+            None: the photo's own.
         eyes: (12, 2) the photo's own eye contours (points 36–47 of the 68-point scheme, e.g. a landmark
             localiser's) in ``image`` pixels. Given, the lids and the skin around the eyes are kept as seen when no
             brighter than the skin (lashes, liner, the crease's and the socket's shade fail the skin's colour
@@ -875,6 +876,19 @@ def extract(
         if sh is not None:
             sh = sh / k
         skin = replace(skin, log_y=target)
+    if skin is not None and level_chroma is not None and "colour_cast" in flags:
+        # a cast (the skin off any skin's chroma under white light: a blue or green one) is the light's or the
+        # camera's, not the person's: the map takes people's skin chroma (``level_chroma``) at the skin's level,
+        # the light the inverse gains, so albedo × light, the render over the photo, is unchanged (the probe's
+        # cool- and green-cast portraits had come out with blue- and green-grey skin)
+        shift = np.asarray(level_chroma, np.float64) - skin.mean
+        gains = np.exp([shift[0], 0.0, shift[1]])
+        gains /= float((skin.colour() * gains) @ LUMA) / float(skin.colour() @ LUMA)
+        raw, feature, clean = raw * gains, feature * gains, clean * gains
+        texel_shading = texel_shading / gains
+        if sh is not None:
+            sh = sh / gains
+        skin = replace(skin, mean=np.asarray(level_chroma, np.float64).copy())
 
     colour = np.zeros((N, 3))
     colour[at] = seen_colour

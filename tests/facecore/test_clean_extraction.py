@@ -665,6 +665,29 @@ def test_a_grey_or_colour_cast_photos_level_is_mapped_at_peoples_skin_chroma(mod
         assert trusted or abs(own.skin.log_y - out.skin.log_y) > 0.3  # and it made a difference
 
 
+def test_a_colour_cast_photos_map_takes_peoples_skin_chroma_and_the_light_the_cast(model, scene):
+    """A blue cast is the light's or the camera's, not the skin's: with ``level_chroma`` the map's skin takes that
+    chroma at its own level, and the light the inverse gains, so the render over the photo (albedo × shading) is
+    the same; without it, or on a photo of trusted colour, the map keeps the photo's chroma."""
+    img, _, _, verts, px = scene
+    flat = np.zeros((9, 3))
+    flat[0] = 1.0 / texture.sh_basis(np.array([[0.0, 0.0, 1.0]]))[0, 0]
+    blue = img * np.array([0.55, 0.8, 1.6])
+    people = np.log([0.30 / 0.14, 0.08 / 0.14])
+    plain = texture.extract(model, verts, px, blue, R, sh=flat)
+    out = texture.extract(model, verts, px, blue, R, sh=flat, level_chroma=people)
+    assert "colour_cast" in out.flags
+    cheeks = texture.uv_regions(model, R)["cheeks"] & out.accepted
+    chroma = lambda a: np.log(np.median(a[cheeks], 0)[[0, 2]] / np.median(a[cheeks], 0)[1])  # noqa: E731
+    np.testing.assert_allclose(chroma(out.albedo), people, atol=0.05)  # measured 0.00
+    assert np.abs(chroma(plain.albedo) - people).max() > 0.5  # the cast, kept without level_chroma
+    assert abs(out.skin.log_y - plain.skin.log_y) < 1e-9
+    np.testing.assert_allclose(out.albedo[cheeks] * out.shading[cheeks], plain.albedo[cheeks] * plain.shading[cheeks],
+                               rtol=0.02)  # fmt: skip
+    trusted = texture.extract(model, verts, px, img, R, sh=flat, level_chroma=people)
+    np.testing.assert_allclose(trusted.albedo, texture.extract(model, verts, px, img, R, sh=flat).albedo)
+
+
 def test_a_prior_fills_its_features_at_the_photos_tone_where_the_photo_gave_nothing(model, scene):
     """Sunglasses hide both eyes' regions: without a prior their fill is the skin around them; with a prior whose
     lids are half as bright as its skin (and whose skin is another person's: grey), the fill has those darker lids
