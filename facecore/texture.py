@@ -637,7 +637,8 @@ EYE_MISREGISTRATION = 0.1
 """:func:`extract` with ``eyes``: the lids are kept as seen only around an eye the fitted head's contour meets
 within this fraction of the eye's width (mean point distance; the fixture portraits' refined fits: 0.02–0.10,
 held-out renders' fits: median 0.05, 90th percentile 0.16, where the eyes are ~13 px wide and a lid off by that
-took the iris: the eye region's PSNR 31.9 → 31.1 dB without this bound, 31.4 with it)."""
+took the iris: measured with the wider eye region, the eye region's PSNR 31.9 → 31.1 dB without this bound,
+31.4 with it)."""
 LIDS_COVERED = -1.5
 """:func:`extract` with ``eyes``: lids whose median de-lit log-luminance is this far below the skin's are covered
 (a dark lens, hair), not kept as seen (the fixture portraits' lids: −0.74 to −1.11; their darkest quarter below
@@ -711,7 +712,7 @@ def extract(
     2. De-lighting divides by the SH shading; a seen texel is *accepted* when it is lit (shading ≥
        ``min_shading``), not clipped (< ``clip_level``; skin blown out to near white counts as clipped:
        :data:`BLOWN_OUT`) and looks like this photo's skin: a :class:`SkinModel`
-       is fitted to the seen nose, and the cheeks and forehead where their luminance is near the nose's
+       is fitted to the seen nose, and the cheeks and forehead where their luminance is not far below the nose's
        (:data:`SEED_REGION_SPREAD`: not under a fringe or long hair), and a texel is kept when its chroma Mahalanobis
        distance² is below ``chroma_limit`` and its log-luminance is within ``luminance_range`` of the skin's
        (hair, eyewear, hands, background fail; specular highlights fail the upper bound). Brows, eye openings,
@@ -813,8 +814,8 @@ def extract(
     ):
         unclipped &= ~blown
     # the skin's samples for its colour model and level: the seed regions (nose, cheeks, forehead) not far darker
-    # than the brightest of them (a fringe over the forehead, dark lenses over the nose's bridge: such a region had
-    # become the skin model, and the light was dimmed to near black to make that "skin" the level of skin)
+    # than the nose (_skin_regions: a fringe over the forehead had become the skin model, and the light was dimmed
+    # to near black to make that "skin" the level of skin)
     skin_area = np.zeros(N, bool)
     skin_area[at] = _skin_regions(layout, at, seen_colour @ LUMA, unclipped)
     exposure: tuple[str, ...] = ()
