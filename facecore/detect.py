@@ -475,6 +475,12 @@ def _rot90_points(points: np.ndarray, k: int, shape: tuple[int, ...]) -> np.ndar
     return np.stack([x, y], -1)
 
 
+def _rot90_box(box: np.ndarray, k: int, shape: tuple[int, ...]) -> np.ndarray:
+    """A box (x0, y0, x1, y1) in an (H, W) image → the box of its corners in ``np.rot90(image, k)``."""
+    corners = _rot90_points(np.reshape(box, (2, 2)), k, shape)
+    return np.concatenate([corners.min(0), corners.max(0)])
+
+
 def sideways(image: np.ndarray, face: FaceLandmarks) -> int:
     """Quarter turns (1 or 3, as ``np.rot90``'s ``k``) that bring ``face`` upright when it lies on its side, else 0:
     a CNN or weak HOG detection whose crop HOG finds turned by a quarter with a margin of at least
@@ -506,9 +512,7 @@ def turned_upright(
         return face
     predictor = predictor or get_predictor(PREDICTOR5_FILE)
     turned = np.ascontiguousarray(np.rot90(image, k))
-    corners = _rot90_points(face.box.reshape(2, 2), k, image.shape)
-    box = np.concatenate([corners.min(0), corners.max(0)])
-    points = _rot90_points(predictor.predict(turned, box), 4 - k, turned.shape)
+    points = _rot90_points(predictor.predict(turned, _rot90_box(face.box, k, image.shape)), 4 - k, turned.shape)
     return FaceLandmarks(box=face.box, points=points, score=face.score, detector=face.detector)
 
 
@@ -522,8 +526,7 @@ def detect_on_its_side(
     for k in (1, 3):
         turned = np.ascontiguousarray(np.rot90(image, k))
         for face in detect_landmarks5(turned, detector=detector, max_side=max_side):
-            corners = _rot90_points(face.box.reshape(2, 2), 4 - k, turned.shape)
-            box = _clip_box(np.concatenate([corners.min(0), corners.max(0)]), image.shape[1], image.shape[0])
+            box = _clip_box(_rot90_box(face.box, 4 - k, turned.shape), image.shape[1], image.shape[0])
             points = _rot90_points(face.points, 4 - k, turned.shape)
             faces.append(FaceLandmarks(box=box, points=points, score=face.score, detector=face.detector))
     faces.sort(key=lambda f: (-f.box_size, -f.score))

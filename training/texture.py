@@ -157,8 +157,6 @@ def extract_texture(
     img = image_float(image)
     verts = fit.posed_vertices(face_model)
     px = fit.to_pixels(verts)
-    if eyes is not None:
-        eyes = np.asarray(eyes, np.float64)
     if landmarks is not None and not legacy:
         px = uv_texture.landmark_warp(px, fit.landmarks_px(face_model), landmarks)
     if matrix is not None:

@@ -181,13 +181,12 @@ def _file_answer(request: Request, found, result_id: str, name: str) -> Response
     return OpenFileResponse(found_file, size, media, headers=headers, part=part)
 
 
-def _file_response(found, name: str, attachment: bool) -> Response:
+def _file_response(found, name: str) -> Response:
+    """A ``?format=`` answer: the file as an attachment."""
     media = MEDIA.get(Path(name).suffix, "application/octet-stream")
-    filename = name if attachment else None
     if isinstance(found, bytes):
-        headers = {"content-disposition": f'attachment; filename="{name}"'} if attachment else None
-        return Response(found, media_type=media, headers=headers)
-    return OpenFileResponse(found[0], found[1], media, filename)
+        return Response(found, media_type=media, headers={"content-disposition": f'attachment; filename="{name}"'})
+    return OpenFileResponse(found[0], found[1], media, name)
 
 
 #: (store, result id, output kind) → (lock, holders and waiters): concurrent first requests for one kind of one
@@ -329,7 +328,7 @@ async def _serve(
         if found is not None:
             if fmt is None:
                 return _json(result_id, found, cached=bool(scope))
-            return _file_response(found, FORMAT_FILES[fmt][0], attachment=True)
+            return _file_response(found, FORMAT_FILES[fmt][0])
         timer = _timer(runtime)
         # JSON answers give links, whose files are made when first fetched; a format answer makes its file now
         now = () if fmt is None else pipeline.OUTPUT_KINDS if fmt == "zip" else (FORMAT_FILES[fmt][1],)
@@ -372,7 +371,7 @@ async def _serve(
         await asyncio.to_thread(runtime.store.add, result_id, name, data)
     else:
         data = result.files[name]
-    return _file_response(data, name, attachment=True)
+    return _file_response(data, name)
 
 
 class ClientGone(Exception):
