@@ -725,9 +725,9 @@ def extract(
        the photo's. Rejected areas grow by ~1 % of the map (mixed pixels at their
        edges), except *specks*: rejected areas too thin to hold a square of ~3 % of the map, in skin that was
        otherwise taken (a highlight on a wrinkle, a pore, a stray hair), which grow by one texel. The skin's
-       highlights are taken out of its de-lit colours (:func:`remove_highlights`, with :data:`REMOVE_HIGHLIGHTS`;
-       which texels are skin is judged on the colours as de-lit: a bright texel of another colour is not made
-       skin by it).
+       highlights are taken out of its de-lit colours, outside the eye openings and the lips
+       (:func:`remove_highlights`, with :data:`REMOVE_HIGHLIGHTS`; which texels are skin is judged on the colours as
+       de-lit: a bright texel of another colour is not made skin by it).
     3. Each accepted texel's weight fades in with its facing angle and away from rejected areas (feathering);
        what is missing takes its mirror texel (u → 1 − u) with the mirror's weight (not around specks: the
        skin around them is the better guess, the mirror side's light and wrinkles differ), the rest a pull-push fill
@@ -855,9 +855,12 @@ def extract(
     flags = colour_flags(colour_ok[seeds])
     clean = raw
     if skin is not None and REMOVE_HIGHLIGHTS:
-        # the skin's highlights (not the features' own colours: brows, eyes, lips, nostrils) out of the map; which
-        # texels are skin is judged on the colours as de-lit, as the skin model was fitted (with its spread)
-        clean = remove_highlights(raw, skin, ~layout.keep_as_seen[at])
+        # the skin's highlights out of the map, but not the eye openings' or the lips' own colours (a sclera is
+        # white, lips have a colour of their own); brows and nostrils, darker than the skin, are left as they are by
+        # remove_highlights itself, while the skin their bands cover loses its sheen as the skin beside it does
+        # (left in, a brow band's end over a shiny glabella showed as a pale, straight-edged patch: fixture 001).
+        # Which texels are skin is judged on the colours as de-lit, as the skin model was fitted (with its spread)
+        clean = remove_highlights(raw, skin, ~(layout.openings | layout.lips)[at])
     if skin is not None and level_map is not None:
         # the skin's de-lit level mapped to the truth's expected level (the light takes the inverse factor, so
         # albedo × light, the render over the photo, is unchanged), within the skin bound
