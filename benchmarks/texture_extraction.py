@@ -1,6 +1,6 @@
 """Texture extraction accuracy on synthetic renders with ground truth, speed, and a contact sheet of real photos.
 
-    python benchmarks/texture_extraction.py [--count 16] [--seed 2024] [--specular 0.6]
+    python benchmarks/texture_extraction.py [--count 16] [--seed 2024] [--specular 0.6] [--shadows]
         [--landmarks localiser|dlib|truth] [--bundle B]
         [--sheet contact.png] [--photos ../shared/fixtures/photos] [--threads 1] [--batch 4] [--cache fits.pkl]
         [--readme]
@@ -8,9 +8,10 @@
 The synthetic faces are rendered by ``training.data.synthetic`` with a seed disjoint from the one the fit's defaults
 were chosen on (1000), picked to cover |yaw| < 20°, 20–40° and > 40° equally; ``--specular``: with the key light's
 highlights on the skin (``SyntheticConfig.specular``: up to that fraction of its irradiance; the training's renders have
-none). The fit sees only the image and 68 detected landmarks, found as the extract stage finds them (``--landmarks
-localiser``: the bundle's landmark localiser; ``dlib``: dlib's 68-point model; ``truth``: the renders' own landmarks, an
-upper bound); the ground truth (landmarks, identity, albedo) is used for scoring only.
+none); ``--shadows``: the key light casts the head's own shadows (``SyntheticConfig.shadows``; the training's
+renders have none). The fit sees only the image and 68 detected landmarks, found as the extract stage finds them
+(``--landmarks localiser``: the bundle's landmark localiser; ``dlib``: dlib's 68-point model; ``truth``: the
+renders' own landmarks, an upper bound); the ground truth (landmarks, identity, albedo) is used for scoring only.
 
 Columns: ``det``/``fit`` landmark error (mean distance / inter-ocular distance) of the detected points and of the
 fitted model; ``shape``/``mean``: per-vertex RMS (mm) of the fitted / the prior-mean neutral identity vs the truth
@@ -60,7 +61,9 @@ def pick_indices(ds: SyntheticFaces, count: int) -> list[int]:
 
 
 def synthetic_table(args: argparse.Namespace, fm: FaceModel) -> None:
-    config = SyntheticConfig(image_size=224, albedo_size=256, seed=args.seed, specular=args.specular)
+    config = SyntheticConfig(
+        image_size=224, albedo_size=256, seed=args.seed, specular=args.specular, shadows=args.shadows
+    )
     ds = SyntheticFaces(config, face_model=FaceModel(fm.arrays))
     indices = pick_indices(ds, args.count)
     cfg = face_fit.FitConfig(steps=args.steps)
@@ -308,16 +311,21 @@ def clean_table(args: argparse.Namespace, fm: FaceModel) -> None:
     import dataclasses
     import pickle
 
-    config = SyntheticConfig(image_size=224, albedo_size=256, seed=args.seed, specular=args.specular)
+    config = SyntheticConfig(
+        image_size=224, albedo_size=256, seed=args.seed, specular=args.specular, shadows=args.shadows
+    )
     ds = SyntheticFaces(config, face_model=FaceModel(fm.arrays))
     cache = Path(args.cache) if args.cache else None
     cfg = face_fit.FitConfig(steps=args.steps)
     if cache is not None and cache.exists():
         recs = pickle.loads(cache.read_bytes())
-        made = {(r.get("seed", args.seed), r.get("specular", 0.0)) for r in recs}  # (older caches: plain renders)
-        if made != {(args.seed, args.specular)}:
-            want = (args.seed, args.specular)
-            raise SystemExit(f"{cache} holds renders of (seed, specular) {sorted(made)}, not {want}: another --cache")
+        # (older caches: plain renders)
+        made = {(r.get("seed", args.seed), r.get("specular", 0.0), r.get("shadows", False)) for r in recs}
+        want = (args.seed, args.specular, args.shadows)
+        if made != {want}:
+            raise SystemExit(
+                f"{cache} holds renders of (seed, specular, shadows) {sorted(made)}, not {want}: another --cache"
+            )
     else:
         renderer = MeshRenderer.from_face_model(fm, cfg.render_size)
         recs = []
@@ -338,7 +346,7 @@ def clean_table(args: argparse.Namespace, fm: FaceModel) -> None:
                          "albedo": item.albedo_uv[0].permute(1, 2, 0).double().numpy(), "hair_uv": hair_uv,
                          "bad_px": hair_px | bg_px, "truth_verts": verts, "truth_px": px,
                          "truth_sh": item.sh[0].double().numpy(), "seed": args.seed,
-                         "specular": args.specular})  # fmt: skip
+                         "specular": args.specular, "shadows": args.shadows})  # fmt: skip
         for key, fit_cfg in (("fit", cfg), ("fit_flat", dataclasses.replace(cfg, texture="flat"))):
             for s in range(0, len(recs), args.batch):
                 chunk = recs[s : s + args.batch]
@@ -374,6 +382,7 @@ def clean_table(args: argparse.Namespace, fm: FaceModel) -> None:
             rows[label].append({"index": r["index"], "yaw": r["yaw"], "flags": ",".join(tex.flags), **sc})
     n = len(rows["after"])
     shine = f", highlights up to {args.specular:g} of the key light" if args.specular else ""
+    shine += ", the key light's cast shadows" if args.shadows else ""
     print(f"\nClean extraction, {n} synthetic faces (seed {args.seed}{shine}, landmarks {args.landmarks}; "
           f"{len(recs) - n} fit(s) the CLI rejects left out): gain-corrected PSNR (dB) per region")  # fmt: skip
     keys = ("face", *REGIONS, "rest")
@@ -525,6 +534,9 @@ def main() -> None:
         type=float,
         default=0.0,
         help="the renders' highlights (SyntheticConfig.specular; 0: Lambertian skin, the training's)",
+    )
+    parser.add_argument(
+        "--shadows", action="store_true", help="the renders' key light casts shadows (SyntheticConfig.shadows)"
     )
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument(

@@ -1347,6 +1347,44 @@ def _layout(model: geo.FaceModelArrays, R: int) -> _Layout:
     return _cached("layout", model, R, build)
 
 
+def light_visibility(
+    verts: np.ndarray, faces: np.ndarray, direction: np.ndarray, size: int = 256, offset_px: float = 1.5
+) -> np.ndarray:
+    """(V,) how much of a distant light from ``direction`` (3,) reaches each vertex past the mesh itself, in [0, 1]:
+    1 lit, 0 in the shadow the mesh casts (a nose's on the cheek, a brow ridge's in the socket, the jaw's on the
+    neck) or turned away from the light; between at a shadow's edge.
+
+    An orthographic z-buffer of the mesh seen from the light (``size`` pixels across its bounding sphere); each
+    vertex is tested ``offset_px`` pixels out along its normal (so its own triangles do not hide it) against the
+    3 × 3 pixels around it (the share that do not hide it: a soft edge about a pixel wide).
+    """
+    v = np.asarray(verts, np.float64)
+    faces = np.asarray(faces, np.int64)
+    d = np.asarray(direction, np.float64)
+    d = d / max(float(np.linalg.norm(d)), 1e-12)
+    normals = geo.vertex_normals(v, faces)
+    centre = 0.5 * (v.min(0) + v.max(0))
+    radius = max(float(np.linalg.norm(v - centre, axis=1).max()), 1e-9)
+    px_size = 2.0 * radius / size
+    a = np.cross(d, [1.0, 0.0, 0.0] if abs(d[0]) < 0.9 else [0.0, 1.0, 0.0])
+    a /= np.linalg.norm(a)
+    b = np.cross(d, a)
+
+    def to_px(p: np.ndarray) -> np.ndarray:
+        return (np.stack([p @ a, p @ b], -1) / radius + 1.0) * (0.5 * size) - 0.5
+
+    zbuf = _zbuffer(to_px(v[faces] - centre), (v[faces] - centre) @ d, size, size)
+    probe = v - centre + offset_px * px_size * normals
+    at = np.rint(to_px(probe)).astype(np.int64)
+    depth = probe @ d
+    lit = np.zeros(len(v))
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            col, row = np.clip(at[:, 0] + dx, 0, size - 1), np.clip(at[:, 1] + dy, 0, size - 1)
+            lit += depth >= zbuf[row * size + col] - 0.5 * px_size
+    return np.where(normals @ d > 0.0, lit / 9.0, 0.0)
+
+
 def _zbuffer(tri_xy: np.ndarray, tri_depth: np.ndarray, width: int, height: int) -> np.ndarray:
     """(height · width,) the largest depth of the triangles covering each pixel centre, -inf where none does.
 

@@ -299,6 +299,7 @@ class MeshRenderer(nn.Module):
         normal_map_uv: torch.Tensor | None = None,
         asset_texture: torch.Tensor | None = None,
         specular: torch.Tensor | None = None,
+        shadow: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> RenderOutputs:
         """Render a batch.
 
@@ -314,6 +315,10 @@ class MeshRenderer(nn.Module):
                 colours from :meth:`asset_textures`), or None for the renderer's default.
             specular: (B, 7) a highlight of one light on the skin (:func:`~.shading.specular_packed`: direction,
                 RGB, exponent) added to ``image`` (not to ``shading`` or ``albedo``), or None for none.
+            shadow: ``(key_sh, visibility)``: the key light's own SH (B, 9, 3), part of ``sh``, and (B, V) how much
+                of it reaches each vertex past the mesh (e.g. :func:`facecore.texture.light_visibility`; vertices
+                the renderer appends, the teeth, are lit); where it does not, its shading is taken away (cast
+                shadows: a nose's on the cheek, a brow ridge's in the socket). None: no cast shadows.
 
         Returns:
             :class:`RenderOutputs`.
@@ -351,6 +356,17 @@ class MeshRenderer(nn.Module):
             normal = normal_map_to_world(detail, normal, tangent, bitangent)
 
         shade = sh_shading_packed(normal, batch, sh.to(dtype).expand(B, -1, -1))
+        if shadow is not None:
+            key_sh, visibility = shadow
+            V = verts_world.shape[1]
+            if key_sh.shape != (B, 9, 3) or visibility.dim() != 2 or visibility.shape[0] != B:
+                raise ValueError(f"shadow: expected ((B, 9, 3), (B, V)), got {tuple(key_sh.shape)}, "
+                                 f"{tuple(visibility.shape)}")  # fmt: skip
+            if visibility.shape[1] < V:  # the appended vertices (teeth) are lit
+                visibility = F.pad(visibility, (0, V - visibility.shape[1]), value=1.0)
+            hidden = 1.0 - interpolate_packed(frags, visibility.to(dtype)[..., None], kind="vertex")
+            key = sh_shading_packed(normal, batch, key_sh.to(dtype)).clamp_min(0.0)
+            shade = torch.maximum(shade - hidden * key, 0.05 * shade)
         mask = frags.mask
         radiance = albedo * shade
         if specular is not None:

@@ -156,3 +156,32 @@ def test_rejections_grow_by_a_disc_not_a_square():
     np.testing.assert_array_equal(got, want)
     assert not got[8 - 4, 9 - 4]  # the box's corner, √32 > 5 away
     assert np.array_equal(texture._dilate_disc(mask, 0), mask)
+
+
+def test_light_visibility_is_the_shadow_a_mesh_casts():
+    """texture.light_visibility: a small square plate floating over a larger one, lit from straight above, hides
+    the part of the lower plate under it and nothing else; lit from the side, its shadow moves over; faces turned
+    from the light get none of it."""
+
+    def plate(half: float, z: float, n: int) -> tuple[np.ndarray, np.ndarray]:
+        g = np.linspace(-half, half, n)
+        x, y = np.meshgrid(g, g)
+        verts = np.stack([x.ravel(), y.ravel(), np.full(n * n, z)], 1)
+        i = np.arange(n * n).reshape(n, n)
+        a, b, c, d = i[:-1, :-1].ravel(), i[:-1, 1:].ravel(), i[1:, 1:].ravel(), i[1:, :-1].ravel()
+        return verts, np.concatenate([np.stack([a, b, c], 1), np.stack([a, c, d], 1)])  # facing +z
+
+    low, low_faces = plate(1.0, 0.0, 41)
+    high, high_faces = plate(0.25, 0.5, 11)
+    verts = np.concatenate([low, high])
+    faces = np.concatenate([low_faces, high_faces + len(low)])
+    below = (np.abs(low[:, 0]) < 0.2) & (np.abs(low[:, 1]) < 0.2)
+    outside = (np.abs(low[:, 0]) > 0.35) | (np.abs(low[:, 1]) > 0.35)
+    top = texture.light_visibility(verts, faces, np.array([0.0, 0.0, 1.0]))
+    assert top[: len(low)][below].max() == 0.0 and top[: len(low)][outside].min() == 1.0
+    assert top[len(low) :].min() == 1.0  # the plate itself is lit
+    # from 45° towards +x the shadow falls 0.5 further along -x
+    side = texture.light_visibility(verts, faces, np.array([1.0, 0.0, 1.0]) / np.sqrt(2.0))
+    moved = (np.abs(low[:, 0] + 0.5) < 0.2) & (np.abs(low[:, 1]) < 0.2)
+    assert side[: len(low)][moved].max() == 0.0 and side[: len(low)][below & (low[:, 0] > 0.1)].min() == 1.0
+    assert texture.light_visibility(verts, faces, np.array([0.0, 0.0, -1.0])).max() == 0.0  # lit from behind

@@ -554,3 +554,24 @@ def test_a_highlight_peaks_where_the_normal_is_the_half_vector():
     expected = float(half[2]) ** 20  # n = +z: cos(n, h)^20
     torch.testing.assert_close(out[1], colour * expected)
     assert float(out[2].abs().max()) == 0.0  # facing away from the light
+
+
+def test_a_cast_shadow_takes_the_key_lights_share_away():
+    """MeshRenderer(shadow=(key_sh, visibility)): lit vertices shade as without it; unlit ones lose the key light's
+    SH shading (never below 5 % of the full shading); half-lit ones half of it; shapes are checked."""
+    verts, faces, uv, albedo, sh, _, _ = _sphere_scene()
+    renderer = MeshRenderer(faces, uv, faces, 16)
+    cam = WeakPerspectiveCamera(torch.tensor([0.9], dtype=torch.float64), torch.zeros(1, 2, dtype=torch.float64))
+    key_sh = torch.zeros_like(sh)
+    key_sh[0, 0] = 0.8
+    key_sh[0, 1:4] = sh[0, 1:4]
+    V = verts.shape[1]
+    plain = renderer(verts, cam, albedo, sh)
+    mask = plain.mask[0, 0] > 0
+    for value, lost in ((1.0, 0.0), (0.5, 0.5), (0.0, 1.0)):
+        out = renderer(verts, cam, albedo, sh, shadow=(key_sh, torch.full((1, V), value, dtype=verts.dtype)))
+        key = renderer(verts, cam, albedo, key_sh).shading.clamp_min(0.0)
+        expected = torch.maximum(plain.shading - lost * key, 0.05 * plain.shading)
+        torch.testing.assert_close(out.shading[..., mask], expected[..., mask])
+    with pytest.raises(ValueError, match="shadow"):
+        renderer(verts, cam, albedo, sh, shadow=(key_sh[:, :4], torch.ones(1, V, dtype=verts.dtype)))

@@ -418,3 +418,29 @@ def test_highlights_are_the_key_lights_and_change_nothing_else(fm, dataset, batc
     torch.testing.assert_close(plain_scene.specular[:, :3], scene.specular[:, :3])  # the same lights
     with pytest.raises(ValueError, match="specular"):
         SyntheticConfig(specular=-0.1)
+
+
+def test_cast_shadows_only_darken_where_the_head_hides_the_key_light(fm, dataset, batch):
+    """SyntheticConfig.shadows: the key light is taken away where the head itself hides it (its order-2 SH share,
+    :func:`training.data.synthetic.key_shadows`); every draw is the same, the renders only darken, on the head
+    only, and the lights' SceneParams.key holds the key light that is in ``sh``; off (the default) the renders are
+    the same images."""
+    from dataclasses import replace
+
+    from training.data.synthetic import key_shadows
+
+    shadowed = SyntheticFaces(replace(dataset.config, shadows=True), face_model=fm).batch([0, 1, 2, 3, 4, 5])
+    for name in ("landmarks_px", "sh", "albedo_uv", "mask"):
+        torch.testing.assert_close(getattr(shadowed, name), getattr(batch, name))
+    plain, dark = srgb_to_linear(batch.image_srgb), srgb_to_linear(shadowed.image_srgb)
+    taken = (plain - dark).sum(1)
+    assert float(taken.min()) > -1e-5  # a shadow only takes light away
+    assert float(taken[batch.mask[:, 0] == 0].abs().max()) == 0.0  # on the head only
+    assert (taken.flatten(1).amax(1) > 0.05).sum() >= 4  # most samples show some
+    _, scene = dataset.sample_params([0, 1, 2, 3, 4, 5])
+    # the key light's SH is the directional part of the sample's light: ambient + key, up to the floor's lift
+    key_sh, visibility = key_shadows(fm, batch.verts_world, scene.key)
+    assert visibility.shape == batch.verts_world.shape[:2] and float(visibility.min()) >= 0.0
+    rest = scene.sh.double() - key_sh.double()
+    assert float(rest[:, 1:].abs().max()) < 0.02 * float(scene.sh[:, 1:].abs().max())  # ambient: constant term only
+    np.testing.assert_allclose(scene.key[:, :3].norm(dim=1).numpy(), 1.0, atol=1e-6)

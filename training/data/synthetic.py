@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from facecore.texture import light_visibility
 from models.face.model import FaceCodes, FaceModel, axis_angle_to_matrix
 from models.render import SH_CONSTANTS, MeshRenderer, WeakPerspectiveCamera, sh_basis
 from training.data.phenotype import phenotype_shapes
@@ -279,6 +280,22 @@ def sample_light(
     return sh, direction, irradiance.cpu()
 
 
+def key_shadows(fm: FaceModel, verts: torch.Tensor, key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The renderer's ``shadow`` for (B, V, 3) posed heads lit by their key lights ``key`` (B, 6): direction,
+    irradiance (:class:`SceneParams`): the key light's own SH (its order-2 truncation, as :func:`sh_from_lights`
+    holds it) and how much of it reaches each vertex past the head (:func:`facecore.texture.light_visibility`)."""
+    normals, fit = _sh_fit(str(verts.device))
+    direction, irradiance = key[:, :3].double(), key[:, 3:6].double()
+    cos = (direction @ normals.double().T).clamp_min(0.0)
+    key_sh = (fit.double() @ (irradiance[:, None, :] * cos[..., None])).to(verts.dtype)
+    faces = np.asarray(fm.arrays.faces)
+    visibility = [
+        light_visibility(v.double().cpu().numpy(), faces, d.cpu().numpy())
+        for v, d in zip(verts, direction, strict=True)
+    ]
+    return key_sh, torch.as_tensor(np.stack(visibility), dtype=verts.dtype, device=verts.device)
+
+
 #: the highlights' Blinn–Phong exponents: broad (8: a matte face's sheen) to tight (48: an oily forehead's glint)
 SPECULAR_EXPONENTS = (8.0, 48.0)
 
@@ -404,6 +421,7 @@ class SceneParams(Batched):
         face_offset: (B, 2) NDC centre of that box.
         background: background parameters.
         specular: (B, 7) the key light's highlight (:func:`sample_specular`; zero radiance: none).
+        key: (B, 6) the key light held in ``sh``: its unit direction and RGB irradiance (:func:`sample_light`).
     """
 
     codes: FaceCodes
@@ -412,6 +430,7 @@ class SceneParams(Batched):
     face_offset: torch.Tensor
     background: BackgroundParams
     specular: torch.Tensor
+    key: torch.Tensor
 
 
 SYNTHETIC_IDENTITIES = ("prior", "phenotype")
@@ -446,6 +465,10 @@ class SyntheticConfig:
             (:func:`sample_specular`; 0: Lambertian skin, the training's default; the other draws are the same
             whatever its value): photos show skin's sheen and oily glints, which the texture extraction must not
             take for albedo (``benchmarks/texture_extraction.py --specular``).
+        shadows: the key light casts the head's own shadows (a nose's on the cheek, a brow ridge's in the socket, the
+            jaw's on the neck; :func:`key_shadows`), which the SH shading alone does not: photos show them, and the
+            texture extraction must not take them for darker skin (``benchmarks/texture_extraction.py --shadows``;
+            False: the training's renders; the draws are the same either way).
     """
 
     image_size: int = 224
@@ -459,6 +482,7 @@ class SyntheticConfig:
     identity: str = "prior"
     key_tint: float = 0.12
     specular: float = 0.0
+    shadows: bool = False
 
     def __post_init__(self) -> None:
         if self.identity not in SYNTHETIC_IDENTITIES:
@@ -586,7 +610,13 @@ class SyntheticFaces:
             specular = sample_specular(g_spec, key_direction, key_irradiance, self.config.specular)
             scenes.append(
                 SceneParams(
-                    codes=codes, sh=sh, face_fill=fill, face_offset=offset, background=background, specular=specular
+                    codes=codes,
+                    sh=sh,
+                    face_fill=fill,
+                    face_offset=offset,
+                    background=background,
+                    specular=specular,
+                    key=torch.cat([key_direction, key_irradiance], 1).float(),
                 )
             )
         return AlbedoParams.cat(albedo), SceneParams.cat(scenes)
@@ -623,7 +653,10 @@ class SyntheticFaces:
         background = render_background(scene.background, cfg.image_size * k)
         eyes = (eye_atlases(fm, albedo_params) if eyes is None else eyes).to(verts.device)
         specular = scene.specular if bool((scene.specular[:, 3:6] > 0).any()) else None
-        out = self.renderer(verts, camera, albedo, scene.sh, background, asset_texture=eyes, specular=specular)
+        shadow = key_shadows(fm, verts, scene.key) if cfg.shadows else None
+        out = self.renderer(
+            verts, camera, albedo, scene.sh, background, asset_texture=eyes, specular=specular, shadow=shadow
+        )
         H = W = cfg.image_size
         lm = camera.project(lm_world)
         px = torch.stack([(lm[..., 0] + 1) * 0.5 * W - 0.5, (1 - lm[..., 1]) * 0.5 * H - 0.5], -1)
