@@ -157,7 +157,7 @@ def synthetic_table(args: argparse.Namespace, fm: FaceModel) -> None:
 # Clean extraction (issue 14): per-region PSNR, contamination by hair / background, holes — before and after
 # ---------------------------------------------------------------------------------------------------------------
 
-REGIONS = ("forehead", "cheeks", "nose", "lips", "eyes")
+REGIONS = ("forehead", "cheeks", "nose", "lips", "eyes", "brows")
 HAIR_THRESHOLD = 0.02  # linear albedo change that marks a texel as scalp hair (vs the same face made bald)
 
 
@@ -241,7 +241,7 @@ def clean_scores(tex: T.ExtractedTexture, truth: np.ndarray, hair_uv: np.ndarray
         return 10.0 * np.log10(1.0 / max(mse, 1e-12))
 
     face = np.zeros((R, R), bool)
-    for name in (*REGIONS, "brows"):
+    for name in REGIONS:
         face |= regions[name]
     face &= ~regions["eye_openings"]
     out["face"] = psnr(face)

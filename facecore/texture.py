@@ -578,6 +578,12 @@ def fit_light(
     return sh
 
 
+GREY_HAIR = 0.35
+""":func:`extract`: texels of the brows' band whose de-lit log-chroma is within this fraction of the skin's (from
+grey) are grey or white hair, whose brightness is no highlight (:func:`remove_highlights` leaves them as they are).
+Held-out renders (``benchmarks/texture_extraction.py``, service row, brows): seed 2024 27.3 → 27.7 dB, with
+highlights 25.6 → 25.7 (0.5 and 0.2: within 0.1 of it), the other regions within ±0.1."""
+
 #: :func:`extract`: the smooth difference between a face's two sides is taken as the light's and removed, smoothed
 #: over boxes of this fraction of the map's width (twice); 0: not
 SYMMETRY_REACH = 1 / 24
@@ -856,11 +862,14 @@ def extract(
     clean = raw
     if skin is not None and REMOVE_HIGHLIGHTS:
         # the skin's highlights out of the map, but not the eye openings' or the lips' own colours (a sclera is
-        # white, lips have a colour of their own); brows and nostrils, darker than the skin, are left as they are by
-        # remove_highlights itself, while the skin their bands cover loses its sheen as the skin beside it does
-        # (left in, a brow band's end over a shiny glabella showed as a pale, straight-edged patch: fixture 001).
-        # Which texels are skin is judged on the colours as de-lit, as the skin model was fitted (with its spread)
-        clean = remove_highlights(raw, skin, ~(layout.openings | layout.lips)[at])
+        # white, lips have a colour of their own), nor the brows' hair: dark hair is left as it is by
+        # remove_highlights itself, and grey or white hair (GREY_HAIR) here; the skin the brows' band
+        # covers loses its sheen as the skin beside it does (left in, a brow band's end over a shiny glabella showed
+        # as a pale, straight-edged patch: fixture 001). Which texels are skin is judged on the colours as de-lit,
+        # as the skin model was fitted (with its spread)
+        hairy = layout.brows[at]
+        hairy[hairy] = np.linalg.norm(_chroma(raw[hairy])[0], axis=1) < GREY_HAIR * np.linalg.norm(skin.mean)
+        clean = remove_highlights(raw, skin, ~(layout.openings | layout.lips)[at] & ~hairy)
     if skin is not None and level_map is not None:
         # the skin's de-lit level mapped to the truth's expected level (the light takes the inverse factor, so
         # albedo × light, the render over the photo, is unchanged), within the skin bound
@@ -948,17 +957,22 @@ def extract(
         lo = min(lo, -2.5 * skin.log_y_std)
         hi = max(hi, 2.5 * skin.log_y_std)
         good = (d2 < chroma_limit) & (dy < hi) & (dy > lo)
-        # brows are hair: kept as seen when skin-like or darker than the skin, not when brighter and off its
-        # chroma (the background or a hat where a wide fit puts a brow's tail)
-        keep = layout.keep_as_seen.copy()
-        keep[idx[layout.brows[idx] & (d2 >= chroma_limit) & (dy > 0)]] = False
         # outside the face's regions, where a fit wider than the head reaches past it: colours more typical of
         # the photo just outside the head than of this face's skin are background (fixture 006's temples: the
         # graffiti behind him passed his broad skin model and drew white marks beside both eyes)
         outer = layout.rest[idx]
+        bright_brows = layout.brows[idx] & (d2 >= chroma_limit) & (dy > 0)
+        tested = outer | bright_brows
         background = np.zeros(len(idx), bool)
-        background[outer] = background_like(img, covered, size, colour_ok[outer], colour_ok[seeds])
-        good &= ~background
+        background[tested] = background_like(img, covered, size, colour_ok[tested], colour_ok[seeds])
+        good &= ~(background & outer)
+        # brows are hair: kept as seen when skin-like or darker than the skin; brighter and off its chroma only when
+        # greyer than the skin (grey, white or fair hair, which rejected had been filled with the prior's dark
+        # brows) and not like the photo's background (a wide fit puts a brow's tail over it), never a colourful hat
+        keep = layout.keep_as_seen.copy()
+        greyer = np.zeros(len(idx), bool)
+        greyer[bright_brows] = np.linalg.norm(_chroma(feature[bright_brows])[0], axis=1) < np.linalg.norm(skin.mean)
+        keep[idx[bright_brows & (background | ~greyer)]] = False
         if eyeball is not None:
             # the lids and the skin around the eyes are the face's own whatever their colour when no brighter than
             # the skin: lashes, liner, the crease's and the socket's shade (which the light's low orders do not
