@@ -578,11 +578,16 @@ def fit_light(
     return sh
 
 
+HAIR_OFF_SKIN = 0.15
 GREY_HAIR = 0.35
-""":func:`extract`: texels of the brows' band whose de-lit log-chroma is within this fraction of the skin's (from
-grey) are grey or white hair, whose brightness is no highlight (:func:`remove_highlights` leaves them as they are).
-Held-out renders (``benchmarks/texture_extraction.py``, service row, brows): seed 2024 27.3 → 27.7 dB, with
-highlights 25.6 → 25.7 (0.5 and 0.2: within 0.1 of it), the other regions within ±0.1."""
+""":func:`extract`: which texels of the brows' band are hair, not skin with a highlight on it (:func:`_hair_coloured`):
+a warm or grey hue, and a log-chroma within ``GREY_HAIR`` of the skin's distance from grey (white, grey hair) or
+more than ``HAIR_OFF_SKIN`` off the line from the skin's chroma to grey (blond, red, brown). Such texels are kept as
+seen when brighter than the skin (unless like the photo's background) and no highlight is taken out of them: pale
+brows had been rejected and filled with the prior's dark ones, or washed to the skin's colour. Held-out renders
+(``benchmarks/texture_extraction.py``, service row, brows): seed 2024 27.3 → 27.9 dB, with highlights 25.6 → 26.0,
+with cast shadows 27.2 → 28.0 (face 32.1 → 32.4), seed 2025 unchanged. ``HAIR_OFF_SKIN`` 0.05–0.1 scored higher
+still (brows 28.7 on the shadows' set) but let fixture 001's glabella highlight through as a pale rectangle."""
 
 #: :func:`extract`: the smooth difference between a face's two sides is taken as the light's and removed, smoothed
 #: over boxes of this fraction of the map's width (twice); 0: not
@@ -863,12 +868,12 @@ def extract(
     if skin is not None and REMOVE_HIGHLIGHTS:
         # the skin's highlights out of the map, but not the eye openings' or the lips' own colours (a sclera is
         # white, lips have a colour of their own), nor the brows' hair: dark hair is left as it is by
-        # remove_highlights itself, and grey or white hair (GREY_HAIR) here; the skin the brows' band
+        # remove_highlights itself, pale hair here (_hair_coloured); the skin the brows' band
         # covers loses its sheen as the skin beside it does (left in, a brow band's end over a shiny glabella showed
         # as a pale, straight-edged patch: fixture 001). Which texels are skin is judged on the colours as de-lit,
         # as the skin model was fitted (with its spread)
         hairy = layout.brows[at]
-        hairy[hairy] = np.linalg.norm(_chroma(raw[hairy])[0], axis=1) < GREY_HAIR * np.linalg.norm(skin.mean)
+        hairy[hairy] = _hair_coloured(raw[hairy], skin)
         clean = remove_highlights(raw, skin, ~(layout.openings | layout.lips)[at] & ~hairy)
     if skin is not None and level_map is not None:
         # the skin's de-lit level mapped to the truth's expected level (the light takes the inverse factor, so
@@ -967,12 +972,12 @@ def extract(
         background[tested] = background_like(img, covered, size, colour_ok[tested], colour_ok[seeds])
         good &= ~(background & outer)
         # brows are hair: kept as seen when skin-like or darker than the skin; brighter and off its chroma only when
-        # greyer than the skin (grey, white or fair hair, which rejected had been filled with the prior's dark
-        # brows) and not like the photo's background (a wide fit puts a brow's tail over it), never a colourful hat
+        # hair-coloured (_hair_coloured: grey, white, blond, which rejected had been filled with the prior's dark
+        # brows) and not like the photo's background (a wide fit puts a brow's tail over it), never a blue hat
         keep = layout.keep_as_seen.copy()
-        greyer = np.zeros(len(idx), bool)
-        greyer[bright_brows] = np.linalg.norm(_chroma(feature[bright_brows])[0], axis=1) < np.linalg.norm(skin.mean)
-        keep[idx[bright_brows & (background | ~greyer)]] = False
+        hair = np.zeros(len(idx), bool)
+        hair[bright_brows] = _hair_coloured(feature[bright_brows], skin)
+        keep[idx[bright_brows & (background | ~hair)]] = False
         if eyeball is not None:
             # the lids and the skin around the eyes are the face's own whatever their colour when no brighter than
             # the skin: lashes, liner, the crease's and the socket's shade (which the light's low orders do not
@@ -1557,6 +1562,19 @@ def _side_ratio(delit: np.ndarray, pair: np.ndarray, R: int, reach: float, fade:
     while filled.shape[0] < R:
         filled = _upsample(filled, (2 * filled.shape[0], 2 * filled.shape[1]))
     return np.clip(filled.reshape(R * R, 3), -SYMMETRY_LIMIT, SYMMETRY_LIMIT)
+
+
+def _hair_coloured(colours: np.ndarray, skin: SkinModel) -> np.ndarray:
+    """(N,) bool: which (N, 3) de-lit colours look like hair rather than the skin with a highlight on it: of a warm or
+    grey hue (not blue, green or purple: a hat, the background) and either near grey (white or grey hair:
+    :data:`GREY_HAIR`) or off the line from the skin's chroma to grey (blond, red, brown hair: :data:`HAIR_OFF_SKIN`),
+    along which a highlight, the light's colour added to the skin's, moves a texel."""
+    c = _chroma(np.asarray(colours, np.float64))[0]
+    s = np.asarray(skin.mean, np.float64)
+    t = np.clip(c @ s / max(float(s @ s), 1e-12), 0.0, 1.0)
+    off = np.linalg.norm(c - t[:, None] * s, axis=1)
+    warm = (c[:, 0] >= -0.05) & (c[:, 1] <= 0.05)
+    return warm & ((np.linalg.norm(c, axis=1) < GREY_HAIR * np.linalg.norm(s)) | (off > HAIR_OFF_SKIN))
 
 
 def _skin_regions(layout: _Layout, at: np.ndarray, luminance: np.ndarray, usable: np.ndarray) -> np.ndarray:
