@@ -975,9 +975,9 @@ def extract(
         # hair-coloured (_hair_coloured: grey, white, blond, which rejected had been filled with the prior's dark
         # brows) and not like the photo's background (a wide fit puts a brow's tail over it), never a blue hat
         keep = layout.keep_as_seen.copy()
-        hair = np.zeros(len(idx), bool)
-        hair[bright_brows] = _hair_coloured(feature[bright_brows], skin)
-        keep[idx[bright_brows & (background | ~hair)]] = False
+        pale_hair = np.zeros(len(idx), bool)
+        pale_hair[bright_brows] = _hair_coloured(feature[bright_brows], skin)
+        keep[idx[bright_brows & (background | ~pale_hair)]] = False
         if eyeball is not None:
             # the lids and the skin around the eyes are the face's own whatever their colour when no brighter than
             # the skin: lashes, liner, the crease's and the socket's shade (which the light's low orders do not
