@@ -581,13 +581,17 @@ def fit_light(
 HAIR_OFF_SKIN = 0.15
 GREY_HAIR = 0.35
 """:func:`extract`: which texels of the brows' band are hair, not skin with a highlight on it (:func:`_hair_coloured`):
-a warm or grey hue, and a log-chroma within ``GREY_HAIR`` of the skin's distance from grey (white, grey hair) or
+a warm or grey hue, and a log-chroma within ``GREY_HAIR`` × the skin's distance from grey (white, grey hair) or
 more than ``HAIR_OFF_SKIN`` off the line from the skin's chroma to grey (blond, red, brown). Such texels are kept as
 seen when brighter than the skin (unless like the photo's background) and no highlight is taken out of them: pale
 brows had been rejected and filled with the prior's dark ones, or washed to the skin's colour. Held-out renders
 (``benchmarks/texture_extraction.py``, service row, brows): seed 2024 27.3 → 27.9 dB, with highlights 25.6 → 26.0,
 with cast shadows 27.2 → 28.0 (face 32.1 → 32.4), seed 2025 unchanged. ``HAIR_OFF_SKIN`` 0.05–0.1 scored higher
-still (brows 28.7 on the shadows' set) but let fixture 001's glabella highlight through as a pale rectangle."""
+still (brows 28.7 on the shadows' set) but let fixture 001's glabella highlight through as a pale rectangle. What
+colour alone cannot tell: a glint on the brows' band so strong that it is near white (about 3 × the skin's
+brightness) is taken for white hair and kept; platinum brows of the skin's own hue are taken for the skin's sheen and
+washed out (a held-out render of a very fair face; fading the brows' highlights in later traded its +0.3 dB for
+−0.3 dB on the renders with highlights). The test reads the colours before a colour cast's correction."""
 
 #: :func:`extract`: the smooth difference between a face's two sides is taken as the light's and removed, smoothed
 #: over boxes of this fraction of the map's width (twice); 0: not
@@ -736,9 +740,11 @@ def extract(
        the photo's. Rejected areas grow by ~1 % of the map (mixed pixels at their
        edges), except *specks*: rejected areas too thin to hold a square of ~3 % of the map, in skin that was
        otherwise taken (a highlight on a wrinkle, a pore, a stray hair), which grow by one texel. The skin's
-       highlights are taken out of its de-lit colours, outside the eye openings and the lips
+       highlights are taken out of its de-lit colours, outside the eye openings, the lips and the brows' pale hair
        (:func:`remove_highlights`, with :data:`REMOVE_HIGHLIGHTS`; which texels are skin is judged on the colours as
-       de-lit: a bright texel of another colour is not made skin by it).
+       de-lit: a bright texel of another colour is not made skin by it). Brow texels brighter than the skin and off
+       its chroma are kept only when hair-coloured (:data:`GREY_HAIR`: grey, white, blond) and not like the photo's
+       background.
     3. Each accepted texel's weight fades in with its facing angle and away from rejected areas (feathering);
        what is missing takes its mirror texel (u → 1 − u) with the mirror's weight (not around specks: the
        skin around them is the better guess, the mirror side's light and wrinkles differ), the rest a pull-push fill
@@ -1370,8 +1376,11 @@ def light_visibility(
     verts: np.ndarray, faces: np.ndarray, direction: np.ndarray, size: int = 256, offset_px: float = 1.5
 ) -> np.ndarray:
     """(V,) how much of a distant light from ``direction`` (3,) reaches each vertex past the mesh itself, in [0, 1]:
-    1 lit, 0 in the shadow the mesh casts (a nose's on the cheek, a brow ridge's in the socket, the jaw's on the
-    neck) or turned away from the light; between at a shadow's edge.
+    1 lit, 0 in the shadow the mesh casts on itself (a nose's on the cheek, a brow ridge's in the socket, the jaw's
+    on the neck); between at a shadow's edge. Only what the mesh hides counts: a vertex turned away from the light
+    is 1 (its shading, the light's clamped cosine, already has none), and the occlusion fades in with the cosine
+    over 0–0.2 (at grazing light the test would read the vertex's own neighbours as a shadow, and a shading step
+    would mark the terminator).
 
     An orthographic z-buffer of the mesh seen from the light (``size`` pixels across its bounding sphere); each
     vertex is tested ``offset_px`` pixels out along its normal (so its own triangles do not hide it) against the
@@ -1380,7 +1389,9 @@ def light_visibility(
     v = np.asarray(verts, np.float64)
     faces = np.asarray(faces, np.int64)
     d = np.asarray(direction, np.float64)
-    d = d / max(float(np.linalg.norm(d)), 1e-12)
+    if d.shape != (3,) or not np.all(np.isfinite(d)) or np.linalg.norm(d) < 1e-9:
+        raise ValueError(f"direction: expected a finite, non-zero (3,) vector, got {d!r}")
+    d = d / np.linalg.norm(d)
     normals = geo.vertex_normals(v, faces)
     centre = 0.5 * (v.min(0) + v.max(0))
     radius = max(float(np.linalg.norm(v - centre, axis=1).max()), 1e-9)
@@ -1401,7 +1412,7 @@ def light_visibility(
         for dx in (-1, 0, 1):
             col, row = np.clip(at[:, 0] + dx, 0, size - 1), np.clip(at[:, 1] + dy, 0, size - 1)
             lit += depth >= zbuf[row * size + col] - 0.5 * px_size
-    return np.where(normals @ d > 0.0, lit / 9.0, 0.0)
+    return 1.0 - (1.0 - lit / 9.0) * np.clip(normals @ d / 0.2, 0.0, 1.0)
 
 
 def _zbuffer(tri_xy: np.ndarray, tri_depth: np.ndarray, width: int, height: int) -> np.ndarray:

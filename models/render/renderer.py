@@ -362,6 +362,11 @@ class MeshRenderer(nn.Module):
             if key_sh.shape != (B, 9, 3) or visibility.dim() != 2 or visibility.shape[0] != B:
                 raise ValueError(f"shadow: expected ((B, 9, 3), (B, V)), got {tuple(key_sh.shape)}, "
                                  f"{tuple(visibility.shape)}")  # fmt: skip
+            appended = 0 if self.extra_weights is None else self.extra_weights.shape[0]
+            if visibility.shape[1] not in (V, V - appended):
+                raise ValueError(
+                    f"shadow: visibility of {visibility.shape[1]} vertices, expected {V - appended} or {V}"
+                )
             if visibility.shape[1] < V:  # the appended vertices (teeth) are lit
                 visibility = F.pad(visibility, (0, V - visibility.shape[1]), value=1.0)
             hidden = 1.0 - interpolate_packed(frags, visibility.to(dtype)[..., None], kind="vertex")

@@ -161,7 +161,7 @@ def test_rejections_grow_by_a_disc_not_a_square():
 def test_light_visibility_is_the_shadow_a_mesh_casts():
     """texture.light_visibility: a small square plate floating over a larger one, lit from straight above, hides
     the part of the lower plate under it and nothing else; lit from the side, its shadow moves over; faces turned
-    from the light get none of it."""
+    from the light are left to the light's cosine."""
 
     def plate(half: float, z: float, n: int) -> tuple[np.ndarray, np.ndarray]:
         g = np.linspace(-half, half, n)
@@ -184,4 +184,7 @@ def test_light_visibility_is_the_shadow_a_mesh_casts():
     side = texture.light_visibility(verts, faces, np.array([1.0, 0.0, 1.0]) / np.sqrt(2.0))
     moved = (np.abs(low[:, 0] + 0.5) < 0.2) & (np.abs(low[:, 1]) < 0.2)
     assert side[: len(low)][moved].max() == 0.0 and side[: len(low)][below & (low[:, 0] > 0.1)].min() == 1.0
-    assert texture.light_visibility(verts, faces, np.array([0.0, 0.0, -1.0])).max() == 0.0  # lit from behind
+    # lit from behind, both plates are turned away: the light's cosine has it, no cast shadow is added
+    assert texture.light_visibility(verts, faces, np.array([0.0, 0.0, -1.0])).min() == 1.0
+    with pytest.raises(ValueError, match="direction"):
+        texture.light_visibility(verts, faces, np.zeros(3))

@@ -575,3 +575,5 @@ def test_a_cast_shadow_takes_the_key_lights_share_away():
         torch.testing.assert_close(out.shading[..., mask], expected[..., mask])
     with pytest.raises(ValueError, match="shadow"):
         renderer(verts, cam, albedo, sh, shadow=(key_sh[:, :4], torch.ones(1, V, dtype=verts.dtype)))
+    with pytest.raises(ValueError, match="shadow"):  # a visibility for other vertices
+        renderer(verts, cam, albedo, sh, shadow=(key_sh, torch.ones(1, V - 3, dtype=verts.dtype)))

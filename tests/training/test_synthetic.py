@@ -423,8 +423,7 @@ def test_highlights_are_the_key_lights_and_change_nothing_else(fm, dataset, batc
 def test_cast_shadows_only_darken_where_the_head_hides_the_key_light(fm, dataset, batch):
     """SyntheticConfig.shadows: the key light is taken away where the head itself hides it (its order-2 SH share,
     :func:`training.data.synthetic.key_shadows`); every draw is the same, the renders only darken, on the head
-    only, and the lights' SceneParams.key holds the key light that is in ``sh``; off (the default) the renders are
-    the same images."""
+    only, and the lights' SceneParams.key holds the key light that is in ``sh``."""
     from dataclasses import replace
 
     from training.data.synthetic import key_shadows

@@ -232,18 +232,24 @@ def sh_from_lights(ambient: torch.Tensor, direction: torch.Tensor, directional: 
     Returns:
         (B, 9, 3) SH coefficients.
     """
-    normals, fit = _sh_fit(str(ambient.device))
-    dtype = ambient.dtype
-    normals, fit = normals.to(dtype), fit.to(dtype)
-    cos = (direction @ normals.T).clamp_min(0.0)  # (B, N)
-    target = ambient[:, None, :] + directional[:, None, :] * cos[..., None]  # (B, N, 3)
-    sh = fit @ target  # (B, 9, 3)
-    shading = sh_basis(normals) @ sh
+    normals, _ = _sh_fit(str(ambient.device))
+    sh = directional_sh(direction, directional)
+    sh[:, 0] += ambient / SH_CONSTANTS[0]  # a constant irradiance is the constant term's alone
+    shading = sh_basis(normals.to(sh.dtype)) @ sh
     floor = 0.05 * ambient
     lift = (floor - shading.amin(1)).clamp_min(0.0)  # (B, 3)
     sh = sh.clone()
     sh[:, 0] += lift / SH_CONSTANTS[0]
     return sh
+
+
+def directional_sh(direction: torch.Tensor, irradiance: torch.Tensor) -> torch.Tensor:
+    """(B, 9, 3) the order-2 SH (least squares over a dense set of normals) of distant lights from unit
+    ``direction`` (B, 3) with RGB ``irradiance`` (B, 3) at normal incidence: ``E(n) = irradiance · max(0, n · d)``."""
+    normals, fit = _sh_fit(str(irradiance.device))
+    normals, fit = normals.to(irradiance.dtype), fit.to(irradiance.dtype)
+    cos = (direction.to(irradiance.dtype) @ normals.T).clamp_min(0.0)  # (B, N)
+    return fit @ (irradiance[:, None, :] * cos[..., None])
 
 
 def sample_sh(n: int, generator: torch.Generator, key_tint: float = 0.12) -> torch.Tensor:
@@ -284,10 +290,8 @@ def key_shadows(fm: FaceModel, verts: torch.Tensor, key: torch.Tensor) -> tuple[
     """The renderer's ``shadow`` for (B, V, 3) posed heads lit by their key lights ``key`` (B, 6): direction,
     irradiance (:class:`SceneParams`): the key light's own SH (its order-2 truncation, as :func:`sh_from_lights`
     holds it) and how much of it reaches each vertex past the head (:func:`facecore.texture.light_visibility`)."""
-    normals, fit = _sh_fit(str(verts.device))
     direction, irradiance = key[:, :3].double(), key[:, 3:6].double()
-    cos = (direction @ normals.double().T).clamp_min(0.0)
-    key_sh = (fit.double() @ (irradiance[:, None, :] * cos[..., None])).to(verts.dtype)
+    key_sh = directional_sh(direction, irradiance).to(verts.dtype)
     faces = np.asarray(fm.arrays.faces)
     visibility = [
         light_visibility(v.double().cpu().numpy(), faces, d.cpu().numpy())
