@@ -586,8 +586,8 @@ more than ``HAIR_OFF_SKIN`` off the line from the skin's chroma to grey (blond, 
 seen when brighter than the skin (unless like the photo's background) and no highlight is taken out of them: pale
 brows had been rejected and filled with the prior's dark ones, or washed to the skin's colour. Held-out renders
 (``benchmarks/texture_extraction.py``, service row, brows): seed 2024 27.3 → 27.9 dB, with highlights 25.6 → 26.0,
-with cast shadows 27.2 → 28.0 (face 32.1 → 32.4), seed 2025 unchanged. ``HAIR_OFF_SKIN`` 0.05–0.1 scored higher
-still (brows 28.7 on the shadows' set) but let fixture 001's glabella highlight through as a pale rectangle. What
+with cast shadows 27.3 → 27.8 (face 32.3 → 32.5), seed 2025 unchanged. ``HAIR_OFF_SKIN`` 0.05–0.1 scored higher
+still on the brows but let fixture 001's glabella highlight through as a pale rectangle. What
 colour alone cannot tell: a glint on the brows' band so strong that it is near white (about 3 × the skin's
 brightness) is taken for white hair and kept; platinum brows of the skin's own hue are taken for the skin's sheen and
 washed out (a held-out render of a very fair face; fading the brows' highlights in later traded its +0.3 dB for
