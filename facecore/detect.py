@@ -408,8 +408,7 @@ def detect_points(
             continue
         points = predictor.predict(image, box)
         faces.append(FaceLandmarks(box=_clip_box(box, w, h), points=points, score=score, detector=used))
-    faces.sort(key=lambda f: (-f.box_size, -f.score))
-    return faces
+    return _largest_first(faces)
 
 
 def detect_landmarks5(
@@ -427,6 +426,11 @@ def detect_landmarks5(
     return detect_points(
         image, get_predictor(PREDICTOR5_FILE), detector=detector, max_side=max_side, min_score=min_score
     )
+
+
+def _largest_first(faces: list[FaceLandmarks]) -> list[FaceLandmarks]:
+    """``faces`` ordered as :func:`largest_face` takes them: largest box first, the stronger detection on a tie."""
+    return sorted(faces, key=lambda f: (-f.box_size, -f.score))
 
 
 def largest_face(faces: list[FaceLandmarks], image_shape: tuple[int, ...]) -> FaceLandmarks:
@@ -529,8 +533,7 @@ def detect_on_its_side(
             box = _clip_box(_rot90_box(face.box, 4 - k, turned.shape), image.shape[1], image.shape[0])
             points = _rot90_points(face.points, 4 - k, turned.shape)
             faces.append(FaceLandmarks(box=box, points=points, score=face.score, detector=face.detector))
-    faces.sort(key=lambda f: (-f.box_size, -f.score))
-    return faces
+    return _largest_first(faces)
 
 
 # ------------------------------------------------------------------------------------------------ alignment
